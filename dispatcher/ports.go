@@ -1,0 +1,101 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// This file declares what the pipeline needs from the outside world. Each
+// interface is implemented by an adapter package (queue, ratelimit, the
+// qqapi adapter) that asserts it at compile time.
+
+// SendResult is what a successful send returns.
+type SendResult struct {
+	MessageID string // the QQ message id; empty when AuditID is set
+	AuditID   string // set when the platform accepted the message pending audit
+	TraceID   string // the platform trace id of the answer
+}
+
+// Sender calls the QQ OpenAPI. Failures are *SendError values.
+type Sender interface {
+	Send(ctx context.Context, scene Scene, target string, body json.RawMessage) (*SendResult, error)
+}
+
+// ClaimPhase is where a job's ledger claim stands.
+type ClaimPhase string
+
+// Claim phases. A claim moves claimed → calling → done.
+const (
+	PhaseClaimed ClaimPhase = "claimed" // claimed; no API call has started
+	PhaseCalling ClaimPhase = "calling" // an API call may have reached the platform
+	PhaseDone    ClaimPhase = "done"    // finalised; the outcome is recorded
+)
+
+// Claim is a job's entry in the dedupe ledger.
+type Claim struct {
+	JobID   string     `json:"job_id"`
+	Phase   ClaimPhase `json:"phase"`
+	Owner   string     `json:"owner"`             // the worker instance holding it
+	MsgSeq  int        `json:"msg_seq,omitempty"` // the msg_seq chosen for the job, reused on every retry
+	Status  Status     `json:"status,omitempty"`  // the outcome, once done
+	Updated time.Time  `json:"updated"`
+
+	// Revision is the ledger's revision of this entry, for compare-and-set.
+	Revision uint64 `json:"-"`
+}
+
+// Ledger is the durable, fleet-wide dedupe ledger.
+//
+// Claim creates the job's entry atomically. When an entry already exists it
+// returns that entry and ErrClaimExists, so the caller can tell a finished job
+// (skip it) from one whose worker died (in doubt).
+//
+// Update replaces an entry if its revision is still c.Revision, and returns
+// the entry with its new revision; a lost race is ErrClaimConflict.
+//
+// ReserveReply claims the pair (anchor, seq) for jobID so two jobs with one
+// pair never both reach the API. seq 0 asks the ledger to allocate the next
+// free seq for the anchor. It fails with ErrPairTaken when another job holds
+// the pair (holding the same pair again is not an error), and with
+// ErrReplyBudget when budget > 0 and the anchor already has budget pairs.
+type Ledger interface {
+	Claim(ctx context.Context, c Claim) (Claim, error)
+	Update(ctx context.Context, c Claim) (Claim, error)
+	ReserveReply(ctx context.Context, anchor string, seq int, jobID string, budget int) (int, error)
+}
+
+// Ledger errors.
+var (
+	ErrClaimExists   = errors.New("dispatcher: job already claimed")
+	ErrClaimConflict = errors.New("dispatcher: ledger entry changed concurrently")
+	ErrPairTaken     = errors.New("dispatcher: (msg_id, msg_seq) already used by another job")
+	ErrReplyBudget   = errors.New("dispatcher: reply budget for this msg_id is used up")
+)
+
+// Envelope is a job as it travelled on the queue: the raw bytes and the
+// metadata needed to put it on the DLQ or publish it again.
+type Envelope struct {
+	Subject string
+	Data    []byte
+	Header  map[string][]string
+	// Seq is the jobs-stream sequence of the message.
+	Seq uint64
+}
+
+// Recorder stores terminal outcomes.
+//
+// Record stores o unless an outcome for o.JobID already exists, in which case
+// it returns the stored one and leaves it unchanged: the first outcome wins, so
+// a job has exactly one. A non-delivered outcome also puts env on the DLQ with
+// reason headers (idempotently, keyed by job id).
+type Recorder interface {
+	Record(ctx context.Context, o Outcome, env Envelope) (Outcome, error)
+	Lookup(ctx context.Context, jobID string) (Outcome, bool, error)
+}
+
+// Scheduler re-publishes a job at a later time, durably.
+type Scheduler interface {
+	Schedule(ctx context.Context, env Envelope, jobID string, at time.Time) error
+}
