@@ -11,23 +11,23 @@ type ErrorClass int
 
 // Error classes, matching the platform's error table (qq-platform.md).
 const (
-	ClassUnknown           ErrorClass = iota // unclassified: treated as transient
-	ClassPendingAudit                        // accepted, held for audit: success
-	ClassAlreadyDelivered                    // 40054005: the same (msg_id, msg_seq) was delivered
-	ClassRateLimited                         // back off and retry; does not spend an attempt
-	ClassQuotaExhausted                      // the period quota is used up
-	ClassTransient                           // retry with backoff
-	ClassRetryOnce                           // retry once, then permanent
-	ClassToken                               // token refresh did not help: permanent
-	ClassConfiguration                       // bad credentials or setup: permanent, worker unready
-	ClassPassiveExpired                      // the reply window is gone: expired
-	ClassBadAnchor                           // the msg_id/event_id is not usable: permanent
-	ClassActiveNotAllowed                    // active sends are not allowed here: permanent
-	ClassContentRejected                     // content refused: permanent
-	ClassMalformed                           // malformed body or format permission: permanent
-	ClassTargetState                         // target gone, bot removed, ...: permanent
-	ClassSession                             // bot not online on the gateway: retry with backoff
-	ClassPermanent                           // unknown 4xx: permanent
+	ClassUnknown          ErrorClass = iota // unclassified: treated as transient
+	ClassPendingAudit                       // accepted, held for audit: success
+	ClassAlreadyDelivered                   // 40054005: the same (msg_id, msg_seq) was delivered
+	ClassRateLimited                        // back off and retry; does not spend an attempt
+	ClassQuotaExhausted                     // the period quota is used up
+	ClassTransient                          // retry with backoff
+	ClassRetryOnce                          // retry once, then permanent
+	ClassToken                              // token refresh did not help: permanent
+	ClassConfiguration                      // bad credentials or setup: permanent, worker unready
+	ClassPassiveExpired                     // the reply window is gone: expired
+	ClassBadAnchor                          // the msg_id/event_id is not usable: permanent
+	ClassActiveNotAllowed                   // active sends are not allowed here: permanent
+	ClassContentRejected                    // content refused: permanent
+	ClassMalformed                          // malformed body or format permission: permanent
+	ClassTargetState                        // target gone, bot removed, ...: permanent
+	ClassSession                            // bot not online on the gateway: retry with backoff
+	ClassPermanent                          // unknown 4xx: permanent
 )
 
 var classNames = [...]string{
@@ -65,7 +65,11 @@ type SendError struct {
 	Code       int    // platform code (err_code, else code); 0 if none
 	Message    string // platform message
 	TraceID    string // platform trace id
-	Err        error  // the underlying error
+	// Unanswered is set when the request may have reached the platform but
+	// no answer came back (a timeout or a dropped connection after the
+	// request was written): the message may have been delivered.
+	Unanswered bool
+	Err        error // the underlying error
 }
 
 func (e *SendError) Error() string {

@@ -31,16 +31,22 @@ const (
 	PhaseClaimed ClaimPhase = "claimed" // claimed; no API call has started
 	PhaseCalling ClaimPhase = "calling" // an API call may have reached the platform
 	PhaseDone    ClaimPhase = "done"    // finalised; the outcome is recorded
+	// PhaseDeferred: re-scheduled for a later period; the job will come back
+	// and claim again.
+	PhaseDeferred ClaimPhase = "deferred"
 )
 
 // Claim is a job's entry in the dedupe ledger.
 type Claim struct {
-	JobID   string     `json:"job_id"`
-	Phase   ClaimPhase `json:"phase"`
-	Owner   string     `json:"owner"`             // the worker instance holding it
-	MsgSeq  int        `json:"msg_seq,omitempty"` // the msg_seq chosen for the job, reused on every retry
-	Status  Status     `json:"status,omitempty"`  // the outcome, once done
-	Updated time.Time  `json:"updated"`
+	JobID  string     `json:"job_id"`
+	Phase  ClaimPhase `json:"phase"`
+	Owner  string     `json:"owner"`             // the worker instance holding it
+	MsgSeq int        `json:"msg_seq,omitempty"` // the msg_seq chosen for the job, reused on every retry
+	// Attempts counts the API calls started for the job so far, across
+	// workers; a 40054005 answer after the first call confirms delivery.
+	Attempts int       `json:"attempts,omitempty"`
+	Status   Status    `json:"status,omitempty"` // the outcome, once done
+	Updated  time.Time `json:"updated"`
 
 	// Revision is the ledger's revision of this entry, for compare-and-set.
 	Revision uint64 `json:"-"`
@@ -99,3 +105,53 @@ type Recorder interface {
 type Scheduler interface {
 	Schedule(ctx context.Context, env Envelope, jobID string, at time.Time) error
 }
+
+// Delivery is one job message handed to the pipeline by the queue. The queue
+// keeps the message's ack deadline alive while the pipeline holds it.
+type Delivery interface {
+	Envelope() Envelope
+	// Ack removes the message for good: its outcome is recorded, or it was
+	// re-scheduled.
+	Ack(ctx context.Context) error
+	// Release hands the message back for redelivery (used on shutdown).
+	Release() error
+}
+
+// Limiter enforces the platform's rules before a call (package ratelimit).
+type Limiter interface {
+	// Deadline is the end of the job's reply window; zero when it has none.
+	Deadline(job *Job) time.Time
+	// ReplyBudget is how many replies the job's msg_id/event_id allows; 0 is
+	// unlimited.
+	ReplyBudget(job *Job) int
+	// Reserve takes the job's period quotas, once per job. An exhausted
+	// quota is a *LimitError.
+	Reserve(ctx context.Context, job *Job) (Reservation, error)
+	// Wait blocks until the job may make one call under every rate limit.
+	// It fails with a *LimitError (StatusExpired) when the call could not
+	// start before deadline.
+	Wait(ctx context.Context, job *Job, deadline time.Time) error
+	// Feedback tells the limiter how the platform answered a call, so a
+	// rate-limit answer slows the key down and a quota answer marks the
+	// period as spent.
+	Feedback(job *Job, class ErrorClass)
+}
+
+// Reservation is a job's hold on its period quotas.
+type Reservation interface {
+	// Refund gives the quota back: the platform charged nothing.
+	Refund(ctx context.Context) error
+}
+
+// LimitError says a rule stopped a job before any call: its Status is the
+// job's outcome (expired, quota_exceeded, rejected).
+type LimitError struct {
+	Status Status
+	Rule   string // the rule that stopped it, e.g. "dm.active.per_target.day"
+	Reason string
+	// RetryAt is when the rule allows the job again (the next period's start);
+	// zero if never.
+	RetryAt time.Time
+}
+
+func (e *LimitError) Error() string { return "limit " + e.Rule + ": " + e.Reason }
