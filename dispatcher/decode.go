@@ -1,0 +1,737 @@
+package dispatcher
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits of the job contract. They are part of contract version 1, so they
+// are constants; only the body cap is configurable (DecodeOptions).
+const (
+	// DefaultMaxJobBytes is the default cap on an encoded job (64 KiB).
+	DefaultMaxJobBytes = 64 << 10
+	// DefaultPrefix is the default first token of job subjects.
+	DefaultPrefix = "qqbot"
+	// MaxTargetBytes caps target and guild_id (they are subject tokens).
+	MaxTargetBytes = 128
+	// MaxJobIDBytes caps id (it becomes the Nats-Msg-Id and the outcome key).
+	MaxJobIDBytes = 256
+	// MaxAnchorBytes caps message.msg_id and message.event_id.
+	MaxAnchorBytes = 256
+	// MaxMetaBytes caps meta, which is copied into every outcome.
+	MaxMetaBytes = 4 << 10
+	// MaxMsgSeq is the largest msg_seq accepted: it fits a signed 32-bit
+	// integer, whatever the platform's own type is.
+	MaxMsgSeq = 1<<31 - 1
+)
+
+// Message types of C2C and group messages (message.msg_type).
+var msgTypeNames = map[int64]string{
+	0: "text", 1: "mixed", 2: "markdown", 3: "ark", 4: "embed", 6: "typing", 7: "media", 8: "card",
+}
+
+// topFields are the wire fields of contract version 1, in documentation order.
+var topFields = []string{"v", "id", "scene", "target", "guild_id", "message", "received_at", "not_after", "on_quota", "meta"}
+
+// timestampRE is the RFC 3339 shape the contract accepts; the same pattern is
+// in schema/job.schema.json. time.Parse then checks the ranges.
+var timestampRE = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`)
+
+// DecodeOptions tunes Decode and Validate. The zero value is ready to use.
+type DecodeOptions struct {
+	// Prefix is the subject prefix in {prefix}.send.{scene}.{target}.
+	// Default DefaultPrefix ("qqbot").
+	Prefix string
+	// MaxBodyBytes caps the encoded job; zero or less means
+	// DefaultMaxJobBytes (64 KiB).
+	MaxBodyBytes int
+}
+
+func (o DecodeOptions) withDefaults() DecodeOptions {
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = DefaultMaxJobBytes
+	}
+	return o
+}
+
+func invalid(field, format string, args ...any) *InvalidJobError {
+	return &InvalidJobError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// ParseSubject splits a job subject, {prefix}.send.{scene}.{target}, into its
+// scene and target. An empty prefix means DefaultPrefix. Errors are
+// *InvalidJobError with Field "subject".
+func ParseSubject(prefix, subject string) (Scene, string, error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	head := prefix + ".send."
+	if !strings.HasPrefix(subject, head) {
+		return "", "", invalid("subject", "subject %s does not start with %q (want %s{scene}.{target})", quote(subject), head, head)
+	}
+	parts := strings.Split(subject[len(head):], ".")
+	if len(parts) != 2 {
+		return "", "", invalid("subject", "subject %s has %d tokens after %q, want 2 ({scene}.{target})", quote(subject), len(parts), head)
+	}
+	scene, target := Scene(parts[0]), parts[1]
+	if !scene.Valid() {
+		return "", "", invalid("subject", "unknown scene %s in subject (want c2c, group, channel or dm)", quote(string(scene)))
+	}
+	if target == "" {
+		return "", "", invalid("subject", "subject %s has an empty target", quote(subject))
+	}
+	if err := checkToken("subject", target); err != nil {
+		err.Reason = "subject target " + err.Reason
+		return "", "", err
+	}
+	return scene, target, nil
+}
+
+// Decode strictly decodes and validates one job published on subject. It
+// fills the derived fields (MsgID, EventID, MsgSeq, Wakeup) from the message.
+// Job.Message keeps the message's bytes exactly as the producer wrote them,
+// unknown fields included. Every failure is an *InvalidJobError, so
+// errors.Is(err, ErrInvalidJob) holds; Decode never consults a clock.
+func Decode(subject string, data []byte, opts DecodeOptions) (*Job, error) {
+	opts = opts.withDefaults()
+	if len(data) > opts.MaxBodyBytes {
+		return nil, invalid("", "body is %d bytes, over the %d-byte cap", len(data), opts.MaxBodyBytes)
+	}
+	if len(trimJSONSpace(data)) == 0 {
+		return nil, invalid("", "body is empty")
+	}
+	if !utf8.Valid(data) {
+		return nil, invalid("", "body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var top json.RawMessage
+	if err := dec.Decode(&top); err != nil {
+		return nil, invalid("", "body is not valid JSON: %s", jsonErrText(err))
+	}
+	if k := kindOf(top); k != "object" {
+		return nil, invalid("", "body is a JSON %s, not an object", k)
+	}
+	if off := dec.InputOffset(); len(trimJSONSpace(data[off:])) > 0 {
+		return nil, invalid("", "trailing data after the JSON object at byte %d", off)
+	}
+	members, err := objectMembers(top, "")
+	if err != nil {
+		return nil, err
+	}
+	fields := make(map[string]json.RawMessage, len(members))
+	for _, m := range members {
+		fields[m.key] = m.raw
+	}
+
+	j := &Job{}
+	raw, ok := fields["v"]
+	if !ok {
+		return nil, invalid("v", `missing: set "v": 1 (the contract version)`)
+	}
+	v, ierr := jsonInt("v", raw)
+	if ierr != nil {
+		return nil, ierr
+	}
+	if v != ContractVersion {
+		return nil, invalid("v", "unsupported contract version %d (this dispatcher understands version %d)", v, ContractVersion)
+	}
+	j.V = int(v)
+	for _, m := range members {
+		if !isTopField(m.key) {
+			return nil, invalid(truncate(m.key), "unknown field%s (contract v1 fields: %s)", didYouMean(m.key), strings.Join(topFields, ", "))
+		}
+	}
+
+	if raw, ok := fields["id"]; ok {
+		if j.ID, ierr = jsonString("id", raw); ierr != nil {
+			return nil, ierr
+		}
+		if j.ID == "" {
+			return nil, invalid("id", "must not be empty (omit it and the dispatcher derives the job id)")
+		}
+	}
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{{"scene", (*string)(&j.Scene)}, {"target", &j.Target}} {
+		raw, ok := fields[f.name]
+		if !ok {
+			return nil, invalid(f.name, "missing (the body must repeat the subject's %s)", f.name)
+		}
+		if *f.dst, ierr = jsonString(f.name, raw); ierr != nil {
+			return nil, ierr
+		}
+	}
+	if raw, ok := fields["guild_id"]; ok {
+		if j.GuildID, ierr = jsonString("guild_id", raw); ierr != nil {
+			return nil, ierr
+		}
+		if j.GuildID == "" {
+			return nil, invalid("guild_id", "must not be empty (omit it unless the scene is channel)")
+		}
+	}
+	raw, ok = fields["message"]
+	if !ok {
+		return nil, invalid("message", "missing (the QQ message body)")
+	}
+	j.Message = raw
+	for _, f := range []struct {
+		name string
+		dst  **time.Time
+	}{{"received_at", &j.Received}, {"not_after", &j.NotAfter}} {
+		raw, ok := fields[f.name]
+		if !ok {
+			continue
+		}
+		s, ierr := jsonString(f.name, raw)
+		if ierr != nil {
+			return nil, ierr
+		}
+		t, ierr := parseTimestamp(f.name, s)
+		if ierr != nil {
+			return nil, ierr
+		}
+		*f.dst = &t
+	}
+	if raw, ok := fields["on_quota"]; ok {
+		s, ierr := jsonString("on_quota", raw)
+		if ierr != nil {
+			return nil, ierr
+		}
+		j.OnQuota = QuotaPolicy(s)
+	}
+	if raw, ok := fields["meta"]; ok {
+		j.Meta = raw
+	}
+
+	scene, target, serr := ParseSubject(opts.Prefix, subject)
+	if serr != nil {
+		return nil, serr
+	}
+	info, ierr := j.check(&subjectParts{scene: scene, target: target})
+	if ierr != nil {
+		return nil, ierr
+	}
+	j.MsgID, j.EventID, j.MsgSeq, j.Wakeup = info.msgID, info.eventID, info.msgSeq, info.wakeup
+	return j, nil
+}
+
+// Validate checks a Job built in Go, typically by a publisher before it
+// sends: the same rules as Decode, minus the subject, plus the encoded size.
+// It does not change j. The derived fields may be zero (Decode fills them);
+// when set they must agree with the message.
+func (j *Job) Validate(opts DecodeOptions) error {
+	opts = opts.withDefaults()
+	info, ierr := j.check(nil)
+	if ierr != nil {
+		return ierr
+	}
+	if j.MsgID != "" && j.MsgID != info.msgID {
+		return invalid("message.msg_id", "Job.MsgID %s does not match message.msg_id %s", quote(j.MsgID), quote(info.msgID))
+	}
+	if j.EventID != "" && j.EventID != info.eventID {
+		return invalid("message.event_id", "Job.EventID %s does not match message.event_id %s", quote(j.EventID), quote(info.eventID))
+	}
+	if j.MsgSeq != 0 && j.MsgSeq != info.msgSeq {
+		return invalid("message.msg_seq", "Job.MsgSeq %d does not match message.msg_seq %d", j.MsgSeq, info.msgSeq)
+	}
+	if j.Wakeup && !info.wakeup {
+		return invalid("message.is_wakeup", "Job.Wakeup is set but message.is_wakeup is not true")
+	}
+	for _, t := range []struct {
+		name string
+		at   *time.Time
+	}{{"received_at", j.Received}, {"not_after", j.NotAfter}} {
+		if t.at != nil && (t.at.Year() < 0 || t.at.Year() > 9999) {
+			return invalid(t.name, "year %d is outside 0000-9999 (RFC 3339)", t.at.Year())
+		}
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // measure what a publisher that does not escape sends
+	if err := enc.Encode(j); err != nil {
+		return invalid("", "cannot encode the job: %v", err)
+	}
+	if n := buf.Len() - 1; n > opts.MaxBodyBytes { // Encode appends a newline
+		return invalid("", "encoded job is %d bytes, over the %d-byte cap", n, opts.MaxBodyBytes)
+	}
+	return nil
+}
+
+type subjectParts struct {
+	scene  Scene
+	target string
+}
+
+// messageInfo is what the pipeline needs from a message.
+type messageInfo struct {
+	msgID, eventID string
+	msgSeq         int
+	wakeup         bool
+}
+
+// check applies the rules shared by Decode and Validate. subj is nil when
+// there is no subject to compare with.
+func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
+	if j.V != ContractVersion {
+		return messageInfo{}, invalid("v", "unsupported contract version %d (this dispatcher understands version %d)", j.V, ContractVersion)
+	}
+	if j.ID != "" {
+		if len(j.ID) > MaxJobIDBytes {
+			return messageInfo{}, invalid("id", "is %d bytes, over the %d-byte limit", len(j.ID), MaxJobIDBytes)
+		}
+		if !utf8.ValidString(j.ID) {
+			return messageInfo{}, invalid("id", "is not valid UTF-8")
+		}
+		if i, r := indexRune(j.ID, isTextForbidden); i >= 0 {
+			return messageInfo{}, invalid("id", "contains %U at byte %d (ids must be printable: no control characters or line separators)", r, i)
+		}
+	}
+	if j.Scene == "" {
+		return messageInfo{}, invalid("scene", "must not be empty (want c2c, group, channel or dm)")
+	}
+	if !j.Scene.Valid() {
+		return messageInfo{}, invalid("scene", "unknown scene %s (want c2c, group, channel or dm)", quote(string(j.Scene)))
+	}
+	if subj != nil && subj.scene != j.Scene {
+		return messageInfo{}, invalid("scene", "body scene %q differs from the subject's scene %q; they must match, or a producer could bypass subject permissions", j.Scene, subj.scene)
+	}
+	if err := checkToken("target", j.Target); err != nil {
+		return messageInfo{}, err
+	}
+	if subj != nil && subj.target != j.Target {
+		return messageInfo{}, invalid("target", "body target %s differs from the subject's target %s; they must match, or a producer could bypass subject permissions", quote(j.Target), quote(subj.target))
+	}
+	if j.Scene == SceneChannel {
+		if j.GuildID == "" {
+			return messageInfo{}, invalid("guild_id", "required for channel jobs: the id of the guild that owns the channel (per-guild quotas need it)")
+		}
+		if err := checkToken("guild_id", j.GuildID); err != nil {
+			return messageInfo{}, err
+		}
+	} else if j.GuildID != "" {
+		return messageInfo{}, invalid("guild_id", "only channel jobs carry guild_id (this is a %s job)", j.Scene)
+	}
+	info, err := checkMessage(j.Scene, j.Message)
+	if err != nil {
+		return messageInfo{}, err
+	}
+	passive := info.msgID != "" || info.eventID != ""
+	if j.Received != nil && !passive {
+		return messageInfo{}, invalid("received_at", "only passive replies carry received_at, and the message has no msg_id or event_id (a reply built without its anchor?)")
+	}
+	if j.Received == nil && passive {
+		return messageInfo{}, invalid("received_at", "required for passive replies (the message has msg_id or event_id): the reply window is measured from it")
+	}
+	if j.Received != nil && j.NotAfter != nil && j.NotAfter.Before(*j.Received) {
+		return messageInfo{}, invalid("not_after", "not_after %s is before received_at %s",
+			j.NotAfter.Format(time.RFC3339Nano), j.Received.Format(time.RFC3339Nano))
+	}
+	switch j.OnQuota {
+	case "", QuotaFail, QuotaDefer:
+	default:
+		return messageInfo{}, invalid("on_quota", "unknown policy %s (want \"fail\" or \"defer\"; empty means fail)", quote(string(j.OnQuota)))
+	}
+	if len(j.Meta) > 0 {
+		if k := kindOf(j.Meta); k != "object" || !json.Valid(j.Meta) {
+			return messageInfo{}, invalid("meta", "must be a JSON object, got %s", k)
+		}
+		if len(j.Meta) > MaxMetaBytes {
+			return messageInfo{}, invalid("meta", "is %d bytes, over the %d-byte limit (it is copied into every outcome)", len(j.Meta), MaxMetaBytes)
+		}
+	}
+	return info, nil
+}
+
+// checkMessage validates the QQ message body for scene and extracts what the
+// pipeline needs. It reads the message; it never rewrites it.
+func checkMessage(scene Scene, raw json.RawMessage) (messageInfo, *InvalidJobError) {
+	var info messageInfo
+	if len(raw) == 0 {
+		return info, invalid("message", "missing (the QQ message body)")
+	}
+	if k := kindOf(raw); k != "object" {
+		return info, invalid("message", "must be a JSON object (the QQ message body), got %s", k)
+	}
+	if !json.Valid(raw) {
+		return info, invalid("message", "is not valid JSON")
+	}
+	members, err := objectMembers(raw, "message.")
+	if err != nil {
+		return info, err
+	}
+	f := make(map[string]json.RawMessage, len(members))
+	for _, m := range members {
+		f[m.key] = m.raw
+	}
+
+	// Fields every scene shares.
+	for _, a := range []struct {
+		name string
+		dst  *string
+	}{{"msg_id", &info.msgID}, {"event_id", &info.eventID}} {
+		raw, ok := f[a.name]
+		if !ok {
+			continue
+		}
+		field := "message." + a.name
+		s, err := jsonString(field, raw)
+		if err != nil {
+			return info, err
+		}
+		if s == "" {
+			return info, invalid(field, "must not be empty (omit it for an active send)")
+		}
+		if len(s) > MaxAnchorBytes {
+			return info, invalid(field, "is %d bytes, over the %d-byte limit", len(s), MaxAnchorBytes)
+		}
+		if i, r := indexRune(s, isSpaceOrControl); i >= 0 {
+			return info, invalid(field, "contains %U at byte %d (ids have no whitespace or control characters)", r, i)
+		}
+		*a.dst = s
+	}
+	if info.msgID != "" && info.eventID != "" {
+		return info, invalid("message.event_id", "set msg_id or event_id, not both (a reply answers one message or one event)")
+	}
+	var content *string
+	if raw, ok := f["content"]; ok {
+		s, err := jsonString("message.content", raw)
+		if err != nil {
+			return info, err
+		}
+		content = &s
+	}
+	for _, name := range []string{"markdown", "keyboard", "ark", "embed", "message_reference"} {
+		if raw, ok := f[name]; ok {
+			if k := kindOf(raw); k != "object" {
+				return info, invalid("message."+name, "must be a JSON object, got %s", k)
+			}
+		}
+	}
+
+	if !scene.HasMsgSeq() {
+		for _, name := range []string{"msg_type", "msg_seq", "is_wakeup"} {
+			if _, ok := f[name]; ok {
+				return info, invalid("message."+name, "%s messages have no %s (it is a c2c/group field)", scene, name)
+			}
+		}
+		if raw, ok := f["image"]; ok {
+			s, err := jsonString("message.image", raw)
+			if err != nil {
+				return info, err
+			}
+			if !isHTTPURL(s) {
+				return info, invalid("message.image", "must be an http:// or https:// URL without spaces, got %s", quote(s))
+			}
+		}
+		if (content == nil || *content == "") && !hasAny(f, "embed", "ark", "image", "markdown") {
+			return info, invalid("message", "%s messages need at least one of content (non-empty), embed, ark, image or markdown", scene)
+		}
+		return info, nil
+	}
+
+	// C2C and group.
+	raw, ok := f["msg_type"]
+	if !ok {
+		return info, invalid("message.msg_type", "missing: c2c and group messages need msg_type (0 text, 2 markdown, 3 ark, 4 embed, 7 media, ...)")
+	}
+	mt, err := jsonInt("message.msg_type", raw)
+	if err != nil {
+		return info, err
+	}
+	if _, known := msgTypeNames[mt]; !known {
+		return info, invalid("message.msg_type", "unknown msg_type %d (want 0 text, 1 mixed, 2 markdown, 3 ark, 4 embed, 6 typing, 7 media or 8 card)", mt)
+	}
+	if raw, ok := f["msg_seq"]; ok {
+		seq, err := jsonInt("message.msg_seq", raw)
+		if err != nil {
+			return info, err
+		}
+		if seq < 1 || seq > MaxMsgSeq {
+			return info, invalid("message.msg_seq", "msg_seq %d is out of range (want 1 to %d)", seq, MaxMsgSeq)
+		}
+		if info.msgID == "" && info.eventID == "" {
+			return info, invalid("message.msg_seq", "msg_seq numbers the replies to one msg_id or event_id; an active message (neither set) has none")
+		}
+		info.msgSeq = int(seq)
+	}
+	if raw, ok := f["is_wakeup"]; ok {
+		if err := json.Unmarshal(raw, &info.wakeup); err != nil || kindOf(raw) != "boolean" {
+			return info, invalid("message.is_wakeup", "must be true or false, got %s", kindOf(raw))
+		}
+	}
+	var fileInfo *string
+	if raw, ok := f["media"]; ok {
+		if k := kindOf(raw); k != "object" {
+			return info, invalid("message.media", "must be a JSON object, got %s", k)
+		}
+		mm, err := objectMembers(raw, "message.media.")
+		if err != nil {
+			return info, err
+		}
+		for _, m := range mm {
+			if m.key != "file_info" {
+				continue
+			}
+			s, err := jsonString("message.media.file_info", m.raw)
+			if err != nil {
+				return info, err
+			}
+			if s == "" {
+				return info, invalid("message.media.file_info", "must not be empty (the file_info returned by the /files upload)")
+			}
+			fileInfo = &s
+		}
+	}
+	switch mt {
+	case 0:
+		if content == nil || *content == "" {
+			return info, invalid("message.content", "msg_type 0 (text) needs a non-empty content")
+		}
+	case 2, 3, 4:
+		name := msgTypeNames[mt]
+		if _, ok := f[name]; !ok {
+			return info, invalid("message."+name, "msg_type %d (%s) needs a %s object", mt, name, name)
+		}
+	case 7:
+		if fileInfo == nil {
+			return info, invalid("message.media", "msg_type 7 (media) needs media.file_info (upload the file with /files first)")
+		}
+	}
+	if scene == SceneGroup && (content == nil || *content == "") {
+		return info, invalid("message.content", "group messages always need a non-empty content (send \" \" with msg_type 7)")
+	}
+	return info, nil
+}
+
+// member is one key/value pair of a JSON object, in document order.
+type member struct {
+	key string
+	raw json.RawMessage
+}
+
+// objectMembers lists the members of the JSON object raw and rejects
+// duplicate keys, which parsers resolve differently. prefix names the object
+// in errors ("" for the top level, "message." inside the message).
+func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	name := strings.TrimSuffix(prefix, ".")
+	if name == "" {
+		name = "body"
+	}
+	if _, err := dec.Token(); err != nil { // the opening brace
+		return nil, invalid(strings.TrimSuffix(prefix, "."), "%s is not valid JSON: %s", name, jsonErrText(err))
+	}
+	var out []member
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, invalid(strings.TrimSuffix(prefix, "."), "%s is not valid JSON: %s", name, jsonErrText(err))
+		}
+		key, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, invalid(prefix+truncate(key), "%s is not valid JSON: %s", name, jsonErrText(err))
+		}
+		if seen[key] {
+			return nil, invalid(prefix+truncate(key), "duplicate field (it appears more than once; JSON parsers disagree on which copy wins)")
+		}
+		seen[key] = true
+		out = append(out, member{key: key, raw: v})
+	}
+	return out, nil
+}
+
+// kindOf names the JSON type of a value by its first byte.
+func kindOf(raw []byte) string {
+	raw = trimJSONSpace(raw)
+	if len(raw) == 0 {
+		return "nothing"
+	}
+	switch raw[0] {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "boolean"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
+
+func jsonString(field string, raw json.RawMessage) (string, *InvalidJobError) {
+	k := kindOf(raw)
+	if k != "string" {
+		if k == "null" {
+			return "", invalid(field, "must be a string, got null (omit the field instead)")
+		}
+		return "", invalid(field, "must be a string, got %s", k)
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", invalid(field, "is not a valid JSON string")
+	}
+	return s, nil
+}
+
+// jsonInt reads an integer written as one: 1.0, 1e3 and "1" are refused
+// because they are not what the platform's integer fields accept.
+func jsonInt(field string, raw json.RawMessage) (int64, *InvalidJobError) {
+	k := kindOf(raw)
+	if k != "number" {
+		return 0, invalid(field, "must be an integer, got %s", k)
+	}
+	lit := string(trimJSONSpace(raw))
+	if strings.ContainsAny(lit, ".eE") {
+		return 0, invalid(field, "must be an integer, got the non-integer number %s", truncate(lit))
+	}
+	n, err := strconv.ParseInt(lit, 10, 64)
+	if err != nil {
+		return 0, invalid(field, "integer %s is out of range", truncate(lit))
+	}
+	return n, nil
+}
+
+func parseTimestamp(field, s string) (time.Time, *InvalidJobError) {
+	if !timestampRE.MatchString(s) {
+		return time.Time{}, invalid(field, "%s is not an RFC 3339 timestamp (want e.g. 2026-05-01T12:00:00+08:00)", quote(s))
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, invalid(field, "%s is not a valid RFC 3339 time (a field is out of range)", quote(s))
+	}
+	return t, nil
+}
+
+// checkToken applies the rules for target and guild_id: they are NATS subject
+// tokens, so no whitespace, control characters, '.', '*' or '>'.
+func checkToken(field, s string) *InvalidJobError {
+	if s == "" {
+		return invalid(field, "must not be empty")
+	}
+	if len(s) > MaxTargetBytes {
+		return invalid(field, "is %d bytes, over the %d-byte limit", len(s), MaxTargetBytes)
+	}
+	if !utf8.ValidString(s) {
+		return invalid(field, "is not valid UTF-8")
+	}
+	if i, r := indexRune(s, isTokenForbidden); i >= 0 {
+		return invalid(field, "contains %q at byte %d; ids cannot contain whitespace, control characters, '.', '*' or '>' (they are NATS subject tokens)", r, i)
+	}
+	return nil
+}
+
+// isTextForbidden: control characters and line separators (id). Matches the
+// "text" pattern of the schema.
+func isTextForbidden(r rune) bool {
+	return unicode.IsControl(r) || r == '\u2028' || r == '\u2029'
+}
+
+// isSpaceOrControl: whitespace and control characters (msg_id, event_id,
+// image URL). Matches the "anchor" pattern of the schema.
+func isSpaceOrControl(r rune) bool {
+	return r <= ' ' || unicode.IsControl(r) || unicode.IsSpace(r)
+}
+
+// isTokenForbidden: what a NATS subject token cannot hold. Matches the
+// "token" pattern of the schema.
+func isTokenForbidden(r rune) bool {
+	return isSpaceOrControl(r) || r == '.' || r == '*' || r == '>'
+}
+
+func indexRune(s string, bad func(rune) bool) (int, rune) {
+	for i, r := range s {
+		if bad(r) {
+			return i, r
+		}
+	}
+	return -1, 0
+}
+
+func isHTTPURL(s string) bool {
+	rest, ok := strings.CutPrefix(s, "https://")
+	if !ok {
+		rest, ok = strings.CutPrefix(s, "http://")
+	}
+	if !ok || rest == "" {
+		return false
+	}
+	i, _ := indexRune(rest, isSpaceOrControl)
+	return i < 0
+}
+
+func hasAny(f map[string]json.RawMessage, names ...string) bool {
+	for _, n := range names {
+		if _, ok := f[n]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func isTopField(k string) bool {
+	for _, f := range topFields {
+		if f == k {
+			return true
+		}
+	}
+	return false
+}
+
+func didYouMean(k string) string {
+	for _, f := range topFields {
+		if strings.EqualFold(f, k) {
+			return fmt.Sprintf("; names are case-sensitive, did you mean %q?", f)
+		}
+	}
+	return ""
+}
+
+func trimJSONSpace(b []byte) []byte {
+	return bytes.Trim(b, " \t\r\n")
+}
+
+func jsonErrText(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%v (at byte %d)", se, se.Offset)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "unexpected end of input"
+	}
+	return err.Error()
+}
+
+const maxQuoted = 64
+
+// truncate shortens s to maxQuoted bytes on a rune boundary, for errors.
+func truncate(s string) string {
+	if len(s) <= maxQuoted {
+		return s
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// quote quotes a producer's value for a reason, truncated.
+func quote(s string) string { return strconv.Quote(truncate(s)) }
