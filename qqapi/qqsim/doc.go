@@ -1,0 +1,66 @@
+// Package qqsim simulates the QQ Bot OpenAPI for tests, benchmarks and demos.
+//
+// It serves the token endpoint, the four send endpoints and the two upload
+// endpoints over real HTTP (Sim.Handler), enforces the platform's rules, can
+// misbehave on purpose, and records what it accepted so a test can check the
+// dispatcher. Because it is the referee, its bookkeeping is deliberately
+// naive and independent: it imports no other qqdispatch package, keeps every
+// accepted timestamp of every rate window in a plain list, and counts quotas
+// in a map keyed by calendar period. One mutex covers all of it, and a
+// send is checked and recorded under that mutex in one step, so concurrent
+// senders can never slip past a limit.
+//
+// # The rules model
+//
+// Every number lives in Rules (DefaultRules holds the newest numbers of
+// qq-platform.md). A send is checked in this order; the first rule that
+// refuses it answers, and a refused send changes no counter:
+//
+//  1. auth: Authorization "QQBot <token>" with a live token and
+//     X-Union-Appid equal to the app id. Failures answer HTTP 401 with 11245
+//     (legacy "Bot" scheme), 11241 (app id header) or 11244 (token).
+//  2. malformed: the body must be a JSON object shaped like the platform
+//     expects (msg_type and its companion field for c2c/group, integer
+//     msg_seq; one of content/embed/ark/image/markdown and no
+//     msg_type/msg_seq for channel/dm; file_type 1–4 and url for uploads).
+//  3. bad_anchor, passive_window: a send with msg_id (or else event_id) is
+//     passive. The id must come from Inbound for the same scene and target,
+//     and the send must arrive no later than the scene's PassiveWindow after
+//     the inbound time (the edge itself is accepted).
+//  4. dedupe: for c2c and group, a (msg_id, msg_seq) pair already accepted
+//     (missing msg_seq means 1) answers 40054005. A correct sender sees this
+//     only when retrying a send that was delivered, so it is counted under
+//     its own name and left out of Violations.
+//  5. reply_budget: a msg_id gets at most ReplyBudget replies (distinct
+//     msg_seq values; 0 means unlimited).
+//  6. active_not_allowed: an active send in a scene with ActiveAllowed false.
+//  7. quotas, in list order: calendar-period counters in Rules.Location
+//     (UTC+8 by default), keyed per target, per bot, or — for the channel
+//     scene — by the distinct channels one guild used (RegisterChannel maps
+//     channels to guilds; an unregistered channel is a guild of its own).
+//  8. rates, in list order: a send is refused when Limit matching sends with
+//     the same key were accepted in the half-open window (now-Window, now].
+//     Keys are per target, per bot, or per endpoint; RateRule.Endpoint picks
+//     message sends, the messages endpoint, or the files endpoint.
+//
+// Only accepted sends count anywhere. An upload with srv_send_msg true is an
+// active message of its scene and counts like one; a plain upload counts
+// only for rules on the files endpoint.
+//
+// # Around the rules
+//
+// Faults act before everything (nothing is recorded): a seeded share of
+// calls answers HTTP 500, and Latency+Jitter delays every call, giving up
+// silently when the client does. Scripts are consulted after auth: they can
+// answer anything, hang, accept and then drop the connection (the client
+// sees an error, the message is recorded: the "in doubt" case), or accept as
+// pending audit.
+//
+// Tokens behave like the platform's: asking again returns the same token
+// with its remaining lifetime, except in its last TokenGrace (60s), when a
+// new token is issued and the old one stays valid until it expires.
+//
+// The HTTP control surface under /_sim/ (messages, rejections, stats,
+// inbound, channels, script, faults, rules, reset) mirrors the Go API so a
+// simulator running as a separate process can be driven and checked.
+package qqsim
