@@ -1,0 +1,766 @@
+package dispatcher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/rs/zerolog"
+)
+
+// Defaults for ProcessorConfig.
+const (
+	MaxAttemptsDefault      = 6
+	BackoffInitialDefault   = 500 * time.Millisecond
+	BackoffMaxDefault       = 30 * time.Second
+	MaxJobDurationDefault   = 15 * time.Minute
+	RateLimitBackoffDefault = time.Second
+	RecordTimeoutDefault    = 2 * time.Minute
+)
+
+// InDoubtPolicy says what to do with a job that may have reached the
+// platform without its worker learning the answer (the worker died mid-call,
+// or the answer was lost), when the platform cannot dedupe a resend.
+type InDoubtPolicy string
+
+// In-doubt policies.
+const (
+	InDoubtReport InDoubtPolicy = "report" // outcome in_doubt, no resend (default)
+	InDoubtResend InDoubtPolicy = "resend" // send again; may deliver twice
+)
+
+// Header names the pipeline reads.
+const (
+	// HeaderJobID carries a job's identity when it is re-published (deferred
+	// or replayed); it takes precedence over Nats-Msg-Id.
+	HeaderJobID = "Qqdispatch-Job-Id"
+	// HeaderMsgID is the JetStream publish dedupe header.
+	HeaderMsgID = "Nats-Msg-Id"
+)
+
+// Clock is the time source the pipeline waits on; tests inject their own.
+type Clock interface {
+	Now() time.Time
+	// After behaves like time.After.
+	After(d time.Duration) <-chan time.Time
+}
+
+type wallClock struct{}
+
+func (wallClock) Now() time.Time                         { return time.Now() }
+func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// ProcessorConfig configures a Processor.
+type ProcessorConfig struct {
+	// Sender calls the QQ OpenAPI. Required.
+	Sender Sender
+	// Ledger is the dedupe ledger. Required.
+	Ledger Ledger
+	// Recorder stores outcomes and fills the DLQ. Required.
+	Recorder Recorder
+	// Scheduler re-publishes deferred jobs. Optional: without it a job whose
+	// quota is used up ends quota_exceeded even when it asked to defer.
+	Scheduler Scheduler
+	// Limiter enforces windows, budgets, quotas and rates before each call.
+	// Optional: nil means no pre-call rules.
+	Limiter Limiter
+	// Decode sets the subject prefix and body size cap used to decode jobs.
+	// Defaults: see DecodeOptions.
+	Decode DecodeOptions
+	// Owner names this worker instance in ledger claims. Default: random.
+	Owner string
+	// MaxAttempts bounds the failed calls per job (rate-limit answers do not
+	// count). Default MaxAttemptsDefault (6).
+	MaxAttempts int
+	// BackoffInitial is the first retry delay; it doubles per failure with
+	// ±50% jitter. Default BackoffInitialDefault (500ms).
+	BackoffInitial time.Duration
+	// BackoffMax caps a retry delay. Default BackoffMaxDefault (30s).
+	BackoffMax time.Duration
+	// RateLimitBackoff is the first wait after a rate-limit answer; it grows
+	// like BackoffInitial. Default RateLimitBackoffDefault (1s).
+	RateLimitBackoff time.Duration
+	// MaxJobDuration bounds the time a job without a deadline spends in
+	// retries, counted from when this worker took it. Default
+	// MaxJobDurationDefault (15m).
+	MaxJobDuration time.Duration
+	// InDoubt is the policy for jobs that may have been delivered without the
+	// platform being able to dedupe a resend. Default InDoubtReport.
+	InDoubt InDoubtPolicy
+	// RecordTimeout bounds how long the pipeline keeps trying to store an
+	// outcome (e.g. across a NATS restart) before giving the message back.
+	// Default RecordTimeoutDefault (2m).
+	RecordTimeout time.Duration
+	// Clock is the time source. Default: the wall clock.
+	Clock Clock
+	// Logger receives one line per outcome and per failed attempt. Default:
+	// a disabled logger.
+	Logger *zerolog.Logger
+	// Observer, if set, is told about attempts and outcomes (metrics).
+	Observer Observer
+}
+
+// Observer receives pipeline events, e.g. to export metrics. Calls must not
+// block.
+type Observer interface {
+	Attempt(scene Scene, class ErrorClass, took time.Duration) // class is ClassUnknown on success
+	Outcome(o Outcome, took time.Duration)
+}
+
+// Processor runs the per-job pipeline: decode → dedupe → window and budget →
+// quotas → rate limits → send with retries → outcome → ack.
+type Processor struct {
+	cfg ProcessorConfig
+	log zerolog.Logger
+
+	mu       sync.Mutex
+	inflight map[string]struct{} // job ids this process is handling now
+}
+
+// NewProcessor validates cfg, fills its defaults and returns a Processor.
+func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
+	if cfg.Sender == nil {
+		return nil, errors.New("dispatcher: ProcessorConfig.Sender is required")
+	}
+	if cfg.Ledger == nil {
+		return nil, errors.New("dispatcher: ProcessorConfig.Ledger is required")
+	}
+	if cfg.Recorder == nil {
+		return nil, errors.New("dispatcher: ProcessorConfig.Recorder is required")
+	}
+	if cfg.Owner == "" {
+		cfg.Owner = randomID()
+	}
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = MaxAttemptsDefault
+	}
+	if cfg.MaxAttempts < 1 {
+		return nil, fmt.Errorf("dispatcher: ProcessorConfig.MaxAttempts must be at least 1, got %d", cfg.MaxAttempts)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"BackoffInitial", &cfg.BackoffInitial, BackoffInitialDefault},
+		{"BackoffMax", &cfg.BackoffMax, BackoffMaxDefault},
+		{"RateLimitBackoff", &cfg.RateLimitBackoff, RateLimitBackoffDefault},
+		{"MaxJobDuration", &cfg.MaxJobDuration, MaxJobDurationDefault},
+		{"RecordTimeout", &cfg.RecordTimeout, RecordTimeoutDefault},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+		if *d.v < 0 {
+			return nil, fmt.Errorf("dispatcher: ProcessorConfig.%s must not be negative, got %s", d.name, *d.v)
+		}
+	}
+	if cfg.BackoffMax < cfg.BackoffInitial {
+		return nil, fmt.Errorf("dispatcher: ProcessorConfig.BackoffMax (%s) is shorter than BackoffInitial (%s)", cfg.BackoffMax, cfg.BackoffInitial)
+	}
+	switch cfg.InDoubt {
+	case "":
+		cfg.InDoubt = InDoubtReport
+	case InDoubtReport, InDoubtResend:
+	default:
+		return nil, fmt.Errorf("dispatcher: ProcessorConfig.InDoubt must be %q or %q, got %q", InDoubtReport, InDoubtResend, cfg.InDoubt)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = wallClock{}
+	}
+	p := &Processor{cfg: cfg, inflight: make(map[string]struct{})}
+	if cfg.Logger != nil {
+		p.log = *cfg.Logger
+	} else {
+		p.log = zerolog.Nop()
+	}
+	return p, nil
+}
+
+// Owner is the instance name this processor writes into ledger claims.
+func (p *Processor) Owner() string { return p.cfg.Owner }
+
+// ErrHandedBack is returned by Handle when ctx ended before the job was
+// finished and its message was given back for redelivery.
+var ErrHandedBack = errors.New("dispatcher: job handed back unfinished")
+
+// Handle runs one job to its outcome and acks its message. Cancelling ctx
+// asks Handle to stop early: a call in flight is finished, then the message is
+// handed back (Release) unless its outcome is already decided. Handle never
+// panics: a panic while handling the job becomes the job's failed outcome.
+//
+// The returned Outcome is the job's outcome (the stored one if the job was
+// already finished); the error is non-nil only when the job was handed back
+// or its outcome could not be stored.
+func (p *Processor) Handle(ctx context.Context, d Delivery) (out Outcome, err error) {
+	start := p.cfg.Clock.Now()
+	env := d.Envelope()
+	r := &run{p: p, d: d, env: env, start: start, log: p.log}
+	defer func() {
+		if v := recover(); v != nil {
+			r.log.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).Msg("panic while handling job")
+			out, err = r.finish(context.WithoutCancel(ctx), r.outcome(StatusFailed, fmt.Sprintf("internal error: panic: %v", v)))
+		}
+		if r.jobID != "" && r.registered {
+			p.mu.Lock()
+			delete(p.inflight, r.jobID)
+			p.mu.Unlock()
+		}
+	}()
+	return r.handle(ctx)
+}
+
+// run is the state of one Handle call.
+type run struct {
+	p     *Processor
+	d     Delivery
+	env   Envelope
+	start time.Time
+	log   zerolog.Logger
+
+	job        *Job
+	jobID      string
+	registered bool
+	claim      Claim
+	resumed    bool // a previous holder may have called the API for this job
+	deadline   time.Time
+	deadlineBy string
+	attempts   int // calls made by this run
+	last       *SendError
+}
+
+func (r *run) handle(ctx context.Context) (Outcome, error) {
+	p := r.p
+	job, derr := Decode(r.env.Subject, r.env.Data, p.cfg.Decode)
+	r.jobID = jobIdentity(job, r.env)
+	r.log = p.log.With().Str("job_id", r.jobID).Logger()
+	if derr != nil {
+		o := r.outcome(StatusInvalid, derr.Error())
+		if job == nil {
+			if sc, tg, err := ParseSubject(prefixOf(p.cfg.Decode), r.env.Subject); err == nil {
+				o.Scene, o.Target = sc, tg
+			}
+		}
+		return r.finish(ctx, o)
+	}
+	r.job = job
+	r.log = r.log.With().Str("scene", string(job.Scene)).Str("target", job.Target).Logger()
+
+	// A job already being handled by this process (its message came back
+	// while we still hold it) is left to the running handler.
+	p.mu.Lock()
+	if _, busy := p.inflight[r.jobID]; busy {
+		p.mu.Unlock()
+		r.log.Debug().Msg("duplicate delivery of a job in progress; leaving it to its handler")
+		return Outcome{JobID: r.jobID}, nil
+	}
+	p.inflight[r.jobID] = struct{}{}
+	r.registered = true
+	p.mu.Unlock()
+
+	if done, o, err := r.claimJob(ctx); done || err != nil {
+		return o, err
+	}
+	r.setDeadline()
+	if o, stop := r.checkDeadline(); stop {
+		return r.finish(ctx, o)
+	}
+	if err := r.reserveReply(ctx); err != nil {
+		return r.stopped(ctx, err)
+	}
+	var res Reservation
+	if p.cfg.Limiter != nil {
+		var err error
+		res, err = p.cfg.Limiter.Reserve(ctx, job)
+		if err != nil {
+			return r.stopped(ctx, err)
+		}
+	}
+	o, err := r.sendLoop(ctx)
+	if err != nil {
+		if res != nil {
+			r.refund(ctx, res)
+		}
+		return r.stopped(ctx, err)
+	}
+	if res != nil && !o.Status.Delivered() && r.notCharged(o) {
+		r.refund(ctx, res)
+	}
+	return r.finish(ctx, o)
+}
+
+// claimJob takes the job's ledger entry. done is true when the job needs no
+// more work (finished before, or in doubt) and its outcome has been handled.
+func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
+	p := r.p
+	now := p.cfg.Clock.Now()
+	c, err := p.cfg.Ledger.Claim(ctx, Claim{JobID: r.jobID, Phase: PhaseClaimed, Owner: p.cfg.Owner, Updated: now})
+	if err == nil {
+		r.claim = c
+		return false, Outcome{}, nil
+	}
+	if !errors.Is(err, ErrClaimExists) {
+		o, err := r.handBack(fmt.Errorf("claim job: %w", err))
+		return true, o, err
+	}
+	// The job was seen before.
+	switch c.Phase {
+	case PhaseDone:
+		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
+			r.log.Info().Str("status", string(stored.Status)).Msg("job already finished; skipping duplicate")
+			return true, stored, r.ack(ctx)
+		}
+		// Done in the ledger but no outcome stored (it expired): nothing to
+		// redo, the job ran.
+		r.log.Info().Msg("job already finished; skipping duplicate")
+		return true, Outcome{JobID: r.jobID, Status: c.Status}, r.ack(ctx)
+	case PhaseCalling:
+		// Its holder died (or lost the answer) during a call. If the outcome
+		// made it to the store, only the ledger lags behind.
+		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
+			c.Phase, c.Status, c.Updated = PhaseDone, stored.Status, now
+			_, _ = p.cfg.Ledger.Update(ctx, c)
+			return true, stored, r.ack(ctx)
+		}
+		r.resumed = true
+	}
+	// claimed / deferred / calling: take it over.
+	c.Owner, c.Updated = p.cfg.Owner, now
+	if c.Phase != PhaseCalling {
+		c.Phase = PhaseClaimed
+	}
+	nc, uerr := p.cfg.Ledger.Update(ctx, c)
+	if uerr != nil {
+		o, err := r.handBack(fmt.Errorf("take over claim: %w", uerr))
+		return true, o, err
+	}
+	r.claim = nc
+	if r.resumed && !r.dedupable() && p.cfg.InDoubt == InDoubtReport {
+		r.setDeadline()
+		o := r.outcome(StatusInDoubt, "its worker stopped during an API call; the message may or may not have been delivered (in-doubt policy: report)")
+		o.Attempts = c.Attempts
+		o, err := r.finish(ctx, o)
+		return true, o, err
+	}
+	if r.resumed {
+		r.log.Warn().Int("msg_seq", c.MsgSeq).Msg("resuming a job whose worker stopped mid-call")
+	}
+	return false, Outcome{}, nil
+}
+
+// dedupable reports whether the platform dedupes a resend of this job:
+// passive C2C/group replies with a fixed msg_seq.
+func (r *run) dedupable() bool {
+	return r.job != nil && r.job.Kind() == KindPassive && r.job.Scene.HasMsgSeq()
+}
+
+func (r *run) setDeadline() {
+	j := r.job
+	if j.NotAfter != nil {
+		r.deadline, r.deadlineBy = *j.NotAfter, "not_after"
+	}
+	if r.p.cfg.Limiter != nil && j.Kind() == KindPassive {
+		if w := r.p.cfg.Limiter.Deadline(j); !w.IsZero() && (r.deadline.IsZero() || w.Before(r.deadline)) {
+			r.deadline, r.deadlineBy = w, "reply window"
+		}
+	}
+}
+
+func (r *run) checkDeadline() (Outcome, bool) {
+	if r.deadline.IsZero() || r.p.cfg.Clock.Now().Before(r.deadline) {
+		return Outcome{}, false
+	}
+	return r.outcome(StatusExpired, fmt.Sprintf("%s ended at %s before the message could be sent", r.deadlineBy, r.deadline.UTC().Format(time.RFC3339))), true
+}
+
+// reserveReply fixes the msg_seq of a passive C2C/group job (allocating one
+// when the producer gave none) and holds the (anchor, seq) pair for it.
+func (r *run) reserveReply(ctx context.Context) error {
+	j := r.job
+	if j.Kind() != KindPassive || !j.Scene.HasMsgSeq() {
+		return nil
+	}
+	seq := j.MsgSeq
+	if seq == 0 {
+		seq = r.claim.MsgSeq
+	}
+	budget := 0
+	if r.p.cfg.Limiter != nil {
+		budget = r.p.cfg.Limiter.ReplyBudget(j)
+	}
+	got, err := r.p.cfg.Ledger.ReserveReply(ctx, pairAnchor(j), seq, r.jobID, budget)
+	if err != nil {
+		return err
+	}
+	if got != r.claim.MsgSeq {
+		c := r.claim
+		c.MsgSeq, c.Updated = got, r.p.cfg.Clock.Now()
+		nc, err := r.p.cfg.Ledger.Update(ctx, c)
+		if err != nil {
+			return fmt.Errorf("store msg_seq in claim: %w", err)
+		}
+		r.claim = nc
+	}
+	return nil
+}
+
+// pairAnchor names the platform's dedupe scope: replies to one msg_id (or
+// event_id) in one scene and target.
+func pairAnchor(j *Job) string {
+	return string(j.Scene) + "." + j.Target + "." + j.Anchor()
+}
+
+// sendLoop calls the API until the job has an outcome. A non-nil error means
+// the job stopped without one (shutdown, or a limit error handled by stopped).
+func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
+	p := r.p
+	j := r.job
+	body, err := withMsgSeq(j.Message, r.claim.MsgSeq, j.MsgSeq)
+	if err != nil {
+		return r.outcome(StatusInvalid, err.Error()), nil
+	}
+	horizon := r.deadline
+	if horizon.IsZero() {
+		horizon = r.start.Add(p.cfg.MaxJobDuration)
+	}
+	failBO := newBackoff(p.cfg.BackoffInitial, p.cfg.BackoffMax)
+	rateBO := newBackoff(p.cfg.RateLimitBackoff, p.cfg.BackoffMax)
+	failures, retriedOnce, tokenRetried := 0, false, false
+
+	for {
+		if o, stop := r.checkDeadline(); stop {
+			return o, nil
+		}
+		if ctx.Err() != nil {
+			return Outcome{}, ErrHandedBack
+		}
+		if p.cfg.Limiter != nil {
+			if err := p.cfg.Limiter.Wait(ctx, j, r.deadline); err != nil {
+				return Outcome{}, err
+			}
+		}
+		if err := r.markCalling(ctx); err != nil {
+			return Outcome{}, err
+		}
+		r.attempts++
+		callStart := p.cfg.Clock.Now()
+		// The call is not cut short by shutdown: a call abandoned midway is
+		// the in-doubt case we exist to avoid.
+		res, err := p.cfg.Sender.Send(context.WithoutCancel(ctx), j.Scene, j.Target, body)
+		took := p.cfg.Clock.Now().Sub(callStart)
+		class := ClassOf(err)
+		if p.cfg.Observer != nil {
+			p.cfg.Observer.Attempt(j.Scene, class, took)
+		}
+		if p.cfg.Limiter != nil {
+			p.cfg.Limiter.Feedback(j, class)
+		}
+		if err == nil {
+			o := r.outcome(StatusSent, "")
+			o.MessageID, o.TraceID = res.MessageID, res.TraceID
+			if res.AuditID != "" {
+				o.Status, o.AuditID = StatusPendingAudit, res.AuditID
+			}
+			return o, nil
+		}
+		var se *SendError
+		if !errors.As(err, &se) {
+			se = &SendError{Class: ClassUnknown, Message: err.Error(), Err: err}
+		}
+		r.last = se
+		lg := r.log.Warn().Int("attempt", r.claim.Attempts).Str("class", se.Class.String()).
+			Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Err(err)
+		lg.Msg("send attempt failed")
+
+		var wait time.Duration
+		switch se.Class {
+		case ClassPendingAudit:
+			o := r.outcome(StatusPendingAudit, "")
+			return o, nil
+		case ClassAlreadyDelivered:
+			if r.claim.Attempts > 1 || r.resumed {
+				o := r.outcome(StatusSent, "")
+				o.Confirmed = true
+				o.TraceID = se.TraceID
+				return o, nil
+			}
+			return r.rejected("the platform already has a reply with this (msg_id, msg_seq): duplicate", se), nil
+		case ClassRateLimited:
+			// Does not spend an attempt.
+			wait = rateBO.NextBackOff()
+		case ClassQuotaExhausted:
+			return r.outcomeFor(StatusQuotaExceeded, "the platform answered that the period quota is used up", se), nil
+		case ClassPassiveExpired:
+			return r.outcomeFor(StatusExpired, "the platform answered that the reply window is gone", se), nil
+		case ClassToken:
+			// The client already refreshed the token once; one more try
+			// covers a refresh racing a rotation.
+			if tokenRetried {
+				return r.rejected("the platform refused the access token", se), nil
+			}
+			tokenRetried = true
+			failures++
+			wait = failBO.NextBackOff()
+		case ClassRetryOnce:
+			if retriedOnce {
+				return r.rejected("the platform refused the message twice", se), nil
+			}
+			retriedOnce = true
+			failures++
+			wait = failBO.NextBackOff()
+		case ClassTransient, ClassSession, ClassUnknown:
+			if se.Unanswered && !r.dedupable() && p.cfg.InDoubt == InDoubtReport {
+				o := r.outcomeFor(StatusInDoubt, "the call got no answer and the platform cannot dedupe a resend; it may or may not have been delivered (in-doubt policy: report)", se)
+				return o, nil
+			}
+			failures++
+			wait = failBO.NextBackOff()
+		default:
+			return r.rejected("the platform refused the message permanently", se), nil
+		}
+		if failures >= p.cfg.MaxAttempts {
+			return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %d failed attempts", failures), se), nil
+		}
+		// The call failed with an answer: it did not deliver, so a crash
+		// from here on is not in doubt.
+		if !se.Unanswered {
+			if err := r.markClaimed(ctx); err != nil {
+				return Outcome{}, err
+			}
+		}
+		if next := p.cfg.Clock.Now().Add(wait); next.After(horizon) {
+			if !r.deadline.IsZero() {
+				return r.outcomeFor(StatusExpired, fmt.Sprintf("%s ends before the next retry could start", r.deadlineBy), se), nil
+			}
+			return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %s of retries", p.cfg.MaxJobDuration), se), nil
+		}
+		select {
+		case <-ctx.Done():
+			return Outcome{}, ErrHandedBack
+		case <-p.cfg.Clock.After(wait):
+		}
+	}
+}
+
+func (r *run) markCalling(ctx context.Context) error {
+	c := r.claim
+	c.Phase, c.Attempts, c.Updated = PhaseCalling, c.Attempts+1, r.p.cfg.Clock.Now()
+	nc, err := r.p.cfg.Ledger.Update(ctx, c)
+	if err != nil {
+		return fmt.Errorf("mark claim calling: %w", err)
+	}
+	r.claim = nc
+	return nil
+}
+
+func (r *run) markClaimed(ctx context.Context) error {
+	c := r.claim
+	c.Phase, c.Updated = PhaseClaimed, r.p.cfg.Clock.Now()
+	nc, err := r.p.cfg.Ledger.Update(ctx, c)
+	if err != nil {
+		return fmt.Errorf("mark claim claimed: %w", err)
+	}
+	r.claim = nc
+	return nil
+}
+
+// stopped turns an error that ended the job before an outcome into the
+// job's outcome (rule errors) or a hand-back (shutdown, storage trouble).
+func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
+	var le *LimitError
+	switch {
+	case errors.As(err, &le):
+		if le.Status == StatusQuotaExceeded && r.job.OnQuota == QuotaDefer && r.p.cfg.Scheduler != nil && !le.RetryAt.IsZero() {
+			if r.deadline.IsZero() || le.RetryAt.Before(r.deadline) {
+				return r.deferTo(ctx, le)
+			}
+			return r.finish(ctx, r.outcome(StatusExpired, fmt.Sprintf("%s; the next period starts after the %s ends", le.Reason, r.deadlineBy)))
+		}
+		o := r.outcome(le.Status, le.Reason)
+		return r.finish(ctx, o)
+	case errors.Is(err, ErrPairTaken):
+		o := r.outcome(StatusRejected, "another job already holds this (msg_id, msg_seq): duplicate reply, not sent")
+		o.Code = 40054005
+		return r.finish(ctx, o)
+	case errors.Is(err, ErrReplyBudget):
+		return r.finish(ctx, r.outcome(StatusQuotaExceeded, "the reply budget of this msg_id is used up"))
+	}
+	return r.handBack(err)
+}
+
+func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
+	if err := r.p.cfg.Scheduler.Schedule(ctx, r.env, r.jobID, le.RetryAt); err != nil {
+		return r.handBack(fmt.Errorf("defer job: %w", err))
+	}
+	c := r.claim
+	c.Phase, c.Updated = PhaseDeferred, r.p.cfg.Clock.Now()
+	if nc, err := r.p.cfg.Ledger.Update(ctx, c); err == nil {
+		r.claim = nc
+	}
+	r.log.Info().Str("rule", le.Rule).Time("until", le.RetryAt).Msg("quota used up; job deferred to the next period")
+	return Outcome{JobID: r.jobID}, r.ack(ctx)
+}
+
+// handBack gives the message back for redelivery.
+func (r *run) handBack(cause error) (Outcome, error) {
+	if err := r.d.Release(); err != nil {
+		r.log.Warn().Err(err).Msg("release message")
+	}
+	if errors.Is(cause, ErrHandedBack) || errors.Is(cause, context.Canceled) {
+		r.log.Info().Msg("job handed back on shutdown")
+		return Outcome{JobID: r.jobID}, ErrHandedBack
+	}
+	r.log.Warn().Err(cause).Msg("job handed back")
+	return Outcome{JobID: r.jobID}, fmt.Errorf("%w: %w", ErrHandedBack, cause)
+}
+
+func (r *run) refund(ctx context.Context, res Reservation) {
+	if err := res.Refund(context.WithoutCancel(ctx)); err != nil {
+		r.log.Warn().Err(err).Msg("refund quota")
+	}
+}
+
+// notCharged reports whether the platform charged nothing for the job's
+// calls: it answered every one with a definite refusal.
+func (r *run) notCharged(o Outcome) bool {
+	if r.attempts == 0 {
+		return true
+	}
+	if r.last == nil || r.last.Unanswered {
+		return false
+	}
+	return o.Status != StatusInDoubt
+}
+
+func (r *run) outcome(s Status, reason string) Outcome {
+	o := Outcome{V: ContractVersion, JobID: r.jobID, Status: s, Reason: reason, Attempts: r.claim.Attempts, MsgSeq: r.claim.MsgSeq}
+	if r.job != nil {
+		o.Scene, o.Target, o.Meta = r.job.Scene, r.job.Target, r.job.Meta
+		if o.MsgSeq == 0 && r.job.Kind() == KindPassive {
+			o.MsgSeq = r.job.MsgSeq
+		}
+	}
+	return o
+}
+
+func (r *run) outcomeFor(s Status, reason string, se *SendError) Outcome {
+	o := r.outcome(s, reason)
+	o.Code, o.HTTPStatus, o.TraceID = se.Code, se.HTTPStatus, se.TraceID
+	if se.Message != "" {
+		o.Reason += ": " + se.Message
+	}
+	return o
+}
+
+func (r *run) rejected(reason string, se *SendError) Outcome {
+	return r.outcomeFor(StatusRejected, reason+" ("+se.Class.String()+")", se)
+}
+
+// finish stores the outcome, finalises the ledger entry and acks.
+func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
+	p := r.p
+	o.Finished = p.cfg.Clock.Now()
+	// Storing the outcome outlives shutdown: the job is decided.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.RecordTimeout)
+	defer cancel()
+	var stored Outcome
+	err := retryStorage(rctx, p.cfg.Clock, func() error {
+		var err error
+		stored, err = p.cfg.Recorder.Record(rctx, o, r.env)
+		return err
+	})
+	if err != nil {
+		return r.handBack(fmt.Errorf("record outcome: %w", err))
+	}
+	if r.claim.JobID != "" {
+		c := r.claim
+		c.Phase, c.Status, c.Updated = PhaseDone, stored.Status, p.cfg.Clock.Now()
+		if _, err := p.cfg.Ledger.Update(rctx, c); err != nil {
+			// The outcome is stored; a redelivery will find it.
+			r.log.Warn().Err(err).Msg("finalise ledger entry")
+		}
+	}
+	ev := r.log.Info()
+	if !stored.Status.Delivered() {
+		ev = r.log.Warn()
+	}
+	ev.Str("status", string(stored.Status)).Int("attempt", stored.Attempts).Str("trace_id", stored.TraceID).
+		Int("code", stored.Code).Str("message_id", stored.MessageID).Str("reason", stored.Reason).Msg("job finished")
+	if p.cfg.Observer != nil {
+		p.cfg.Observer.Outcome(stored, p.cfg.Clock.Now().Sub(r.start))
+	}
+	return stored, r.ack(rctx)
+}
+
+func (r *run) ack(ctx context.Context) error {
+	if err := r.d.Ack(ctx); err != nil {
+		// The outcome is stored; a redelivery is skipped as a duplicate.
+		r.log.Warn().Err(err).Msg("ack job message")
+	}
+	return nil
+}
+
+// retryStorage retries a storage operation with backoff until it succeeds or
+// ctx ends, riding out a NATS reconnect.
+func retryStorage(ctx context.Context, clk Clock, op func() error) error {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	for {
+		err := op()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		case <-clk.After(bo.NextBackOff()):
+		}
+	}
+}
+
+func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(initial),
+		backoff.WithMaxInterval(max),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0.5),
+		backoff.WithMaxElapsedTime(0),
+	)
+}
+
+// jobIdentity is the job's id: the body's id, else the re-publish header,
+// else Nats-Msg-Id, else derived from the reply pair or the stream sequence.
+func jobIdentity(j *Job, env Envelope) string {
+	if j != nil && j.ID != "" {
+		return j.ID
+	}
+	if v := firstHeader(env.Header, HeaderJobID); v != "" {
+		return v
+	}
+	if v := firstHeader(env.Header, HeaderMsgID); v != "" {
+		return v
+	}
+	if j != nil && j.Kind() == KindPassive && j.MsgSeq > 0 {
+		return "reply-" + string(j.Scene) + "-" + j.Target + "-" + j.Anchor() + "-" + strconv.Itoa(j.MsgSeq)
+	}
+	return "seq-" + strconv.FormatUint(env.Seq, 10)
+}
+
+func firstHeader(h map[string][]string, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
