@@ -115,16 +115,14 @@ func Decode(subject string, data []byte, opts DecodeOptions) (*Job, error) {
 	if !utf8.Valid(data) {
 		return nil, invalid("", "body is not valid UTF-8")
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	var top json.RawMessage
-	if err := dec.Decode(&top); err != nil {
-		return nil, invalid("", "body is not valid JSON: %s", jsonErrText(err))
+	// The job owns its bytes: Message and Meta are slices of this copy.
+	buf := bytes.Clone(data)
+	if !json.Valid(buf) {
+		return nil, diagnoseJSON(buf)
 	}
+	top := trimJSONSpace(buf)
 	if k := kindOf(top); k != "object" {
 		return nil, invalid("", "body is a JSON %s, not an object", k)
-	}
-	if off := dec.InputOffset(); len(trimJSONSpace(data[off:])) > 0 {
-		return nil, invalid("", "trailing data after the JSON object at byte %d", off)
 	}
 	members, err := objectMembers(top, "")
 	if err != nil {
@@ -283,7 +281,8 @@ type messageInfo struct {
 }
 
 // check applies the rules shared by Decode and Validate. subj is nil when
-// there is no subject to compare with.
+// there is no subject to compare with (Validate); when it is set (Decode) the
+// body is known to be valid JSON and UTF-8.
 func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 	if j.V != ContractVersion {
 		return messageInfo{}, invalid("v", "unsupported contract version %d (this dispatcher understands version %d)", j.V, ContractVersion)
@@ -324,7 +323,7 @@ func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 	} else if j.GuildID != "" {
 		return messageInfo{}, invalid("guild_id", "only channel jobs carry guild_id (this is a %s job)", j.Scene)
 	}
-	info, err := checkMessage(j.Scene, j.Message)
+	info, err := checkMessage(j.Scene, j.Message, subj != nil)
 	if err != nil {
 		return messageInfo{}, err
 	}
@@ -345,8 +344,14 @@ func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 		return messageInfo{}, invalid("on_quota", "unknown policy %s (want \"fail\" or \"defer\"; empty means fail)", quote(string(j.OnQuota)))
 	}
 	if len(j.Meta) > 0 {
-		if k := kindOf(j.Meta); k != "object" || !json.Valid(j.Meta) {
+		if k := kindOf(j.Meta); k != "object" {
 			return messageInfo{}, invalid("meta", "must be a JSON object, got %s", k)
+		}
+		if !json.Valid(j.Meta) {
+			return messageInfo{}, invalid("meta", "is not valid JSON")
+		}
+		if !utf8.Valid(j.Meta) {
+			return messageInfo{}, invalid("meta", "is not valid UTF-8")
 		}
 		if len(j.Meta) > MaxMetaBytes {
 			return messageInfo{}, invalid("meta", "is %d bytes, over the %d-byte limit (it is copied into every outcome)", len(j.Meta), MaxMetaBytes)
@@ -357,7 +362,8 @@ func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 
 // checkMessage validates the QQ message body for scene and extracts what the
 // pipeline needs. It reads the message; it never rewrites it.
-func checkMessage(scene Scene, raw json.RawMessage) (messageInfo, *InvalidJobError) {
+// valid says raw is known to be valid JSON and UTF-8.
+func checkMessage(scene Scene, raw json.RawMessage, valid bool) (messageInfo, *InvalidJobError) {
 	var info messageInfo
 	if len(raw) == 0 {
 		return info, invalid("message", "missing (the QQ message body)")
@@ -365,8 +371,13 @@ func checkMessage(scene Scene, raw json.RawMessage) (messageInfo, *InvalidJobErr
 	if k := kindOf(raw); k != "object" {
 		return info, invalid("message", "must be a JSON object (the QQ message body), got %s", k)
 	}
-	if !json.Valid(raw) {
-		return info, invalid("message", "is not valid JSON")
+	if !valid { // Decode has checked the whole body already
+		if !json.Valid(raw) {
+			return info, invalid("message", "is not valid JSON")
+		}
+		if !utf8.Valid(raw) {
+			return info, invalid("message", "is not valid UTF-8")
+		}
 	}
 	members, err := objectMembers(raw, "message.")
 	if err != nil {
@@ -468,9 +479,10 @@ func checkMessage(scene Scene, raw json.RawMessage) (messageInfo, *InvalidJobErr
 		info.msgSeq = int(seq)
 	}
 	if raw, ok := f["is_wakeup"]; ok {
-		if err := json.Unmarshal(raw, &info.wakeup); err != nil || kindOf(raw) != "boolean" {
+		if kindOf(raw) != "boolean" {
 			return info, invalid("message.is_wakeup", "must be true or false, got %s", kindOf(raw))
 		}
+		info.wakeup = string(raw) == "true"
 	}
 	var fileInfo *string
 	if raw, ok := f["media"]; ok {
@@ -522,37 +534,177 @@ type member struct {
 	raw json.RawMessage
 }
 
-// objectMembers lists the members of the JSON object raw and rejects
-// duplicate keys, which parsers resolve differently. prefix names the object
-// in errors ("" for the top level, "message." inside the message).
+// diagnoseJSON explains why data, which json.Valid refused, is not one JSON
+// object.
+func diagnoseJSON(data []byte) *InvalidJobError {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var top json.RawMessage
+	if err := dec.Decode(&top); err != nil {
+		return invalid("", "body is not valid JSON: %s", jsonErrText(err))
+	}
+	if off := dec.InputOffset(); len(trimJSONSpace(data[off:])) > 0 {
+		return invalid("", "trailing data after the JSON %s at byte %d", kindOf(top), off)
+	}
+	return invalid("", "body is not valid JSON")
+}
+
+// objectMembers lists the members of raw, a JSON object that json.Valid has
+// accepted, in document order, and rejects duplicate keys, which parsers
+// resolve differently. prefix names the object in errors ("" for the top
+// level, "message." inside the message). It scans instead of using a
+// json.Decoder: a job is decoded on every delivery, and this allocates little.
 func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	name := strings.TrimSuffix(prefix, ".")
-	if name == "" {
-		name = "body"
+	bad := invalid(strings.TrimSuffix(prefix, "."), "is not a valid JSON object")
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return nil, bad
 	}
-	if _, err := dec.Token(); err != nil { // the opening brace
-		return nil, invalid(strings.TrimSuffix(prefix, "."), "%s is not valid JSON: %s", name, jsonErrText(err))
+	out := make([]member, 0, 12)
+	var seen map[string]bool
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		return out, nil
 	}
-	var out []member
-	seen := make(map[string]bool)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, invalid(strings.TrimSuffix(prefix, "."), "%s is not valid JSON: %s", name, jsonErrText(err))
+	for {
+		end := skipString(raw, i)
+		if end < 0 {
+			return nil, bad
 		}
-		key, _ := tok.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, invalid(prefix+truncate(key), "%s is not valid JSON: %s", name, jsonErrText(err))
+		key, ok := unquote(raw[i:end])
+		if !ok {
+			return nil, bad
 		}
-		if seen[key] {
+		i = skipSpace(raw, end)
+		if i >= len(raw) || raw[i] != ':' {
+			return nil, bad
+		}
+		i = skipSpace(raw, i+1)
+		vend := skipValue(raw, i)
+		if vend < 0 {
+			return nil, bad
+		}
+		if isDuplicate(out, &seen, key) {
 			return nil, invalid(prefix+truncate(key), "duplicate field (it appears more than once; JSON parsers disagree on which copy wins)")
 		}
-		seen[key] = true
-		out = append(out, member{key: key, raw: v})
+		out = append(out, member{key: key, raw: raw[i:vend:vend]})
+		i = skipSpace(raw, vend)
+		if i >= len(raw) {
+			return nil, bad
+		}
+		switch raw[i] {
+		case '}':
+			return out, nil
+		case ',':
+			i = skipSpace(raw, i+1)
+		default:
+			return nil, bad
+		}
 	}
-	return out, nil
+}
+
+// isDuplicate reports whether key is among the members so far. Small objects
+// are searched in place; large ones get a set, so a body with thousands of
+// keys costs linear time, not quadratic.
+func isDuplicate(members []member, seen *map[string]bool, key string) bool {
+	const small = 16
+	if len(members) < small {
+		for _, m := range members {
+			if m.key == key {
+				return true
+			}
+		}
+		return false
+	}
+	if *seen == nil {
+		*seen = make(map[string]bool, 2*small)
+		for _, m := range members {
+			(*seen)[m.key] = true
+		}
+	}
+	if (*seen)[key] {
+		return true
+	}
+	(*seen)[key] = true
+	return false
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index just past the string starting at b[i], or -1.
+func skipString(b []byte, i int) int {
+	if i >= len(b) || b[i] != '"' {
+		return -1
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return -1
+}
+
+// skipValue returns the index just past the value starting at b[i], or -1.
+func skipValue(b []byte, i int) int {
+	if i >= len(b) {
+		return -1
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				end := skipString(b, j)
+				if end < 0 {
+					return -1
+				}
+				j = end - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return -1
+	}
+	j := i
+	for ; j < len(b); j++ {
+		if c := b[j]; c == ',' || c == '}' || c == ']' || c == ' ' || c == '\t' || c == '\r' || c == '\n' {
+			break
+		}
+	}
+	if j == i {
+		return -1
+	}
+	return j
+}
+
+// unquote decodes a JSON string literal; only escapes need encoding/json.
+func unquote(lit []byte) (string, bool) {
+	if len(lit) < 2 {
+		return "", false
+	}
+	if bytes.IndexByte(lit, '\\') < 0 {
+		return string(lit[1 : len(lit)-1]), true
+	}
+	var s string
+	if err := json.Unmarshal(lit, &s); err != nil {
+		return "", false
+	}
+	return s, true
 }
 
 // kindOf names the JSON type of a value by its first byte.
@@ -584,8 +736,8 @@ func jsonString(field string, raw json.RawMessage) (string, *InvalidJobError) {
 		}
 		return "", invalid(field, "must be a string, got %s", k)
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	s, ok := unquote(trimJSONSpace(raw))
+	if !ok {
 		return "", invalid(field, "is not a valid JSON string")
 	}
 	return s, nil

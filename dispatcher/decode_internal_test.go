@@ -1,7 +1,9 @@
 package dispatcher
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"testing"
 	"unicode/utf8"
@@ -66,4 +68,65 @@ func nextRune(r rune) rune {
 		return r + 1
 	}
 	return r + 61
+}
+
+// FuzzObjectMembers compares the hand-written object scanner with
+// encoding/json's decoder on every valid JSON object.
+func FuzzObjectMembers(f *testing.F) {
+	for _, s := range []string{
+		`{}`, ` { } `, `{"a":1}`, `{"a":"x\\\"}","b":[1,{"c":"]"}],"d":{"e":null},"f":-1.5e3,"g":true}`,
+		`{"a\u0062":1,"ab":2}`, `{"a":1,"a":2}`, "{\"k\" :\t\"v\" ,\n\"l\":[ ] }", `{"x":{"y":{"z":[[["}"]]]}}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	var many bytes.Buffer // more keys than isDuplicate searches in place
+	for i := range 20 {
+		fmt.Fprintf(&many, `,"k%d":%d`, i, i)
+	}
+	f.Add([]byte(`{"a":0` + many.String() + `}`))
+	f.Add([]byte(`{"a":0` + many.String() + `,"k19":1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if !json.Valid(data) || !utf8.Valid(data) || kindOf(data) != "object" {
+			return // objectMembers' callers check these first
+		}
+		got, gerr := objectMembers(data, "")
+		var want []member
+		dup := false
+		dec := json.NewDecoder(bytes.NewReader(data))
+		if _, err := dec.Token(); err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				t.Fatal(err)
+			}
+			k := tok.(string)
+			dup = dup || seen[k]
+			seen[k] = true
+			want = append(want, member{key: k, raw: v})
+		}
+		if dup {
+			if gerr == nil {
+				t.Fatalf("duplicate key not reported in %q", data)
+			}
+			return
+		}
+		if gerr != nil {
+			t.Fatalf("objectMembers(%q): %v", data, gerr)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%q: %d members, want %d", data, len(got), len(want))
+		}
+		for i := range got {
+			if got[i].key != want[i].key || !bytes.Equal(got[i].raw, want[i].raw) {
+				t.Fatalf("%q: member %d = %q:%q, want %q:%q", data, i, got[i].key, got[i].raw, want[i].key, want[i].raw)
+			}
+		}
+	})
 }

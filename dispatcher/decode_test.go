@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -269,6 +270,8 @@ var invalidCases = []invalidCase{
 	{name: "message missing", subject: sC2C, body: `{"v":1,"scene":"c2c","target":"U1"}`, field: "message", reason: "missing (the QQ message body)"},
 	{name: "message string", subject: sC2C, body: c2c("", `"hi"`), field: "message", reason: "must be a JSON object (the QQ message body), got string"},
 	{name: "message null", subject: sC2C, body: c2c("", `null`), field: "message", reason: "must be a JSON object (the QQ message body), got null"},
+	{name: "message duplicate key among many", subject: sC2C, body: c2c("", `{"msg_type":0,"content":"a",`+manyKeys(40)+`,"k7":0}`),
+		field: "message.k7", reason: "duplicate field", outside: byDup},
 	{name: "message duplicate key", subject: sC2C, body: c2c("", `{"msg_type":0,"content":"a","content":"b"}`), field: "message.content", reason: "duplicate field", outside: byDup},
 	{name: "content number", subject: sC2C, body: c2c("", `{"msg_type":1,"content":5}`), field: "message.content", reason: "must be a string, got number"},
 	{name: "markdown string", subject: sC2C, body: c2c("", `{"msg_type":2,"markdown":"# hi"}`), field: "message.markdown", reason: "must be a JSON object, got string"},
@@ -441,7 +444,12 @@ func TestValidateGoBuilt(t *testing.T) {
 		{"wakeup disagrees", func(j *dispatcher.Job) { j.Wakeup = true }, dispatcher.DecodeOptions{}, "message.is_wakeup", "Job.Wakeup is set"},
 		{"not_after early", func(j *dispatcher.Job) { j.NotAfter = &early }, dispatcher.DecodeOptions{}, "not_after", "is before received_at"},
 		{"year out of range", func(j *dispatcher.Job) { j.NotAfter = nil; j.Received = &ancient }, dispatcher.DecodeOptions{}, "received_at", "year -5 is outside"},
-		{"meta invalid", func(j *dispatcher.Job) { j.Meta = json.RawMessage(`{"a":`) }, dispatcher.DecodeOptions{}, "meta", "must be a JSON object"},
+		{"meta invalid", func(j *dispatcher.Job) { j.Meta = json.RawMessage(`{"a":`) }, dispatcher.DecodeOptions{}, "meta", "is not valid JSON"},
+		{"meta array", func(j *dispatcher.Job) { j.Meta = json.RawMessage(`[]`) }, dispatcher.DecodeOptions{}, "meta", "must be a JSON object, got array"},
+		{"meta not UTF-8", func(j *dispatcher.Job) { j.Meta = json.RawMessage("{\"a\":\"\xff\"}") }, dispatcher.DecodeOptions{}, "meta", "is not valid UTF-8"},
+		{"message not UTF-8", func(j *dispatcher.Job) {
+			j.Message = json.RawMessage("{\"msg_type\":0,\"content\":\"\xff\",\"msg_id\":\"M\"}")
+		}, dispatcher.DecodeOptions{}, "message", "is not valid UTF-8"},
 		{"on_quota", func(j *dispatcher.Job) { j.OnQuota = "retry" }, dispatcher.DecodeOptions{}, "on_quota", `unknown policy "retry"`},
 		{"id control", func(j *dispatcher.Job) { j.ID = "a\x7f" }, dispatcher.DecodeOptions{}, "id", "contains U+007F"},
 		{"id not UTF-8", func(j *dispatcher.Job) { j.ID = "a\xff" }, dispatcher.DecodeOptions{}, "id", "is not valid UTF-8"},
@@ -545,6 +553,15 @@ func TestSchemaAgreesWithDecode(t *testing.T) {
 	t.Logf("%d valid and %d invalid examples; %d invalid ones outside the schema", len(validCases), len(invalidCases), outside)
 }
 
+// manyKeys returns n members "k0":0,...
+func manyKeys(n int) string {
+	parts := make([]string, n)
+	for i := range parts {
+		parts[i] = `"k` + strconv.Itoa(i) + `":0`
+	}
+	return strings.Join(parts, ",")
+}
+
 func trunc(s string) string {
 	if len(s) > 200 {
 		return s[:200] + "..."
@@ -553,7 +570,9 @@ func trunc(s string) string {
 }
 
 func BenchmarkDecode(b *testing.B) {
-	for _, c := range []validCase{validCases[1], validCases[9]} {
+	large := validCase{name: "c2c 60 KiB markdown", subject: sC2C, head: `"v":1,"scene":"c2c","target":"U1"`,
+		msg: `{"msg_type":2,"markdown":{"content":"` + strings.Repeat(`line \"q\" `, 5000) + `"}}`}
+	for _, c := range []validCase{validCases[1], validCases[9], large} {
 		data := []byte(c.body())
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
