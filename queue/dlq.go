@@ -1,0 +1,294 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// DLQ administers the dead-letter stream: list, show, replay, purge.
+type DLQ struct {
+	cfg      Config
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	outcomes jetstream.KeyValue
+	ledger   jetstream.KeyValue
+}
+
+// NewDLQ binds the DLQ stream and the outcome and ledger buckets, which
+// Provision must have created.
+func NewDLQ(ctx context.Context, js jetstream.JetStream, cfg Config) (*DLQ, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	st, err := js.Stream(ctx, cfg.DLQStream)
+	if err != nil {
+		return nil, fmt.Errorf("queue: DLQ stream %q (run Provision first): %w", cfg.DLQStream, err)
+	}
+	out, err := js.KeyValue(ctx, cfg.OutcomeBucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: outcome bucket %q (run Provision first): %w", cfg.OutcomeBucket, err)
+	}
+	led, err := js.KeyValue(ctx, cfg.LedgerBucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: ledger bucket %q (run Provision first): %w", cfg.LedgerBucket, err)
+	}
+	return &DLQ{cfg: cfg, js: js, stream: st, outcomes: out, ledger: led}, nil
+}
+
+// DLQEntry is one job on the DLQ.
+type DLQEntry struct {
+	Seq             uint64            // DLQ stream sequence
+	Subject         string            // DLQ subject, {prefix}.dlq.{scene}.{target}
+	JobID           string            // Qqdispatch-Job-Id
+	Status          dispatcher.Status // Qqdispatch-Status
+	Reason          string            // Qqdispatch-Reason
+	Code            int               // Qqdispatch-Code, 0 if none
+	TraceID         string            // Qqdispatch-Trace-Id
+	OriginalSubject string            // Qqdispatch-Original-Subject
+	Attempts        int               // Qqdispatch-Attempts
+	FailedAt        time.Time         // Qqdispatch-Failed-At
+	Time            time.Time         // when it was stored on the DLQ
+
+	// Header and Data are the full message; set by Get only.
+	Header nats.Header
+	Data   []byte
+}
+
+// DLQFilter selects DLQ entries. Zero fields match everything.
+type DLQFilter struct {
+	Scene  string // a scene, or "invalid" for jobs whose scene/target were unusable
+	Target string
+	JobID  string
+	Status dispatcher.Status
+	// Limit caps the number of entries; 0 is no limit.
+	Limit int
+}
+
+// ErrDLQNotFound is returned for a DLQ sequence that holds no message.
+var ErrDLQNotFound = errors.New("queue: no such DLQ entry")
+
+// ErrNotReplayable is returned by Replay for an entry without a job id or a
+// usable original subject.
+var ErrNotReplayable = errors.New("queue: DLQ entry cannot be replayed")
+
+// subject is the DLQ subject filter for f.
+func (f DLQFilter) subject(cfg Config) (string, error) {
+	for _, t := range []struct{ name, v string }{{"Scene", f.Scene}, {"Target", f.Target}} {
+		if t.v != "" && !validToken(t.v) {
+			return "", fmt.Errorf("queue: DLQFilter.%s %q is not a subject token", t.name, t.v)
+		}
+	}
+	base := cfg.Prefix + ".dlq."
+	switch {
+	case f.Scene == "invalid":
+		return base + "invalid", nil
+	case f.Scene == "" && f.Target == "":
+		return base + ">", nil
+	}
+	scene, target := f.Scene, f.Target
+	if scene == "" {
+		scene = "*"
+	}
+	if target == "" {
+		target = "*"
+	}
+	return base + scene + "." + target, nil
+}
+
+func (f DLQFilter) match(e DLQEntry) bool {
+	return (f.JobID == "" || e.JobID == f.JobID) && (f.Status == "" || e.Status == f.Status)
+}
+
+// List returns the entries matching f, oldest first, without their data.
+func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]DLQEntry, error) {
+	var out []DLQEntry
+	err := d.scan(ctx, f, func(e DLQEntry) bool {
+		out = append(out, e)
+		return f.Limit <= 0 || len(out) < f.Limit
+	})
+	return out, err
+}
+
+// scan calls fn for each matching entry in stream order until fn returns
+// false. It reads headers only, through a short-lived ephemeral consumer.
+func (d *DLQ) scan(ctx context.Context, f DLQFilter, fn func(DLQEntry) bool) error {
+	subject, err := f.subject(d.cfg)
+	if err != nil {
+		return err
+	}
+	cons, err := d.stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		Description:       "qqdispatch DLQ scan",
+		FilterSubject:     subject,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		HeadersOnly:       true,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("queue: DLQ scan: %w", err)
+	}
+	defer func() {
+		// The consumer also expires by InactiveThreshold if this fails.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = d.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
+	if cons.CachedInfo().NumPending == 0 {
+		return nil
+	}
+	const batch = 256
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		msgs, err := cons.FetchNoWait(batch)
+		if err != nil {
+			return fmt.Errorf("queue: DLQ scan: %w", err)
+		}
+		n := 0
+		last := false
+		for m := range msgs.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("queue: DLQ scan: %w", err)
+			}
+			e := entryFrom(m.Subject(), md.Sequence.Stream, md.Timestamp, m.Headers())
+			if f.match(e) && !fn(e) {
+				return nil
+			}
+			last = md.NumPending == 0
+		}
+		if err := msgs.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return fmt.Errorf("queue: DLQ scan: %w", err)
+		}
+		if last || n == 0 {
+			return nil
+		}
+	}
+}
+
+func entryFrom(subject string, seq uint64, ts time.Time, h nats.Header) DLQEntry {
+	e := DLQEntry{
+		Seq:             seq,
+		Subject:         subject,
+		Time:            ts,
+		JobID:           h.Get(HeaderJobID),
+		Status:          dispatcher.Status(h.Get(HeaderStatus)),
+		Reason:          h.Get(HeaderReason),
+		TraceID:         h.Get(HeaderTraceID),
+		OriginalSubject: h.Get(HeaderOriginalSubject),
+	}
+	e.Code, _ = strconv.Atoi(h.Get(HeaderCode))
+	e.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	e.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt))
+	return e
+}
+
+// Get returns one entry with its headers and data.
+func (d *DLQ) Get(ctx context.Context, seq uint64) (DLQEntry, error) {
+	m, err := d.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return DLQEntry{}, fmt.Errorf("%w: seq %d", ErrDLQNotFound, seq)
+	}
+	if err != nil {
+		return DLQEntry{}, fmt.Errorf("queue: DLQ get %d: %w", seq, err)
+	}
+	e := entryFrom(m.Subject, m.Sequence, m.Time, m.Header)
+	e.Header, e.Data = m.Header, m.Data
+	return e, nil
+}
+
+// Replay publishes the entry's job again on its original subject and
+// removes it from the DLQ. The job keeps its identity (Qqdispatch-Job-Id);
+// its stored outcome and ledger claim are deleted first so it can run and
+// end again. The publish carries Nats-Msg-Id <job>-replay-<seq>, so replaying
+// one entry twice (e.g. after a failed delete) publishes it once.
+func (d *DLQ) Replay(ctx context.Context, seq uint64) error {
+	e, err := d.Get(ctx, seq)
+	if err != nil {
+		return err
+	}
+	if e.JobID == "" {
+		return fmt.Errorf("%w: seq %d has no %s header", ErrNotReplayable, seq, HeaderJobID)
+	}
+	subject := e.OriginalSubject
+	if _, _, ok := parseSendSubject(d.cfg, subject); !ok {
+		subject = ""
+		if rest, ok := strings.CutPrefix(e.Subject, d.cfg.Prefix+".dlq."); ok {
+			if s, t, ok := strings.Cut(rest, "."); ok && validToken(s) && validToken(t) {
+				subject = d.cfg.Prefix + ".send." + s + "." + t
+			}
+		}
+	}
+	if subject == "" {
+		return fmt.Errorf("%w: seq %d has no usable original subject", ErrNotReplayable, seq)
+	}
+	subject = OriginalSubject(d.cfg, subject)
+
+	if err := forgetKey(ctx, d.outcomes, EncodeKey(e.JobID)); err != nil {
+		return err
+	}
+	if err := forgetKey(ctx, d.ledger, jobKey(e.JobID)); err != nil {
+		return err
+	}
+	hdr := userHeaders(e.Header)
+	for _, h := range dlqReasonHeaders {
+		hdr.Del(h)
+	}
+	hdr.Set(HeaderJobID, e.JobID)
+	_, err = d.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: e.Data},
+		jetstream.WithMsgID(EncodeKey(e.JobID)+"-replay-"+strconv.FormatUint(seq, 10)),
+		jetstream.WithExpectStream(d.cfg.JobsStream))
+	if err != nil {
+		return fmt.Errorf("queue: replay DLQ %d to %s: %w", seq, subject, err)
+	}
+	if _, err := d.deleteMsg(ctx, seq); err != nil {
+		return fmt.Errorf("queue: replayed DLQ %d but could not delete it: %w", seq, err)
+	}
+	return nil
+}
+
+// deleteMsg deletes the DLQ message at seq; deleted is false when it was
+// already gone (the server answers that with a generic delete failure, so
+// a failed delete is checked with a read).
+func (d *DLQ) deleteMsg(ctx context.Context, seq uint64) (deleted bool, err error) {
+	err = d.stream.DeleteMsg(ctx, seq)
+	if err == nil {
+		return true, nil
+	}
+	if _, gerr := d.stream.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	return false, err
+}
+
+// Purge deletes the entries matching f and returns how many it deleted.
+func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
+	entries, err := d.List(ctx, f)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		deleted, err := d.deleteMsg(ctx, e.Seq)
+		if err != nil {
+			return n, fmt.Errorf("queue: DLQ purge %d: %w", e.Seq, err)
+		}
+		if deleted { // else removed concurrently
+			n++
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,244 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+type dlqBundle struct {
+	recorderBundle
+	dlq    *DLQ
+	ledger *Ledger
+}
+
+func setupDLQ(t *testing.T) dlqBundle {
+	t.Helper()
+	rb := setupRecorder(t)
+	d, err := NewDLQ(testCtx(t), rb.ts.js, rb.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLedger(testCtx(t), rb.ts.js, rb.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dlqBundle{recorderBundle: rb, dlq: d, ledger: l}
+}
+
+// fail records a non-delivered outcome for a job published to scene/target.
+func (b dlqBundle) fail(t *testing.T, jobID, scene, target string, status dispatcher.Status) {
+	t.Helper()
+	o := dispatcher.Outcome{JobID: jobID, Status: status, Scene: dispatcher.Scene(scene), Target: target, Reason: "r-" + jobID, Code: 11}
+	if _, err := b.rec.Record(testCtx(t), o, jobEnvelope(b.cfg, scene, target)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func entryJobs(es []DLQEntry) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.JobID
+	}
+	return out
+}
+
+func TestDLQListAndGet(t *testing.T) {
+	t.Parallel()
+	b := setupDLQ(t)
+	ctx := testCtx(t)
+
+	empty, err := b.dlq.List(ctx, DLQFilter{})
+	if err != nil || len(empty) != 0 {
+		t.Fatalf("empty DLQ: %v, %v", empty, err)
+	}
+	b.fail(t, "a", "group", "G1", dispatcher.StatusRejected)
+	b.fail(t, "b", "group", "G2", dispatcher.StatusFailed)
+	b.fail(t, "c", "c2c", "U1", dispatcher.StatusExpired)
+	b.fail(t, "d", "group", "G1", dispatcher.StatusFailed)
+
+	tests := []struct {
+		name   string
+		filter DLQFilter
+		want   string
+	}{
+		{"all", DLQFilter{}, "[a b c d]"},
+		{"scene", DLQFilter{Scene: "group"}, "[a b d]"},
+		{"target", DLQFilter{Target: "G1"}, "[a d]"},
+		{"scene+target", DLQFilter{Scene: "c2c", Target: "U1"}, "[c]"},
+		{"status", DLQFilter{Status: dispatcher.StatusFailed}, "[b d]"},
+		{"job", DLQFilter{JobID: "c"}, "[c]"},
+		{"limit", DLQFilter{Limit: 2}, "[a b]"},
+		{"none", DLQFilter{Scene: "dm"}, "[]"},
+	}
+	for _, tt := range tests {
+		got, err := b.dlq.List(ctx, tt.filter)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if s := fmt.Sprint(entryJobs(got)); s != tt.want {
+			t.Errorf("%s: %s, want %s", tt.name, s, tt.want)
+		}
+	}
+	if _, err := b.dlq.List(ctx, DLQFilter{Target: "a.b"}); err == nil {
+		t.Error("a filter with '.' was accepted")
+	}
+
+	all, _ := b.dlq.List(ctx, DLQFilter{JobID: "b"})
+	e := all[0]
+	if e.Status != dispatcher.StatusFailed || e.Reason != "r-b" || e.Code != 11 || e.Subject != b.cfg.Prefix+".dlq.group.G2" ||
+		e.OriginalSubject != SendSubject(b.cfg, "group", "G2") || e.Time.IsZero() || e.FailedAt.IsZero() || e.Data != nil {
+		t.Errorf("listed entry %+v", e)
+	}
+	full, err := b.dlq.Get(ctx, e.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.JobID != "b" || len(full.Data) == 0 || full.Header.Get("X-Producer") != "svc-a" {
+		t.Errorf("Get: %+v", full)
+	}
+	if _, err := b.dlq.Get(ctx, 999); !errors.Is(err, ErrDLQNotFound) {
+		t.Errorf("Get(999): %v", err)
+	}
+}
+
+func TestDLQReplay(t *testing.T) {
+	t.Parallel()
+	b := setupDLQ(t)
+	ctx := testCtx(t)
+
+	// The job ran: claimed in the ledger, failed, on the DLQ.
+	if _, err := b.ledger.Claim(ctx, dispatcher.Claim{JobID: "job 7", Phase: dispatcher.PhaseDone}); err != nil {
+		t.Fatal(err)
+	}
+	b.fail(t, "job 7", "group", "G7", dispatcher.StatusFailed)
+	entries, err := b.dlq.List(ctx, DLQFilter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("List: %v %v", entries, err)
+	}
+	seq := entries[0].Seq
+
+	if err := b.dlq.Replay(ctx, seq); err != nil {
+		t.Fatal(err)
+	}
+	// Its outcome and claim are gone, so it can run and end again.
+	if _, ok, _ := b.rec.Lookup(ctx, "job 7"); ok {
+		t.Error("outcome still there after replay")
+	}
+	if _, err := b.ledger.Claim(ctx, dispatcher.Claim{JobID: "job 7", Phase: dispatcher.PhaseClaimed}); err != nil {
+		t.Errorf("claim after replay: %v", err)
+	}
+	// The DLQ entry is gone.
+	if _, err := b.dlq.Get(ctx, seq); !errors.Is(err, ErrDLQNotFound) {
+		t.Errorf("DLQ entry after replay: %v", err)
+	}
+	if err := b.dlq.Replay(ctx, seq); !errors.Is(err, ErrDLQNotFound) {
+		t.Errorf("second replay: %v", err)
+	}
+	// The job is back on its partition, with its identity and without the
+	// reason headers.
+	m := nextMsg(t, jobsReader(t, b.ts.js, b.cfg), 5*time.Second)
+	if want := SendSubject(b.cfg, "group", "G7") + fmt.Sprintf(".%d", PartitionOf(b.cfg, "group", "G7")); m.Subject() != want {
+		t.Errorf("replayed to %q, want %q", m.Subject(), want)
+	}
+	h := m.Headers()
+	if h.Get(HeaderJobID) != "job 7" || h.Get(nats.MsgIdHdr) != EncodeKey("job 7")+"-replay-"+fmt.Sprint(seq) ||
+		h.Get(HeaderStatus) != "" || h.Get(HeaderReason) != "" || h.Get("X-Producer") != "svc-a" {
+		t.Errorf("replayed headers %v", h)
+	}
+	if string(m.Data()) != string(jobEnvelope(b.cfg, "group", "G7").Data) {
+		t.Errorf("replayed data %q", m.Data())
+	}
+
+	// When the replayed job fails again it gets a new DLQ entry (a new
+	// outcome revision, so not swallowed by the DLQ dedupe window).
+	b.fail(t, "job 7", "group", "G7", dispatcher.StatusFailed)
+	again, err := b.dlq.List(ctx, DLQFilter{JobID: "job 7"})
+	if err != nil || len(again) != 1 || again[0].Seq == seq {
+		t.Fatalf("after a second failure: %+v, %v", again, err)
+	}
+}
+
+func TestDLQReplayRefusesInvalid(t *testing.T) {
+	t.Parallel()
+	b := setupDLQ(t)
+	ctx := testCtx(t)
+	env := dispatcher.Envelope{Subject: b.cfg.Prefix + ".send.nope", Data: []byte("x")}
+	if _, err := b.rec.Record(ctx, dispatcher.Outcome{JobID: "bad", Status: dispatcher.StatusInvalid}, env); err != nil {
+		t.Fatal(err)
+	}
+	es, _ := b.dlq.List(ctx, DLQFilter{Scene: "invalid"})
+	if len(es) != 1 {
+		t.Fatalf("invalid entries: %v", es)
+	}
+	if err := b.dlq.Replay(ctx, es[0].Seq); !errors.Is(err, ErrNotReplayable) {
+		t.Fatalf("Replay: %v, want ErrNotReplayable", err)
+	}
+	if _, err := b.dlq.Get(ctx, es[0].Seq); err != nil {
+		t.Errorf("an unreplayable entry was removed: %v", err)
+	}
+}
+
+func TestDLQPurge(t *testing.T) {
+	t.Parallel()
+	b := setupDLQ(t)
+	ctx := testCtx(t)
+	for i := range 5 {
+		b.fail(t, fmt.Sprint("g", i), "group", "G1", dispatcher.StatusFailed)
+	}
+	b.fail(t, "r1", "group", "G1", dispatcher.StatusRejected)
+	b.fail(t, "c1", "c2c", "U1", dispatcher.StatusFailed)
+
+	n, err := b.dlq.Purge(ctx, DLQFilter{Scene: "group", Status: dispatcher.StatusFailed})
+	if err != nil || n != 5 {
+		t.Fatalf("Purge: %d, %v; want 5", n, err)
+	}
+	left, _ := b.dlq.List(ctx, DLQFilter{})
+	if fmt.Sprint(entryJobs(left)) != "[r1 c1]" {
+		t.Fatalf("left %v", entryJobs(left))
+	}
+	n, err = b.dlq.Purge(ctx, DLQFilter{})
+	if err != nil || n != 2 {
+		t.Fatalf("Purge all: %d, %v", n, err)
+	}
+	if n, err := b.dlq.Purge(ctx, DLQFilter{}); err != nil || n != 0 {
+		t.Fatalf("Purge of an empty DLQ: %d, %v", n, err)
+	}
+}
+
+// TestDLQConcurrentPurge: two admins purge at once; every entry is deleted
+// once and counted once.
+func TestDLQConcurrentPurge(t *testing.T) {
+	t.Parallel()
+	b := setupDLQ(t)
+	ctx := testCtx(t)
+	const n = 30
+	for i := range n {
+		b.fail(t, fmt.Sprint("p", i), "dm", "D1", dispatcher.StatusFailed)
+	}
+	_, js2 := b.ts.connect(t)
+	other, err := NewDLQ(ctx, js2, b.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := make(chan int, 2)
+	for _, d := range []*DLQ{b.dlq, other} {
+		go func() {
+			c, err := d.Purge(ctx, DLQFilter{})
+			if err != nil {
+				t.Errorf("Purge: %v", err)
+			}
+			counts <- c
+		}()
+	}
+	if total := <-counts + <-counts; total != n {
+		t.Fatalf("purged %d in total, want %d", total, n)
+	}
+	if left, _ := b.dlq.List(ctx, DLQFilter{}); len(left) != 0 {
+		t.Fatalf("%d left", len(left))
+	}
+}

@@ -1,0 +1,274 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// Defaults for EmbeddedConfig.
+const (
+	EmbeddedHostDefault = "127.0.0.1"
+	EmbeddedPortDefault = 4222
+	// EmbeddedReadyTimeoutDefault is the default EmbeddedConfig.ReadyTimeout.
+	EmbeddedReadyTimeoutDefault = 10 * time.Second
+)
+
+// RandomPort asks for a free port (EmbeddedConfig.Port, ClusterConfig.Port).
+const RandomPort = -1
+
+// EmbeddedConfig configures an in-process nats-server with JetStream.
+type EmbeddedConfig struct {
+	// Host is the client listen address. Default "127.0.0.1" (local
+	// producers only).
+	Host string
+	// Port is the client port; RandomPort (-1) picks a free one (tests).
+	// Default 4222.
+	Port int
+	// StoreDir is the JetStream storage folder. Required.
+	StoreDir string
+	// ServerName names the server; required in a cluster, where it must be
+	// unique and stable across restarts. Default: the server's generated id.
+	ServerName string
+	// Cluster, when Cluster.Name is set, makes the server a member of an
+	// in-process or local JetStream cluster. Default: standalone.
+	Cluster ClusterConfig
+	// Logger receives the server's log lines. Default: none (silent).
+	Logger *zerolog.Logger
+	// ReadyTimeout bounds Start's wait for the server to accept
+	// connections. Default 10s.
+	ReadyTimeout time.Duration
+}
+
+// ClusterConfig makes an embedded server part of a cluster.
+type ClusterConfig struct {
+	// Name is the cluster name, the same on every member. Empty means no
+	// cluster.
+	Name string
+	// Host is the route listen address. Default: EmbeddedConfig.Host.
+	Host string
+	// Port is the route port; RandomPort (-1) picks a free one. Required
+	// when Name is set.
+	Port int
+	// Routes are the other members, as nats-route://host:port URLs.
+	Routes []string
+}
+
+// Embedded is an in-process nats-server with JetStream enabled.
+type Embedded struct {
+	cfg  EmbeddedConfig
+	opts *server.Options
+
+	mu      sync.Mutex
+	srv     *server.Server
+	started bool
+	stopped bool
+}
+
+// NewEmbedded validates cfg and fills its defaults; the server starts with
+// Start.
+func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.Host == "" {
+		cfg.Host = EmbeddedHostDefault
+	}
+	if cfg.Port == 0 {
+		cfg.Port = EmbeddedPortDefault
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = EmbeddedReadyTimeoutDefault
+	}
+	bad := func(field, format string, args ...any) error {
+		return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+	}
+	if cfg.StoreDir == "" {
+		return nil, bad("StoreDir", "is required")
+	}
+	if cfg.Port < RandomPort || cfg.Port > 65535 {
+		return nil, bad("Port", "must be -1 (random) or a port number, got %d", cfg.Port)
+	}
+	if cfg.ReadyTimeout < 0 {
+		return nil, bad("ReadyTimeout", "must be positive, got %s", cfg.ReadyTimeout)
+	}
+	opts := &server.Options{
+		ServerName: cfg.ServerName,
+		Host:       cfg.Host,
+		Port:       cfg.Port,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		NoSigs:     true, // a library never installs signal handlers
+	}
+	if c := cfg.Cluster; c.Name != "" {
+		if cfg.ServerName == "" {
+			return nil, bad("ServerName", "is required in a cluster")
+		}
+		if c.Port == 0 || c.Port < RandomPort || c.Port > 65535 {
+			return nil, bad("Cluster.Port", "must be -1 (random) or a port number, got %d", c.Port)
+		}
+		if strings.ContainsAny(c.Name, " \t.*>") {
+			return nil, bad("Cluster.Name", "%q must not contain spaces, '.', '*' or '>'", c.Name)
+		}
+		host := c.Host
+		if host == "" {
+			host = cfg.Host
+		}
+		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: host, Port: c.Port}
+		for _, r := range c.Routes {
+			u, err := url.Parse(r)
+			if err != nil || u.Host == "" {
+				return nil, bad("Cluster.Routes", "%q is not a route URL (nats-route://host:port)", r)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	} else if len(c.Routes) > 0 {
+		return nil, bad("Cluster.Name", "is required when Cluster.Routes is set")
+	}
+	return &Embedded{cfg: cfg, opts: opts}, nil
+}
+
+// ErrEmbeddedStopped is returned by Start after Stop: an Embedded is not
+// restartable; make a new one on the same StoreDir instead.
+var ErrEmbeddedStopped = errors.New("queue: embedded server stopped")
+
+// Start runs the server and waits until it accepts connections, for at most
+// ReadyTimeout and never past ctx's deadline. Starting a started server does
+// nothing.
+func (e *Embedded) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped {
+		return ErrEmbeddedStopped
+	}
+	if e.started {
+		return nil
+	}
+	srv, err := server.NewServer(e.opts)
+	if err != nil {
+		return fmt.Errorf("queue: embedded server: %w", err)
+	}
+	// The server reports conditions it cannot start under (e.g. JetStream
+	// clustering without routes) through Fatalf and then gives up on
+	// starting; catch that instead of waiting out the ready timeout.
+	fatal := make(chan string, 1)
+	l := e.cfg.Logger
+	if l == nil {
+		nop := zerolog.Nop()
+		l = &nop
+	}
+	srv.SetLogger(serverLogger{l: l, fatal: fatal}, l.GetLevel() <= zerolog.DebugLevel, l.GetLevel() <= zerolog.TraceLevel)
+	srv.Start()
+
+	wait := e.cfg.ReadyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	ready := make(chan bool, 1)
+	go func() { ready <- srv.ReadyForConnections(wait) }()
+	select {
+	case ok := <-ready:
+		if !ok {
+			srv.Shutdown()
+			return fmt.Errorf("queue: embedded server not ready for connections within %s", wait)
+		}
+	case msg := <-fatal:
+		srv.Shutdown()
+		return fmt.Errorf("queue: embedded server: %s", msg)
+	case <-ctx.Done():
+		srv.Shutdown()
+		return ctx.Err()
+	}
+	select {
+	case msg := <-fatal:
+		srv.Shutdown()
+		return fmt.Errorf("queue: embedded server: %s", msg)
+	default:
+	}
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		return errors.New("queue: embedded server started without JetStream (see its log)")
+	}
+	e.srv, e.started = srv, true
+	return nil
+}
+
+// Stop shuts the server down and waits for it, bounded by ctx. Stopping
+// twice, or before Start, is harmless.
+func (e *Embedded) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	srv := e.srv
+	e.stopped = true
+	e.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Server is the running nats-server, or nil before Start (for tests).
+func (e *Embedded) Server() *server.Server {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.srv
+}
+
+// ClientURL is the URL clients in other processes connect to; empty before
+// Start.
+func (e *Embedded) ClientURL() string {
+	srv := e.Server()
+	if srv == nil {
+		return ""
+	}
+	return srv.ClientURL()
+}
+
+// Connect opens a client connection to the server. Connections from this
+// process go in-process (no socket), which also works when the client port
+// is firewalled.
+func (e *Embedded) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	srv := e.Server()
+	if srv == nil {
+		return nil, errors.New("queue: embedded server not started")
+	}
+	all := append([]nats.Option{nats.InProcessServer(srv)}, opts...)
+	return nats.Connect(srv.ClientURL(), all...)
+}
+
+// serverLogger adapts zerolog to the server's Logger. Fatalf logs at error
+// level and reports the message to Start: a library must not exit the
+// process, and the server stops starting after a fatal condition.
+type serverLogger struct {
+	l     *zerolog.Logger
+	fatal chan<- string
+}
+
+func (s serverLogger) Noticef(format string, v ...any) { s.l.Info().Msgf(format, v...) }
+func (s serverLogger) Warnf(format string, v ...any)   { s.l.Warn().Msgf(format, v...) }
+func (s serverLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	s.l.Error().Msg(msg)
+	select {
+	case s.fatal <- msg:
+	default: // Start already has one
+	}
+}
+func (s serverLogger) Errorf(format string, v ...any) { s.l.Error().Msgf(format, v...) }
+func (s serverLogger) Debugf(format string, v ...any) { s.l.Debug().Msgf(format, v...) }
+func (s serverLogger) Tracef(format string, v ...any) { s.l.Trace().Msgf(format, v...) }

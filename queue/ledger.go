@@ -1,0 +1,316 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+var _ dispatcher.Ledger = (*Ledger)(nil)
+
+// Ledger is the fleet-wide dedupe ledger over the ledger KV bucket. Keys:
+//
+//	job.<enc job id>          a dispatcher.Claim
+//	pair.<enc anchor>.<seq>   the job holding (anchor, seq)
+//	seq.<enc anchor>          how many pairs the anchor has and its highest seq
+//
+// Every write is a KV Create or a revision-checked Update, so concurrent
+// workers on any connection never both win. Entries expire by the bucket's
+// TTL (Config.LedgerTTL) counted from their last write; per-key TTLs are not
+// used because an Update would drop them.
+type Ledger struct {
+	cfg Config
+	kv  jetstream.KeyValue
+}
+
+// NewLedger binds the ledger bucket, which Provision must have created.
+func NewLedger(ctx context.Context, js jetstream.JetStream, cfg Config) (*Ledger, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	kv, err := js.KeyValue(ctx, cfg.LedgerBucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: ledger bucket %q (run Provision first): %w", cfg.LedgerBucket, err)
+	}
+	return &Ledger{cfg: cfg, kv: kv}, nil
+}
+
+func jobKey(jobID string) string { return "job." + EncodeKey(jobID) }
+
+func pairKey(anchor string, seq int) string {
+	return "pair." + EncodeKey(anchor) + "." + strconv.Itoa(seq)
+}
+
+func seqKey(anchor string) string { return "seq." + EncodeKey(anchor) }
+
+// maxCASRounds bounds the compare-and-set retries of one call, so a
+// pathological hot key yields an error instead of spinning.
+const maxCASRounds = 100
+
+// ErrLedgerContention is returned when a compare-and-set loop lost
+// maxCASRounds races in a row; the caller may retry later.
+var ErrLedgerContention = errors.New("queue: ledger entry too contended")
+
+// Claim creates the job's entry atomically. When one exists it returns the
+// stored claim and dispatcher.ErrClaimExists.
+func (l *Ledger) Claim(ctx context.Context, c dispatcher.Claim) (dispatcher.Claim, error) {
+	if c.JobID == "" {
+		return dispatcher.Claim{}, errors.New("queue: ledger claim without a job id")
+	}
+	if c.Updated.IsZero() {
+		c.Updated = l.cfg.Now()
+	}
+	val, err := json.Marshal(c)
+	if err != nil {
+		return dispatcher.Claim{}, err
+	}
+	key := jobKey(c.JobID)
+	for range maxCASRounds {
+		rev, err := l.kv.Create(ctx, key, val)
+		if err == nil {
+			c.Revision = rev
+			return c, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return dispatcher.Claim{}, fmt.Errorf("queue: ledger claim %s: %w", c.JobID, err)
+		}
+		stored, err := l.get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // deleted or expired in between: try to create again
+		}
+		if err != nil {
+			return dispatcher.Claim{}, err
+		}
+		return stored, dispatcher.ErrClaimExists
+	}
+	return dispatcher.Claim{}, ErrLedgerContention
+}
+
+// Get returns the job's claim; the error wraps jetstream.ErrKeyNotFound when
+// there is none.
+func (l *Ledger) Get(ctx context.Context, jobID string) (dispatcher.Claim, error) {
+	return l.get(ctx, jobKey(jobID))
+}
+
+func (l *Ledger) get(ctx context.Context, key string) (dispatcher.Claim, error) {
+	e, err := l.kv.Get(ctx, key)
+	if err != nil {
+		return dispatcher.Claim{}, fmt.Errorf("queue: ledger get %s: %w", key, err)
+	}
+	var c dispatcher.Claim
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		return dispatcher.Claim{}, fmt.Errorf("queue: ledger entry %s is corrupt: %w", key, err)
+	}
+	c.Revision = e.Revision()
+	return c, nil
+}
+
+// Update replaces the job's entry if its revision is still c.Revision and
+// returns it with the new revision; a lost race is
+// dispatcher.ErrClaimConflict.
+func (l *Ledger) Update(ctx context.Context, c dispatcher.Claim) (dispatcher.Claim, error) {
+	if c.JobID == "" {
+		return dispatcher.Claim{}, errors.New("queue: ledger update without a job id")
+	}
+	if c.Updated.IsZero() {
+		c.Updated = l.cfg.Now()
+	}
+	val, err := json.Marshal(c)
+	if err != nil {
+		return dispatcher.Claim{}, err
+	}
+	rev, err := l.kv.Update(ctx, jobKey(c.JobID), val, c.Revision)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return dispatcher.Claim{}, fmt.Errorf("%w: job %s at revision %d", dispatcher.ErrClaimConflict, c.JobID, c.Revision)
+		}
+		return dispatcher.Claim{}, fmt.Errorf("queue: ledger update %s: %w", c.JobID, err)
+	}
+	c.Revision = rev
+	return c, nil
+}
+
+// Forget deletes the job's entry so the job can be claimed again (DLQ
+// replay). A missing entry is not an error.
+func (l *Ledger) Forget(ctx context.Context, jobID string) error {
+	return forgetKey(ctx, l.kv, jobKey(jobID))
+}
+
+func forgetKey(ctx context.Context, kv jetstream.KeyValue, key string) error {
+	if err := kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("queue: delete %s/%s: %w", kv.Bucket(), key, err)
+	}
+	return nil
+}
+
+// pairHolder is the value of a pair.<anchor>.<seq> key.
+type pairHolder struct {
+	JobID string `json:"job_id"`
+}
+
+// anchorSeqs is the value of a seq.<anchor> key.
+type anchorSeqs struct {
+	Count int `json:"count"` // pairs held for the anchor (reserved against the budget)
+	Max   int `json:"max"`   // the highest seq held
+}
+
+// ReserveReply claims (anchor, seq) for jobID; seq 0 allocates the anchor's
+// next free seq. See dispatcher.Ledger for the contract.
+//
+// The anchor's counter (seq.<anchor>) is bumped by compare-and-set before the
+// pair is created, so the budget holds under concurrency: a caller that then
+// loses the pair to another job gives its count back. A give-back that fails
+// leaves the count one too high, which errs on the side of the budget.
+func (l *Ledger) ReserveReply(ctx context.Context, anchor string, seq int, jobID string, budget int) (int, error) {
+	if anchor == "" || jobID == "" {
+		return 0, errors.New("queue: ReserveReply needs an anchor and a job id")
+	}
+	if seq < 0 {
+		return 0, fmt.Errorf("queue: ReserveReply: negative seq %d", seq)
+	}
+	if seq > 0 {
+		// Holding the pair already (a retry) is fine, even with the budget spent.
+		if holder, err := l.pairHolder(ctx, anchor, seq); err != nil {
+			return 0, err
+		} else if holder == jobID {
+			return seq, nil
+		} else if holder != "" {
+			return 0, fmt.Errorf("%w: (%s, %d) is held by job %s", dispatcher.ErrPairTaken, anchor, seq, holder)
+		}
+	}
+	holderVal, err := json.Marshal(pairHolder{JobID: jobID})
+	if err != nil {
+		return 0, err
+	}
+	for range maxCASRounds {
+		got, err := l.bumpCount(ctx, anchor, seq, budget)
+		if err != nil {
+			return 0, err
+		}
+		_, err = l.kv.Create(ctx, pairKey(anchor, got), holderVal)
+		if err == nil {
+			return got, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			l.giveBack(ctx, anchor)
+			return 0, fmt.Errorf("queue: ledger reserve (%s, %d): %w", anchor, got, err)
+		}
+		// Somebody else holds the pair: give the count back.
+		l.giveBack(ctx, anchor)
+		holder, herr := l.pairHolder(ctx, anchor, got)
+		if herr != nil {
+			return 0, herr
+		}
+		if holder == jobID {
+			return got, nil
+		}
+		if seq > 0 {
+			return 0, fmt.Errorf("%w: (%s, %d) is held by job %s", dispatcher.ErrPairTaken, anchor, seq, holder)
+		}
+		// Allocating: a stray pair above the counter's max (e.g. the counter
+		// expired first). bumpCount moved max past it; allocate again.
+	}
+	return 0, ErrLedgerContention
+}
+
+// pairHolder returns the job holding (anchor, seq), or "" if none.
+func (l *Ledger) pairHolder(ctx context.Context, anchor string, seq int) (string, error) {
+	e, err := l.kv.Get(ctx, pairKey(anchor, seq))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("queue: ledger get pair (%s, %d): %w", anchor, seq, err)
+	}
+	var h pairHolder
+	if err := json.Unmarshal(e.Value(), &h); err != nil {
+		return "", fmt.Errorf("queue: ledger pair (%s, %d) is corrupt: %w", anchor, seq, err)
+	}
+	return h.JobID, nil
+}
+
+// bumpCount adds one pair to the anchor's counter, refusing past budget, and
+// returns the seq to take: seq itself, or max+1 when allocating.
+func (l *Ledger) bumpCount(ctx context.Context, anchor string, seq, budget int) (int, error) {
+	key := seqKey(anchor)
+	for range maxCASRounds {
+		cur, rev, err := l.readSeqs(ctx, key)
+		if err != nil {
+			return 0, err
+		}
+		if budget > 0 && cur.Count >= budget {
+			return 0, fmt.Errorf("%w: %s has %d of %d replies", dispatcher.ErrReplyBudget, anchor, cur.Count, budget)
+		}
+		take := seq
+		if take == 0 {
+			take = cur.Max + 1
+		}
+		next := anchorSeqs{Count: cur.Count + 1, Max: max(cur.Max, take)}
+		if err := l.writeSeqs(ctx, key, next, rev); err != nil {
+			if isCASLoss(err) {
+				continue
+			}
+			return 0, err
+		}
+		return take, nil
+	}
+	return 0, ErrLedgerContention
+}
+
+// giveBack removes one pair from the anchor's count, best effort.
+func (l *Ledger) giveBack(ctx context.Context, anchor string) {
+	key := seqKey(anchor)
+	for range maxCASRounds {
+		cur, rev, err := l.readSeqs(ctx, key)
+		if err != nil || rev == 0 || cur.Count == 0 {
+			return
+		}
+		cur.Count--
+		if err := l.writeSeqs(ctx, key, cur, rev); err == nil || !isCASLoss(err) {
+			return
+		}
+	}
+}
+
+// readSeqs returns the anchor's counter and its revision (0: none yet).
+func (l *Ledger) readSeqs(ctx context.Context, key string) (anchorSeqs, uint64, error) {
+	var cur anchorSeqs
+	e, err := l.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return cur, 0, nil
+	}
+	if err != nil {
+		return cur, 0, fmt.Errorf("queue: ledger get %s: %w", key, err)
+	}
+	if err := json.Unmarshal(e.Value(), &cur); err != nil {
+		return cur, 0, fmt.Errorf("queue: ledger entry %s is corrupt: %w", key, err)
+	}
+	return cur, e.Revision(), nil
+}
+
+// writeSeqs creates (rev 0) or compare-and-sets the counter.
+func (l *Ledger) writeSeqs(ctx context.Context, key string, v anchorSeqs, rev uint64) error {
+	val, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if rev == 0 {
+		_, err = l.kv.Create(ctx, key, val)
+	} else {
+		_, err = l.kv.Update(ctx, key, val, rev)
+	}
+	if err != nil && !isCASLoss(err) {
+		return fmt.Errorf("queue: ledger write %s: %w", key, err)
+	}
+	return err
+}
+
+func isCASLoss(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}

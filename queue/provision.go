@@ -1,0 +1,496 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults for Config.
+const (
+	PrefixDefault          = "qqbot"
+	JobsStreamDefault      = "QQDISPATCH_JOBS"
+	DLQStreamDefault       = "QQDISPATCH_DLQ"
+	AdvisoryStreamDefault  = "QQDISPATCH_ADVISORIES"
+	OutcomeBucketDefault   = "qqdispatch_outcomes"
+	LedgerBucketDefault    = "qqdispatch_ledger"
+	PartitionsDefault      = 32
+	ReplicasDefault        = 1
+	DuplicateWindowDefault = 2 * time.Minute
+	LedgerTTLDefault       = 24 * time.Hour
+	OutcomeTTLDefault      = 7 * 24 * time.Hour
+	DLQMaxAgeDefault       = 30 * 24 * time.Hour
+	AdvisoryMaxAgeDefault  = 24 * time.Hour
+
+	// DLQDuplicateWindow is the DLQ stream's publish dedupe window: a retried
+	// Record within it does not put a job on the DLQ twice.
+	DLQDuplicateWindow = 24 * time.Hour
+	// MaxPartitions bounds Config.Partitions.
+	MaxPartitions = 4096
+)
+
+// Config names the JetStream resources qqdispatch uses and sizes them. The
+// zero value is usable: every field has a default.
+type Config struct {
+	// Prefix is the first subject token(s) of every qqdispatch subject: jobs
+	// are published on {Prefix}.send.{scene}.{target}. Default "qqbot".
+	Prefix string
+	// JobsStream is the work-queue stream holding jobs (and scheduled
+	// re-publishes). Default "QQDISPATCH_JOBS".
+	JobsStream string
+	// DLQStream holds the jobs that did not end delivered, on
+	// {Prefix}.dlq.{scene}.{target}. Default "QQDISPATCH_DLQ".
+	DLQStream string
+	// AdvisoryStream captures the jobs stream's MAX_DELIVERIES advisories,
+	// which are otherwise lost when nobody listens. Default
+	// "QQDISPATCH_ADVISORIES".
+	AdvisoryStream string
+	// OutcomeBucket is the KV bucket of terminal outcomes keyed by job id.
+	// Default "qqdispatch_outcomes".
+	OutcomeBucket string
+	// LedgerBucket is the KV bucket of the worker-side dedupe ledger.
+	// Default "qqdispatch_ledger".
+	LedgerBucket string
+	// Partitions is the number of partitions the jobs stream maps (scene,
+	// target) into; each has its own consumer. Changing it on a live stream
+	// re-maps targets, so in-flight ordering is only kept within the old or
+	// the new mapping. Default 32, at most MaxPartitions.
+	Partitions int
+	// Replicas is the replica count of every stream and bucket (1, 3 or 5
+	// in a cluster). Default 1.
+	Replicas int
+	// DuplicateWindow is the jobs stream's Nats-Msg-Id dedupe window.
+	// Default 2m.
+	DuplicateWindow time.Duration
+	// LedgerTTL is how long ledger entries live after their last write.
+	// Default 24h.
+	LedgerTTL time.Duration
+	// OutcomeTTL is how long outcomes are kept. Default 7 days.
+	OutcomeTTL time.Duration
+	// DLQMaxAge is how long DLQ entries are kept. Default 30 days.
+	DLQMaxAge time.Duration
+	// AdvisoryMaxAge is how long captured advisories are kept; workers
+	// handle them within seconds, so it is short. Default 24h.
+	AdvisoryMaxAge time.Duration
+	// Now is the clock used for timestamps written by this package.
+	// Default time.Now.
+	Now func() time.Time
+}
+
+// WithDefaults returns c with every unset field set to its default.
+func (c Config) WithDefaults() Config {
+	setStr := func(p *string, d string) {
+		if *p == "" {
+			*p = d
+		}
+	}
+	setDur := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	setStr(&c.Prefix, PrefixDefault)
+	setStr(&c.JobsStream, JobsStreamDefault)
+	setStr(&c.DLQStream, DLQStreamDefault)
+	setStr(&c.AdvisoryStream, AdvisoryStreamDefault)
+	setStr(&c.OutcomeBucket, OutcomeBucketDefault)
+	setStr(&c.LedgerBucket, LedgerBucketDefault)
+	if c.Partitions == 0 {
+		c.Partitions = PartitionsDefault
+	}
+	if c.Replicas == 0 {
+		c.Replicas = ReplicasDefault
+	}
+	setDur(&c.DuplicateWindow, DuplicateWindowDefault)
+	setDur(&c.LedgerTTL, LedgerTTLDefault)
+	setDur(&c.OutcomeTTL, OutcomeTTLDefault)
+	setDur(&c.DLQMaxAge, DLQMaxAgeDefault)
+	setDur(&c.AdvisoryMaxAge, AdvisoryMaxAgeDefault)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// ErrInvalidConfig matches every *ConfigError with errors.Is.
+var ErrInvalidConfig = errors.New("queue: invalid config")
+
+// ConfigError names the Config field that is wrong and why.
+type ConfigError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ConfigError) Error() string { return "queue: Config." + e.Field + ": " + e.Reason }
+
+// Is makes errors.Is(err, ErrInvalidConfig) true.
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// Validate checks c as given (call WithDefaults first to accept zero
+// fields). The first problem found is returned as a *ConfigError.
+func (c Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+	}
+	if err := validSubjectTokens(c.Prefix); err != nil {
+		return bad("Prefix", "%v", err)
+	}
+	streams := []struct{ field, v string }{
+		{"JobsStream", c.JobsStream}, {"DLQStream", c.DLQStream}, {"AdvisoryStream", c.AdvisoryStream},
+	}
+	for _, s := range streams {
+		if !validName(s.v) {
+			return bad(s.field, "%q is not a valid stream name (letters, digits, '-' and '_' only)", s.v)
+		}
+	}
+	if c.JobsStream == c.DLQStream || c.JobsStream == c.AdvisoryStream || c.DLQStream == c.AdvisoryStream {
+		return bad("DLQStream", "JobsStream, DLQStream and AdvisoryStream must differ")
+	}
+	for _, b := range []struct{ field, v string }{{"OutcomeBucket", c.OutcomeBucket}, {"LedgerBucket", c.LedgerBucket}} {
+		if !validName(b.v) {
+			return bad(b.field, "%q is not a valid bucket name (letters, digits, '-' and '_' only)", b.v)
+		}
+	}
+	if c.OutcomeBucket == c.LedgerBucket {
+		return bad("LedgerBucket", "must differ from OutcomeBucket")
+	}
+	if c.Partitions < 1 || c.Partitions > MaxPartitions {
+		return bad("Partitions", "must be between 1 and %d, got %d", MaxPartitions, c.Partitions)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return bad("Replicas", "must be between 1 and 5, got %d", c.Replicas)
+	}
+	durs := []struct {
+		field string
+		v     time.Duration
+	}{
+		{"DuplicateWindow", c.DuplicateWindow}, {"LedgerTTL", c.LedgerTTL}, {"OutcomeTTL", c.OutcomeTTL},
+		{"DLQMaxAge", c.DLQMaxAge}, {"AdvisoryMaxAge", c.AdvisoryMaxAge},
+	}
+	for _, d := range durs {
+		if d.v <= 0 {
+			return bad(d.field, "must be positive, got %s", d.v)
+		}
+	}
+	if c.DLQMaxAge < DLQDuplicateWindow {
+		return bad("DLQMaxAge", "must be at least the DLQ duplicate window %s, got %s", DLQDuplicateWindow, c.DLQMaxAge)
+	}
+	if c.Now == nil {
+		return bad("Now", "must be set")
+	}
+	return nil
+}
+
+// withDefaults fills defaults and validates.
+func (c Config) withDefaults() (Config, error) {
+	c = c.WithDefaults()
+	return c, c.Validate()
+}
+
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// validSubjectTokens accepts one or more literal subject tokens joined by '.'.
+func validSubjectTokens(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if !validToken(tok) {
+			return fmt.Errorf("%q is not a literal subject: empty token or '*', '>' or white space", s)
+		}
+	}
+	return nil
+}
+
+// validToken reports whether tok can be one literal subject token.
+func validToken(tok string) bool {
+	if tok == "" || tok == "*" || tok == ">" {
+		return false
+	}
+	for i := 0; i < len(tok); i++ {
+		switch tok[i] {
+		case '.', ' ', '\t', '\r', '\n', '*', '>':
+			return false
+		}
+	}
+	return true
+}
+
+// SendSubject is the subject producers publish a job to:
+// {prefix}.send.{scene}.{target}.
+func SendSubject(cfg Config, scene, target string) string {
+	return cfg.WithDefaults().Prefix + ".send." + scene + "." + target
+}
+
+// sendWildcard is the jobs stream's producer subject, {prefix}.send.*.*.
+func sendWildcard(cfg Config) string { return cfg.Prefix + ".send.*.*" }
+
+// scheduleSubject is where a job's pending schedule lives:
+// {prefix}.sched.{encoded job id}. It is in the jobs stream but outside every
+// partition consumer's filter.
+func scheduleSubject(cfg Config, jobID string) string {
+	return cfg.Prefix + ".sched." + EncodeKey(jobID)
+}
+
+// PartitionSubject is the filter of partition p's consumer:
+// {prefix}.send.*.*.{p}. Jobs are stored with the partition as the last
+// token, appended by the stream's subject transform.
+func PartitionSubject(cfg Config, p int) string {
+	return cfg.WithDefaults().Prefix + ".send.*.*." + strconv.Itoa(p)
+}
+
+// PartitionOf computes the partition the server maps (scene, target) to:
+// FNV-1a 32 of scene+target modulo Partitions, as the server's partition()
+// transform function does.
+func PartitionOf(cfg Config, scene, target string) int {
+	cfg = cfg.WithDefaults()
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(scene))
+	_, _ = h.Write([]byte(target))
+	return int(h.Sum32() % uint32(cfg.Partitions))
+}
+
+// OriginalSubject strips the partition token from a stored job subject,
+// giving back {prefix}.send.{scene}.{target}. Subjects of another form are
+// returned unchanged.
+func OriginalSubject(cfg Config, stored string) string {
+	cfg = cfg.WithDefaults()
+	scene, target, ok := parseSendSubject(cfg, stored)
+	if !ok {
+		return stored
+	}
+	return cfg.Prefix + ".send." + scene + "." + target
+}
+
+// parseSendSubject splits {prefix}.send.{scene}.{target}[.{partition}].
+func parseSendSubject(cfg Config, subject string) (scene, target string, ok bool) {
+	rest, found := strings.CutPrefix(subject, cfg.Prefix+".send.")
+	if !found {
+		return "", "", false
+	}
+	toks := strings.Split(rest, ".")
+	switch len(toks) {
+	case 2:
+	case 3:
+		if _, err := strconv.Atoi(toks[2]); err != nil {
+			return "", "", false
+		}
+	default:
+		return "", "", false
+	}
+	if !validToken(toks[0]) || !validToken(toks[1]) {
+		return "", "", false
+	}
+	return toks[0], toks[1], true
+}
+
+// jobsStreamConfig is the work-queue stream of jobs. The subject transform
+// appends a partition token computed from (scene, target), so each partition
+// consumer filters {prefix}.send.*.*.{p}. {prefix}.sched.* holds pending
+// message schedules (see Scheduler); message schedules need roll-ups.
+func jobsStreamConfig(cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        cfg.JobsStream,
+		Description: "qqdispatch send jobs, partitioned by (scene, target)",
+		Subjects:    []string{sendWildcard(cfg), cfg.Prefix + ".sched.*"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		Duplicates:  cfg.DuplicateWindow,
+		Discard:     jetstream.DiscardOld,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+		MaxAge:      0,
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source: sendWildcard(cfg),
+			Destination: fmt.Sprintf("%s.send.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(%d,1,2)}}",
+				cfg.Prefix, cfg.Partitions),
+		},
+		AllowMsgSchedules: true,
+		AllowRollup:       true,
+	}
+}
+
+func dlqStreamConfig(cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        cfg.DLQStream,
+		Description: "qqdispatch jobs that did not end delivered, with reason headers",
+		Subjects:    []string{cfg.Prefix + ".dlq.>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		MaxAge:      cfg.DLQMaxAge,
+		Duplicates:  DLQDuplicateWindow,
+		Discard:     jetstream.DiscardOld,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+	}
+}
+
+// AdvisorySubject is the subject of the jobs stream's MAX_DELIVERIES
+// advisories, captured by the advisory stream.
+func AdvisorySubject(cfg Config) string {
+	cfg = cfg.WithDefaults()
+	return "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + cfg.JobsStream + ".>"
+}
+
+func advisoryStreamConfig(cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        cfg.AdvisoryStream,
+		Description: "MAX_DELIVERIES advisories of the qqdispatch jobs stream",
+		Subjects:    []string{AdvisorySubject(cfg)},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		MaxAge:      cfg.AdvisoryMaxAge,
+		Discard:     jetstream.DiscardOld,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+	}
+}
+
+func outcomeBucketConfig(cfg Config) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      cfg.OutcomeBucket,
+		Description: "qqdispatch terminal outcomes by job id",
+		History:     1,
+		TTL:         cfg.OutcomeTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	}
+}
+
+func ledgerBucketConfig(cfg Config) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      cfg.LedgerBucket,
+		Description: "qqdispatch dedupe ledger: job claims and (msg_id, msg_seq) pairs",
+		History:     1,
+		TTL:         cfg.LedgerTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	}
+}
+
+// ProvisionError says which resource Provision could not create or update.
+type ProvisionError struct {
+	Resource string // e.g. "stream QQDISPATCH_JOBS"
+	Err      error
+}
+
+func (e *ProvisionError) Error() string {
+	return "queue: provision " + e.Resource + ": " + e.Err.Error()
+}
+
+func (e *ProvisionError) Unwrap() error { return e.Err }
+
+// Provision creates the jobs, DLQ and advisory streams and the outcome and
+// ledger buckets, or updates them to cfg. It is idempotent: running it again
+// with the same cfg changes nothing, so every worker may run it at start.
+func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	for _, sc := range []jetstream.StreamConfig{jobsStreamConfig(cfg), dlqStreamConfig(cfg), advisoryStreamConfig(cfg)} {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return &ProvisionError{Resource: "stream " + sc.Name, Err: err}
+		}
+	}
+	for _, kc := range []jetstream.KeyValueConfig{outcomeBucketConfig(cfg), ledgerBucketConfig(cfg)} {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
+			return &ProvisionError{Resource: "bucket " + kc.Bucket, Err: err}
+		}
+	}
+	return nil
+}
+
+// MinServerVersion is the oldest nats-server this package works with:
+// message schedules and counters arrived in 2.12.
+const MinServerVersion = "2.12.0"
+
+// ErrServerTooOld matches every *VersionError with errors.Is.
+var ErrServerTooOld = errors.New("queue: nats-server too old")
+
+// VersionError says the connected server is older than MinServerVersion (or
+// its version could not be read).
+type VersionError struct {
+	Have string // the server's version as reported
+	Need string // MinServerVersion
+}
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("queue: nats-server %q is not supported: need %s or newer (message schedules, priority groups)", e.Have, e.Need)
+}
+
+// Is makes errors.Is(err, ErrServerTooOld) true.
+func (e *VersionError) Is(target error) bool { return target == ErrServerTooOld }
+
+// CheckServerVersion refuses a connection to a server older than
+// MinServerVersion with a *VersionError.
+func CheckServerVersion(nc *nats.Conn) error {
+	if nc == nil {
+		return &VersionError{Have: "", Need: MinServerVersion}
+	}
+	return checkVersion(nc.ConnectedServerVersion())
+}
+
+func checkVersion(have string) error {
+	v, ok := parseVersion(have)
+	need, _ := parseVersion(MinServerVersion)
+	if !ok || compareVersion(v, need) < 0 {
+		return &VersionError{Have: have, Need: MinServerVersion}
+	}
+	return nil
+}
+
+// parseVersion reads "major.minor.patch" with an optional leading "v" and
+// an optional "-pre" or "+build" suffix.
+func parseVersion(s string) ([3]int, bool) {
+	var v [3]int
+	s = strings.TrimPrefix(strings.TrimSpace(s), "v")
+	if i := strings.IndexAny(s, "-+"); i >= 0 {
+		s = s[:i]
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) < 2 || len(parts) > 3 {
+		return v, false
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return v, false
+		}
+		v[i] = n
+	}
+	return v, true
+}
+
+func compareVersion(a, b [3]int) int {
+	for i := range a {
+		if a[i] != b[i] {
+			if a[i] < b[i] {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}

@@ -1,0 +1,311 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	c := Config{}.WithDefaults()
+	want := map[string]any{
+		"Prefix": "qqbot", "JobsStream": "QQDISPATCH_JOBS", "DLQStream": "QQDISPATCH_DLQ",
+		"AdvisoryStream": "QQDISPATCH_ADVISORIES", "OutcomeBucket": "qqdispatch_outcomes",
+		"LedgerBucket": "qqdispatch_ledger", "Partitions": 32, "Replicas": 1,
+		"DuplicateWindow": 2 * time.Minute, "LedgerTTL": 24 * time.Hour, "OutcomeTTL": 7 * 24 * time.Hour,
+		"DLQMaxAge": 30 * 24 * time.Hour, "AdvisoryMaxAge": 24 * time.Hour,
+	}
+	v := reflect.ValueOf(c)
+	for field, w := range want {
+		if got := v.FieldByName(field).Interface(); got != w {
+			t.Errorf("%s = %v, want %v", field, got, w)
+		}
+	}
+	if c.Now == nil {
+		t.Error("Now not defaulted")
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("defaults do not validate: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		field string
+		mod   func(*Config)
+	}{
+		{"Prefix", func(c *Config) { c.Prefix = "qq.*" }},
+		{"Prefix", func(c *Config) { c.Prefix = "qq..bot" }},
+		{"Prefix", func(c *Config) { c.Prefix = "qq bot" }},
+		{"JobsStream", func(c *Config) { c.JobsStream = "jobs.x" }},
+		{"DLQStream", func(c *Config) { c.DLQStream = c.JobsStream }},
+		{"OutcomeBucket", func(c *Config) { c.OutcomeBucket = "out/come" }},
+		{"LedgerBucket", func(c *Config) { c.LedgerBucket = c.OutcomeBucket }},
+		{"Partitions", func(c *Config) { c.Partitions = -1 }},
+		{"Partitions", func(c *Config) { c.Partitions = MaxPartitions + 1 }},
+		{"Replicas", func(c *Config) { c.Replicas = 7 }},
+		{"DuplicateWindow", func(c *Config) { c.DuplicateWindow = -time.Second }},
+		{"LedgerTTL", func(c *Config) { c.LedgerTTL = -time.Second }},
+		{"DLQMaxAge", func(c *Config) { c.DLQMaxAge = time.Hour }},
+	}
+	for _, tt := range tests {
+		c := Config{}.WithDefaults()
+		tt.mod(&c)
+		err := c.Validate()
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != tt.field || !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: got %v, want a *ConfigError for field %s", tt.field, err, tt.field)
+		}
+	}
+	// A prefix of several tokens is fine.
+	if err := (Config{Prefix: "acme.qq"}).WithDefaults().Validate(); err != nil {
+		t.Errorf("multi-token prefix: %v", err)
+	}
+}
+
+func TestProvisionIsIdempotent(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.PublishRaw(ctx, SendSubject(cfg, "group", "G1"), []byte(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	infos := map[string]*jetstream.StreamInfo{}
+	names := []string{cfg.JobsStream, cfg.DLQStream, cfg.AdvisoryStream, "KV_" + cfg.OutcomeBucket, "KV_" + cfg.LedgerBucket}
+	for _, n := range names {
+		st, err := ts.js.Stream(ctx, n)
+		if err != nil {
+			t.Fatalf("stream %s missing after Provision: %v", n, err)
+		}
+		infos[n] = st.CachedInfo()
+	}
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatalf("second Provision: %v", err)
+	}
+	for _, n := range names {
+		st, err := ts.js.Stream(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again := st.CachedInfo()
+		if !again.Created.Equal(infos[n].Created) {
+			t.Errorf("%s was re-created", n)
+		}
+		if !reflect.DeepEqual(again.Config, infos[n].Config) {
+			t.Errorf("%s config changed:\n%+v\n%+v", n, infos[n].Config, again.Config)
+		}
+		if again.State.Msgs != infos[n].State.Msgs {
+			t.Errorf("%s messages %d -> %d", n, infos[n].State.Msgs, again.State.Msgs)
+		}
+	}
+	if infos[cfg.JobsStream].State.Msgs != 1 {
+		t.Errorf("jobs stream holds %d messages, want 1", infos[cfg.JobsStream].State.Msgs)
+	}
+	jc := infos[cfg.JobsStream].Config
+	if jc.Retention != jetstream.WorkQueuePolicy || jc.Storage != jetstream.FileStorage || jc.Duplicates != cfg.DuplicateWindow || !jc.AllowMsgSchedules {
+		t.Errorf("jobs stream config: %+v", jc)
+	}
+	dc := infos[cfg.DLQStream].Config
+	if dc.Retention != jetstream.LimitsPolicy || dc.MaxAge != cfg.DLQMaxAge || dc.Duplicates != DLQDuplicateWindow {
+		t.Errorf("DLQ stream config: %+v", dc)
+	}
+	if oc := infos["KV_"+cfg.OutcomeBucket].Config; oc.MaxAge != cfg.OutcomeTTL || oc.MaxMsgsPerSubject != 1 {
+		t.Errorf("outcome bucket config: %+v", oc)
+	}
+	if lc := infos["KV_"+cfg.LedgerBucket].Config; lc.MaxAge != cfg.LedgerTTL {
+		t.Errorf("ledger bucket config: %+v", lc)
+	}
+}
+
+// TestProvisionChangesPartitions: provisioning with another partition count
+// updates the live stream's transform.
+func TestProvisionChangesPartitions(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	cfg.Partitions = 3
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := NewPublisher(ts.js, cfg)
+	for i := range 30 {
+		if _, err := pub.PublishRaw(ctx, SendSubject(cfg, "c2c", fmt.Sprint("U", i)), []byte(`{}`), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var total uint64
+	for p := range 3 {
+		total += streamMsgs(t, ts.js, cfg.JobsStream, PartitionSubject(cfg, p))
+	}
+	if total != 30 {
+		t.Fatalf("%d of 30 jobs in partitions 0..2 after re-partitioning", total)
+	}
+}
+
+func TestProvisionRejectsBadConfig(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	err := Provision(testCtx(t), ts.js, Config{Partitions: -3})
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Field != "Partitions" {
+		t.Fatalf("got %v, want ConfigError on Partitions", err)
+	}
+}
+
+// TestPartitionMapping publishes to many targets and checks where the server
+// stored each job: {prefix}.send.{scene}.{target}.{p}, p = PartitionOf, each
+// target always in one partition, and every partition used.
+func TestPartitionMapping(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const targets = 200
+	for round := range 2 {
+		for i := range targets {
+			subj := SendSubject(cfg, "group", "T"+strconv.Itoa(i))
+			if _, err := pub.PublishRaw(ctx, subj, []byte(`{}`), nats.Header{nats.MsgIdHdr: []string{fmt.Sprint(round, "-", i)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cons := jobsReader(t, ts.js, cfg)
+	seen := map[string]int{} // target -> partition
+	used := map[int]bool{}
+	for range 2 * targets {
+		m := nextMsg(t, cons, 5*time.Second)
+		scene, target, ok := parseSendSubject(cfg, m.Subject())
+		if !ok {
+			t.Fatalf("stored subject %q has not the form prefix.send.scene.target.p", m.Subject())
+		}
+		p, _ := strconv.Atoi(m.Subject()[len(SendSubject(cfg, scene, target))+1:])
+		if want := PartitionOf(cfg, scene, target); p != want {
+			t.Errorf("%s stored in partition %d, PartitionOf says %d", target, p, want)
+		}
+		if prev, ok := seen[target]; ok && prev != p {
+			t.Errorf("%s moved from partition %d to %d", target, prev, p)
+		}
+		seen[target] = p
+		used[p] = true
+		if got := OriginalSubject(cfg, m.Subject()); got != SendSubject(cfg, scene, target) {
+			t.Errorf("OriginalSubject(%q) = %q", m.Subject(), got)
+		}
+		if err := m.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p := range cfg.Partitions {
+		if !used[p] {
+			t.Errorf("partition %d never used by %d targets", p, targets)
+		}
+	}
+	// A partition consumer's filter matches exactly its jobs.
+	for p := range cfg.Partitions {
+		if want := cfg.Prefix + ".send.*.*." + strconv.Itoa(p); PartitionSubject(cfg, p) != want {
+			t.Errorf("PartitionSubject(%d) = %q", p, PartitionSubject(cfg, p))
+		}
+	}
+}
+
+func TestOriginalSubject(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Prefix: "acme.qq"}
+	tests := []struct{ in, want string }{
+		{"acme.qq.send.group.G1.7", "acme.qq.send.group.G1"},
+		{"acme.qq.send.group.G1", "acme.qq.send.group.G1"},
+		{"acme.qq.send.group.G1.x", "acme.qq.send.group.G1.x"}, // not a partition token
+		{"acme.qq.dlq.group.G1", "acme.qq.dlq.group.G1"},
+		{"other.send.group.G1.3", "other.send.group.G1.3"},
+		{"acme.qq.send.group", "acme.qq.send.group"},
+	}
+	for _, tt := range tests {
+		if got := OriginalSubject(cfg, tt.in); got != tt.want {
+			t.Errorf("OriginalSubject(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestAdvisoryStreamCapturesMaxDeliveries checks that a job exhausting its
+// deliveries leaves an advisory in the advisory stream.
+func TestAdvisoryStreamCapturesMaxDeliveries(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	pub, _ := NewPublisher(ts.js, cfg)
+	if _, err := pub.PublishRaw(ctx, SendSubject(cfg, "c2c", "U1"), []byte(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := ts.js.CreateOrUpdateConsumer(ctx, cfg.JobsStream, jetstream.ConsumerConfig{
+		Durable: "p0", FilterSubject: cfg.Prefix + ".send.*.*.*", AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nextMsg(t, cons, 5*time.Second)
+	if err := m.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	// The server notices the exhausted delivery when it next looks for a
+	// message to deliver, i.e. on the next pull.
+	if b, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second)); err == nil {
+		for range b.Messages() {
+			t.Error("job delivered past MaxDeliver")
+		}
+	}
+	adv, err := ts.js.OrderedConsumer(ctx, cfg.AdvisoryStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	am, err := adv.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatalf("no advisory captured: %v", err)
+	}
+	if want := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + cfg.JobsStream + ".p0"; am.Subject() != want {
+		t.Errorf("advisory subject %q, want %q", am.Subject(), want)
+	}
+}
+
+func TestCheckServerVersion(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		v  string
+		ok bool
+	}{
+		{"2.12.0", true}, {"2.15.2", true}, {"v2.12.1", true}, {"3.0.0", true}, {"2.13.0-beta.1", true},
+		{"2.11.9", false}, {"2.10.22", false}, {"1.4.1", false}, {"", false}, {"garbage", false}, {"2", false},
+	}
+	for _, tt := range tests {
+		err := checkVersion(tt.v)
+		if tt.ok && err != nil {
+			t.Errorf("%q refused: %v", tt.v, err)
+		}
+		var ve *VersionError
+		if !tt.ok && (!errors.As(err, &ve) || ve.Have != tt.v || !errors.Is(err, ErrServerTooOld)) {
+			t.Errorf("%q accepted or wrong error: %v", tt.v, err)
+		}
+	}
+	ts := startServer(t)
+	if err := CheckServerVersion(ts.nc); err != nil {
+		t.Errorf("embedded server %s refused: %v", ts.nc.ConnectedServerVersion(), err)
+	}
+}

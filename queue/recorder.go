@@ -1,0 +1,299 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+var _ dispatcher.Recorder = (*Recorder)(nil)
+
+// Headers qqdispatch sets on DLQ entries and re-published jobs.
+const (
+	// HeaderJobID carries a job's identity on a re-published job (scheduled
+	// or replayed) and on DLQ entries; it takes precedence over Nats-Msg-Id.
+	HeaderJobID = dispatcher.HeaderJobID
+	// HeaderStatus is the outcome status of a DLQ entry.
+	HeaderStatus = "Qqdispatch-Status"
+	// HeaderReason says, for a person, why the job did not end delivered.
+	HeaderReason = "Qqdispatch-Reason"
+	// HeaderCode is the platform error code, when there was one.
+	HeaderCode = "Qqdispatch-Code"
+	// HeaderTraceID is the platform trace id of the last answer.
+	HeaderTraceID = "Qqdispatch-Trace-Id"
+	// HeaderOriginalSubject is the subject the job was published on,
+	// without the partition token.
+	HeaderOriginalSubject = "Qqdispatch-Original-Subject"
+	// HeaderAttempts counts the API calls made for the job.
+	HeaderAttempts = "Qqdispatch-Attempts"
+	// HeaderFailedAt is when the outcome was decided (RFC 3339).
+	HeaderFailedAt = "Qqdispatch-Failed-At"
+)
+
+// dlqReasonHeaders are the headers Record adds; Replay strips them.
+var dlqReasonHeaders = []string{
+	HeaderStatus, HeaderReason, HeaderCode, HeaderTraceID, HeaderOriginalSubject, HeaderAttempts, HeaderFailedAt,
+}
+
+// Recorder stores terminal outcomes in the outcome bucket (keyed by
+// EncodeKey(job id)) and puts non-delivered jobs on the DLQ.
+type Recorder struct {
+	cfg Config
+	js  jetstream.JetStream
+	kv  jetstream.KeyValue
+}
+
+// NewRecorder binds the outcome bucket, which Provision must have created.
+func NewRecorder(ctx context.Context, js jetstream.JetStream, cfg Config) (*Recorder, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	kv, err := js.KeyValue(ctx, cfg.OutcomeBucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: outcome bucket %q (run Provision first): %w", cfg.OutcomeBucket, err)
+	}
+	return &Recorder{cfg: cfg, js: js, kv: kv}, nil
+}
+
+// Record stores o unless the job already has an outcome, in which case the
+// stored one is returned unchanged (first outcome wins). A non-delivered
+// outcome also puts env on the DLQ with reason headers. The DLQ publish
+// carries Nats-Msg-Id dlq-<job>-<outcome revision>, so a retried Record
+// does not add it twice, while a replayed job that fails again (a new
+// outcome revision) does get a new entry. When the outcome is stored but the
+// DLQ publish fails, Record returns the outcome and the error; calling it
+// again completes the DLQ side.
+func (r *Recorder) Record(ctx context.Context, o dispatcher.Outcome, env dispatcher.Envelope) (dispatcher.Outcome, error) {
+	if o.JobID == "" {
+		return dispatcher.Outcome{}, errors.New("queue: record an outcome without a job id")
+	}
+	if o.V == 0 {
+		o.V = dispatcher.ContractVersion
+	}
+	if o.Finished.IsZero() {
+		o.Finished = r.cfg.Now().UTC()
+	}
+	val, err := json.Marshal(o)
+	if err != nil {
+		return dispatcher.Outcome{}, err
+	}
+	key := EncodeKey(o.JobID)
+	var (
+		stored  dispatcher.Outcome
+		rev     uint64
+		created time.Time
+	)
+	for i := 0; ; i++ {
+		if i == maxCASRounds {
+			return dispatcher.Outcome{}, ErrLedgerContention
+		}
+		rev, err = r.kv.Create(ctx, key, val)
+		if err == nil {
+			stored, created = o, r.cfg.Now()
+			break
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return dispatcher.Outcome{}, fmt.Errorf("queue: record outcome of %s: %w", o.JobID, err)
+		}
+		e, gerr := r.kv.Get(ctx, key)
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			continue // deleted in between (a replay): try again
+		}
+		if gerr != nil {
+			return dispatcher.Outcome{}, fmt.Errorf("queue: read outcome of %s: %w", o.JobID, gerr)
+		}
+		if err := json.Unmarshal(e.Value(), &stored); err != nil {
+			return dispatcher.Outcome{}, fmt.Errorf("queue: stored outcome of %s is corrupt: %w", o.JobID, err)
+		}
+		rev, created = e.Revision(), e.Created()
+		break
+	}
+	if stored.Status.Delivered() {
+		return stored, nil
+	}
+	// An old stored outcome was put on the DLQ long ago; the DLQ dedupe
+	// window no longer covers it, so publishing again would duplicate it.
+	if r.cfg.Now().Sub(created) >= DLQDuplicateWindow {
+		return stored, nil
+	}
+	if err := r.putDLQ(ctx, stored, rev, env); err != nil {
+		return stored, err
+	}
+	return stored, nil
+}
+
+// DLQSubject is where a job of (scene, target) goes on the DLQ:
+// {prefix}.dlq.{scene}.{target}, or {prefix}.dlq.invalid when either is not
+// a known scene or a valid subject token.
+func DLQSubject(cfg Config, scene, target string) string {
+	cfg = cfg.WithDefaults()
+	if !dispatcher.Scene(scene).Valid() || !validToken(target) {
+		return cfg.Prefix + ".dlq.invalid"
+	}
+	return cfg.Prefix + ".dlq." + scene + "." + target
+}
+
+func (r *Recorder) putDLQ(ctx context.Context, o dispatcher.Outcome, rev uint64, env dispatcher.Envelope) error {
+	scene, target := string(o.Scene), o.Target
+	if scene == "" || target == "" {
+		if s, t, ok := parseSendSubject(r.cfg, env.Subject); ok {
+			scene, target = s, t
+		}
+	}
+	hdr := userHeaders(env.Header)
+	hdr.Set(HeaderJobID, headerValue(o.JobID))
+	hdr.Set(HeaderStatus, string(o.Status))
+	if o.Reason != "" {
+		hdr.Set(HeaderReason, headerValue(o.Reason))
+	}
+	if o.Code != 0 {
+		hdr.Set(HeaderCode, strconv.Itoa(o.Code))
+	}
+	if o.TraceID != "" {
+		hdr.Set(HeaderTraceID, headerValue(o.TraceID))
+	}
+	if env.Subject != "" {
+		hdr.Set(HeaderOriginalSubject, OriginalSubject(r.cfg, env.Subject))
+	}
+	hdr.Set(HeaderAttempts, strconv.Itoa(o.Attempts))
+	hdr.Set(HeaderFailedAt, o.Finished.UTC().Format(time.RFC3339Nano))
+
+	msg := &nats.Msg{Subject: DLQSubject(r.cfg, scene, target), Header: hdr, Data: env.Data}
+	_, err := r.js.PublishMsg(ctx, msg,
+		jetstream.WithMsgID("dlq-"+EncodeKey(o.JobID)+"-"+strconv.FormatUint(rev, 10)),
+		jetstream.WithExpectStream(r.cfg.DLQStream))
+	if err != nil {
+		return fmt.Errorf("queue: put job %s on the DLQ: %w", o.JobID, err)
+	}
+	return nil
+}
+
+// Lookup returns the job's outcome, if it has one.
+func (r *Recorder) Lookup(ctx context.Context, jobID string) (dispatcher.Outcome, bool, error) {
+	e, err := r.kv.Get(ctx, EncodeKey(jobID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return dispatcher.Outcome{}, false, nil
+	}
+	if err != nil {
+		return dispatcher.Outcome{}, false, fmt.Errorf("queue: lookup outcome of %s: %w", jobID, err)
+	}
+	var o dispatcher.Outcome
+	if err := json.Unmarshal(e.Value(), &o); err != nil {
+		return dispatcher.Outcome{}, false, fmt.Errorf("queue: stored outcome of %s is corrupt: %w", jobID, err)
+	}
+	return o, true, nil
+}
+
+// Forget deletes the job's outcome so the job can end again (DLQ replay).
+// A missing outcome is not an error.
+func (r *Recorder) Forget(ctx context.Context, jobID string) error {
+	return forgetKey(ctx, r.kv, EncodeKey(jobID))
+}
+
+// OutcomeWatch waits for one job's outcome. Start it before publishing the
+// job so an outcome written in between is not missed.
+type OutcomeWatch struct {
+	jobID string
+	w     jetstream.KeyWatcher
+	once  sync.Once
+}
+
+// Watch starts watching the job's outcome. The watch is bound to ctx as
+// well: cancelling it ends the watch. Call Wait, or Stop when giving up.
+func (r *Recorder) Watch(ctx context.Context, jobID string) (*OutcomeWatch, error) {
+	w, err := r.kv.Watch(ctx, EncodeKey(jobID), jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("queue: watch outcome of %s: %w", jobID, err)
+	}
+	return &OutcomeWatch{jobID: jobID, w: w}, nil
+}
+
+// ErrWatchClosed is returned by Wait when the watch ended without an outcome
+// (Stop was called or the connection closed).
+var ErrWatchClosed = errors.New("queue: outcome watch closed")
+
+// Wait blocks until the job has an outcome (possibly one stored before the
+// watch began) or ctx ends, then stops the watch.
+func (w *OutcomeWatch) Wait(ctx context.Context) (dispatcher.Outcome, error) {
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return dispatcher.Outcome{}, ctx.Err()
+		case e, ok := <-w.w.Updates():
+			if !ok {
+				return dispatcher.Outcome{}, ErrWatchClosed
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue // end of initial values, or a removal
+			}
+			var o dispatcher.Outcome
+			if err := json.Unmarshal(e.Value(), &o); err != nil {
+				return dispatcher.Outcome{}, fmt.Errorf("queue: stored outcome of %s is corrupt: %w", w.jobID, err)
+			}
+			return o, nil
+		}
+	}
+}
+
+// Stop ends the watch; safe to call more than once.
+func (w *OutcomeWatch) Stop() {
+	w.once.Do(func() { _ = w.w.Stop() })
+}
+
+// WaitOutcome waits for the job's outcome. It only sees outcomes stored
+// after the watch began or already there, so to wait for a job you are about
+// to publish, use Watch before publishing.
+func (r *Recorder) WaitOutcome(ctx context.Context, jobID string) (dispatcher.Outcome, error) {
+	w, err := r.Watch(ctx, jobID)
+	if err != nil {
+		return dispatcher.Outcome{}, err
+	}
+	return w.Wait(ctx)
+}
+
+// userHeaders copies h without the headers the server interprets (every
+// "Nats-" header: message ids, expectations, roll-ups, TTLs, schedules).
+// Copying those onto another publish would dedupe, purge or schedule by
+// accident; e.g. a fired scheduled message carries Nats-Scheduler and
+// Nats-Schedule-Next, which a stream without schedules rejects.
+func userHeaders(h map[string][]string) nats.Header {
+	out := nats.Header{}
+	for k, vs := range h {
+		if len(k) >= 5 && strings.EqualFold(k[:5], "nats-") {
+			continue
+		}
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}
+
+// headerValue makes s safe as a header value: no CR or LF, bounded length.
+func headerValue(s string) string {
+	const maxLen = 1024
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxLen {
+		cut := maxLen
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return s
+}

@@ -1,0 +1,114 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+var _ dispatcher.Scheduler = (*Scheduler)(nil)
+
+// Scheduler re-publishes a job at a later time with a JetStream message
+// schedule (nats-server 2.12+), so the wait holds no consumer slot and
+// survives worker and server restarts.
+//
+// Schedule stores a schedule message on {prefix}.sched.{enc job id} in the
+// jobs stream, with headers
+//
+//	Nats-Schedule: @at <RFC 3339, UTC, whole seconds rounded up>
+//	Nats-Schedule-Target: {prefix}.send.{scene}.{target}
+//	Nats-Msg-Id: sched-<enc job id>-<env.Seq>-<unix seconds>
+//	Qqdispatch-Job-Id: <job id>
+//
+// What the server does (nats-server v2.15 server/scheduler.go, stream.go):
+//   - the schedule subject and the target must both be subjects of the same
+//     stream, and differ; the server adds Nats-Rollup: sub, so a new
+//     schedule for a job replaces its pending one (the stream needs
+//     AllowRollup, which Provision sets);
+//   - at the time, the server stores a copy of the message on the target,
+//     with the Nats-Schedule* headers, Nats-Msg-Id, Nats-TTL, Nats-Rollup and
+//     Nats-Expected-* removed and Nats-Scheduler / Nats-Schedule-Next: purge
+//     added, and in the same step purges the schedule subject. So it fires
+//     once; pending schedules are rebuilt from the store after a restart,
+//     and a time that passed while the server was down fires at start;
+//   - the fired copy goes through the stream's subject transform like a
+//     client publish, so it lands on the job's partition subject;
+//   - its Nats-Msg-Id is dropped, so the fired job is not deduplicated
+//     against the original publish; the schedule message itself must not
+//     carry the job's id either (it would be dropped as a duplicate of the
+//     original job within the window), hence the sched-... id, which only
+//     makes a retried Schedule call idempotent. It includes env.Seq (the
+//     jobs-stream sequence of the delivery being deferred), so deferring a
+//     fired copy again to the same time is not swallowed as a duplicate;
+//     callers should set Envelope.Seq;
+//   - in a work-queue stream the schedule message waits like any message no
+//     consumer's filter matches: partition consumers filter
+//     {prefix}.send.*.*.{p}, and no consumer may filter {prefix}.sched.*.
+type Scheduler struct {
+	cfg Config
+	js  jetstream.JetStream
+}
+
+// NewScheduler returns a Scheduler for the jobs stream named in cfg.
+func NewScheduler(js jetstream.JetStream, cfg Config) (*Scheduler, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if js == nil {
+		return nil, errors.New("queue: NewScheduler: nil JetStream")
+	}
+	return &Scheduler{cfg: cfg, js: js}, nil
+}
+
+// scheduleTime formats at for Nats-Schedule: UTC whole seconds, rounded up
+// so a job never comes back before its time.
+func scheduleTime(at time.Time) string {
+	t := at.UTC()
+	if tr := t.Truncate(time.Second); tr.Before(t) {
+		t = tr.Add(time.Second)
+	}
+	return t.Format(time.RFC3339)
+}
+
+// Schedule re-publishes env's job (its data and user headers) on its
+// original subject at the time at, keeping its identity in
+// Qqdispatch-Job-Id. A time in the past fires at once.
+func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID string, at time.Time) error {
+	if jobID == "" {
+		return errors.New("queue: schedule a job without a job id")
+	}
+	scene, target, ok := parseSendSubject(s.cfg, env.Subject)
+	if !ok {
+		return fmt.Errorf("queue: schedule job %s: %q is not a job subject %s", jobID, env.Subject, sendWildcard(s.cfg))
+	}
+	hdr := userHeaders(env.Header)
+	hdr.Set(HeaderJobID, jobID)
+	hdr.Set("Nats-Schedule", "@at "+scheduleTime(at))
+	hdr.Set("Nats-Schedule-Target", s.cfg.Prefix+".send."+scene+"."+target)
+	msgID := "sched-" + EncodeKey(jobID) + "-" + strconv.FormatUint(env.Seq, 10) + "-" + strconv.FormatInt(at.Unix(), 10)
+	_, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: scheduleSubject(s.cfg, jobID), Header: hdr, Data: env.Data},
+		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.JobsStream))
+	if err != nil {
+		return fmt.Errorf("queue: schedule job %s at %s: %w", jobID, at.UTC().Format(time.RFC3339), err)
+	}
+	return nil
+}
+
+// Cancel removes the job's pending schedule, if any.
+func (s *Scheduler) Cancel(ctx context.Context, jobID string) error {
+	st, err := s.js.Stream(ctx, s.cfg.JobsStream)
+	if err != nil {
+		return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(scheduleSubject(s.cfg, jobID))); err != nil {
+		return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
+	}
+	return nil
+}
