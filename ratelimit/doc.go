@@ -1,0 +1,19 @@
+// Package ratelimit enforces the QQ platform's rules before a call, so that a
+// bot never trips a limit, never wastes a reply or a quota on a send that
+// cannot succeed, and still uses the capacity the platform allows.
+//
+// The rules come from a Policy (one YAML document, docs/policy.md; the
+// shipped defaults follow qq-platform.md). A Limiter implements
+// dispatcher.Limiter on top of it:
+//
+//   - Deadline and ReplyBudget: the passive reply window and the replies
+//     allowed per msg_id;
+//   - Reserve: active-send permission, then the period quotas (day/month in
+//     the policy's zone), counted with compare-and-set in a JetStream KV
+//     bucket shared by every worker (ProvisionQuotas);
+//   - Wait: token buckets (golang.org/x/time/rate) per target, per bot and
+//     per endpoint, plus cool-downs after rate-limit answers; idle per-target
+//     buckets are evicted, so memory follows the active targets only;
+//   - Feedback: rate-limit answers pause the key, quota answers mark the
+//     period as spent.
+package ratelimit

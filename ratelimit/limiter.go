@@ -1,0 +1,737 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// Defaults of Config.
+const (
+	BotIDDefault         = "bot"
+	StoreTimeoutDefault  = 5 * time.Second
+	SweepIntervalDefault = time.Second
+)
+
+// Clock gives the limiter its timers; tests inject one they move by hand.
+// It has the shape of dispatcher.Clock, so one fake serves both.
+type Clock interface {
+	Now() time.Time
+	// After behaves like time.After.
+	After(d time.Duration) <-chan time.Time
+}
+
+type wallClock struct{}
+
+func (wallClock) Now() time.Time                         { return time.Now() }
+func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Config configures a Limiter.
+type Config struct {
+	// Policy holds every rule. Default: DefaultPolicy(). It is validated
+	// (Policy.Validate) and copied.
+	Policy *Policy
+	// KV is the bucket of the period quotas (see ProvisionQuotas), shared
+	// by every worker. Default nil: quotas are counted in this process's
+	// memory, which is neither shared nor durable — for tests and
+	// development only.
+	KV jetstream.KeyValue
+	// BotID names the bot in per-bot quota keys and shared buckets; workers
+	// of one bot must agree on it. Default BotIDDefault ("bot").
+	BotID string
+	// Now is the time source of every rule. Default: Clock.Now when Clock
+	// is set, else time.Now.
+	Now func() time.Time
+	// Clock provides the timers Wait waits on. Default: the wall clock.
+	Clock Clock
+	// SharedBuckets builds the per-bot and per-endpoint buckets. Default:
+	// NewLocalBucket (this process only).
+	SharedBuckets SharedBucketFactory
+	// StoreTimeout bounds the quota writes that have no caller context
+	// (Feedback, and giving quota back after a failed Reserve). Default
+	// StoreTimeoutDefault (5s).
+	StoreTimeout time.Duration
+	// SweepInterval is how often the janitor started by Start evicts idle
+	// buckets and stale cool-downs. Default SweepIntervalDefault (1s).
+	SweepInterval time.Duration
+	// Logger receives rule events (cool-downs, quotas marked spent).
+	// Default: a disabled logger.
+	Logger *zerolog.Logger
+}
+
+// Limiter enforces the policy before each call: reply windows and budgets,
+// active-send permission, period quotas (Reserve) and token buckets (Wait).
+// It is safe for concurrent use.
+type Limiter struct {
+	policy Policy
+	botID  string
+	now    func() time.Time
+	clock  Clock
+	store  kvStore
+	kv     jetstream.KeyValue
+	log    zerolog.Logger
+
+	storeTimeout  time.Duration
+	sweepInterval time.Duration
+
+	scenes  [4]sceneRules
+	botCool *cooldowns // keyed by scene
+	sets    []*bucketSet
+
+	mu      sync.Mutex
+	started bool
+	stopped bool
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+var _ dispatcher.Limiter = (*Limiter)(nil)
+
+// sceneRules is a scene's compiled policy.
+type sceneRules struct {
+	scene      dispatcher.Scene
+	allowed    bool
+	window     time.Duration
+	budget     int
+	kinds      [3]kindRules // by kindIndex
+	endpoint   step         // endpoints.send for the scene
+	files      step         // endpoints.files for the scene
+	targetCool *cooldowns   // keyed by target
+}
+
+type kindRules struct {
+	steps  []step // per-target then per-bot buckets
+	quotas []*quotaRule
+}
+
+// step is one bucket a call needs a token from: a per-target set or a
+// shared bucket.
+type step struct {
+	rule   string
+	set    *bucketSet
+	shared SharedBucket
+}
+
+// hold is a token taken from a step for one call.
+type hold struct {
+	slot   int64
+	b      *targetBucket
+	res    *rate.Reservation
+	cancel func()
+}
+
+func kindIndex(k dispatcher.Kind) int {
+	switch k {
+	case dispatcher.KindActive:
+		return 1
+	case dispatcher.KindPassive:
+		return 2
+	}
+	return 0
+}
+
+func sceneIndex(s dispatcher.Scene) int {
+	switch s {
+	case dispatcher.SceneC2C:
+		return 0
+	case dispatcher.SceneGroup:
+		return 1
+	case dispatcher.SceneChannel:
+		return 2
+	case dispatcher.SceneDM:
+		return 3
+	}
+	return -1
+}
+
+// New validates cfg, fills its defaults and builds the Limiter.
+func New(cfg Config) (*Limiter, error) {
+	var p Policy
+	if cfg.Policy == nil {
+		p = DefaultPolicy()
+	} else {
+		p = cfg.Policy.Clone()
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("ratelimit: Config.Policy: %w", err)
+		}
+	}
+	if cfg.BotID == "" {
+		cfg.BotID = BotIDDefault
+	}
+	if cfg.Clock == nil {
+		if cfg.Now != nil {
+			cfg.Clock = nowClock{now: cfg.Now}
+		} else {
+			cfg.Clock = wallClock{}
+		}
+	}
+	if cfg.Now == nil {
+		cfg.Now = cfg.Clock.Now
+	}
+	if cfg.SharedBuckets == nil {
+		cfg.SharedBuckets = func(_ string, every rate.Limit, burst int) (SharedBucket, error) {
+			return NewLocalBucket(every, burst), nil
+		}
+	}
+	if cfg.StoreTimeout == 0 {
+		cfg.StoreTimeout = StoreTimeoutDefault
+	}
+	if cfg.StoreTimeout < 0 {
+		return nil, fmt.Errorf("ratelimit: Config.StoreTimeout must not be negative, got %s", cfg.StoreTimeout)
+	}
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = SweepIntervalDefault
+	}
+	if cfg.SweepInterval < 0 {
+		return nil, fmt.Errorf("ratelimit: Config.SweepInterval must not be negative, got %s", cfg.SweepInterval)
+	}
+	l := &Limiter{
+		policy:        p,
+		botID:         cfg.BotID,
+		now:           cfg.Now,
+		clock:         cfg.Clock,
+		kv:            cfg.KV,
+		storeTimeout:  cfg.StoreTimeout,
+		sweepInterval: cfg.SweepInterval,
+		botCool:       newCooldowns(p.Cooldown.Initial, p.Cooldown.Max),
+	}
+	if cfg.Logger != nil {
+		l.log = *cfg.Logger
+	} else {
+		l.log = zerolog.Nop()
+	}
+	if cfg.KV != nil {
+		l.store = jsStore{kv: cfg.KV}
+	} else {
+		l.store = newMemStore(cfg.Now)
+	}
+	if err := l.compile(cfg.SharedBuckets); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// nowClock gives a Config.Now without a Clock real timers.
+type nowClock struct{ now func() time.Time }
+
+func (c nowClock) Now() time.Time                         { return c.now() }
+func (c nowClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+func (l *Limiter) compile(factory SharedBucketFactory) error {
+	p := &l.policy
+	h := p.Headroom
+	shared := func(name string, r *Rate) (step, error) {
+		if r == nil {
+			return step{}, nil
+		}
+		b, err := factory(name, rate.Limit(r.Every(h)), r.Burst)
+		if err != nil {
+			return step{}, fmt.Errorf("ratelimit: Config.SharedBuckets(%q): %w", name, err)
+		}
+		if b == nil {
+			return step{}, fmt.Errorf("ratelimit: Config.SharedBuckets(%q) returned no bucket", name)
+		}
+		return step{shared: b}, nil
+	}
+	for _, sc := range dispatcher.Scenes {
+		sp := p.Scenes.Scene(sc)
+		sr := &l.scenes[sceneIndex(sc)]
+		*sr = sceneRules{
+			scene:      sc,
+			allowed:    sp.Active.IsAllowed(),
+			window:     sp.Passive.Window,
+			budget:     sp.Passive.ReplyBudget,
+			targetCool: newCooldowns(p.Cooldown.Initial, p.Cooldown.Max),
+		}
+		var err error
+		if sr.endpoint, err = shared("endpoint.send."+string(sc), p.Endpoints.Send); err != nil {
+			return err
+		}
+		sr.endpoint.rule = "endpoints.send"
+		if sc.HasMsgSeq() { // C2C and group have /files endpoints
+			if sr.files, err = shared("endpoint.files."+string(sc), p.Endpoints.Files); err != nil {
+				return err
+			}
+			sr.files.rule = "endpoints.files"
+		}
+		for _, k := range ruleKinds() {
+			kp := sp.Kind(k)
+			kr := &sr.kinds[kindIndex(k)]
+			prefix := string(sc) + "." + string(k)
+			if r := kp.Rate.PerTarget; r != nil {
+				set := newBucketSet(prefix+".rate.per_target", rate.Limit(r.Every(h)), r.Burst)
+				l.sets = append(l.sets, set)
+				kr.steps = append(kr.steps, step{rule: set.name, set: set})
+			}
+			if r := kp.Rate.PerBot; r != nil {
+				st, err := shared("bot."+l.botID+"."+string(sc)+"."+string(k), r)
+				if err != nil {
+					return err
+				}
+				st.rule = prefix + ".rate.per_bot"
+				kr.steps = append(kr.steps, st)
+			}
+			for _, q := range []struct {
+				name  string
+				scope QuotaScope
+				quota *Quota
+			}{
+				{"per_target", ScopeTarget, kp.Quota.PerTarget},
+				{"channels_per_guild", ScopeGuild, kp.Quota.ChannelsPerGuild},
+				{"per_bot", ScopeBot, kp.Quota.PerBot},
+			} {
+				for _, per := range []Period{PeriodDay, PeriodMonth} {
+					if n := q.quota.Limit(per); n > 0 {
+						kr.quotas = append(kr.quotas, &quotaRule{
+							rule:  prefix + ".quota." + q.name + "." + string(per),
+							scene: sc, kind: k, scope: q.scope, period: per, limit: n,
+						})
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Policy returns a copy of the policy in force.
+func (l *Limiter) Policy() Policy { return l.policy.Clone() }
+
+func (l *Limiter) scene(s dispatcher.Scene) *sceneRules {
+	i := sceneIndex(s)
+	if i < 0 {
+		return nil
+	}
+	return &l.scenes[i]
+}
+
+// Deadline is the end of a passive reply's window: received_at plus the
+// scene's passive window. Zero for active sends, without received_at, or
+// when the scene has no window.
+func (l *Limiter) Deadline(job *dispatcher.Job) time.Time {
+	sr := l.scene(job.Scene)
+	if sr == nil || job.Kind() != dispatcher.KindPassive || job.Received == nil || sr.window <= 0 {
+		return time.Time{}
+	}
+	return job.Received.Add(sr.window)
+}
+
+// ReplyBudget is how many replies one msg_id / event_id allows in the job's
+// scene (scenes.<scene>.passive.reply_budget); 0 is unlimited.
+func (l *Limiter) ReplyBudget(job *dispatcher.Job) int {
+	sr := l.scene(job.Scene)
+	if sr == nil || job.Kind() != dispatcher.KindPassive {
+		return 0
+	}
+	return sr.budget
+}
+
+// Reserve refuses active sends the policy does not allow (StatusRejected,
+// no quota touched) and takes one unit of each of the job's period quotas:
+// the scene's `any` quotas, then its kind's, each per target, then
+// sub-channels per guild, then per bot, day before month. A full quota is a
+// *dispatcher.LimitError (StatusQuotaExceeded, RetryAt the start of the next
+// period), and the units already taken are given back. Storage failures are
+// other errors.
+func (l *Limiter) Reserve(ctx context.Context, job *dispatcher.Job) (dispatcher.Reservation, error) {
+	res := &reservation{store: l.store}
+	sr := l.scene(job.Scene)
+	if sr == nil {
+		return res, nil
+	}
+	kind := job.Kind()
+	if kind == dispatcher.KindActive && !sr.allowed {
+		return nil, &dispatcher.LimitError{
+			Status: dispatcher.StatusRejected,
+			Rule:   string(job.Scene) + ".active.allowed",
+			Reason: fmt.Sprintf("the policy does not allow active %s messages (scenes.%s.active.allowed: false)", job.Scene, job.Scene),
+		}
+	}
+	specs := l.specs(sr, job, l.now())
+	for i := range specs {
+		sp := &specs[i]
+		took, used, err := takeQuota(ctx, l.store, sp)
+		if err != nil {
+			if rerr := l.rollback(ctx, res); rerr != nil {
+				l.log.Warn().Err(rerr).Msg("give back quota after a failed reservation")
+			}
+			if errors.Is(err, errExhausted) {
+				return nil, &dispatcher.LimitError{
+					Status:  dispatcher.StatusQuotaExceeded,
+					Rule:    sp.rule,
+					Reason:  exhaustedReason(sp, used),
+					RetryAt: sp.next,
+				}
+			}
+			return nil, err
+		}
+		if took && sp.scope != ScopeGuild {
+			res.taken = append(res.taken, sp.key)
+		}
+	}
+	return res, nil
+}
+
+func (l *Limiter) rollback(ctx context.Context, res *reservation) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.storeTimeout)
+	defer cancel()
+	return res.Refund(rctx)
+}
+
+func exhaustedReason(sp *quotaSpec, used int) string {
+	whose := "the target"
+	switch sp.scope {
+	case ScopeGuild:
+		return fmt.Sprintf("the guild has had messages in %d of its %d sub-channels allowed per %s (%s); the next period starts %s",
+			used, sp.limit, sp.period, sp.label, sp.next.Format(time.RFC3339))
+	case ScopeBot:
+		whose = "the bot"
+	}
+	return fmt.Sprintf("%s has used %d of its %d %s %s messages per %s (%s); the next period starts %s",
+		whose, used, sp.limit, sp.scene, sp.kind, sp.period, sp.label, sp.next.Format(time.RFC3339))
+}
+
+// specs lists the quota units a job needs at now, in reservation order.
+func (l *Limiter) specs(sr *sceneRules, job *dispatcher.Job, now time.Time) []quotaSpec {
+	loc := l.policy.Location()
+	var out []quotaSpec
+	for _, ki := range [2]int{0, kindIndex(job.Kind())} {
+		for _, q := range sr.kinds[ki].quotas {
+			sp := quotaSpec{quotaRule: q}
+			var id string
+			switch q.scope {
+			case ScopeTarget:
+				id = job.Target
+			case ScopeGuild:
+				if job.GuildID == "" {
+					continue // only channel jobs have guilds; Decode requires it there
+				}
+				id, sp.member = job.GuildID, job.Target
+			case ScopeBot:
+				id = l.botID
+			}
+			sp.label, sp.next = periodOf(q.period, now, loc)
+			sp.key = QuotaKey(q.scene, q.kind, q.scope, id, sp.label)
+			out = append(out, sp)
+		}
+	}
+	return out
+}
+
+// Wait blocks until the job may make one call under every token bucket that
+// applies to it (per target for the scene and kind, per bot, per endpoint)
+// and after any cool-down from a rate-limit answer. It takes a token from
+// every bucket for one instant, the latest any of them allows. When that
+// instant is not before deadline (non-zero), it gives the tokens back and
+// returns a *dispatcher.LimitError with StatusExpired at once, without
+// waiting. If ctx ends first, the tokens are given back and ctx's error
+// returned.
+func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.Time) error {
+	sr := l.scene(job.Scene)
+	if sr == nil {
+		return ctx.Err()
+	}
+	var buf [5]step
+	plan := buf[:0]
+	plan = append(plan, sr.kinds[0].steps...)
+	if ki := kindIndex(job.Kind()); ki != 0 {
+		plan = append(plan, sr.kinds[ki].steps...)
+	}
+	if sr.endpoint.shared != nil {
+		plan = append(plan, sr.endpoint)
+	}
+	cool, coolRule := sr.targetCool.until(job.Target), "cooldown.target"
+	if bc := l.botCool.until(string(job.Scene)); bc > cool {
+		cool, coolRule = bc, "cooldown.bot"
+	}
+	return l.wait(ctx, plan, job.Target, cool, coolRule, deadline)
+}
+
+// WaitFiles is Wait for a media upload to the scene's /files endpoint
+// (endpoints.files); scenes without one return at once.
+func (l *Limiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadline time.Time) error {
+	sr := l.scene(scene)
+	if sr == nil || sr.files.shared == nil {
+		return ctx.Err()
+	}
+	return l.wait(ctx, []step{sr.files}, "", 0, "", deadline)
+}
+
+func (l *Limiter) wait(ctx context.Context, plan []step, target string, cool int64, coolRule string, deadline time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := l.now().UnixNano()
+	t, why := now, ""
+	if cool > t {
+		t, why = cool, coolRule
+	}
+	// Ask first, so that in the common case one round of takes at the
+	// right instant suffices and no token is taken and given back.
+	for _, s := range plan {
+		if n := s.next(target, t); n > t {
+			t, why = n, s.rule
+		}
+	}
+	var buf [8]hold
+	holds := buf[:len(plan)]
+	for {
+		if !deadline.IsZero() && t >= deadline.UnixNano() {
+			return &dispatcher.LimitError{
+				Status: dispatcher.StatusExpired,
+				Rule:   why,
+				Reason: fmt.Sprintf("%s allows the next call at %s, not before the deadline %s",
+					why, time.Unix(0, t).UTC().Format(time.RFC3339Nano), deadline.UTC().Format(time.RFC3339Nano)),
+			}
+		}
+		top, topWhy := t, why
+		for i, s := range plan {
+			holds[i] = s.take(target, t, now)
+			if holds[i].slot > top {
+				top, topWhy = holds[i].slot, s.rule
+			}
+		}
+		if top == t {
+			break
+		}
+		// Another caller got a token first somewhere: every token must be
+		// for the same instant, or a bucket would see its calls bunched.
+		release(plan, holds, now)
+		t, why = top, topWhy
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	if d := time.Duration(t - now); d > 0 {
+		select {
+		case <-ctx.Done():
+			release(plan, holds, l.now().UnixNano())
+			return ctx.Err()
+		case <-l.clock.After(d):
+		}
+	}
+	return nil
+}
+
+func (s step) next(target string, at int64) int64 {
+	if s.set != nil {
+		return s.set.next(target, at)
+	}
+	return s.shared.Next(time.Unix(0, at)).UnixNano()
+}
+
+func (s step) take(target string, at, now int64) hold {
+	if s.set != nil {
+		b, slot, res := s.set.take(target, at, now)
+		return hold{slot: slot, b: b, res: res}
+	}
+	slot, cancel := s.shared.Take(time.Unix(0, at))
+	return hold{slot: max(slot.UnixNano(), at), cancel: cancel}
+}
+
+func release(plan []step, holds []hold, now int64) {
+	for i, s := range plan {
+		h := &holds[i]
+		if s.set != nil {
+			s.set.cancel(h.b, h.res, now)
+		} else if h.cancel != nil {
+			h.cancel()
+		}
+		*h = hold{}
+	}
+}
+
+// Feedback learns from the platform's answer to a call. A rate-limit answer
+// pauses the job's target and the bot's whole scene (cooldown.initial,
+// doubling on repeats up to cooldown.max); any other answer resets the
+// doubling. A quota answer marks the job's quota for this period as spent,
+// so the next jobs stop before calling (see markSpent for which quota).
+func (l *Limiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) {
+	sr := l.scene(job.Scene)
+	if sr == nil {
+		return
+	}
+	now := l.now().UnixNano()
+	switch class {
+	case dispatcher.ClassRateLimited:
+		dt := sr.targetCool.hit(job.Target, now)
+		db := l.botCool.hit(string(job.Scene), now)
+		l.log.Info().Str("scene", string(job.Scene)).Str("target", job.Target).
+			Dur("target_pause", dt).Dur("bot_pause", db).Msg("rate-limit answer; pausing the target and the bot's scene")
+		return
+	case dispatcher.ClassQuotaExhausted:
+		l.markSpent(job)
+	}
+	sr.targetCool.reset(job.Target, now)
+	l.botCool.reset(string(job.Scene), now)
+}
+
+// markSpent raises one of the job's quota counts to its limit. The answer
+// does not say which quota ran out, so it marks the narrowest one the job
+// has (per target before per bot) for the shortest period (day before
+// month): marking the bot's quota, or a month, on the word of one target's
+// answer could stop every target, or this one for weeks. If the wider quota
+// was the one used up, each further target costs one refused (uncharged)
+// call before it stops too. Sub-channel sets are not marked.
+func (l *Limiter) markSpent(job *dispatcher.Job) {
+	sr := l.scene(job.Scene)
+	var pick *quotaSpec
+	specs := l.specs(sr, job, l.now())
+	for i := range specs {
+		sp := &specs[i]
+		if sp.scope == ScopeGuild {
+			continue
+		}
+		if pick == nil || rank(sp) < rank(pick) {
+			pick = sp
+		}
+	}
+	if pick == nil {
+		l.log.Warn().Str("scene", string(job.Scene)).Str("target", job.Target).
+			Msg("quota answer for a job with no quota in the policy; nothing to mark")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.storeTimeout)
+	defer cancel()
+	if err := markSpent(ctx, l.store, pick.key, pick.limit); err != nil {
+		l.log.Warn().Err(err).Str("rule", pick.rule).Msg("mark quota spent")
+		return
+	}
+	l.log.Info().Str("rule", pick.rule).Str("key", pick.key).Msg("quota answer; marked the period as spent")
+}
+
+func rank(sp *quotaSpec) int {
+	r := 0
+	if sp.scope == ScopeBot {
+		r += 2
+	}
+	if sp.period == PeriodMonth {
+		r++
+	}
+	return r
+}
+
+// Usage reads a quota's count (a sub-channel set's size for ScopeGuild) in
+// the period containing q.At.
+func (l *Limiter) Usage(ctx context.Context, q QuotaRef) (int, error) {
+	if sceneIndex(q.Scene) < 0 {
+		return 0, fmt.Errorf("ratelimit: Usage: unknown scene %q", q.Scene)
+	}
+	switch q.Kind {
+	case KindAny, dispatcher.KindActive, dispatcher.KindPassive:
+	default:
+		return 0, fmt.Errorf("ratelimit: Usage: unknown kind %q", q.Kind)
+	}
+	switch q.Scope {
+	case ScopeTarget, ScopeGuild:
+	case ScopeBot:
+		if q.ID == "" {
+			q.ID = l.botID
+		}
+	default:
+		return 0, fmt.Errorf("ratelimit: Usage: unknown scope %q", q.Scope)
+	}
+	if q.Period != PeriodDay && q.Period != PeriodMonth {
+		return 0, fmt.Errorf("ratelimit: Usage: unknown period %q", q.Period)
+	}
+	at := q.At
+	if at.IsZero() {
+		at = l.now()
+	}
+	label, _ := periodOf(q.Period, at, l.policy.Location())
+	return usage(ctx, l.store, QuotaKey(q.Scene, q.Kind, q.Scope, q.ID, label), q.Scope)
+}
+
+// Stats counts what the limiter holds in memory.
+type Stats struct {
+	TargetBuckets int // per-target token buckets (idle ones are evicted)
+	Cooldowns     int // targets and scenes in or just out of a cool-down
+}
+
+// Stats reports the limiter's memory use.
+func (l *Limiter) Stats() Stats {
+	var s Stats
+	for _, set := range l.sets {
+		s.TargetBuckets += set.len()
+	}
+	s.Cooldowns = l.botCool.len()
+	for i := range l.scenes {
+		s.Cooldowns += l.scenes[i].targetCool.len()
+	}
+	return s
+}
+
+// sweep evicts idle buckets and stale cool-downs; it returns how many.
+func (l *Limiter) sweep() int {
+	now := l.now().UnixNano()
+	n := l.botCool.sweep(now)
+	for _, set := range l.sets {
+		n += set.sweep(now)
+	}
+	for i := range l.scenes {
+		n += l.scenes[i].targetCool.sweep(now)
+	}
+	return n
+}
+
+// Start checks the quota bucket is reachable and starts the janitor that
+// evicts idle buckets every SweepInterval. Without Start, buckets are still
+// evicted as new targets arrive, a few at a time.
+func (l *Limiter) Start(ctx context.Context) error {
+	if l.kv != nil {
+		if _, err := l.kv.Status(ctx); err != nil {
+			return fmt.Errorf("ratelimit: quota bucket: %w", err)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.started {
+		return errors.New("ratelimit: Limiter already started")
+	}
+	l.started = true
+	l.stop, l.done = make(chan struct{}), make(chan struct{})
+	go l.janitor(l.stop, l.done)
+	return nil
+}
+
+func (l *Limiter) janitor(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	for {
+		select {
+		case <-stop:
+			return
+		case <-l.clock.After(l.sweepInterval):
+			l.sweep()
+		}
+	}
+}
+
+// Stop ends the janitor; it returns ctx's error if the janitor has not
+// ended by then. Stopping twice, or before Start, is harmless.
+func (l *Limiter) Stop(ctx context.Context) error {
+	l.mu.Lock()
+	if !l.started {
+		l.mu.Unlock()
+		return nil
+	}
+	if !l.stopped {
+		l.stopped = true
+		close(l.stop)
+	}
+	done := l.done
+	l.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
