@@ -1,0 +1,17 @@
+package e2e
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func contentOf(t *testing.T, body json.RawMessage) string {
+	t.Helper()
+	var m struct {
+		Content string `json:"content"`
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("body %s: %v", body, err)
+	}
+	return m.Content
+}

@@ -1,0 +1,296 @@
+// Package testbed starts the real parts qqdispatch tests run against: an
+// embedded JetStream server in a temporary directory, the QQ simulator over
+// real HTTP, a qqapi client pointed at it, and in-process workers. It is
+// imported only by tests.
+package testbed
+
+import (
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/qqsend"
+	"github.com/qqdispatch/qqdispatch/internal/worker"
+	"github.com/qqdispatch/qqdispatch/qqapi"
+	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+// Test credentials the simulator accepts.
+const (
+	AppID     = "1020304050"
+	AppSecret = "testbed-secret-Zq8xR2"
+)
+
+// Options tune a Bed.
+type Options struct {
+	// Rules for the simulator; zero means qqsim.DefaultRules().
+	Rules qqsim.Rules
+	// Faults for the simulator from the start.
+	Faults qqsim.Faults
+	// Names of the JetStream resources; Partitions defaults to 4 here to
+	// keep tests light.
+	Names queue.Config
+	// StoreDir for the server; default t.TempDir().
+	StoreDir string
+	// Now is the simulator's clock; default time.Now.
+	Now func() time.Time
+}
+
+// Bed is a running set of real parts.
+type Bed struct {
+	T       testing.TB
+	NATS    *queue.Embedded
+	Conn    *nats.Conn
+	JS      jetstream.JetStream
+	Sim     *qqsim.Sim
+	SimURL  string
+	Client  *qqapi.Client
+	Names   queue.Config
+	Pub     *queue.Publisher
+	Rec     *queue.Recorder
+	DLQ     *queue.DLQ
+	Ledger  *queue.Ledger
+	storeDir string
+}
+
+// New starts a Bed and registers its cleanup with t.
+func New(t testing.TB, opts Options) *Bed {
+	t.Helper()
+	b := &Bed{T: t, storeDir: opts.StoreDir}
+	if b.storeDir == "" {
+		b.storeDir = t.TempDir()
+	}
+	b.Names = opts.Names
+	if b.Names.Partitions == 0 {
+		b.Names.Partitions = 4
+	}
+	b.Names = b.Names.WithDefaults()
+
+	sim, err := qqsim.New(qqsim.Config{AppID: AppID, AppSecret: AppSecret, Rules: opts.Rules, Faults: opts.Faults, Now: opts.Now})
+	if err != nil {
+		t.Fatalf("testbed: simulator: %v", err)
+	}
+	b.Sim = sim
+	hs := httptest.NewServer(sim.Handler())
+	t.Cleanup(hs.Close)
+	b.SimURL = hs.URL
+	b.Client, err = qqapi.New(qqapi.Config{AppID: AppID, AppSecret: AppSecret, BaseURL: hs.URL, TokenURL: hs.URL + "/app/getAppAccessToken"})
+	if err != nil {
+		t.Fatalf("testbed: qqapi client: %v", err)
+	}
+	b.StartNATS()
+	return b
+}
+
+// StartNATS starts (or restarts) the embedded server on the Bed's store
+// directory and (re)connects.
+func (b *Bed) StartNATS() {
+	t := b.T
+	t.Helper()
+	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: queue.RandomPort, StoreDir: b.storeDir})
+	if err != nil {
+		t.Fatalf("testbed: embedded server: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := ns.Start(ctx); err != nil {
+		t.Fatalf("testbed: start embedded server: %v", err)
+	}
+	b.NATS = ns
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatalf("testbed: connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	b.Conn = nc
+	b.JS, err = jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("testbed: jetstream: %v", err)
+	}
+	if err := queue.Provision(ctx, b.JS, b.Names); err != nil {
+		t.Fatalf("testbed: provision: %v", err)
+	}
+	if b.Pub, err = queue.NewPublisher(b.JS, b.Names); err != nil {
+		t.Fatalf("testbed: publisher: %v", err)
+	}
+	if b.Rec, err = queue.NewRecorder(ctx, b.JS, b.Names); err != nil {
+		t.Fatalf("testbed: recorder: %v", err)
+	}
+	if b.DLQ, err = queue.NewDLQ(ctx, b.JS, b.Names); err != nil {
+		t.Fatalf("testbed: dlq: %v", err)
+	}
+	if b.Ledger, err = queue.NewLedger(ctx, b.JS, b.Names); err != nil {
+		t.Fatalf("testbed: ledger: %v", err)
+	}
+}
+
+// StopNATS stops the embedded server (its data stays on disk).
+func (b *Bed) StopNATS() {
+	b.T.Helper()
+	if err := b.NATS.Stop(context.Background()); err != nil {
+		b.T.Fatalf("testbed: stop embedded server: %v", err)
+	}
+}
+
+// Sender is a dispatcher.Sender calling the simulator.
+func (b *Bed) Sender() dispatcher.Sender { return qqsend.New(b.Client) }
+
+// WorkerConfig is a worker configuration against the Bed with fast
+// retries; tests adjust it before StartWorker.
+func (b *Bed) WorkerConfig() worker.Config {
+	return worker.Config{
+		Conn:   b.Conn,
+		Names:  b.Names,
+		Sender: b.Sender(),
+		Pipeline: dispatcher.ProcessorConfig{
+			BackoffInitial:   10 * time.Millisecond,
+			BackoffMax:       100 * time.Millisecond,
+			RateLimitBackoff: 20 * time.Millisecond,
+		},
+		Consumer: queue.ConsumerConfig{Concurrency: 32, FetchWait: 200 * time.Millisecond},
+		Logger:   Logger(b.T),
+	}
+}
+
+// StartWorker starts an in-process worker and stops it at cleanup.
+func (b *Bed) StartWorker(cfg worker.Config) *worker.Worker {
+	t := b.T
+	t.Helper()
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatalf("testbed: worker: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Start(ctx); err != nil {
+		t.Fatalf("testbed: start worker: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = w.Stop(ctx)
+	})
+	return w
+}
+
+// Outcomes waits until every job id has an outcome, or fails the test at
+// the deadline naming how many are missing. It watches the outcome bucket,
+// so it wakes as outcomes arrive.
+func (b *Bed) Outcomes(ids []string, timeout time.Duration) map[string]dispatcher.Outcome {
+	t := b.T
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	got := make(map[string]dispatcher.Outcome, len(ids))
+	for {
+		kv, err := b.JS.KeyValue(ctx, b.Names.OutcomeBucket)
+		if err != nil {
+			t.Fatalf("testbed: outcome bucket: %v", err)
+		}
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				continue // initial values done; keep watching
+			}
+			var o dispatcher.Outcome
+			if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &o) != nil {
+				continue
+			}
+			if want[o.JobID] {
+				got[o.JobID] = o
+			}
+			if len(got) == len(want) {
+				_ = w.Stop()
+				return got
+			}
+		}
+		_ = w.Stop()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	var missing []string
+	for id := range want {
+		if _, ok := got[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 5 {
+		missing = missing[:5]
+	}
+	t.Fatalf("testbed: %d of %d outcomes missing after %s (e.g. %v)", len(want)-len(got), len(want), timeout, missing)
+	return nil
+}
+
+// Logger is a zerolog logger writing to the test log at warn level.
+func Logger(t testing.TB) *zerolog.Logger {
+	l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	return &l
+}
+
+// Job builds a job for the simulator: passive when msgID is set.
+func Job(id string, scene dispatcher.Scene, target, content, msgID string, received time.Time) *dispatcher.Job {
+	msg := map[string]any{"content": content}
+	if scene.HasMsgSeq() {
+		msg["msg_type"] = 0
+	}
+	if msgID != "" {
+		msg["msg_id"] = msgID
+	}
+	raw, _ := json.Marshal(msg)
+	j := &dispatcher.Job{V: 1, ID: id, Scene: scene, Target: target, Message: raw}
+	if scene == dispatcher.SceneChannel {
+		j.GuildID = "guild-" + target
+	}
+	if msgID != "" {
+		r := received
+		j.Received, j.MsgID = &r, msgID
+	}
+	return j
+}
+
+// Publish publishes jobs and fails the test on error.
+func (b *Bed) Publish(jobs ...*dispatcher.Job) []string {
+	b.T.Helper()
+	ids := make([]string, 0, len(jobs))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, j := range jobs {
+		res, err := b.Pub.Publish(ctx, j)
+		if err != nil {
+			b.T.Fatalf("testbed: publish %s: %v", j.ID, err)
+		}
+		ids = append(ids, res.JobID)
+	}
+	return ids
+}
+
+// LenientRules are simulator rules that check auth, validation, anchors,
+// windows, dedupe and reply budgets but no rates or quotas, and allow active
+// sends everywhere: for pipeline tests that run without a limiter.
+func LenientRules() qqsim.Rules {
+	r := qqsim.DefaultRules()
+	r.C2C.ActiveAllowed = true
+	r.Rates = []qqsim.RateRule{}
+	r.Quotas = []qqsim.QuotaRule{}
+	return r
+}

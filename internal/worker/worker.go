@@ -1,0 +1,163 @@
+// Package worker assembles one qqdispatch worker from its parts: the
+// JetStream resources (queue), the rules (ratelimit), the QQ sender and the
+// pipeline (dispatcher). The binary and the end-to-end tests both build
+// workers here, so what the tests run is what ships.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+// Config configures a Worker.
+type Config struct {
+	// Conn is the NATS connection. Required.
+	Conn *nats.Conn
+	// Names are the JetStream resource names and sizes. Defaults: see
+	// queue.Config.
+	Names queue.Config
+	// Sender calls the QQ OpenAPI. Required.
+	Sender dispatcher.Sender
+	// Limiter enforces the platform's rules; nil enforces none.
+	Limiter dispatcher.Limiter
+	// Pipeline tunes the per-job pipeline; its Sender, Ledger, Recorder,
+	// Scheduler, Limiter and Logger are filled in by the worker.
+	Pipeline dispatcher.ProcessorConfig
+	// Consumer tunes pulling; Names, Handler and Logger are filled in.
+	Consumer queue.ConsumerConfig
+	// Partitions are the partitions to consume; nil means all of them.
+	Partitions []int
+	// Logger is the worker's logger. Default: disabled.
+	Logger *zerolog.Logger
+}
+
+// Worker is one running qqdispatch worker.
+type Worker struct {
+	cfg  Config
+	js   jetstream.JetStream
+	log  zerolog.Logger
+	proc *dispatcher.Processor
+	cons *queue.Consumer
+
+	mu      sync.Mutex
+	started bool
+	stopped bool
+}
+
+// New validates cfg and returns a Worker that has not started.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Conn == nil {
+		return nil, errors.New("worker: Config.Conn is required")
+	}
+	if cfg.Sender == nil {
+		return nil, errors.New("worker: Config.Sender is required")
+	}
+	cfg.Names = cfg.Names.WithDefaults()
+	if err := cfg.Names.Validate(); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("worker: jetstream: %w", err)
+	}
+	w := &Worker{cfg: cfg, js: js}
+	if cfg.Logger != nil {
+		w.log = *cfg.Logger
+	} else {
+		w.log = zerolog.Nop()
+	}
+	return w, nil
+}
+
+// Start checks the server, provisions the streams and buckets, and starts
+// consuming. It fails fast on an unusable server.
+func (w *Worker) Start(ctx context.Context) error {
+	w.mu.Lock()
+	if w.started {
+		w.mu.Unlock()
+		return errors.New("worker: already started")
+	}
+	w.started = true
+	w.mu.Unlock()
+
+	if err := queue.CheckServerVersion(w.cfg.Conn); err != nil {
+		return err
+	}
+	names := w.cfg.Names
+	if err := queue.Provision(ctx, w.js, names); err != nil {
+		return err
+	}
+	ledger, err := queue.NewLedger(ctx, w.js, names)
+	if err != nil {
+		return err
+	}
+	rec, err := queue.NewRecorder(ctx, w.js, names)
+	if err != nil {
+		return err
+	}
+	sched, err := queue.NewScheduler(w.js, names)
+	if err != nil {
+		return err
+	}
+	pc := w.cfg.Pipeline
+	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler, pc.Limiter = w.cfg.Sender, ledger, rec, sched, w.cfg.Limiter
+	pc.Decode.Prefix = names.Prefix
+	if pc.Logger == nil {
+		pc.Logger = &w.log
+	}
+	w.proc, err = dispatcher.NewProcessor(pc)
+	if err != nil {
+		return err
+	}
+	cc := w.cfg.Consumer
+	cc.Names, cc.Handler = names, w.proc
+	if cc.Logger == nil {
+		cc.Logger = &w.log
+	}
+	w.cons, err = queue.NewConsumer(w.js, cc)
+	if err != nil {
+		return err
+	}
+	parts := w.cfg.Partitions
+	if parts == nil {
+		parts = make([]int, names.Partitions)
+		for i := range parts {
+			parts[i] = i
+		}
+	}
+	if err := w.cons.Start(ctx, parts); err != nil {
+		return err
+	}
+	w.log.Info().Int("partitions", len(parts)).Str("owner", w.proc.Owner()).Msg("worker started")
+	return nil
+}
+
+// Stop stops taking jobs, lets running calls finish, hands the rest back and
+// returns when that is done or ctx ends. Safe to call twice.
+func (w *Worker) Stop(ctx context.Context) error {
+	w.mu.Lock()
+	if w.stopped || !w.started || w.cons == nil {
+		w.stopped = true
+		w.mu.Unlock()
+		return nil
+	}
+	w.stopped = true
+	w.mu.Unlock()
+	start := time.Now()
+	err := w.cons.Stop(ctx)
+	w.log.Info().Dur("took", time.Since(start)).Err(err).Msg("worker stopped")
+	return err
+}
+
+// JetStream is the worker's JetStream context.
+func (w *Worker) JetStream() jetstream.JetStream { return w.js }

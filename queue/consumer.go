@@ -1,0 +1,482 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// Defaults for ConsumerConfig.
+const (
+	ConcurrencyDefault = 64
+	AckWaitDefault     = 30 * time.Second
+	FetchWaitDefault   = 2 * time.Second
+	PinnedTTLDefault   = 5 * time.Second
+	// PriorityGroup is the consumer priority group every worker pulls in; the
+	// server pins one worker per partition consumer.
+	PriorityGroup = "owner"
+)
+
+// Handler runs one job to its outcome; *dispatcher.Processor is one.
+type Handler interface {
+	Handle(ctx context.Context, d dispatcher.Delivery) (dispatcher.Outcome, error)
+}
+
+// ConsumerConfig configures a Consumer.
+type ConsumerConfig struct {
+	// Names are the stream and bucket names; defaults as Config.
+	Names Config
+	// Handler runs each job. Required.
+	Handler Handler
+	// Concurrency bounds the job messages this worker holds at once (being
+	// sent, or queued behind an earlier job for the same target). A
+	// partition pulls only while the worker is below it. Default
+	// ConcurrencyDefault (64).
+	Concurrency int
+	// AckWait is the partition consumers' ack wait; held messages are kept
+	// alive with InProgress at a third of it. Default AckWaitDefault (30s).
+	AckWait time.Duration
+	// FetchWait is how long one pull waits for a message. Default
+	// FetchWaitDefault (2s).
+	FetchWait time.Duration
+	// PinnedTTL is how long the server keeps a partition pinned to a worker
+	// that stopped pulling. Default PinnedTTLDefault (5s).
+	PinnedTTL time.Duration
+	// Logger is the consumer's logger. Default: disabled.
+	Logger *zerolog.Logger
+}
+
+// Consumer pulls jobs from the partition consumers this worker owns and
+// hands them to the Handler: one target's jobs one at a time in stream
+// order, different targets concurrently.
+type Consumer struct {
+	cfg ConsumerConfig
+	js  jetstream.JetStream
+	log zerolog.Logger
+
+	slots chan struct{} // one token per held message
+
+	mu       sync.Mutex
+	parts    map[int]*partition
+	lanes    map[string]*lane
+	started  bool
+	stopped  bool
+	runCtx   context.Context // cancelled by Stop: hand jobs back
+	runStop  context.CancelFunc
+	inflight sync.WaitGroup // lanes and partition loops
+}
+
+// NewConsumer validates cfg and returns a Consumer that has not started.
+func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) {
+	if js == nil {
+		return nil, errors.New("queue: NewConsumer needs a JetStream context")
+	}
+	if cfg.Handler == nil {
+		return nil, errors.New("queue: ConsumerConfig.Handler is required")
+	}
+	names, err := cfg.Names.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Names = names
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = ConcurrencyDefault
+	}
+	if cfg.Concurrency < 1 {
+		return nil, fmt.Errorf("queue: ConsumerConfig.Concurrency must be at least 1, got %d", cfg.Concurrency)
+	}
+	for _, d := range []struct {
+		name     string
+		v        *time.Duration
+		def, min time.Duration
+	}{
+		{"AckWait", &cfg.AckWait, AckWaitDefault, time.Second},
+		{"FetchWait", &cfg.FetchWait, FetchWaitDefault, 100 * time.Millisecond},
+		{"PinnedTTL", &cfg.PinnedTTL, PinnedTTLDefault, time.Second},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+		if *d.v < d.min {
+			return nil, fmt.Errorf("queue: ConsumerConfig.%s must be at least %s, got %s", d.name, d.min, *d.v)
+		}
+	}
+	c := &Consumer{
+		cfg:   cfg,
+		js:    js,
+		slots: make(chan struct{}, cfg.Concurrency),
+		parts: make(map[int]*partition),
+		lanes: make(map[string]*lane),
+	}
+	if cfg.Logger != nil {
+		c.log = *cfg.Logger
+	} else {
+		c.log = zerolog.Nop()
+	}
+	return c, nil
+}
+
+// Start begins consuming the given partitions. It fails fast when a
+// partition consumer cannot be created.
+func (c *Consumer) Start(ctx context.Context, partitions []int) error {
+	c.mu.Lock()
+	if c.started {
+		c.mu.Unlock()
+		return errors.New("queue: consumer already started")
+	}
+	c.started = true
+	c.runCtx, c.runStop = context.WithCancel(context.WithoutCancel(ctx))
+	c.mu.Unlock()
+	return c.Assign(ctx, partitions)
+}
+
+// Assign makes the worker consume exactly the given partitions: new ones
+// start pulling, dropped ones stop pulling, finish or hand back their
+// held jobs, and are released to their next owner.
+func (c *Consumer) Assign(ctx context.Context, partitions []int) error {
+	want := make(map[int]bool, len(partitions))
+	for _, p := range partitions {
+		if p < 0 || p >= c.cfg.Names.Partitions {
+			return fmt.Errorf("queue: partition %d out of range [0,%d)", p, c.cfg.Names.Partitions)
+		}
+		want[p] = true
+	}
+	c.mu.Lock()
+	if c.stopped || !c.started {
+		c.mu.Unlock()
+		return errors.New("queue: consumer not running")
+	}
+	var drop []*partition
+	for n, p := range c.parts {
+		if !want[n] {
+			drop = append(drop, p)
+			delete(c.parts, n)
+		}
+	}
+	var add []int
+	for n := range want {
+		if _, ok := c.parts[n]; !ok {
+			add = append(add, n)
+		}
+	}
+	c.mu.Unlock()
+
+	for _, p := range drop {
+		p.stop(ctx)
+	}
+	for _, n := range add {
+		cons, err := c.ensureConsumer(ctx, n)
+		if err != nil {
+			return err
+		}
+		p := c.newPartition(n, cons)
+		c.mu.Lock()
+		if c.stopped {
+			c.mu.Unlock()
+			return errors.New("queue: consumer stopped")
+		}
+		c.parts[n] = p
+		c.mu.Unlock()
+		p.start()
+	}
+	return nil
+}
+
+// Partitions lists the partitions being consumed.
+func (c *Consumer) Partitions() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]int, 0, len(c.parts))
+	for n := range c.parts {
+		out = append(out, n)
+	}
+	return out
+}
+
+// Stop stops pulling, asks running jobs to finish or hand back, releases
+// queued jobs in order and waits for all of it until ctx ends. Safe to call
+// twice and before Start.
+func (c *Consumer) Stop(ctx context.Context) error {
+	c.mu.Lock()
+	if c.stopped || !c.started {
+		c.stopped = true
+		c.mu.Unlock()
+		return nil
+	}
+	c.stopped = true
+	parts := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		parts = append(parts, p)
+	}
+	c.parts = map[int]*partition{}
+	c.mu.Unlock()
+
+	for _, p := range parts {
+		p.halt()
+	}
+	c.runStop()
+	done := make(chan struct{})
+	go func() { c.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	for _, p := range parts {
+		p.unpin(ctx)
+	}
+	return nil
+}
+
+// ConsumerName is the durable name of partition n's consumer.
+func ConsumerName(n int) string { return "part-" + strconv.Itoa(n) }
+
+func (c *Consumer) ensureConsumer(ctx context.Context, n int) (jetstream.Consumer, error) {
+	names := c.cfg.Names
+	cc := jetstream.ConsumerConfig{
+		Durable:        ConsumerName(n),
+		Description:    "qqdispatch jobs, partition " + strconv.Itoa(n),
+		FilterSubject:  PartitionSubject(names, n),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.cfg.AckWait,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		MaxDeliver:     -1,
+		MaxAckPending:  c.cfg.Concurrency,
+		MaxWaiting:     512,
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PriorityGroups: []string{PriorityGroup},
+		PinnedTTL:      c.cfg.PinnedTTL,
+		Replicas:       names.Replicas,
+	}
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, names.JobsStream, cc)
+	if err != nil {
+		return nil, fmt.Errorf("queue: consumer for partition %d: %w", n, err)
+	}
+	return cons, nil
+}
+
+// partition is the pull loop of one partition consumer.
+type partition struct {
+	c    *Consumer
+	n    int
+	cons jetstream.Consumer
+	log  zerolog.Logger
+
+	ctx    context.Context // cancelled to stop pulling
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (c *Consumer) newPartition(n int, cons jetstream.Consumer) *partition {
+	ctx, cancel := context.WithCancel(c.runCtx)
+	return &partition{c: c, n: n, cons: cons, ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		log: c.log.With().Int("partition", n).Logger()}
+}
+
+func (p *partition) start() {
+	p.c.inflight.Add(1)
+	go func() {
+		defer p.c.inflight.Done()
+		defer close(p.done)
+		p.loop()
+	}()
+}
+
+// halt stops pulling without waiting.
+func (p *partition) halt() { p.cancel() }
+
+// stop stops pulling, waits for this partition's held jobs to finish or be
+// handed back, and unpins the consumer so the next owner takes over at once.
+func (p *partition) stop(ctx context.Context) {
+	p.cancel()
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return
+	}
+	p.c.waitPartitionLanes(ctx, p.n)
+	p.unpin(ctx)
+}
+
+func (p *partition) unpin(ctx context.Context) {
+	st, err := p.c.js.Stream(ctx, p.c.cfg.Names.JobsStream)
+	if err == nil {
+		err = st.UnpinConsumer(ctx, ConsumerName(p.n), PriorityGroup)
+	}
+	if err != nil {
+		p.log.Debug().Err(err).Msg("unpin partition consumer")
+	}
+}
+
+func (p *partition) loop() {
+	c := p.c
+	for {
+		// Pull only with room to hold what arrives: no message waits in a
+		// client buffer with its ack timer running.
+		select {
+		case c.slots <- struct{}{}:
+		case <-p.ctx.Done():
+			return
+		}
+		fctx, fcancel := context.WithTimeout(p.ctx, c.cfg.FetchWait)
+		batch, err := p.cons.Fetch(1, jetstream.FetchPriorityGroup(PriorityGroup), jetstream.FetchContext(fctx))
+		if err != nil {
+			fcancel()
+			<-c.slots
+			if p.ctx.Err() != nil {
+				return
+			}
+			p.log.Warn().Err(err).Msg("fetch jobs")
+			select {
+			case <-time.After(c.cfg.FetchWait):
+			case <-p.ctx.Done():
+				return
+			}
+			continue
+		}
+		got := false
+		for msg := range batch.Messages() {
+			got = true
+			c.dispatch(p, msg)
+		}
+		fcancel()
+		if !got {
+			<-c.slots
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && p.ctx.Err() == nil {
+			p.log.Debug().Err(err).Msg("fetch ended")
+		}
+		if p.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// delivery adapts a JetStream message to dispatcher.Delivery and keeps its
+// ack deadline alive until it is acked or released.
+type delivery struct {
+	msg   jetstream.Msg
+	env   dispatcher.Envelope
+	part  int
+	stopK chan struct{}
+	once  sync.Once
+}
+
+func (d *delivery) Envelope() dispatcher.Envelope { return d.env }
+
+func (d *delivery) Ack(ctx context.Context) error {
+	d.stopKeepalive()
+	return d.msg.DoubleAck(ctx)
+}
+
+func (d *delivery) Release() error {
+	d.stopKeepalive()
+	return d.msg.Nak()
+}
+
+func (d *delivery) stopKeepalive() { d.once.Do(func() { close(d.stopK) }) }
+
+func (d *delivery) keepalive(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stopK:
+			return
+		case <-t.C:
+			_ = d.msg.InProgress()
+		}
+	}
+}
+
+// lane runs one target's jobs one at a time, in arrival order.
+type lane struct {
+	key   string
+	part  int
+	queue []*delivery
+	idle  chan struct{} // closed when the lane finished
+}
+
+func (c *Consumer) dispatch(p *partition, msg jetstream.Msg) {
+	env := dispatcher.Envelope{Subject: OriginalSubject(c.cfg.Names, msg.Subject()), Data: msg.Data(), Header: msg.Headers()}
+	if md, err := msg.Metadata(); err == nil {
+		env.Seq = md.Sequence.Stream
+	}
+	d := &delivery{msg: msg, env: env, part: p.n, stopK: make(chan struct{})}
+	go d.keepalive(c.cfg.AckWait / 3)
+
+	key := env.Subject
+	c.mu.Lock()
+	if l, ok := c.lanes[key]; ok {
+		l.queue = append(l.queue, d)
+		c.mu.Unlock()
+		return
+	}
+	l := &lane{key: key, part: p.n, queue: []*delivery{d}, idle: make(chan struct{})}
+	c.lanes[key] = l
+	c.inflight.Add(1)
+	c.mu.Unlock()
+	go c.runLane(p, l)
+}
+
+func (c *Consumer) runLane(p *partition, l *lane) {
+	defer c.inflight.Done()
+	defer close(l.idle)
+	for {
+		c.mu.Lock()
+		if len(l.queue) == 0 {
+			delete(c.lanes, l.key)
+			c.mu.Unlock()
+			return
+		}
+		d := l.queue[0]
+		l.queue = l.queue[1:]
+		c.mu.Unlock()
+
+		if p.ctx.Err() != nil {
+			// Stopping: hand queued jobs back in order, after the one
+			// before them.
+			if err := d.Release(); err != nil {
+				p.log.Debug().Err(err).Msg("release job")
+			}
+		} else {
+			_, err := c.cfg.Handler.Handle(p.ctx, d)
+			if err != nil && !errors.Is(err, dispatcher.ErrHandedBack) {
+				p.log.Warn().Err(err).Msg("handle job")
+			}
+			d.stopKeepalive()
+		}
+		<-c.slots
+	}
+}
+
+// waitPartitionLanes waits until partition n has no lanes left.
+func (c *Consumer) waitPartitionLanes(ctx context.Context, n int) {
+	for {
+		c.mu.Lock()
+		var wait chan struct{}
+		for _, l := range c.lanes {
+			if l.part == n {
+				wait = l.idle
+				break
+			}
+		}
+		c.mu.Unlock()
+		if wait == nil {
+			return
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
