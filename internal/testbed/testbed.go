@@ -46,18 +46,18 @@ type Options struct {
 
 // Bed is a running set of real parts.
 type Bed struct {
-	T       testing.TB
-	NATS    *queue.Embedded
-	Conn    *nats.Conn
-	JS      jetstream.JetStream
-	Sim     *qqsim.Sim
-	SimURL  string
-	Client  *qqapi.Client
-	Names   queue.Config
-	Pub     *queue.Publisher
-	Rec     *queue.Recorder
-	DLQ     *queue.DLQ
-	Ledger  *queue.Ledger
+	T        testing.TB
+	NATS     *queue.Embedded
+	Conn     *nats.Conn
+	JS       jetstream.JetStream
+	Sim      *qqsim.Sim
+	SimURL   string
+	Client   *qqapi.Client
+	Names    queue.Config
+	Pub      *queue.Publisher
+	Rec      *queue.Recorder
+	DLQ      *queue.DLQ
+	Ledger   *queue.Ledger
 	storeDir string
 }
 
