@@ -17,6 +17,7 @@ import (
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/queue"
+	"github.com/qqdispatch/qqdispatch/ratelimit"
 )
 
 // Config configures a Worker.
@@ -28,8 +29,9 @@ type Config struct {
 	Names queue.Config
 	// Sender calls the QQ OpenAPI. Required.
 	Sender dispatcher.Sender
-	// Limiter enforces the platform's rules; nil enforces none.
-	Limiter dispatcher.Limiter
+	// Rules enforce the platform's rules before each call; nil enforces
+	// none (tests of the pipeline alone).
+	Rules *RulesConfig
 	// Pipeline tunes the per-job pipeline; its Sender, Ledger, Recorder,
 	// Scheduler, Limiter and Logger are filled in by the worker.
 	Pipeline dispatcher.ProcessorConfig
@@ -41,6 +43,19 @@ type Config struct {
 	Logger *zerolog.Logger
 }
 
+// RulesConfig configures the limiter a worker builds.
+type RulesConfig struct {
+	// Policy holds the rules. Default ratelimit.DefaultPolicy().
+	Policy *ratelimit.Policy
+	// BotID names the bot in shared quota keys. Default "bot".
+	BotID string
+	// QuotaBucket is the KV bucket of period quotas. Default
+	// ratelimit.QuotaBucketDefault.
+	QuotaBucket string
+	// Clock drives rule time and waits. Default: the wall clock.
+	Clock ratelimit.Clock
+}
+
 // Worker is one running qqdispatch worker.
 type Worker struct {
 	cfg  Config
@@ -48,6 +63,7 @@ type Worker struct {
 	log  zerolog.Logger
 	proc *dispatcher.Processor
 	cons *queue.Consumer
+	lim  *ratelimit.Limiter
 
 	mu      sync.Mutex
 	started bool
@@ -110,7 +126,21 @@ func (w *Worker) Start(ctx context.Context) error {
 		return err
 	}
 	pc := w.cfg.Pipeline
-	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler, pc.Limiter = w.cfg.Sender, ledger, rec, sched, w.cfg.Limiter
+	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler = w.cfg.Sender, ledger, rec, sched
+	if rc := w.cfg.Rules; rc != nil {
+		kv, err := ratelimit.ProvisionQuotas(ctx, w.js, ratelimit.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas})
+		if err != nil {
+			return err
+		}
+		w.lim, err = ratelimit.New(ratelimit.Config{Policy: rc.Policy, KV: kv, BotID: rc.BotID, Clock: rc.Clock, Logger: &w.log})
+		if err != nil {
+			return err
+		}
+		if err := w.lim.Start(ctx); err != nil {
+			return err
+		}
+		pc.Limiter = w.lim
+	}
 	pc.Decode.Prefix = names.Prefix
 	if pc.Logger == nil {
 		pc.Logger = &w.log
@@ -155,6 +185,9 @@ func (w *Worker) Stop(ctx context.Context) error {
 	w.mu.Unlock()
 	start := time.Now()
 	err := w.cons.Stop(ctx)
+	if w.lim != nil {
+		err = errors.Join(err, w.lim.Stop(ctx))
+	}
 	w.log.Info().Dur("took", time.Since(start)).Err(err).Msg("worker stopped")
 	return err
 }
