@@ -1,0 +1,252 @@
+// Package telemetry exports a worker's metrics and health: a Prometheus
+// registry of its own (never the global one), the dispatcher.Observer that
+// feeds it, and the /metrics, /healthz and /readyz endpoints.
+//
+// Labels are kept to a small, fixed set of values (scene, status, error
+// class), so the number of series does not grow with traffic: no target,
+// job id or message content ever becomes a label.
+package telemetry
+
+import (
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// Defaults for Config.
+const (
+	// ConfigErrorWindowDefault is how long a configuration-class answer
+	// keeps the worker unready.
+	ConfigErrorWindowDefault = 5 * time.Minute
+	// Namespace prefixes every qqdispatch metric name.
+	Namespace = "qqdispatch"
+)
+
+// Config configures a Telemetry.
+type Config struct {
+	// Connected reports whether the NATS connection is up. Default: nil,
+	// which /readyz reads as "not connected".
+	Connected func() bool
+	// ConfigErrorWindow is how long after a configuration-class answer
+	// (e.g. bad credentials) /readyz stays unready. Default
+	// ConfigErrorWindowDefault (5m).
+	ConfigErrorWindow time.Duration
+	// Version is exported as the version label of qqdispatch_build_info.
+	// Default "unknown".
+	Version string
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Telemetry collects a worker's metrics and answers its health probes. It
+// is safe for concurrent use.
+type Telemetry struct {
+	cfg Config
+	reg *prometheus.Registry
+
+	jobs     *prometheus.CounterVec
+	attempts *prometheus.CounterVec
+	callDur  *prometheus.HistogramVec
+	jobDur   *prometheus.HistogramVec
+
+	mu        sync.Mutex
+	started   bool
+	lastConfig time.Time // last configuration-class answer; zero if none
+}
+
+var _ dispatcher.Observer = (*Telemetry)(nil)
+
+// New validates cfg, fills its defaults and registers the metrics on a new
+// registry.
+func New(cfg Config) (*Telemetry, error) {
+	if cfg.ConfigErrorWindow == 0 {
+		cfg.ConfigErrorWindow = ConfigErrorWindowDefault
+	}
+	if cfg.ConfigErrorWindow < 0 {
+		return nil, fmt.Errorf("telemetry: Config.ConfigErrorWindow must not be negative, got %s", cfg.ConfigErrorWindow)
+	}
+	if cfg.Version == "" {
+		cfg.Version = "unknown"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	t := &Telemetry{cfg: cfg, reg: prometheus.NewRegistry()}
+	t.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "jobs_finished_total",
+		Help: "Jobs that reached a terminal outcome, by scene and outcome status.",
+	}, []string{"scene", "status"})
+	t.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "send_attempts_total",
+		Help: "Calls to the QQ send endpoints, by scene and error class (\"ok\" for a call that succeeded).",
+	}, []string{"scene", "class"})
+	t.callDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "send_duration_seconds",
+		Help:    "Duration of one call to a QQ send endpoint, by scene.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"scene"})
+	t.jobDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "job_duration_seconds",
+		Help:    "Time from taking a job to its outcome (retries and rate-limit waits included), by outcome status.",
+		Buckets: []float64{.01, .05, .1, .5, 1, 5, 15, 60, 300, 900, 3600},
+	}, []string{"status"})
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help: "Always 1; the version label says which qqdispatch runs.",
+	}, []string{"version"})
+	build.WithLabelValues(cfg.Version).Set(1)
+	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "ready",
+		Help: "1 when /readyz answers 200, else 0.",
+	}, func() float64 {
+		if ok, _ := t.Ready(); ok {
+			return 1
+		}
+		return 0
+	})
+	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "nats_connected",
+		Help: "1 while the NATS connection is up, else 0.",
+	}, func() float64 {
+		if t.connected() {
+			return 1
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{
+		t.jobs, t.attempts, t.callDur, t.jobDur, build, ready, connected,
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(),
+	} {
+		if err := t.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("telemetry: register metric: %w", err)
+		}
+	}
+	// Series that exist before the first job, so rates and alerts work
+	// from the start.
+	for _, sc := range dispatcher.Scenes {
+		t.attempts.WithLabelValues(string(sc), "ok")
+		t.jobs.WithLabelValues(string(sc), string(dispatcher.StatusSent))
+	}
+	return t, nil
+}
+
+// Registry is the registry the metrics live on.
+func (t *Telemetry) Registry() *prometheus.Registry { return t.reg }
+
+// Attempt records one call to a send endpoint. The pipeline reports a
+// successful call as dispatcher.ClassUnknown, so that class is exported as
+// "ok".
+func (t *Telemetry) Attempt(scene dispatcher.Scene, class dispatcher.ErrorClass, took time.Duration) {
+	sc := sceneLabel(scene)
+	cl := "ok"
+	if class != dispatcher.ClassUnknown {
+		cl = class.String()
+	}
+	t.attempts.WithLabelValues(sc, cl).Inc()
+	t.callDur.WithLabelValues(sc).Observe(took.Seconds())
+	if class == dispatcher.ClassConfiguration {
+		t.ConfigurationProblem()
+	}
+}
+
+// Outcome records a job's terminal outcome.
+func (t *Telemetry) Outcome(o dispatcher.Outcome, took time.Duration) {
+	st := statusLabel(o.Status)
+	t.jobs.WithLabelValues(sceneLabel(o.Scene), st).Inc()
+	t.jobDur.WithLabelValues(st).Observe(took.Seconds())
+}
+
+// ConfigurationProblem notes a configuration-class answer seen outside a
+// send (e.g. the credential check at start-up): the worker is unready for
+// ConfigErrorWindow.
+func (t *Telemetry) ConfigurationProblem() {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	t.lastConfig = now
+	t.mu.Unlock()
+}
+
+// SetStarted tells readiness whether the worker is running (true after
+// Start, false once shutdown begins).
+func (t *Telemetry) SetStarted(started bool) {
+	t.mu.Lock()
+	t.started = started
+	t.mu.Unlock()
+}
+
+// Ready reports whether the worker should receive traffic, and if not, why
+// (one line).
+func (t *Telemetry) Ready() (bool, string) {
+	t.mu.Lock()
+	started, last := t.started, t.lastConfig
+	t.mu.Unlock()
+	if !started {
+		return false, "worker not started"
+	}
+	if !t.connected() {
+		return false, "NATS connection is down"
+	}
+	if !last.IsZero() {
+		if ago := t.cfg.Now().Sub(last); ago < t.cfg.ConfigErrorWindow {
+			return false, fmt.Sprintf("the QQ API answered with a configuration error (bad credentials or setup) %s ago", ago.Round(time.Second))
+		}
+	}
+	return true, "ok"
+}
+
+func (t *Telemetry) connected() bool {
+	return t.cfg.Connected != nil && t.cfg.Connected()
+}
+
+// Handler serves /metrics, /healthz (200 while the process runs) and
+// /readyz (200 when Ready, else 503 with the reason).
+func (t *Telemetry) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(t.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeText(w, http.StatusOK, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, reason := t.Ready()
+		status := http.StatusOK
+		if !ok {
+			status = http.StatusServiceUnavailable
+		}
+		writeText(w, status, reason)
+	})
+	return mux
+}
+
+func writeText(w http.ResponseWriter, status int, line string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintln(w, line)
+}
+
+func sceneLabel(s dispatcher.Scene) string {
+	if s.Valid() {
+		return string(s)
+	}
+	return "unknown"
+}
+
+func statusLabel(s dispatcher.Status) string {
+	switch s {
+	case dispatcher.StatusSent, dispatcher.StatusPendingAudit, dispatcher.StatusExpired,
+		dispatcher.StatusQuotaExceeded, dispatcher.StatusInvalid, dispatcher.StatusRejected,
+		dispatcher.StatusFailed, dispatcher.StatusInDoubt:
+		return string(s)
+	}
+	return "unknown"
+}
