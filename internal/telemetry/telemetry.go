@@ -56,8 +56,8 @@ type Telemetry struct {
 	callDur  *prometheus.HistogramVec
 	jobDur   *prometheus.HistogramVec
 
-	mu        sync.Mutex
-	started   bool
+	mu         sync.Mutex
+	started    bool
 	lastConfig time.Time // last configuration-class answer; zero if none
 }
 
