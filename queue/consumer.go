@@ -17,7 +17,7 @@ import (
 // Defaults for ConsumerConfig.
 const (
 	ConcurrencyDefault = 64
-	AckWaitDefault     = 30 * time.Second
+	AckWaitDefault     = 10 * time.Second
 	FetchWaitDefault   = 2 * time.Second
 	PinnedTTLDefault   = 5 * time.Second
 	// PriorityGroup is the consumer priority group every worker pulls in; the
@@ -42,7 +42,7 @@ type ConsumerConfig struct {
 	// ConcurrencyDefault (64).
 	Concurrency int
 	// AckWait is the partition consumers' ack wait; held messages are kept
-	// alive with InProgress at a third of it. Default AckWaitDefault (30s).
+	// alive with InProgress at a third of it; a crashed worker's jobs come back after it. Default AckWaitDefault (10s).
 	AckWait time.Duration
 	// FetchWait is how long one pull waits for a message. Default
 	// FetchWaitDefault (2s).
@@ -230,9 +230,12 @@ func (c *Consumer) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	var wg sync.WaitGroup
 	for _, p := range parts {
-		p.unpin(ctx)
+		wg.Add(1)
+		go func() { defer wg.Done(); p.unpin(ctx) }()
 	}
+	wg.Wait()
 	return nil
 }
 
@@ -307,6 +310,9 @@ func (p *partition) stop(ctx context.Context) {
 }
 
 func (p *partition) unpin(ctx context.Context) {
+	// Best effort: without it the next owner waits out PinnedTTL.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	st, err := p.c.js.Stream(ctx, p.c.cfg.Names.JobsStream)
 	if err == nil {
 		err = st.UnpinConsumer(ctx, ConsumerName(p.n), PriorityGroup)

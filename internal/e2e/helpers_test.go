@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"github.com/qqdispatch/qqdispatch/queue"
 	"testing"
 )
 
@@ -15,3 +16,5 @@ func contentOf(t *testing.T, body json.RawMessage) string {
 	}
 	return m.Content
 }
+
+func dlqFilter(jobID string) queue.DLQFilter { return queue.DLQFilter{JobID: jobID} }

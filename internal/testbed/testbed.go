@@ -7,7 +7,9 @@ package testbed
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http/httptest"
+	"os"
 	"testing"
 	"time"
 
@@ -59,6 +61,7 @@ type Bed struct {
 	DLQ      *queue.DLQ
 	Ledger   *queue.Ledger
 	storeDir string
+	port     int
 }
 
 // New starts a Bed and registers its cleanup with t.
@@ -86,16 +89,21 @@ func New(t testing.TB, opts Options) *Bed {
 	if err != nil {
 		t.Fatalf("testbed: qqapi client: %v", err)
 	}
-	b.StartNATS()
+	b.startServer()
+	b.connect()
 	return b
 }
 
-// StartNATS starts (or restarts) the embedded server on the Bed's store
-// directory and (re)connects.
-func (b *Bed) StartNATS() {
+// startServer starts the embedded server on the Bed's store directory, on
+// the port it had before if it ran before.
+func (b *Bed) startServer() {
 	t := b.T
 	t.Helper()
-	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: queue.RandomPort, StoreDir: b.storeDir})
+	port := b.port
+	if port == 0 {
+		port = queue.RandomPort
+	}
+	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: port, StoreDir: b.storeDir})
 	if err != nil {
 		t.Fatalf("testbed: embedded server: %v", err)
 	}
@@ -105,8 +113,25 @@ func (b *Bed) StartNATS() {
 		t.Fatalf("testbed: start embedded server: %v", err)
 	}
 	b.NATS = ns
+	b.port = ns.Server().Addr().(*net.TCPAddr).Port
 	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
-	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
+}
+
+// RestartNATS stops the embedded server and starts it again on the same
+// port and store directory; existing connections reconnect by themselves.
+func (b *Bed) RestartNATS() {
+	b.T.Helper()
+	b.StopNATS()
+	b.startServer()
+}
+
+// connect opens the Bed's connection and its queue clients.
+func (b *Bed) connect() {
+	t := b.T
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(b.NATS.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
 	if err != nil {
 		t.Fatalf("testbed: connect: %v", err)
 	}
@@ -156,7 +181,7 @@ func (b *Bed) WorkerConfig() worker.Config {
 			BackoffMax:       100 * time.Millisecond,
 			RateLimitBackoff: 20 * time.Millisecond,
 		},
-		Consumer: queue.ConsumerConfig{Concurrency: 32, FetchWait: 200 * time.Millisecond},
+		Consumer: queue.ConsumerConfig{Concurrency: 32, FetchWait: 200 * time.Millisecond, AckWait: 3 * time.Second},
 		Logger:   Logger(b.T),
 	}
 }
@@ -243,7 +268,7 @@ func (b *Bed) Outcomes(ids []string, timeout time.Duration) map[string]dispatche
 
 // Logger is a zerolog logger writing to the test log at warn level.
 func Logger(t testing.TB) *zerolog.Logger {
-	l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	l := zerolog.New(zerolog.NewTestWriter(t)).Level(testLogLevel()).With().Timestamp().Logger()
 	return &l
 }
 
@@ -293,4 +318,12 @@ func LenientRules() qqsim.Rules {
 	r.Rates = []qqsim.RateRule{}
 	r.Quotas = []qqsim.QuotaRule{}
 	return r
+}
+
+// testLogLevel is warn, or what QQDISPATCH_TEST_LOG asks for.
+func testLogLevel() zerolog.Level {
+	if l, err := zerolog.ParseLevel(os.Getenv("QQDISPATCH_TEST_LOG")); err == nil && os.Getenv("QQDISPATCH_TEST_LOG") != "" {
+		return l
+	}
+	return zerolog.WarnLevel
 }
