@@ -596,7 +596,10 @@ func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
 }
 
 func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
-	if err := r.p.cfg.Scheduler.Schedule(ctx, r.env, r.jobID, le.RetryAt); err != nil {
+	// The scheduler fires on the server's wall clock; the rules may run on
+	// an injected one, so hand it the same distance from now.
+	at := time.Now().Add(le.RetryAt.Sub(r.p.cfg.Clock.Now()))
+	if err := r.p.cfg.Scheduler.Schedule(ctx, r.env, r.jobID, at); err != nil {
 		return r.handBack(fmt.Errorf("defer job: %w", err))
 	}
 	c := r.claim

@@ -17,6 +17,8 @@ import (
 // Defaults for ConsumerConfig.
 const (
 	ConcurrencyDefault = 64
+	MaxHeldDefault     = 1024
+	FetchBatchDefault  = 16
 	AckWaitDefault     = 10 * time.Second
 	FetchWaitDefault   = 2 * time.Second
 	PinnedTTLDefault   = 5 * time.Second
@@ -36,11 +38,19 @@ type ConsumerConfig struct {
 	Names Config
 	// Handler runs each job. Required.
 	Handler Handler
-	// Concurrency bounds the job messages this worker holds at once (being
-	// sent, or queued behind an earlier job for the same target). A
-	// partition pulls only while the worker is below it. Default
-	// ConcurrencyDefault (64).
+	// Concurrency bounds the jobs this worker handles at once; each target
+	// has at most one. Default ConcurrencyDefault (64).
 	Concurrency int
+	// MaxHeld bounds the job messages this worker holds: being handled, or
+	// waiting behind an earlier job for the same target. Every held message
+	// is kept alive, so a hot target queues without redeliveries while
+	// other targets of its partition go on. Partitions pull only while the
+	// worker is below it; it is also each partition consumer's
+	// MaxAckPending. Default MaxHeldDefault (1024).
+	MaxHeld int
+	// FetchBatch is the most messages one pull asks for. Default
+	// FetchBatchDefault (16).
+	FetchBatch int
 	// AckWait is the partition consumers' ack wait; held messages are kept
 	// alive with InProgress at a third of it; a crashed worker's jobs come back after it. Default AckWaitDefault (10s).
 	AckWait time.Duration
@@ -62,7 +72,13 @@ type Consumer struct {
 	js  jetstream.JetStream
 	log zerolog.Logger
 
-	slots chan struct{} // one token per held message
+	slots   chan struct{} // one token per held message
+	running chan struct{} // one token per job being handled
+
+	heldMu sync.Mutex
+	held   map[*delivery]struct{} // kept alive by keepalive
+	kaStop chan struct{}          // closed after the last job finished
+	kaDone chan struct{}
 
 	mu       sync.Mutex
 	parts    map[int]*partition
@@ -87,11 +103,24 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) 
 		return nil, err
 	}
 	cfg.Names = names
-	if cfg.Concurrency == 0 {
-		cfg.Concurrency = ConcurrencyDefault
+	for _, n := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"Concurrency", &cfg.Concurrency, ConcurrencyDefault},
+		{"MaxHeld", &cfg.MaxHeld, max(MaxHeldDefault, cfg.Concurrency)},
+		{"FetchBatch", &cfg.FetchBatch, FetchBatchDefault},
+	} {
+		if *n.v == 0 {
+			*n.v = n.def
+		}
+		if *n.v < 1 {
+			return nil, fmt.Errorf("queue: ConsumerConfig.%s must be at least 1, got %d", n.name, *n.v)
+		}
 	}
-	if cfg.Concurrency < 1 {
-		return nil, fmt.Errorf("queue: ConsumerConfig.Concurrency must be at least 1, got %d", cfg.Concurrency)
+	if cfg.MaxHeld < cfg.Concurrency {
+		return nil, fmt.Errorf("queue: ConsumerConfig.MaxHeld (%d) must be at least Concurrency (%d)", cfg.MaxHeld, cfg.Concurrency)
 	}
 	for _, d := range []struct {
 		name     string
@@ -112,7 +141,11 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) 
 	c := &Consumer{
 		cfg:   cfg,
 		js:    js,
-		slots: make(chan struct{}, cfg.Concurrency),
+		slots:   make(chan struct{}, cfg.MaxHeld),
+		running: make(chan struct{}, cfg.Concurrency),
+		held:    make(map[*delivery]struct{}),
+		kaStop:  make(chan struct{}),
+		kaDone:  make(chan struct{}),
 		parts: make(map[int]*partition),
 		lanes: make(map[string]*lane),
 	}
@@ -135,6 +168,7 @@ func (c *Consumer) Start(ctx context.Context, partitions []int) error {
 	c.started = true
 	c.runCtx, c.runStop = context.WithCancel(context.WithoutCancel(ctx))
 	c.mu.Unlock()
+	go c.keepalive()
 	return c.Assign(ctx, partitions)
 }
 
@@ -228,8 +262,11 @@ func (c *Consumer) Stop(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		close(c.kaStop)
 		return ctx.Err()
 	}
+	close(c.kaStop)
+	<-c.kaDone
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		wg.Add(1)
@@ -252,7 +289,7 @@ func (c *Consumer) ensureConsumer(ctx context.Context, n int) (jetstream.Consume
 		AckWait:        c.cfg.AckWait,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		MaxDeliver:     -1,
-		MaxAckPending:  c.cfg.Concurrency,
+		MaxAckPending:  c.cfg.MaxHeld,
 		MaxWaiting:     512,
 		PriorityPolicy: jetstream.PriorityPolicyPinned,
 		PriorityGroups: []string{PriorityGroup},
@@ -332,11 +369,21 @@ func (p *partition) loop() {
 		case <-p.ctx.Done():
 			return
 		}
+		n := 1
+	more:
+		for n < c.cfg.FetchBatch {
+			select {
+			case c.slots <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
 		fctx, fcancel := context.WithTimeout(p.ctx, c.cfg.FetchWait)
-		batch, err := p.cons.Fetch(1, jetstream.FetchPriorityGroup(PriorityGroup), jetstream.FetchContext(fctx))
+		batch, err := p.cons.Fetch(n, jetstream.FetchPriorityGroup(PriorityGroup), jetstream.FetchContext(fctx))
 		if err != nil {
 			fcancel()
-			<-c.slots
+			c.freeSlots(n)
 			if p.ctx.Err() != nil {
 				return
 			}
@@ -348,16 +395,14 @@ func (p *partition) loop() {
 			}
 			continue
 		}
-		got := false
+		got := 0
 		for msg := range batch.Messages() {
-			got = true
+			got++
 			c.dispatch(p, msg)
 		}
 		fcancel()
-		if !got {
-			<-c.slots
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && p.ctx.Err() == nil {
+		c.freeSlots(n - got)
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && p.ctx.Err() == nil {
 			p.log.Debug().Err(err).Msg("fetch ended")
 		}
 		if p.ctx.Err() != nil {
@@ -366,41 +411,63 @@ func (p *partition) loop() {
 	}
 }
 
-// delivery adapts a JetStream message to dispatcher.Delivery and keeps its
-// ack deadline alive until it is acked or released.
+func (c *Consumer) freeSlots(n int) {
+	for range n {
+		<-c.slots
+	}
+}
+
+// keepalive tells the server every held message is still being worked on,
+// a third of AckWait at a time, until the consumer stops.
+func (c *Consumer) keepalive() {
+	defer close(c.kaDone)
+	t := time.NewTicker(c.cfg.AckWait / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.kaStop:
+			return
+		case <-t.C:
+		}
+		c.heldMu.Lock()
+		msgs := make([]jetstream.Msg, 0, len(c.held))
+		for d := range c.held {
+			msgs = append(msgs, d.msg)
+		}
+		c.heldMu.Unlock()
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+	}
+}
+
+// delivery adapts a JetStream message to dispatcher.Delivery; the consumer
+// keeps it alive until it is acked or released.
 type delivery struct {
-	msg   jetstream.Msg
-	env   dispatcher.Envelope
-	part  int
-	stopK chan struct{}
-	once  sync.Once
+	c    *Consumer
+	msg  jetstream.Msg
+	env  dispatcher.Envelope
+	once sync.Once
 }
 
 func (d *delivery) Envelope() dispatcher.Envelope { return d.env }
 
 func (d *delivery) Ack(ctx context.Context) error {
-	d.stopKeepalive()
+	d.unhold()
 	return d.msg.DoubleAck(ctx)
 }
 
 func (d *delivery) Release() error {
-	d.stopKeepalive()
+	d.unhold()
 	return d.msg.Nak()
 }
 
-func (d *delivery) stopKeepalive() { d.once.Do(func() { close(d.stopK) }) }
-
-func (d *delivery) keepalive(every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-d.stopK:
-			return
-		case <-t.C:
-			_ = d.msg.InProgress()
-		}
-	}
+func (d *delivery) unhold() {
+	d.once.Do(func() {
+		d.c.heldMu.Lock()
+		delete(d.c.held, d)
+		d.c.heldMu.Unlock()
+	})
 }
 
 // lane runs one target's jobs one at a time, in arrival order.
@@ -416,8 +483,10 @@ func (c *Consumer) dispatch(p *partition, msg jetstream.Msg) {
 	if md, err := msg.Metadata(); err == nil {
 		env.Seq = md.Sequence.Stream
 	}
-	d := &delivery{msg: msg, env: env, part: p.n, stopK: make(chan struct{})}
-	go d.keepalive(c.cfg.AckWait / 3)
+	d := &delivery{c: c, msg: msg, env: env}
+	c.heldMu.Lock()
+	c.held[d] = struct{}{}
+	c.heldMu.Unlock()
 
 	key := env.Subject
 	c.mu.Lock()
@@ -454,11 +523,21 @@ func (c *Consumer) runLane(p *partition, l *lane) {
 				p.log.Debug().Err(err).Msg("release job")
 			}
 		} else {
-			_, err := c.cfg.Handler.Handle(p.ctx, d)
-			if err != nil && !errors.Is(err, dispatcher.ErrHandedBack) {
-				p.log.Warn().Err(err).Msg("handle job")
+			select {
+			case c.running <- struct{}{}:
+				_, err := c.cfg.Handler.Handle(p.ctx, d)
+				<-c.running
+				if err != nil && !errors.Is(err, dispatcher.ErrHandedBack) {
+					p.log.Warn().Err(err).Msg("handle job")
+				}
+			case <-p.ctx.Done():
+				if err := d.Release(); err != nil {
+					p.log.Debug().Err(err).Msg("release job")
+				}
 			}
-			d.stopKeepalive()
+			// A job left to another handler of the same job id is still
+			// held by nobody here.
+			d.unhold()
 		}
 		<-c.slots
 	}

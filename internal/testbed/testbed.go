@@ -181,7 +181,7 @@ func (b *Bed) WorkerConfig() worker.Config {
 			BackoffMax:       100 * time.Millisecond,
 			RateLimitBackoff: 20 * time.Millisecond,
 		},
-		Consumer: queue.ConsumerConfig{Concurrency: 32, FetchWait: 200 * time.Millisecond, AckWait: 3 * time.Second},
+		Consumer: queue.ConsumerConfig{Concurrency: 32, MaxHeld: 256, FetchWait: 200 * time.Millisecond, AckWait: 3 * time.Second},
 		Logger:   Logger(b.T),
 	}
 }
