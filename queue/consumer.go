@@ -139,15 +139,15 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) 
 		}
 	}
 	c := &Consumer{
-		cfg:   cfg,
-		js:    js,
+		cfg:     cfg,
+		js:      js,
 		slots:   make(chan struct{}, cfg.MaxHeld),
 		running: make(chan struct{}, cfg.Concurrency),
 		held:    make(map[*delivery]struct{}),
 		kaStop:  make(chan struct{}),
 		kaDone:  make(chan struct{}),
-		parts: make(map[int]*partition),
-		lanes: make(map[string]*lane),
+		parts:   make(map[int]*partition),
+		lanes:   make(map[string]*lane),
 	}
 	if cfg.Logger != nil {
 		c.log = *cfg.Logger
