@@ -1,6 +1,8 @@
 package testbed
 
 import (
+	"time"
+
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
@@ -68,4 +70,25 @@ func simScene(r *qqsim.Rules, sc dispatcher.Scene) *qqsim.SceneRules {
 		return &r.Channel
 	}
 	return &r.DM
+}
+
+// ShiftedClock runs at wall-clock speed from a chosen instant, so a test
+// can put "now" just before midnight in UTC+8 and watch a day roll over in
+// seconds. It serves as dispatcher.Clock, ratelimit.Clock and the
+// simulator's Now.
+type ShiftedClock struct{ offset time.Duration }
+
+// NewShiftedClock returns a clock that reads start now.
+func NewShiftedClock(start time.Time) *ShiftedClock {
+	return &ShiftedClock{offset: time.Until(start)}
+}
+
+// Now is the shifted time.
+func (c *ShiftedClock) Now() time.Time { return time.Now().Add(c.offset) }
+
+// After waits real time, like time.After.
+func (c *ShiftedClock) After(d time.Duration) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	time.AfterFunc(d, func() { ch <- c.Now() })
+	return ch
 }

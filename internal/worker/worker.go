@@ -106,6 +106,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.started = true
 	w.mu.Unlock()
 
+	if err := waitConnected(ctx, w.cfg.Conn); err != nil {
+		return err
+	}
 	if err := queue.CheckServerVersion(w.cfg.Conn); err != nil {
 		return err
 	}
@@ -194,3 +197,21 @@ func (w *Worker) Stop(ctx context.Context) error {
 
 // JetStream is the worker's JetStream context.
 func (w *Worker) JetStream() jetstream.JetStream { return w.js }
+
+// waitConnected waits until nc is connected (it may still be dialling or
+// reconnecting), or ctx ends.
+func waitConnected(ctx context.Context, nc *nats.Conn) error {
+	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(ch)
+	for !nc.IsConnected() {
+		if nc.IsClosed() {
+			return errors.New("worker: NATS connection is closed")
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("worker: waiting for the NATS connection: %w", ctx.Err())
+		}
+	}
+	return nil
+}
