@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+const dlqDesc = `
+Administer the dead-letter queue: every job whose outcome is not sent or pending_audit is stored on the DLQ stream
+(QQDISPATCH_DLQ, subjects {prefix}.dlq.{scene}.{target}, kept 30 days) with headers saying why.
+
+Subcommands:
+  ls       list entries: seq, time, job id, status, code, reason
+  show     print one entry's headers and body
+  replay   publish entries again as jobs (same job id; the old outcome is forgotten) and remove them from the DLQ
+  purge    delete entries (needs --yes)`
+
+const dlqExamples = `
+qqdispatch dlq ls --status failed --limit 20
+qqdispatch dlq show 42
+qqdispatch dlq replay 42
+qqdispatch dlq replay --all --scene group --status failed
+qqdispatch dlq purge --status invalid --yes`
+
+func cmdDLQ(ctx context.Context, cl *cli, args []string) error {
+	if len(args) == 0 {
+		return usagef("dlq", "a subcommand is required: ls, show, replay or purge")
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		c := newCommand("dlq", "qqdispatch dlq <ls|show|replay|purge> [flags]", dlqDesc, dlqExamples)
+		c.printHelp(cl.stdout)
+		return errHelp
+	case "ls", "list":
+		return dlqList(ctx, cl, args[1:])
+	case "show":
+		return dlqShow(ctx, cl, args[1:])
+	case "replay":
+		return dlqReplay(ctx, cl, args[1:])
+	case "purge":
+		return dlqPurge(ctx, cl, args[1:])
+	}
+	return usagef("dlq", "unknown subcommand %q (want ls, show, replay or purge)", args[0])
+}
+
+// dlqFlags are the connection and filter flags of the dlq subcommands.
+type dlqFlags struct {
+	nats          natsFlags
+	scene, target string
+	status, jobID string
+	limit         int
+	timeout       time.Duration
+}
+
+func (f *dlqFlags) register(c *command, filters bool) {
+	f.nats.register(c, defaultNATSURL, "NATS server `URLs`, comma-separated")
+	c.Duration(&f.timeout, "timeout", "QQDISPATCH_DLQ_TIMEOUT", time.Minute, "give up after this long")
+	if !filters {
+		return
+	}
+	c.String(&f.scene, "scene", "QQDISPATCH_DLQ_SCENE", "", "only entries of this `scene` (c2c, group, channel, dm, or invalid for unusable subjects)")
+	c.String(&f.target, "target", "QQDISPATCH_DLQ_TARGET", "", "only entries for this `target`")
+	c.String(&f.status, "status", "QQDISPATCH_DLQ_STATUS", "", "only entries with this outcome `status` (failed, rejected, invalid, expired, ...)")
+	c.String(&f.jobID, "job-id", "QQDISPATCH_DLQ_JOB_ID", "", "only entries of this job `id`")
+	c.Int(&f.limit, "limit", "QQDISPATCH_DLQ_LIMIT", 0, "at most this many entries (0: all)")
+}
+
+func (f *dlqFlags) filter(c *command) (queue.DLQFilter, error) {
+	if f.scene != "" && f.scene != "invalid" && !dispatcher.Scene(f.scene).Valid() {
+		return queue.DLQFilter{}, usagef(c.name, "--scene: %q is not c2c, group, channel, dm or invalid", f.scene)
+	}
+	if f.limit < 0 {
+		return queue.DLQFilter{}, usagef(c.name, "--limit must not be negative")
+	}
+	return queue.DLQFilter{Scene: f.scene, Target: f.target, JobID: f.jobID, Status: dispatcher.Status(f.status), Limit: f.limit}, nil
+}
+
+// open connects and binds the DLQ.
+func (f *dlqFlags) open(ctx context.Context, c *command) (*queue.DLQ, func(), error) {
+	if f.timeout <= 0 {
+		return nil, nil, usagef(c.name, "--timeout must be positive")
+	}
+	nc, js, err := f.nats.connectOnce(c.name)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := queue.NewDLQ(ctx, js, f.nats.names())
+	if err != nil {
+		nc.Close()
+		return nil, nil, noStreamHint(err)
+	}
+	return d, nc.Close, nil
+}
+
+func (f *dlqFlags) parse(c *command, cl *cli, args []string) ([]string, error) {
+	pos, err := c.parse(args, cl.env, cl.stdout)
+	f.nats.password = cl.env("NATS_PASSWORD")
+	return pos, err
+}
+
+func dlqList(ctx context.Context, cl *cli, args []string) error {
+	var (
+		f      dlqFlags
+		asJSON bool
+	)
+	c := newCommand("dlq ls", "qqdispatch dlq ls [flags]",
+		"List DLQ entries, oldest first, as a table: seq, time, job id, status, code, reason.",
+		"qqdispatch dlq ls\nqqdispatch dlq ls --scene group --status failed --limit 20\nqqdispatch dlq ls --json")
+	f.register(c, true)
+	c.Bool(&asJSON, "json", "QQDISPATCH_DLQ_JSON", false, "print one JSON object per entry instead of a table")
+	pos, err := f.parse(c, cl, args)
+	if err != nil {
+		return err
+	}
+	if err := c.noArgs(pos); err != nil {
+		return err
+	}
+	filter, err := f.filter(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	d, closeConn, err := f.open(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	entries, err := d.List(ctx, filter)
+	if err != nil {
+		return fmt.Errorf("dlq ls: %w", err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(cl.stdout)
+		enc.SetEscapeHTML(false)
+		for _, e := range entries {
+			if err := enc.Encode(entryJSON(e)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(entries) == 0 {
+		fmt.Fprintln(cl.stdout, "the DLQ has no matching entries")
+		return nil
+	}
+	tw := tabwriter.NewWriter(cl.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tJOB ID\tSTATUS\tCODE\tREASON")
+	for _, e := range entries {
+		code := ""
+		if e.Code != 0 {
+			code = strconv.Itoa(e.Code)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), e.JobID, e.Status, code, clip(e.Reason, 100))
+	}
+	return tw.Flush()
+}
+
+func entryJSON(e queue.DLQEntry) map[string]any {
+	m := map[string]any{
+		"seq": e.Seq, "time": e.Time.UTC(), "subject": e.Subject, "job_id": e.JobID, "status": e.Status,
+		"reason": e.Reason, "attempts": e.Attempts, "original_subject": e.OriginalSubject,
+	}
+	if e.Code != 0 {
+		m["code"] = e.Code
+	}
+	if e.TraceID != "" {
+		m["trace_id"] = e.TraceID
+	}
+	return m
+}
+
+func clip(s string, n int) string {
+	s = strings.ReplaceAll(s, "\t", " ")
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
+
+func parseSeq(c *command, pos []string) (uint64, error) {
+	if len(pos) != 1 {
+		return 0, usagef(c.name, "one DLQ sequence number is required (see `qqdispatch dlq ls`)")
+	}
+	seq, err := strconv.ParseUint(pos[0], 10, 64)
+	if err != nil || seq == 0 {
+		return 0, usagef(c.name, "%q is not a DLQ sequence number", pos[0])
+	}
+	return seq, nil
+}
+
+func dlqShow(ctx context.Context, cl *cli, args []string) error {
+	var f dlqFlags
+	c := newCommand("dlq show", "qqdispatch dlq show SEQ [flags]",
+		"Print one DLQ entry: its headers (why it is there) and the job body as it was published.",
+		"qqdispatch dlq show 42")
+	f.register(c, false)
+	pos, err := f.parse(c, cl, args)
+	if err != nil {
+		return err
+	}
+	seq, err := parseSeq(c, pos)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	d, closeConn, err := f.open(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	e, err := d.Get(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("dlq show: %w", err)
+	}
+	w := cl.stdout
+	fmt.Fprintf(w, "Seq: %d\nTime: %s\nSubject: %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339Nano), e.Subject)
+	keys := make([]string, 0, len(e.Header))
+	for k := range e.Header {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, v := range e.Header[k] {
+			fmt.Fprintf(w, "%s: %s\n", k, v)
+		}
+	}
+	fmt.Fprintln(w)
+	return writeBody(w, e.Data)
+}
+
+// writeBody prints a job body, indented when it is JSON.
+func writeBody(w io.Writer, data []byte) error {
+	var v json.RawMessage
+	if json.Unmarshal(data, &v) == nil {
+		if b, err := json.MarshalIndent(v, "", "  "); err == nil {
+			_, err = fmt.Fprintf(w, "%s\n", b)
+			return err
+		}
+	}
+	_, err := fmt.Fprintf(w, "%s\n", data)
+	return err
+}
+
+func dlqReplay(ctx context.Context, cl *cli, args []string) error {
+	var (
+		f   dlqFlags
+		all bool
+	)
+	c := newCommand("dlq replay", "qqdispatch dlq replay (SEQ | --all [filters]) [flags]",
+		"Publish DLQ entries again as jobs on their original subject and remove them from the DLQ. A replayed job keeps\n"+
+			"its id; its stored outcome and dedupe claim are deleted first, so it runs again and gets a new outcome.\n"+
+			"Fix the cause first (e.g. credentials, policy): a job that fails again lands on the DLQ again.",
+		"qqdispatch dlq replay 42\nqqdispatch dlq replay --all --status failed\nqqdispatch dlq replay --all --scene dm --target GUILD_ID")
+	f.register(c, true)
+	c.Bool(&all, "all", "QQDISPATCH_DLQ_ALL", false, "replay every entry matching the filters")
+	pos, err := f.parse(c, cl, args)
+	if err != nil {
+		return err
+	}
+	var seqs []uint64
+	switch {
+	case all && len(pos) > 0:
+		return usagef(c.name, "give a SEQ or --all, not both")
+	case !all:
+		seq, err := parseSeq(c, pos)
+		if err != nil {
+			return err
+		}
+		seqs = []uint64{seq}
+	}
+	filter, err := f.filter(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	d, closeConn, err := f.open(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	if all {
+		entries, err := d.List(ctx, filter)
+		if err != nil {
+			return fmt.Errorf("dlq replay: %w", err)
+		}
+		for _, e := range entries {
+			seqs = append(seqs, e.Seq)
+		}
+	}
+	n := 0
+	for _, seq := range seqs {
+		if err := d.Replay(ctx, seq); err != nil {
+			return fmt.Errorf("dlq replay %d (after replaying %d): %w", seq, n, err)
+		}
+		n++
+		fmt.Fprintf(cl.stdout, "replayed %d\n", seq)
+	}
+	fmt.Fprintf(cl.stdout, "replayed %d entries\n", n)
+	return nil
+}
+
+func dlqPurge(ctx context.Context, cl *cli, args []string) error {
+	var (
+		f   dlqFlags
+		yes bool
+	)
+	c := newCommand("dlq purge", "qqdispatch dlq purge [filters] --yes",
+		"Delete the DLQ entries matching the filters (all of them without filters). Refuses to run without --yes.",
+		"qqdispatch dlq purge --status invalid --yes\nqqdispatch dlq purge --yes")
+	f.register(c, true)
+	c.Bool(&yes, "yes", "QQDISPATCH_DLQ_YES", false, "really delete")
+	pos, err := f.parse(c, cl, args)
+	if err != nil {
+		return err
+	}
+	if err := c.noArgs(pos); err != nil {
+		return err
+	}
+	filter, err := f.filter(c)
+	if err != nil {
+		return err
+	}
+	if !yes {
+		return usagef(c.name, "refusing to delete DLQ entries without --yes (list them with `qqdispatch dlq ls` first)")
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	d, closeConn, err := f.open(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	n, err := d.Purge(ctx, filter)
+	if err != nil {
+		return fmt.Errorf("dlq purge (after deleting %d): %w", n, err)
+	}
+	fmt.Fprintf(cl.stdout, "deleted %d entries\n", n)
+	return nil
+}

@@ -1,0 +1,138 @@
+// Command qqdispatch is the queue-backed outbound message dispatcher for QQ
+// bots: one binary that runs a worker (serve), publishes jobs (send), reads
+// outcomes (outcome), administers the dead-letter queue (dlq) and runs the
+// QQ OpenAPI simulator (sim). Run `qqdispatch help` for the commands and
+// docs/cli.md for the whole reference.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// cli is what every command gets from run: the process's environment and
+// standard streams.
+type cli struct {
+	env    func(string) string
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// commandFunc runs one command with its arguments (after the command name).
+type commandFunc func(ctx context.Context, cl *cli, args []string) error
+
+type commandInfo struct {
+	name    string
+	summary string
+	run     commandFunc
+}
+
+func commands() []commandInfo {
+	return []commandInfo{
+		{"serve", "run a worker (embedded JetStream and the simulator when nothing is configured)", cmdServe},
+		{"send", "publish a job, or many from a JSON Lines file; --wait prints its outcome", cmdSend},
+		{"outcome", "print a job's outcome; --watch waits for it", cmdOutcome},
+		{"dlq", "list, show, replay and purge the dead-letter queue", cmdDLQ},
+		{"sim", "run the QQ OpenAPI simulator as an HTTP server", cmdSim},
+		{"version", "print the version", cmdVersion},
+	}
+}
+
+// run is the whole program: it parses args, runs one command and returns
+// the exit status: 0 success, 1 a runtime error (or an outcome that is not
+// delivered), 2 a usage error.
+func run(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	cl := &cli{env: env, stdin: stdin, stdout: stdout, stderr: stderr}
+	if len(args) == 0 {
+		printUsage(stderr)
+		return 2
+	}
+	name, rest := args[0], args[1:]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		if len(rest) > 0 {
+			return run(ctx, []string{rest[0], "--help"}, env, stdin, stdout, stderr)
+		}
+		printUsage(stdout)
+		return 0
+	case "-v", "-version", "--version":
+		name = "version"
+	}
+	for _, c := range commands() {
+		if c.name == name {
+			return exitCode(c.run(ctx, cl, rest), stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "qqdispatch: unknown command %q (run 'qqdispatch help' for the list)\n", name)
+	return 2
+}
+
+func printUsage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString("qqdispatch: a queue-backed outbound message dispatcher for QQ bots.\n\n")
+	b.WriteString("Usage: qqdispatch <command> [flags]\n\nCommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "  %-9s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\nRun 'qqdispatch <command> --help' for a command's flags, environment variables and examples.\n")
+	b.WriteString("Every flag has an environment variable; a flag given on the command line wins.\n")
+	_, _ = io.WriteString(w, b.String())
+}
+
+// errHelp is returned by a command that printed its help: exit 0.
+var errHelp = errors.New("help shown")
+
+// usageError is a mistake in the command line: exit 2.
+type usageError struct {
+	cmd string // e.g. "send", "dlq ls"
+	msg string
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(cmd, format string, args ...any) error {
+	return &usageError{cmd: cmd, msg: fmt.Sprintf(format, args...)}
+}
+
+// exitStatus ends a command with a status and nothing more to say (e.g.
+// send --wait whose outcome is not delivered: the outcome is the message).
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// exitCode prints err as one line and maps it to the exit status.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, errHelp) {
+		return 0
+	}
+	var st exitStatus
+	if errors.As(err, &st) {
+		return int(st)
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "qqdispatch %s: %s (run 'qqdispatch %s --help')\n", ue.cmd, oneLine(ue.msg), ue.cmd)
+		return 2
+	}
+	fmt.Fprintf(stderr, "qqdispatch: %s\n", oneLine(err.Error()))
+	return 1
+}
+
+// oneLine joins a multi-line message (errors.Join) into one line.
+func oneLine(s string) string {
+	return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ")
+}

@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// binary is the qqdispatch binary TestMain builds for the process tests
+// (empty under -short); buildErr says why the build failed.
+var (
+	binary   string
+	buildErr error
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	var dir string
+	if !testing.Short() {
+		var err error
+		dir, err = os.MkdirTemp("", "qqdispatch-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		binary, buildErr = buildBinary(dir)
+	}
+	code := m.Run()
+	if dir != "" {
+		_ = os.RemoveAll(dir)
+	}
+	os.Exit(code)
+}
+
+func buildBinary(dir string) (string, error) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(dir, "qqdispatch")
+	cmd := exec.Command(gobin, "build", "-o", out, ".")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, b)
+	}
+	return out, nil
+}
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// result is one finished run of the CLI.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func envFunc(env map[string]string) func(string) string {
+	return func(k string) string { return env[k] }
+}
+
+// runCLI runs the CLI in-process with env as its whole environment.
+func runCLI(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
+	return runCLIStdin(t, env, "", args...)
+}
+
+func runCLIStdin(t *testing.T, env map[string]string, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errb syncBuffer
+	code := run(ctx, args, envFunc(env), strings.NewReader(stdin), &out, &errb)
+	return result{code: code, stdout: out.String(), stderr: errb.String()}
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// oneErrorLine checks r failed with the given status and exactly one line
+// on stderr containing every want.
+func oneErrorLine(t *testing.T, r result, code int, wants ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit %d, want %d\n%s", r.code, code, r)
+	}
+	if n := strings.Count(r.stderr, "\n"); n != 1 || !strings.HasSuffix(r.stderr, "\n") {
+		t.Fatalf("stderr has %d lines, want one:\n%s", n, r.stderr)
+	}
+	for _, w := range wants {
+		if !strings.Contains(r.stderr, w) {
+			t.Fatalf("stderr %q does not contain %q", r.stderr, w)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		args []string
+		want []string // in stdout
+	}{
+		{[]string{"help"}, []string{"serve", "send", "outcome", "dlq", "sim", "version"}},
+		{[]string{"--help"}, []string{"Usage: qqdispatch <command>"}},
+		{[]string{"serve", "--help"}, []string{"Usage: qqdispatch serve", "env NATS_URL", "env QQ_APP_ID", "QQ_APP_SECRET", "env QQDISPATCH_POLICY", "--no-rules", "--ready-file", "env QQDISPATCH_HTTP_LISTEN", "NATS_PASSWORD"}},
+		{[]string{"help", "serve"}, []string{"Usage: qqdispatch serve"}},
+		{[]string{"send", "--help"}, []string{"Usage: qqdispatch send", "env QQDISPATCH_SEND_SCENE", "--wait", "jobs.jsonl"}},
+		{[]string{"outcome", "-h"}, []string{"Usage: qqdispatch outcome ID", "--watch"}},
+		{[]string{"dlq", "--help"}, []string{"Usage: qqdispatch dlq", "replay", "purge"}},
+		{[]string{"dlq", "ls", "--help"}, []string{"Usage: qqdispatch dlq ls", "env QQDISPATCH_DLQ_STATUS"}},
+		{[]string{"dlq", "show", "--help"}, []string{"Usage: qqdispatch dlq show SEQ"}},
+		{[]string{"dlq", "replay", "--help"}, []string{"Usage: qqdispatch dlq replay", "--all"}},
+		{[]string{"dlq", "purge", "--help"}, []string{"Usage: qqdispatch dlq purge", "--yes"}},
+		{[]string{"sim", "--help"}, []string{"Usage: qqdispatch sim", "env QQSIM_LISTEN", "QQSIM_APP_SECRET"}},
+		{[]string{"version", "--help"}, []string{"Usage: qqdispatch version"}},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
+			t.Parallel()
+			r := runCLI(t, nil, tc.args...)
+			if r.code != 0 || r.stderr != "" {
+				t.Fatalf("want exit 0 and empty stderr\n%s", r)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stdout, w) {
+					t.Errorf("help lacks %q:\n%s", w, r.stdout)
+				}
+			}
+			if len(tc.args) > 1 && !strings.Contains(r.stdout, "Examples:") {
+				t.Errorf("help has no examples:\n%s", r.stdout)
+			}
+		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want []string
+	}{
+		{"no command", nil, nil, nil},
+		{"unknown command", nil, []string{"frobnicate"}, []string{`unknown command "frobnicate"`}},
+		{"serve unknown flag", nil, []string{"serve", "--bogus"}, []string{"--bogus"}},
+		{"send unknown flag", nil, []string{"send", "--bogus=1"}, []string{"--bogus"}},
+		{"outcome unknown flag", nil, []string{"outcome", "x", "--bogus"}, []string{"--bogus"}},
+		{"dlq unknown flag", nil, []string{"dlq", "ls", "--bogus"}, []string{"--bogus"}},
+		{"sim unknown flag", nil, []string{"sim", "--bogus"}, []string{"--bogus"}},
+		{"version argument", nil, []string{"version", "extra"}, []string{`unexpected argument "extra"`}},
+		{"send no scene", nil, []string{"send", "--target", "t", "--content", "x"}, []string{"--scene is required"}},
+		{"send no target", nil, []string{"send", "--scene", "group", "--content", "x"}, []string{"--target is required"}},
+		{"send no content", nil, []string{"send", "--scene", "group", "--target", "t"}, []string{"--content"}},
+		{"send bad scene", nil, []string{"send", "--scene", "grp", "--target", "t", "--content", "x"}, []string{`--scene: "grp"`}},
+		{"send bad time", nil, []string{"send", "--scene", "group", "--target", "t", "--content", "x", "--msg-id", "m", "--received-at", "yesterday"}, []string{"--received-at", "RFC 3339"}},
+		{"send message and content", nil, []string{"send", "--scene", "group", "--target", "t", "--content", "x", "--message", `{"content":"y"}`}, []string{"--content"}},
+		{"send bad message", nil, []string{"send", "--scene", "group", "--target", "t", "--message", `[1]`}, []string{"--message: not a JSON object"}},
+		{"send file and flags", nil, []string{"send", "--file", "x.json", "--scene", "group"}, []string{"--file cannot be combined with --scene"}},
+		{"send bulk wait", nil, []string{"send", "--file", "x.jsonl", "--wait"}, []string{"--wait takes one job"}},
+		{"outcome no id", nil, []string{"outcome"}, []string{"job ID is required"}},
+		{"dlq no subcommand", nil, []string{"dlq"}, []string{"subcommand is required"}},
+		{"dlq unknown subcommand", nil, []string{"dlq", "rm"}, []string{`unknown subcommand "rm"`}},
+		{"dlq show no seq", nil, []string{"dlq", "show"}, []string{"sequence number is required"}},
+		{"dlq show bad seq", nil, []string{"dlq", "show", "abc"}, []string{`"abc" is not a DLQ sequence number`}},
+		{"dlq replay seq and all", nil, []string{"dlq", "replay", "3", "--all"}, []string{"not both"}},
+		{"dlq purge without yes", nil, []string{"dlq", "purge", "--status", "failed"}, []string{"without --yes"}},
+		{"dlq bad scene", nil, []string{"dlq", "ls", "--scene", "x"}, []string{`--scene: "x"`}},
+		{"serve in-doubt", nil, []string{"serve", "--in-doubt", "maybe"}, []string{`--in-doubt: "maybe"`}},
+		{"serve partitions", nil, []string{"serve", "--partitions", "0"}, []string{"--partitions must be at least 1"}},
+		{"serve log format", nil, []string{"serve", "--log-format", "xml", "--http-listen", ""}, []string{"--log-format"}},
+		{"serve policy and no-rules", nil, []string{"serve", "--policy", "p.yaml", "--no-rules"}, []string{"contradict"}},
+		{"serve nats auth without url", nil, []string{"serve", "--nats-creds", "x.creds"}, []string{"need --nats-url"}},
+		{"env value invalid", map[string]string{"QQDISPATCH_PARTITIONS": "many"}, []string{"serve"}, []string{"QQDISPATCH_PARTITIONS", "--partitions"}},
+		{"env scene invalid", map[string]string{"QQDISPATCH_SEND_SCENE": "bogus"}, []string{"send", "--target", "t", "--content", "x"}, []string{`--scene: "bogus"`}},
+		{"sim transient rate", nil, []string{"sim", "--transient-rate", "2", "--listen", "127.0.0.1:0"}, []string{"--transient-rate"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := runCLI(t, tc.env, tc.args...)
+			if tc.args == nil {
+				if r.code != 2 || !strings.Contains(r.stderr, "Usage:") {
+					t.Fatalf("want exit 2 and the usage on stderr\n%s", r)
+				}
+				return
+			}
+			oneErrorLine(t, r, 2, tc.want...)
+		})
+	}
+}
+
+func TestFlagWinsOverEnv(t *testing.T) {
+	t.Parallel()
+	// The env scene is invalid, the flag is valid: the command gets past
+	// the scene and stops at the next missing value.
+	r := runCLI(t, map[string]string{"QQDISPATCH_SEND_SCENE": "bogus"}, "send", "--scene", "group", "--target", "t")
+	oneErrorLine(t, r, 2, "--content")
+	// And an env value is used when the flag is absent.
+	r = runCLI(t, map[string]string{"QQDISPATCH_SEND_SCENE": "group", "QQDISPATCH_SEND_TARGET": "t"}, "send")
+	oneErrorLine(t, r, 2, "--content")
+}
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		r := runCLI(t, nil, args...)
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "qqdispatch ") || !strings.Contains(r.stdout, runtime.Version()) {
+			t.Fatalf("%v:\n%s", args, r)
+		}
+	}
+}
+
+func TestPolicyErrorNamesTheField(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	doc := "scenes:\n  group:\n    active:\n      rate:\n        per_bot: {limit: -1}\n"
+	if err := os.WriteFile(pol, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, nil, "serve", "--policy", pol, "--http-listen", "", "--data-dir", dir)
+	oneErrorLine(t, r, 1, "qqdispatch: --policy", "scenes.group.active.rate.per_bot.limit")
+
+	r = runCLI(t, nil, "serve", "--policy", filepath.Join(dir, "missing.yaml"), "--http-listen", "", "--data-dir", dir)
+	oneErrorLine(t, r, 1, "--policy", "missing.yaml")
+}
+
+func TestSecretNeverPrinted(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cret-Zx81-do-not-print"
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"serve", "--http-listen", "", "--data-dir", dir, "--nats-listen", "127.0.0.1:0"}
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		want string
+	}{
+		{"bad api base", map[string]string{"QQ_APP_ID": "1", "QQ_APP_SECRET": secret}, []string{"--api-base", "ftp://" + secret + "@example.com"}, 1, "--api-base"},
+		{"bad token url", map[string]string{"QQ_APP_ID": "1", "QQ_APP_SECRET": secret, "QQ_TOKEN_URL": "http://x/?k=" + secret}, nil, 1, "--token-url"},
+		{"secret without app id", map[string]string{"QQ_APP_SECRET": secret}, nil, 2, "--app-id"},
+		{"secret twice", map[string]string{"QQ_APP_ID": "1", "QQ_APP_SECRET": secret, "QQ_APP_SECRET_FILE": secretFile}, nil, 2, "not both"},
+		{"file without app id", nil, []string{"--app-secret-file", secretFile}, 2, "--app-id"},
+		{"secret as a flag", nil, []string{"--app-secret=" + secret}, 2, "--app-secret"},
+		{"nats password without user", map[string]string{"NATS_PASSWORD": secret}, []string{"--nats-url", "nats://127.0.0.1:1"}, 2, "NATS_PASSWORD"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := runCLI(t, tc.env, append(append([]string{}, base...), tc.args...)...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.want) {
+				t.Fatalf("want exit %d mentioning %q\n%s", tc.code, tc.want, r)
+			}
+			if strings.Contains(r.stdout+r.stderr, secret) {
+				t.Fatalf("the secret was printed:\n%s", r)
+			}
+		})
+	}
+	// send with a password in the NATS URL: the error shows the URL
+	// without it.
+	r := runCLI(t, nil, "send", "--nats-url", "nats://user:"+secret+"@127.0.0.1:1", "--scene", "group", "--target", "t", "--content", "x")
+	if r.code != 1 || strings.Contains(r.stderr, secret) || !strings.Contains(r.stderr, "connect to NATS") {
+		t.Fatalf("want a connect error without the password\n%s", r)
+	}
+}
+
+func TestRedactURLs(t *testing.T) {
+	t.Parallel()
+	got := redactURLs("nats://a:pw@h1:4222, nats://tok@h2:4222,nats://h3:4222")
+	if strings.Contains(got, "pw") || strings.Contains(got, "tok") || !strings.Contains(got, "h3:4222") || !strings.Contains(got, "a:xxxxx@h1") {
+		t.Fatalf("redactURLs = %q", got)
+	}
+}
+
+func TestSplitLines(t *testing.T) {
+	t.Parallel()
+	got, err := splitLines([]byte("{\"a\":1}\n\n  \n{\"b\":2}\r\n{\"c\":3}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int{1, 4, 5}
+	if len(got) != len(want) {
+		t.Fatalf("got %d lines, want %d", len(got), len(want))
+	}
+	for i, l := range got {
+		if l.n != want[i] {
+			t.Errorf("line %d numbered %d, want %d", i, l.n, want[i])
+		}
+	}
+}
+
+func TestProgressDrawsOnlyOnATerminal(t *testing.T) {
+	t.Parallel()
+	var off, on bytes.Buffer
+	p := newProgress(&off, 10, false)
+	p.add(10)
+	p.done()
+	if off.Len() != 0 {
+		t.Fatalf("progress drew %q when off", off.String())
+	}
+	p = newProgress(&on, 4, true)
+	p.add(2)
+	p.add(2)
+	p.done()
+	if !strings.Contains(on.String(), "4/4") || !strings.HasSuffix(on.String(), "\n") {
+		t.Fatalf("progress drew %q", on.String())
+	}
+}

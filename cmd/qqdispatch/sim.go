@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
+)
+
+const simDefaultSecret = "sim-secret"
+
+const simDesc = `
+Run the QQ Bot OpenAPI simulator as an HTTP server: the token endpoint, the send and upload endpoints, with the
+platform's rules enforced (reply windows, reply budgets, rates, quotas), optional faults, and a control surface
+under /_sim/ (messages, rejections, stats, inbound, channels, script, faults, rules, reset).
+
+It prints its base URL and the environment to point 'qqdispatch serve' at it. Passive replies need an inbound
+message id the simulator knows: POST /_sim/inbound {"scene":"group","target":"G1"} returns one.`
+
+const simExamples = `
+qqdispatch sim
+qqdispatch sim --listen 127.0.0.1:8089 --transient-rate 0.3 --latency 50ms
+qqdispatch sim --rules ./sim-rules.yaml
+curl -s -XPOST http://127.0.0.1:8089/_sim/inbound -d '{"scene":"group","target":"G1"}'
+curl -s http://127.0.0.1:8089/_sim/stats`
+
+func cmdSim(ctx context.Context, cl *cli, args []string) error {
+	var (
+		listen, appID, rulesFile string
+		transient                float64
+		latency                  time.Duration
+	)
+	c := newCommand("sim", "qqdispatch sim [flags]", simDesc, simExamples)
+	c.String(&listen, "listen", "QQSIM_LISTEN", "127.0.0.1:8089", "listen `host:port` (port 0 picks a free one)")
+	c.String(&appID, "app-id", "QQSIM_APP_ID", "102030405", "the app `id` the simulator accepts")
+	c.String(&rulesFile, "rules", "QQSIM_RULES", "", "YAML `file` of qqsim.Rules (default: the platform's newest rules)")
+	c.Float(&transient, "transient-rate", "QQSIM_TRANSIENT_RATE", 0, "share (0..1) of send calls answered HTTP 500")
+	c.Duration(&latency, "latency", "QQSIM_LATENCY", 0, "added to every send call")
+	c.EnvOnly("QQSIM_APP_SECRET", "the app secret the simulator accepts (default \"sim-secret\")")
+	pos, err := c.parse(args, cl.env, cl.stdout)
+	if err != nil {
+		return err
+	}
+	if err := c.noArgs(pos); err != nil {
+		return err
+	}
+	secret, secretFromEnv := cl.env("QQSIM_APP_SECRET"), true
+	if secret == "" {
+		secret, secretFromEnv = simDefaultSecret, false
+	}
+	var rules qqsim.Rules
+	if rulesFile != "" {
+		b, err := os.ReadFile(rulesFile)
+		if err != nil {
+			return fmt.Errorf("--rules: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&rules); err != nil {
+			return fmt.Errorf("--rules %s: %w", rulesFile, err)
+		}
+	}
+	sim, err := qqsim.New(qqsim.Config{AppID: appID, AppSecret: secret, Rules: rules,
+		Faults: qqsim.Faults{TransientRate: transient, Latency: latency}})
+	if err != nil {
+		var ce *qqsim.ConfigError
+		if errors.As(err, &ce) {
+			switch ce.Field {
+			case "Faults.TransientRate":
+				return usagef(c.name, "--transient-rate %s", ce.Problem)
+			case "Faults.Latency":
+				return usagef(c.name, "--latency %s", ce.Problem)
+			}
+		}
+		return fmt.Errorf("simulator: %w", err)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	base := "http://" + ln.Addr().String()
+	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+
+	secretLine := "export QQ_APP_SECRET=" + simDefaultSecret
+	if secretFromEnv {
+		secretLine = `export QQ_APP_SECRET="$QQSIM_APP_SECRET"`
+	}
+	fmt.Fprintf(cl.stdout, "QQ OpenAPI simulator listening on %s\n\nPoint a worker at it:\n"+
+		"  export QQ_APP_ID=%s\n  %s\n  export QQ_API_BASE=%s\n  export QQ_TOKEN_URL=%s/app/getAppAccessToken\n"+
+		"  qqdispatch serve\n\nControl surface: %s/_sim/stats, /_sim/messages, /_sim/rejections, POST /_sim/inbound\n",
+		base, appID, secretLine, base, base, base)
+
+	select {
+	case err := <-done:
+		return fmt.Errorf("simulator server: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	<-done
+	return nil
+}
