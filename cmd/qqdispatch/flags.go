@@ -60,7 +60,9 @@ func (c *command) Duration(p *time.Duration, name, env string, def time.Duration
 }
 
 // EnvOnly documents a variable that deliberately has no flag (a secret).
-func (c *command) EnvOnly(name, meaning string) { c.envOnly = append(c.envOnly, [2]string{name, meaning}) }
+func (c *command) EnvOnly(name, meaning string) {
+	c.envOnly = append(c.envOnly, [2]string{name, meaning})
+}
 
 // parse parses args (flags may come before, between or after positional
 // arguments), then fills every flag not given on the command line from its
