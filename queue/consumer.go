@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -82,6 +83,7 @@ type Consumer struct {
 
 	mu       sync.Mutex
 	parts    map[int]*partition
+	stopping map[int]*partition // released, not yet done
 	lanes    map[string]*lane
 	started  bool
 	stopped  bool
@@ -139,15 +141,16 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) 
 		}
 	}
 	c := &Consumer{
-		cfg:     cfg,
-		js:      js,
-		slots:   make(chan struct{}, cfg.MaxHeld),
-		running: make(chan struct{}, cfg.Concurrency),
-		held:    make(map[*delivery]struct{}),
-		kaStop:  make(chan struct{}),
-		kaDone:  make(chan struct{}),
-		parts:   make(map[int]*partition),
-		lanes:   make(map[string]*lane),
+		cfg:      cfg,
+		js:       js,
+		slots:    make(chan struct{}, cfg.MaxHeld),
+		running:  make(chan struct{}, cfg.Concurrency),
+		held:     make(map[*delivery]struct{}),
+		kaStop:   make(chan struct{}),
+		kaDone:   make(chan struct{}),
+		parts:    make(map[int]*partition),
+		stopping: make(map[int]*partition),
+		lanes:    make(map[string]*lane),
 	}
 	if cfg.Logger != nil {
 		c.log = *cfg.Logger
@@ -188,11 +191,19 @@ func (c *Consumer) Assign(ctx context.Context, partitions []int) error {
 		c.mu.Unlock()
 		return errors.New("queue: consumer not running")
 	}
-	var drop []*partition
 	for n, p := range c.parts {
 		if !want[n] {
-			drop = append(drop, p)
 			delete(c.parts, n)
+			c.stopping[n] = p
+			p.cancel()
+			go func() {
+				p.release(context.WithoutCancel(c.runCtx))
+				c.mu.Lock()
+				if c.stopping[n] == p {
+					delete(c.stopping, n)
+				}
+				c.mu.Unlock()
+			}()
 		}
 	}
 	var add []int
@@ -202,11 +213,21 @@ func (c *Consumer) Assign(ctx context.Context, partitions []int) error {
 		}
 	}
 	c.mu.Unlock()
+	sort.Ints(add)
 
-	for _, p := range drop {
-		p.stop(ctx)
-	}
 	for _, n := range add {
+		// A partition given back a moment ago must finish releasing
+		// before it starts again, or two lanes could hold one target.
+		c.mu.Lock()
+		old := c.stopping[n]
+		c.mu.Unlock()
+		if old != nil {
+			select {
+			case <-old.released:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		cons, err := c.ensureConsumer(ctx, n)
 		if err != nil {
 			return err
@@ -246,34 +267,54 @@ func (c *Consumer) Stop(ctx context.Context) error {
 		return nil
 	}
 	c.stopped = true
-	parts := make([]*partition, 0, len(c.parts))
+	parts := make([]*partition, 0, len(c.parts)+len(c.stopping))
 	for _, p := range c.parts {
+		parts = append(parts, p)
+	}
+	for _, p := range c.stopping {
 		parts = append(parts, p)
 	}
 	c.parts = map[int]*partition{}
 	c.mu.Unlock()
 
-	for _, p := range parts {
-		p.halt()
-	}
+	// Cancelling the run context cancels every partition: pulls stop,
+	// running jobs hand back at their next safe point.
 	c.runStop()
 	done := make(chan struct{})
-	go func() { c.inflight.Wait(); close(done) }()
+	go func() {
+		var wg sync.WaitGroup
+		for _, p := range parts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				select {
+				case <-p.released:
+				case <-ctx.Done():
+				}
+			}()
+		}
+		wg.Wait()
+		c.inflight.Wait()
+		close(done)
+	}()
+	// Partitions not yet releasing start now.
+	for _, p := range parts {
+		go func() {
+			c.mu.Lock()
+			releasing := c.stopping[p.n] == p
+			c.mu.Unlock()
+			if !releasing {
+				p.release(ctx)
+			}
+		}()
+	}
+	defer close(c.kaStop)
 	select {
 	case <-done:
+		return nil
 	case <-ctx.Done():
-		close(c.kaStop)
 		return ctx.Err()
 	}
-	close(c.kaStop)
-	<-c.kaDone
-	var wg sync.WaitGroup
-	for _, p := range parts {
-		wg.Add(1)
-		go func() { defer wg.Done(); p.unpin(ctx) }()
-	}
-	wg.Wait()
-	return nil
 }
 
 // ConsumerName is the durable name of partition n's consumer.
@@ -310,40 +351,104 @@ type partition struct {
 	cons jetstream.Consumer
 	log  zerolog.Logger
 
-	ctx    context.Context // cancelled to stop pulling
-	cancel context.CancelFunc
-	done   chan struct{}
+	ctx      context.Context // cancelled to stop pulling and hand jobs back
+	cancel   context.CancelFunc
+	done     chan struct{} // the pull loop ended
+	released chan struct{} // lanes drained, parked jobs handed back, unpinned
+
+	// Guarded by c.mu.
+	held       int         // messages of this partition held here
+	recovering bool        // a previous owner may still hold older messages
+	parked     []*delivery // first deliveries waiting for the recovery
 }
 
 func (c *Consumer) newPartition(n int, cons jetstream.Consumer) *partition {
 	ctx, cancel := context.WithCancel(c.runCtx)
-	return &partition{c: c, n: n, cons: cons, ctx: ctx, cancel: cancel, done: make(chan struct{}),
+	return &partition{c: c, n: n, cons: cons, ctx: ctx, cancel: cancel,
+		done: make(chan struct{}), released: make(chan struct{}), recovering: true,
 		log: c.log.With().Int("partition", n).Logger()}
 }
 
 func (p *partition) start() {
-	p.c.inflight.Add(1)
+	p.c.inflight.Add(2)
 	go func() {
 		defer p.c.inflight.Done()
 		defer close(p.done)
 		p.loop()
 	}()
+	go func() {
+		defer p.c.inflight.Done()
+		p.recover()
+	}()
 }
 
-// halt stops pulling without waiting.
-func (p *partition) halt() { p.cancel() }
+// recover keeps this partition's first deliveries parked while a previous
+// owner (crashed, or handing over) still holds older messages: those come
+// back as redeliveries, and a target's jobs must run in stream order. It
+// ends when the server counts no pending message beyond the ones held here,
+// or after twice the ack wait, by when a lost holder's messages are back.
+func (p *partition) recover() {
+	c := p.c
+	giveUp := time.Now().Add(2 * c.cfg.AckWait)
+	for {
+		info, err := p.cons.Info(p.ctx)
+		if p.ctx.Err() != nil {
+			return
+		}
+		c.mu.Lock()
+		held := p.held
+		c.mu.Unlock()
+		done := err == nil && info.NumAckPending <= held
+		if !done && time.Now().After(giveUp) {
+			p.log.Warn().Int("pending", pendingOf(info)).Int("held", held).Msg("previous owner's messages did not all come back; resuming")
+			done = true
+		}
+		if done {
+			c.mu.Lock()
+			p.recovering = false
+			for _, d := range p.parked {
+				c.enqueueLocked(p, d)
+			}
+			p.parked = nil
+			c.mu.Unlock()
+			return
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
 
-// stop stops pulling, waits for this partition's held jobs to finish or be
-// handed back, and unpins the consumer so the next owner takes over at once.
-func (p *partition) stop(ctx context.Context) {
-	p.cancel()
+func pendingOf(info *jetstream.ConsumerInfo) int {
+	if info == nil {
+		return -1
+	}
+	return info.NumAckPending
+}
+
+// release waits for the pull loop and this partition's lanes to finish,
+// hands parked jobs back in order, and unpins the consumer so the next
+// owner takes over at once. Call after cancel.
+func (p *partition) release(ctx context.Context) {
 	select {
 	case <-p.done:
 	case <-ctx.Done():
 		return
 	}
-	p.c.waitPartitionLanes(ctx, p.n)
+	p.c.waitPartitionLanes(ctx, p)
+	p.c.mu.Lock()
+	parked := p.parked
+	p.parked = nil
+	p.c.mu.Unlock()
+	for _, d := range parked {
+		if err := d.Release(); err != nil {
+			p.log.Debug().Err(err).Msg("release parked job")
+		}
+	}
 	p.unpin(ctx)
+	close(p.released)
 }
 
 func (p *partition) unpin(ctx context.Context) {
@@ -445,6 +550,7 @@ func (c *Consumer) keepalive() {
 // keeps it alive until it is acked or released.
 type delivery struct {
 	c    *Consumer
+	p    *partition
 	msg  jetstream.Msg
 	env  dispatcher.Envelope
 	once sync.Once
@@ -462,49 +568,69 @@ func (d *delivery) Release() error {
 	return d.msg.Nak()
 }
 
+// unhold ends the consumer's hold on the message: no more keep-alives, and
+// its slot is free for the next pull.
 func (d *delivery) unhold() {
 	d.once.Do(func() {
 		d.c.heldMu.Lock()
 		delete(d.c.held, d)
 		d.c.heldMu.Unlock()
+		d.c.mu.Lock()
+		d.p.held--
+		d.c.mu.Unlock()
+		<-d.c.slots
 	})
 }
 
 // lane runs one target's jobs one at a time, in arrival order.
 type lane struct {
 	key   string
-	part  int
+	part  *partition
 	queue []*delivery
 	idle  chan struct{} // closed when the lane finished
 }
 
 func (c *Consumer) dispatch(p *partition, msg jetstream.Msg) {
 	env := dispatcher.Envelope{Subject: OriginalSubject(c.cfg.Names, msg.Subject()), Data: msg.Data(), Header: msg.Headers()}
+	first := true
 	if md, err := msg.Metadata(); err == nil {
 		env.Seq = md.Sequence.Stream
+		first = md.NumDelivered <= 1
 	}
-	d := &delivery{c: c, msg: msg, env: env}
+	d := &delivery{c: c, p: p, msg: msg, env: env}
 	c.heldMu.Lock()
 	c.held[d] = struct{}{}
 	c.heldMu.Unlock()
 
-	key := env.Subject
 	c.mu.Lock()
-	if l, ok := c.lanes[key]; ok {
-		l.queue = append(l.queue, d)
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	p.held++
+	if p.recovering && first {
+		// Newer than anything a previous owner held: wait for those.
+		p.parked = append(p.parked, d)
 		return
 	}
-	l := &lane{key: key, part: p.n, queue: []*delivery{d}, idle: make(chan struct{})}
-	c.lanes[key] = l
-	c.inflight.Add(1)
-	c.mu.Unlock()
-	go c.runLane(p, l)
+	c.enqueueLocked(p, d)
 }
 
-func (c *Consumer) runLane(p *partition, l *lane) {
+// enqueueLocked puts d at the end of its target's lane, starting the lane
+// if it is idle. c.mu must be held.
+func (c *Consumer) enqueueLocked(p *partition, d *delivery) {
+	key := d.env.Subject
+	if l, ok := c.lanes[key]; ok {
+		l.queue = append(l.queue, d)
+		return
+	}
+	l := &lane{key: key, part: p, queue: []*delivery{d}, idle: make(chan struct{})}
+	c.lanes[key] = l
+	c.inflight.Add(1)
+	go c.runLane(l)
+}
+
+func (c *Consumer) runLane(l *lane) {
 	defer c.inflight.Done()
 	defer close(l.idle)
+	p := l.part
 	for {
 		c.mu.Lock()
 		if len(l.queue) == 0 {
@@ -522,34 +648,33 @@ func (c *Consumer) runLane(p *partition, l *lane) {
 			if err := d.Release(); err != nil {
 				p.log.Debug().Err(err).Msg("release job")
 			}
-		} else {
-			select {
-			case c.running <- struct{}{}:
-				_, err := c.cfg.Handler.Handle(p.ctx, d)
-				<-c.running
-				if err != nil && !errors.Is(err, dispatcher.ErrHandedBack) {
-					p.log.Warn().Err(err).Msg("handle job")
-				}
-			case <-p.ctx.Done():
-				if err := d.Release(); err != nil {
-					p.log.Debug().Err(err).Msg("release job")
-				}
-			}
-			// A job left to another handler of the same job id is still
-			// held by nobody here.
-			d.unhold()
+			continue
 		}
-		<-c.slots
+		select {
+		case c.running <- struct{}{}:
+			_, err := c.cfg.Handler.Handle(p.ctx, d)
+			<-c.running
+			if err != nil && !errors.Is(err, dispatcher.ErrHandedBack) {
+				p.log.Warn().Err(err).Msg("handle job")
+			}
+		case <-p.ctx.Done():
+			if err := d.Release(); err != nil {
+				p.log.Debug().Err(err).Msg("release job")
+			}
+		}
+		// A job left to another handler of the same job id is held by
+		// nobody here any more.
+		d.unhold()
 	}
 }
 
-// waitPartitionLanes waits until partition n has no lanes left.
-func (c *Consumer) waitPartitionLanes(ctx context.Context, n int) {
+// waitPartitionLanes waits until partition p has no lanes left.
+func (c *Consumer) waitPartitionLanes(ctx context.Context, p *partition) {
 	for {
 		c.mu.Lock()
 		var wait chan struct{}
 		for _, l := range c.lanes {
-			if l.part == n {
+			if l.part == p {
 				wait = l.idle
 				break
 			}

@@ -195,7 +195,13 @@ scenes:
 		}
 	}
 	if calls := b.Sim.Calls(); calls != sent {
-		t.Errorf("simulator got %d calls for %d sent jobs", calls, sent)
+		t.Errorf("simulator got %d calls for %d sent jobs (stats %+v)", calls, sent, b.Sim.Stats())
+		seen := map[string]int{}
+		for _, m := range b.Sim.Accepted() {
+			if seen[contentOf(t, m.Body)]++; seen[contentOf(t, m.Body)] > 1 {
+				t.Errorf("accepted twice: %s", m.Body)
+			}
+		}
 	}
 
 	// Throughput on the rate-limited keys.

@@ -1,0 +1,334 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Defaults for MembershipConfig.
+const (
+	MembersBucketDefault = "qqdispatch_members"
+	MemberTTLDefault     = 6 * time.Second
+)
+
+// Member is one live worker as it announces itself in the members bucket.
+type Member struct {
+	ID         string    `json:"id"`
+	Host       string    `json:"host,omitempty"`
+	PID        int       `json:"pid,omitempty"`
+	Started    time.Time `json:"started"`
+	Partitions []int     `json:"partitions"` // the partitions it consumes now
+	// Seen is when the server stored the member's last heartbeat.
+	Seen time.Time `json:"-"`
+}
+
+// MembershipConfig configures a Membership.
+type MembershipConfig struct {
+	// Names are the stream names; Partitions is what is assigned.
+	Names Config
+	// Bucket is the KV bucket of members. Default MembersBucketDefault.
+	Bucket string
+	// WorkerID names this worker; unique in the fleet. Required.
+	WorkerID string
+	// TTL is how long a member stays without a heartbeat before the others
+	// take its partitions; heartbeats go every TTL/3. It is the bucket's
+	// max age, fixed by whoever creates the bucket. Default
+	// MemberTTLDefault (6s).
+	TTL time.Duration
+	// OnAssign is called with this worker's partitions whenever they change
+	// (and once at start). Required.
+	OnAssign func(ctx context.Context, partitions []int) error
+	// Logger. Default: disabled.
+	Logger *zerolog.Logger
+}
+
+// Membership announces this worker in a KV bucket with heartbeats, watches
+// the other members, and hands this worker its share of the partitions,
+// computed by AssignPartitions from the live member list. Exclusivity does
+// not depend on every worker agreeing at every instant: the partition
+// consumers are pinned by the server to one puller at a time.
+type Membership struct {
+	cfg MembershipConfig
+	js  jetstream.JetStream
+	log zerolog.Logger
+	kv  jetstream.KeyValue
+
+	mu      sync.Mutex
+	self    Member
+	mine    []int
+	started bool
+	stopped bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+	kick    chan struct{}
+}
+
+// NewMembership validates cfg.
+func NewMembership(js jetstream.JetStream, cfg MembershipConfig) (*Membership, error) {
+	if js == nil {
+		return nil, errors.New("queue: NewMembership needs a JetStream context")
+	}
+	if cfg.WorkerID == "" || !validName(cfg.WorkerID) {
+		return nil, fmt.Errorf("queue: MembershipConfig.WorkerID %q must be a non-empty name of letters, digits, '-' and '_'", cfg.WorkerID)
+	}
+	if cfg.OnAssign == nil {
+		return nil, errors.New("queue: MembershipConfig.OnAssign is required")
+	}
+	names, err := cfg.Names.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Names = names
+	if cfg.Bucket == "" {
+		cfg.Bucket = MembersBucketDefault
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = MemberTTLDefault
+	}
+	if cfg.TTL < time.Second {
+		return nil, fmt.Errorf("queue: MembershipConfig.TTL must be at least 1s, got %s", cfg.TTL)
+	}
+	m := &Membership{cfg: cfg, js: js, kick: make(chan struct{}, 1)}
+	if cfg.Logger != nil {
+		m.log = *cfg.Logger
+	} else {
+		m.log = zerolog.Nop()
+	}
+	host, _ := os.Hostname()
+	m.self = Member{ID: cfg.WorkerID, Host: host, PID: os.Getpid(), Started: time.Now().UTC(), Partitions: []int{}}
+	return m, nil
+}
+
+// OpenMembers opens (creating if needed) the members bucket.
+func OpenMembers(ctx context.Context, js jetstream.JetStream, bucket string, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
+	if bucket == "" {
+		bucket = MembersBucketDefault
+	}
+	if ttl == 0 {
+		ttl = MemberTTLDefault
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "qqdispatch live workers (heartbeats)",
+		History:     1,
+		TTL:         ttl,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = js.KeyValue(ctx, bucket)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: members bucket %q: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// Start announces this worker, takes its first share of the partitions and
+// keeps both up to date until Stop.
+func (m *Membership) Start(ctx context.Context) error {
+	m.mu.Lock()
+	if m.started {
+		m.mu.Unlock()
+		return errors.New("queue: membership already started")
+	}
+	m.started = true
+	m.mu.Unlock()
+	kv, err := OpenMembers(ctx, m.js, m.cfg.Bucket, m.cfg.TTL, m.cfg.Names.Replicas)
+	if err != nil {
+		return err
+	}
+	m.kv = kv
+	if err := m.heartbeat(ctx); err != nil {
+		return err
+	}
+	if err := m.reconcile(ctx); err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel, m.done = cancel, make(chan struct{})
+	go m.watch(runCtx)
+	go m.loop(runCtx)
+	return nil
+}
+
+// Leave removes this worker from the member list so the others take its
+// partitions at once; heartbeats stop. Its consumers keep running until
+// the caller stops them.
+func (m *Membership) Leave(ctx context.Context) error {
+	m.mu.Lock()
+	if !m.started || m.stopped {
+		m.mu.Unlock()
+		return nil
+	}
+	m.stopped = true
+	cancel, done := m.cancel, m.done
+	m.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}
+	if err := m.kv.Delete(ctx, m.cfg.WorkerID); err != nil {
+		return fmt.Errorf("queue: leave fleet: %w", err)
+	}
+	return nil
+}
+
+// Stop is Leave; safe to call twice.
+func (m *Membership) Stop(ctx context.Context) error { return m.Leave(ctx) }
+
+// Partitions are this worker's partitions as last assigned.
+func (m *Membership) Partitions() []int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.mine)
+}
+
+func (m *Membership) loop(ctx context.Context) {
+	defer close(m.done)
+	t := time.NewTicker(m.cfg.TTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := m.heartbeat(ctx); err != nil && ctx.Err() == nil {
+				m.log.Warn().Err(err).Msg("fleet heartbeat")
+			}
+		case <-m.kick:
+		}
+		if err := m.reconcile(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("fleet reassignment")
+		}
+	}
+}
+
+// watch wakes the loop when a member joins or leaves, so hand-overs do not
+// wait for the next heartbeat tick.
+func (m *Membership) watch(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := m.kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				continue
+			}
+			// Our own heartbeats change nothing.
+			if e.Key() == m.cfg.WorkerID && e.Operation() == jetstream.KeyValuePut {
+				continue
+			}
+			select {
+			case m.kick <- struct{}{}:
+			default:
+			}
+		}
+		_ = w.Stop()
+	}
+}
+
+func (m *Membership) heartbeat(ctx context.Context) error {
+	m.mu.Lock()
+	self := m.self
+	m.mu.Unlock()
+	b, err := json.Marshal(self)
+	if err != nil {
+		return err
+	}
+	if _, err := m.kv.Put(ctx, m.cfg.WorkerID, b); err != nil {
+		return fmt.Errorf("queue: heartbeat: %w", err)
+	}
+	return nil
+}
+
+// reconcile recomputes this worker's share from the live members and
+// applies it when it changed.
+func (m *Membership) reconcile(ctx context.Context) error {
+	members, err := ListMembers(ctx, m.kv)
+	if err != nil {
+		return err
+	}
+	ids := make([]string, 0, len(members)+1)
+	self := false
+	for _, mb := range members {
+		ids = append(ids, mb.ID)
+		self = self || mb.ID == m.cfg.WorkerID
+	}
+	if !self {
+		// Our key expired (we were cut off longer than the TTL): announce
+		// ourselves again before claiming anything.
+		if err := m.heartbeat(ctx); err != nil {
+			return err
+		}
+		ids = append(ids, m.cfg.WorkerID)
+	}
+	mine := AssignPartitions(ids, m.cfg.Names.Partitions)[m.cfg.WorkerID]
+	if mine == nil {
+		mine = []int{}
+	}
+	m.mu.Lock()
+	same := slices.Equal(mine, m.mine)
+	m.mu.Unlock()
+	if same {
+		return nil
+	}
+	m.log.Info().Ints("partitions", mine).Int("members", len(ids)).Msg("fleet assignment changed")
+	if err := m.cfg.OnAssign(ctx, mine); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.mine = mine
+	m.self.Partitions = mine
+	m.mu.Unlock()
+	return m.heartbeat(ctx)
+}
+
+// ListMembers reads the live members from the members bucket, sorted by id.
+func ListMembers(ctx context.Context, kv jetstream.KeyValue) ([]Member, error) {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("queue: list members: %w", err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	var out []Member
+	for _, k := range keys {
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("queue: read member %s: %w", k, err)
+		}
+		var mb Member
+		if json.Unmarshal(e.Value(), &mb) != nil || mb.ID != k {
+			continue
+		}
+		mb.Seen = e.Created()
+		out = append(out, mb)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
