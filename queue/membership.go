@@ -181,7 +181,10 @@ func (m *Membership) Leave(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
-	if err := m.kv.Delete(ctx, m.cfg.WorkerID); err != nil {
+	// Best effort: if it fails, the key expires after TTL anyway.
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
+	if err := m.kv.Delete(dctx, m.cfg.WorkerID); err != nil {
 		return fmt.Errorf("queue: leave fleet: %w", err)
 	}
 	return nil

@@ -112,9 +112,14 @@ func (b *Bed) startServer() {
 	if err := ns.Start(ctx); err != nil {
 		t.Fatalf("testbed: start embedded server: %v", err)
 	}
+	first := b.NATS == nil
 	b.NATS = ns
 	b.port = ns.Server().Addr().(*net.TCPAddr).Port
-	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	if first {
+		// Registered once, before any worker: cleanups run last-in
+		// first-out, so workers stop while their server still runs.
+		t.Cleanup(func() { _ = b.NATS.Stop(context.Background()) })
+	}
 }
 
 // RestartNATS stops the embedded server and starts it again on the same

@@ -37,8 +37,17 @@ type Config struct {
 	Pipeline dispatcher.ProcessorConfig
 	// Consumer tunes pulling; Names, Handler and Logger are filled in.
 	Consumer queue.ConsumerConfig
-	// Partitions are the partitions to consume; nil means all of them.
+	// Partitions, when set, are the partitions to consume, fixed. When nil
+	// the worker joins the fleet: it announces itself in the members bucket
+	// and consumes its share of the partitions, which moves as workers come
+	// and go.
 	Partitions []int
+	// WorkerID names this worker in the fleet and in ledger claims; unique
+	// per process. Default: a random id.
+	WorkerID string
+	// MemberTTL is how long a silent worker keeps its partitions. Default
+	// queue.MemberTTLDefault.
+	MemberTTL time.Duration
 	// Logger is the worker's logger. Default: disabled.
 	Logger *zerolog.Logger
 }
@@ -64,6 +73,7 @@ type Worker struct {
 	proc *dispatcher.Processor
 	cons *queue.Consumer
 	lim  *ratelimit.Limiter
+	mem  *queue.Membership
 
 	mu      sync.Mutex
 	started bool
@@ -129,6 +139,9 @@ func (w *Worker) Start(ctx context.Context) error {
 		return err
 	}
 	pc := w.cfg.Pipeline
+	if pc.Owner == "" {
+		pc.Owner = w.cfg.WorkerID
+	}
 	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler = w.cfg.Sender, ledger, rec, sched
 	if rc := w.cfg.Rules; rc != nil {
 		kv, err := ratelimit.ProvisionQuotas(ctx, w.js, ratelimit.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas})
@@ -161,17 +174,22 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	parts := w.cfg.Partitions
-	if parts == nil {
-		parts = make([]int, names.Partitions)
-		for i := range parts {
-			parts[i] = i
-		}
-	}
-	if err := w.cons.Start(ctx, parts); err != nil {
+	if err := w.cons.Start(ctx, w.cfg.Partitions); err != nil {
 		return err
 	}
-	w.log.Info().Int("partitions", len(parts)).Str("owner", w.proc.Owner()).Msg("worker started")
+	if w.cfg.Partitions == nil {
+		w.mem, err = queue.NewMembership(w.js, queue.MembershipConfig{
+			Names: names, WorkerID: w.proc.Owner(), TTL: w.cfg.MemberTTL, Logger: &w.log,
+			OnAssign: w.cons.Assign,
+		})
+		if err != nil {
+			return err
+		}
+		if err := w.mem.Start(ctx); err != nil {
+			return err
+		}
+	}
+	w.log.Info().Ints("partitions", w.cons.Partitions()).Str("worker_id", w.proc.Owner()).Msg("worker started")
 	return nil
 }
 
@@ -187,11 +205,17 @@ func (w *Worker) Stop(ctx context.Context) error {
 	w.stopped = true
 	w.mu.Unlock()
 	start := time.Now()
-	err := w.cons.Stop(ctx)
+	var err error
+	if w.mem != nil {
+		// Leave first: the others start pulling our partitions and get
+		// them as soon as each is released below.
+		err = w.mem.Leave(ctx)
+	}
+	err = errors.Join(err, w.cons.Stop(ctx))
 	if w.lim != nil {
 		err = errors.Join(err, w.lim.Stop(ctx))
 	}
-	w.log.Info().Dur("took", time.Since(start)).Err(err).Msg("worker stopped")
+	w.log.Info().Dur("took", time.Since(start)).AnErr("error", err).Msg("worker stopped")
 	return err
 }
 
