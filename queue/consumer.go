@@ -382,11 +382,12 @@ func (p *partition) start() {
 	}()
 }
 
-// recover keeps this partition's first deliveries parked while a previous
-// owner (crashed, or handing over) still holds older messages: those come
-// back as redeliveries, and a target's jobs must run in stream order. It
-// ends when the server counts no pending message beyond the ones held here,
-// or after twice the ack wait, by when a lost holder's messages are back.
+// recover keeps this partition's messages parked while a previous owner
+// (crashed, or handing over) still holds some: those come back as
+// redeliveries, in no useful order, and a target's jobs must run in stream
+// order. It ends when the server counts no pending message beyond the ones
+// held here (or after twice the ack wait, by when a lost holder's messages
+// are back), and then queues the parked messages by stream sequence.
 func (p *partition) recover() {
 	c := p.c
 	giveUp := time.Now().Add(2 * c.cfg.AckWait)
@@ -406,6 +407,9 @@ func (p *partition) recover() {
 		if done {
 			c.mu.Lock()
 			p.recovering = false
+			// Redeliveries come back in the order their ack timers ran
+			// out, not in stream order: line everything up by sequence.
+			sort.Slice(p.parked, func(i, j int) bool { return p.parked[i].env.Seq < p.parked[j].env.Seq })
 			for _, d := range p.parked {
 				c.enqueueLocked(p, d)
 			}
@@ -535,13 +539,16 @@ func (c *Consumer) keepalive() {
 		case <-t.C:
 		}
 		c.heldMu.Lock()
-		msgs := make([]jetstream.Msg, 0, len(c.held))
+		ds := make([]*delivery, 0, len(c.held))
 		for d := range c.held {
-			msgs = append(msgs, d.msg)
+			ds = append(ds, d)
 		}
 		c.heldMu.Unlock()
-		for _, m := range msgs {
-			_ = m.InProgress()
+		// In stream order: if this worker dies, the ack timers run out,
+		// and the messages come back, in that order.
+		sort.Slice(ds, func(i, j int) bool { return ds[i].env.Seq < ds[j].env.Seq })
+		for _, d := range ds {
+			_ = d.msg.InProgress()
 		}
 	}
 }
@@ -592,10 +599,8 @@ type lane struct {
 
 func (c *Consumer) dispatch(p *partition, msg jetstream.Msg) {
 	env := dispatcher.Envelope{Subject: OriginalSubject(c.cfg.Names, msg.Subject()), Data: msg.Data(), Header: msg.Headers()}
-	first := true
 	if md, err := msg.Metadata(); err == nil {
 		env.Seq = md.Sequence.Stream
-		first = md.NumDelivered <= 1
 	}
 	d := &delivery{c: c, p: p, msg: msg, env: env}
 	c.heldMu.Lock()
@@ -605,8 +610,7 @@ func (c *Consumer) dispatch(p *partition, msg jetstream.Msg) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p.held++
-	if p.recovering && first {
-		// Newer than anything a previous owner held: wait for those.
+	if p.recovering {
 		p.parked = append(p.parked, d)
 		return
 	}
@@ -654,7 +658,11 @@ func (c *Consumer) runLane(l *lane) {
 		case c.running <- struct{}{}:
 			_, err := c.cfg.Handler.Handle(p.ctx, d)
 			<-c.running
-			if err != nil && !errors.Is(err, dispatcher.ErrHandedBack) {
+			if errors.Is(err, dispatcher.ErrHandedBack) {
+				// It comes back by redelivery; the target's later jobs
+				// must come back after it, not run before it.
+				c.handBackLane(l)
+			} else if err != nil {
 				p.log.Warn().Err(err).Msg("handle job")
 			}
 		case <-p.ctx.Done():
@@ -665,6 +673,19 @@ func (c *Consumer) runLane(l *lane) {
 		// A job left to another handler of the same job id is held by
 		// nobody here any more.
 		d.unhold()
+	}
+}
+
+// handBackLane releases the jobs queued in l, in order.
+func (c *Consumer) handBackLane(l *lane) {
+	c.mu.Lock()
+	rest := l.queue
+	l.queue = nil
+	c.mu.Unlock()
+	for _, d := range rest {
+		if err := d.Release(); err != nil {
+			l.part.log.Debug().Err(err).Msg("release job")
+		}
 	}
 }
 

@@ -332,3 +332,15 @@ func testLogLevel() zerolog.Level {
 	}
 	return zerolog.WarnLevel
 }
+
+// NewConn opens another connection to the Bed's server (one per worker, as
+// separate processes would have), closed at cleanup.
+func (b *Bed) NewConn() *nats.Conn {
+	b.T.Helper()
+	nc, err := nats.Connect(b.NATS.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		b.T.Fatalf("testbed: connect: %v", err)
+	}
+	b.T.Cleanup(nc.Close)
+	return nc
+}
