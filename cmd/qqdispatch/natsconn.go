@@ -104,17 +104,13 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 }
 
 // connectLogHandlers logs connection events of a long-running connection.
-func connectLogHandlers(log zerolog.Logger, connected chan<- struct{}) []nats.Option {
+func connectLogHandlers(log zerolog.Logger) []nats.Option {
 	return []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS connected")
-			select {
-			case connected <- struct{}{}:
-			default:
-			}
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -134,23 +130,23 @@ func connectLogHandlers(log zerolog.Logger, connected chan<- struct{}) []nats.Op
 
 // waitConnected waits until nc is connected or ctx ends; a connection made
 // with RetryOnFailedConnect returns from Connect before it is.
-func waitConnected(ctx context.Context, nc *nats.Conn, connected <-chan struct{}, log zerolog.Logger, url string) error {
-	if nc.IsConnected() {
-		return nil
+func waitConnected(ctx context.Context, nc *nats.Conn, log zerolog.Logger, url string) error {
+	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(ch)
+	if !nc.IsConnected() {
+		log.Warn().Str("url", redactURLs(url)).Msg("waiting for the NATS server")
 	}
-	log.Warn().Str("url", redactURLs(url)).Msg("waiting for the NATS server")
-	for {
+	for !nc.IsConnected() {
+		if nc.IsClosed() {
+			return errors.New("the NATS connection is closed")
+		}
 		select {
-		case <-connected:
-			return nil
+		case <-ch:
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
-			if nc.IsConnected() {
-				return nil
-			}
 		}
 	}
+	return nil
 }
 
 // redactURLs hides passwords and tokens in a comma-separated URL list.

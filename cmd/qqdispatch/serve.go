@@ -224,7 +224,8 @@ func (s *server) run(ctx context.Context) error {
 	}
 	names := queue.Config{Prefix: o.nats.prefix, Partitions: o.partitions, Replicas: o.replicas}
 	w, err := worker.New(worker.Config{
-		Conn:   nc,
+		Conn:     nc,
+		WorkerID: o.workerID,
 		Names:  names,
 		Sender: qqsend.New(client),
 		Rules:  rules,
@@ -394,12 +395,11 @@ func (s *server) startHTTP(tel *telemetry.Telemetry) (string, error) {
 // connects to it in-process. It returns the URL producers use.
 func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
 	o := &s.o
-	connected := make(chan struct{}, 1)
 	opts, err := o.nats.options(s.c.name, "qqdispatch worker "+o.workerID)
 	if err != nil {
 		return nil, "", err
 	}
-	opts = append(opts, connectLogHandlers(s.log, connected)...)
+	opts = append(opts, connectLogHandlers(s.log)...)
 
 	if o.nats.url != "" {
 		nc, err := nats.Connect(o.nats.url, opts...)
@@ -407,7 +407,7 @@ func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
 			return nil, "", fmt.Errorf("connect to NATS at %s: %w", redactURLs(o.nats.url), err)
 		}
 		s.onStop(nc.Close)
-		if err := waitConnected(ctx, nc, connected, s.log, o.nats.url); err != nil {
+		if err := waitConnected(ctx, nc, s.log, o.nats.url); err != nil {
 			return nil, "", err
 		}
 		return nc, o.nats.url, nil
@@ -451,7 +451,7 @@ func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
 		return nil, "", fmt.Errorf("connect to the embedded NATS server: %w", err)
 	}
 	s.onStop(nc.Close)
-	if err := waitConnected(ctx, nc, connected, s.log, url); err != nil {
+	if err := waitConnected(ctx, nc, s.log, url); err != nil {
 		return nil, "", err
 	}
 	return nc, url, nil

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -469,4 +470,44 @@ func compact(t *testing.T, raw json.RawMessage) string {
 		t.Fatalf("meta %q: %v", raw, err)
 	}
 	return b.String()
+}
+
+// TestServeWaitsForNATS: with no NATS server yet, serve keeps trying, is
+// alive but not ready, and still exits 0 on SIGINT.
+func TestServeWaitsForNATS(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsURL := "nats://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	hln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := hln.Addr().String()
+	hln.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--sim", "--nats-url", natsURL, "--http-listen", httpAddr, "--log-format", "json"},
+			envFunc(nil), strings.NewReader(""), io.Discard, &errb)
+	}()
+	waitFor(t, "serve to wait for NATS", 30*time.Second, func() bool {
+		return strings.Contains(errb.String(), "waiting for the NATS server")
+	})
+	if code, _ := httpGet(t, "http://"+httpAddr+"/healthz"); code != 200 {
+		t.Fatalf("/healthz = %d while waiting for NATS, want 200", code)
+	}
+	if code, body := httpGet(t, "http://"+httpAddr+"/readyz"); code != 503 || !strings.Contains(body, "not started") {
+		t.Fatalf("/readyz = %d %q while waiting for NATS, want 503", code, body)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("serve exited %d, want 0:\n%s", code, errb.String())
+	}
 }
