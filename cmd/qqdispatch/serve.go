@@ -226,9 +226,9 @@ func (s *server) run(ctx context.Context) error {
 	w, err := worker.New(worker.Config{
 		Conn:     nc,
 		WorkerID: o.workerID,
-		Names:  names,
-		Sender: qqsend.New(client),
-		Rules:  rules,
+		Names:    names,
+		Sender:   qqsend.New(client),
+		Rules:    rules,
 		Pipeline: dispatcher.ProcessorConfig{
 			Owner:       o.workerID,
 			MaxAttempts: o.maxAtt,
