@@ -53,7 +53,8 @@ type Config struct {
 	// Clock provides the timers Wait waits on. Default: the wall clock.
 	Clock Clock
 	// SharedBuckets builds the per-bot and per-endpoint buckets. Default:
-	// NewLocalBucket (this process only).
+	// NewLocalBucket (this process only). FleetBuckets.Bucket (see
+	// NewFleetBuckets) shares them across every worker of the bot.
 	SharedBuckets SharedBucketFactory
 	// StoreTimeout bounds the quota writes that have no caller context
 	// (Feedback, and giving quota back after a failed Reserve). Default
