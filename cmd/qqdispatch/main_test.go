@@ -337,3 +337,36 @@ func TestProgressDrawsOnlyOnATerminal(t *testing.T) {
 		t.Fatalf("progress drew %q", on.String())
 	}
 }
+
+// TestDocsListEveryFlag keeps docs/cli.md in step with the code: every
+// flag and environment variable of every command's --help is documented.
+func TestDocsListEveryFlag(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "cli.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"serve"}, {"send"}, {"outcome"}, {"dlq", "ls"}, {"dlq", "show"}, {"dlq", "replay"}, {"dlq", "purge"}, {"sim"}} {
+		r := runCLI(t, nil, append(cmd, "--help")...)
+		for _, line := range strings.Split(r.stdout, "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 {
+				continue
+			}
+			var want string
+			switch {
+			case strings.HasPrefix(f[0], "--"):
+				want = "`" + f[0] + "`"
+			case f[0] == "env" && len(f) == 2:
+				want = "`" + f[1] + "`"
+			case len(f) == 1 && strings.ToUpper(f[0]) == f[0] && strings.Contains(f[0], "_"):
+				want = "`" + f[0] + "`" // an environment-only variable
+			default:
+				continue
+			}
+			if !strings.Contains(string(doc), want) {
+				t.Errorf("docs/cli.md does not mention %s (from qqdispatch %s --help)", want, strings.Join(cmd, " "))
+			}
+		}
+	}
+}

@@ -70,7 +70,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	c.String(&o.guildID, "guild-id", "QQDISPATCH_SEND_GUILD_ID", "", "channel scene: the guild `id` that owns the channel")
 	c.String(&o.id, "id", "QQDISPATCH_SEND_ID", "", "job `id` (idempotency key; default: generated)")
 	c.String(&o.notAfter, "not-after", "QQDISPATCH_SEND_NOT_AFTER", "", "give up (expired) if not sent by this RFC 3339 `time`")
-	c.String(&o.onQuota, "on-quota", "QQDISPATCH_SEND_ON_QUOTA", "", "when a quota is used up: `fail` (default) or defer")
+	c.String(&o.onQuota, "on-quota", "QQDISPATCH_SEND_ON_QUOTA", "", "`policy` when a quota is used up: fail (default) or defer")
 	c.String(&o.meta, "meta", "QQDISPATCH_SEND_META", "", "`JSON` object echoed into the outcome")
 	c.String(&o.message, "message", "QQDISPATCH_SEND_MESSAGE", "", "full QQ message body as a `JSON` object (instead of --content/--msg-type/--msg-id/--event-id)")
 	c.String(&o.file, "file", "QQDISPATCH_SEND_FILE", "", "read the job from `FILE` (.json: one job; .jsonl/.ndjson or -: one job per line)")
