@@ -194,7 +194,6 @@ func (s *server) run(ctx context.Context) error {
 	if o.workerID == "" {
 		o.workerID = defaultWorkerID()
 	}
-	s.log = s.log.With().Str("worker_id", o.workerID).Logger()
 
 	tel, err := telemetry.New(telemetry.Config{
 		Connected: func() bool { nc := s.conn.Load(); return nc != nil && nc.IsConnected() },
@@ -253,7 +252,7 @@ func (s *server) run(ctx context.Context) error {
 		_ = w.Stop(context.Background())
 		return err
 	}
-	s.log.Info().Str("nats_url", redactURLs(natsURL)).Str("http_url", httpURL).Str("sim_url", s.simURL).
+	s.log.Info().Str("worker_id", o.workerID).Str("nats_url", redactURLs(natsURL)).Str("http_url", httpURL).Str("sim_url", s.simURL).
 		Int("partitions", o.partitions).Int("concurrency", o.concurr).Bool("rules", policy != nil).Msg("qqdispatch ready")
 
 	<-ctx.Done()
