@@ -179,6 +179,18 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 		t.Fatalf("passive send --file --wait: want sent with msg_seq 1\n%s", r)
 	}
 
+	// The same from flags, as a second reply to that message.
+	r = runCLI(t, nil, "send", "--nats-url", u, "--scene", "group", "--target", "g2", "--content", "another reply",
+		"--msg-id", in.MsgID, "--received-at", "now", "--wait")
+	if o := decodeOutcome(t, r); r.code != 0 || o.Status != dispatcher.StatusSent || o.MsgSeq != 2 {
+		t.Fatalf("passive send from flags: want sent with msg_seq 2\n%s", r)
+	}
+	// A job id is printed without --wait.
+	r = runCLI(t, nil, "send", "--nats-url", u, "--scene", "dm", "--target", "d9", "--content", "no wait", "--id", "job-nowait")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "job-nowait" {
+		t.Fatalf("send without --wait: want the job id on stdout\n%s", r)
+	}
+
 	// An outcome that is not delivered: exit 1, the outcome printed.
 	r = runCLI(t, nil, "send", "--nats-url", u, "--scene", "c2c", "--target", "u1", "--content", "hi", "--id", "job-c2c", "--wait")
 	if o := decodeOutcome(t, r); r.code != 1 || o.Status != dispatcher.StatusRejected {
