@@ -356,16 +356,30 @@ type partition struct {
 	done     chan struct{} // the pull loop ended
 	released chan struct{} // lanes drained, parked jobs handed back, unpinned
 
+	recovered chan struct{} // closed when recovering ends
+	mayPullAt time.Time     // when a lost holder's messages are due again
+
 	// Guarded by c.mu.
-	held       int         // messages of this partition held here
-	recovering bool        // a previous owner may still hold older messages
-	parked     []*delivery // first deliveries waiting for the recovery
+	held        int         // messages of this partition held here
+	recovering  bool        // a previous owner may still hold older messages
+	parked      []*delivery // messages waiting for the recovery to end
+	parkedFirst int         // how many of them are first deliveries
+	missing     int         // pending messages held elsewhere, at the last look
+	overdrawn   int         // messages held beyond the worker's slots
+	pinned      bool        // a pull returned messages: the server pinned us
+	pinID       string      // the pin the server gave us
 }
+
+// parkLimit is how many first deliveries a recovering partition parks
+// before it waits for the previous owner's messages to come due: the
+// redeliveries need free slots to arrive in.
+const parkLimit = 32
 
 func (c *Consumer) newPartition(n int, cons jetstream.Consumer) *partition {
 	ctx, cancel := context.WithCancel(c.runCtx)
 	return &partition{c: c, n: n, cons: cons, ctx: ctx, cancel: cancel,
 		done: make(chan struct{}), released: make(chan struct{}), recovering: true,
+		recovered: make(chan struct{}), mayPullAt: time.Now().Add(c.cfg.AckWait + time.Second),
 		log: c.log.With().Int("partition", n).Logger()}
 }
 
@@ -390,7 +404,10 @@ func (p *partition) start() {
 // are back), and then queues the parked messages by stream sequence.
 func (p *partition) recover() {
 	c := p.c
-	giveUp := time.Now().Add(2 * c.cfg.AckWait)
+	// A previous owner that is alive but lost the partition hands its
+	// messages back within seconds; one that never does is stuck, and the
+	// partition goes on without it.
+	giveUp := time.Now().Add(3 * c.cfg.AckWait)
 	for {
 		info, err := p.cons.Info(p.ctx)
 		if p.ctx.Err() != nil {
@@ -399,13 +416,19 @@ func (p *partition) recover() {
 		c.mu.Lock()
 		held := p.held
 		c.mu.Unlock()
-		done := err == nil && info.NumAckPending <= held
+		done := err == nil && info.NumAckPending <= held && p.pinFree(info)
+		if err == nil {
+			c.mu.Lock()
+			p.missing = info.NumAckPending - held
+			c.mu.Unlock()
+		}
 		if !done && time.Now().After(giveUp) {
 			p.log.Warn().Int("pending", pendingOf(info)).Int("held", held).Msg("previous owner's messages did not all come back; resuming")
 			done = true
 		}
 		if done {
 			c.mu.Lock()
+			p.log.Debug().Int("pending", pendingOf(info)).Int("held", held).Int("parked", len(p.parked)).Msg("partition taken over")
 			p.recovering = false
 			// Redeliveries come back in the order their ack timers ran
 			// out, not in stream order: line everything up by sequence.
@@ -414,6 +437,8 @@ func (p *partition) recover() {
 				c.enqueueLocked(p, d)
 			}
 			p.parked = nil
+			p.parkedFirst = 0
+			close(p.recovered)
 			c.mu.Unlock()
 			return
 		}
@@ -423,6 +448,20 @@ func (p *partition) recover() {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// pinFree reports whether no other worker holds the partition's pin: a
+// previous owner may receive messages until it lets go.
+func (p *partition) pinFree(info *jetstream.ConsumerInfo) bool {
+	p.c.mu.Lock()
+	mine := p.pinID
+	p.c.mu.Unlock()
+	for _, g := range info.PriorityGroups {
+		if g.Group == PriorityGroup && g.PinnedClientID != "" && g.PinnedClientID != mine {
+			return false
+		}
+	}
+	return true
 }
 
 func pendingOf(info *jetstream.ConsumerInfo) int {
@@ -446,12 +485,20 @@ func (p *partition) release(ctx context.Context) {
 	parked := p.parked
 	p.parked = nil
 	p.c.mu.Unlock()
+	p.log.Debug().Int("parked", len(parked)).Msg("partition released")
 	for _, d := range parked {
 		if err := d.Release(); err != nil {
 			p.log.Debug().Err(err).Msg("release parked job")
 		}
 	}
-	p.unpin(ctx)
+	p.c.mu.Lock()
+	pinned := p.pinned
+	p.c.mu.Unlock()
+	if pinned {
+		// Only the holder of the pin may give it up; unpinning blindly
+		// would unpin whoever owns the partition now.
+		p.unpin(ctx)
+	}
 	close(p.released)
 }
 
@@ -473,14 +520,15 @@ func (p *partition) loop() {
 	for {
 		// Pull only with room to hold what arrives: no message waits in a
 		// client buffer with its ack timer running.
-		select {
-		case c.slots <- struct{}{}:
-		case <-p.ctx.Done():
+		if !p.mayPull() {
 			return
 		}
-		n := 1
+		n, overdraft, ok := p.takeSlots()
+		if !ok {
+			return
+		}
 	more:
-		for n < c.cfg.FetchBatch {
+		for !overdraft && n < c.cfg.FetchBatch {
 			select {
 			case c.slots <- struct{}{}:
 				n++
@@ -488,11 +536,15 @@ func (p *partition) loop() {
 				break more
 			}
 		}
-		fctx, fcancel := context.WithTimeout(p.ctx, c.cfg.FetchWait)
-		batch, err := p.cons.Fetch(n, jetstream.FetchPriorityGroup(PriorityGroup), jetstream.FetchContext(fctx))
+		// The pull is not cut short when the partition stops, and it waits
+		// for the server to end it: a message the server sends just
+		// before the pull expires must not be dropped by a client that
+		// stopped listening, or it would sit unseen until its ack wait ran
+		// out and then come back out of order. What a pull brings after
+		// the partition stopped is handed back in order.
+		batch, err := p.cons.Fetch(n, jetstream.FetchPriorityGroup(PriorityGroup), jetstream.FetchMaxWait(c.cfg.FetchWait))
 		if err != nil {
-			fcancel()
-			c.freeSlots(n)
+			p.returnSlots(n, overdraft)
 			if p.ctx.Err() != nil {
 				return
 			}
@@ -507,10 +559,9 @@ func (p *partition) loop() {
 		got := 0
 		for msg := range batch.Messages() {
 			got++
-			c.dispatch(p, msg)
+			c.dispatch(p, msg, overdraft)
 		}
-		fcancel()
-		c.freeSlots(n - got)
+		p.returnSlots(n-got, overdraft)
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && p.ctx.Err() == nil {
 			p.log.Debug().Err(err).Msg("fetch ended")
 		}
@@ -520,9 +571,74 @@ func (p *partition) loop() {
 	}
 }
 
-func (c *Consumer) freeSlots(n int) {
+// mayPull waits while a recovering partition has parked its share of
+// first deliveries and the previous owner's messages are not yet due. It
+// reports false when the partition stops.
+func (p *partition) mayPull() bool {
+	c := p.c
+	for {
+		c.mu.Lock()
+		ok := !p.recovering || p.parkedFirst < parkLimit
+		c.mu.Unlock()
+		if ok || !time.Now().Before(p.mayPullAt) {
+			return p.ctx.Err() == nil
+		}
+		select {
+		case <-p.recovered:
+		case <-time.After(time.Until(p.mayPullAt)):
+		case <-p.ctx.Done():
+			return false
+		}
+	}
+}
+
+// takeSlots waits for a free slot to pull into. A recovering partition
+// whose previous owner's messages are due may overdraw by one message at a
+// time, up to the number still missing: those redeliveries must get in
+// even when the worker's slots are full, or the partition could wait on
+// them forever.
+func (p *partition) takeSlots() (n int, overdraft, ok bool) {
+	c := p.c
+	for {
+		select {
+		case c.slots <- struct{}{}:
+			return 1, false, true
+		default:
+		}
+		c.mu.Lock()
+		od := p.recovering && !time.Now().Before(p.mayPullAt) && p.overdrawn < p.missing
+		if od {
+			p.overdrawn++
+		}
+		c.mu.Unlock()
+		if od {
+			return 1, true, true
+		}
+		wake := time.Until(p.mayPullAt)
+		if wake <= 0 {
+			wake = 250 * time.Millisecond
+		}
+		select {
+		case c.slots <- struct{}{}:
+			return 1, false, true
+		case <-p.ctx.Done():
+			return 0, false, false
+		case <-time.After(wake):
+		}
+	}
+}
+
+// returnSlots gives back n slots taken for a pull that brought fewer
+// messages.
+func (p *partition) returnSlots(n int, overdraft bool) {
+	if overdraft {
+		p.c.mu.Lock()
+		p.overdrawn -= n
+		p.c.mu.Unlock()
+		return
+	}
 	for range n {
-		<-c.slots
+		<-p.c.slots
 	}
 }
 
@@ -556,11 +672,12 @@ func (c *Consumer) keepalive() {
 // delivery adapts a JetStream message to dispatcher.Delivery; the consumer
 // keeps it alive until it is acked or released.
 type delivery struct {
-	c    *Consumer
-	p    *partition
-	msg  jetstream.Msg
-	env  dispatcher.Envelope
-	once sync.Once
+	c         *Consumer
+	p         *partition
+	msg       jetstream.Msg
+	env       dispatcher.Envelope
+	overdraft bool // held beyond the worker's slots (see takeSlots)
+	once      sync.Once
 }
 
 func (d *delivery) Envelope() dispatcher.Envelope { return d.env }
@@ -584,8 +701,13 @@ func (d *delivery) unhold() {
 		d.c.heldMu.Unlock()
 		d.c.mu.Lock()
 		d.p.held--
+		if d.overdraft {
+			d.p.overdrawn--
+		}
 		d.c.mu.Unlock()
-		<-d.c.slots
+		if !d.overdraft {
+			<-d.c.slots
+		}
 	})
 }
 
@@ -597,12 +719,14 @@ type lane struct {
 	idle  chan struct{} // closed when the lane finished
 }
 
-func (c *Consumer) dispatch(p *partition, msg jetstream.Msg) {
+func (c *Consumer) dispatch(p *partition, msg jetstream.Msg, overdraft bool) {
 	env := dispatcher.Envelope{Subject: OriginalSubject(c.cfg.Names, msg.Subject()), Data: msg.Data(), Header: msg.Headers()}
+	first := true
 	if md, err := msg.Metadata(); err == nil {
 		env.Seq = md.Sequence.Stream
+		first = md.NumDelivered <= 1
 	}
-	d := &delivery{c: c, p: p, msg: msg, env: env}
+	d := &delivery{c: c, p: p, msg: msg, env: env, overdraft: overdraft}
 	c.heldMu.Lock()
 	c.held[d] = struct{}{}
 	c.heldMu.Unlock()
@@ -610,8 +734,15 @@ func (c *Consumer) dispatch(p *partition, msg jetstream.Msg) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p.held++
+	p.pinned = true
+	if id := msg.Headers().Get("Nats-Pin-Id"); id != "" {
+		p.pinID = id
+	}
 	if p.recovering {
 		p.parked = append(p.parked, d)
+		if first {
+			p.parkedFirst++
+		}
 		return
 	}
 	c.enqueueLocked(p, d)

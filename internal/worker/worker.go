@@ -102,6 +102,9 @@ func New(cfg Config) (*Worker, error) {
 	} else {
 		w.log = zerolog.Nop()
 	}
+	if cfg.WorkerID != "" {
+		w.log = w.log.With().Str("worker_id", cfg.WorkerID).Logger()
+	}
 	return w, nil
 }
 
