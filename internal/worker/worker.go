@@ -151,7 +151,14 @@ func (w *Worker) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		w.lim, err = ratelimit.New(ratelimit.Config{Policy: rc.Policy, KV: kv, BotID: rc.BotID, Clock: rc.Clock, Logger: &w.log})
+		// Per-bot and per-endpoint rates are shared by the whole fleet:
+		// workers lease time slots from one calendar per bucket in KV.
+		fleet, err := ratelimit.NewFleetBuckets(kv, ratelimit.FleetOptions{Clock: rc.Clock, Logger: &w.log})
+		if err != nil {
+			return err
+		}
+		w.lim, err = ratelimit.New(ratelimit.Config{Policy: rc.Policy, KV: kv, BotID: rc.BotID, Clock: rc.Clock,
+			SharedBuckets: fleet.Bucket, Logger: &w.log})
 		if err != nil {
 			return err
 		}
