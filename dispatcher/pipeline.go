@@ -110,7 +110,9 @@ type ProcessorConfig struct {
 // Observer receives pipeline events, e.g. to export metrics. Calls must not
 // block.
 type Observer interface {
-	Attempt(scene Scene, class ErrorClass, took time.Duration) // class is ClassUnknown on success
+	// Attempt reports one API call: err is nil when it succeeded, else a
+	// *SendError (or another error, classified ClassUnknown).
+	Attempt(scene Scene, err error, took time.Duration)
 	Outcome(o Outcome, took time.Duration)
 }
 
@@ -457,7 +459,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		took := p.cfg.Clock.Now().Sub(callStart)
 		class := ClassOf(err)
 		if p.cfg.Observer != nil {
-			p.cfg.Observer.Attempt(j.Scene, class, took)
+			p.cfg.Observer.Attempt(j.Scene, err, took)
 		}
 		if p.cfg.Limiter != nil {
 			p.cfg.Limiter.Feedback(j, class)

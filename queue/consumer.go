@@ -245,6 +245,14 @@ func (c *Consumer) Assign(ctx context.Context, partitions []int) error {
 	return nil
 }
 
+// Held is the number of job messages this worker holds: being handled, or
+// waiting behind an earlier job for the same target.
+func (c *Consumer) Held() int {
+	c.heldMu.Lock()
+	defer c.heldMu.Unlock()
+	return len(c.held)
+}
+
 // Partitions lists the partitions being consumed.
 func (c *Consumer) Partitions() []int {
 	c.mu.Lock()

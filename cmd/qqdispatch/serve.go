@@ -195,9 +195,22 @@ func (s *server) run(ctx context.Context) error {
 		o.workerID = defaultWorkerID()
 	}
 
+	var running atomic.Pointer[worker.Worker]
 	tel, err := telemetry.New(telemetry.Config{
 		Connected: func() bool { nc := s.conn.Load(); return nc != nil && nc.IsConnected() },
 		Version:   versionString(),
+		Held: func() int {
+			if w := running.Load(); w != nil {
+				return w.Held()
+			}
+			return 0
+		},
+		Partitions: func() int {
+			if w := running.Load(); w != nil {
+				return len(w.Partitions())
+			}
+			return 0
+		},
 	})
 	if err != nil {
 		return err
@@ -246,6 +259,7 @@ func (s *server) run(ctx context.Context) error {
 		}
 		return fmt.Errorf("start worker: %w", err)
 	}
+	running.Store(w)
 	s.checkCredentials(ctx, client, tel)
 	tel.SetStarted(true)
 	if err := s.writeReadyFile(natsURL, httpURL); err != nil {

@@ -43,6 +43,12 @@ type Config struct {
 	Version string
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Held reports the job messages the worker holds (running or queued
+	// behind their target's earlier jobs). Default: nil, exported as 0.
+	Held func() int
+	// Partitions reports how many partitions the worker consumes.
+	// Default: nil, exported as 0.
+	Partitions func() int
 }
 
 // Telemetry collects a worker's metrics and answers its health probes. It
@@ -120,8 +126,18 @@ func New(cfg Config) (*Telemetry, error) {
 		}
 		return 0
 	})
+	gauge := func(name, help string, f func() int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: name, Help: help}, func() float64 {
+			if f == nil {
+				return 0
+			}
+			return float64(f())
+		})
+	}
+	held := gauge("jobs_held", "Job messages this worker holds: being sent, or queued behind an earlier job for the same target.", cfg.Held)
+	parts := gauge("partitions_owned", "Partitions this worker consumes.", cfg.Partitions)
 	for _, c := range []prometheus.Collector{
-		t.jobs, t.attempts, t.callDur, t.jobDur, build, ready, connected,
+		t.jobs, t.attempts, t.callDur, t.jobDur, build, ready, connected, held, parts,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {
@@ -141,13 +157,13 @@ func New(cfg Config) (*Telemetry, error) {
 // Registry is the registry the metrics live on.
 func (t *Telemetry) Registry() *prometheus.Registry { return t.reg }
 
-// Attempt records one call to a send endpoint. The pipeline reports a
-// successful call as dispatcher.ClassUnknown, so that class is exported as
-// "ok".
-func (t *Telemetry) Attempt(scene dispatcher.Scene, class dispatcher.ErrorClass, took time.Duration) {
+// Attempt records one call to a send endpoint: class "ok" for a call that
+// succeeded, else the error's class.
+func (t *Telemetry) Attempt(scene dispatcher.Scene, err error, took time.Duration) {
 	sc := sceneLabel(scene)
 	cl := "ok"
-	if class != dispatcher.ClassUnknown {
+	class := dispatcher.ClassOf(err)
+	if err != nil {
 		cl = class.String()
 	}
 	t.attempts.WithLabelValues(sc, cl).Inc()

@@ -73,9 +73,9 @@ func TestNewRejectsNegativeWindow(t *testing.T) {
 func TestMetricsCountAttemptsAndOutcomes(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.tel.Attempt(dispatcher.SceneGroup, dispatcher.ClassUnknown, 20*time.Millisecond)
-	b.tel.Attempt(dispatcher.SceneGroup, dispatcher.ClassTransient, 30*time.Millisecond)
-	b.tel.Attempt(dispatcher.SceneGroup, dispatcher.ClassTransient, 30*time.Millisecond)
+	b.tel.Attempt(dispatcher.SceneGroup, nil, 20*time.Millisecond)
+	b.tel.Attempt(dispatcher.SceneGroup, &dispatcher.SendError{Class: dispatcher.ClassTransient}, 30*time.Millisecond)
+	b.tel.Attempt(dispatcher.SceneGroup, &dispatcher.SendError{Class: dispatcher.ClassTransient}, 30*time.Millisecond)
 	b.tel.Outcome(dispatcher.Outcome{JobID: "secret-job-id", Scene: dispatcher.SceneGroup, Target: "TARGET-OPENID",
 		Status: dispatcher.StatusSent, Meta: []byte(`{"x":"META-VALUE"}`)}, time.Second)
 	b.tel.Outcome(dispatcher.Outcome{JobID: "j2", Status: dispatcher.StatusInvalid}, time.Millisecond)
@@ -136,7 +136,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	b.connected.Store(true)
 
-	b.tel.Attempt(dispatcher.SceneC2C, dispatcher.ClassConfiguration, time.Millisecond)
+	b.tel.Attempt(dispatcher.SceneC2C, &dispatcher.SendError{Class: dispatcher.ClassConfiguration}, time.Millisecond)
 	check("/readyz", 503, "configuration error")
 	b.clk.Add(telemetry.ConfigErrorWindowDefault - time.Second)
 	check("/readyz", 503, "configuration error")

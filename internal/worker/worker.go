@@ -180,10 +180,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	if cc.Logger == nil {
 		cc.Logger = &w.log
 	}
-	w.cons, err = queue.NewConsumer(w.js, cc)
+	cons, err := queue.NewConsumer(w.js, cc)
 	if err != nil {
 		return err
 	}
+	w.mu.Lock()
+	w.cons = cons
+	w.mu.Unlock()
 	if err := w.cons.Start(ctx, w.cfg.Partitions); err != nil {
 		return err
 	}
@@ -227,6 +230,28 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	w.log.Info().Dur("took", time.Since(start)).AnErr("error", err).Msg("worker stopped")
 	return err
+}
+
+// Held is the number of job messages the worker holds (0 before Start).
+func (w *Worker) Held() int {
+	if c := w.consumer(); c != nil {
+		return c.Held()
+	}
+	return 0
+}
+
+// Partitions are the partitions the worker consumes now.
+func (w *Worker) Partitions() []int {
+	if c := w.consumer(); c != nil {
+		return c.Partitions()
+	}
+	return nil
+}
+
+func (w *Worker) consumer() *queue.Consumer {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cons
 }
 
 // JetStream is the worker's JetStream context.
