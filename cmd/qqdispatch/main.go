@@ -1,7 +1,7 @@
 // Command qqdispatch is the queue-backed outbound message dispatcher for QQ
 // bots: one binary that runs a worker (serve), publishes jobs (send), reads
-// outcomes (outcome), administers the dead-letter queue (dlq) and runs the
-// QQ OpenAPI simulator (sim). Run `qqdispatch help` for the commands and
+// outcomes (outcome), administers the dead-letter queue (dlq), shows the
+// fleet (status) and runs the QQ OpenAPI simulator (sim). Run `qqdispatch help` for the commands and
 // docs/cli.md for the whole reference.
 package main
 
@@ -47,6 +47,7 @@ func commands() []commandInfo {
 		{"send", "publish a job, or many from a JSON Lines file; --wait prints its outcome", cmdSend},
 		{"outcome", "print a job's outcome; --watch waits for it", cmdOutcome},
 		{"dlq", "list, show, replay and purge the dead-letter queue", cmdDLQ},
+		{"status", "show the fleet: members, partition owners, backlog and lag", cmdStatus},
 		{"sim", "run the QQ OpenAPI simulator as an HTTP server", cmdSim},
 		{"version", "print the version", cmdVersion},
 	}

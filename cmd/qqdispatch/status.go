@@ -1,0 +1,430 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+const statusDesc = `
+Print the fleet as the NATS cluster sees it: the live workers (from their heartbeats in the KV bucket
+qqdispatch_members), which worker owns each partition of the jobs stream, and each partition's backlog and lag.
+
+Members: id, host, pid, start time, age of the last heartbeat, and the partitions the worker announces it consumes.
+Partitions: the owner (from the members' announcements), whether the server has pinned a puller to the partition's
+consumer and since when, BACKLOG (jobs not yet delivered to any worker), IN FLIGHT (delivered, not yet finished:
+being sent, or queued behind an earlier job for the same target), and OLDEST (age of the oldest unfinished job).
+NOTE flags a partition with no owner or with two, one whose rendezvous owner differs from the announced one (a
+hand-over in progress), and a partition with jobs but no consumer. Problems are listed at the end; the exit status
+is 0 whenever the status could be read.`
+
+const statusExamples = `
+qqdispatch status
+qqdispatch status --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222
+qqdispatch status --json | jq '.partitions[] | select(.backlog > 0)'`
+
+// statusMember is one live worker in `status` output.
+type statusMember struct {
+	ID            string    `json:"id"`
+	Host          string    `json:"host,omitempty"`
+	PID           int       `json:"pid,omitempty"`
+	Started       time.Time `json:"started"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+	HeartbeatAge  float64   `json:"heartbeat_age_seconds"`
+	Partitions    []int     `json:"partitions"`
+	Note          string    `json:"note,omitempty"`
+}
+
+// statusPartition is one partition in `status` output.
+type statusPartition struct {
+	Partition int `json:"partition"`
+	// Owners are the members announcing the partition: one normally, none
+	// or two during a hand-over or after a crash.
+	Owners []string `json:"owners"`
+	// Assigned is the member rendezvous hashing gives the partition now;
+	// it differs from Owners while the partition moves.
+	Assigned string `json:"assigned,omitempty"`
+	// Consumer says whether the partition's durable consumer exists.
+	Consumer    bool       `json:"consumer"`
+	Pinned      bool       `json:"pinned"`
+	PinnedSince *time.Time `json:"pinned_since,omitempty"`
+	Backlog     uint64     `json:"backlog"`
+	InFlight    int        `json:"in_flight"`
+	Redelivered int        `json:"redelivered"`
+	// OldestAge is the age of the oldest unfinished job, waiting or in
+	// flight; absent when the partition is empty.
+	OldestAge *float64 `json:"oldest_age_seconds,omitempty"`
+	Note      string   `json:"note,omitempty"`
+}
+
+// statusTotals sums the partitions.
+type statusTotals struct {
+	Members    int      `json:"members"`
+	Partitions int      `json:"partitions"`
+	Owned      int      `json:"owned"`
+	Unowned    int      `json:"unowned"`
+	Contested  int      `json:"contested"`
+	Moving     int      `json:"moving"`
+	Backlog    uint64   `json:"backlog"`
+	InFlight   int      `json:"in_flight"`
+	OldestAge  *float64 `json:"oldest_age_seconds,omitempty"`
+}
+
+// fleetStatus is everything `status` prints.
+type fleetStatus struct {
+	At         time.Time         `json:"at"`
+	Stream     string            `json:"stream"`
+	MemberTTL  float64           `json:"member_ttl_seconds,omitempty"`
+	Members    []statusMember    `json:"members"`
+	Partitions []statusPartition `json:"partitions"`
+	Totals     statusTotals      `json:"totals"`
+	Problems   []string          `json:"problems"`
+}
+
+func cmdStatus(ctx context.Context, cl *cli, args []string) error {
+	var (
+		nf      natsFlags
+		asJSON  bool
+		timeout time.Duration
+	)
+	c := newCommand("status", "qqdispatch status [flags]", statusDesc, statusExamples)
+	nf.register(c, defaultNATSURL, "NATS server `URLs`, comma-separated")
+	c.Bool(&asJSON, "json", "QQDISPATCH_STATUS_JSON", false, "print one JSON object instead of tables")
+	c.Duration(&timeout, "timeout", "QQDISPATCH_STATUS_TIMEOUT", 10*time.Second, "give up after this long")
+	pos, err := c.parse(args, cl.env, cl.stdout)
+	if err != nil {
+		return err
+	}
+	nf.password = cl.env("NATS_PASSWORD")
+	if err := c.noArgs(pos); err != nil {
+		return err
+	}
+	if timeout <= 0 {
+		return usagef(c.name, "--timeout must be positive")
+	}
+	nc, js, err := nf.connectOnce(c.name)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st, err := collectStatus(ctx, js, nf.names(), time.Now)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("status: no complete answer from NATS within --timeout %s: %w", timeout, err)
+		}
+		return err
+	}
+	if asJSON {
+		return printJSON(cl.stdout, st)
+	}
+	return printStatus(cl.stdout, st)
+}
+
+// partitionCountRE finds P in the jobs stream's subject transform,
+// {{partition(P,1,2)}}.
+var partitionCountRE = regexp.MustCompile(`partition\((\d+)\s*,`)
+
+// partitionCount reads the number of partitions from the jobs stream's
+// subject transform, so `status` needs no --partitions flag that could
+// disagree with the workers'.
+func partitionCount(cfg jetstream.StreamConfig) (int, error) {
+	if cfg.SubjectTransform != nil {
+		if m := partitionCountRE.FindStringSubmatch(cfg.SubjectTransform.Destination); m != nil {
+			if n, err := strconv.Atoi(m[1]); err == nil && n > 0 {
+				return n, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("status: stream %s has no partition transform (is it a qqdispatch jobs stream?)", cfg.Name)
+}
+
+// collectStatus reads the members bucket, the jobs stream and its
+// partition consumers.
+func collectStatus(ctx context.Context, js jetstream.JetStream, names queue.Config, now func() time.Time) (*fleetStatus, error) {
+	names = names.WithDefaults()
+	stream, err := js.Stream(ctx, names.JobsStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("status: no stream %s on this server (start `qqdispatch serve` once, it creates it)", names.JobsStream)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("status: stream %s: %w", names.JobsStream, err)
+	}
+	n, err := partitionCount(stream.CachedInfo().Config)
+	if err != nil {
+		return nil, err
+	}
+	names.Partitions = n
+
+	var (
+		members []queue.Member
+		ttl     time.Duration
+	)
+	kv, err := js.KeyValue(ctx, queue.MembersBucketDefault)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		// No worker has joined a fleet yet: every partition is unowned.
+	case err != nil:
+		return nil, fmt.Errorf("status: members bucket %s: %w", queue.MembersBucketDefault, err)
+	default:
+		if members, err = queue.ListMembers(ctx, kv); err != nil {
+			return nil, fmt.Errorf("status: %w", err)
+		}
+		if s, err := kv.Status(ctx); err == nil {
+			ttl = s.TTL()
+		}
+	}
+
+	infos := map[int]*jetstream.ConsumerInfo{}
+	lister := stream.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		if p, ok := strings.CutPrefix(ci.Name, "part-"); ok {
+			if i, err := strconv.Atoi(p); err == nil && i >= 0 && i < n && queue.ConsumerName(i) == ci.Name {
+				infos[i] = ci
+			}
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return nil, fmt.Errorf("status: list consumers of %s: %w", names.JobsStream, err)
+	}
+
+	// The oldest unfinished job of a busy partition: the first message
+	// stored on its subject past the ack floor (acked jobs are gone from a
+	// work-queue stream). One small request per busy partition.
+	t := now()
+	oldest := map[int]time.Time{}
+	for p := range n {
+		ci := infos[p]
+		if ci == nil || ci.NumPending+uint64(ci.NumAckPending) == 0 {
+			continue
+		}
+		m, err := stream.GetMsg(ctx, ci.AckFloor.Stream+1, jetstream.WithGetMsgSubject(queue.PartitionSubject(names, p)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("status: oldest job of partition %d: %w", p, err)
+		}
+		oldest[p] = m.Time
+	}
+	return buildStatus(names, members, ttl, infos, oldest, t), nil
+}
+
+// buildStatus joins what collectStatus read into the report: owners from
+// the members' announcements, the rendezvous assignment, totals and
+// problems.
+func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, infos map[int]*jetstream.ConsumerInfo, oldest map[int]time.Time, now time.Time) *fleetStatus {
+	n := names.Partitions
+	st := &fleetStatus{At: now.UTC(), Stream: names.JobsStream, Members: []statusMember{}, Partitions: make([]statusPartition, n), Problems: []string{}}
+	if ttl > 0 {
+		st.MemberTTL = ttl.Seconds()
+	}
+	owners := make([][]string, n)
+	ids := make([]string, 0, len(members))
+	for _, m := range members {
+		ids = append(ids, m.ID)
+		parts := slices.Clone(m.Partitions)
+		if parts == nil {
+			parts = []int{}
+		}
+		sort.Ints(parts)
+		sm := statusMember{ID: m.ID, Host: m.Host, PID: m.PID, Started: m.Started, LastHeartbeat: m.Seen,
+			HeartbeatAge: max(now.Sub(m.Seen), 0).Seconds(), Partitions: parts}
+		// Heartbeats come every TTL/3: two missed ones mean trouble.
+		if ttl > 0 && now.Sub(m.Seen) > 2*ttl/3 {
+			sm.Note = "heartbeat late"
+		} else if len(parts) == 0 {
+			sm.Note = "no partitions"
+		}
+		st.Members = append(st.Members, sm)
+		for _, p := range parts {
+			if p >= 0 && p < n {
+				owners[p] = append(owners[p], m.ID)
+			}
+		}
+	}
+	assigned := make([]string, n)
+	for id, ps := range queue.AssignPartitions(ids, n) {
+		for _, p := range ps {
+			assigned[p] = id
+		}
+	}
+	tot := &st.Totals
+	tot.Members, tot.Partitions = len(members), n
+	var oldestAll time.Time
+	for p := range n {
+		sp := statusPartition{Partition: p, Owners: owners[p], Assigned: assigned[p]}
+		if sp.Owners == nil {
+			sp.Owners = []string{}
+		}
+		if ci := infos[p]; ci != nil {
+			sp.Consumer = true
+			sp.Backlog, sp.InFlight, sp.Redelivered = ci.NumPending, ci.NumAckPending, ci.NumRedelivered
+			for _, g := range ci.PriorityGroups {
+				if g.Group == queue.PriorityGroup && g.PinnedClientID != "" {
+					sp.Pinned = true
+					if !g.PinnedTS.IsZero() {
+						ts := g.PinnedTS.UTC()
+						sp.PinnedSince = &ts
+					}
+				}
+			}
+		}
+		if at, ok := oldest[p]; ok {
+			age := max(now.Sub(at), 0).Seconds()
+			sp.OldestAge = &age
+			if oldestAll.IsZero() || at.Before(oldestAll) {
+				oldestAll = at
+			}
+		}
+		var notes []string
+		switch len(sp.Owners) {
+		case 0:
+			tot.Unowned++
+			notes = append(notes, "no owner")
+			if len(members) > 0 {
+				st.Problems = append(st.Problems, fmt.Sprintf("partition %d has no owner", p))
+			}
+		case 1:
+			tot.Owned++
+		default:
+			tot.Owned++
+			tot.Contested++
+			notes = append(notes, fmt.Sprintf("%d owners", len(sp.Owners)))
+			st.Problems = append(st.Problems, fmt.Sprintf("partition %d is announced by %d workers: %s", p, len(sp.Owners), strings.Join(sp.Owners, ", ")))
+		}
+		if sp.Assigned != "" && !(len(sp.Owners) == 1 && sp.Owners[0] == sp.Assigned) {
+			tot.Moving++
+			notes = append(notes, "moving to "+sp.Assigned)
+		}
+		if !sp.Consumer {
+			notes = append(notes, "no consumer")
+			if len(sp.Owners) > 0 {
+				st.Problems = append(st.Problems, fmt.Sprintf("partition %d is owned but has no consumer %s", p, queue.ConsumerName(p)))
+			}
+		}
+		sp.Note = strings.Join(notes, "; ")
+		tot.Backlog += sp.Backlog
+		tot.InFlight += sp.InFlight
+		st.Partitions[p] = sp
+	}
+	if !oldestAll.IsZero() {
+		age := max(now.Sub(oldestAll), 0).Seconds()
+		tot.OldestAge = &age
+	}
+	if len(members) == 0 {
+		st.Problems = append(st.Problems, "no live workers: no member has a heartbeat in "+queue.MembersBucketDefault)
+	}
+	return st
+}
+
+// printStatus prints the summary line, the members and the partitions as
+// tables, then the problems.
+func printStatus(w io.Writer, st *fleetStatus) error {
+	var b strings.Builder
+	tot := st.Totals
+	fmt.Fprintf(&b, "fleet: %d members, %d partitions (%d owned, %d without owner, %d with two or more owners, %d moving); backlog %d, in flight %d",
+		tot.Members, tot.Partitions, tot.Owned, tot.Unowned, tot.Contested, tot.Moving, tot.Backlog, tot.InFlight)
+	if tot.OldestAge != nil {
+		fmt.Fprintf(&b, ", oldest job %s", secs(*tot.OldestAge))
+	}
+	b.WriteString("\n\n")
+
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tHOST\tPID\tSTARTED\tHEARTBEAT\tPARTITIONS\tNOTE")
+	if len(st.Members) == 0 {
+		fmt.Fprintln(tw, "(none)\t\t\t\t\t\t")
+	}
+	for _, m := range st.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s (%s ago)\t%s ago\t%s\t%s\n", m.ID, dash(m.Host), m.PID,
+			m.Started.UTC().Format(time.RFC3339), secs(st.At.Sub(m.Started).Seconds()), secs(m.HeartbeatAge),
+			partitionList(m.Partitions), m.Note)
+	}
+	_ = tw.Flush()
+	b.WriteString("\n")
+
+	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PARTITION\tOWNER\tPINNED FOR\tBACKLOG\tIN FLIGHT\tOLDEST\tNOTE")
+	for _, p := range st.Partitions {
+		pinned := "no"
+		if p.Pinned {
+			pinned = "yes"
+			if p.PinnedSince != nil {
+				pinned = secs(st.At.Sub(*p.PinnedSince).Seconds())
+			}
+		}
+		if !p.Consumer {
+			pinned = "-"
+		}
+		oldest := "-"
+		if p.OldestAge != nil {
+			oldest = secs(*p.OldestAge)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%s\n", p.Partition, dash(strings.Join(p.Owners, ",")), pinned,
+			p.Backlog, p.InFlight, oldest, p.Note)
+	}
+	_ = tw.Flush()
+	if len(st.Problems) > 0 {
+		b.WriteString("\nproblems:\n")
+		for _, p := range st.Problems {
+			b.WriteString("  " + p + "\n")
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// partitionList writes sorted partitions compactly: "0-3,7,9-10 (7)".
+func partitionList(ps []int) string {
+	if len(ps) == 0 {
+		return "-"
+	}
+	var parts []string
+	for i := 0; i < len(ps); {
+		j := i
+		for j+1 < len(ps) && ps[j+1] == ps[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", ps[i], ps[j]))
+		} else {
+			parts = append(parts, strconv.Itoa(ps[i]))
+		}
+		i = j + 1
+	}
+	return fmt.Sprintf("%s (%d)", strings.Join(parts, ","), len(ps))
+}
+
+// secs formats seconds for a person: 850ms, 4.2s, 3m10s, 2h5m.
+func secs(s float64) string {
+	d := time.Duration(s * float64(time.Second))
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	}
+	return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+// statusJSON runs `status --json` and decodes it.
+func statusJSON(t *testing.T, natsURL string) *fleetStatus {
+	t.Helper()
+	r := runCLI(t, nil, "status", "--json", "--nats-url", natsURL)
+	if r.code != 0 {
+		t.Fatalf("status --json:\n%s", r)
+	}
+	var st fleetStatus
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, r)
+	}
+	return &st
+}
+
+// waitStatusJSON polls `status --json` until cond holds.
+func waitStatusJSON(t *testing.T, natsURL, what string, cond func(*fleetStatus) bool) *fleetStatus {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for {
+		st := statusJSON(t, natsURL)
+		if cond(st) {
+			return st
+		}
+		select {
+		case <-deadline:
+			b, _ := json.MarshalIndent(st, "", "  ")
+			t.Fatalf("timed out waiting for %s; last status:\n%s", what, b)
+		case <-tick.C:
+		}
+	}
+}
+
+// TestStatusAgainstServe runs a real worker (serve, in-process) on a
+// JetStream server of the test's own and reads the fleet with `status`:
+// the member and its partitions, jobs in flight, and what is left when the
+// worker is gone. (Two owners of one partition are covered by
+// TestBuildStatus: a live worker reacts to a fake member at once.)
+func TestStatusAgainstServe(t *testing.T) {
+	t.Parallel()
+	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: queue.RandomPort, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := ns.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	u := ns.ClientURL()
+
+	s := startServe(t, nil, "--sim", "--nats-url", u, "--worker-id", "status-w1")
+	st := waitStatusJSON(t, u, "one member owning the four partitions", func(st *fleetStatus) bool {
+		return st.Totals.Members == 1 && st.Totals.Owned == 4 && st.Totals.Moving == 0
+	})
+	m := st.Members[0]
+	host, _ := os.Hostname()
+	if m.ID != "status-w1" || m.PID != os.Getpid() || m.Host != host || len(m.Partitions) != 4 || m.HeartbeatAge < 0 || m.HeartbeatAge > 6 {
+		t.Errorf("member %+v, want status-w1 of this process with partitions 0-3 and a fresh heartbeat", m)
+	}
+	if len(st.Problems) != 0 || st.Totals.Partitions != 4 || st.MemberTTL != 6 {
+		t.Errorf("status %+v, want 4 partitions, member TTL 6s and no problems", st.Totals)
+	}
+	for _, p := range st.Partitions {
+		if len(p.Owners) != 1 || p.Owners[0] != "status-w1" || p.Assigned != "status-w1" || !p.Consumer || p.Note != "" {
+			t.Errorf("partition %+v, want owned by status-w1 with its consumer", p)
+		}
+	}
+
+	// Slow calls: three jobs for one target are in flight (one calling,
+	// two queued behind it in the worker).
+	setLatency(t, s.SimURL, 2*time.Second)
+	for i := range 3 {
+		if r := runCLI(t, nil, "send", "--nats-url", u, "--scene", "group", "--target", "slow", "--content", fmt.Sprint("slow ", i)); r.code != 0 {
+			t.Fatalf("send:\n%s", r)
+		}
+	}
+	part := queue.PartitionOf(queue.Config{Partitions: 4}, "group", "slow")
+	st = waitStatusJSON(t, u, "three jobs in flight", func(st *fleetStatus) bool {
+		p := st.Partitions[part]
+		return p.InFlight == 3 && p.OldestAge != nil && p.Pinned
+	})
+	if st.Totals.InFlight != 3 || st.Totals.Backlog != 0 || st.Totals.OldestAge == nil {
+		t.Errorf("totals %+v, want 3 in flight, no backlog and an oldest age", st.Totals)
+	}
+	r := runCLI(t, nil, "status", "--nats-url", u)
+	if r.code != 0 {
+		t.Fatalf("status:\n%s", r)
+	}
+	for _, want := range []string{"fleet: 1 members, 4 partitions (4 owned", "in flight 3", "MEMBER", "status-w1", "0-3 (4)", "PARTITION", "PINNED FOR"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	setLatency(t, s.SimURL, 0)
+	waitStatusJSON(t, u, "the slow jobs to finish", func(st *fleetStatus) bool {
+		return st.Totals.InFlight == 0 && st.Totals.Backlog == 0
+	})
+
+	// The worker stops (and leaves the fleet); jobs published now wait.
+	if code := s.stop(t); code != 0 {
+		t.Fatalf("serve exited %d:\n%s", code, s.stderr)
+	}
+	for i := range 2 {
+		if r := runCLI(t, nil, "send", "--nats-url", u, "--scene", "group", "--target", "slow", "--content", fmt.Sprint("waiting ", i)); r.code != 0 {
+			t.Fatalf("send:\n%s", r)
+		}
+	}
+	st = waitStatusJSON(t, u, "no members and two jobs waiting", func(st *fleetStatus) bool {
+		return st.Totals.Members == 0 && st.Partitions[part].Backlog == 2
+	})
+	if st.Totals.Unowned != 4 || st.Partitions[part].OldestAge == nil || len(st.Problems) != 1 || !strings.Contains(st.Problems[0], "no live workers") {
+		t.Errorf("after the worker left: totals %+v, partition %+v, problems %q", st.Totals, st.Partitions[part], st.Problems)
+	}
+	r = runCLI(t, nil, "status", "--nats-url", u)
+	if r.code != 0 || !strings.Contains(r.stdout, "(none)") || !strings.Contains(r.stdout, "no owner") || !strings.Contains(r.stdout, "problems:\n  no live workers") {
+		t.Errorf("status with no workers:\n%s", r)
+	}
+}
+
+// setLatency sets the simulator's latency through its control surface.
+func setLatency(t *testing.T, simURL string, d time.Duration) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, simURL+"/_sim/faults", strings.NewReader(fmt.Sprintf(`{"latency":%d}`, int64(d))))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PUT /_sim/faults: %s", resp.Status)
+	}
+}
+
+func TestStatusErrors(t *testing.T) {
+	t.Parallel()
+	// A server where no worker ever ran: no jobs stream.
+	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: queue.RandomPort, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	r := runCLI(t, nil, "status", "--nats-url", ns.ClientURL())
+	oneErrorLine(t, r, 1, "no stream QQDISPATCH_JOBS", "qqdispatch serve")
+
+	r = runCLI(t, nil, "status", "--nats-url", "nats://127.0.0.1:1")
+	oneErrorLine(t, r, 1, "connect to NATS at nats://127.0.0.1:1")
+	r = runCLI(t, nil, "status", "extra")
+	oneErrorLine(t, r, 2, `unexpected argument "extra"`)
+	r = runCLI(t, nil, "status", "--timeout", "0s")
+	oneErrorLine(t, r, 2, "--timeout must be positive")
+	r = runCLI(t, map[string]string{"QQDISPATCH_STATUS_JSON": "maybe"}, "status")
+	oneErrorLine(t, r, 2, "QQDISPATCH_STATUS_JSON")
+}
+
+// TestBuildStatus checks ownership, notes, totals and problems from given
+// members and consumer states.
+func TestBuildStatus(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	names := queue.Config{Partitions: 4}.WithDefaults()
+	member := func(id string, seenAgo time.Duration, parts ...int) queue.Member {
+		return queue.Member{ID: id, Host: "h", PID: 1, Started: now.Add(-time.Hour), Partitions: parts, Seen: now.Add(-seenAgo)}
+	}
+	info := func(pending uint64, acks int, pinned bool) *jetstream.ConsumerInfo {
+		ci := &jetstream.ConsumerInfo{NumPending: pending, NumAckPending: acks}
+		if pinned {
+			ci.PriorityGroups = []jetstream.PriorityGroupState{{Group: queue.PriorityGroup, PinnedClientID: "x", PinnedTS: now.Add(-3 * time.Second)}}
+		}
+		return ci
+	}
+	allInfos := map[int]*jetstream.ConsumerInfo{0: info(0, 0, true), 1: info(5, 2, true), 2: info(0, 0, false), 3: info(0, 0, false)}
+	// Who AssignPartitions gives each partition with members a and b.
+	assigned := map[int]string{}
+	for id, ps := range queue.AssignPartitions([]string{"a", "b"}, 4) {
+		for _, p := range ps {
+			assigned[p] = id
+		}
+	}
+	var aParts, bParts []int
+	for p := range 4 {
+		if assigned[p] == "a" {
+			aParts = append(aParts, p)
+		} else {
+			bParts = append(bParts, p)
+		}
+	}
+	cases := []struct {
+		name     string
+		members  []queue.Member
+		infos    map[int]*jetstream.ConsumerInfo
+		oldest   map[int]time.Time
+		check    func(t *testing.T, st *fleetStatus)
+		problems []string
+	}{
+		{
+			name: "settled", members: []queue.Member{member("a", time.Second, aParts...), member("b", time.Second, bParts...)}, infos: allInfos,
+			oldest: map[int]time.Time{1: now.Add(-90 * time.Second)},
+			check: func(t *testing.T, st *fleetStatus) {
+				tot := st.Totals
+				if tot.Owned != 4 || tot.Unowned+tot.Contested+tot.Moving != 0 || tot.Backlog != 5 || tot.InFlight != 2 || tot.OldestAge == nil || *tot.OldestAge != 90 {
+					t.Errorf("totals %+v", tot)
+				}
+				p := st.Partitions[1]
+				if !p.Pinned || p.PinnedSince == nil || !p.PinnedSince.Equal(now.Add(-3*time.Second)) || p.OldestAge == nil || *p.OldestAge != 90 {
+					t.Errorf("partition 1 %+v", p)
+				}
+				if st.Members[0].Note != "" || st.Members[0].HeartbeatAge != 1 {
+					t.Errorf("member %+v", st.Members[0])
+				}
+			},
+		},
+		{
+			name: "hand-over: one partition announced twice, one by nobody", infos: allInfos,
+			members: []queue.Member{member("a", time.Second, 0, 1, 2), member("b", 5*time.Second, 2)},
+			check: func(t *testing.T, st *fleetStatus) {
+				if st.Totals.Contested != 1 || st.Totals.Unowned != 1 || st.Partitions[3].Note == "" || !strings.Contains(st.Partitions[2].Note, "2 owners") {
+					t.Errorf("totals %+v, partitions %+v", st.Totals, st.Partitions)
+				}
+				if st.Members[1].Note != "heartbeat late" {
+					t.Errorf("member b %+v, want heartbeat late (5s of a 6s TTL)", st.Members[1])
+				}
+			},
+			problems: []string{"partition 2 is announced by 2 workers: a, b", "partition 3 has no owner"},
+		},
+		{
+			name: "owned partition without its consumer", members: []queue.Member{member("a", 0, 0, 1, 2, 3)},
+			infos: map[int]*jetstream.ConsumerInfo{0: info(0, 0, false), 1: info(0, 0, false), 2: info(0, 0, false)},
+			check: func(t *testing.T, st *fleetStatus) {
+				if st.Partitions[3].Consumer || !strings.Contains(st.Partitions[3].Note, "no consumer") {
+					t.Errorf("partition 3 %+v", st.Partitions[3])
+				}
+			},
+			problems: []string{"partition 3 is owned but has no consumer part-3"},
+		},
+		{
+			name: "no members", infos: allInfos,
+			check: func(t *testing.T, st *fleetStatus) {
+				if st.Totals.Unowned != 4 || len(st.Members) != 0 {
+					t.Errorf("totals %+v", st.Totals)
+				}
+			},
+			problems: []string{"no live workers: no member has a heartbeat in qqdispatch_members"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			st := buildStatus(names, tc.members, 6*time.Second, tc.infos, tc.oldest, now)
+			tc.check(t, st)
+			if strings.Join(st.Problems, "\n") != strings.Join(tc.problems, "\n") {
+				t.Errorf("problems %q, want %q", st.Problems, tc.problems)
+			}
+			var b bytes.Buffer
+			if err := printStatus(&b, st); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range tc.problems {
+				if !strings.Contains(b.String(), p) {
+					t.Errorf("printed status lacks %q:\n%s", p, b.String())
+				}
+			}
+		})
+	}
+}
+
+func TestStatusFormatting(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in   []int
+		want string
+	}{
+		{nil, "-"},
+		{[]int{3}, "3 (1)"},
+		{[]int{0, 1, 2, 3, 7, 9, 10}, "0-3,7,9-10 (7)"},
+	} {
+		if got := partitionList(tc.in); got != tc.want {
+			t.Errorf("partitionList(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		in   float64
+		want string
+	}{
+		{0.8504, "850ms"}, {4.24, "4.2s"}, {190.4, "3m10s"}, {2*3600 + 5*60 + 7, "2h5m"},
+	} {
+		if got := secs(tc.in); got != tc.want {
+			t.Errorf("secs(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if n, err := partitionCount(jetstream.StreamConfig{SubjectTransform: &jetstream.SubjectTransformConfig{
+		Destination: "qqbot.send.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(17,1,2)}}"}}); err != nil || n != 17 {
+		t.Errorf("partitionCount = %d, %v; want 17", n, err)
+	}
+	if _, err := partitionCount(jetstream.StreamConfig{Name: "OTHER"}); err == nil || !strings.Contains(err.Error(), "OTHER") {
+		t.Errorf("partitionCount of a stream without a transform: %v", err)
+	}
+}
+
+// TestStatusHelpAndDocs: --help has examples and the environment, and
+// docs/cli.md documents every flag and variable of status.
+func TestStatusHelpAndDocs(t *testing.T) {
+	t.Parallel()
+	r := runCLI(t, nil, "status", "--help")
+	if r.code != 0 {
+		t.Fatalf("status --help:\n%s", r)
+	}
+	for _, want := range []string{"Usage: qqdispatch status", "Examples:", "env NATS_URL", "env QQDISPATCH_STATUS_JSON", "--json", "qqdispatch status --json"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status --help lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if !strings.Contains(runCLI(t, nil, "help").stdout, "status") {
+		t.Error("qqdispatch help does not list status")
+	}
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "cli.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(r.stdout, "\n") {
+		f := strings.Fields(line)
+		var want string
+		switch {
+		case len(f) > 0 && strings.HasPrefix(f[0], "--"):
+			want = "`" + f[0] + "`"
+		case len(f) == 2 && f[0] == "env":
+			want = "`" + f[1] + "`"
+		case len(f) == 1 && strings.ToUpper(f[0]) == f[0] && strings.Contains(f[0], "_"):
+			want = "`" + f[0] + "`"
+		default:
+			continue
+		}
+		if !strings.Contains(string(doc), want) {
+			t.Errorf("docs/cli.md does not mention %s (from qqdispatch status --help)", want)
+		}
+	}
+	if !strings.Contains(string(doc), "## `status`") {
+		t.Error("docs/cli.md has no status section")
+	}
+}
