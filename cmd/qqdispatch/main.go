@@ -1,8 +1,8 @@
 // Command qqdispatch is the queue-backed outbound message dispatcher for QQ
 // bots: one binary that runs a worker (serve), publishes jobs (send), reads
 // outcomes (outcome), administers the dead-letter queue (dlq), shows the
-// fleet (status) and runs the QQ OpenAPI simulator (sim). Run `qqdispatch help` for the commands and
-// docs/cli.md for the whole reference.
+// fleet (status) and runs the QQ OpenAPI simulator (sim). Run `qqdispatch
+// help` for the commands and docs/cli.md for the whole reference.
 package main
 
 import (
