@@ -22,7 +22,9 @@ const (
 	BackoffMaxDefault       = 30 * time.Second
 	MaxJobDurationDefault   = 15 * time.Minute
 	RateLimitBackoffDefault = time.Second
-	RecordTimeoutDefault    = 2 * time.Minute
+	RecordTimeoutDefault    = 10 * time.Minute
+	// StoreTimeout bounds one ledger or outcome write.
+	StoreTimeout = 10 * time.Second
 )
 
 // InDoubtPolicy says what to do with a job that may have reached the
@@ -94,9 +96,10 @@ type ProcessorConfig struct {
 	// InDoubt is the policy for jobs that may have been delivered without the
 	// platform being able to dedupe a resend. Default InDoubtReport.
 	InDoubt InDoubtPolicy
-	// RecordTimeout bounds how long the pipeline keeps trying to store an
-	// outcome (e.g. across a NATS restart) before giving the message back.
-	// Default RecordTimeoutDefault (2m).
+	// RecordTimeout bounds how long the pipeline keeps trying to store a
+	// decided outcome (e.g. across a NATS outage) before giving the message
+	// back; a job given back after its call ran ends in doubt. Default
+	// RecordTimeoutDefault (10m).
 	RecordTimeout time.Duration
 	// Clock is the time source. Default: the wall clock.
 	Clock Clock
@@ -328,7 +331,9 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 		// made it to the store, only the ledger lags behind.
 		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
 			c.Phase, c.Status, c.Updated = PhaseDone, stored.Status, now
-			_, _ = p.cfg.Ledger.Update(ctx, c)
+			sctx, cancel := storeCtx(ctx)
+			_, _ = p.cfg.Ledger.Update(sctx, c)
+			cancel()
 			return true, stored, r.ack(ctx)
 		}
 		r.resumed = true
@@ -338,7 +343,9 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 	if c.Phase != PhaseCalling {
 		c.Phase = PhaseClaimed
 	}
-	nc, uerr := p.cfg.Ledger.Update(ctx, c)
+	sctx, cancel := storeCtx(ctx)
+	nc, uerr := p.cfg.Ledger.Update(sctx, c)
+	cancel()
 	if uerr != nil {
 		o, err := r.handBack(fmt.Errorf("take over claim: %w", uerr))
 		return true, o, err
@@ -397,14 +404,18 @@ func (r *run) reserveReply(ctx context.Context) error {
 	if r.p.cfg.Limiter != nil {
 		budget = r.p.cfg.Limiter.ReplyBudget(j)
 	}
-	got, err := r.p.cfg.Ledger.ReserveReply(ctx, pairAnchor(j), seq, r.jobID, budget)
+	// Once asked, the seq and the claim must both be written: a write cut
+	// short after the server applied it would spend a second reply.
+	sctx, cancel := storeCtx(ctx)
+	defer cancel()
+	got, err := r.p.cfg.Ledger.ReserveReply(sctx, pairAnchor(j), seq, r.jobID, budget)
 	if err != nil {
 		return err
 	}
 	if got != r.claim.MsgSeq {
 		c := r.claim
 		c.MsgSeq, c.Updated = got, r.p.cfg.Clock.Now()
-		nc, err := r.p.cfg.Ledger.Update(ctx, c)
+		nc, err := r.p.cfg.Ledger.Update(sctx, c)
 		if err != nil {
 			return fmt.Errorf("store msg_seq in claim: %w", err)
 		}
@@ -552,9 +563,16 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 }
 
 func (r *run) markCalling(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return ErrHandedBack
+	}
 	c := r.claim
 	c.Phase, c.Attempts, c.Updated = PhaseCalling, c.Attempts+1, r.p.cfg.Clock.Now()
-	nc, err := r.p.cfg.Ledger.Update(ctx, c)
+	// Not cut short by shutdown: a write the server applied but we gave up
+	// on would make the next holder think the call happened.
+	sctx, cancel := storeCtx(ctx)
+	defer cancel()
+	nc, err := r.p.cfg.Ledger.Update(sctx, c)
 	if err != nil {
 		return fmt.Errorf("mark claim calling: %w", err)
 	}
@@ -565,7 +583,9 @@ func (r *run) markCalling(ctx context.Context) error {
 func (r *run) markClaimed(ctx context.Context) error {
 	c := r.claim
 	c.Phase, c.Updated = PhaseClaimed, r.p.cfg.Clock.Now()
-	nc, err := r.p.cfg.Ledger.Update(ctx, c)
+	sctx, cancel := storeCtx(ctx)
+	defer cancel()
+	nc, err := r.p.cfg.Ledger.Update(sctx, c)
 	if err != nil {
 		return fmt.Errorf("mark claim claimed: %w", err)
 	}
@@ -606,7 +626,9 @@ func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
 	}
 	c := r.claim
 	c.Phase, c.Updated = PhaseDeferred, r.p.cfg.Clock.Now()
-	if nc, err := r.p.cfg.Ledger.Update(ctx, c); err == nil {
+	sctx, cancel := storeCtx(ctx)
+	defer cancel()
+	if nc, err := r.p.cfg.Ledger.Update(sctx, c); err == nil {
 		r.claim = nc
 	}
 	r.log.Info().Str("rule", le.Rule).Time("until", le.RetryAt).Msg("quota used up; job deferred to the next period")
@@ -676,9 +698,9 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.RecordTimeout)
 	defer cancel()
 	var stored Outcome
-	err := retryStorage(rctx, p.cfg.Clock, func() error {
+	err := retryStorage(rctx, p.cfg.Clock, func(actx context.Context) error {
 		var err error
-		stored, err = p.cfg.Recorder.Record(rctx, o, r.env)
+		stored, err = p.cfg.Recorder.Record(actx, o, r.env)
 		return err
 	})
 	if err != nil {
@@ -687,7 +709,10 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	if r.claim.JobID != "" {
 		c := r.claim
 		c.Phase, c.Status, c.Updated = PhaseDone, stored.Status, p.cfg.Clock.Now()
-		if _, err := p.cfg.Ledger.Update(rctx, c); err != nil {
+		sctx, cancel := storeCtx(rctx)
+		_, err := p.cfg.Ledger.Update(sctx, c)
+		cancel()
+		if err != nil {
 			// The outcome is stored; a redelivery will find it.
 			r.log.Warn().Err(err).Msg("finalise ledger entry")
 		}
@@ -713,11 +738,14 @@ func (r *run) ack(ctx context.Context) error {
 }
 
 // retryStorage retries a storage operation with backoff until it succeeds or
-// ctx ends, riding out a NATS reconnect.
-func retryStorage(ctx context.Context, clk Clock, op func() error) error {
+// ctx ends, riding out a NATS reconnect. Each attempt gets StoreTimeout: one
+// request lost with a server must not use up the whole budget.
+func retryStorage(ctx context.Context, clk Clock, op func(context.Context) error) error {
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
 	for {
-		err := op()
+		actx, cancel := context.WithTimeout(ctx, StoreTimeout)
+		err := op(actx)
+		cancel()
 		if err == nil {
 			return nil
 		}
@@ -727,6 +755,12 @@ func retryStorage(ctx context.Context, clk Clock, op func() error) error {
 		case <-clk.After(bo.NextBackOff()):
 		}
 	}
+}
+
+// storeCtx is a context for one storage write that must not be abandoned
+// halfway because the job is being handed back.
+func storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), StoreTimeout)
 }
 
 func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {

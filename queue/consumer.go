@@ -379,9 +379,10 @@ type partition struct {
 }
 
 // parkLimit is how many first deliveries a recovering partition parks
-// before it waits for the previous owner's messages to come due: the
-// redeliveries need free slots to arrive in.
-const parkLimit = 32
+// before it waits for the previous owner's messages to come due (the
+// redeliveries need free slots to arrive in): a quarter of the worker's
+// held messages, so a busy partition keeps pulling until they are back.
+func (c *Consumer) parkLimit() int { return max(32, c.cfg.MaxHeld/4) }
 
 func (c *Consumer) newPartition(n int, cons jetstream.Consumer) *partition {
 	ctx, cancel := context.WithCancel(c.runCtx)
@@ -586,7 +587,7 @@ func (p *partition) mayPull() bool {
 	c := p.c
 	for {
 		c.mu.Lock()
-		ok := !p.recovering || p.parkedFirst < parkLimit
+		ok := !p.recovering || p.parkedFirst < c.parkLimit()
 		c.mu.Unlock()
 		if ok || !time.Now().Before(p.mayPullAt) {
 			return p.ctx.Err() == nil

@@ -158,6 +158,10 @@ type pairHolder struct {
 type anchorSeqs struct {
 	Count int `json:"count"` // pairs held for the anchor (reserved against the budget)
 	Max   int `json:"max"`   // the highest seq held
+	// Jobs maps each job holding a pair to its seq, so a job that asks
+	// again (a retry, or after its worker died before it stored its seq)
+	// gets the same seq back instead of spending another reply.
+	Jobs map[string]int `json:"jobs,omitempty"`
 }
 
 // ReserveReply claims (anchor, seq) for jobID; seq 0 allocates the anchor's
@@ -189,7 +193,7 @@ func (l *Ledger) ReserveReply(ctx context.Context, anchor string, seq int, jobID
 		return 0, err
 	}
 	for range maxCASRounds {
-		got, err := l.bumpCount(ctx, anchor, seq, budget)
+		got, err := l.bumpCount(ctx, anchor, seq, jobID, budget)
 		if err != nil {
 			return 0, err
 		}
@@ -198,11 +202,10 @@ func (l *Ledger) ReserveReply(ctx context.Context, anchor string, seq int, jobID
 			return got, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			l.giveBack(ctx, anchor)
+			// The count stays with the job: if the pair was in fact
+			// written, asking again finds it.
 			return 0, fmt.Errorf("queue: ledger reserve (%s, %d): %w", anchor, got, err)
 		}
-		// Somebody else holds the pair: give the count back.
-		l.giveBack(ctx, anchor)
 		holder, herr := l.pairHolder(ctx, anchor, got)
 		if herr != nil {
 			return 0, herr
@@ -210,6 +213,8 @@ func (l *Ledger) ReserveReply(ctx context.Context, anchor string, seq int, jobID
 		if holder == jobID {
 			return got, nil
 		}
+		// Somebody else holds the pair: give the count back.
+		l.giveBack(ctx, anchor, jobID)
 		if seq > 0 {
 			return 0, fmt.Errorf("%w: (%s, %d) is held by job %s", dispatcher.ErrPairTaken, anchor, seq, holder)
 		}
@@ -235,14 +240,18 @@ func (l *Ledger) pairHolder(ctx context.Context, anchor string, seq int) (string
 	return h.JobID, nil
 }
 
-// bumpCount adds one pair to the anchor's counter, refusing past budget, and
-// returns the seq to take: seq itself, or max+1 when allocating.
-func (l *Ledger) bumpCount(ctx context.Context, anchor string, seq, budget int) (int, error) {
+// bumpCount adds one pair to the anchor's counter for jobID, refusing past
+// budget, and returns the seq to take: seq itself, or max+1 when
+// allocating. A job the counter already has gets its seq back at no cost.
+func (l *Ledger) bumpCount(ctx context.Context, anchor string, seq int, jobID string, budget int) (int, error) {
 	key := seqKey(anchor)
 	for range maxCASRounds {
 		cur, rev, err := l.readSeqs(ctx, key)
 		if err != nil {
 			return 0, err
+		}
+		if had, ok := cur.Jobs[jobID]; ok && (seq == 0 || seq == had) {
+			return had, nil
 		}
 		if budget > 0 && cur.Count >= budget {
 			return 0, fmt.Errorf("%w: %s has %d of %d replies", dispatcher.ErrReplyBudget, anchor, cur.Count, budget)
@@ -251,7 +260,11 @@ func (l *Ledger) bumpCount(ctx context.Context, anchor string, seq, budget int) 
 		if take == 0 {
 			take = cur.Max + 1
 		}
-		next := anchorSeqs{Count: cur.Count + 1, Max: max(cur.Max, take)}
+		next := anchorSeqs{Count: cur.Count + 1, Max: max(cur.Max, take), Jobs: make(map[string]int, len(cur.Jobs)+1)}
+		for j, s := range cur.Jobs {
+			next.Jobs[j] = s
+		}
+		next.Jobs[jobID] = take
 		if err := l.writeSeqs(ctx, key, next, rev); err != nil {
 			if isCASLoss(err) {
 				continue
@@ -263,14 +276,18 @@ func (l *Ledger) bumpCount(ctx context.Context, anchor string, seq, budget int) 
 	return 0, ErrLedgerContention
 }
 
-// giveBack removes one pair from the anchor's count, best effort.
-func (l *Ledger) giveBack(ctx context.Context, anchor string) {
+// giveBack removes jobID's pair from the anchor's count, best effort.
+func (l *Ledger) giveBack(ctx context.Context, anchor, jobID string) {
 	key := seqKey(anchor)
 	for range maxCASRounds {
 		cur, rev, err := l.readSeqs(ctx, key)
 		if err != nil || rev == 0 || cur.Count == 0 {
 			return
 		}
+		if _, ok := cur.Jobs[jobID]; !ok {
+			return
+		}
+		delete(cur.Jobs, jobID)
 		cur.Count--
 		if err := l.writeSeqs(ctx, key, cur, rev); err == nil || !isCASLoss(err) {
 			return

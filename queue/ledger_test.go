@@ -359,3 +359,28 @@ func setupLedgerB(b *testing.B) *Ledger {
 	}
 	return l
 }
+
+// A job that asks again for a reply seq (its worker died before storing the
+// first answer) gets the same seq back and spends no more budget.
+func TestReserveReplyAgainForSameJob(t *testing.T) {
+	t.Parallel()
+	l := setupLedger(t).l
+	ctx := testCtx(t)
+	first, err := l.ReserveReply(ctx, "group.g1.m1", 0, "job-a", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		again, err := l.ReserveReply(ctx, "group.g1.m1", 0, "job-a", 2)
+		if err != nil || again != first {
+			t.Fatalf("asking again: seq %d, %v; want %d", again, err, first)
+		}
+	}
+	second, err := l.ReserveReply(ctx, "group.g1.m1", 0, "job-b", 2)
+	if err != nil || second == first {
+		t.Fatalf("job-b: seq %d, %v; want a new seq", second, err)
+	}
+	if _, err := l.ReserveReply(ctx, "group.g1.m1", 0, "job-c", 2); !errors.Is(err, dispatcher.ErrReplyBudget) {
+		t.Fatalf("job-c: %v, want ErrReplyBudget (budget 2 spent by two jobs)", err)
+	}
+}
