@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"hash/maphash"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,7 +17,18 @@ import (
 // A call needs a token from several buckets at the same instant, so the
 // limiter first asks each bucket when it could give one (Next), then takes
 // one from each at the latest of those times (Take). A bucket must never
-// hand out a slot earlier than the at it was asked for.
+// hand out a slot earlier than the at it was asked for. That instant is
+// often set by another rule (another shared bucket, the target's bucket, a
+// cool-down), so a burst-1 bucket should put a token taken for a later
+// time into free time, leaving the time before it to others, as both
+// implementations here do; for larger bursts the limiter waits before it
+// takes a token far ahead (see Limiter.Wait).
+//
+// The call then sleeps until its slot, and may wake late (GC, a busy CPU).
+// What the platform counts is when calls leave, so when the call wakes the
+// limiter asks every bucket to let it go (Depart): a bucket refuses while
+// its recorded departures would put this one too close to the previous
+// one, and the call waits the difference with the tokens it has.
 type SharedBucket interface {
 	// Next is the earliest time, at or after at, at which one token could
 	// be taken. It takes nothing.
@@ -25,6 +37,16 @@ type SharedBucket interface {
 	// may happen (slot >= at); cancel gives the token back when the call
 	// will not happen at slot (call it at most once).
 	Take(at time.Time) (slot time.Time, cancel func())
+	// Depart records that a call holding a token from Take leaves at now,
+	// if the departures recorded so far allow one then (ok). Otherwise it
+	// records nothing and returns the earliest time they would; the call
+	// keeps its token and asks again then. Buckets should also hand out no
+	// slot (Next, Take) that their departures would refuse.
+	Depart(now time.Time) (next time.Time, ok bool)
+	// Undepart withdraws the departure Depart recorded at now, for a call
+	// that another bucket held back after all. If another departure was
+	// recorded since, the record may stay: that only delays later calls.
+	Undepart(now time.Time)
 }
 
 // SharedBucketFactory builds the shared bucket of one rule. name says which
@@ -33,92 +55,248 @@ type SharedBucket interface {
 // bucket size.
 type SharedBucketFactory func(name string, every rate.Limit, burst int) (SharedBucket, error)
 
+// neverInterval is the interval of a bucket that never refills: about 104
+// days, far enough to mean never, small enough that sums do not overflow.
+const neverInterval = int64(1) << 53
+
+// intervalOf is the time between two tokens of a bucket refilling at every
+// tokens per second, in nanoseconds (rounded down, as x/time/rate does):
+// 0 for rate.Inf, neverInterval for a rate that is not positive.
+func intervalOf(every rate.Limit) int64 {
+	if !(every > 0) {
+		return neverInterval
+	}
+	f := 1 / float64(every) * float64(time.Second)
+	if f >= float64(neverInterval) {
+		return neverInterval
+	}
+	return int64(f)
+}
+
+// toleranceOf is the GCRA tolerance of a bucket of burst tokens, interval
+// iv apart: (burst − 1)·iv.
+func toleranceOf(iv int64, burst int) int64 {
+	return int64(min(float64(max(burst, 1)-1)*float64(iv), float64(neverInterval)))
+}
+
+// gcra is a token bucket kept as the theoretical arrival time (TAT) of the
+// generic cell rate algorithm: with interval iv (1/rate) and tolerance tol
+// ((burst − 1)·iv), a call at at gets the slot max(at, tat − tol) and
+// moves tat to max(tat, slot) + iv; the bucket is full from tat on. It is
+// exactly a token bucket, never admits more than one (burst + window·rate
+// per window) when calls come out of time order (a call for a later
+// instant taken before one for now), and costs two words and no
+// allocation. The zero value is a full bucket.
+//
+// It is not safe for concurrent use; its owner locks.
+type gcra struct {
+	tat  int64 // unix nanoseconds
+	last int64 // the latest slot handed out
+}
+
+func (g *gcra) next(at, tol int64) int64 { return max(at, g.tat-tol) }
+
+func (g *gcra) take(at, iv, tol int64) int64 {
+	s := max(at, g.tat-tol)
+	g.tat = max(g.tat, s) + iv
+	g.last = max(g.last, s)
+	return s
+}
+
+// cancel gives back the token of slot as far as later slots allow (one
+// interval less the time to the latest slot, like x/time/rate), and
+// nothing once slot has passed (now).
+func (g *gcra) cancel(slot, now, iv int64) {
+	if slot < now {
+		return
+	}
+	if give := iv - (g.last - slot); give > 0 {
+		g.tat -= give
+	}
+}
+
+// departures is a GCRA over when calls really left (SharedBucket.Depart):
+// a departure at now is allowed from tat − tol on, and moves tat to
+// max(tat, now) + iv. With burst 1 that is "an interval after the previous
+// departure"; with a larger burst, up to burst calls may leave back to
+// back, and a late one counts from when it left. Every bucket keeps one
+// and hands out no slot before it allows (the ledger is folded into the
+// bucket): a call that left late pushes the next ones back at once.
+type departures struct {
+	tat int64
+	// The last departure recorded, while Undepart can withdraw it.
+	undoAt, undoPrev, undoTat int64
+	undoOK                    bool
+}
+
+func (d *departures) depart(now, iv, tol int64) (int64, bool) {
+	if e := d.tat - tol; now < e {
+		return e, false
+	}
+	d.undoAt, d.undoPrev, d.undoOK = now, d.tat, true
+	d.tat = max(d.tat, now) + iv
+	d.undoTat = d.tat
+	return now, true
+}
+
+// undepart withdraws the departure recorded at now if it is the last one
+// and nothing was recorded on top of it. Two departures recorded at the
+// same now are interchangeable, so withdrawing the later one in place of
+// the earlier is exact.
+func (d *departures) undepart(now int64) {
+	if d.undoOK && d.undoAt == now && d.tat == d.undoTat {
+		d.tat, d.undoOK = d.undoPrev, false
+	}
+}
+
+// calendar is the taken time of a burst-1 bucket: ascending runs of slots
+// an interval apart, as in a fleet bucket's key (see leaseRuns). A slot
+// goes into the earliest free stretch at or after the time asked for that
+// has room for one interval, so a token taken for a later instant (a call
+// paced by another shared bucket, its target's bucket or a cool-down)
+// leaves the time before it to the others instead of queueing them all
+// behind it. Slots stay an interval apart however they were taken.
+type calendar []fleetRun
+
+// free is the earliest slot at or after at.
+func (c calendar) free(at, iv int64) int64 {
+	y := at
+	for _, r := range c {
+		if y+iv <= r.start {
+			return y
+		}
+		y = max(y, r.end)
+	}
+	return y
+}
+
+// take takes the earliest slot at or after at; cut drops the runs that
+// ended before it (no call asks for a time that old).
+func (c *calendar) take(at, iv, cut int64) int64 {
+	i := 0
+	for i < len(*c) && (*c)[i].end <= cut {
+		i++
+	}
+	*c = slices.Delete(*c, 0, i)
+	s := c.free(at, iv)
+	*c = addRun(*c, fleetRun{s, s + iv})
+	for len(*c) > fleetMaxRuns { // merging only marks free time as taken
+		(*c)[1] = fleetRun{(*c)[0].start, max((*c)[0].end, (*c)[1].end)}
+		*c = slices.Delete(*c, 0, 1)
+	}
+	return s
+}
+
+// remove frees [a, b).
+func (c *calendar) remove(a, b int64) {
+	runs := *c
+	i := 0
+	for i < len(runs) && runs[i].end <= a {
+		i++
+	}
+	j := i
+	for j < len(runs) && runs[j].start < b {
+		j++
+	}
+	if i == j {
+		return
+	}
+	var keep [2]fleetRun
+	n := 0
+	if runs[i].start < a {
+		keep[n] = fleetRun{runs[i].start, a}
+		n++
+	}
+	if runs[j-1].end > b {
+		keep[n] = fleetRun{b, runs[j-1].end}
+		n++
+	}
+	*c = slices.Replace(runs, i, j, keep[:n]...)
+}
+
 // NewLocalBucket is the in-process SharedBucket: it limits this process
 // only. It is the default of Config.SharedBuckets.
+//
+// With burst 1 its slots come from a calendar like a fleet bucket's (see
+// calendar), so a token taken far ahead does not hold up calls that could
+// go before it. With a larger burst it is a plain token bucket (GCRA)
+// whose next token comes after the last one taken, however far ahead.
 func NewLocalBucket(every rate.Limit, burst int) SharedBucket {
-	b := &localBucket{}
-	b.b.init(every, burst)
-	return b
+	iv := intervalOf(every)
+	return &localBucket{iv: iv, tol: toleranceOf(iv, burst)}
 }
 
 type localBucket struct {
+	iv, tol int64
+
 	mu sync.Mutex
-	b  tokenBucket
+	// now is the latest departure: the bucket has no clock, and calls
+	// leave at the time, so it is a lower bound of the time. (The times
+	// asked for by Take are not: they may be far ahead.)
+	now int64
+	cal calendar // burst 1
+	g   gcra     // larger bursts
+	dep departures
 }
 
+// lo is the earliest slot for a call at at that the departures allow.
+func (l *localBucket) lo(at int64) int64 { return max(at, l.dep.tat-l.tol) }
+
 func (l *localBucket) Next(at time.Time) time.Time {
+	if l.iv == 0 {
+		return at
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return time.Unix(0, l.b.next(at.UnixNano()))
+	lo := l.lo(at.UnixNano())
+	if l.tol > 0 {
+		return time.Unix(0, l.g.next(lo, l.tol))
+	}
+	return time.Unix(0, l.cal.free(lo, l.iv))
 }
 
 func (l *localBucket) Take(at time.Time) (time.Time, func()) {
+	if l.iv == 0 {
+		return at, func() {}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	slot, res := l.b.take(at.UnixNano())
+	var s int64
+	if l.tol > 0 {
+		s = l.g.take(l.lo(at.UnixNano()), l.iv, l.tol)
+	} else {
+		s = l.cal.take(l.lo(at.UnixNano()), l.iv, l.now-int64(fleetRunsKeep))
+	}
 	var once sync.Once
-	return time.Unix(0, slot), func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			l.b.cancel(res, 0)
-		})
+	return time.Unix(0, s), func() { once.Do(func() { l.giveBack(s) }) }
+}
+
+func (l *localBucket) giveBack(s int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tol > 0 {
+		l.g.cancel(s, l.now, l.iv)
+	} else {
+		l.cal.remove(s, s+l.iv)
 	}
 }
 
-// tokenBucket is a rate.Limiter that only ever sees non-decreasing times.
-//
-// The limiter takes a token for a call at the latest of several buckets'
-// times, which may be in the future. x/time/rate mis-counts when a call at
-// time t follows one at a later time (it treats the later time's tokens as
-// available at t), so every time handed to the rate.Limiter is raised to the
-// latest one it has seen (ref). That only ever delays a call, never admits
-// one early.
-//
-// tokenBucket is not safe for concurrent use; its owner locks.
-type tokenBucket struct {
-	lim   rate.Limiter
-	every rate.Limit
-	ref   int64 // unix nanoseconds: the latest time given to lim; 0 before any
-}
-
-func (b *tokenBucket) init(every rate.Limit, burst int) {
-	// A zero Limiter whose clock starts at the zero time is full at any
-	// real time: the same as rate.NewLimiter, without a second allocation.
-	b.lim.SetLimitAt(time.Time{}, every)
-	b.lim.SetBurstAt(time.Time{}, burst)
-	b.every = every
-}
-
-// next is the earliest time at or after at when one token is there.
-func (b *tokenBucket) next(at int64) int64 {
-	t := max(at, b.ref)
-	tokens := b.lim.TokensAt(time.Unix(0, t))
-	if tokens >= 1 {
-		return t
+func (l *localBucket) Depart(now time.Time) (time.Time, bool) {
+	if l.iv == 0 {
+		return now, true
 	}
-	// Rounded up to the microsecond, so Take at that time finds the token
-	// there despite float rounding.
-	wait := int64((1 - tokens) / float64(b.every) * float64(time.Second))
-	wait = (wait/int64(time.Microsecond) + 1) * int64(time.Microsecond)
-	return t + wait
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := now.UnixNano()
+	l.now = max(l.now, n)
+	next, ok := l.dep.depart(n, l.iv, l.tol)
+	return time.Unix(0, next), ok
 }
 
-// take reserves one token for a call at or after at; slot is when.
-func (b *tokenBucket) take(at int64) (slot int64, res *rate.Reservation) {
-	t := max(at, b.ref)
-	b.ref = t
-	tt := time.Unix(0, t)
-	res = b.lim.ReserveN(tt, 1)
-	return t + int64(res.DelayFrom(tt)), res
-}
-
-// cancel gives back the token of res as far as later reservations allow
-// (x/time/rate semantics), at time now (or later, see ref).
-func (b *tokenBucket) cancel(res *rate.Reservation, now int64) {
-	t := max(now, b.ref)
-	b.ref = t
-	res.CancelAt(time.Unix(0, t))
+func (l *localBucket) Undepart(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.dep.undepart(now.UnixNano())
 }
 
 // bucketShards is the number of locks a bucketSet spreads its targets over.
@@ -127,18 +305,17 @@ const bucketShards = 64
 // bucketSet holds one per-target rule's buckets (e.g. channel.any.per_target)
 // for every target that sent recently.
 //
-// Eviction is exact: a bucket untouched until it has refilled to full is
-// identical to a new one, so it is dropped then. Each bucket knows when that
-// is (fullAt: its last slot plus the time to refill from empty), and each
-// shard keeps its buckets in last-touched order, so the ones to drop are at
-// the front. Every new bucket sweeps a few from the front of its shard, and
-// the janitor (Limiter.Start) sweeps all shards; memory stays proportional
-// to the targets seen within one refill time.
+// Eviction is exact: a bucket untouched until it has refilled to full, with
+// its last departure an interval behind, and with no call holding one of
+// its tokens, is identical to a new one, so it is dropped then. Each bucket
+// knows when that is (idleAt), and each shard keeps its buckets in
+// last-touched order, so the ones to drop are at the front. Every new
+// bucket sweeps a few from the front of its shard, and the janitor
+// (Limiter.Start) sweeps all shards; memory stays proportional to the
+// targets seen within one refill time.
 type bucketSet struct {
 	name    string
-	every   rate.Limit
-	burst   int
-	refill  int64 // nanoseconds from empty to full
+	iv, tol int64 // interval and GCRA tolerance, nanoseconds
 	seed    maphash.Seed
 	noEvict bool // benchmarks only: keep every bucket, for a baseline
 	shards  [bucketShards]bucketShard
@@ -150,24 +327,33 @@ type bucketShard struct {
 	head, tail *targetBucket // least to most recently touched
 }
 
+// targetBucket is one target's bucket: its tokens (gcra), its departures
+// (a GCRA like departures, without Undepart's bookkeeping: the hold keeps
+// it), and the calls holding one of its tokens, which keep it from being
+// evicted until they have left or given the token back.
 type targetBucket struct {
-	tokenBucket
+	gcra
+	dtat         int64
+	holders      int32
 	key          string
-	fullAt       int64 // unix nanoseconds when it is surely full again
 	older, newer *targetBucket
 }
+
+// idleAt is when the bucket is as good as a new one, unless a call holds
+// one of its tokens.
+func (b *targetBucket) idleAt() int64 { return max(b.tat, b.dtat) }
 
 // sweepPerTouch is how many idle buckets a new bucket evicts from its shard:
 // more than one, so a backlog shrinks while targets keep arriving.
 const sweepPerTouch = 2
 
 func newBucketSet(name string, every rate.Limit, burst int) *bucketSet {
+	iv := intervalOf(every)
 	s := &bucketSet{
-		name:   name,
-		every:  every,
-		burst:  burst,
-		refill: int64(float64(burst) / float64(every) * float64(time.Second)),
-		seed:   maphash.MakeSeed(),
+		name: name,
+		iv:   iv,
+		tol:  toleranceOf(iv, burst),
+		seed: maphash.MakeSeed(),
 	}
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]*targetBucket)
@@ -179,6 +365,9 @@ func (s *bucketSet) shard(key string) *bucketShard {
 	return &s.shards[maphash.String(s.seed, key)%bucketShards]
 }
 
+// lo is the earliest slot for a call at at that b's departures allow.
+func (s *bucketSet) lo(b *targetBucket, at int64) int64 { return max(at, b.dtat-s.tol) }
+
 // next is when key's bucket has a token, at or after at.
 func (s *bucketSet) next(key string, at int64) int64 {
 	sh := s.shard(key)
@@ -188,12 +377,13 @@ func (s *bucketSet) next(key string, at int64) int64 {
 	if b == nil {
 		return at
 	}
-	return b.next(at)
+	return b.next(s.lo(b, at), s.tol)
 }
 
 // take reserves a token in key's bucket for a call at or after at, creating
-// the bucket if needed; now is the current time, for eviction.
-func (s *bucketSet) take(key string, at, now int64) (*targetBucket, int64, *rate.Reservation) {
+// the bucket if needed; now is the current time, for eviction. The caller
+// then holds the bucket until it departs or cancels.
+func (s *bucketSet) take(key string, at, now int64) (*targetBucket, int64) {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -203,22 +393,54 @@ func (s *bucketSet) take(key string, at, now int64) (*targetBucket, int64, *rate
 			sh.sweep(now, sweepPerTouch)
 		}
 		b = &targetBucket{key: key}
-		b.init(s.every, s.burst)
 		sh.m[key] = b
 	} else {
 		sh.unlink(b)
 	}
 	sh.pushBack(b)
-	slot, res := b.take(at)
-	b.fullAt = max(b.fullAt, slot+s.refill)
-	return b, slot, res
+	b.holders++
+	return b, b.take(s.lo(b, at), s.iv, s.tol)
 }
 
-func (s *bucketSet) cancel(b *targetBucket, res *rate.Reservation, now int64) {
+// cancel gives back the token of slot (as far as gcra.cancel does) and
+// lets go of the bucket.
+func (s *bucketSet) cancel(b *targetBucket, slot, now int64) {
 	sh := s.shard(b.key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	b.cancel(res, now)
+	b.gcra.cancel(slot, now, s.iv)
+	b.holders--
+}
+
+// depart records a call holding one of b's tokens as leaving at now, if
+// b's departures allow it (ok), and lets go of the bucket; prev and mine
+// are its departure state before and after, for undepart. Otherwise next
+// is when they would.
+func (s *bucketSet) depart(b *targetBucket, now int64) (next, prev, mine int64, ok bool) {
+	sh := s.shard(b.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := b.dtat - s.tol; now < e {
+		return e, 0, 0, false
+	}
+	prev = b.dtat
+	b.dtat = max(b.dtat, now) + s.iv
+	b.holders--
+	sh.unlink(b) // its idle time moved on
+	sh.pushBack(b)
+	return now, prev, b.dtat, true
+}
+
+// undepart withdraws a departure that depart recorded (prev to mine), if
+// none was recorded on top of it, and holds the bucket again.
+func (s *bucketSet) undepart(b *targetBucket, prev, mine int64) {
+	sh := s.shard(b.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if b.dtat == mine {
+		b.dtat = prev
+	}
+	b.holders++
 }
 
 // sweep evicts every bucket idle long enough to be full again; it returns
@@ -249,12 +471,12 @@ func (s *bucketSet) len() int {
 	return n
 }
 
-// sweep drops up to limit (all, if negative) full buckets from the front.
-// A bucket still waiting at the front holds back the ones behind it until it
-// is full: eviction may come late, never early.
+// sweep drops up to limit (all, if negative) idle buckets from the front.
+// A bucket still refilling or held at the front holds back the ones behind
+// it: eviction may come late, never early.
 func (sh *bucketShard) sweep(now int64, limit int) int {
 	n := 0
-	for b := sh.head; b != nil && b.fullAt <= now && n != limit; b = sh.head {
+	for b := sh.head; b != nil && b.holders == 0 && b.idleAt() <= now && n != limit; b = sh.head {
 		sh.unlink(b)
 		delete(sh.m, b.key)
 		n++

@@ -11,9 +11,12 @@
 //   - Reserve: active-send permission, then the period quotas (day/month in
 //     the policy's zone), counted with compare-and-set in a JetStream KV
 //     bucket shared by every worker (ProvisionQuotas);
-//   - Wait: token buckets (golang.org/x/time/rate) per target, per bot and
-//     per endpoint, plus cool-downs after rate-limit answers; idle per-target
-//     buckets are evicted, so memory follows the active targets only;
+//   - Wait: token buckets (GCRA, and calendars for burst-1 shared buckets)
+//     per target, per bot and per endpoint, plus cool-downs after
+//     rate-limit answers; every bucket also checks when calls really left,
+//     so a goroutine that wakes late cannot bring two calls closer than the
+//     rate allows; idle per-target buckets are evicted, so memory follows
+//     the active targets only;
 //   - Feedback: rate-limit answers pause the key, quota answers mark the
 //     period as spent.
 package ratelimit

@@ -288,6 +288,8 @@ type fleetBucket struct {
 	logged   int64 // when a failure was last logged
 	quiet    int   // failures not logged since
 	st       FleetStats
+	// dep is when this worker's calls really left (see Depart).
+	dep departures
 
 	// Owned by the lease in flight (b.flight), handed over through mu.
 	runs   []fleetRun // the key's value as last read or written
@@ -332,6 +334,29 @@ func (b *fleetBucket) Take(at time.Time) (time.Time, func()) {
 	return time.Unix(0, call), func() { once.Do(func() { b.giveBack(slot) }) }
 }
 
+// Depart is SharedBucket.Depart for this worker's calls: a call leaves no
+// sooner than an interval after this worker's previous one (burst 1; with
+// a larger burst, GCRA over departures with the burst's tolerance). A call
+// that used its slot late (up to Grace, by design, see findLocked; or more,
+// having woken late) thus pushes this worker's next call back by as much,
+// and that call's slot is looked for from then on (acquire): a slot passed
+// over that way is wasted, not used early. Other workers' departures are
+// not seen: across workers, a slot used late can still come closer than an
+// interval to another worker's next one, which the headroom must absorb.
+func (b *fleetBucket) Depart(now time.Time) (time.Time, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, ok := b.dep.depart(now.UnixNano(), b.interval, b.tol)
+	return time.Unix(0, n), ok
+}
+
+// Undepart is SharedBucket.Undepart.
+func (b *fleetBucket) Undepart(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dep.undepart(now.UnixNano())
+}
+
 // giveBack returns a handed-out slot to the pool, unless its time has
 // passed (then it is wasted).
 func (b *fleetBucket) giveBack(slot int64) {
@@ -351,6 +376,10 @@ func (b *fleetBucket) giveBack(slot int64) {
 
 // acquire finds a slot for a call at or after at (see findLocked), taking
 // it when take, leasing as needed. ok is false when a lease failed.
+//
+// No slot is handed out for a call before this worker's departures allow
+// one (lo, see Depart); whether the call is paced by another rule is
+// judged on at alone.
 func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -360,12 +389,14 @@ func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 			b.asking--
 		}
 	}()
+	lo := func() int64 { return max(at, b.dep.tat-b.tol) }
 	// failed is the answer when no lease can be had: a pooled slot that
 	// was passed over for a hoped-for earlier one, else nothing.
 	failed := func() (int64, int64, bool) {
 		b.sweepLocked(b.f.now().UnixNano())
-		if i, ok := b.findLocked(at); ok {
-			s, c := b.handLocked(i, at, take)
+		lo := lo()
+		if i, ok := b.findLocked(lo); ok {
+			s, c := b.handLocked(i, lo, take)
 			return s, c, true
 		}
 		return 0, 0, false
@@ -373,13 +404,14 @@ func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 	for {
 		now := b.f.now().UnixNano()
 		b.sweepLocked(now)
-		i, found := b.findLocked(at)
+		lo := lo()
+		i, found := b.findLocked(lo)
 		if found {
 			// A pooled slot that makes the caller wait is taken unless the
 			// calendar showed free time well before it (a slot left far
 			// ahead by a caller that gave up must not hold up the next).
-			if c := max(b.pool[i], at); c <= at+b.late || leased || b.estimateLocked(at, now)+b.late >= b.pool[i] {
-				s, c := b.handLocked(i, at, take)
+			if c := max(b.pool[i], lo); c <= lo+b.late || leased || b.estimateLocked(lo, now)+b.late >= b.pool[i] {
+				s, c := b.handLocked(i, lo, take)
 				return s, c, true
 			}
 		}
@@ -387,9 +419,9 @@ func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 			// Next for a call held back by another rule: answer from the
 			// calendar last seen and lease nothing, for the caller may
 			// never take it (its deadline may come first). Take leases.
-			e := b.estimateLocked(at, now)
+			e := b.estimateLocked(lo, now)
 			if found {
-				e = min(e, max(b.pool[i], at))
+				e = min(e, max(b.pool[i], lo))
 			}
 			return e, e, true
 		}
@@ -434,7 +466,7 @@ func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 			k = 1
 		}
 		b.mu.Unlock()
-		slots, st, err := b.lease(at, k)
+		slots, st, err := b.lease(lo, k)
 		b.mu.Lock()
 		b.flight = nil
 		fl.err = err
@@ -461,8 +493,8 @@ func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 		// The slots are ours however long the lease took: hand one out
 		// before sweeping again, so a slow round trip cannot make the
 		// caller lease for ever.
-		if i, ok := b.findLocked(at); ok {
-			s, c := b.handLocked(i, at, take)
+		if i, ok := b.findLocked(lo); ok {
+			s, c := b.handLocked(i, lo, take)
 			return s, c, true
 		}
 	}

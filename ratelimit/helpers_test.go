@@ -85,6 +85,29 @@ func (c *fakeClock) waitArmed(t *testing.T) time.Duration {
 	}
 }
 
+// settle collects n results from done, moving the clock to every timer
+// armed meanwhile: calls that woke together, late, leave one at a time, an
+// interval apart, so they park again. It returns the durations parked.
+func (c *fakeClock) settle(t *testing.T, done <-chan error, n int) []time.Duration {
+	t.Helper()
+	var parked []time.Duration
+	for n > 0 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Error(err)
+			}
+			n--
+		case d := <-c.armed:
+			parked = append(parked, d)
+			c.Advance(d)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d calls neither returned nor parked within 10s", n)
+		}
+	}
+	return parked
+}
+
 // noneArmed fails if an After call parked.
 func (c *fakeClock) noneArmed(t *testing.T) {
 	t.Helper()

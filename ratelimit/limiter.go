@@ -119,15 +119,25 @@ type step struct {
 	rule   string
 	set    *bucketSet
 	shared SharedBucket
+	// inOrder: a shared bucket with a burst above 1, which gives its
+	// tokens in time order (GCRA after its last token, locally and
+	// fleet-wide), so a token taken far ahead holds up every later one.
+	// Burst-1 buckets place a far token in free time instead (calendar).
+	inOrder bool
 }
 
 // hold is a token taken from a step for one call.
 type hold struct {
-	slot   int64
-	b      *targetBucket
-	res    *rate.Reservation
-	cancel func()
+	slot       int64
+	b          *targetBucket // per-target steps
+	prev, mine int64         // per-target steps: the departure recorded, for undepart
+	cancel     func()        // shared steps
 }
+
+// takeAhead is how far ahead of now a call held back by its own target or
+// a cool-down may still take tokens of a shared bucket that gives them in
+// time order; further out, it waits first (see wait).
+const takeAhead = 10 * time.Millisecond
 
 func kindIndex(k dispatcher.Kind) int {
 	switch k {
@@ -240,7 +250,7 @@ func (l *Limiter) compile(factory SharedBucketFactory) error {
 		if b == nil {
 			return step{}, fmt.Errorf("ratelimit: Config.SharedBuckets(%q) returned no bucket", name)
 		}
-		return step{shared: b}, nil
+		return step{shared: b, inOrder: r.Burst > 1}, nil
 	}
 	for _, sc := range dispatcher.Scenes {
 		sp := p.Scenes.Scene(sc)
@@ -435,6 +445,20 @@ func (l *Limiter) specs(sr *sceneRules, job *dispatcher.Job, now time.Time) []qu
 // returns a *dispatcher.LimitError with StatusExpired at once, without
 // waiting. If ctx ends first, the tokens are given back and ctx's error
 // returned.
+//
+// A call held back by its own target's bucket or a cool-down takes its
+// shared tokens (per bot, per endpoint) for that later instant without
+// holding up the calls that could go before it: burst-1 shared buckets put
+// such a token into free time (see NewLocalBucket, FleetBuckets). When a
+// shared bucket of the call has a larger burst, and so gives tokens in
+// time order, the call takes nothing until its instant is near: it waits
+// holding nothing, then plans again.
+//
+// On waking, the call leaves only when every bucket's departures allow it
+// (see SharedBucket.Depart): if the previous call on a bucket woke late,
+// this one waits the difference, so calls leave an interval apart however
+// late their goroutines run. If that wait reaches deadline, Wait gives the
+// tokens back and returns StatusExpired.
 func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.Time) error {
 	sr := l.scene(job.Scene)
 	if sr == nil {
@@ -449,11 +473,7 @@ func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.T
 	if sr.endpoint.shared != nil {
 		plan = append(plan, sr.endpoint)
 	}
-	cool, coolRule := sr.targetCool.until(job.Target), "cooldown.target"
-	if bc := l.botCool.until(string(job.Scene)); bc > cool {
-		cool, coolRule = bc, "cooldown.bot"
-	}
-	return l.wait(ctx, plan, job.Target, cool, coolRule, deadline)
+	return l.wait(ctx, plan, sr, job.Target, deadline)
 }
 
 // WaitFiles is Wait for a media upload to the scene's /files endpoint
@@ -463,63 +483,152 @@ func (l *Limiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadlin
 	if sr == nil || sr.files.shared == nil {
 		return ctx.Err()
 	}
-	return l.wait(ctx, []step{sr.files}, "", 0, "", deadline)
+	return l.wait(ctx, []step{sr.files}, nil, "", deadline)
 }
 
-func (l *Limiter) wait(ctx context.Context, plan []step, target string, cool int64, coolRule string, deadline time.Time) error {
-	if err := ctx.Err(); err != nil {
-		return err
+// pausedUntil is when the cool-downs of target and of sr's scene end (0
+// when none), and which ends last. sr nil: no cool-downs apply.
+func (l *Limiter) pausedUntil(sr *sceneRules, target string) (int64, string) {
+	if sr == nil {
+		return 0, ""
 	}
-	now := l.now().UnixNano()
-	t, why := now, ""
-	if cool > t {
-		t, why = cool, coolRule
+	cool, rule := sr.targetCool.until(target), "cooldown.target"
+	if bc := l.botCool.until(string(sr.scene)); bc > cool {
+		cool, rule = bc, "cooldown.bot"
 	}
-	// Ask first, so that in the common case one round of takes at the
-	// right instant suffices and no token is taken and given back.
-	for _, s := range plan {
-		if n := s.next(target, t); n > t {
-			t, why = n, s.rule
-		}
-	}
+	return cool, rule
+}
+
+func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) error {
 	var buf [8]hold
 	holds := buf[:len(plan)]
+	// After a round of takes that did not agree: the latest slot given, and
+	// by which rule. The next round asks no earlier, so it makes progress
+	// even against a bucket whose Next is more hopeful than its Take.
+	floor, floorWhy := int64(0), ""
 	for {
-		if !deadline.IsZero() && t >= deadline.UnixNano() {
-			return &dispatcher.LimitError{
-				Status: dispatcher.StatusExpired,
-				Rule:   why,
-				Reason: fmt.Sprintf("%s allows the next call at %s, not before the deadline %s",
-					why, time.Unix(0, t).UTC().Format(time.RFC3339Nano), deadline.UTC().Format(time.RFC3339Nano)),
-			}
-		}
-		top, topWhy := t, why
-		for i, s := range plan {
-			holds[i] = s.take(target, t, now)
-			if holds[i].slot > top {
-				top, topWhy = holds[i].slot, s.rule
-			}
-		}
-		if top == t {
-			break
-		}
-		// Another caller got a token first somewhere: every token must be
-		// for the same instant, or a bucket would see its calls bunched.
-		release(plan, holds, now)
-		t, why = top, topWhy
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		now := l.now().UnixNano()
+		// First the instant the call's own rules allow: cool-downs and
+		// its target's buckets.
+		t, why := now, ""
+		if cool, rule := l.pausedUntil(sr, target); cool > t {
+			t, why = cool, rule
+		}
+		inOrder := false
+		for _, s := range plan {
+			if s.set == nil {
+				inOrder = inOrder || s.inOrder
+			} else if n := s.next(target, t); n > t {
+				t, why = n, s.rule
+			}
+		}
+		if err := expired(why, t, deadline); err != nil {
+			return err
+		}
+		if inOrder && t > now+int64(takeAhead) {
+			// A token taken now for that instant from a bucket that gives
+			// them in time order would put every later caller of the
+			// bucket after this one. Wait first, holding nothing, then
+			// plan again. (Not for burst-1 buckets: waiting first would
+			// cost a second wake-up, and with fleet buckets a lease round
+			// trip, at the call's own instant, which delays it.)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-l.clock.After(time.Duration(t - now)):
+			}
+			continue
+		}
+		if floor > t {
+			t, why = floor, floorWhy
+		}
+		// Ask the shared buckets, so that in the common case one round of
+		// takes at the right instant suffices and no token is taken and
+		// given back.
+		for _, s := range plan {
+			if s.set == nil {
+				if n := s.next(target, t); n > t {
+					t, why = n, s.rule
+				}
+			}
+		}
+		if err := expired(why, t, deadline); err != nil {
+			return err
+		}
+		floor = t
+		for i, s := range plan {
+			holds[i] = s.take(target, t, now)
+			if holds[i].slot > floor {
+				floor, floorWhy = holds[i].slot, s.rule
+			}
+		}
+		if floor > t {
+			// Another caller got a token first somewhere: every token must
+			// be for the same instant, or a bucket would see its calls
+			// bunched. Give them back and plan again.
+			release(plan, holds, now)
+			continue
+		}
+		if d := time.Duration(t - now); d > 0 {
+			select {
+			case <-ctx.Done():
+				release(plan, holds, l.now().UnixNano())
+				return ctx.Err()
+			case <-l.clock.After(d):
+			}
+		}
+		return l.leave(ctx, plan, holds, deadline)
 	}
-	if d := time.Duration(t - now); d > 0 {
+}
+
+// leave lets a call that holds its tokens go once every bucket's
+// departures allow it, recording its departure in each. A bucket that
+// refuses says when it would allow one; the call waits until then with its
+// tokens (it takes no new ones) and asks again.
+func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, deadline time.Time) error {
+	for {
+		now := l.now().UnixNano()
+		n, retry, why := 0, int64(0), ""
+		for ; n < len(plan); n++ {
+			if r, ok := plan[n].depart(&holds[n], now); !ok {
+				retry, why = max(r, now+int64(time.Microsecond)), plan[n].rule
+				break
+			}
+		}
+		if n == len(plan) {
+			return nil
+		}
+		for i := range n {
+			plan[i].undepart(&holds[i], now)
+		}
+		if err := expired(why, retry, deadline); err != nil {
+			release(plan, holds, now)
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			release(plan, holds, l.now().UnixNano())
 			return ctx.Err()
-		case <-l.clock.After(d):
+		case <-l.clock.After(time.Duration(retry - now)):
 		}
 	}
-	return nil
+}
+
+// expired is the error of a call that rule why lets go at t, when that is
+// not before deadline (non-zero); nil otherwise.
+func expired(why string, t int64, deadline time.Time) error {
+	if deadline.IsZero() || t < deadline.UnixNano() {
+		return nil
+	}
+	return &dispatcher.LimitError{
+		Status: dispatcher.StatusExpired,
+		Rule:   why,
+		Reason: fmt.Sprintf("%s allows the next call at %s, not before the deadline %s",
+			why, time.Unix(0, t).UTC().Format(time.RFC3339Nano), deadline.UTC().Format(time.RFC3339Nano)),
+	}
 }
 
 func (s step) next(target string, at int64) int64 {
@@ -531,18 +640,42 @@ func (s step) next(target string, at int64) int64 {
 
 func (s step) take(target string, at, now int64) hold {
 	if s.set != nil {
-		b, slot, res := s.set.take(target, at, now)
-		return hold{slot: slot, b: b, res: res}
+		b, slot := s.set.take(target, at, now)
+		return hold{slot: slot, b: b}
 	}
 	slot, cancel := s.shared.Take(time.Unix(0, at))
 	return hold{slot: max(slot.UnixNano(), at), cancel: cancel}
+}
+
+// depart asks the step's bucket to let the call of h leave at now; see
+// SharedBucket.Depart.
+func (s step) depart(h *hold, now int64) (int64, bool) {
+	if s.set != nil {
+		next, prev, mine, ok := s.set.depart(h.b, now)
+		if ok {
+			h.prev, h.mine = prev, mine
+		}
+		return next, ok
+	}
+	next, ok := s.shared.Depart(time.Unix(0, now))
+	return next.UnixNano(), ok
+}
+
+func (s step) undepart(h *hold, now int64) {
+	if s.set != nil {
+		s.set.undepart(h.b, h.prev, h.mine)
+		return
+	}
+	s.shared.Undepart(time.Unix(0, now))
 }
 
 func release(plan []step, holds []hold, now int64) {
 	for i, s := range plan {
 		h := &holds[i]
 		if s.set != nil {
-			s.set.cancel(h.b, h.res, now)
+			if h.b != nil {
+				s.set.cancel(h.b, h.slot, now)
+			}
 		} else if h.cancel != nil {
 			h.cancel()
 		}
