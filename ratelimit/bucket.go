@@ -315,6 +315,8 @@ const bucketShards = 64
 // targets seen within one refill time.
 type bucketSet struct {
 	name    string
+	every   rate.Limit
+	burst   int
 	iv, tol int64 // interval and GCRA tolerance, nanoseconds
 	seed    maphash.Seed
 	noEvict bool // benchmarks only: keep every bucket, for a baseline
@@ -322,26 +324,31 @@ type bucketSet struct {
 }
 
 type bucketShard struct {
+	set        *bucketSet
 	mu         sync.Mutex
 	m          map[string]*targetBucket
 	head, tail *targetBucket // least to most recently touched
 }
 
-// targetBucket is one target's bucket: its tokens (gcra), its departures
-// (a GCRA like departures, without Undepart's bookkeeping: the hold keeps
-// it), and the calls holding one of its tokens, which keep it from being
-// evicted until they have left or given the token back.
+// targetBucket is one target's bucket: its tokens (an x/time/rate token
+// bucket, used with explicit instants), its departures (a GCRA like
+// departures, without Undepart's bookkeeping: the hold keeps it), and the
+// calls holding one of its tokens, which keep it from being evicted until
+// they have left or given the token back.
 type targetBucket struct {
-	gcra
+	lim          *rate.Limiter
+	last         int64 // the latest slot handed out
 	dtat         int64
 	holders      int32
 	key          string
 	older, newer *targetBucket
 }
 
-// idleAt is when the bucket is as good as a new one, unless a call holds
-// one of its tokens.
-func (b *targetBucket) idleAt() int64 { return max(b.tat, b.dtat) }
+// idleAt is when the bucket is as good as a new one (full, and its last
+// departure an interval old), unless a call holds one of its tokens.
+func (s *bucketSet) idleAt(b *targetBucket) int64 {
+	return max(b.last+int64(s.burst)*s.iv, b.dtat)
+}
 
 // sweepPerTouch is how many idle buckets a new bucket evicts from its shard:
 // more than one, so a backlog shrinks while targets keep arriving.
@@ -350,13 +357,16 @@ const sweepPerTouch = 2
 func newBucketSet(name string, every rate.Limit, burst int) *bucketSet {
 	iv := intervalOf(every)
 	s := &bucketSet{
-		name: name,
-		iv:   iv,
-		tol:  toleranceOf(iv, burst),
-		seed: maphash.MakeSeed(),
+		name:  name,
+		every: every,
+		burst: max(burst, 1),
+		iv:    iv,
+		tol:   toleranceOf(iv, burst),
+		seed:  maphash.MakeSeed(),
 	}
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]*targetBucket)
+		s.shards[i].set = s
 	}
 	return s
 }
@@ -377,13 +387,19 @@ func (s *bucketSet) next(key string, at int64) int64 {
 	if b == nil {
 		return at
 	}
-	return b.next(s.lo(b, at), s.tol)
+	lo := s.lo(b, at)
+	tokens := b.lim.TokensAt(time.Unix(0, lo))
+	if tokens >= 1 {
+		return lo
+	}
+	// As x/time/rate computes a reservation's wait.
+	return lo + int64(time.Duration((1-tokens)/float64(s.every)*float64(time.Second)))
 }
 
 // take reserves a token in key's bucket for a call at or after at, creating
 // the bucket if needed; now is the current time, for eviction. The caller
-// then holds the bucket until it departs or cancels.
-func (s *bucketSet) take(key string, at, now int64) (*targetBucket, int64) {
+// then holds the bucket (and the reservation) until it departs or cancels.
+func (s *bucketSet) take(key string, at, now int64) (*targetBucket, int64, *rate.Reservation) {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -392,23 +408,27 @@ func (s *bucketSet) take(key string, at, now int64) (*targetBucket, int64) {
 		if !s.noEvict {
 			sh.sweep(now, sweepPerTouch)
 		}
-		b = &targetBucket{key: key}
+		b = &targetBucket{key: key, lim: rate.NewLimiter(s.every, s.burst)}
 		sh.m[key] = b
 	} else {
 		sh.unlink(b)
 	}
 	sh.pushBack(b)
 	b.holders++
-	return b, b.take(s.lo(b, at), s.iv, s.tol)
+	lo := time.Unix(0, s.lo(b, at))
+	res := b.lim.ReserveN(lo, 1)
+	slot := lo.Add(res.DelayFrom(lo)).UnixNano()
+	b.last = max(b.last, slot)
+	return b, slot, res
 }
 
-// cancel gives back the token of slot (as far as gcra.cancel does) and
-// lets go of the bucket.
-func (s *bucketSet) cancel(b *targetBucket, slot, now int64) {
+// cancel gives back the token of res (as far as x/time/rate's CancelAt
+// does: nothing once its time has passed) and lets go of the bucket.
+func (s *bucketSet) cancel(b *targetBucket, res *rate.Reservation, now int64) {
 	sh := s.shard(b.key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	b.gcra.cancel(slot, now, s.iv)
+	res.CancelAt(time.Unix(0, now))
 	b.holders--
 }
 
@@ -476,7 +496,7 @@ func (s *bucketSet) len() int {
 // it: eviction may come late, never early.
 func (sh *bucketShard) sweep(now int64, limit int) int {
 	n := 0
-	for b := sh.head; b != nil && b.holders == 0 && b.idleAt() <= now && n != limit; b = sh.head {
+	for b := sh.head; b != nil && b.holders == 0 && sh.set.idleAt(b) <= now && n != limit; b = sh.head {
 		sh.unlink(b)
 		delete(sh.m, b.key)
 		n++

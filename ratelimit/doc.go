@@ -11,8 +11,9 @@
 //   - Reserve: active-send permission, then the period quotas (day/month in
 //     the policy's zone), counted with compare-and-set in a JetStream KV
 //     bucket shared by every worker (ProvisionQuotas);
-//   - Wait: token buckets (GCRA, and calendars for burst-1 shared buckets)
-//     per target, per bot and per endpoint, plus cool-downs after
+//   - Wait: token buckets per target (golang.org/x/time/rate), per bot and
+//     per endpoint (calendars of slots for burst-1 shared buckets, GCRA
+//     otherwise, in process or fleet-wide), plus cool-downs after
 //     rate-limit answers; every bucket also checks when calls really left,
 //     so a goroutine that wakes late cannot bring two calls closer than the
 //     rate allows; idle per-target buckets are evicted, so memory follows

@@ -129,9 +129,10 @@ type step struct {
 // hold is a token taken from a step for one call.
 type hold struct {
 	slot       int64
-	b          *targetBucket // per-target steps
-	prev, mine int64         // per-target steps: the departure recorded, for undepart
-	cancel     func()        // shared steps
+	b          *targetBucket     // per-target steps
+	res        *rate.Reservation // per-target steps: the token, for cancel
+	prev, mine int64             // per-target steps: the departure recorded, for undepart
+	cancel     func()            // shared steps
 }
 
 // takeAhead is how far ahead of now a call held back by its own target or
@@ -640,8 +641,8 @@ func (s step) next(target string, at int64) int64 {
 
 func (s step) take(target string, at, now int64) hold {
 	if s.set != nil {
-		b, slot := s.set.take(target, at, now)
-		return hold{slot: slot, b: b}
+		b, slot, res := s.set.take(target, at, now)
+		return hold{slot: slot, b: b, res: res}
 	}
 	slot, cancel := s.shared.Take(time.Unix(0, at))
 	return hold{slot: max(slot.UnixNano(), at), cancel: cancel}
@@ -674,7 +675,7 @@ func release(plan []step, holds []hold, now int64) {
 		h := &holds[i]
 		if s.set != nil {
 			if h.b != nil {
-				s.set.cancel(h.b, h.slot, now)
+				s.set.cancel(h.b, h.res, now)
 			}
 		} else if h.cancel != nil {
 			h.cancel()
