@@ -454,12 +454,24 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		if ctx.Err() != nil {
 			return Outcome{}, ErrHandedBack
 		}
+		// The ledger says "calling" before the request can leave; with a
+		// limiter the write happens inside Wait, once the tokens are held,
+		// so the departure it records is the request's.
+		marked := false
+		mark := func() error {
+			err := r.markCalling(ctx)
+			marked = err == nil
+			return err
+		}
 		if p.cfg.Limiter != nil {
-			if err := p.cfg.Limiter.Wait(ctx, j, r.deadline); err != nil {
+			if err := p.cfg.Limiter.Wait(ctx, j, r.deadline, mark); err != nil {
+				if marked {
+					// Marked, then stopped before the call: no call ran.
+					_ = r.markClaimed(ctx)
+				}
 				return Outcome{}, err
 			}
-		}
-		if err := r.markCalling(ctx); err != nil {
+		} else if err := mark(); err != nil {
 			return Outcome{}, err
 		}
 		r.attempts++

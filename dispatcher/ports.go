@@ -129,8 +129,13 @@ type Limiter interface {
 	Reserve(ctx context.Context, job *Job) (Reservation, error)
 	// Wait blocks until the job may make one call under every rate limit.
 	// It fails with a *LimitError (StatusExpired) when the call could not
-	// start before deadline.
-	Wait(ctx context.Context, job *Job, deadline time.Time) error
+	// start before deadline. Once the call's instant has come and its
+	// tokens are held, it runs ready (the pipeline marks the call in its
+	// ledger there) and records the call as leaving only after ready
+	// returns, so time spent in ready cannot bring two calls closer than a
+	// limit allows; an error from ready gives the tokens back and is
+	// returned.
+	Wait(ctx context.Context, job *Job, deadline time.Time, ready func() error) error
 	// Feedback tells the limiter how the platform answered a call, so a
 	// rate-limit answer slows the key down and a quota answer marks the
 	// period as spent.

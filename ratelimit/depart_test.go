@@ -145,7 +145,7 @@ scenes: {c2c: {passive: {rate: {per_target: {limit: 10, per: 1s, burst: 3}, per_
 			clk.run(tc.callers, func(c int) {
 				for i := range tc.calls {
 					job := tc.job(c, i)
-					if err := l.Wait(context.Background(), job, time.Time{}); err != nil {
+					if err := l.Wait(context.Background(), job, time.Time{}, nil); err != nil {
 						t.Error(err)
 						return
 					}
@@ -181,16 +181,16 @@ func TestWaitLateDepartureDelaysNext(t *testing.T) {
 	step := interval(5, time.Second)
 	job := channelJob("C1", "G1", dispatcher.KindActive)
 	ctx := context.Background()
-	if err := l.Wait(ctx, job, time.Time{}); err != nil {
+	if err := l.Wait(ctx, job, time.Time{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Two callers take the next two slots, +1 and +2 intervals.
 	first, second := make(chan error, 1), make(chan error, 1)
-	go func() { first <- l.Wait(ctx, job, time.Time{}) }()
+	go func() { first <- l.Wait(ctx, job, time.Time{}, nil) }()
 	if d := clk.waitArmed(t); !near(d, step) {
 		t.Fatalf("first parks %s, want %s", d, step)
 	}
-	go func() { second <- l.Wait(ctx, job, time.Time{}) }()
+	go func() { second <- l.Wait(ctx, job, time.Time{}, nil) }()
 	if d := clk.waitArmed(t); !near(d, 2*step) {
 		t.Fatalf("second parks %s, want %s", d, 2*step)
 	}
@@ -216,7 +216,7 @@ func TestWaitLateDepartureDelaysNext(t *testing.T) {
 	}
 	// A new call takes its slot after the late departure, not after the
 	// first's slot: it parks once, a whole interval.
-	go func() { first <- l.Wait(ctx, job, time.Time{}) }()
+	go func() { first <- l.Wait(ctx, job, time.Time{}, nil) }()
 	if d = clk.waitArmed(t); !near(d, step) {
 		t.Fatalf("the next call parks %s, want %s", d, step)
 	}
@@ -234,13 +234,13 @@ func TestWaitExpiresAfterLateDeparture(t *testing.T) {
 	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}"), clk)
 	step := interval(60, time.Minute)
 	ctx := context.Background()
-	if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G0"), time.Time{}); err != nil {
+	if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G0"), time.Time{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	deadline := t0.Add(2*step + step/2)
 	done := make(chan error, 2)
 	for i := range 2 {
-		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i+1)), deadline) }()
+		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i+1)), deadline, nil) }()
 		clk.waitArmed(t)
 	}
 	// Both wake together at +2 intervals: one leaves, the other would
@@ -264,7 +264,7 @@ func TestWaitExpiresAfterLateDeparture(t *testing.T) {
 	}
 	clk.noneArmed(t)
 	// The next call goes an interval after the one that left.
-	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G9"), time.Time{}) }()
+	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G9"), time.Time{}, nil) }()
 	d := clk.waitArmed(t)
 	if !near(d, step) {
 		t.Fatalf("the next call parks %s, want an interval (%s)", d, step)
@@ -291,16 +291,16 @@ scenes: {group: {active: {rate: {per_target: {limit: 1, per: 10s}, per_bot: {lim
 			ctx := context.Background()
 			// Use up the bot's burst, so that B has to wait for it.
 			for i := range burst {
-				if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("A", i)), time.Time{}); err != nil {
+				if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("A", i)), time.Time{}, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
 			done := make(chan error, 2)
-			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A0"), time.Time{}) }()
+			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A0"), time.Time{}, nil) }()
 			if d := clk.waitArmed(t); d < 10*time.Second {
 				t.Fatalf("A's second call waits %s, want its target's 10s", d)
 			}
-			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "B"), time.Time{}) }()
+			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "B"), time.Time{}, nil) }()
 			botStep := time.Duration(float64(time.Second) / (float64(10-burst+1) * (1 - HeadroomDefault)))
 			if d := clk.waitArmed(t); d > botStep+time.Millisecond {
 				t.Fatalf("B's call waits %s behind A's; want the bot's next token (%s)", d, botStep)
@@ -324,14 +324,14 @@ scenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}`), clk)
 	const n = 5
 	done := make(chan error, n+1)
 	for i := range n {
-		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{}) }()
+		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{}, nil) }()
 		if i > 0 {
 			clk.waitArmed(t) // queued on the bot, seconds ahead
 		} else if err := <-done; err != nil {
 			t.Fatal(err)
 		}
 	}
-	go func() { done <- l.Wait(ctx, passiveJob(dispatcher.SceneGroup, "R", t0), time.Time{}) }()
+	go func() { done <- l.Wait(ctx, passiveJob(dispatcher.SceneGroup, "R", t0), time.Time{}, nil) }()
 	if d := clk.waitArmed(t); d > interval(100, time.Second)+time.Millisecond {
 		t.Fatalf("a reply waits %s behind the actives' backlog; want one endpoint interval", d)
 	}
@@ -515,7 +515,7 @@ scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 	var n atomic.Int64
 	clk.run(6, func(c int) {
 		for n.Add(1) <= 120 {
-			if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", c, "-", n.Load())), time.Time{}); err != nil {
+			if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", c, "-", n.Load())), time.Time{}, nil); err != nil {
 				t.Error(err)
 				return
 			}

@@ -460,7 +460,13 @@ func (l *Limiter) specs(sr *sceneRules, job *dispatcher.Job, now time.Time) []qu
 // this one waits the difference, so calls leave an interval apart however
 // late their goroutines run. If that wait reaches deadline, Wait gives the
 // tokens back and returns StatusExpired.
-func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.Time) error {
+//
+// ready, if not nil, runs once the call's instant has come and its tokens
+// are held, before the departure is recorded: the pipeline writes its
+// ledger there, so however long that takes, the departure recorded is when
+// the call really goes. An error from ready gives the tokens back and is
+// returned.
+func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.Time, ready func() error) error {
 	sr := l.scene(job.Scene)
 	if sr == nil {
 		return ctx.Err()
@@ -474,7 +480,7 @@ func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.T
 	if sr.endpoint.shared != nil {
 		plan = append(plan, sr.endpoint)
 	}
-	return l.wait(ctx, plan, sr, job.Target, deadline)
+	return l.wait(ctx, plan, sr, job.Target, deadline, ready)
 }
 
 // WaitFiles is Wait for a media upload to the scene's /files endpoint
@@ -484,7 +490,7 @@ func (l *Limiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadlin
 	if sr == nil || sr.files.shared == nil {
 		return ctx.Err()
 	}
-	return l.wait(ctx, []step{sr.files}, nil, "", deadline)
+	return l.wait(ctx, []step{sr.files}, nil, "", deadline, nil)
 }
 
 // pausedUntil is when the cool-downs of target and of sr's scene end (0
@@ -500,7 +506,7 @@ func (l *Limiter) pausedUntil(sr *sceneRules, target string) (int64, string) {
 	return cool, rule
 }
 
-func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) error {
+func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time, ready func() error) error {
 	var buf [8]hold
 	holds := buf[:len(plan)]
 	// After a round of takes that did not agree: the latest slot given, and
@@ -579,6 +585,12 @@ func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target 
 				release(plan, holds, l.now().UnixNano())
 				return ctx.Err()
 			case <-l.clock.After(d):
+			}
+		}
+		if ready != nil {
+			if err := ready(); err != nil {
+				release(plan, holds, l.now().UnixNano())
+				return err
 			}
 		}
 		return l.leave(ctx, plan, holds, deadline)
