@@ -85,12 +85,23 @@ func keepLog(t *testing.T, path string) {
 // the workers look for it.
 func freeTCPPort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freeTCPPorts(t, 1)[0]
+}
+
+// freeTCPPorts picks n distinct free ports, holding each until all are
+// picked (a port closed at once can be handed out again by the next pick).
+func freeTCPPorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // natsNode is one member of the cluster.
@@ -113,10 +124,27 @@ type natsCluster struct {
 
 func startCluster(t *testing.T) *natsCluster {
 	t.Helper()
+	// The ports are free when picked but another process may take one
+	// before the servers bind: then pick again.
+	for attempt := 1; ; attempt++ {
+		c, err := tryStartCluster(t)
+		if err == nil {
+			return c
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("cluster start, attempt %d: %v; picking other ports", attempt, err)
+	}
+}
+
+func tryStartCluster(t *testing.T) (*natsCluster, error) {
+	t.Helper()
 	c := &natsCluster{t: t}
 	logDir := t.TempDir()
+	ports := freeTCPPorts(t, 6)
 	for i := range 3 {
-		n := &natsNode{name: fmt.Sprintf("n%d", i+1), dir: t.TempDir(), clientPort: freeTCPPort(t), routePort: freeTCPPort(t)}
+		n := &natsNode{name: fmt.Sprintf("n%d", i+1), dir: t.TempDir(), clientPort: ports[2*i], routePort: ports[2*i+1]}
 		n.logPath = filepath.Join(logDir, n.name+".log")
 		c.nodes = append(c.nodes, n)
 		c.routes = append(c.routes, fmt.Sprintf("nats-route://127.0.0.1:%d", n.routePort))
@@ -136,17 +164,30 @@ func startCluster(t *testing.T) *natsCluster {
 		}
 	})
 	for i := range c.nodes {
-		c.start(i)
+		if err := c.tryStart(i); err != nil {
+			for j := range c.nodes {
+				c.stop(j)
+			}
+			return nil, err
+		}
 	}
-	return c
+	return c, nil
 }
 
+// start starts node i (again), failing the test if it cannot.
 func (c *natsCluster) start(i int) {
+	c.t.Helper()
+	if err := c.tryStart(i); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *natsCluster) tryStart(i int) error {
 	c.t.Helper()
 	n := c.nodes[i]
 	f, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		c.t.Fatal(err)
+		return err
 	}
 	c.logs = append(c.logs, f)
 	log := zerolog.New(f).Level(zerolog.WarnLevel).With().Timestamp().Str("node", n.name).Logger()
@@ -155,14 +196,15 @@ func (c *natsCluster) start(i int) {
 		Cluster: queue.ClusterConfig{Name: "qqfleet", Port: n.routePort, Routes: c.routes},
 	})
 	if err != nil {
-		c.t.Fatal(err)
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := e.Start(ctx); err != nil {
-		c.t.Fatalf("start %s: %v", n.name, err)
+		return fmt.Errorf("start %s: %w", n.name, err)
 	}
 	n.srv = e
+	return nil
 }
 
 // stop shuts node i down; its data stays on disk.
