@@ -705,6 +705,9 @@ func (r *run) rejected(reason string, se *SendError) Outcome {
 // finish stores the outcome, finalises the ledger entry and acks.
 func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	p := r.p
+	// No more calls for this job: the target's next job may go while the
+	// outcome is stored.
+	r.d.Proceed()
 	o.Finished = p.cfg.Clock.Now()
 	// Storing the outcome outlives shutdown: the job is decided.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.RecordTimeout)

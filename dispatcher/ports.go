@@ -115,6 +115,10 @@ type Delivery interface {
 	Ack(ctx context.Context) error
 	// Release hands the message back for redelivery (used on shutdown).
 	Release() error
+	// Proceed says the job will make no more calls: its outcome is decided
+	// and only being stored, so the target's next job may start. Calls to
+	// one target stay in order; the bookkeeping after them may overlap.
+	Proceed()
 }
 
 // Limiter enforces the platform's rules before a call (package ratelimit).

@@ -687,7 +687,12 @@ type delivery struct {
 	env       dispatcher.Envelope
 	overdraft bool // held beyond the worker's slots (see takeSlots)
 	once      sync.Once
+	proceed   chan struct{} // closed by Proceed
+	proceeded sync.Once
 }
+
+// Proceed lets the target's next job start (see dispatcher.Delivery).
+func (d *delivery) Proceed() { d.proceeded.Do(func() { close(d.proceed) }) }
 
 func (d *delivery) Envelope() dispatcher.Envelope { return d.env }
 
@@ -735,7 +740,7 @@ func (c *Consumer) dispatch(p *partition, msg jetstream.Msg, overdraft bool) {
 		env.Seq = md.Sequence.Stream
 		first = md.NumDelivered <= 1
 	}
-	d := &delivery{c: c, p: p, msg: msg, env: env, overdraft: overdraft}
+	d := &delivery{c: c, p: p, msg: msg, env: env, overdraft: overdraft, proceed: make(chan struct{})}
 	c.heldMu.Lock()
 	c.held[d] = struct{}{}
 	c.heldMu.Unlock()
@@ -796,23 +801,38 @@ func (c *Consumer) runLane(l *lane) {
 		}
 		select {
 		case c.running <- struct{}{}:
-			_, err := c.cfg.Handler.Handle(p.ctx, d)
-			<-c.running
-			if errors.Is(err, dispatcher.ErrHandedBack) {
-				// It comes back by redelivery; the target's later jobs
-				// must come back after it, not run before it.
-				c.handBackLane(l)
-			} else if err != nil {
-				p.log.Warn().Err(err).Msg("handle job")
+			c.inflight.Add(1)
+			done := make(chan error, 1)
+			go func() {
+				defer c.inflight.Done()
+				_, err := c.cfg.Handler.Handle(p.ctx, d)
+				<-c.running
+				// A job left to another handler of the same job id is held
+				// by nobody here any more.
+				d.unhold()
+				if err != nil && !errors.Is(err, dispatcher.ErrHandedBack) {
+					p.log.Warn().Err(err).Msg("handle job")
+				}
+				done <- err
+			}()
+			// The lane goes on once the job's calls are over (Proceed) or
+			// it returned, whichever comes first: storing an outcome does
+			// not hold up the target's next call.
+			select {
+			case <-d.proceed:
+			case err := <-done:
+				if errors.Is(err, dispatcher.ErrHandedBack) {
+					// It comes back by redelivery; the target's later jobs
+					// must come back after it, not run before it.
+					c.handBackLane(l)
+				}
 			}
 		case <-p.ctx.Done():
 			if err := d.Release(); err != nil {
 				p.log.Debug().Err(err).Msg("release job")
 			}
+			d.unhold()
 		}
-		// A job left to another handler of the same job id is held by
-		// nobody here any more.
-		d.unhold()
 	}
 }
 

@@ -206,6 +206,7 @@ func (r *Recorder) Forget(ctx context.Context, jobID string) error {
 type OutcomeWatch struct {
 	jobID string
 	w     jetstream.KeyWatcher
+	r     *Recorder
 	once  sync.Once
 }
 
@@ -216,8 +217,12 @@ func (r *Recorder) Watch(ctx context.Context, jobID string) (*OutcomeWatch, erro
 	if err != nil {
 		return nil, fmt.Errorf("queue: watch outcome of %s: %w", jobID, err)
 	}
-	return &OutcomeWatch{jobID: jobID, w: w}, nil
+	return &OutcomeWatch{jobID: jobID, w: w, r: r}, nil
 }
+
+// outcomePoll is how often Wait also reads the key directly: a watch can
+// go quiet for minutes while the cluster moves the bucket's leader.
+const outcomePoll = 2 * time.Second
 
 // ErrWatchClosed is returned by Wait when the watch ended without an outcome
 // (Stop was called or the connection closed).
@@ -227,10 +232,16 @@ var ErrWatchClosed = errors.New("queue: outcome watch closed")
 // watch began) or ctx ends, then stops the watch.
 func (w *OutcomeWatch) Wait(ctx context.Context) (dispatcher.Outcome, error) {
 	defer w.Stop()
+	poll := time.NewTicker(outcomePoll)
+	defer poll.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return dispatcher.Outcome{}, ctx.Err()
+		case <-poll.C:
+			if o, ok, err := w.r.Lookup(ctx, w.jobID); err == nil && ok {
+				return o, nil
+			}
 		case e, ok := <-w.w.Updates():
 			if !ok {
 				return dispatcher.Outcome{}, ErrWatchClosed

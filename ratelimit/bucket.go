@@ -53,7 +53,13 @@ type SharedBucket interface {
 // ("bot.<bot id>.group.active" or "endpoint.send.group"); every is the
 // refill rate in tokens per second, headroom already applied; burst is the
 // bucket size.
-type SharedBucketFactory func(name string, every rate.Limit, burst int) (SharedBucket, error)
+//
+// slack is how much closer than the interval a call may leave after a
+// late one (Depart): the platform counts N calls per window, and a bucket
+// running headroom below N per window leaves that much room, so a call
+// that left late may be caught up on without any window holding more than
+// N (see Rate.Slack).
+type SharedBucketFactory func(name string, every rate.Limit, burst int, slack time.Duration) (SharedBucket, error)
 
 // neverInterval is the interval of a bucket that never refills: about 104
 // days, far enough to mean never, small enough that sums do not overflow.
@@ -221,13 +227,14 @@ func (c *calendar) remove(a, b int64) {
 // calendar), so a token taken far ahead does not hold up calls that could
 // go before it. With a larger burst it is a plain token bucket (GCRA)
 // whose next token comes after the last one taken, however far ahead.
-func NewLocalBucket(every rate.Limit, burst int) SharedBucket {
+func NewLocalBucket(every rate.Limit, burst int, slack time.Duration) SharedBucket {
 	iv := intervalOf(every)
-	return &localBucket{iv: iv, tol: toleranceOf(iv, burst)}
+	return &localBucket{iv: iv, tol: toleranceOf(iv, burst), slack: max(int64(slack), 0)}
 }
 
 type localBucket struct {
 	iv, tol int64
+	slack   int64 // see SharedBucketFactory
 
 	mu sync.Mutex
 	// now is the latest departure: the bucket has no clock, and calls
@@ -240,7 +247,7 @@ type localBucket struct {
 }
 
 // lo is the earliest slot for a call at at that the departures allow.
-func (l *localBucket) lo(at int64) int64 { return max(at, l.dep.tat-l.tol) }
+func (l *localBucket) lo(at int64) int64 { return max(at, l.dep.tat-l.tol-l.slack) }
 
 func (l *localBucket) Next(at time.Time) time.Time {
 	if l.iv == 0 {
@@ -289,7 +296,7 @@ func (l *localBucket) Depart(now time.Time) (time.Time, bool) {
 	defer l.mu.Unlock()
 	n := now.UnixNano()
 	l.now = max(l.now, n)
-	next, ok := l.dep.depart(n, l.iv, l.tol)
+	next, ok := l.dep.depart(n, l.iv, l.tol+l.slack)
 	return time.Unix(0, next), ok
 }
 
@@ -318,6 +325,7 @@ type bucketSet struct {
 	every   rate.Limit
 	burst   int
 	iv, tol int64 // interval and GCRA tolerance, nanoseconds
+	slack   int64 // see SharedBucketFactory
 	seed    maphash.Seed
 	noEvict bool // benchmarks only: keep every bucket, for a baseline
 	shards  [bucketShards]bucketShard
@@ -354,7 +362,7 @@ func (s *bucketSet) idleAt(b *targetBucket) int64 {
 // more than one, so a backlog shrinks while targets keep arriving.
 const sweepPerTouch = 2
 
-func newBucketSet(name string, every rate.Limit, burst int) *bucketSet {
+func newBucketSet(name string, every rate.Limit, burst int, slack time.Duration) *bucketSet {
 	iv := intervalOf(every)
 	s := &bucketSet{
 		name:  name,
@@ -362,6 +370,7 @@ func newBucketSet(name string, every rate.Limit, burst int) *bucketSet {
 		burst: max(burst, 1),
 		iv:    iv,
 		tol:   toleranceOf(iv, burst),
+		slack: max(int64(slack), 0),
 		seed:  maphash.MakeSeed(),
 	}
 	for i := range s.shards {
@@ -376,7 +385,7 @@ func (s *bucketSet) shard(key string) *bucketShard {
 }
 
 // lo is the earliest slot for a call at at that b's departures allow.
-func (s *bucketSet) lo(b *targetBucket, at int64) int64 { return max(at, b.dtat-s.tol) }
+func (s *bucketSet) lo(b *targetBucket, at int64) int64 { return max(at, b.dtat-s.tol-s.slack) }
 
 // next is when key's bucket has a token, at or after at.
 func (s *bucketSet) next(key string, at int64) int64 {
@@ -440,7 +449,7 @@ func (s *bucketSet) depart(b *targetBucket, now int64) (next, prev, mine int64, 
 	sh := s.shard(b.key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e := b.dtat - s.tol; now < e {
+	if e := b.dtat - s.tol - s.slack; now < e {
 		return e, 0, 0, false
 	}
 	prev = b.dtat

@@ -200,7 +200,7 @@ func (f *FleetBuckets) Key(name string) string {
 // refilling at every tokens per second and holding burst. Asked twice for
 // the same bucket, it returns the same one, so limiters in one process
 // share its leased slots.
-func (f *FleetBuckets) Bucket(name string, every rate.Limit, burst int) (SharedBucket, error) {
+func (f *FleetBuckets) Bucket(name string, every rate.Limit, burst int, slack time.Duration) (SharedBucket, error) {
 	if !(every > 0) || every == rate.Inf || math.IsInf(float64(every), 1) {
 		return nil, fmt.Errorf("ratelimit: fleet bucket %q: rate must be positive and finite, got %v", name, every)
 	}
@@ -221,6 +221,7 @@ func (f *FleetBuckets) Bucket(name string, every rate.Limit, burst int) (SharedB
 		key:      f.Key(name),
 		interval: interval,
 		tol:      int64(burst-1) * interval,
+		slack:    max(int64(slack), 0),
 		late:     min(int64(f.opts.Grace), interval/2),
 		maxLease: int(max(1, maxLease)),
 	}
@@ -274,6 +275,7 @@ type fleetBucket struct {
 	key      string
 	interval int64 // nanoseconds between slots: 1/rate, rounded up
 	tol      int64 // GCRA tolerance: (burst − 1)·interval
+	slack    int64 // see SharedBucketFactory
 	late     int64 // how late a slot may be used: Grace, at most interval/2
 	maxLease int
 
@@ -346,7 +348,7 @@ func (b *fleetBucket) Take(at time.Time) (time.Time, func()) {
 func (b *fleetBucket) Depart(now time.Time) (time.Time, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	n, ok := b.dep.depart(now.UnixNano(), b.interval, b.tol)
+	n, ok := b.dep.depart(now.UnixNano(), b.interval, b.tol+b.slack)
 	return time.Unix(0, n), ok
 }
 
@@ -389,7 +391,7 @@ func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 			b.asking--
 		}
 	}()
-	lo := func() int64 { return max(at, b.dep.tat-b.tol) }
+	lo := func() int64 { return max(at, b.dep.tat-b.tol-b.slack) }
 	// failed is the answer when no lease can be had: a pooled slot that
 	// was passed over for a hoped-for earlier one, else nothing.
 	failed := func() (int64, int64, bool) {

@@ -157,7 +157,7 @@ func startJSTB(t testing.TB) func() jetstream.JetStream {
 
 func mustBucket(t testing.TB, f *FleetBuckets, name string, every rate.Limit, burst int) SharedBucket {
 	t.Helper()
-	b, err := f.Bucket(name, every, burst)
+	b, err := f.Bucket(name, every, burst, 0)
 	if err != nil {
 		t.Fatalf("Bucket(%q): %v", name, err)
 	}
@@ -480,7 +480,7 @@ func TestFleetBurstMatchesLocalBucket(t *testing.T) {
 		f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk, MaxLease: tc.maxLease})[0]
 		every := rate.Limit(5)
 		fb := mustBucket(t, f, fmt.Sprintf("bot.burst%d-%d", tc.burst, tc.maxLease), every, tc.burst)
-		lb := NewLocalBucket(every, tc.burst)
+		lb := NewLocalBucket(every, tc.burst, 0)
 		var slots []time.Time
 		for i := range 60 {
 			at := clk.Now()
@@ -892,7 +892,7 @@ func TestFleetOptionsAndKeys(t *testing.T) {
 		every rate.Limit
 		burst int
 	}{{0, 1}, {-1, 1}, {rate.Inf, 1}, {1, 0}} {
-		if _, err := f.Bucket("x", bad.every, bad.burst); err == nil {
+		if _, err := f.Bucket("x", bad.every, bad.burst, 0); err == nil {
 			t.Errorf("Bucket(%v, %d) accepted", bad.every, bad.burst)
 		}
 	}
@@ -951,7 +951,7 @@ func BenchmarkFleetBucket(b *testing.B) {
 					buckets[i] = mustBucket(b, f, name, every, 1)
 				}
 			} else {
-				local := NewLocalBucket(every, 1)
+				local := NewLocalBucket(every, 1, 0)
 				for i := range buckets {
 					buckets[i] = local
 				}

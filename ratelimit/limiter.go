@@ -189,8 +189,8 @@ func New(cfg Config) (*Limiter, error) {
 		cfg.Now = cfg.Clock.Now
 	}
 	if cfg.SharedBuckets == nil {
-		cfg.SharedBuckets = func(_ string, every rate.Limit, burst int) (SharedBucket, error) {
-			return NewLocalBucket(every, burst), nil
+		cfg.SharedBuckets = func(_ string, every rate.Limit, burst int, slack time.Duration) (SharedBucket, error) {
+			return NewLocalBucket(every, burst, slack), nil
 		}
 	}
 	if cfg.StoreTimeout == 0 {
@@ -244,7 +244,7 @@ func (l *Limiter) compile(factory SharedBucketFactory) error {
 		if r == nil {
 			return step{}, nil
 		}
-		b, err := factory(name, rate.Limit(r.Every(h)), r.Burst)
+		b, err := factory(name, rate.Limit(r.Every(h)), r.Burst, r.Slack(h))
 		if err != nil {
 			return step{}, fmt.Errorf("ratelimit: Config.SharedBuckets(%q): %w", name, err)
 		}
@@ -279,7 +279,7 @@ func (l *Limiter) compile(factory SharedBucketFactory) error {
 			kr := &sr.kinds[kindIndex(k)]
 			prefix := string(sc) + "." + string(k)
 			if r := kp.Rate.PerTarget; r != nil {
-				set := newBucketSet(prefix+".rate.per_target", rate.Limit(r.Every(h)), r.Burst)
+				set := newBucketSet(prefix+".rate.per_target", rate.Limit(r.Every(h)), r.Burst, r.Slack(h))
 				l.sets = append(l.sets, set)
 				kr.steps = append(kr.steps, step{rule: set.name, set: set})
 			}

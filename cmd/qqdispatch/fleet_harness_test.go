@@ -639,13 +639,15 @@ type outcomeWatch struct {
 	changed  chan struct{}
 	cancel   context.CancelFunc
 	done     chan struct{}
+	js       jetstream.JetStream
+	bucket   string
 }
 
 func (f *fleet) watchOutcomes() *outcomeWatch {
 	f.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ow := &outcomeWatch{outcomes: map[string]dispatcher.Outcome{}, revs: map[string]map[uint64]bool{},
-		changed: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+		changed: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), js: f.js, bucket: f.names.OutcomeBucket}
 	f.t.Cleanup(func() { cancel(); <-ow.done })
 	go func() {
 		defer close(ow.done)
@@ -725,6 +727,10 @@ func (ow *outcomeWatch) waitJobs(t *testing.T, jobs map[string]orderedJob, timeo
 		sort.Strings(out)
 		return out
 	}
+	// A KV watch can go quiet for minutes while the cluster moves the
+	// bucket's leader: read the missing keys directly now and then too.
+	poll := time.NewTicker(5 * time.Second)
+	defer poll.Stop()
 	for {
 		m := missing()
 		if len(m) == 0 {
@@ -732,9 +738,38 @@ func (ow *outcomeWatch) waitJobs(t *testing.T, jobs map[string]orderedJob, timeo
 		}
 		select {
 		case <-ow.changed:
+		case <-poll.C:
+			ow.lookup(m[:min(len(m), 500)])
 		case <-deadline:
 			t.Fatalf("%d of %d jobs have no outcome after %s, e.g. %v", len(m), len(jobs), timeout, m[:min(len(m), 5)])
 		}
+	}
+}
+
+// lookup reads the outcomes of ids directly from the bucket.
+func (ow *outcomeWatch) lookup(ids []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := ow.js.KeyValue(ctx, ow.bucket)
+	if err != nil {
+		return
+	}
+	for _, id := range ids {
+		e, err := kv.Get(ctx, queue.EncodeKey(id))
+		if err != nil {
+			continue
+		}
+		var o dispatcher.Outcome
+		if json.Unmarshal(e.Value(), &o) != nil {
+			continue
+		}
+		ow.mu.Lock()
+		if ow.revs[o.JobID] == nil {
+			ow.revs[o.JobID] = map[uint64]bool{}
+		}
+		ow.revs[o.JobID][e.Revision()] = true
+		ow.outcomes[o.JobID] = o
+		ow.mu.Unlock()
 	}
 }
 

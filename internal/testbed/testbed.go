@@ -214,7 +214,8 @@ func (b *Bed) StartWorker(cfg worker.Config) *worker.Worker {
 
 // Outcomes waits until every job id has an outcome, or fails the test at
 // the deadline naming how many are missing. It watches the outcome bucket,
-// so it wakes as outcomes arrive.
+// so it wakes as outcomes arrive, and reads missing keys directly now and
+// then (a watch can go quiet while a server restarts).
 func (b *Bed) Outcomes(ids []string, timeout time.Duration) map[string]dispatcher.Outcome {
 	t := b.T
 	t.Helper()
@@ -225,50 +226,62 @@ func (b *Bed) Outcomes(ids []string, timeout time.Duration) map[string]dispatche
 		want[id] = true
 	}
 	got := make(map[string]dispatcher.Outcome, len(ids))
-	for {
-		kv, err := b.JS.KeyValue(ctx, b.Names.OutcomeBucket)
-		if err != nil {
-			t.Fatalf("testbed: outcome bucket: %v", err)
-		}
-		w, err := kv.WatchAll(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			continue
-		}
-		for e := range w.Updates() {
-			if e == nil {
-				continue // initial values done; keep watching
-			}
-			var o dispatcher.Outcome
-			if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &o) != nil {
+	updates := make(chan dispatcher.Outcome, 64)
+	go func() {
+		for ctx.Err() == nil {
+			kv, err := b.JS.KeyValue(ctx, b.Names.OutcomeBucket)
+			if err != nil {
 				continue
 			}
+			w, err := kv.WatchAll(ctx)
+			if err != nil {
+				continue
+			}
+			for e := range w.Updates() {
+				var o dispatcher.Outcome
+				if e == nil || e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &o) != nil {
+					continue
+				}
+				select {
+				case updates <- o:
+				case <-ctx.Done():
+				}
+			}
+			_ = w.Stop()
+		}
+	}()
+	poll := time.NewTicker(2 * time.Second)
+	defer poll.Stop()
+	for len(got) < len(want) {
+		select {
+		case o := <-updates:
 			if want[o.JobID] {
 				got[o.JobID] = o
 			}
-			if len(got) == len(want) {
-				_ = w.Stop()
-				return got
+		case <-poll.C:
+			for id := range want {
+				if _, ok := got[id]; ok {
+					continue
+				}
+				if o, ok, err := b.Rec.Lookup(ctx, id); err == nil && ok {
+					got[id] = o
+				}
 			}
-		}
-		_ = w.Stop()
-		if ctx.Err() != nil {
-			break
+		case <-ctx.Done():
+			var missing []string
+			for id := range want {
+				if _, ok := got[id]; !ok {
+					missing = append(missing, id)
+				}
+			}
+			if len(missing) > 5 {
+				missing = missing[:5]
+			}
+			t.Fatalf("testbed: %d of %d outcomes missing after %s (e.g. %v)", len(want)-len(got), len(want), timeout, missing)
+			return nil
 		}
 	}
-	var missing []string
-	for id := range want {
-		if _, ok := got[id]; !ok {
-			missing = append(missing, id)
-		}
-	}
-	if len(missing) > 5 {
-		missing = missing[:5]
-	}
-	t.Fatalf("testbed: %d of %d outcomes missing after %s (e.g. %v)", len(want)-len(got), len(want), timeout, missing)
-	return nil
+	return got
 }
 
 // Logger is a zerolog logger writing to the test log at warn level.
