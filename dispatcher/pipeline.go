@@ -788,6 +788,16 @@ func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
 	)
 }
 
+// IdentityOf is the id the pipeline gives the job in env: its outcome's
+// key. It works for invalid jobs too.
+func IdentityOf(env Envelope, opts DecodeOptions) string {
+	job, err := Decode(env.Subject, env.Data, opts)
+	if err != nil {
+		job = nil
+	}
+	return jobIdentity(job, env)
+}
+
 // jobIdentity is the job's id: the body's id, else the re-publish header,
 // else Nats-Msg-Id, else derived from the reply pair or the stream sequence.
 func jobIdentity(j *Job, env Envelope) string {

@@ -81,6 +81,8 @@ type Consumer struct {
 	kaStop chan struct{}          // closed after the last job finished
 	kaDone chan struct{}
 
+	outcomes jetstream.KeyValue // for tidy; opened on first use, under mu
+
 	mu       sync.Mutex
 	parts    map[int]*partition
 	stopping map[int]*partition // released, not yet done
@@ -393,7 +395,11 @@ func (c *Consumer) newPartition(n int, cons jetstream.Consumer) *partition {
 }
 
 func (p *partition) start() {
-	p.c.inflight.Add(2)
+	p.c.inflight.Add(3)
+	go func() {
+		defer p.c.inflight.Done()
+		p.tidy()
+	}()
 	go func() {
 		defer p.c.inflight.Done()
 		defer close(p.done)
@@ -471,6 +477,103 @@ func (p *partition) pinFree(info *jetstream.ConsumerInfo) bool {
 		}
 	}
 	return true
+}
+
+// tidy clears finished jobs whose acks the server lost. After a NATS node
+// fails over, a consumer's new leader can miss acks its old leader took:
+// the job is done (its outcome is stored) but its message stays in the
+// stream, pending, and is never delivered again. Every few ack waits, while
+// the server counts more pending messages than this worker holds for a
+// while, tidy looks at the partition's unacked messages that nobody here
+// holds, and deletes those whose job has an outcome. A job without one is
+// left alone: another worker may be finishing it.
+func (p *partition) tidy() {
+	c := p.c
+	every := 3 * c.cfg.AckWait
+	suspect := time.Time{}
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		info, err := p.cons.Info(p.ctx)
+		if err != nil {
+			continue
+		}
+		c.mu.Lock()
+		held, recovering := p.held, p.recovering
+		c.mu.Unlock()
+		if recovering || info.NumAckPending <= held || !p.pinFree(info) {
+			suspect = time.Time{}
+			continue
+		}
+		if suspect.IsZero() {
+			suspect = time.Now()
+			continue
+		}
+		if n := p.deleteFinished(info); n > 0 {
+			p.log.Warn().Int("deleted", n).Msg("removed finished jobs whose acks the server lost")
+		}
+	}
+}
+
+func (p *partition) deleteFinished(info *jetstream.ConsumerInfo) int {
+	c := p.c
+	ctx, cancel := context.WithTimeout(p.ctx, time.Minute)
+	defer cancel()
+	st, err := c.js.Stream(ctx, c.cfg.Names.JobsStream)
+	if err != nil {
+		return 0
+	}
+	c.heldMu.Lock()
+	mine := make(map[uint64]bool, len(c.held))
+	for d := range c.held {
+		mine[d.env.Seq] = true
+	}
+	c.heldMu.Unlock()
+	subject := PartitionSubject(c.cfg.Names, p.n)
+	deleted := 0
+	for seq := info.AckFloor.Stream + 1; seq <= info.Delivered.Stream; {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if err != nil || m.Sequence > info.Delivered.Stream {
+			break
+		}
+		seq = m.Sequence + 1
+		if mine[m.Sequence] {
+			continue
+		}
+		env := dispatcher.Envelope{Subject: OriginalSubject(c.cfg.Names, m.Subject), Data: m.Data, Header: m.Header, Seq: m.Sequence}
+		id := dispatcher.IdentityOf(env, dispatcher.DecodeOptions{Prefix: c.cfg.Names.Prefix})
+		if done, err := c.finished(ctx, id); err != nil || !done {
+			continue
+		}
+		if err := st.DeleteMsg(ctx, m.Sequence); err == nil {
+			deleted++
+		}
+	}
+	return deleted
+}
+
+// finished reports whether the job has a stored outcome.
+func (c *Consumer) finished(ctx context.Context, jobID string) (bool, error) {
+	c.mu.Lock()
+	kv := c.outcomes
+	c.mu.Unlock()
+	if kv == nil {
+		var err error
+		if kv, err = c.js.KeyValue(ctx, c.cfg.Names.OutcomeBucket); err != nil {
+			return false, err
+		}
+		c.mu.Lock()
+		c.outcomes = kv
+		c.mu.Unlock()
+	}
+	_, err := kv.Get(ctx, EncodeKey(jobID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 func pendingOf(info *jetstream.ConsumerInfo) int {

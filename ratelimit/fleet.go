@@ -221,7 +221,9 @@ func (f *FleetBuckets) Bucket(name string, every rate.Limit, burst int, slack ti
 		key:      f.Key(name),
 		interval: interval,
 		tol:      int64(burst-1) * interval,
-		slack:    max(int64(slack), 0),
+		// Grace already lets a call use a slot a little late; only the
+		// slack beyond it may go to catching up.
+		slack:    max(int64(slack)-min(int64(f.opts.Grace), interval/2), 0),
 		late:     min(int64(f.opts.Grace), interval/2),
 		maxLease: int(max(1, maxLease)),
 	}

@@ -1144,10 +1144,11 @@ func ids(jobs map[string]orderedJob) []string {
 	return out
 }
 
-// waitDrained waits until the jobs stream holds no job messages.
+// waitDrained waits until the jobs stream holds no job messages; when it
+// does not, it says which messages are left and what their consumers hold.
 func (f *fleet) waitDrained(timeout time.Duration) {
 	f.t.Helper()
-	waitFor(f.t, "the jobs stream to drain", timeout, func() bool {
+	drained := func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		st, err := f.js.Stream(ctx, f.names.JobsStream)
@@ -1156,7 +1157,53 @@ func (f *fleet) waitDrained(timeout time.Duration) {
 		}
 		info, err := st.Info(ctx)
 		return err == nil && info.State.Msgs == 0
-	})
+	}
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !drained() {
+		if time.Now().After(deadline) {
+			f.describeLeftovers()
+			f.t.Fatalf("timed out after %s waiting for the jobs stream to drain", timeout)
+		}
+		<-tick.C
+	}
+}
+
+// describeLeftovers logs the job messages still in the stream and the
+// state of the partition consumers that hold some.
+func (f *fleet) describeLeftovers() {
+	t := f.t
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := f.js.Stream(ctx, f.names.JobsStream)
+	if err != nil {
+		t.Logf("leftovers: %v", err)
+		return
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(f.names.Prefix+".>"))
+	if err != nil {
+		t.Logf("leftovers: %v", err)
+		return
+	}
+	t.Logf("leftovers: %d messages, seqs %d..%d, subjects %v", info.State.Msgs, info.State.FirstSeq, info.State.LastSeq, info.State.Subjects)
+	for p := range f.names.Partitions {
+		c, err := st.Consumer(ctx, queue.ConsumerName(p))
+		if err != nil {
+			continue
+		}
+		ci, err := c.Info(ctx)
+		if err != nil || (ci.NumAckPending == 0 && ci.NumPending == 0) {
+			continue
+		}
+		leader := ""
+		if ci.Cluster != nil {
+			leader = ci.Cluster.Leader
+		}
+		t.Logf("leftovers: partition %d: pending %d, ack pending %d, redelivered %d, waiting %d, delivered %d/%d, ack floor %d/%d, leader %s, pins %+v",
+			p, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.NumWaiting, ci.Delivered.Consumer, ci.Delivered.Stream,
+			ci.AckFloor.Consumer, ci.AckFloor.Stream, leader, ci.PriorityGroups)
+	}
 }
 
 // checkDLQ asserts the DLQ holds each non-sent job once and nothing else.

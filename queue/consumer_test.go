@@ -1,0 +1,120 @@
+package queue
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// countingHandler counts the jobs it is given and acks them.
+type countingHandler struct{ n atomic.Int64 }
+
+func (h *countingHandler) Handle(ctx context.Context, d dispatcher.Delivery) (dispatcher.Outcome, error) {
+	h.n.Add(1)
+	d.Proceed()
+	return dispatcher.Outcome{}, d.Ack(ctx)
+}
+
+// A finished job whose message somebody else keeps pending (as after a
+// consumer leader lost its ack) is removed from the stream by the owner of
+// its partition, without being handled again.
+func TestConsumerTidiesFinishedLeftovers(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	cfg := Config{Partitions: 1}.WithDefaults()
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &dispatcher.Job{V: 1, ID: "leftover-1", Scene: dispatcher.SceneGroup, Target: "g1",
+		Message: []byte(`{"msg_type":0,"content":"x"}`)}
+	res, err := pub.Publish(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A "zombie" takes the message and keeps it pending with keep-alives;
+	// the job's outcome is stored, as if it had finished.
+	const ackWait = time.Second
+	cc := jetstream.ConsumerConfig{Durable: ConsumerName(0), FilterSubject: PartitionSubject(cfg, 0),
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait, MaxDeliver: -1, MaxAckPending: 16, MaxWaiting: 512,
+		PriorityPolicy: jetstream.PriorityPolicyPinned, PriorityGroups: []string{PriorityGroup}, PinnedTTL: time.Second}
+	zc, err := ts.js.CreateOrUpdateConsumer(ctx, cfg.JobsStream, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := zc.Fetch(1, jetstream.FetchPriorityGroup(PriorityGroup), jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held jetstream.Msg
+	for m := range batch.Messages() {
+		held = m
+	}
+	if held == nil {
+		t.Fatal("the zombie got no message")
+	}
+	stopZombie := make(chan struct{})
+	defer close(stopZombie)
+	go func() {
+		tick := time.NewTicker(ackWait / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopZombie:
+				return
+			case <-tick.C:
+				_ = held.InProgress()
+			}
+		}
+	}()
+	rec, err := NewRecorder(ctx, ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.Record(ctx, dispatcher.Outcome{V: 1, JobID: "leftover-1", Status: dispatcher.StatusSent}, dispatcher.Envelope{}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ts.js.Stream(ctx, cfg.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.UnpinConsumer(ctx, ConsumerName(0), PriorityGroup); err != nil {
+		t.Fatal(err)
+	}
+
+	h := &countingHandler{}
+	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: ackWait, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(20 * time.Second)
+	for {
+		if _, err := st.GetMsg(ctx, res.Seq); err != nil {
+			break // deleted
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("the finished leftover is still in the stream")
+		}
+	}
+	if n := h.n.Load(); n != 0 {
+		t.Errorf("the finished job was handled %d times", n)
+	}
+}
