@@ -56,7 +56,9 @@ type Config struct {
 	TokenRefreshWindow time.Duration
 	// HTTPClient makes the requests. Its Timeout, when set, must be at least
 	// MinTimeout and replaces Timeout. Default: a client with Timeout, its own
-	// connection pool, and no redirects followed.
+	// connection pool keeping up to 128 idle connections per host (a
+	// worker's concurrent calls reuse them rather than dial), and no
+	// redirects followed.
 	HTTPClient *http.Client
 	// Now tells the time; tests inject a clock. Default time.Now.
 	Now func() time.Time
@@ -180,13 +182,25 @@ func checkURL(field, raw string) (string, error) {
 	return raw, nil
 }
 
+// maxIdleConnsPerHost is how many idle connections the default client keeps
+// to each host: enough for a worker's concurrent calls.
+const maxIdleConnsPerHost = 128
+
 // newHTTPClient is the client used when Config.HTTPClient is nil: its own
 // connection pool, the configured timeout, and no redirects (a POST is never
 // replayed to another host).
 func newHTTPClient(timeout time.Duration) *http.Client {
 	var tr http.RoundTripper // nil: http.DefaultTransport, if it was replaced by a foreign type
 	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
-		tr = dt.Clone()
+		c := dt.Clone()
+		// A worker calls one API host from up to Concurrency lanes at
+		// once; Go's default of 2 idle connections per host would close
+		// the rest after every burst and dial (and TLS-handshake) anew,
+		// which costs tens of milliseconds and moves calls off the
+		// instants the rate limiter chose.
+		c.MaxIdleConns = max(c.MaxIdleConns, maxIdleConnsPerHost*2)
+		c.MaxIdleConnsPerHost = maxIdleConnsPerHost
+		tr = c
 	}
 	return &http.Client{
 		Transport: tr,

@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,5 +208,65 @@ func TestSimEveryEndpoint(t *testing.T) {
 	}
 	if st := b.sim.Stats(); st.Uploads != 2 {
 		t.Errorf("simulator counted %d uploads, want 2", st.Uploads)
+	}
+}
+
+// Concurrent calls keep their connections: a second burst as wide as the
+// first dials nothing new (Go's default transport keeps only 2 idle
+// connections per host and would re-dial most of them).
+func TestSimConcurrentCallsReuseConnections(t *testing.T) {
+	t.Parallel()
+	clk := &fakeClock{t: time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)}
+	rules := qqsim.DefaultRules()
+	rules.Rates, rules.Quotas = []qqsim.RateRule{}, []qqsim.QuotaRule{}
+	sim, err := qqsim.New(qqsim.Config{AppID: simAppID, AppSecret: simSecret, Now: clk.Now, Rules: rules})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dials atomic.Int64
+	hs := httptest.NewUnstartedServer(sim.Handler())
+	hs.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			dials.Add(1)
+		}
+	}
+	hs.Start()
+	t.Cleanup(hs.Close)
+	client, err := qqapi.New(qqapi.Config{AppID: simAppID, AppSecret: simSecret, BaseURL: hs.URL,
+		TokenURL: hs.URL + "/app/getAppAccessToken", Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const width = 16
+	burst := func(round int) {
+		// Every call waits for all the others to start, so the burst
+		// really needs width connections at once.
+		var started, wg sync.WaitGroup
+		started.Add(width)
+		gate := make(chan struct{})
+		for i := range width {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				started.Done()
+				<-gate
+				body := fmt.Sprintf(`{"content":"round %d call %d"}`, round, i)
+				if _, err := client.SendMessage(context.Background(), qqapi.SceneChannel, fmt.Sprintf("chan-%d", i), json.RawMessage(body)); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		started.Wait()
+		close(gate)
+		wg.Wait()
+	}
+	burst(1)
+	first := dials.Load()
+	burst(2)
+	if again := dials.Load() - first; again > width/4 {
+		t.Errorf("the second burst of %d calls dialed %d new connections (the first %d): idle connections were not kept", width, again, first)
+	}
+	if n := len(sim.Accepted()); n != 2*width {
+		t.Errorf("simulator accepted %d, want %d", n, 2*width)
 	}
 }
