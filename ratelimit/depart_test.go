@@ -545,3 +545,45 @@ scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 	}
 	t.Logf("%d calls, %d late wake-ups, %.1f calls/s", len(times), clk.late, float64(len(times)-1)/times[len(times)-1].Sub(times[0]).Seconds())
 }
+
+// A slow ready callback (the pipeline's ledger write) runs ahead of the
+// call's instant by as long as it has been taking, so calls after the
+// first still leave on the bucket's grid instead of each one late by the
+// write.
+func TestWaitRunsReadyAhead(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(t0)
+	clk.auto = true
+	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {channel: {any: {rate: {per_target: {limit: 5, per: 1s}}}}}"), clk)
+	step := interval(5, time.Second)
+	job := channelJob("C1", "G1", dispatcher.KindActive)
+	const write = 30 * time.Millisecond
+	var readyAt, left []time.Time
+	for range 6 {
+		err := l.Wait(context.Background(), job, time.Time{}, func() error {
+			readyAt = append(readyAt, clk.Now())
+			clk.Advance(write)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, clk.Now())
+	}
+	// The first call knows nothing yet and leaves a write late; the
+	// others start writing a write ahead and leave an interval apart.
+	if got := left[0].Sub(readyAt[0]); got != write {
+		t.Errorf("first call left %s after its write began, want %s", got, write)
+	}
+	for i := 2; i < len(left); i++ {
+		if gap := left[i].Sub(left[i-1]); !near(gap, step) {
+			t.Errorf("calls %d and %d left %s apart, want %s", i-1, i, gap, step)
+		}
+		if got := left[i].Sub(readyAt[i]); got != write {
+			t.Errorf("call %d left %s after its write began, want %s (the write ran ahead)", i, got, write)
+		}
+	}
+	if span, want := left[len(left)-1].Sub(left[1]), time.Duration(len(left)-2)*step; !near(span, want) {
+		t.Errorf("calls 2–%d spanned %s, want %s: lateness accumulated", len(left), span, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,12 +88,22 @@ type Limiter struct {
 	botCool *cooldowns // keyed by scene
 	sets    []*bucketSet
 
+	// readyLead is how long Wait's ready callback has been taking
+	// (nanoseconds; rises at once, decays slowly): Wait runs it that long
+	// before the call's instant, so the call still leaves on time.
+	readyLead atomic.Int64
+
 	mu      sync.Mutex
 	started bool
 	stopped bool
 	stop    chan struct{}
 	done    chan struct{}
 }
+
+// maxReadyLead caps how early Wait runs ready: the pipeline's ledger write
+// marks the job in flight, and a worker that dies in between leaves a job
+// in doubt that never left.
+const maxReadyLead = 50 * time.Millisecond
 
 var _ dispatcher.Limiter = (*Limiter)(nil)
 
@@ -461,11 +472,12 @@ func (l *Limiter) specs(sr *sceneRules, job *dispatcher.Job, now time.Time) []qu
 // late their goroutines run. If that wait reaches deadline, Wait gives the
 // tokens back and returns StatusExpired.
 //
-// ready, if not nil, runs once the call's instant has come and its tokens
-// are held, before the departure is recorded: the pipeline writes its
-// ledger there, so however long that takes, the departure recorded is when
-// the call really goes. An error from ready gives the tokens back and is
-// returned.
+// ready, if not nil, runs once the call's tokens are held, shortly before
+// its instant (by as long as ready has lately taken, at most 50ms) and
+// before the departure is recorded: the pipeline writes its ledger there,
+// so the call still leaves on time, and however long the write takes, the
+// departure recorded is when the call really goes. An error from ready
+// gives the tokens back and is returned; so does ctx ending after ready.
 func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.Time, ready func() error) error {
 	sr := l.scene(job.Scene)
 	if sr == nil {
@@ -579,21 +591,51 @@ func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target 
 			release(plan, holds, now)
 			continue
 		}
-		if d := time.Duration(t - now); d > 0 {
-			select {
-			case <-ctx.Done():
-				release(plan, holds, l.now().UnixNano())
-				return ctx.Err()
-			case <-l.clock.After(d):
-			}
-		}
 		if ready != nil {
+			if err := l.sleepUntil(ctx, t-l.readyLead.Load()); err != nil {
+				release(plan, holds, l.now().UnixNano())
+				return err
+			}
+			start := l.now().UnixNano()
 			if err := ready(); err != nil {
 				release(plan, holds, l.now().UnixNano())
 				return err
 			}
+			l.learnReady(time.Duration(l.now().UnixNano() - start))
+		}
+		if err := l.sleepUntil(ctx, t); err != nil {
+			release(plan, holds, l.now().UnixNano())
+			return err
 		}
 		return l.leave(ctx, plan, holds, deadline)
+	}
+}
+
+// sleepUntil waits for the instant t (Unix nanoseconds) or ctx's end.
+func (l *Limiter) sleepUntil(ctx context.Context, t int64) error {
+	d := time.Duration(t - l.now().UnixNano())
+	if d <= 0 {
+		return ctx.Err()
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.clock.After(d):
+		return nil
+	}
+}
+
+// learnReady folds one run of Wait's ready callback into readyLead: a
+// longer run is taken at once (a call late by it is lost throughput on
+// every bucket), a shorter one an eighth of the way.
+func (l *Limiter) learnReady(took time.Duration) {
+	took = min(max(took, 0), maxReadyLead)
+	for {
+		old := l.readyLead.Load()
+		lead := max(int64(took), old-(old-int64(took))/8)
+		if l.readyLead.CompareAndSwap(old, lead) {
+			return
+		}
 	}
 }
 

@@ -174,9 +174,9 @@ func (r *Rate) setDefaults() { r.Burst = 1 }
 // Slack is how much closer than the bucket's interval a call may leave
 // after one that left late, with headroom h: the bucket admits at most
 // Limit calls in Per·(1/(1−h)), so calls may bunch by up to Per·h/(1−h)
-// and no window of Per still holds more than Limit. It uses half of that
-// (the other half absorbs the noise between a call leaving and the
-// platform counting it), and never more than half an interval or MaxSlack:
+// and no window of Per still holds more than Limit. It uses a third of that
+// (the rest absorbs the noise between a call leaving and the platform
+// counting it), and never more than half an interval or MaxSlack:
 // enough to catch up on a goroutine that woke late, not enough to turn a
 // long window's allowance into bursts.
 func (r *Rate) Slack(h float64) time.Duration {
@@ -184,7 +184,7 @@ func (r *Rate) Slack(h float64) time.Duration {
 		return 0
 	}
 	iv := r.Per.Seconds() / (float64(r.Limit-r.Burst+1) * (1 - h)) * float64(time.Second)
-	return time.Duration(min(0.5*float64(r.Per)*h/(1-h), iv/2, float64(MaxSlack)))
+	return time.Duration(min(float64(r.Per)*h/(1-h)/3, iv/2, float64(MaxSlack)))
 }
 
 // MaxSlack caps Rate.Slack.
