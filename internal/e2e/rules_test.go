@@ -49,7 +49,13 @@ type category struct {
 // timing, and a starved CPU moves calls by more than the policy's headroom.
 func TestRulesMixedWorkload(t *testing.T) {
 	clk := testbed.NewShiftedClock(time.Date(2026, 11, 26, 12, 0, 0, 0, cst))
+	// Headroom 3% rather than the shipped 2%: on a 2-core machine running
+	// the race detector and other packages' tests at once, the in-process
+	// simulator sees calls up to tens of milliseconds off the instant they
+	// left, more than 2% of a one-second window absorbs. The simulator keeps
+	// the platform's numbers; only our margin grows.
 	b, cfg := rulesBed(t, `
+headroom: 0.03
 scenes:
   group:
     active:
@@ -111,7 +117,7 @@ scenes:
 		}
 	}
 	for g := range 3 {
-		for i := range 20 {
+		for i := range 30 {
 			groupActive = append(groupActive, job(fmt.Sprintf("grp-act-%d-%02d", g, i), dispatcher.SceneGroup, fmt.Sprintf("gB%d", g), fmt.Sprintf("group active %d/%d", g, i), "", now))
 		}
 	}
@@ -182,7 +188,7 @@ scenes:
 	expect("chatty replies", chattyReplies, map[dispatcher.Status]int{dispatcher.StatusSent: 12, dispatcher.StatusQuotaExceeded: 12})
 	expect("chatty actives", chattyActive, map[dispatcher.Status]int{dispatcher.StatusRejected: 5})
 	expect("group replies", groupReplies, map[dispatcher.Status]int{dispatcher.StatusSent: 50, dispatcher.StatusQuotaExceeded: 20})
-	expect("group actives", groupActive, map[dispatcher.Status]int{dispatcher.StatusSent: 60})
+	expect("group actives", groupActive, map[dispatcher.Status]int{dispatcher.StatusSent: 90})
 	expect("dm actives", dmActive, map[dispatcher.Status]int{dispatcher.StatusSent: 12, dispatcher.StatusQuotaExceeded: 12})
 	expect("late replies", late, map[dispatcher.Status]int{dispatcher.StatusExpired: 15})
 
@@ -206,12 +212,38 @@ scenes:
 		}
 	}
 
-	// Throughput on the rate-limited keys.
+	// Throughput on the rate-limited keys, while they were backlogged. A
+	// key spanning several targets (the bot-wide bucket) has more demand
+	// than its rate only while every one of them has a job in hand: from
+	// the first send of the last to start (the worker pulls hundreds of
+	// jobs at once at the start, and until then one group's own 4/s paces
+	// the key) until the first of them runs out.
 	accepted := b.Sim.Accepted()
 	rateOf := func(match func(qqsim.Message) bool) (float64, int) {
+		first, last := map[string]time.Time{}, map[string]time.Time{}
+		for _, m := range accepted {
+			if !match(m) {
+				continue
+			}
+			if f, ok := first[m.Target]; !ok || m.At.Before(f) {
+				first[m.Target] = m.At
+			}
+			if m.At.After(last[m.Target]) {
+				last[m.Target] = m.At
+			}
+		}
+		var from, to time.Time
+		for tg := range first {
+			if first[tg].After(from) {
+				from = first[tg]
+			}
+			if to.IsZero() || last[tg].Before(to) {
+				to = last[tg]
+			}
+		}
 		var at []time.Time
 		for _, m := range accepted {
-			if match(m) {
+			if match(m) && !m.At.Before(from) && !m.At.After(to) {
 				at = append(at, m.At)
 			}
 		}
@@ -232,6 +264,9 @@ scenes:
 	} {
 		got, n := rateOf(k.match)
 		t.Logf("%s: %d sends at %.2f/s (%.1f%% of the configured rate)", k.name, n, got, 100*got/k.rate)
+		if n < 30 {
+			t.Errorf("%s: only %d sends while backlogged, too few to measure", k.name, n)
+		}
 		if got < 0.95*k.rate {
 			t.Errorf("%s: achieved %.2f/s, below 95%% of %.0f/s", k.name, got, k.rate)
 		}
