@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -378,6 +379,24 @@ type partition struct {
 	overdrawn   int         // messages held beyond the worker's slots
 	pinned      bool        // a pull returned messages: the server pinned us
 	pinID       string      // the pin the server gave us
+	// barriers holds, per target (subject), the jobs handed back before
+	// their calls were over and not yet back (see holdBackLocked).
+	barriers map[string]*barrier
+}
+
+// barrier is a target's jobs that are away: handed back, to come back by
+// redelivery. Until the earliest of them is back, the target's later jobs
+// go back too, behind it.
+type barrier struct {
+	away  []uint64  // stream sequences, ascending
+	until time.Time // stop waiting then (they may have gone elsewhere)
+}
+
+// add records seq as away.
+func (b *barrier) add(seq uint64) {
+	if i, found := slices.BinarySearch(b.away, seq); !found {
+		b.away = slices.Insert(b.away, i, seq)
+	}
 }
 
 // parkLimit is how many first deliveries a recovering partition parks
@@ -448,13 +467,19 @@ func (p *partition) recover() {
 			// Redeliveries come back in the order their ack timers ran
 			// out, not in stream order: line everything up by sequence.
 			sort.Slice(p.parked, func(i, j int) bool { return p.parked[i].env.Seq < p.parked[j].env.Seq })
+			var back []*delivery
 			for _, d := range p.parked {
-				c.enqueueLocked(p, d)
+				if b := c.enqueueLocked(p, d); b != nil {
+					back = append(back, b)
+				}
 			}
 			p.parked = nil
 			p.parkedFirst = 0
 			close(p.recovered)
 			c.mu.Unlock()
+			for _, d := range back {
+				d.handBackBehindBarrier()
+			}
 			return
 		}
 		select {
@@ -849,7 +874,6 @@ func (c *Consumer) dispatch(p *partition, msg jetstream.Msg, overdraft bool) {
 	c.heldMu.Unlock()
 
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	p.held++
 	p.pinned = true
 	if id := msg.Headers().Get("Nats-Pin-Id"); id != "" {
@@ -860,23 +884,106 @@ func (c *Consumer) dispatch(p *partition, msg jetstream.Msg, overdraft bool) {
 		if first {
 			p.parkedFirst++
 		}
+		c.mu.Unlock()
 		return
 	}
-	c.enqueueLocked(p, d)
+	back := c.enqueueLocked(p, d)
+	c.mu.Unlock()
+	if back != nil {
+		back.handBackBehindBarrier()
+	}
+}
+
+// holdBackLocked reports whether d must go back behind an earlier job of
+// its target that is away (handed back, see handBackLane), recording it as
+// away too. The earliest job away, once back, may run; so may anything
+// older. Without a job coming back for 3 × AckWait (gone to another
+// worker, or deleted), the barrier lifts. c.mu must be held.
+//
+// JetStream redelivers released messages before new ones, but a message
+// already on its way here when its target's job was handed back, or a
+// release that failed (the job then comes back after its ack wait), would
+// otherwise let a later job run first.
+func (p *partition) holdBackLocked(d *delivery) bool {
+	key, seq := d.env.Subject, d.env.Seq
+	b := p.barriers[key]
+	if b == nil || seq == 0 {
+		return false
+	}
+	now := time.Now()
+	switch {
+	case !now.Before(b.until):
+		delete(p.barriers, key)
+		return false
+	case seq < b.away[0]:
+		return false
+	case seq == b.away[0]:
+		b.away = b.away[1:]
+		b.until = now.Add(3 * p.c.cfg.AckWait)
+		if len(b.away) == 0 {
+			delete(p.barriers, key)
+		}
+		return false
+	}
+	b.add(seq)
+	return true
+}
+
+// awayLocked records the jobs of l's target handed back: d and those
+// queued behind it. c.mu must be held.
+func (p *partition) awayLocked(key string, ds ...*delivery) {
+	if p.ctx.Err() != nil {
+		return // the partition is being released: whoever comes next starts afresh
+	}
+	b := p.barriers[key]
+	if b == nil {
+		if p.barriers == nil {
+			p.barriers = map[string]*barrier{}
+		}
+		b = &barrier{}
+	}
+	for _, d := range ds {
+		if d.env.Seq > 0 {
+			b.add(d.env.Seq)
+		}
+	}
+	if len(b.away) > 0 {
+		b.until = time.Now().Add(3 * p.c.cfg.AckWait)
+		p.barriers[key] = b
+	}
+}
+
+// handBackBehindBarrier releases a job that overtook its target's
+// handed-back one; it comes back after it. The delay keeps it from
+// bouncing between server and worker while that job is still away (its
+// release may have failed, so that it returns only after its ack wait).
+func (d *delivery) handBackBehindBarrier() {
+	d.p.log.Debug().Uint64("seq", d.env.Seq).Str("subject", d.env.Subject).
+		Msg("job arrived before its target's handed-back one; handing it back behind it")
+	d.unhold()
+	if err := d.msg.NakWithDelay(min(d.c.cfg.AckWait/4, 250*time.Millisecond)); err != nil {
+		d.p.log.Debug().Err(err).Msg("release job")
+	}
 }
 
 // enqueueLocked puts d at the end of its target's lane, starting the lane
-// if it is idle. c.mu must be held.
-func (c *Consumer) enqueueLocked(p *partition, d *delivery) {
+// if it is idle. c.mu must be held. When d must go back behind its
+// target's handed-back job instead (holdBackLocked) it returns d, for the
+// caller to hand back once it let go of c.mu.
+func (c *Consumer) enqueueLocked(p *partition, d *delivery) (back *delivery) {
+	if p.holdBackLocked(d) {
+		return d
+	}
 	key := d.env.Subject
 	if l, ok := c.lanes[key]; ok {
 		l.queue = append(l.queue, d)
-		return
+		return nil
 	}
 	l := &lane{key: key, part: p, queue: []*delivery{d}, idle: make(chan struct{})}
 	c.lanes[key] = l
 	c.inflight.Add(1)
 	go c.runLane(l)
+	return nil
 }
 
 func (c *Consumer) runLane(l *lane) {
@@ -927,7 +1034,7 @@ func (c *Consumer) runLane(l *lane) {
 				if errors.Is(err, dispatcher.ErrHandedBack) {
 					// It comes back by redelivery; the target's later jobs
 					// must come back after it, not run before it.
-					c.handBackLane(l)
+					c.handBackLane(l, d)
 				}
 			}
 		case <-p.ctx.Done():
@@ -939,11 +1046,14 @@ func (c *Consumer) runLane(l *lane) {
 	}
 }
 
-// handBackLane releases the jobs queued in l, in order.
-func (c *Consumer) handBackLane(l *lane) {
+// handBackLane releases the jobs queued in l, in order, after d, which
+// was handed back, and records them all as away (a barrier), so that jobs
+// of the target still on their way here go back behind them too.
+func (c *Consumer) handBackLane(l *lane, d *delivery) {
 	c.mu.Lock()
 	rest := l.queue
 	l.queue = nil
+	l.part.awayLocked(l.key, append([]*delivery{d}, rest...)...)
 	c.mu.Unlock()
 	for _, d := range rest {
 		if err := d.Release(); err != nil {

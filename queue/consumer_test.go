@@ -2,6 +2,9 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -116,5 +119,96 @@ func TestConsumerTidiesFinishedLeftovers(t *testing.T) {
 	}
 	if n := h.n.Load(); n != 0 {
 		t.Errorf("the finished job was handled %d times", n)
+	}
+}
+
+// orderHandler records the jobs it is given, in order; the first delivery
+// of handBackID is handed back without a release, so that it returns only
+// after its ack wait, as when a worker's release is lost.
+type orderHandler struct {
+	handBackID string
+	handedBack chan struct{}
+	mu         sync.Mutex
+	seen       []string
+	done       chan struct{}
+	want       int
+}
+
+func (h *orderHandler) Handle(ctx context.Context, d dispatcher.Delivery) (dispatcher.Outcome, error) {
+	var job struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(d.Envelope().Data, &job); err != nil {
+		return dispatcher.Outcome{}, err
+	}
+	h.mu.Lock()
+	first := !slices.Contains(h.seen, job.ID)
+	h.seen = append(h.seen, job.ID)
+	n := len(h.seen)
+	h.mu.Unlock()
+	if job.ID == h.handBackID && first {
+		close(h.handedBack)
+		return dispatcher.Outcome{}, dispatcher.ErrHandedBack
+	}
+	d.Proceed()
+	err := d.Ack(ctx)
+	if n == h.want {
+		close(h.done)
+	}
+	return dispatcher.Outcome{}, err
+}
+
+// A job of a target that arrives after the target's previous job was handed
+// back, and before that job comes back, waits for it: the target's jobs
+// still run in publish order.
+func TestConsumerHandBackKeepsTargetOrder(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	cfg := Config{Partitions: 1}.WithDefaults()
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(id string) {
+		job := &dispatcher.Job{V: 1, ID: id, Scene: dispatcher.SceneGroup, Target: "g1",
+			Message: []byte(`{"msg_type":0,"content":"x"}`)}
+		if _, err := pub.Publish(ctx, job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := &orderHandler{handBackID: "o-1", handedBack: make(chan struct{}), done: make(chan struct{}), want: 4}
+	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Second, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+
+	publish("o-1")
+	select {
+	case <-h.handedBack:
+	case <-time.After(10 * time.Second):
+		t.Fatal("o-1 was not delivered")
+	}
+	// o-1 is away for its ack wait (1s); o-2 and o-3 arrive meanwhile.
+	publish("o-2")
+	publish("o-3")
+	select {
+	case <-h.done:
+	case <-time.After(20 * time.Second):
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		t.Fatalf("handled %v, want 4 runs", h.seen)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if want := []string{"o-1", "o-1", "o-2", "o-3"}; !slices.Equal(h.seen, want) {
+		t.Errorf("handled %v, want %v", h.seen, want)
 	}
 }
