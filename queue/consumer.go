@@ -379,6 +379,7 @@ type partition struct {
 	overdrawn   int         // messages held beyond the worker's slots
 	pinned      bool        // a pull returned messages: the server pinned us
 	pinID       string      // the pin the server gave us
+	lastDelSeq  uint64      // consumer (delivery) sequence of the last message received
 	// barriers holds, per target (subject), the jobs handed back before
 	// their calls were over and not yet back (see holdBackLocked).
 	barriers map[string]*barrier
@@ -488,6 +489,41 @@ func (p *partition) recover() {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// lostInTransit, set only by tests, drops the deliveries it reports true
+// for, as a connection that went down with them would.
+var lostInTransit func(jetstream.Msg) bool
+
+// noticeLossLocked watches the consumer sequence, which the server raises
+// by one for every delivery of the partition's consumer. A jump means
+// deliveries this worker never received: lost in transit when a NATS node
+// or the connection went down, or taken by a previous owner still
+// pulling. Those jobs come back after their ack wait, and until then the
+// partition's later jobs must not run ahead of them, so it recovers as
+// after a takeover: it parks what arrives until the server counts no
+// pending message beyond the ones held here, then queues the parked ones
+// by stream sequence. c.mu must be held.
+func (p *partition) noticeLossLocked(delSeq uint64) {
+	last := p.lastDelSeq
+	if delSeq == 0 {
+		return
+	}
+	p.lastDelSeq = delSeq // a new consumer leader may also go back
+	if last == 0 || delSeq <= last+1 || p.recovering || p.ctx.Err() != nil {
+		return
+	}
+	p.log.Info().Uint64("from", last).Uint64("to", delSeq).
+		Msg("deliveries lost in transit; parking jobs until they are back")
+	p.recovering = true
+	p.recovered = make(chan struct{})
+	p.mayPullAt = time.Now().Add(p.c.cfg.AckWait + time.Second)
+	p.parkedFirst, p.missing = 0, 0
+	p.c.inflight.Add(1)
+	go func() {
+		defer p.c.inflight.Done()
+		p.recover()
+	}()
 }
 
 // pinFree reports whether no other worker holds the partition's pin: a
@@ -695,6 +731,9 @@ func (p *partition) loop() {
 		}
 		got := 0
 		for msg := range batch.Messages() {
+			if lostInTransit != nil && lostInTransit(msg) {
+				continue
+			}
 			got++
 			c.dispatch(p, msg, overdraft)
 		}
@@ -716,13 +755,14 @@ func (p *partition) mayPull() bool {
 	for {
 		c.mu.Lock()
 		ok := !p.recovering || p.parkedFirst < c.parkLimit()
+		recovered, mayPullAt := p.recovered, p.mayPullAt
 		c.mu.Unlock()
-		if ok || !time.Now().Before(p.mayPullAt) {
+		if ok || !time.Now().Before(mayPullAt) {
 			return p.ctx.Err() == nil
 		}
 		select {
-		case <-p.recovered:
-		case <-time.After(time.Until(p.mayPullAt)):
+		case <-recovered:
+		case <-time.After(time.Until(mayPullAt)):
 		case <-p.ctx.Done():
 			return false
 		}
@@ -743,7 +783,8 @@ func (p *partition) takeSlots() (n int, overdraft, ok bool) {
 		default:
 		}
 		c.mu.Lock()
-		od := p.recovering && !time.Now().Before(p.mayPullAt) && p.overdrawn < p.missing
+		mayPullAt := p.mayPullAt
+		od := p.recovering && !time.Now().Before(mayPullAt) && p.overdrawn < p.missing
 		if od {
 			p.overdrawn++
 		}
@@ -751,7 +792,7 @@ func (p *partition) takeSlots() (n int, overdraft, ok bool) {
 		if od {
 			return 1, true, true
 		}
-		wake := time.Until(p.mayPullAt)
+		wake := time.Until(mayPullAt)
 		if wake <= 0 {
 			wake = 250 * time.Millisecond
 		}
@@ -864,9 +905,11 @@ type lane struct {
 func (c *Consumer) dispatch(p *partition, msg jetstream.Msg, overdraft bool) {
 	env := dispatcher.Envelope{Subject: OriginalSubject(c.cfg.Names, msg.Subject()), Data: msg.Data(), Header: msg.Headers()}
 	first := true
+	var delSeq uint64
 	if md, err := msg.Metadata(); err == nil {
 		env.Seq = md.Sequence.Stream
 		first = md.NumDelivered <= 1
+		delSeq = md.Sequence.Consumer
 	}
 	d := &delivery{c: c, p: p, msg: msg, env: env, overdraft: overdraft, proceed: make(chan struct{})}
 	c.heldMu.Lock()
@@ -879,6 +922,7 @@ func (c *Consumer) dispatch(p *partition, msg jetstream.Msg, overdraft bool) {
 	if id := msg.Headers().Get("Nats-Pin-Id"); id != "" {
 		p.pinID = id
 	}
+	p.noticeLossLocked(delSeq)
 	if p.recovering {
 		p.parked = append(p.parked, d)
 		if first {

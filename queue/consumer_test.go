@@ -132,6 +132,7 @@ type orderHandler struct {
 	seen       []string
 	done       chan struct{}
 	want       int
+	after      func(n int) // called after the n-th job is acked
 }
 
 func (h *orderHandler) Handle(ctx context.Context, d dispatcher.Delivery) (dispatcher.Outcome, error) {
@@ -152,6 +153,9 @@ func (h *orderHandler) Handle(ctx context.Context, d dispatcher.Delivery) (dispa
 	}
 	d.Proceed()
 	err := d.Ack(ctx)
+	if h.after != nil {
+		h.after(n)
+	}
 	if n == h.want {
 		close(h.done)
 	}
@@ -209,6 +213,77 @@ func TestConsumerHandBackKeepsTargetOrder(t *testing.T) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if want := []string{"o-1", "o-1", "o-2", "o-3"}; !slices.Equal(h.seen, want) {
+		t.Errorf("handled %v, want %v", h.seen, want)
+	}
+}
+
+// A delivery lost in transit (a NATS node or the connection went down
+// with it) comes back only after its ack wait; the target's later jobs,
+// delivered meanwhile, wait for it.
+func TestConsumerLostDeliveryKeepsTargetOrder(t *testing.T) {
+	// Not parallel: lostInTransit is package-wide.
+	ts := startServer(t)
+	ctx := testCtx(t)
+	cfg := Config{Partitions: 1}.WithDefaults()
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(id string) {
+		job := &dispatcher.Job{V: 1, ID: id, Scene: dispatcher.SceneGroup, Target: "g1",
+			Message: []byte(`{"msg_type":0,"content":"x"}`)}
+		if _, err := pub.Publish(ctx, job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var dropped atomic.Bool
+	lostInTransit = func(m jetstream.Msg) bool {
+		var job struct {
+			ID string `json:"id"`
+		}
+		return json.Unmarshal(m.Data(), &job) == nil && job.ID == "o-2" && dropped.CompareAndSwap(false, true)
+	}
+	t.Cleanup(func() { lostInTransit = nil })
+	h := &orderHandler{done: make(chan struct{}), want: 3}
+	first := make(chan struct{})
+	h.after = func(n int) {
+		if n == 1 {
+			close(first)
+		}
+	}
+	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Second, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+
+	publish("o-1")
+	select {
+	case <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("o-1 was not handled")
+	}
+	publish("o-2")
+	publish("o-3")
+	select {
+	case <-h.done:
+	case <-time.After(20 * time.Second):
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		t.Fatalf("handled %v, want 3 jobs", h.seen)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !dropped.Load() {
+		t.Fatal("o-2's first delivery was not dropped")
+	}
+	if want := []string{"o-1", "o-2", "o-3"}; !slices.Equal(h.seen, want) {
 		t.Errorf("handled %v, want %v", h.seen, want)
 	}
 }
