@@ -127,6 +127,49 @@ type Processor struct {
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // job ids this process is handling now
+	// notCalled holds jobs whose ledger may say "calling" although this
+	// process never called for them: the write's answer was lost, or the
+	// write back to "claimed" failed. See noteNotCalled.
+	notCalled map[string]notCalledMark
+}
+
+// notCalledMark is a "calling" mark that may be in the ledger without a
+// call: its attempt count, and when it was noted.
+type notCalledMark struct {
+	attempts int
+	at       time.Time
+}
+
+// notCalledKeep is how long a notCalled mark is kept: the job comes back
+// by redelivery within an ack wait or two, unless another worker took it.
+const notCalledKeep = 10 * time.Minute
+
+// noteNotCalled records that the ledger entry of jobID may say "calling"
+// with attempts although no call was made for it, so that when the job
+// comes back here it resumes as claimed rather than as in doubt.
+func (p *Processor) noteNotCalled(jobID string, attempts int) {
+	now := p.cfg.Clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.notCalled == nil {
+		p.notCalled = map[string]notCalledMark{}
+	}
+	for id, m := range p.notCalled {
+		if now.Sub(m.at) > notCalledKeep {
+			delete(p.notCalled, id)
+		}
+	}
+	p.notCalled[jobID] = notCalledMark{attempts: attempts, at: now}
+}
+
+// takeNotCalled reports, once, whether a "calling" mark with attempts is
+// one noteNotCalled recorded for jobID.
+func (p *Processor) takeNotCalled(jobID string, attempts int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m, ok := p.notCalled[jobID]
+	delete(p.notCalled, jobID)
+	return ok && m.attempts == attempts
 }
 
 // NewProcessor validates cfg, fills its defaults and returns a Processor.
@@ -336,7 +379,14 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 			cancel()
 			return true, stored, r.ack(ctx)
 		}
-		r.resumed = true
+		if c.Owner == p.cfg.Owner && p.takeNotCalled(r.jobID, c.Attempts) {
+			// This process wrote that mark, or failed to undo it, and
+			// made no call: the job is merely claimed.
+			r.log.Info().Msg("resuming a job marked calling that was never called")
+			c.Phase = PhaseClaimed
+		} else {
+			r.resumed = true
+		}
 	}
 	// claimed / deferred / calling: take it over.
 	c.Owner, c.Updated = p.cfg.Owner, now
@@ -467,7 +517,9 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			if err := p.cfg.Limiter.Wait(ctx, j, r.deadline, mark); err != nil {
 				if marked {
 					// Marked, then stopped before the call: no call ran.
-					_ = r.markClaimed(ctx)
+					if cerr := r.markClaimed(ctx); cerr != nil {
+						p.noteNotCalled(r.jobID, r.claim.Attempts)
+					}
 				}
 				return Outcome{}, err
 			}
@@ -586,8 +638,13 @@ func (r *run) markCalling(ctx context.Context) error {
 	defer cancel()
 	nc, err := r.p.cfg.Ledger.Update(sctx, c)
 	if err != nil {
+		// The write may have been applied and only its answer lost; the
+		// call certainly was not made.
+		r.p.noteNotCalled(r.jobID, c.Attempts)
 		return fmt.Errorf("mark claim calling: %w", err)
 	}
+	// From here a "calling" mark may stand for a real call.
+	r.p.takeNotCalled(r.jobID, 0)
 	r.claim = nc
 	return nil
 }

@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+// answerLostLedger applies the first "calling" write and then reports a
+// timeout, as when a JetStream leader change swallows the answer.
+type answerLostLedger struct {
+	dispatcher.Ledger
+	lose atomic.Bool
+}
+
+var errAnswerLost = errors.New("test: ledger answer lost")
+
+func (l *answerLostLedger) Update(ctx context.Context, c dispatcher.Claim) (dispatcher.Claim, error) {
+	nc, err := l.Ledger.Update(ctx, c)
+	if err == nil && c.Phase == dispatcher.PhaseCalling && l.lose.CompareAndSwap(true, false) {
+		return dispatcher.Claim{}, errAnswerLost
+	}
+	return nc, err
+}
+
+// memDelivery is one delivery of a job's message, as the consumer hands it
+// to the pipeline; the test plays the redelivery itself.
+type memDelivery struct {
+	env      dispatcher.Envelope
+	acked    bool
+	released bool
+}
+
+func (d *memDelivery) Envelope() dispatcher.Envelope { return d.env }
+func (d *memDelivery) Ack(context.Context) error     { d.acked = true; return nil }
+func (d *memDelivery) Release() error                { d.released = true; return nil }
+func (d *memDelivery) Proceed()                      {}
+
+// A job whose "calling" mark reached the ledger but whose answer was lost
+// was never called: when it comes back to the same worker it is sent, not
+// reported in doubt (the ledger alone would say its worker stopped mid-call).
+func TestLostCallingMarkIsNotInDoubt(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ledger := &answerLostLedger{Ledger: b.Ledger}
+	ledger.lose.Store(true)
+	proc, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: b.Sender(), Ledger: ledger, Recorder: b.Rec, Owner: "w-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := testbed.Job("lost-mark-1", dispatcher.SceneChannel, "ch-lost", "sent once", "", time.Time{})
+	data, err := json.Marshal(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := dispatcher.Envelope{Subject: queue.SendSubject(b.Names, "channel", "ch-lost"), Data: data, Seq: 1}
+
+	first := &memDelivery{env: env}
+	if _, err := proc.Handle(ctx, first); !errors.Is(err, dispatcher.ErrHandedBack) || !errors.Is(err, errAnswerLost) {
+		t.Fatalf("first delivery: err %v, want a hand-back caused by the lost answer", err)
+	}
+	if !first.released || first.acked {
+		t.Fatalf("first delivery: released %v, acked %v; want released only", first.released, first.acked)
+	}
+	if n := b.Sim.Calls(); n != 0 {
+		t.Fatalf("the simulator got %d calls before the redelivery", n)
+	}
+
+	again := &memDelivery{env: env}
+	o, err := proc.Handle(ctx, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Status != dispatcher.StatusSent {
+		t.Fatalf("redelivery ended %s (%s), want sent", o.Status, o.Reason)
+	}
+	if !again.acked {
+		t.Error("the redelivered job was not acked")
+	}
+	if acc := b.Sim.Accepted(); len(acc) != 1 {
+		t.Errorf("the simulator accepted %d messages, want 1", len(acc))
+	}
+}
