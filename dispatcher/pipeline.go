@@ -506,9 +506,13 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		}
 		// The ledger says "calling" before the request can leave; with a
 		// limiter the write happens inside Wait, once the tokens are held,
-		// so the departure it records is the request's.
+		// so the departure it records is the request's. So does the
+		// Sender's preparation (an access token to fetch).
 		marked := false
 		mark := func() error {
+			if pr, ok := p.cfg.Sender.(Preparer); ok {
+				_ = pr.Prepare(ctx) // a failure shows again in the call
+			}
 			err := r.markCalling(ctx)
 			marked = err == nil
 			return err

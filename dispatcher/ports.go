@@ -23,6 +23,16 @@ type Sender interface {
 	Send(ctx context.Context, scene Scene, target string, body json.RawMessage) (*SendResult, error)
 }
 
+// Preparer is a Sender with work that can be done before a call leaves,
+// such as fetching an access token. The pipeline runs Prepare while the
+// call waits for its instant, before its departure is recorded, so that
+// the request is not held up after the rate limiter let it go (the
+// platform would count it late, bunched with the next). Errors are left
+// to the call itself to report.
+type Preparer interface {
+	Prepare(ctx context.Context) error
+}
+
 // ClaimPhase is where a job's ledger claim stands.
 type ClaimPhase string
 

@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/qqsend"
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
+	"github.com/qqdispatch/qqdispatch/ratelimit"
 )
 
 // answerLostLedger applies the first "calling" write and then reports a
@@ -88,5 +92,54 @@ func TestLostCallingMarkIsNotInDoubt(t *testing.T) {
 	}
 	if acc := b.Sim.Accepted(); len(acc) != 1 {
 		t.Errorf("the simulator accepted %d messages, want 1", len(acc))
+	}
+}
+
+// tokenCheckSender notes, as each call starts, how many access tokens the
+// simulator has issued.
+type tokenCheckSender struct {
+	*qqsend.Sender
+	sim          *qqsim.Sim
+	tokensAtSend []int
+}
+
+func (s *tokenCheckSender) Send(ctx context.Context, scene dispatcher.Scene, target string, body json.RawMessage) (*dispatcher.SendResult, error) {
+	s.tokensAtSend = append(s.tokensAtSend, s.sim.Stats().TokenRequests)
+	return s.Sender.Send(ctx, scene, target, body)
+}
+
+// The access token is fetched while a call waits for its instant, not after
+// the rate limiter let it go: the first call of a fresh worker finds it
+// already there.
+func TestTokenFetchedBeforeDeparture(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pol := ratelimit.DefaultPolicy()
+	lim, err := ratelimit.New(ratelimit.Config{Policy: &pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender := &tokenCheckSender{Sender: qqsend.New(b.Client), sim: b.Sim}
+	proc, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: sender, Ledger: b.Ledger, Recorder: b.Rec, Limiter: lim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := testbed.Job("token-first-1", dispatcher.SceneChannel, "ch-token", "first call", "", time.Time{})
+	data, err := json.Marshal(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &memDelivery{env: dispatcher.Envelope{Subject: queue.SendSubject(b.Names, "channel", "ch-token"), Data: data, Seq: 1}}
+	o, err := proc.Handle(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Status != dispatcher.StatusSent {
+		t.Fatalf("ended %s (%s), want sent", o.Status, o.Reason)
+	}
+	if want := []int{1}; !slices.Equal(sender.tokensAtSend, want) {
+		t.Errorf("tokens issued when each call started: %v, want %v (fetched before the call left)", sender.tokensAtSend, want)
 	}
 }

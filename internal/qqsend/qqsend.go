@@ -23,6 +23,16 @@ var _ dispatcher.Sender = (*Sender)(nil)
 // New returns a Sender using c.
 func New(c *qqapi.Client) *Sender { return &Sender{c: c} }
 
+var _ dispatcher.Preparer = (*Sender)(nil)
+
+// Prepare makes sure an access token is at hand, fetching one if the
+// cached one is missing or in its refresh window, so that the call after
+// it does not wait for the token endpoint.
+func (s *Sender) Prepare(ctx context.Context) error {
+	_, err := s.c.Tokens().Token(ctx)
+	return err
+}
+
 // Send calls the scene's send endpoint with body as given.
 func (s *Sender) Send(ctx context.Context, scene dispatcher.Scene, target string, body json.RawMessage) (*dispatcher.SendResult, error) {
 	res, err := s.c.SendMessage(ctx, qqapi.Scene(scene), target, body)
