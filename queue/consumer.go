@@ -380,6 +380,7 @@ type partition struct {
 	pinned      bool        // a pull returned messages: the server pinned us
 	pinID       string      // the pin the server gave us
 	lastDelSeq  uint64      // consumer (delivery) sequence of the last message received
+	delSeqKnown bool        // lastDelSeq is known (a delivery came, or recovery read it)
 	// barriers holds, per target (subject), the jobs handed back before
 	// their calls were over and not yet back (see holdBackLocked).
 	barriers map[string]*barrier
@@ -465,6 +466,12 @@ func (p *partition) recover() {
 			c.mu.Lock()
 			p.log.Debug().Int("pending", pendingOf(info)).Int("held", held).Int("parked", len(p.parked)).Msg("partition taken over")
 			p.recovering = false
+			if !p.delSeqKnown && info != nil {
+				// Nothing delivered here yet: count from the server's last
+				// delivery, so that one a previous owner still pulling takes
+				// from now on shows as a gap (noticeLossLocked).
+				p.lastDelSeq, p.delSeqKnown = info.Delivered.Consumer, true
+			}
 			// Redeliveries come back in the order their ack timers ran
 			// out, not in stream order: line everything up by sequence.
 			sort.Slice(p.parked, func(i, j int) bool { return p.parked[i].env.Seq < p.parked[j].env.Seq })
@@ -505,12 +512,12 @@ var lostInTransit func(jetstream.Msg) bool
 // pending message beyond the ones held here, then queues the parked ones
 // by stream sequence. c.mu must be held.
 func (p *partition) noticeLossLocked(delSeq uint64) {
-	last := p.lastDelSeq
+	last, known := p.lastDelSeq, p.delSeqKnown
 	if delSeq == 0 {
 		return
 	}
-	p.lastDelSeq = delSeq // a new consumer leader may also go back
-	if last == 0 || delSeq <= last+1 || p.recovering || p.ctx.Err() != nil {
+	p.lastDelSeq, p.delSeqKnown = delSeq, true // a new consumer leader may also go back
+	if !known || delSeq <= last+1 || p.recovering || p.ctx.Err() != nil {
 		return
 	}
 	p.log.Info().Uint64("from", last).Uint64("to", delSeq).
