@@ -28,12 +28,9 @@ func (h *countingHandler) Handle(ctx context.Context, d dispatcher.Delivery) (di
 // its partition, without being handled again.
 func TestConsumerTidiesFinishedLeftovers(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
-	ctx := testCtx(t)
 	cfg := Config{Partitions: 1}.WithDefaults()
-	if err := Provision(ctx, ts.js, cfg); err != nil {
-		t.Fatal(err)
-	}
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
 	pub, err := NewPublisher(ts.js, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -162,29 +159,21 @@ func (h *orderHandler) Handle(ctx context.Context, d dispatcher.Delivery) (dispa
 	return dispatcher.Outcome{}, err
 }
 
-// A job of a target that arrives after the target's previous job was handed
-// back, and before that job comes back, waits for it: the target's jobs
-// still run in publish order.
-func TestConsumerHandBackKeepsTargetOrder(t *testing.T) {
-	t.Parallel()
-	ts := startServer(t)
-	ctx := testCtx(t)
+// orderBed is one partition on its own server, a consumer running h on it
+// with a 1 s ack wait, and a publisher of group jobs to one target.
+type orderBed struct {
+	publish func(id string)
+}
+
+func newOrderBed(t *testing.T, h Handler) orderBed {
+	t.Helper()
 	cfg := Config{Partitions: 1}.WithDefaults()
-	if err := Provision(ctx, ts.js, cfg); err != nil {
-		t.Fatal(err)
-	}
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
 	pub, err := NewPublisher(ts.js, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish := func(id string) {
-		job := &dispatcher.Job{V: 1, ID: id, Scene: dispatcher.SceneGroup, Target: "g1",
-			Message: []byte(`{"msg_type":0,"content":"x"}`)}
-		if _, err := pub.Publish(ctx, job); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h := &orderHandler{handBackID: "o-1", handedBack: make(chan struct{}), done: make(chan struct{}), want: 4}
 	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Second, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -193,28 +182,51 @@ func TestConsumerHandBackKeepsTargetOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	return orderBed{publish: func(id string) {
+		job := &dispatcher.Job{V: 1, ID: id, Scene: dispatcher.SceneGroup, Target: "g1",
+			Message: []byte(`{"msg_type":0,"content":"x"}`)}
+		if _, err := pub.Publish(ctx, job); err != nil {
+			t.Error(err)
+		}
+	}}
+}
 
-	publish("o-1")
+// await waits for ch, failing with what h handled so far.
+func (h *orderHandler) await(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
 	select {
-	case <-h.handedBack:
-	case <-time.After(10 * time.Second):
-		t.Fatal("o-1 was not delivered")
-	}
-	// o-1 is away for its ack wait (1s); o-2 and o-3 arrive meanwhile.
-	publish("o-2")
-	publish("o-3")
-	select {
-	case <-h.done:
+	case <-ch:
 	case <-time.After(20 * time.Second):
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		t.Fatalf("handled %v, want 4 runs", h.seen)
+		t.Fatalf("%s: handled only %v", what, h.seen)
 	}
+}
+
+// checkSeen asserts the order in which h handled jobs.
+func (h *orderHandler) checkSeen(t *testing.T, want ...string) {
+	t.Helper()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if want := []string{"o-1", "o-1", "o-2", "o-3"}; !slices.Equal(h.seen, want) {
+	if !slices.Equal(h.seen, want) {
 		t.Errorf("handled %v, want %v", h.seen, want)
 	}
+}
+
+// A job of a target that arrives after the target's previous job was handed
+// back, and before that job comes back, waits for it: the target's jobs
+// still run in publish order.
+func TestConsumerHandBackKeepsTargetOrder(t *testing.T) {
+	t.Parallel()
+	h := &orderHandler{handBackID: "o-1", handedBack: make(chan struct{}), done: make(chan struct{}), want: 4}
+	b := newOrderBed(t, h)
+	b.publish("o-1")
+	h.await(t, h.handedBack, "o-1 was not delivered")
+	// o-1 is away for its ack wait (1s); o-2 and o-3 arrive meanwhile.
+	b.publish("o-2")
+	b.publish("o-3")
+	h.await(t, h.done, "want 4 runs")
+	h.checkSeen(t, "o-1", "o-1", "o-2", "o-3")
 }
 
 // A delivery lost in transit (a NATS node or the connection went down
@@ -222,23 +234,6 @@ func TestConsumerHandBackKeepsTargetOrder(t *testing.T) {
 // delivered meanwhile, wait for it.
 func TestConsumerLostDeliveryKeepsTargetOrder(t *testing.T) {
 	// Not parallel: lostInTransit is package-wide.
-	ts := startServer(t)
-	ctx := testCtx(t)
-	cfg := Config{Partitions: 1}.WithDefaults()
-	if err := Provision(ctx, ts.js, cfg); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := NewPublisher(ts.js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish := func(id string) {
-		job := &dispatcher.Job{V: 1, ID: id, Scene: dispatcher.SceneGroup, Target: "g1",
-			Message: []byte(`{"msg_type":0,"content":"x"}`)}
-		if _, err := pub.Publish(ctx, job); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var dropped atomic.Bool
 	lostInTransit = func(m jetstream.Msg) bool {
 		var job struct {
@@ -247,43 +242,20 @@ func TestConsumerLostDeliveryKeepsTargetOrder(t *testing.T) {
 		return json.Unmarshal(m.Data(), &job) == nil && job.ID == "o-2" && dropped.CompareAndSwap(false, true)
 	}
 	t.Cleanup(func() { lostInTransit = nil })
-	h := &orderHandler{done: make(chan struct{}), want: 3}
 	first := make(chan struct{})
-	h.after = func(n int) {
+	h := &orderHandler{done: make(chan struct{}), want: 3, after: func(n int) {
 		if n == 1 {
 			close(first)
 		}
-	}
-	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Second, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(ctx, []int{0}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop(context.Background()) })
-
-	publish("o-1")
-	select {
-	case <-first:
-	case <-time.After(10 * time.Second):
-		t.Fatal("o-1 was not handled")
-	}
-	publish("o-2")
-	publish("o-3")
-	select {
-	case <-h.done:
-	case <-time.After(20 * time.Second):
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		t.Fatalf("handled %v, want 3 jobs", h.seen)
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	}}
+	b := newOrderBed(t, h)
+	b.publish("o-1")
+	h.await(t, first, "o-1 was not handled")
+	b.publish("o-2")
+	b.publish("o-3")
+	h.await(t, h.done, "want 3 jobs")
 	if !dropped.Load() {
 		t.Fatal("o-2's first delivery was not dropped")
 	}
-	if want := []string{"o-1", "o-2", "o-3"}; !slices.Equal(h.seen, want) {
-		t.Errorf("handled %v, want %v", h.seen, want)
-	}
+	h.checkSeen(t, "o-1", "o-2", "o-3")
 }

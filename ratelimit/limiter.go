@@ -554,10 +554,8 @@ func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target 
 			// plan again. (Not for burst-1 buckets: waiting first would
 			// cost a second wake-up, and with fleet buckets a lease round
 			// trip, at the call's own instant, which delays it.)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-l.clock.After(time.Duration(t - now)):
+			if err := l.sleepUntil(ctx, t); err != nil {
+				return err
 			}
 			continue
 		}
@@ -663,11 +661,9 @@ func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, deadline
 			release(plan, holds, now)
 			return err
 		}
-		select {
-		case <-ctx.Done():
+		if err := l.sleepUntil(ctx, retry); err != nil {
 			release(plan, holds, l.now().UnixNano())
-			return ctx.Err()
-		case <-l.clock.After(time.Duration(retry - now)):
+			return err
 		}
 	}
 }

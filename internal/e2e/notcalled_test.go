@@ -47,6 +47,16 @@ func (d *memDelivery) Ack(context.Context) error     { d.acked = true; return ni
 func (d *memDelivery) Release() error                { d.released = true; return nil }
 func (d *memDelivery) Proceed()                      {}
 
+// envelopeOf is job as the consumer would hand it to the pipeline.
+func envelopeOf(t *testing.T, b *testbed.Bed, job *dispatcher.Job) dispatcher.Envelope {
+	t.Helper()
+	data, err := json.Marshal(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dispatcher.Envelope{Subject: queue.SendSubject(b.Names, string(job.Scene), job.Target), Data: data, Seq: 1}
+}
+
 // A job whose "calling" mark reached the ledger but whose answer was lost
 // was never called: when it comes back to the same worker it is sent, not
 // reported in doubt (the ledger alone would say its worker stopped mid-call).
@@ -61,12 +71,7 @@ func TestLostCallingMarkIsNotInDoubt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	job := testbed.Job("lost-mark-1", dispatcher.SceneChannel, "ch-lost", "sent once", "", time.Time{})
-	data, err := json.Marshal(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := dispatcher.Envelope{Subject: queue.SendSubject(b.Names, "channel", "ch-lost"), Data: data, Seq: 1}
+	env := envelopeOf(t, b, testbed.Job("lost-mark-1", dispatcher.SceneChannel, "ch-lost", "sent once", "", time.Time{}))
 
 	first := &memDelivery{env: env}
 	if _, err := proc.Handle(ctx, first); !errors.Is(err, dispatcher.ErrHandedBack) || !errors.Is(err, errAnswerLost) {
@@ -126,12 +131,7 @@ func TestTokenFetchedBeforeDeparture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	job := testbed.Job("token-first-1", dispatcher.SceneChannel, "ch-token", "first call", "", time.Time{})
-	data, err := json.Marshal(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &memDelivery{env: dispatcher.Envelope{Subject: queue.SendSubject(b.Names, "channel", "ch-token"), Data: data, Seq: 1}}
+	d := &memDelivery{env: envelopeOf(t, b, testbed.Job("token-first-1", dispatcher.SceneChannel, "ch-token", "first call", "", time.Time{}))}
 	o, err := proc.Handle(ctx, d)
 	if err != nil {
 		t.Fatal(err)
