@@ -129,30 +129,11 @@ func provisionTB(t testing.TB, js jetstream.JetStream) jetstream.KeyValue {
 	return kv
 }
 
-// startJSTB is startJS for benchmarks too.
+// startJSTB is startJS in a temporary directory, for benchmarks too.
 func startJSTB(t testing.TB) func() jetstream.JetStream {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Port: -1, StoreDir: t.TempDir(), JetStream: true, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return func() jetstream.JetStream {
-		nc, err := nats.Connect(s.ClientURL())
-		if err != nil {
-			t.Fatalf("connect: %v", err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatalf("jetstream: %v", err)
-		}
-		return js
-	}
+	_, connect := startJS(t, t.TempDir())
+	return connect
 }
 
 func mustBucket(t testing.TB, f *FleetBuckets, name string, every rate.Limit, burst int) SharedBucket {

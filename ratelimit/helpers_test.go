@@ -166,7 +166,7 @@ func passiveJob(scene dispatcher.Scene, target string, received time.Time) *disp
 
 // startJS starts an embedded JetStream server storing in dir and returns it
 // with a function that connects a new client to it.
-func startJS(t *testing.T, dir string) (*server.Server, func() jetstream.JetStream) {
+func startJS(t testing.TB, dir string) (*server.Server, func() jetstream.JetStream) {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{Port: -1, StoreDir: dir, JetStream: true, NoLog: true, NoSigs: true})
 	if err != nil {
