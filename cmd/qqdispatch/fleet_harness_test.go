@@ -673,13 +673,7 @@ func (f *fleet) watchOutcomes() *outcomeWatch {
 				if json.Unmarshal(e.Value(), &o) != nil {
 					continue
 				}
-				ow.mu.Lock()
-				if ow.revs[o.JobID] == nil {
-					ow.revs[o.JobID] = map[uint64]bool{}
-				}
-				ow.revs[o.JobID][e.Revision()] = true
-				ow.outcomes[o.JobID] = o
-				ow.mu.Unlock()
+				ow.record(o, e.Revision())
 				select {
 				case ow.changed <- struct{}{}:
 				default:
@@ -692,6 +686,17 @@ func (f *fleet) watchOutcomes() *outcomeWatch {
 }
 
 // count is the number of jobs with an outcome.
+// record notes outcome o stored at revision rev.
+func (ow *outcomeWatch) record(o dispatcher.Outcome, rev uint64) {
+	ow.mu.Lock()
+	defer ow.mu.Unlock()
+	if ow.revs[o.JobID] == nil {
+		ow.revs[o.JobID] = map[uint64]bool{}
+	}
+	ow.revs[o.JobID][rev] = true
+	ow.outcomes[o.JobID] = o
+}
+
 func (ow *outcomeWatch) count() int {
 	ow.mu.Lock()
 	defer ow.mu.Unlock()
@@ -763,13 +768,7 @@ func (ow *outcomeWatch) lookup(ids []string) {
 		if json.Unmarshal(e.Value(), &o) != nil {
 			continue
 		}
-		ow.mu.Lock()
-		if ow.revs[o.JobID] == nil {
-			ow.revs[o.JobID] = map[uint64]bool{}
-		}
-		ow.revs[o.JobID][e.Revision()] = true
-		ow.outcomes[o.JobID] = o
-		ow.mu.Unlock()
+		ow.record(o, e.Revision())
 	}
 }
 
@@ -1266,4 +1265,24 @@ func (f *fleet) streamLeader() (string, error) {
 		return "", errNoLeader
 	}
 	return info.Cluster.Leader, nil
+}
+
+// finishFlow stops fl, waits for every published job's outcome, asserts one
+// outcome per job and checks delivery against sim (checkDelivery); it
+// returns the jobs, their outcomes and how many ended in_doubt.
+func finishFlow(t *testing.T, fl *flow, ow *outcomeWatch, sim *qqsim.Sim) (map[string]orderedJob, map[string]dispatcher.Outcome, int) {
+	t.Helper()
+	fl.halt()
+	if fl.err != nil {
+		t.Fatalf("flow: %v", fl.err)
+	}
+	jobs := fl.published()
+	ow.waitJobs(t, jobs, 2*time.Minute)
+	outs, revs := ow.snapshot()
+	for id, n := range revs {
+		if n != 1 {
+			t.Errorf("job %s has %d outcomes", id, n)
+		}
+	}
+	return jobs, outs, checkDelivery(t, sim, jobs, outs)
 }

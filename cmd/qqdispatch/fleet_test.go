@@ -429,19 +429,8 @@ func TestFleetScaleOut(t *testing.T) {
 		t.Errorf("w4 took %s to deliver on all its partitions, bound %s", worst, takeoverBound)
 	}
 
-	fl.halt()
-	if fl.err != nil {
-		t.Fatalf("flow: %v", fl.err)
-	}
-	jobs := fl.published()
-	ow.waitJobs(t, jobs, 2*time.Minute)
-	outs, revs := ow.snapshot()
-	for id, n := range revs {
-		if n != 1 {
-			t.Errorf("job %s has %d outcomes", id, n)
-		}
-	}
-	if inDoubt := checkDelivery(t, f.sim, jobs, outs); inDoubt != 0 {
+	jobs, outs, inDoubt := finishFlow(t, fl, ow, f.sim)
+	if inDoubt != 0 {
 		t.Errorf("%d jobs in_doubt without a crash", inDoubt)
 	}
 	checkInDoubt(t, f.names, f.tap.snapshot(), jobs, outs, nil, nil)
@@ -530,19 +519,7 @@ func runTakeover(t *testing.T, name string, args []string) {
 		t.Errorf("hand-over on SIGTERM took %s, bound %s", tWorst.Round(time.Millisecond), takeoverBound)
 	}
 
-	fl.halt()
-	if fl.err != nil {
-		t.Fatalf("flow: %v", fl.err)
-	}
-	jobs := fl.published()
-	ow.waitJobs(t, jobs, 2*time.Minute)
-	outs, revs := ow.snapshot()
-	for id, n := range revs {
-		if n != 1 {
-			t.Errorf("job %s has %d outcomes", id, n)
-		}
-	}
-	checkDelivery(t, f.sim, jobs, outs)
+	jobs, outs, _ := finishFlow(t, fl, ow, f.sim)
 	inDoubt := checkInDoubt(t, f.names, f.tap.snapshot(), jobs, outs, []string{"w1"}, victim)
 	t.Logf("%d jobs, %d in_doubt (in flight at the SIGKILL)", len(jobs), inDoubt)
 	checkViolations(t, f.sim, f.tap.snapshot())
