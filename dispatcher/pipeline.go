@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -117,6 +118,9 @@ type Observer interface {
 	// *SendError (or another error, classified ClassUnknown).
 	Attempt(scene Scene, err error, took time.Duration)
 	Outcome(o Outcome, took time.Duration)
+	// Departed reports a job's first call leaving, delay after the job
+	// was published.
+	Departed(scene Scene, kind Kind, delay time.Duration)
 }
 
 // Processor runs the per-job pipeline: decode → dedupe → window and budget →
@@ -124,6 +128,11 @@ type Observer interface {
 type Processor struct {
 	cfg ProcessorConfig
 	log zerolog.Logger
+
+	// markLead is how long the ledger's "calling" mark has been taking
+	// (nanoseconds; rises at once, decays slowly): it is written that long
+	// before the call's instant, so the call still leaves on time.
+	markLead atomic.Int64
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // job ids this process is handling now
@@ -287,7 +296,7 @@ type run struct {
 func (r *run) handle(ctx context.Context) (Outcome, error) {
 	p := r.p
 	job, derr := Decode(r.env.Subject, r.env.Data, p.cfg.Decode)
-	r.jobID = jobIdentity(job, r.env)
+	r.jobID = JobIdentity(job, r.env)
 	r.log = p.log.With().Str("job_id", r.jobID).Logger()
 	if derr != nil {
 		o := r.outcome(StatusInvalid, derr.Error())
@@ -504,31 +513,13 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		if ctx.Err() != nil {
 			return Outcome{}, ErrHandedBack
 		}
-		// The ledger says "calling" before the request can leave; with a
-		// limiter the write happens inside Wait, once the tokens are held,
-		// so the departure it records is the request's. So does the
-		// Sender's preparation (an access token to fetch).
-		marked := false
-		mark := func() error {
-			if pr, ok := p.cfg.Sender.(Preparer); ok {
-				_ = pr.Prepare(ctx) // a failure shows again in the call
-			}
-			err := r.markCalling(ctx)
-			marked = err == nil
-			return err
-		}
-		if p.cfg.Limiter != nil {
-			if err := p.cfg.Limiter.Wait(ctx, j, r.deadline, mark); err != nil {
-				if marked {
-					// Marked, then stopped before the call: no call ran.
-					if cerr := r.markClaimed(ctx); cerr != nil {
-						p.noteNotCalled(r.jobID, r.claim.Attempts)
-					}
-				}
-				return Outcome{}, err
-			}
-		} else if err := mark(); err != nil {
+		if err := r.leave(ctx); err != nil {
 			return Outcome{}, err
+		}
+		if r.attempts == 0 && p.cfg.Observer != nil && !r.env.Published.IsZero() {
+			// Published is the server's wall clock, so the delay is
+			// measured on the wall clock too, whatever p.cfg.Clock says.
+			p.cfg.Observer.Departed(j.Scene, j.Kind(), time.Since(r.env.Published))
 		}
 		r.attempts++
 		callStart := p.cfg.Clock.Now()
@@ -622,10 +613,109 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			}
 			return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %s of retries", p.cfg.MaxJobDuration), se), nil
 		}
-		select {
-		case <-ctx.Done():
+		if err := r.wait(ctx, wait, "retry back-off"); err != nil {
 			return Outcome{}, ErrHandedBack
-		case <-p.cfg.Clock.After(wait):
+		}
+	}
+}
+
+// leave gets the job's call under way: the limiter's permit for its
+// instant (waiting out a NotYetError), the sender's preparation and the
+// ledger's "calling" mark shortly before the instant, then the departure.
+// The mark comes after the tokens are held and before the departure, so
+// the departure recorded is the request's; it starts as long before the
+// instant as recent marks took (see learnMark), so a ledger round trip
+// does not make every call late. Waits longer than a moment give the
+// worker slot back (Pauser).
+func (r *run) leave(ctx context.Context) error {
+	p := r.p
+	var permit Permit
+	if lim := p.cfg.Limiter; lim != nil {
+		for {
+			pm, err := lim.Acquire(ctx, r.job, r.deadline)
+			var ny *NotYetError
+			if errors.As(err, &ny) {
+				if err := r.wait(ctx, ny.At.Sub(p.cfg.Clock.Now()), ny.Rule); err != nil {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			permit = pm
+			break
+		}
+		lead := time.Duration(p.markLead.Load())
+		if err := r.wait(ctx, permit.At().Sub(p.cfg.Clock.Now())-lead, permit.Rule()); err != nil {
+			permit.Release()
+			return err
+		}
+	}
+	if pr, ok := p.cfg.Sender.(Preparer); ok {
+		_ = pr.Prepare(ctx) // a failure shows again in the call
+	}
+	start := p.cfg.Clock.Now()
+	if err := r.markCalling(ctx); err != nil {
+		if permit != nil {
+			permit.Release()
+		}
+		return err
+	}
+	p.learnMark(p.cfg.Clock.Now().Sub(start))
+	if permit == nil {
+		return nil
+	}
+	if err := permit.Depart(ctx); err != nil {
+		// Marked, then stopped before the call: no call ran.
+		if cerr := r.markClaimed(ctx); cerr != nil {
+			p.noteNotCalled(r.jobID, r.claim.Attempts)
+		}
+		return err
+	}
+	return nil
+}
+
+// pauseAbove is the shortest wait for which a job gives its worker slot
+// back: shorter ones sleep holding it.
+const pauseAbove = 20 * time.Millisecond
+
+// wait lets d pass before the job goes on (rule says why), giving the
+// worker slot back while it waits when the delivery can (Pauser). It
+// fails with ErrHandedBack when ctx ends first.
+func (r *run) wait(ctx context.Context, d time.Duration, rule string) error {
+	if d <= 0 {
+		return nil
+	}
+	if pz, ok := r.d.(Pauser); ok && d > pauseAbove {
+		if err := pz.Pause(ctx, d, rule); err != nil {
+			return ErrHandedBack
+		}
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ErrHandedBack
+	case <-r.p.cfg.Clock.After(d):
+		return nil
+	}
+}
+
+// maxMarkLead caps how early the ledger's "calling" mark is written before
+// the call's instant: a worker that dies in between leaves a job in doubt
+// that never left.
+const maxMarkLead = 50 * time.Millisecond
+
+// learnMark folds one "calling" mark's duration into markLead: a longer
+// one is taken at once (a call late by it is lost throughput on every
+// bucket), a shorter one an eighth of the way.
+func (p *Processor) learnMark(took time.Duration) {
+	took = min(max(took, 0), maxMarkLead)
+	for {
+		old := p.markLead.Load()
+		lead := max(int64(took), old-(old-int64(took))/8)
+		if p.markLead.CompareAndSwap(old, lead) {
+			return
 		}
 	}
 }
@@ -856,12 +946,13 @@ func IdentityOf(env Envelope, opts DecodeOptions) string {
 	if err != nil {
 		job = nil
 	}
-	return jobIdentity(job, env)
+	return JobIdentity(job, env)
 }
 
-// jobIdentity is the job's id: the body's id, else the re-publish header,
-// else Nats-Msg-Id, else derived from the reply pair or the stream sequence.
-func jobIdentity(j *Job, env Envelope) string {
+// JobIdentity is the id of a job decoded from env (j nil when it did not
+// decode): the body's id, else the re-publish header, else Nats-Msg-Id,
+// else derived from the reply pair or the stream sequence.
+func JobIdentity(j *Job, env Envelope) string {
 	if j != nil && j.ID != "" {
 		return j.ID
 	}

@@ -98,6 +98,8 @@ type Envelope struct {
 	Header  map[string][]string
 	// Seq is the jobs-stream sequence of the message.
 	Seq uint64
+	// Published is when the stream stored the message; zero when unknown.
+	Published time.Time
 }
 
 // Recorder stores terminal outcomes.
@@ -131,6 +133,16 @@ type Delivery interface {
 	Proceed()
 }
 
+// Pauser is a Delivery whose job can wait without holding a worker slot:
+// Pause returns when the job may go on, d from now or later (when a slot
+// is free again), or with ctx's error. rule says what the job waits for;
+// the queue shows it and plans with it. The pipeline pauses instead of
+// sleeping whenever a wait is longer than a moment: for its call's
+// instant, a NotYetError, or a retry's back-off.
+type Pauser interface {
+	Pause(ctx context.Context, d time.Duration, rule string) error
+}
+
 // Limiter enforces the platform's rules before a call (package ratelimit).
 type Limiter interface {
 	// Deadline is the end of the job's reply window; zero when it has none.
@@ -141,19 +153,47 @@ type Limiter interface {
 	// Reserve takes the job's period quotas, once per job. An exhausted
 	// quota is a *LimitError.
 	Reserve(ctx context.Context, job *Job) (Reservation, error)
-	// Wait blocks until the job may make one call under every rate limit.
-	// It fails with a *LimitError (StatusExpired) when the call could not
-	// start before deadline. Once the call's instant has come and its
-	// tokens are held, it runs ready (the pipeline marks the call in its
-	// ledger there) and records the call as leaving only after ready
-	// returns, so time spent in ready cannot bring two calls closer than a
-	// limit allows; an error from ready gives the tokens back and is
-	// returned.
-	Wait(ctx context.Context, job *Job, deadline time.Time, ready func() error) error
+	// Acquire takes, for one call of the job, a token from every rate
+	// limit that applies, all for one instant: the earliest they allow.
+	// The call leaves through the permit's Depart, or gives the tokens
+	// back with Release. A *LimitError (StatusExpired) says the call could
+	// not start before deadline; a *NotYetError says to ask again at its
+	// instant, nothing taken meanwhile.
+	Acquire(ctx context.Context, job *Job, deadline time.Time) (Permit, error)
 	// Feedback tells the limiter how the platform answered a call, so a
 	// rate-limit answer slows the key down and a quota answer marks the
 	// period as spent.
 	Feedback(job *Job, class ErrorClass)
+}
+
+// Permit is one call's hold on its rate-limit tokens, from
+// Limiter.Acquire. The pipeline holds it while it waits for the instant
+// (giving its worker slot back when that is far, see Pauser), marks the
+// call in its ledger shortly before, and then departs.
+type Permit interface {
+	// At is the instant the call may leave.
+	At() time.Time
+	// Rule names the rule that set At; empty when nothing held the call
+	// back.
+	Rule() string
+	// Depart waits until At, then records the call as leaving once every
+	// bucket allows it (a previous call that left late may push it back a
+	// little). After an error the tokens are given back.
+	Depart(ctx context.Context) error
+	// Release gives the tokens back: the call will not happen. It does
+	// nothing after Depart.
+	Release()
+}
+
+// NotYetError says a rule lets the call go only at At, and that nothing
+// was taken: ask again then.
+type NotYetError struct {
+	At   time.Time
+	Rule string
+}
+
+func (e *NotYetError) Error() string {
+	return "limit " + e.Rule + ": not before " + e.At.UTC().Format(time.RFC3339Nano)
 }
 
 // Reservation is a job's hold on its period quotas.
@@ -174,3 +214,24 @@ type LimitError struct {
 }
 
 func (e *LimitError) Error() string { return "limit " + e.Rule + ": " + e.Reason }
+
+// Pace is how the platform's rules pace one kind of job in one scene, as a
+// scheduler plans with it: how far apart one target's calls must be, and
+// which buckets every target's calls share.
+type Pace struct {
+	// TargetInterval is the spacing of one target's calls (its per-target
+	// buckets, the slowest of them); zero when none applies.
+	TargetInterval time.Duration
+	// TargetRule names the rule behind TargetInterval.
+	TargetRule string
+	// Shared are the buckets all targets' calls draw from (per bot, per
+	// endpoint).
+	Shared []SharedRate
+}
+
+// SharedRate is one bucket that many targets' calls draw from.
+type SharedRate struct {
+	Name     string        // the bucket, e.g. "endpoint.send.group"; groups of one scene share its endpoint
+	Rule     string        // the policy rule, e.g. "group.active.rate.per_bot"
+	Interval time.Duration // time between two of its tokens
+}

@@ -65,7 +65,7 @@ func BenchmarkLimiterDistinctTargets(b *testing.B) {
 				start := time.Now()
 				for i := range targets {
 					job.Target = fmt.Sprintf("%032X", i)
-					if err := l.Wait(ctx, job, time.Time{}, nil); err != nil {
+					if err := l.Wait(ctx, job, time.Time{}); err != nil {
 						b.Fatal(err)
 					}
 					clk.now = clk.now.Add(time.Millisecond)

@@ -91,7 +91,7 @@ func TestWaitBucketBoundaries(t *testing.T) {
 			policy: "extends: none\nscenes: {group: {active: {rate: {per_target: {limit: 20, per: 1m}}}}}",
 			limit:  20, per: time.Minute,
 			call: func(l *Limiter, i int) error {
-				return l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, "G1"), time.Time{}, nil)
+				return l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, "G1"), time.Time{})
 			},
 		},
 		{
@@ -99,7 +99,7 @@ func TestWaitBucketBoundaries(t *testing.T) {
 			policy: "extends: none\nscenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}",
 			limit:  60, per: time.Minute,
 			call: func(l *Limiter, i int) error {
-				return l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{}, nil)
+				return l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{})
 			},
 		},
 		{
@@ -107,7 +107,7 @@ func TestWaitBucketBoundaries(t *testing.T) {
 			policy: "extends: none\nendpoints: {send: {limit: 100, per: 1s}}",
 			limit:  100, per: time.Second,
 			call: func(l *Limiter, i int) error {
-				return l.Wait(context.Background(), passiveJob(dispatcher.SceneDM, fmt.Sprint("D", i), t0), time.Time{}, nil)
+				return l.Wait(context.Background(), passiveJob(dispatcher.SceneDM, fmt.Sprint("D", i), t0), time.Time{})
 			},
 		},
 		{
@@ -127,7 +127,7 @@ func TestWaitBucketBoundaries(t *testing.T) {
 				if i%2 == 1 {
 					kind = dispatcher.KindPassive
 				}
-				return l.Wait(context.Background(), channelJob("C1", "G1", kind), time.Time{}, nil)
+				return l.Wait(context.Background(), channelJob("C1", "G1", kind), time.Time{})
 			},
 		},
 		{
@@ -135,7 +135,7 @@ func TestWaitBucketBoundaries(t *testing.T) {
 			policy: "",
 			limit:  5, per: time.Second,
 			call: func(l *Limiter, i int) error {
-				return l.Wait(context.Background(), channelJob("C1", "G1", dispatcher.KindActive), time.Time{}, nil)
+				return l.Wait(context.Background(), channelJob("C1", "G1", dispatcher.KindActive), time.Time{})
 			},
 		},
 		{
@@ -143,7 +143,7 @@ func TestWaitBucketBoundaries(t *testing.T) {
 			policy: "extends: none\nscenes: {c2c: {passive: {rate: {per_target: {limit: 10, per: 1s, burst: 3}}}}}",
 			limit:  10, burst: 3, per: time.Second,
 			call: func(l *Limiter, i int) error {
-				return l.Wait(context.Background(), passiveJob(dispatcher.SceneC2C, "U1", t0), time.Time{}, nil)
+				return l.Wait(context.Background(), passiveJob(dispatcher.SceneC2C, "U1", t0), time.Time{})
 			},
 		},
 	}
@@ -177,7 +177,7 @@ scenes: {group: {active: {rate: {per_target: {limit: 2, per: 1s}, per_bot: {limi
 	byTarget := map[string][]time.Time{}
 	all := drive(t, clk, 4*len(order), func(i int) error {
 		tg := string(order[i%len(order)])
-		err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, tg), time.Time{}, nil)
+		err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, tg), time.Time{})
 		byTarget[tg] = append(byTarget[tg], clk.Now())
 		return err
 	})
@@ -203,7 +203,7 @@ func TestWaitConcurrentCallersQueue(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{}, nil)
+			errs <- l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{})
 		}()
 	}
 	// One call goes at once; the others park, each at its own slot.
@@ -233,13 +233,13 @@ func TestWaitExpiresWithoutWaiting(t *testing.T) {
 	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {channel: {any: {rate: {per_target: {limit: 5, per: 1s}}}}}"), clk)
 	job := channelJob("C1", "G1", dispatcher.KindPassive)
 	ctx := context.Background()
-	if err := l.Wait(ctx, job, t0.Add(time.Minute), nil); err != nil {
+	if err := l.Wait(ctx, job, t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	step := interval(5, time.Second) // ≈204ms
 
 	// The next token comes after the deadline: expired at once.
-	err := l.Wait(ctx, job, t0.Add(100*time.Millisecond), nil)
+	err := l.Wait(ctx, job, t0.Add(100*time.Millisecond))
 	var le *dispatcher.LimitError
 	if !errors.As(err, &le) || le.Status != dispatcher.StatusExpired || le.Rule != "channel.any.rate.per_target" {
 		t.Fatalf("Wait = %v, want an expired LimitError naming channel.any.rate.per_target", err)
@@ -250,7 +250,7 @@ func TestWaitExpiresWithoutWaiting(t *testing.T) {
 	}
 	// A deadline just after the slot is fine: the call parks until then.
 	done := make(chan error, 1)
-	go func() { done <- l.Wait(ctx, job, t0.Add(step).Add(time.Microsecond), nil) }()
+	go func() { done <- l.Wait(ctx, job, t0.Add(step).Add(time.Microsecond)) }()
 	d := clk.waitArmed(t)
 	if d < step-time.Millisecond || d > step+time.Millisecond {
 		t.Fatalf("parked %s, want %s", d, step)
@@ -267,19 +267,19 @@ func TestWaitExpiredGivesTokensBack(t *testing.T) {
 	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {channel: {any: {rate: {per_target: {limit: 5, per: 1s}}}}}\nendpoints: {send: {limit: 100, per: 1s}}"), clk)
 	job := channelJob("C1", "G1", dispatcher.KindActive)
 	ctx := context.Background()
-	if err := l.Wait(ctx, job, time.Time{}, nil); err != nil {
+	if err := l.Wait(ctx, job, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	for range 5 { // expired callers must not queue up tokens
 		var le *dispatcher.LimitError
-		if err := l.Wait(ctx, job, t0.Add(50*time.Millisecond), nil); !errors.As(err, &le) {
+		if err := l.Wait(ctx, job, t0.Add(50*time.Millisecond)); !errors.As(err, &le) {
 			t.Fatalf("want expired, got %v", err)
 		}
 	}
 	// Another target on the same endpoint is not held back by them: it
 	// waits one endpoint interval only.
 	done := make(chan error, 1)
-	go func() { done <- l.Wait(ctx, channelJob("C2", "G1", dispatcher.KindActive), time.Time{}, nil) }()
+	go func() { done <- l.Wait(ctx, channelJob("C2", "G1", dispatcher.KindActive), time.Time{}) }()
 	if d := clk.waitArmed(t); d > interval(100, time.Second)+time.Millisecond {
 		t.Fatalf("another channel waits %s for the endpoint", d)
 	}
@@ -287,7 +287,7 @@ func TestWaitExpiredGivesTokensBack(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	go func() { done <- l.Wait(ctx, job, time.Time{}, nil) }()
+	go func() { done <- l.Wait(ctx, job, time.Time{}) }()
 	d := clk.waitArmed(t)
 	step := interval(5, time.Second)
 	if d > step+time.Millisecond {
@@ -304,18 +304,18 @@ func TestWaitContextCancelGivesTokenBack(t *testing.T) {
 	clk := newFakeClock(t0)
 	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {group: {active: {rate: {per_target: {limit: 20, per: 1m}}}}}"), clk)
 	job := activeJob(dispatcher.SceneGroup, "G1")
-	if err := l.Wait(context.Background(), job, time.Time{}, nil); err != nil {
+	if err := l.Wait(context.Background(), job, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- l.Wait(ctx, job, time.Time{}, nil) }()
+	go func() { done <- l.Wait(ctx, job, time.Time{}) }()
 	first := clk.waitArmed(t)
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Wait = %v, want context.Canceled", err)
 	}
-	go func() { done <- l.Wait(context.Background(), job, time.Time{}, nil) }()
+	go func() { done <- l.Wait(context.Background(), job, time.Time{}) }()
 	// The token came back: the next call waits no longer than the first
 	// would have, and no shorter than the departure record allows (an
 	// interval after the last call less the bucket's slack).
@@ -328,7 +328,7 @@ func TestWaitContextCancelGivesTokenBack(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Wait(ctx, job, time.Time{}, nil); !errors.Is(err, context.Canceled) {
+	if err := l.Wait(ctx, job, time.Time{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Wait on a done context = %v", err)
 	}
 }
@@ -340,7 +340,7 @@ func TestIdleBucketsAreEvicted(t *testing.T) {
 	refill := interval(20, time.Minute) // burst 1: one token
 	ctx := context.Background()
 	job := activeJob(dispatcher.SceneGroup, "G1")
-	if err := l.Wait(ctx, job, time.Time{}, nil); err != nil {
+	if err := l.Wait(ctx, job, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if n := l.Stats().TargetBuckets; n != 1 {
@@ -356,11 +356,11 @@ func TestIdleBucketsAreEvicted(t *testing.T) {
 	}
 	// Re-created full: the call goes at once, and the one after waits a
 	// whole interval.
-	if err := l.Wait(ctx, job, clk.Now().Add(time.Nanosecond), nil); err != nil {
+	if err := l.Wait(ctx, job, clk.Now().Add(time.Nanosecond)); err != nil {
 		t.Fatalf("re-created bucket is not full: %v", err)
 	}
 	var le *dispatcher.LimitError
-	if err := l.Wait(ctx, job, clk.Now().Add(refill-time.Millisecond), nil); !errors.As(err, &le) {
+	if err := l.Wait(ctx, job, clk.Now().Add(refill-time.Millisecond)); !errors.As(err, &le) {
 		t.Fatalf("second call inside the interval: %v", err)
 	}
 
@@ -368,7 +368,7 @@ func TestIdleBucketsAreEvicted(t *testing.T) {
 	// without the janitor.
 	for i := range 20000 {
 		clk.Advance(time.Millisecond)
-		if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("T", i)), time.Time{}, nil); err != nil {
+		if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("T", i)), time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -389,7 +389,7 @@ func TestJanitorSweeps(t *testing.T) {
 	if err := l.Stop(context.Background()); err != nil {
 		t.Fatalf("Stop before Start: %v", err)
 	}
-	if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, "G1"), time.Time{}, nil); err != nil {
+	if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, "G1"), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Start(context.Background()); err != nil {
@@ -423,7 +423,7 @@ func TestFeedbackRateLimitedPauses(t *testing.T) {
 	pauseOf := func(j *dispatcher.Job) time.Duration {
 		t.Helper()
 		done := make(chan error, 1)
-		go func() { done <- l.Wait(ctx, j, time.Time{}, nil) }()
+		go func() { done <- l.Wait(ctx, j, time.Time{}) }()
 		select {
 		case err := <-done:
 			if err != nil {
@@ -473,7 +473,7 @@ func TestFeedbackRateLimitedPauses(t *testing.T) {
 	// Expired at once when the pause outlasts the deadline.
 	l.Feedback(job, dispatcher.ClassRateLimited)
 	var le *dispatcher.LimitError
-	if err := l.Wait(ctx, job, clk.Now().Add(500*time.Millisecond), nil); !errors.As(err, &le) || le.Rule != "cooldown.target" {
+	if err := l.Wait(ctx, job, clk.Now().Add(500*time.Millisecond)); !errors.As(err, &le) || le.Rule != "cooldown.target" {
 		t.Fatalf("Wait inside a pause with a near deadline = %v", err)
 	}
 	// Stale pauses are swept.

@@ -148,7 +148,7 @@ scenes: {c2c: {passive: {rate: {per_target: {limit: 10, per: 1s, burst: 3}, per_
 			clk.run(tc.callers, func(c int) {
 				for i := range tc.calls {
 					job := tc.job(c, i)
-					if err := l.Wait(context.Background(), job, time.Time{}, nil); err != nil {
+					if err := l.Wait(context.Background(), job, time.Time{}); err != nil {
 						t.Error(err)
 						return
 					}
@@ -184,16 +184,16 @@ func TestWaitLateDepartureDelaysNext(t *testing.T) {
 	step := interval(5, time.Second)
 	job := channelJob("C1", "G1", dispatcher.KindActive)
 	ctx := context.Background()
-	if err := l.Wait(ctx, job, time.Time{}, nil); err != nil {
+	if err := l.Wait(ctx, job, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	// Two callers take the next two slots, +1 and +2 intervals.
 	first, second := make(chan error, 1), make(chan error, 1)
-	go func() { first <- l.Wait(ctx, job, time.Time{}, nil) }()
+	go func() { first <- l.Wait(ctx, job, time.Time{}) }()
 	if d := clk.waitArmed(t); !near(d, step) {
 		t.Fatalf("first parks %s, want %s", d, step)
 	}
-	go func() { second <- l.Wait(ctx, job, time.Time{}, nil) }()
+	go func() { second <- l.Wait(ctx, job, time.Time{}) }()
 	if d := clk.waitArmed(t); !near(d, 2*step) {
 		t.Fatalf("second parks %s, want %s", d, 2*step)
 	}
@@ -221,7 +221,7 @@ func TestWaitLateDepartureDelaysNext(t *testing.T) {
 	}
 	// A new call takes its slot an interval after the last departure: it
 	// parks once, a whole interval.
-	go func() { first <- l.Wait(ctx, job, time.Time{}, nil) }()
+	go func() { first <- l.Wait(ctx, job, time.Time{}) }()
 	if d = clk.waitArmed(t); !near(d, step) {
 		t.Fatalf("the next call parks %s, want %s", d, step)
 	}
@@ -239,13 +239,13 @@ func TestWaitExpiresAfterLateDeparture(t *testing.T) {
 	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}"), clk)
 	step := interval(60, time.Minute)
 	ctx := context.Background()
-	if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G0"), time.Time{}, nil); err != nil {
+	if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G0"), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := t0.Add(2*step + step/2)
 	done := make(chan error, 2)
 	for i := range 2 {
-		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i+1)), deadline, nil) }()
+		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i+1)), deadline) }()
 		clk.waitArmed(t)
 	}
 	// Both wake together at +2 intervals: one leaves, the other would
@@ -272,7 +272,7 @@ func TestWaitExpiresAfterLateDeparture(t *testing.T) {
 	// bucket's slack (the one that left was at its slot: no catching up is
 	// owed, but the departure record allows it).
 	slack := (&Rate{Limit: 60, Per: time.Minute, Burst: 1}).Slack(HeadroomDefault)
-	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G9"), time.Time{}, nil) }()
+	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "G9"), time.Time{}) }()
 	d := clk.waitArmed(t)
 	if d > step || d < step-slack-time.Microsecond {
 		t.Fatalf("the next call parks %s, want an interval (%s) less at most the slack (%s)", d, step, slack)
@@ -299,16 +299,16 @@ scenes: {group: {active: {rate: {per_target: {limit: 1, per: 10s}, per_bot: {lim
 			ctx := context.Background()
 			// Use up the bot's burst, so that B has to wait for it.
 			for i := range burst {
-				if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("A", i)), time.Time{}, nil); err != nil {
+				if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("A", i)), time.Time{}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			done := make(chan error, 2)
-			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A0"), time.Time{}, nil) }()
+			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A0"), time.Time{}) }()
 			if d := clk.waitArmed(t); d < 10*time.Second {
 				t.Fatalf("A's second call waits %s, want its target's 10s", d)
 			}
-			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "B"), time.Time{}, nil) }()
+			go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "B"), time.Time{}) }()
 			botStep := time.Duration(float64(time.Second) / (float64(10-burst+1) * (1 - HeadroomDefault)))
 			if d := clk.waitArmed(t); d > botStep+time.Millisecond {
 				t.Fatalf("B's call waits %s behind A's; want the bot's next token (%s)", d, botStep)
@@ -332,14 +332,14 @@ scenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}`), clk)
 	const n = 5
 	done := make(chan error, n+1)
 	for i := range n {
-		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{}, nil) }()
+		go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{}) }()
 		if i > 0 {
 			clk.waitArmed(t) // queued on the bot, seconds ahead
 		} else if err := <-done; err != nil {
 			t.Fatal(err)
 		}
 	}
-	go func() { done <- l.Wait(ctx, passiveJob(dispatcher.SceneGroup, "R", t0), time.Time{}, nil) }()
+	go func() { done <- l.Wait(ctx, passiveJob(dispatcher.SceneGroup, "R", t0), time.Time{}) }()
 	if d := clk.waitArmed(t); d > interval(100, time.Second)+time.Millisecond {
 		t.Fatalf("a reply waits %s behind the actives' backlog; want one endpoint interval", d)
 	}
@@ -523,7 +523,7 @@ scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 	var n atomic.Int64
 	clk.run(6, func(c int) {
 		for n.Add(1) <= 120 {
-			if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", c, "-", n.Load())), time.Time{}, nil); err != nil {
+			if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint("G", c, "-", n.Load())), time.Time{}); err != nil {
 				t.Error(err)
 				return
 			}
@@ -544,46 +544,4 @@ scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 		t.Errorf("%d calls in one second, limit %d", most, limit)
 	}
 	t.Logf("%d calls, %d late wake-ups, %.1f calls/s", len(times), clk.late, float64(len(times)-1)/times[len(times)-1].Sub(times[0]).Seconds())
-}
-
-// A slow ready callback (the pipeline's ledger write) runs ahead of the
-// call's instant by as long as it has been taking, so calls after the
-// first still leave on the bucket's grid instead of each one late by the
-// write.
-func TestWaitRunsReadyAhead(t *testing.T) {
-	t.Parallel()
-	clk := newFakeClock(t0)
-	clk.auto = true
-	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {channel: {any: {rate: {per_target: {limit: 5, per: 1s}}}}}"), clk)
-	step := interval(5, time.Second)
-	job := channelJob("C1", "G1", dispatcher.KindActive)
-	const write = 30 * time.Millisecond
-	var readyAt, left []time.Time
-	for range 6 {
-		err := l.Wait(context.Background(), job, time.Time{}, func() error {
-			readyAt = append(readyAt, clk.Now())
-			clk.Advance(write)
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		left = append(left, clk.Now())
-	}
-	// The first call knows nothing yet and leaves a write late; the
-	// others start writing a write ahead and leave an interval apart.
-	if got := left[0].Sub(readyAt[0]); got != write {
-		t.Errorf("first call left %s after its write began, want %s", got, write)
-	}
-	for i := 2; i < len(left); i++ {
-		if gap := left[i].Sub(left[i-1]); !near(gap, step) {
-			t.Errorf("calls %d and %d left %s apart, want %s", i-1, i, gap, step)
-		}
-		if got := left[i].Sub(readyAt[i]); got != write {
-			t.Errorf("call %d left %s after its write began, want %s (the write ran ahead)", i, got, write)
-		}
-	}
-	if span, want := left[len(left)-1].Sub(left[1]), time.Duration(len(left)-2)*step; !near(span, want) {
-		t.Errorf("calls 2–%d spanned %s, want %s: lateness accumulated", len(left), span, want)
-	}
 }

@@ -619,15 +619,15 @@ func TestFleetLimiterTargetWaitDoesNotStallBot(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t)
-	if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A"), time.Time{}, nil); err != nil {
+	if err := l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A"), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 2)
-	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A"), time.Time{}, nil) }()
+	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "A"), time.Time{}) }()
 	if d := clk.waitArmed(t); d < 10*time.Second {
 		t.Fatalf("A's second call waits %s, want its target's 10s", d)
 	}
-	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "B"), time.Time{}, nil) }()
+	go func() { done <- l.Wait(ctx, activeJob(dispatcher.SceneGroup, "B"), time.Time{}) }()
 	if d := clk.waitArmed(t); d > 200*time.Millisecond {
 		t.Fatalf("B's call waits %s behind A's; want the bot's next slot (~102ms)", d)
 	}
@@ -801,7 +801,7 @@ scenes: {group: {active: {rate: {per_target: {limit: 20, per: 1m}, per_bot: {lim
 		l := lims[i%2]
 		for j := 0; clk.Now().Before(t0.Add(span)); j++ {
 			job := activeJob(dispatcher.SceneGroup, fmt.Sprintf("G%d-%d", i, j))
-			if err := l.Wait(context.Background(), job, time.Time{}, nil); err != nil {
+			if err := l.Wait(context.Background(), job, time.Time{}); err != nil {
 				t.Error(err)
 				return
 			}
@@ -1003,7 +1003,7 @@ scenes: {group: {active: {rate: {per_target: {limit: 20, per: 1m}, per_bot: {lim
 			clk.run(workers*callers, func(i int) {
 				l := lims[i%workers]
 				for j := 0; n.Add(1) <= int64(b.N); j++ {
-					if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint(i, "-", j)), time.Time{}, nil); err != nil {
+					if err := l.Wait(context.Background(), activeJob(dispatcher.SceneGroup, fmt.Sprint(i, "-", j)), time.Time{}); err != nil {
 						b.Error(err)
 						return
 					}

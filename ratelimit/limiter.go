@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,22 +87,12 @@ type Limiter struct {
 	botCool *cooldowns // keyed by scene
 	sets    []*bucketSet
 
-	// readyLead is how long Wait's ready callback has been taking
-	// (nanoseconds; rises at once, decays slowly): Wait runs it that long
-	// before the call's instant, so the call still leaves on time.
-	readyLead atomic.Int64
-
 	mu      sync.Mutex
 	started bool
 	stopped bool
 	stop    chan struct{}
 	done    chan struct{}
 }
-
-// maxReadyLead caps how early Wait runs ready: the pipeline's ledger write
-// marks the job in flight, and a worker that dies in between leaves a job
-// in doubt that never left.
-const maxReadyLead = 50 * time.Millisecond
 
 var _ dispatcher.Limiter = (*Limiter)(nil)
 
@@ -130,6 +119,8 @@ type step struct {
 	rule   string
 	set    *bucketSet
 	shared SharedBucket
+	name   string // shared: the bucket's name
+	iv     int64  // shared: its interval (ns)
 	// inOrder: a shared bucket with a burst above 1, which gives its
 	// tokens in time order (GCRA after its last token, locally and
 	// fleet-wide), so a token taken far ahead holds up every later one.
@@ -262,7 +253,7 @@ func (l *Limiter) compile(factory SharedBucketFactory) error {
 		if b == nil {
 			return step{}, fmt.Errorf("ratelimit: Config.SharedBuckets(%q) returned no bucket", name)
 		}
-		return step{shared: b, inOrder: r.Burst > 1}, nil
+		return step{shared: b, name: name, iv: intervalOf(rate.Limit(r.Every(h))), inOrder: r.Burst > 1}, nil
 	}
 	for _, sc := range dispatcher.Scenes {
 		sp := p.Scenes.Scene(sc)
@@ -449,50 +440,111 @@ func (l *Limiter) specs(sr *sceneRules, job *dispatcher.Job, now time.Time) []qu
 	return out
 }
 
-// Wait blocks until the job may make one call under every token bucket that
-// applies to it (per target for the scene and kind, per bot, per endpoint)
-// and after any cool-down from a rate-limit answer. It takes a token from
-// every bucket for one instant, the latest any of them allows. When that
-// instant is not before deadline (non-zero), it gives the tokens back and
-// returns a *dispatcher.LimitError with StatusExpired at once, without
-// waiting. If ctx ends first, the tokens are given back and ctx's error
-// returned.
-//
-// A call held back by its own target's bucket or a cool-down takes its
-// shared tokens (per bot, per endpoint) for that later instant without
-// holding up the calls that could go before it: burst-1 shared buckets put
-// such a token into free time (see NewLocalBucket, FleetBuckets). When a
-// shared bucket of the call has a larger burst, and so gives tokens in
-// time order, the call takes nothing until its instant is near: it waits
-// holding nothing, then plans again.
-//
-// On waking, the call leaves only when every bucket's departures allow it
-// (see SharedBucket.Depart): if the previous call on a bucket woke late,
-// this one waits the difference, so calls leave an interval apart however
-// late their goroutines run. If that wait reaches deadline, Wait gives the
-// tokens back and returns StatusExpired.
-//
-// ready, if not nil, runs once the call's tokens are held, shortly before
-// its instant (by as long as ready has lately taken, at most 50ms) and
-// before the departure is recorded: the pipeline writes its ledger there,
-// so the call still leaves on time, and however long the write takes, the
-// departure recorded is when the call really goes. An error from ready
-// gives the tokens back and is returned; so does ctx ending after ready.
-func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.Time, ready func() error) error {
-	sr := l.scene(job.Scene)
-	if sr == nil {
-		return ctx.Err()
-	}
-	var buf [5]step
-	plan := buf[:0]
-	plan = append(plan, sr.kinds[0].steps...)
-	if ki := kindIndex(job.Kind()); ki != 0 {
+// steps lists the buckets a call of kind in sr's scene draws from: its
+// target's (`any` and its kind), the bot's, and the endpoint's.
+func (sr *sceneRules) steps(kind dispatcher.Kind, buf []step) []step {
+	plan := append(buf[:0], sr.kinds[0].steps...)
+	if ki := kindIndex(kind); ki != 0 {
 		plan = append(plan, sr.kinds[ki].steps...)
 	}
 	if sr.endpoint.shared != nil {
 		plan = append(plan, sr.endpoint)
 	}
-	return l.wait(ctx, plan, sr, job.Target, deadline, ready)
+	return plan
+}
+
+// Pace tells a scheduler how the policy paces a scene's jobs of one kind:
+// the spacing of one target's calls, and the shared buckets (per bot, per
+// endpoint) every target's calls draw from. See dispatcher.Pace.
+func (l *Limiter) Pace(scene dispatcher.Scene, kind dispatcher.Kind) dispatcher.Pace {
+	var p dispatcher.Pace
+	sr := l.scene(scene)
+	if sr == nil {
+		return p
+	}
+	var buf [5]step
+	for _, s := range sr.steps(kind, buf[:0]) {
+		if s.set != nil {
+			if iv := time.Duration(s.set.iv); iv > p.TargetInterval {
+				p.TargetInterval, p.TargetRule = iv, s.rule
+			}
+			continue
+		}
+		p.Shared = append(p.Shared, dispatcher.SharedRate{Name: s.name, Rule: s.rule, Interval: time.Duration(s.iv)})
+	}
+	return p
+}
+
+// Forecast is how long from now target's own rules hold back its next
+// call of kind: its cool-down and its scene's, and its per-target buckets.
+// It takes nothing and ignores the shared buckets, which a scheduler plans
+// for itself (Pace). The rule names what holds the call back; it is empty
+// (and the wait zero) when nothing does. The wait is relative so that a
+// scheduler on another clock can use it.
+func (l *Limiter) Forecast(scene dispatcher.Scene, target string, kind dispatcher.Kind) (time.Duration, string) {
+	sr := l.scene(scene)
+	if sr == nil {
+		return 0, ""
+	}
+	n := l.now().UnixNano()
+	t, why := n, ""
+	if cool, rule := l.pausedUntil(sr, target); cool > t {
+		t, why = cool, rule
+	}
+	var buf [5]step
+	for _, s := range sr.steps(kind, buf[:0]) {
+		if s.set != nil {
+			if nx := s.next(target, t); nx > t {
+				t, why = nx, s.rule
+			}
+		}
+	}
+	return time.Duration(t - n), why
+}
+
+// Acquire takes, for one call of the job, a token from every bucket that
+// applies to it (per target for the scene and kind, per bot, per
+// endpoint), all for one instant: the earliest they and any cool-down
+// from a rate-limit answer allow. The call must leave through the
+// permit's Depart, or give the tokens back with Release.
+//
+// When that instant is not before deadline (non-zero), Acquire takes
+// nothing and returns a *dispatcher.LimitError with StatusExpired. When
+// one of the call's shared buckets gives its tokens in time order (burst
+// above 1) and the call is held back by more than a moment by its own
+// target or a cool-down, it takes nothing either and returns a
+// *dispatcher.NotYetError: a token taken that far ahead would hold up
+// every later caller of the bucket, so the caller waits, holding nothing,
+// and asks again then. Burst-1 shared buckets put a token taken for a
+// later instant into free time (see NewLocalBucket, FleetBuckets), so
+// they hand out permits far ahead without holding anyone up.
+func (l *Limiter) Acquire(ctx context.Context, job *dispatcher.Job, deadline time.Time) (dispatcher.Permit, error) {
+	sr := l.scene(job.Scene)
+	if sr == nil {
+		return &permit{l: l, t: l.now().UnixNano(), done: true}, ctx.Err()
+	}
+	plan := sr.steps(job.Kind(), make([]step, 0, 5))
+	return l.acquire(ctx, plan, sr, job.Target, deadline)
+}
+
+// Wait is Acquire and the permit's Depart: it returns when the job's call
+// may leave, waiting through a NotYetError. For callers that have nothing
+// to do meanwhile (tests, tools).
+func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.Time) error {
+	for {
+		p, err := l.Acquire(ctx, job, deadline)
+		var ny *dispatcher.NotYetError
+		if errors.As(err, &ny) {
+			if err := l.sleepUntil(ctx, ny.At.UnixNano()); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		return p.Depart(ctx)
+	}
 }
 
 // WaitFiles is Wait for a media upload to the scene's /files endpoint
@@ -502,7 +554,11 @@ func (l *Limiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadlin
 	if sr == nil || sr.files.shared == nil {
 		return ctx.Err()
 	}
-	return l.wait(ctx, []step{sr.files}, nil, "", deadline, nil)
+	p, err := l.acquire(ctx, []step{sr.files}, nil, "", deadline)
+	if err != nil {
+		return err
+	}
+	return p.Depart(ctx)
 }
 
 // pausedUntil is when the cool-downs of target and of sr's scene end (0
@@ -518,16 +574,15 @@ func (l *Limiter) pausedUntil(sr *sceneRules, target string) (int64, string) {
 	return cool, rule
 }
 
-func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time, ready func() error) error {
-	var buf [8]hold
-	holds := buf[:len(plan)]
+func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) (*permit, error) {
+	holds := make([]hold, len(plan))
 	// After a round of takes that did not agree: the latest slot given, and
 	// by which rule. The next round asks no earlier, so it makes progress
 	// even against a bucket whose Next is more hopeful than its Take.
 	floor, floorWhy := int64(0), ""
 	for {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		now := l.now().UnixNano()
 		// First the instant the call's own rules allow: cool-downs and
@@ -545,19 +600,15 @@ func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target 
 			}
 		}
 		if err := expired(why, t, deadline); err != nil {
-			return err
+			return nil, err
 		}
 		if inOrder && t > now+int64(takeAhead) {
 			// A token taken now for that instant from a bucket that gives
 			// them in time order would put every later caller of the
-			// bucket after this one. Wait first, holding nothing, then
-			// plan again. (Not for burst-1 buckets: waiting first would
-			// cost a second wake-up, and with fleet buckets a lease round
-			// trip, at the call's own instant, which delays it.)
-			if err := l.sleepUntil(ctx, t); err != nil {
-				return err
-			}
-			continue
+			// bucket after this one. (Not for burst-1 buckets: asking
+			// again later would cost a second round, and with fleet
+			// buckets a lease round trip, at the call's own instant.)
+			return nil, &dispatcher.NotYetError{At: time.Unix(0, t), Rule: why}
 		}
 		if floor > t {
 			t, why = floor, floorWhy
@@ -573,7 +624,7 @@ func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target 
 			}
 		}
 		if err := expired(why, t, deadline); err != nil {
-			return err
+			return nil, err
 		}
 		floor = t
 		for i, s := range plan {
@@ -589,24 +640,48 @@ func (l *Limiter) wait(ctx context.Context, plan []step, sr *sceneRules, target 
 			release(plan, holds, now)
 			continue
 		}
-		if ready != nil {
-			if err := l.sleepUntil(ctx, t-l.readyLead.Load()); err != nil {
-				release(plan, holds, l.now().UnixNano())
-				return err
-			}
-			start := l.now().UnixNano()
-			if err := ready(); err != nil {
-				release(plan, holds, l.now().UnixNano())
-				return err
-			}
-			l.learnReady(time.Duration(l.now().UnixNano() - start))
-		}
-		if err := l.sleepUntil(ctx, t); err != nil {
-			release(plan, holds, l.now().UnixNano())
-			return err
-		}
-		return l.leave(ctx, plan, holds, deadline)
+		return &permit{l: l, plan: plan, holds: holds, t: t, rule: why, deadline: deadline}, nil
 	}
+}
+
+// permit is one call's tokens, all for the instant t.
+type permit struct {
+	l        *Limiter
+	plan     []step
+	holds    []hold
+	t        int64
+	rule     string
+	deadline time.Time
+	done     bool // departed or released
+}
+
+var _ dispatcher.Permit = (*permit)(nil)
+
+func (p *permit) At() time.Time { return time.Unix(0, p.t) }
+func (p *permit) Rule() string  { return p.rule }
+
+// Depart waits until the permit's instant, then lets the call leave once
+// every bucket's departures allow it, recording the departure in each
+// (see leave). On an error the tokens are given back.
+func (p *permit) Depart(ctx context.Context) error {
+	if p.done {
+		return nil
+	}
+	p.done = true
+	if err := p.l.sleepUntil(ctx, p.t); err != nil {
+		release(p.plan, p.holds, p.l.now().UnixNano())
+		return err
+	}
+	return p.l.leave(ctx, p.plan, p.holds, p.deadline)
+}
+
+// Release gives the tokens back; after Depart it does nothing.
+func (p *permit) Release() {
+	if p.done {
+		return
+	}
+	p.done = true
+	release(p.plan, p.holds, p.l.now().UnixNano())
 }
 
 // sleepUntil waits for the instant t (Unix nanoseconds) or ctx's end.
@@ -620,20 +695,6 @@ func (l *Limiter) sleepUntil(ctx context.Context, t int64) error {
 		return ctx.Err()
 	case <-l.clock.After(d):
 		return nil
-	}
-}
-
-// learnReady folds one run of Wait's ready callback into readyLead: a
-// longer run is taken at once (a call late by it is lost throughput on
-// every bucket), a shorter one an eighth of the way.
-func (l *Limiter) learnReady(took time.Duration) {
-	took = min(max(took, 0), maxReadyLead)
-	for {
-		old := l.readyLead.Load()
-		lead := max(int64(took), old-(old-int64(took))/8)
-		if l.readyLead.CompareAndSwap(old, lead) {
-			return
-		}
 	}
 }
 

@@ -61,6 +61,7 @@ type Telemetry struct {
 	attempts *prometheus.CounterVec
 	callDur  *prometheus.HistogramVec
 	jobDur   *prometheus.HistogramVec
+	delay    *prometheus.HistogramVec
 
 	mu         sync.Mutex
 	started    bool
@@ -103,6 +104,11 @@ func New(cfg Config) (*Telemetry, error) {
 		Help:    "Time from taking a job to its outcome (retries and rate-limit waits included), by outcome status.",
 		Buckets: []float64{.01, .05, .1, .5, 1, 5, 15, 60, 300, 900, 3600},
 	}, []string{"status"})
+	t.delay = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "call_delay_seconds",
+		Help:    "Time from a job's publish to its first call, by scene and kind; kind=\"passive\" is the reply delay.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+	}, []string{"scene", "kind"})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
 		Help: "Always 1; the version label says which qqdispatch runs.",
@@ -137,7 +143,7 @@ func New(cfg Config) (*Telemetry, error) {
 	held := gauge("jobs_held", "Job messages this worker holds: being sent, or queued behind an earlier job for the same target.", cfg.Held)
 	parts := gauge("partitions_owned", "Partitions this worker consumes.", cfg.Partitions)
 	for _, c := range []prometheus.Collector{
-		t.jobs, t.attempts, t.callDur, t.jobDur, build, ready, connected, held, parts,
+		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {
@@ -178,6 +184,15 @@ func (t *Telemetry) Outcome(o dispatcher.Outcome, took time.Duration) {
 	st := statusLabel(o.Status)
 	t.jobs.WithLabelValues(sceneLabel(o.Scene), st).Inc()
 	t.jobDur.WithLabelValues(st).Observe(took.Seconds())
+}
+
+// Departed records the delay from a job's publish to its first call.
+func (t *Telemetry) Departed(scene dispatcher.Scene, kind dispatcher.Kind, delay time.Duration) {
+	k := "active"
+	if kind == dispatcher.KindPassive {
+		k = "passive"
+	}
+	t.delay.WithLabelValues(sceneLabel(scene), k).Observe(max(delay, 0).Seconds())
 }
 
 // ConfigurationProblem notes a configuration-class answer seen outside a
