@@ -1,0 +1,130 @@
+package sched
+
+import (
+	"math"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// group is the lanes of one scene and kind: they share the same shared
+// buckets (per bot, per endpoint), so they share a pace and take turns.
+//
+// Turns are rounds: a lane's jobs get rounds one after the other, starting
+// at the group's current round (vt, the round of the last job started)
+// when the lane was idle, and among ready jobs without deadlines the lower
+// round goes first. So a lane with 1,000 jobs queued gets one turn per
+// round like a lane with one job, and a parked job's place in the queue is
+// the count of jobs in earlier rounds (see rounds).
+type group struct {
+	key  groupKey
+	pace dispatcher.Pace
+
+	gates  []gateUse
+	iv     int64  // the slowest shared interval (ns); 0: none
+	ivRule string // its rule
+	cap    int    // most held jobs: what the slowest bucket releases within Horizon, plus two
+
+	rounds rounds
+	vt     int64 // round of the last job started
+
+	held   int // held, not started
+	parked int // away
+
+	waiting laneHeap // lanes whose head may start later, by forecast
+	ready   laneHeap // lanes whose head may start now, by priority
+	paused  itemHeap // paused jobs, by until
+	resume  itemHeap // paused jobs due, by priority
+
+	lastStart int64
+	// Observed pace: the mean interval between starts while jobs were
+	// waiting, so a fleet-wide bucket shared with other workers is planned
+	// at this worker's share of it.
+	obsIv  float64
+	starts int
+}
+
+// gate is a shared bucket as the scheduler sees it: the instant after
+// which it has handed out (virt), so a group does not start more jobs
+// than its buckets can serve within Lead. Groups of one scene share the
+// scene's endpoint gate.
+type gate struct {
+	name string
+	virt int64
+}
+
+type gateUse struct {
+	gate *gate
+	iv   int64
+	rule string
+}
+
+func newGroup(k groupKey) *group {
+	g := &group{key: k}
+	g.waiting = laneHeap{which: waitingHeap, less: func(a, b *lane) bool { return a.fc < b.fc }}
+	g.ready = laneHeap{which: readyHeap, less: func(a, b *lane) bool { return itemBefore(a.held[0], b.held[0]) }}
+	g.paused = itemHeap{less: func(a, b *Item) bool { return a.until < b.until }}
+	g.resume = itemHeap{less: itemBefore}
+	return g
+}
+
+// itemBefore orders ready jobs of a group: earliest deadline, then lower
+// round, then placed earlier, then stream order.
+func itemBefore(a, b *Item) bool {
+	if da, db := ns(a.Deadline), ns(b.Deadline); da != db {
+		return da < db
+	}
+	if a.round != b.round {
+		return a.round < b.round
+	}
+	if a.sub != b.sub {
+		return a.sub < b.sub
+	}
+	return a.Seq < b.Seq
+}
+
+// gated reports whether a bucket of the group cannot serve a job started
+// now within lead.
+func (g *group) gated(now, lead int64) bool {
+	for _, u := range g.gates {
+		if u.gate.virt > now+lead {
+			return true
+		}
+	}
+	return false
+}
+
+// gateAt is when the group's buckets are next free, as far as this worker
+// knows.
+func (g *group) gateAt() int64 {
+	var t int64
+	for _, u := range g.gates {
+		t = max(t, u.gate.virt)
+	}
+	return t
+}
+
+// rateIv is the interval to plan parked jobs with: the slowest bucket's,
+// or longer when this worker has been getting less of it (other workers
+// share it).
+func (g *group) rateIv() int64 {
+	if g.starts >= 8 && g.obsIv > float64(g.iv) {
+		return int64(math.Min(g.obsIv, float64(g.iv)*64))
+	}
+	return g.iv
+}
+
+// noteStart folds one start into the observed pace, when jobs were
+// waiting for it (otherwise the gap says nothing about the rate).
+func (g *group) noteStart(now int64) {
+	backlogged := g.held > 0 || g.parked > 0
+	if g.lastStart > 0 && backlogged && g.iv > 0 {
+		gap := float64(now - g.lastStart)
+		if g.starts == 0 {
+			g.obsIv = gap
+		} else {
+			g.obsIv += (gap - g.obsIv) / 8
+		}
+		g.starts++
+	}
+	g.lastStart = now
+}

@@ -1,0 +1,823 @@
+// Package sched decides, for one worker, which job runs when: what it
+// holds in memory, what it parks back in JetStream until later, and which
+// ready job gets a free slot first. It is pure: no goroutines, no I/O, no
+// clock of its own. The queue package feeds it the jobs it pulls and runs
+// what it says, and tests drive it with a fake time in milliseconds.
+//
+// The rules it keeps (docs/scheduling.md has the whole story):
+//
+//   - A job holds worker resources only while it can go soon. Jobs of one
+//     target and kind (a lane) run one at a time, in stream order; a lane
+//     holds at most a few of its jobs in memory, a group of lanes that
+//     share a rate (a scene and kind: their per-bot and endpoint buckets)
+//     at most what that rate releases within Horizon. Everything else is
+//     parked: handed back to JetStream with a delay, to come back shortly
+//     before its estimated instant. Memory is bounded by what can go soon
+//     plus a few words per parked job.
+//   - Replies (passive jobs) go before active sends, and a reply never waits
+//     behind active sends, not even those to its own target: order holds
+//     within a kind. Among ready jobs, the earliest deadline goes first;
+//     without deadlines, lanes that share a rate take turns (rounds), so
+//     none starves while another has a backlog.
+//   - A job starts (takes a slot) only when its instant is within Lead, and
+//     active sends never take the last quarter of the slots, so a reply
+//     always finds one. A running job that learns its instant is later
+//     pauses and gives its slot back (Pause).
+//   - Groups are independent: one scene's backlog never delays another's.
+package sched
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// Defaults for Config.
+const (
+	HorizonDefault    = 2 * time.Second
+	LeadDefault       = 100 * time.Millisecond
+	LaneWindowDefault = 32
+	AwayGraceDefault  = 30 * time.Second
+	// minPark is the shortest time a job is parked for: a shorter wait is
+	// cheaper held.
+	minPark = 50 * time.Millisecond
+	// unpacedInterval is the spacing assumed between jobs of a lane with no
+	// per-target rate, to plan its parked jobs: they run one at a time at
+	// the pace of the calls.
+	unpacedInterval = 5 * time.Millisecond
+)
+
+// Rules is what the scheduler needs to know of the platform's rules
+// (*ratelimit.Limiter is one).
+type Rules interface {
+	// Pace says how a scene's jobs of one kind are paced.
+	Pace(scene dispatcher.Scene, kind dispatcher.Kind) dispatcher.Pace
+	// Forecast is how long from now the rules of target alone hold back
+	// its next call of kind (its own buckets, cool-downs), and the rule
+	// that does; zero and "" when nothing does. It takes nothing.
+	Forecast(scene dispatcher.Scene, target string, kind dispatcher.Kind) (time.Duration, string)
+}
+
+// Config configures a Scheduler.
+type Config struct {
+	// Slots is how many jobs may run at once. Required.
+	Slots int
+	// ActiveSlots bounds the slots active sends may hold, so that replies
+	// always find one. Default Slots − Slots/4 (at least 1).
+	ActiveSlots int
+	// Horizon is how far ahead of its instant a job is held in memory;
+	// further out it is parked. Default HorizonDefault (2s).
+	Horizon time.Duration
+	// Lead is how long before its instant a job starts: its claim and quota
+	// writes run meanwhile. Default LeadDefault (100ms).
+	Lead time.Duration
+	// ReturnLead is how long before its estimated instant a parked job
+	// comes back. Default Horizon/2.
+	ReturnLead time.Duration
+	// LaneWindow is the most jobs of one lane held at once. Default
+	// LaneWindowDefault (32).
+	LaneWindow int
+	// AwayGrace is how long past its planned return a parked or handed-back
+	// job may come back late before its lane stops waiting for it (it went
+	// elsewhere, or was removed). Default AwayGraceDefault (30s).
+	AwayGrace time.Duration
+	// Rules gives paces and forecasts. Default: none; jobs are ordered by
+	// lane and priority but not paced.
+	Rules Rules
+}
+
+// Item is one job message the adapter pulled. The adapter fills the
+// exported fields; the rest is the scheduler's.
+type Item struct {
+	Seq       uint64 // stream sequence: unique, orders a lane
+	Partition int
+	Scene     dispatcher.Scene
+	Target    string
+	Kind      dispatcher.Kind
+	Deadline  time.Time // end of the reply window or not_after; zero: none
+	JobID     string
+	// Invalid marks a job that fails the contract: it runs at once, in no
+	// lane, to end with its outcome.
+	Invalid bool
+	// Ref is the adapter's handle on the message.
+	Ref any
+
+	lane  *lane
+	state itemState
+	round int64
+	sub   uint32
+	since int64 // ready or paused since (ns)
+	until int64 // paused until (ns)
+	rule  string
+	hidx  int // index+1 in a group's paused or resume heap; 0: in neither
+}
+
+type itemState uint8
+
+const (
+	stateNew itemState = iota
+	stateHeld
+	stateRunning
+	statePaused
+	stateDone
+)
+
+// Paused reports whether the item is paused (see Pause).
+func (it *Item) Paused() bool { return it.state == statePaused }
+
+// Action is what to do with an item Add was given.
+type Action uint8
+
+// Actions.
+const (
+	// Hold: keep the message (and keep it alive); Next will start it.
+	Hold Action = iota
+	// Park: give the message back to JetStream until Decision.Until.
+	Park
+	// Duplicate: the scheduler holds this message already (a redelivery
+	// of a held job); Decision.Existing is the item that has it.
+	Duplicate
+)
+
+// Decision is Add's answer.
+type Decision struct {
+	Action   Action
+	Until    time.Time // Park: when the job should come back
+	Rule     string    // Park: the rule it waits for
+	Existing *Item     // Duplicate: the item holding the message
+}
+
+// Start is one item Next lets run.
+type Start struct {
+	Item *Item
+	// Resume: the item was paused and goes on; otherwise it starts.
+	Resume bool
+}
+
+// Scheduler is the state of one worker's scheduling. It is not safe for
+// concurrent use: the adapter serialises calls.
+type Scheduler struct {
+	cfg Config
+
+	lanes   map[laneKey]*lane
+	byPart  map[int]map[*lane]struct{}
+	groups  map[groupKey]*group
+	order   []*group // stable iteration order
+	gates   map[string]*gate
+	invalid []*Item // invalid jobs waiting for a slot
+
+	running, activeRunning int
+	held                   int // items held, not started
+	lastSweep              int64
+
+	rules   []string // rule names of parked jobs; away.rule indexes it
+	ruleIdx map[string]uint8
+}
+
+type laneKey struct {
+	scene  dispatcher.Scene
+	target string
+	kind   dispatcher.Kind
+}
+
+type groupKey struct {
+	scene dispatcher.Scene
+	kind  dispatcher.Kind
+}
+
+// ErrInvalidConfig matches every error of New.
+var ErrInvalidConfig = errors.New("sched: invalid config")
+
+// New validates cfg, fills its defaults and returns a Scheduler.
+func New(cfg Config) (*Scheduler, error) {
+	bad := func(f string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(f, a...))
+	}
+	if cfg.Slots < 1 {
+		return nil, bad("Config.Slots must be at least 1, got %d", cfg.Slots)
+	}
+	if cfg.ActiveSlots == 0 {
+		cfg.ActiveSlots = max(1, cfg.Slots-cfg.Slots/4)
+	}
+	if cfg.ActiveSlots < 1 || cfg.ActiveSlots > cfg.Slots {
+		return nil, bad("Config.ActiveSlots must be between 1 and Slots (%d), got %d", cfg.Slots, cfg.ActiveSlots)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"Horizon", &cfg.Horizon, HorizonDefault},
+		{"Lead", &cfg.Lead, LeadDefault},
+		{"ReturnLead", &cfg.ReturnLead, cfg.Horizon / 2},
+		{"AwayGrace", &cfg.AwayGrace, AwayGraceDefault},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+			if d.name == "ReturnLead" {
+				*d.v = cfg.Horizon / 2
+			}
+		}
+		if *d.v < 0 {
+			return nil, bad("Config.%s must not be negative, got %s", d.name, *d.v)
+		}
+	}
+	if cfg.ReturnLead >= cfg.Horizon {
+		return nil, bad("Config.ReturnLead (%s) must be shorter than Horizon (%s)", cfg.ReturnLead, cfg.Horizon)
+	}
+	if cfg.LaneWindow == 0 {
+		cfg.LaneWindow = LaneWindowDefault
+	}
+	if cfg.LaneWindow < 1 {
+		return nil, bad("Config.LaneWindow must be at least 1, got %d", cfg.LaneWindow)
+	}
+	s := &Scheduler{cfg: cfg, lanes: map[laneKey]*lane{}, byPart: map[int]map[*lane]struct{}{},
+		groups: map[groupKey]*group{}, gates: map[string]*gate{}, ruleIdx: map[string]uint8{}}
+	s.intern("")
+	// Groups in a fixed order: replies first, then by scene.
+	for _, k := range []dispatcher.Kind{dispatcher.KindPassive, dispatcher.KindActive} {
+		for _, sc := range dispatcher.Scenes {
+			s.group(groupKey{sc, k})
+		}
+	}
+	return s, nil
+}
+
+// Slots is the number of running slots.
+func (s *Scheduler) Slots() int { return s.cfg.Slots }
+
+// Running is how many items hold a slot now.
+func (s *Scheduler) Running() int { return s.running }
+
+func ns(t time.Time) int64 {
+	if t.IsZero() {
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+func tm(n int64) time.Time {
+	if n == math.MaxInt64 || n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func (s *Scheduler) group(k groupKey) *group {
+	g := s.groups[k]
+	if g != nil {
+		return g
+	}
+	g = newGroup(k)
+	if s.cfg.Rules != nil {
+		g.pace = s.cfg.Rules.Pace(k.scene, k.kind)
+	}
+	for _, b := range g.pace.Shared {
+		gt := s.gates[b.Name]
+		if gt == nil {
+			gt = &gate{name: b.Name}
+			s.gates[b.Name] = gt
+		}
+		g.gates = append(g.gates, gateUse{gate: gt, iv: int64(b.Interval), rule: b.Rule})
+		if int64(b.Interval) > g.iv {
+			g.iv, g.ivRule = int64(b.Interval), b.Rule
+		}
+	}
+	if g.iv > 0 {
+		g.cap = int(s.cfg.Horizon/time.Duration(g.iv)) + 2
+	} else {
+		g.cap = math.MaxInt
+	}
+	s.groups[k] = g
+	s.order = append(s.order, g)
+	return g
+}
+
+// Add takes a message the adapter pulled and says whether to hold it or
+// park it until later. A message the scheduler parked before comes back
+// through Add too, as does a redelivery of one it holds (Duplicate).
+func (s *Scheduler) Add(it *Item, now time.Time) Decision {
+	n := now.UnixNano()
+	if it.Invalid || !it.Scene.Valid() {
+		it.Invalid = true
+		if d, dup := s.findInvalid(it); dup {
+			return d
+		}
+		it.state, it.since = stateHeld, n
+		s.invalid = append(s.invalid, it)
+		s.held++
+		return Decision{Action: Hold}
+	}
+	key := laneKey{it.Scene, it.Target, it.Kind}
+	l := s.lanes[key]
+	if l == nil {
+		l = newLane(key, it.Partition, s.group(groupKey{it.Scene, it.Kind}))
+		s.lanes[key] = l
+		parts := s.byPart[it.Partition]
+		if parts == nil {
+			parts = map[*lane]struct{}{}
+			s.byPart[it.Partition] = parts
+		}
+		parts[l] = struct{}{}
+	}
+	if ex := l.find(it.Seq); ex != nil {
+		return Decision{Action: Duplicate, Existing: ex}
+	}
+	g := l.g
+	returning := false
+	if i, ok := l.awayIndex(it.Seq); ok {
+		a := l.away[i]
+		l.away = slices.Delete(l.away, i, i+1)
+		g.parked--
+		it.round, it.sub = a.round, a.sub
+		returning = true
+	} else {
+		// A lane with a backlog takes the next round; one that was idle
+		// joins the round under way, after the lanes still to go in it
+		// (as in deficit round robin).
+		it.round = max(g.vt, l.lastRound+1)
+		l.lastRound = it.round
+		it.sub = g.rounds.place(it.round)
+	}
+	it.lane = l
+	pos := l.before(it.Seq)
+	blocked := len(l.away) > 0 && l.away[0].seq < it.Seq
+	limit := g.cap
+	if returning && limit < math.MaxInt/2 {
+		limit *= 2 // a job called back by its own estimate is not sent away lightly
+	}
+	est, rule := s.estimate(l, it, pos, n)
+	hold := !blocked && l.inMemory() < s.cfg.LaneWindow && g.held < limit && est <= n+int64(s.cfg.Horizon)
+	if !hold {
+		if blocked && rule == "" {
+			rule = "order"
+		}
+		until := max(est-int64(s.cfg.ReturnLead), n+int64(minPark))
+		if blocked {
+			// Not before the job it waits for.
+			until = max(until, l.away[0].until+int64(minPark))
+		}
+		l.insertAway(away{seq: it.Seq, until: until, round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern(rule)})
+		g.parked++
+		s.touch(l, n)
+		return Decision{Action: Park, Until: tm(until), Rule: rule}
+	}
+	it.state, it.since = stateHeld, n
+	l.insertHeld(it)
+	g.held++
+	s.held++
+	s.touch(l, n)
+	return Decision{Action: Hold}
+}
+
+func (s *Scheduler) findInvalid(it *Item) (Decision, bool) {
+	for _, x := range s.invalid {
+		if x.Seq == it.Seq {
+			return Decision{Action: Duplicate, Existing: x}, true
+		}
+	}
+	return Decision{}, false
+}
+
+// estimate is the instant the scheduler expects it for a job of l with pos
+// jobs of the lane before it, and the rule that sets it ("" when none
+// holds it back).
+func (s *Scheduler) estimate(l *lane, it *Item, pos int, now int64) (int64, string) {
+	g := l.g
+	t, rule := s.forecast(l, now)
+	if pos > 0 {
+		iv, r := int64(g.pace.TargetInterval), g.pace.TargetRule
+		if iv <= 0 {
+			iv, r = int64(unpacedInterval), ""
+		}
+		if lt := max(t, now) + int64(pos)*iv; lt > t {
+			t, rule = lt, r
+		}
+	}
+	if g.iv > 0 {
+		ahead := g.rounds.ahead(it.round, it.sub)
+		if gt := max(now, g.gateAt()) + ahead*g.rateIv(); gt > t {
+			t, rule = gt, g.ivRule
+		}
+	}
+	if t <= now {
+		return now, ""
+	}
+	return t, rule
+}
+
+// forecast asks the rules when l's target may make its next call.
+func (s *Scheduler) forecast(l *lane, now int64) (int64, string) {
+	if s.cfg.Rules == nil {
+		return now, ""
+	}
+	d, rule := s.cfg.Rules.Forecast(l.key.scene, l.key.target, l.key.kind)
+	if d <= 0 {
+		return now, ""
+	}
+	return now + int64(d), rule
+}
+
+// touch puts l where it belongs: in its group's ready or waiting heap when
+// its head may start, in neither otherwise.
+func (s *Scheduler) touch(l *lane, now int64) {
+	g := l.g
+	head := l.head()
+	if head == nil || l.detached {
+		g.waiting.drop(l)
+		g.ready.drop(l)
+		return
+	}
+	fc, rule := s.forecast(l, now)
+	l.fc, l.fcRule = fc, rule
+	if fc <= now+int64(s.cfg.Lead) {
+		g.waiting.drop(l)
+		if l.hidx[readyHeap] < 0 {
+			head.since = max(head.since, now)
+		}
+		g.ready.add(l)
+		return
+	}
+	g.ready.drop(l)
+	g.waiting.add(l)
+}
+
+// Next starts what may start at now, best first, while slots are free, and
+// says when to call it again at the latest (zero: only after the next
+// event).
+func (s *Scheduler) Next(now time.Time) ([]Start, time.Time) {
+	n := now.UnixNano()
+	s.sweep(n)
+	lead := int64(s.cfg.Lead)
+	for _, g := range s.order {
+		for l := g.waiting.top(); l != nil && l.fc <= n+lead; l = g.waiting.top() {
+			s.touch(l, n) // forecasts move (cool-downs): ask again
+			if l.hidx[waitingHeap] >= 0 {
+				break // still later than it was
+			}
+		}
+		for it := g.paused.top(); it != nil && it.until <= n+lead; it = g.paused.top() {
+			g.paused.drop(it)
+			g.resume.add(it)
+		}
+	}
+	var out []Start
+	for s.running < s.cfg.Slots {
+		if len(s.invalid) > 0 {
+			it := s.invalid[0]
+			s.invalid = s.invalid[1:]
+			s.held--
+			it.state = stateRunning
+			s.running++
+			out = append(out, Start{Item: it})
+			continue
+		}
+		g, resume := s.best(n)
+		if g == nil {
+			break
+		}
+		if resume {
+			it := g.resume.top()
+			g.resume.drop(it)
+			it.state = stateRunning
+			s.running++
+			if it.Kind == dispatcher.KindActive {
+				s.activeRunning++
+			}
+			out = append(out, Start{Item: it, Resume: true})
+			continue
+		}
+		out = append(out, Start{Item: s.start(g.ready.top(), n)})
+	}
+	return out, tm(s.wake(n))
+}
+
+// best picks the group whose next job goes first: a resumed job before a
+// new one of the same group, replies before actives, then the earliest
+// deadline, then the group that started a job least recently.
+func (s *Scheduler) best(now int64) (*group, bool) {
+	var (
+		bg        *group
+		bResume   bool
+		bDeadline int64
+	)
+	for _, g := range s.order {
+		active := g.key.kind == dispatcher.KindActive
+		if active && s.activeRunning >= s.cfg.ActiveSlots {
+			continue
+		}
+		var d int64
+		resume := false
+		if it := g.resume.top(); it != nil {
+			d, resume = ns(it.Deadline), true
+		} else if l := g.ready.top(); l != nil && !g.gated(now, int64(s.cfg.Lead)) {
+			d = ns(l.head().Deadline)
+		} else {
+			continue
+		}
+		if bg == nil {
+			bg, bResume, bDeadline = g, resume, d
+			continue
+		}
+		if bActive := bg.key.kind == dispatcher.KindActive; active != bActive {
+			if bActive {
+				bg, bResume, bDeadline = g, resume, d
+			}
+			continue
+		}
+		if d < bDeadline || d == bDeadline && g.lastStart < bg.lastStart {
+			bg, bResume, bDeadline = g, resume, d
+		}
+	}
+	return bg, bResume
+}
+
+// start moves l's head from held to running.
+func (s *Scheduler) start(l *lane, now int64) *Item {
+	g := l.g
+	it := l.held[0]
+	l.held = l.held[1:]
+	if len(l.held) == 0 {
+		l.held = nil
+	}
+	l.busy = it
+	g.held--
+	s.held--
+	s.running++
+	if it.Kind == dispatcher.KindActive {
+		s.activeRunning++
+	}
+	it.state = stateRunning
+	g.rounds.remove(it.round)
+	g.rounds.started(it.round, it.sub)
+	g.vt = max(g.vt, it.round)
+	g.noteStart(now)
+	at := max(now, l.fc)
+	for _, u := range g.gates {
+		at = max(at, u.gate.virt)
+	}
+	for _, u := range g.gates {
+		u.gate.virt = max(u.gate.virt, at) + u.iv
+	}
+	s.touch(l, now)
+	return it
+}
+
+// wake is the latest time Next should run again.
+func (s *Scheduler) wake(now int64) int64 {
+	w := int64(math.MaxInt64)
+	lead := int64(s.cfg.Lead)
+	for _, g := range s.order {
+		if l := g.waiting.top(); l != nil {
+			w = min(w, l.fc-lead)
+		}
+		if it := g.paused.top(); it != nil {
+			w = min(w, it.until-lead)
+		}
+		if g.ready.Len() > 0 && g.gated(now, lead) {
+			for _, u := range g.gates {
+				if u.gate.virt > now+lead {
+					w = min(w, u.gate.virt-lead)
+				}
+			}
+		}
+	}
+	if s.lastSweep > 0 {
+		w = min(w, s.lastSweep+int64(s.cfg.AwayGrace)/4)
+	}
+	if w == math.MaxInt64 {
+		return 0
+	}
+	return max(w, now+int64(time.Millisecond))
+}
+
+// Proceed says the item will make no more calls (its outcome is being
+// stored): its lane's next job may start.
+func (s *Scheduler) Proceed(it *Item, now time.Time) {
+	if l := it.lane; l != nil && l.busy == it {
+		l.busy = nil
+		s.settle(l, now.UnixNano())
+	}
+}
+
+// settle re-files l after a change, and forgets it once it is empty.
+func (s *Scheduler) settle(l *lane, now int64) {
+	if l.detached {
+		return
+	}
+	if l.empty() {
+		s.forget(l)
+		return
+	}
+	s.touch(l, now)
+}
+
+// Pause gives a running item's slot back until until, when Next resumes it
+// (rule says why it waits). Its lane stays busy: the job goes on later. A
+// shared bucket's rule moves that bucket's gate, so the group does not
+// start jobs the bucket cannot serve yet.
+func (s *Scheduler) Pause(it *Item, until time.Time, rule string, now time.Time) {
+	if it.state != stateRunning {
+		return
+	}
+	if it.lane == nil {
+		return // an invalid job makes no calls to wait for
+	}
+	s.release(it)
+	it.state, it.until, it.rule, it.since = statePaused, until.UnixNano(), rule, now.UnixNano()
+	if it.lane.detached {
+		return // its partition was dropped: it only waits to be handed back
+	}
+	g := it.lane.g
+	for _, u := range g.gates {
+		if u.rule == rule {
+			// Its token is for until: the bucket is taken through then.
+			u.gate.virt = max(u.gate.virt, it.until+u.iv)
+		}
+	}
+	g.paused.add(it)
+}
+
+func (s *Scheduler) release(it *Item) {
+	s.running--
+	if it.Kind == dispatcher.KindActive && !it.Invalid {
+		s.activeRunning--
+	}
+}
+
+// Done says the item finished: acked, or out of this worker's hands.
+func (s *Scheduler) Done(it *Item, now time.Time) {
+	s.drop(it)
+	it.state = stateDone
+	if l := it.lane; l != nil && l.busy == it {
+		l.busy = nil
+		s.settle(l, now.UnixNano())
+	}
+}
+
+// drop takes it out of whatever holds it now.
+func (s *Scheduler) drop(it *Item) {
+	switch it.state {
+	case stateRunning:
+		s.release(it)
+	case statePaused:
+		if it.lane != nil {
+			it.lane.g.paused.drop(it)
+			it.lane.g.resume.drop(it)
+		}
+	}
+}
+
+// HandedBack says the item went back to JetStream unfinished, to come back
+// by until: its lane waits for it, so that the target's later jobs do not
+// run before it.
+func (s *Scheduler) HandedBack(it *Item, until time.Time, now time.Time) {
+	s.drop(it)
+	it.state = stateDone
+	l := it.lane
+	if l == nil || l.detached {
+		return
+	}
+	if l.busy == it {
+		l.busy = nil
+	}
+	l.insertAway(away{seq: it.Seq, until: until.UnixNano(), round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern("handed back")})
+	l.g.parked++
+	l.g.rounds.restore(it.round)
+	s.touch(l, now.UnixNano())
+}
+
+// DropPartition forgets partition p: its lanes and parked jobs. It returns
+// the items held and not started, for the adapter to give back. Running
+// and paused items stay the adapter's until it reports them Done or
+// HandedBack.
+func (s *Scheduler) DropPartition(p int) []*Item {
+	var out []*Item
+	keep := s.invalid[:0]
+	for _, it := range s.invalid {
+		if it.Partition == p {
+			out = append(out, it)
+			s.held--
+			it.state = stateDone
+		} else {
+			keep = append(keep, it)
+		}
+	}
+	s.invalid = keep
+	for _, g := range s.order {
+		// Paused jobs of p wait for their partition's end; they are not
+		// resumed meanwhile.
+		for _, h := range []*itemHeap{&g.paused, &g.resume} {
+			for _, it := range slices.Clone(h.items) {
+				if it.Partition == p {
+					h.drop(it)
+				}
+			}
+		}
+	}
+	for l := range s.byPart[p] {
+		g := l.g
+		g.waiting.drop(l)
+		g.ready.drop(l)
+		for _, it := range l.held {
+			g.rounds.remove(it.round)
+			it.state = stateDone
+			out = append(out, it)
+		}
+		g.held -= len(l.held)
+		s.held -= len(l.held)
+		for _, a := range l.away {
+			g.rounds.remove(a.round)
+		}
+		g.parked -= len(l.away)
+		l.held, l.away = nil, nil
+		l.detached = true
+		delete(s.lanes, l.key)
+	}
+	delete(s.byPart, p)
+	return out
+}
+
+// Held is how many items are held and not started.
+func (s *Scheduler) Held() int { return s.held }
+
+// Known is how many of partition p's messages the scheduler holds, runs or
+// has parked.
+func (s *Scheduler) Known(p int) int {
+	n := 0
+	for l := range s.byPart[p] {
+		n += len(l.held) + len(l.away)
+		if l.busy != nil {
+			n++
+		}
+	}
+	for _, it := range s.invalid {
+		if it.Partition == p {
+			n++
+		}
+	}
+	return n
+}
+
+// sweep drops parked and handed-back jobs that did not come back within
+// AwayGrace of their planned return: their lanes go on without them.
+func (s *Scheduler) sweep(now int64) {
+	every := int64(s.cfg.AwayGrace) / 4
+	if s.lastSweep != 0 && now-s.lastSweep < every {
+		return
+	}
+	s.lastSweep = now
+	for _, l := range s.lanes {
+		changed := false
+		for len(l.away) > 0 && l.away[0].until+int64(s.cfg.AwayGrace) < now {
+			l.g.rounds.remove(l.away[0].round)
+			l.g.parked--
+			l.away = l.away[1:]
+			changed = true
+		}
+		if len(l.away) == 0 {
+			l.away = nil
+		}
+		if changed {
+			s.settle(l, now)
+		}
+	}
+}
+
+// forget removes an empty lane.
+func (s *Scheduler) forget(l *lane) {
+	l.g.waiting.drop(l)
+	l.g.ready.drop(l)
+	if s.lanes[l.key] == l {
+		delete(s.lanes, l.key)
+	}
+	if parts := s.byPart[l.part]; parts != nil {
+		delete(parts, l)
+	}
+}
+
+// intern gives rule an index for away.rule; past 255 names (a policy
+// never has that many rules) the rest share the last.
+func (s *Scheduler) intern(rule string) uint8 {
+	if i, ok := s.ruleIdx[rule]; ok {
+		return i
+	}
+	if len(s.rules) >= math.MaxUint8 {
+		return math.MaxUint8 - 1
+	}
+	i := uint8(len(s.rules))
+	s.rules = append(s.rules, rule)
+	s.ruleIdx[rule] = i
+	return i
+}
+
+func idHash(id string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	return h.Sum64()
+}

@@ -1,0 +1,420 @@
+package sched
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+const (
+	c2c     = dispatcher.SceneC2C
+	grp     = dispatcher.SceneGroup
+	channel = dispatcher.SceneChannel
+	active  = dispatcher.KindActive
+	passive = dispatcher.KindPassive
+)
+
+var t0 = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+
+// fakeRules paces like the shipped policy's group actives (60/min per
+// bot, 20/min per group) and everything else by a 100/s endpoint; it
+// remembers when each target last called, as a per-target bucket would.
+type fakeRules struct {
+	now   func() time.Time
+	paces map[groupKey]dispatcher.Pace
+	last  map[laneKey]time.Time
+	cool  map[string]time.Time // target → cool-down end
+}
+
+func newFakeRules() *fakeRules {
+	ep := func(sc dispatcher.Scene) dispatcher.SharedRate {
+		return dispatcher.SharedRate{Name: "endpoint." + string(sc), Rule: "endpoints.send", Interval: 10 * time.Millisecond}
+	}
+	r := &fakeRules{now: func() time.Time { return t0 }, paces: map[groupKey]dispatcher.Pace{}, last: map[laneKey]time.Time{}, cool: map[string]time.Time{}}
+	for _, sc := range dispatcher.Scenes {
+		for _, k := range []dispatcher.Kind{active, passive} {
+			r.paces[groupKey{sc, k}] = dispatcher.Pace{Shared: []dispatcher.SharedRate{ep(sc)}}
+		}
+	}
+	r.paces[groupKey{grp, active}] = dispatcher.Pace{TargetInterval: 3 * time.Second, TargetRule: "group.active.rate.per_target",
+		Shared: []dispatcher.SharedRate{{Name: "bot.group.active", Rule: "group.active.rate.per_bot", Interval: time.Second}, ep(grp)}}
+	return r
+}
+
+func (r *fakeRules) Pace(sc dispatcher.Scene, k dispatcher.Kind) dispatcher.Pace {
+	return r.paces[groupKey{sc, k}]
+}
+
+func (r *fakeRules) Forecast(sc dispatcher.Scene, target string, k dispatcher.Kind) (time.Duration, string) {
+	now := r.now()
+	if c := r.cool[target]; c.After(now) {
+		return c.Sub(now), "cooldown.target"
+	}
+	p := r.paces[groupKey{sc, k}]
+	if last, ok := r.last[laneKey{sc, target, k}]; ok && p.TargetInterval > 0 {
+		if at := last.Add(p.TargetInterval); at.After(now) {
+			return at.Sub(now), p.TargetRule
+		}
+	}
+	return 0, ""
+}
+
+func (r *fakeRules) called(it *Item, at time.Time) {
+	r.last[laneKey{it.Scene, it.Target, it.Kind}] = at
+}
+
+func newSched(t *testing.T, cfg Config) *Scheduler {
+	t.Helper()
+	if cfg.Slots == 0 {
+		cfg.Slots = 8
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+type jobs struct{ seq uint64 }
+
+func (j *jobs) item(sc dispatcher.Scene, target string, k dispatcher.Kind) *Item {
+	j.seq++
+	return &Item{Seq: j.seq, Scene: sc, Target: target, Kind: k, JobID: fmt.Sprintf("job-%d", j.seq)}
+}
+
+func ids(starts []Start) []uint64 {
+	var out []uint64
+	for _, st := range starts {
+		out = append(out, st.Item.Seq)
+	}
+	return out
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"no slots", Config{}},
+		{"active slots above slots", Config{Slots: 4, ActiveSlots: 5}},
+		{"negative horizon", Config{Slots: 4, Horizon: -time.Second}},
+		{"return lead beyond horizon", Config{Slots: 4, Horizon: time.Second, ReturnLead: 2 * time.Second}},
+		{"negative lane window", Config{Slots: 4, LaneWindow: -1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := New(tc.cfg); err == nil {
+				t.Fatalf("New(%+v) accepted", tc.cfg)
+			}
+		})
+	}
+}
+
+// Replies go first, the earliest deadline first, and a reply does not wait
+// for the active sends queued to its own target.
+func TestPriorities(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 1})
+	var j jobs
+	a1 := j.item(c2c, "u1", active)
+	a2 := j.item(c2c, "u1", active)
+	late := j.item(c2c, "u2", passive)
+	late.Deadline = t0.Add(time.Hour)
+	soon := j.item(c2c, "u1", passive)
+	soon.Deadline = t0.Add(time.Minute)
+	for _, it := range []*Item{a1, a2, late, soon} {
+		if d := s.Add(it, t0); d.Action != Hold {
+			t.Fatalf("job %d: %v, want Hold", it.Seq, d.Action)
+		}
+	}
+	var order []uint64
+	now := t0
+	for range 4 {
+		st, _ := s.Next(now)
+		if len(st) != 1 {
+			t.Fatalf("Next started %v, want one job (one slot)", ids(st))
+		}
+		order = append(order, st[0].Item.Seq)
+		s.Done(st[0].Item, now)
+		now = now.Add(20 * time.Millisecond)
+	}
+	if want := []uint64{soon.Seq, late.Seq, a1.Seq, a2.Seq}; !slices.Equal(order, want) {
+		t.Errorf("started %v, want %v (replies by deadline, then actives in order)", order, want)
+	}
+}
+
+// Active sends never take the last slots: a reply arriving while actives
+// fill what they may still starts at once.
+func TestRepliesFindASlot(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 4})
+	var j jobs
+	for i := range 10 {
+		s.Add(j.item(dispatcher.SceneDM, fmt.Sprintf("d%d", i), active), t0)
+	}
+	st, _ := s.Next(t0)
+	if len(st) != 3 {
+		t.Fatalf("actives started %d, want 3 of 4 slots", len(st))
+	}
+	r := j.item(c2c, "u1", passive)
+	s.Add(r, t0)
+	st, _ = s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{r.Seq}) {
+		t.Fatalf("started %v, want the reply %d", ids(st), r.Seq)
+	}
+}
+
+// A lane runs one job at a time, in stream order; the next may start once
+// the previous one's calls are over (Proceed), before its outcome is
+// stored.
+func TestLaneOrderAndProceed(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8})
+	var j jobs
+	a := j.item(c2c, "u1", passive)
+	b := j.item(c2c, "u1", passive)
+	s.Add(b, t0) // arrives first (a redelivery race); a is older
+	s.Add(a, t0)
+	st, _ := s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{a.Seq}) {
+		t.Fatalf("started %v, want only %d", ids(st), a.Seq)
+	}
+	if st, _ := s.Next(t0); len(st) != 0 {
+		t.Fatalf("started %v while the lane is busy", ids(st))
+	}
+	s.Proceed(a, t0)
+	st, _ = s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{b.Seq}) {
+		t.Fatalf("after Proceed started %v, want %d", ids(st), b.Seq)
+	}
+	if s.Running() != 2 {
+		t.Errorf("running %d, want 2 (a still stores its outcome)", s.Running())
+	}
+}
+
+// A redelivery of a held job is a duplicate, not a second job.
+func TestDuplicate(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 1})
+	var j jobs
+	a := j.item(c2c, "u1", passive)
+	s.Add(a, t0)
+	again := &Item{Seq: a.Seq, Scene: a.Scene, Target: a.Target, Kind: a.Kind, JobID: a.JobID}
+	d := s.Add(again, t0)
+	if d.Action != Duplicate || d.Existing != a {
+		t.Fatalf("Add of a held seq: %+v, want Duplicate of the held item", d)
+	}
+	st, _ := s.Next(t0)
+	d = s.Add(again, t0)
+	if len(st) != 1 || d.Action != Duplicate || d.Existing != a {
+		t.Fatalf("Add of a running seq: %+v, want Duplicate", d)
+	}
+}
+
+// Under one slow shared bucket the group holds what the bucket releases
+// within the horizon and parks the rest, with return times in turn order:
+// the first job of each lane before any lane's second.
+func TestParkingFollowsTurns(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8, Rules: newFakeRules()})
+	var j jobs
+	const lanes, per = 5, 4
+	until := map[uint64]time.Time{}
+	held := 0
+	for k := range per {
+		for l := range lanes {
+			_ = k
+			it := j.item(grp, fmt.Sprintf("g%d", l), active)
+			d := s.Add(it, t0)
+			switch d.Action {
+			case Hold:
+				held++
+			case Park:
+				if d.Rule == "" {
+					t.Errorf("job %d parked without a rule", it.Seq)
+				}
+				until[it.Seq] = d.Until
+			default:
+				t.Fatalf("job %d: %v", it.Seq, d.Action)
+			}
+		}
+	}
+	// 1/s for 2 s of horizon, plus two.
+	if held > 4 {
+		t.Errorf("held %d jobs of a 1/s group, want at most 4", held)
+	}
+	// Lane g0's later jobs come back after every lane's job of an earlier
+	// round (round k of lane l is seq k*lanes+l+1).
+	for k := 1; k < per; k++ {
+		for l := range lanes {
+			seq := uint64(k*lanes + l + 1)
+			prev := uint64((k-1)*lanes + l + 1)
+			if u, ok := until[seq]; ok {
+				if p, ok := until[prev]; ok && !u.After(p) {
+					t.Errorf("job %d (round %d) returns at %s, not after the lane's previous %s", seq, k, u.Sub(t0), p.Sub(t0))
+				}
+				for ol := range lanes {
+					other := uint64((k-1)*lanes + ol + 1)
+					if o, ok := until[other]; ok && u.Before(o) {
+						t.Errorf("job %d (round %d) returns at %s, before job %d of round %d at %s", seq, k, u.Sub(t0), other, k-1, o.Sub(t0))
+					}
+				}
+			}
+		}
+	}
+}
+
+// The group's ready jobs start at the bucket's pace (its gate), not all at
+// once; a paused job gives its slot back and resumes at its instant.
+func TestGateAndPause(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8, Rules: newFakeRules()})
+	var j jobs
+	a := j.item(grp, "g1", active)
+	b := j.item(grp, "g2", active)
+	s.Add(a, t0)
+	s.Add(b, t0)
+	st, wake := s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{a.Seq}) {
+		t.Fatalf("started %v, want only %d: the bot bucket gives one a second", ids(st), a.Seq)
+	}
+	if want := t0.Add(time.Second - LeadDefault); !wake.Equal(want) {
+		t.Errorf("wake %s, want %s", wake.Sub(t0), want.Sub(t0))
+	}
+	// a learns its slot is 5 s away (other workers took the bucket's
+	// next ones): it pauses, and the gate moves with it.
+	s.Pause(a, t0.Add(5*time.Second), "group.active.rate.per_bot", t0)
+	if s.Running() != 0 {
+		t.Fatalf("running %d after Pause, want 0", s.Running())
+	}
+	if st, _ := s.Next(t0.Add(time.Second)); len(st) != 0 {
+		t.Fatalf("started %v at 1s, want nothing: the bucket is taken until 5s", ids(st))
+	}
+	st, _ = s.Next(t0.Add(5 * time.Second))
+	if len(st) != 1 || st[0].Item != a || !st[0].Resume {
+		t.Fatalf("at 5s: %+v, want a resumed", st)
+	}
+}
+
+// A job handed back holds its lane until it returns: the lane's later jobs
+// do not overtake it.
+func TestHandedBackHoldsLane(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8})
+	var j jobs
+	a := j.item(c2c, "u1", passive)
+	b := j.item(c2c, "u1", passive)
+	s.Add(a, t0)
+	s.Add(b, t0)
+	st, _ := s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{a.Seq}) {
+		t.Fatalf("started %v", ids(st))
+	}
+	s.HandedBack(a, t0.Add(time.Second), t0)
+	if st, _ := s.Next(t0); len(st) != 0 {
+		t.Fatalf("started %v while the lane's first job is away", ids(st))
+	}
+	c := j.item(c2c, "u1", passive)
+	if d := s.Add(c, t0); d.Action != Park || d.Rule != "order" {
+		t.Errorf("a later job arriving behind an away one: %+v, want parked for order", d)
+	}
+	back := &Item{Seq: a.Seq, Scene: c2c, Target: "u1", Kind: passive, JobID: a.JobID}
+	if d := s.Add(back, t0.Add(500*time.Millisecond)); d.Action != Hold {
+		t.Fatalf("the returning job: %+v, want Hold", d)
+	}
+	st, _ = s.Next(t0.Add(500 * time.Millisecond))
+	if !slices.Equal(ids(st), []uint64{a.Seq}) {
+		t.Fatalf("started %v, want the returned %d first", ids(st), a.Seq)
+	}
+}
+
+// A job that never comes back (it went to another worker, or was removed)
+// stops holding its lane after AwayGrace.
+func TestAwayGrace(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8, AwayGrace: 10 * time.Second})
+	var j jobs
+	a := j.item(c2c, "u1", passive)
+	b := j.item(c2c, "u1", passive)
+	s.Add(a, t0)
+	s.Add(b, t0)
+	st, _ := s.Next(t0)
+	s.HandedBack(st[0].Item, t0.Add(time.Second), t0)
+	if st, _ := s.Next(t0.Add(5 * time.Second)); len(st) != 0 {
+		t.Fatalf("started %v within the grace", ids(st))
+	}
+	st, _ = s.Next(t0.Add(12 * time.Second))
+	if !slices.Equal(ids(st), []uint64{b.Seq}) {
+		t.Fatalf("after the grace started %v, want %d", ids(st), b.Seq)
+	}
+}
+
+// Dropping a partition returns its held jobs and forgets its parked ones;
+// after a takeover (the consumer reset delivers everything again in stream
+// order) the lane's order holds.
+func TestDropPartitionAndTakeover(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8, Rules: newFakeRules()})
+	var j jobs
+	var all []*Item
+	for range 6 {
+		it := j.item(c2c, "u1", passive)
+		it.Partition = 3
+		all = append(all, it)
+		s.Add(it, t0)
+	}
+	other := j.item(c2c, "u9", passive)
+	other.Partition = 4
+	s.Add(other, t0)
+	if s.Known(3) != 6 {
+		t.Fatalf("Known(3) = %d, want 6", s.Known(3))
+	}
+	st, _ := s.Next(t0)
+	if !slices.Contains(ids(st), all[0].Seq) {
+		t.Fatalf("started %v, want %d among them", ids(st), all[0].Seq)
+	}
+	back := s.DropPartition(3)
+	if s.Known(3) != 0 {
+		t.Errorf("Known(3) after drop = %d, want 0", s.Known(3))
+	}
+	if len(back) != 5 {
+		t.Errorf("DropPartition returned %d held jobs, want 5", len(back))
+	}
+	s.HandedBack(all[0], t0.Add(time.Second), t0)
+	// Taken over again: everything comes back in stream order.
+	now := t0.Add(2 * time.Second)
+	for _, it := range all {
+		again := &Item{Seq: it.Seq, Partition: 3, Scene: c2c, Target: "u1", Kind: passive, JobID: it.JobID}
+		s.Add(again, now)
+	}
+	st, _ = s.Next(now)
+	for _, x := range st {
+		if x.Item.Target == "u1" && x.Item.Seq != all[0].Seq {
+			t.Fatalf("after takeover started %d before %d", x.Item.Seq, all[0].Seq)
+		}
+	}
+}
+
+// Many lanes behind one slow bucket: held jobs stay within the group's
+// cap however long the backlog, and parked jobs cost a few words each.
+func TestMemoryBounded(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 64, Rules: newFakeRules()})
+	var j jobs
+	for i := range 100_000 {
+		s.Add(j.item(grp, fmt.Sprintf("g%d", i%1000), active), t0)
+	}
+	if s.Held() > 4 {
+		t.Errorf("held %d of 100,000 group actives, want at most 4", s.Held())
+	}
+	sum := s.Summary(t0)
+	if sum.Parked+sum.Held != 100_000 {
+		t.Errorf("summary counts %d parked + %d held, want 100,000", sum.Parked, sum.Held)
+	}
+	if w, ok := s.Find("job-99999"); !ok || w.State != "parked" || w.Rule == "" {
+		t.Errorf("Find(job-99999) = %+v, %v; want parked with a rule", w, ok)
+	}
+}
