@@ -13,12 +13,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 // Defaults for MembershipConfig.
 const (
 	MembersBucketDefault = "qqdispatch_members"
-	MemberTTLDefault     = 6 * time.Second
+	MemberTTLDefault     = 3 * time.Second
 )
 
 // Member is one live worker as it announces itself in the members bucket.
@@ -28,8 +30,20 @@ type Member struct {
 	PID        int       `json:"pid,omitempty"`
 	Started    time.Time `json:"started"`
 	Partitions []int     `json:"partitions"` // the partitions it consumes now
+	// Releasing are partitions it no longer consumes but still finishes
+	// or hands back jobs of; their new owner waits for it.
+	Releasing []int `json:"releasing,omitempty"`
+	// Leaving is set while the worker shuts down: it takes no partitions.
+	Leaving bool `json:"leaving,omitempty"`
+	// Scheduling is what the worker holds, runs and parks, and why.
+	Scheduling *sched.Summary `json:"scheduling,omitempty"`
 	// Seen is when the server stored the member's last heartbeat.
 	Seen time.Time `json:"-"`
+}
+
+// announces reports whether m still announces partition p.
+func (m Member) announces(p int) bool {
+	return slices.Contains(m.Partitions, p) || slices.Contains(m.Releasing, p)
 }
 
 // MembershipConfig configures a Membership.
@@ -42,12 +56,15 @@ type MembershipConfig struct {
 	WorkerID string
 	// TTL is how long a member stays without a heartbeat before the others
 	// take its partitions; heartbeats go every TTL/3. It is the bucket's
-	// max age, fixed by whoever creates the bucket. Default
-	// MemberTTLDefault (6s).
+	// max age; every worker sets it at start, so the fleet should agree.
+	// Default MemberTTLDefault (3s).
 	TTL time.Duration
 	// OnAssign is called with this worker's partitions whenever they change
 	// (and once at start). Required.
 	OnAssign func(ctx context.Context, partitions []int) error
+	// Report, if set, fills the live parts of this worker's record before
+	// each heartbeat: Releasing and Scheduling.
+	Report func(m *Member)
 	// Logger. Default: disabled.
 	Logger *zerolog.Logger
 }
@@ -66,7 +83,9 @@ type Membership struct {
 	mu      sync.Mutex
 	self    Member
 	mine    []int
+	others  []Member // the other live members, as last read
 	started bool
+	leaving bool
 	stopped bool
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -117,15 +136,20 @@ func OpenMembers(ctx context.Context, js jetstream.JetStream, bucket string, ttl
 	if ttl == 0 {
 		ttl = MemberTTLDefault
 	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "qqdispatch live workers (heartbeats)",
-		History:     1,
-		TTL:         ttl,
-		Storage:     jetstream.MemoryStorage,
-		Replicas:    max(replicas, 1),
+	// Limit markers make an expired heartbeat show in watches as a delete,
+	// so the others take a dead worker's partitions at once.
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         bucket,
+		Description:    "qqdispatch live workers (heartbeats)",
+		History:        1,
+		TTL:            ttl,
+		LimitMarkerTTL: max(ttl, time.Second),
+		Storage:        jetstream.MemoryStorage,
+		Replicas:       max(replicas, 1),
 	})
-	if errors.Is(err, jetstream.ErrBucketExists) {
+	if err != nil {
+		// A bucket another version made, or one we may not update: use it
+		// as it is.
 		kv, err = js.KeyValue(ctx, bucket)
 	}
 	if err != nil {
@@ -162,10 +186,24 @@ func (m *Membership) Start(ctx context.Context) error {
 	return nil
 }
 
-// Leave removes this worker from the member list so the others take its
-// partitions at once; heartbeats stop. Its consumers keep running until
-// the caller stops them.
+// Leave announces that this worker is leaving: it gives up its partitions,
+// so the others take them, and keeps heartbeating (with the partitions it
+// is still releasing) until Stop. Safe to call twice.
 func (m *Membership) Leave(ctx context.Context) error {
+	m.mu.Lock()
+	if !m.started || m.stopped || m.leaving {
+		m.mu.Unlock()
+		return nil
+	}
+	m.leaving = true
+	m.mu.Unlock()
+	return m.reconcile(ctx)
+}
+
+// Stop removes this worker from the member list and stops heartbeating.
+// Call it once its consumers have released their partitions. Safe to call
+// twice.
+func (m *Membership) Stop(ctx context.Context) error {
 	m.mu.Lock()
 	if !m.started || m.stopped {
 		m.mu.Unlock()
@@ -190,8 +228,18 @@ func (m *Membership) Leave(ctx context.Context) error {
 	return nil
 }
 
-// Stop is Leave; safe to call twice.
-func (m *Membership) Stop(ctx context.Context) error { return m.Leave(ctx) }
+// Others reports whether another live member announces partition p: it
+// owns it, or still releases it.
+func (m *Membership) Others(p int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, o := range m.others {
+		if o.announces(p) {
+			return true
+		}
+	}
+	return false
+}
 
 // Partitions are this worker's partitions as last assigned.
 func (m *Membership) Partitions() []int {
@@ -253,7 +301,11 @@ func (m *Membership) watch(ctx context.Context) {
 func (m *Membership) heartbeat(ctx context.Context) error {
 	m.mu.Lock()
 	self := m.self
+	self.Leaving = m.leaving
 	m.mu.Unlock()
+	if m.cfg.Report != nil {
+		m.cfg.Report(&self)
+	}
 	b, err := json.Marshal(self)
 	if err != nil {
 		return err
@@ -271,13 +323,26 @@ func (m *Membership) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	m.mu.Lock()
+	leaving := m.leaving
+	m.mu.Unlock()
 	ids := make([]string, 0, len(members)+1)
+	var others []Member
 	self := false
 	for _, mb := range members {
-		ids = append(ids, mb.ID)
-		self = self || mb.ID == m.cfg.WorkerID
+		if mb.ID == m.cfg.WorkerID {
+			self = true
+		} else {
+			others = append(others, mb)
+		}
+		if !mb.Leaving && !(mb.ID == m.cfg.WorkerID && leaving) {
+			ids = append(ids, mb.ID)
+		}
 	}
-	if !self {
+	m.mu.Lock()
+	m.others = others
+	m.mu.Unlock()
+	if !self && !leaving {
 		// Our key expired (we were cut off longer than the TTL): announce
 		// ourselves again before claiming anything.
 		if err := m.heartbeat(ctx); err != nil {
@@ -285,7 +350,10 @@ func (m *Membership) reconcile(ctx context.Context) error {
 		}
 		ids = append(ids, m.cfg.WorkerID)
 	}
-	mine := AssignPartitions(ids, m.cfg.Names.Partitions)[m.cfg.WorkerID]
+	var mine []int
+	if !leaving {
+		mine = AssignPartitions(ids, m.cfg.Names.Partitions)[m.cfg.WorkerID]
+	}
 	if mine == nil {
 		mine = []int{}
 	}

@@ -79,8 +79,8 @@ func TestStatusAgainstServe(t *testing.T) {
 	if m.ID != "status-w1" || m.PID != os.Getpid() || m.Host != host || len(m.Partitions) != 4 || m.HeartbeatAge < 0 || m.HeartbeatAge > 6 {
 		t.Errorf("member %+v, want status-w1 of this process with partitions 0-3 and a fresh heartbeat", m)
 	}
-	if len(st.Problems) != 0 || st.Totals.Partitions != 4 || st.MemberTTL != 6 {
-		t.Errorf("status %+v, want 4 partitions, member TTL 6s and no problems", st.Totals)
+	if len(st.Problems) != 0 || st.Totals.Partitions != 4 || st.MemberTTL != queue.MemberTTLDefault.Seconds() {
+		t.Errorf("status %+v, want 4 partitions, member TTL %s and no problems", st.Totals, queue.MemberTTLDefault)
 	}
 	for _, p := range st.Partitions {
 		if len(p.Owners) != 1 || p.Owners[0] != "status-w1" || p.Assigned != "status-w1" || !p.Consumer || p.Note != "" {

@@ -18,6 +18,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
+	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 // Config configures a Worker.
@@ -177,8 +178,32 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	cc := w.cfg.Consumer
 	cc.Names, cc.Handler = names, w.proc
+	cc.Decode = pc.Decode
+	if w.lim != nil {
+		cc.Rules = w.lim
+		cc.Deadline = w.lim.Deadline
+	}
 	if cc.Logger == nil {
 		cc.Logger = &w.log
+	}
+	if w.cfg.Partitions == nil {
+		// The membership exists before the consumer, which asks it who
+		// else still holds a partition; it starts after, and hands the
+		// consumer its partitions.
+		w.mem, err = queue.NewMembership(w.js, queue.MembershipConfig{
+			Names: names, WorkerID: w.proc.Owner(), TTL: w.cfg.MemberTTL, Logger: &w.log,
+			OnAssign: func(ctx context.Context, parts []int) error { return w.consumer().Assign(ctx, parts) },
+			Report: func(m *queue.Member) {
+				c := w.consumer()
+				m.Releasing = c.Releasing()
+				sum := c.Summary()
+				m.Scheduling = &sum
+			},
+		})
+		if err != nil {
+			return err
+		}
+		cc.Others = w.mem.Others
 	}
 	cons, err := queue.NewConsumer(w.js, cc)
 	if err != nil {
@@ -190,14 +215,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.cons.Start(ctx, w.cfg.Partitions); err != nil {
 		return err
 	}
-	if w.cfg.Partitions == nil {
-		w.mem, err = queue.NewMembership(w.js, queue.MembershipConfig{
-			Names: names, WorkerID: w.proc.Owner(), TTL: w.cfg.MemberTTL, Logger: &w.log,
-			OnAssign: w.cons.Assign,
-		})
-		if err != nil {
-			return err
-		}
+	if w.mem != nil {
 		if err := w.mem.Start(ctx); err != nil {
 			return err
 		}
@@ -220,16 +238,28 @@ func (w *Worker) Stop(ctx context.Context) error {
 	start := time.Now()
 	var err error
 	if w.mem != nil {
-		// Leave first: the others start pulling our partitions and get
-		// them as soon as each is released below.
+		// Leave first: the others are assigned our partitions and take
+		// each one as soon as it is released below (they wait while our
+		// heartbeat still lists it as releasing).
 		err = w.mem.Leave(ctx)
 	}
 	err = errors.Join(err, w.cons.Stop(ctx))
+	if w.mem != nil {
+		err = errors.Join(err, w.mem.Stop(ctx))
+	}
 	if w.lim != nil {
 		err = errors.Join(err, w.lim.Stop(ctx))
 	}
 	w.log.Info().Dur("took", time.Since(start)).AnErr("error", err).Msg("worker stopped")
 	return err
+}
+
+// Summary is what the worker's scheduler holds, runs and parks, and why.
+func (w *Worker) Summary() sched.Summary {
+	if c := w.consumer(); c != nil {
+		return c.Summary()
+	}
+	return sched.Summary{}
 }
 
 // Held is the number of job messages the worker holds (0 before Start).

@@ -1,0 +1,118 @@
+package queue
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/sched"
+)
+
+// ackTimeout bounds waiting for the server to confirm an ack. After a
+// consumer reset the server ignores an ack of a message it is about to
+// deliver again, without answering; the redelivery is then skipped as a
+// finished job.
+const ackTimeout = 5 * time.Second
+
+// delivery adapts a JetStream message to dispatcher.Delivery. The
+// consumer keeps it alive while it holds it.
+type delivery struct {
+	c    *Consumer
+	p    *partition
+	env  dispatcher.Envelope
+	item *sched.Item
+
+	// Guarded by c.mu.
+	msg    jetstream.Msg // the latest delivery of the message (a reset delivers it again)
+	acked  bool
+	resume chan struct{} // closed by the dispatch loop when a Pause ends
+
+	once      sync.Once
+	proceeded sync.Once
+}
+
+var (
+	_ dispatcher.Delivery = (*delivery)(nil)
+	_ dispatcher.Pauser   = (*delivery)(nil)
+)
+
+func (d *delivery) Envelope() dispatcher.Envelope { return d.env }
+
+func (d *delivery) current() jetstream.Msg {
+	d.c.mu.Lock()
+	defer d.c.mu.Unlock()
+	return d.msg
+}
+
+func (d *delivery) Ack(ctx context.Context) error {
+	d.c.mu.Lock()
+	d.acked = true
+	m := d.msg
+	d.c.mu.Unlock()
+	d.unhold()
+	ctx, cancel := context.WithTimeout(ctx, ackTimeout)
+	defer cancel()
+	return m.DoubleAck(ctx)
+}
+
+func (d *delivery) Release() error {
+	d.unhold()
+	return d.current().Nak()
+}
+
+// Proceed lets the lane's next job start (see dispatcher.Delivery).
+func (d *delivery) Proceed() {
+	d.proceeded.Do(func() {
+		d.c.mu.Lock()
+		d.c.s.Proceed(d.item, time.Now())
+		d.c.mu.Unlock()
+		d.c.wake()
+	})
+}
+
+// Pause gives the job's slot back until d from now; the dispatch loop
+// resumes it then, or later when slots are busy with jobs that go first.
+func (d *delivery) Pause(ctx context.Context, wait time.Duration, rule string) error {
+	c := d.c
+	now := time.Now()
+	ch := make(chan struct{})
+	c.mu.Lock()
+	d.resume = ch
+	c.s.Pause(d.item, now.Add(wait), rule, now)
+	paused := d.item.Paused()
+	c.mu.Unlock()
+	if !paused {
+		return nil // not a job that pauses (invalid): go on
+	}
+	c.wake()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// unhold ends the consumer's hold on the message: no more keep-alives, and
+// its place counts no more against MaxHeld.
+func (d *delivery) unhold() {
+	d.once.Do(func() { d.c.unhold(d) })
+}
+
+func (c *Consumer) unhold(d *delivery) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.held[d]; !ok {
+		return
+	}
+	delete(c.held, d)
+	c.roomFreedLocked()
+	p := d.p
+	p.jobs--
+	if p.jobs == 0 && p.idle != nil {
+		close(p.idle)
+	}
+}
