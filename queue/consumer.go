@@ -458,7 +458,7 @@ func (c *Consumer) loop() {
 // run handles one job and tells the scheduler how it ended.
 func (c *Consumer) run(d *delivery) {
 	defer c.inflight.Done()
-	_, err := c.cfg.Handler.Handle(d.p.ctx, d)
+	out, err := c.cfg.Handler.Handle(d.p.ctx, d)
 	d.unhold()
 	now := time.Now()
 	c.mu.Lock()
@@ -466,7 +466,7 @@ func (c *Consumer) run(d *delivery) {
 		// It comes back by redelivery; its lane waits for it.
 		c.s.HandedBack(d.item, now.Add(c.cfg.AckWait), now)
 	} else {
-		c.s.Done(d.item, now)
+		c.s.Done(d.item, out.Attempts > 0, now)
 	}
 	c.mu.Unlock()
 	c.wake()

@@ -107,14 +107,15 @@ type Item struct {
 	// Ref is the adapter's handle on the message.
 	Ref any
 
-	lane  *lane
-	state itemState
-	round int64
-	sub   uint32
-	since int64 // ready or paused since (ns)
-	until int64 // paused until (ns)
-	rule  string
-	hidx  int // index+1 in a group's paused or resume heap; 0: in neither
+	lane   *lane
+	state  itemState
+	round  int64
+	sub    uint32
+	since  int64 // ready or paused since (ns)
+	until  int64 // paused until (ns)
+	rule   string
+	hidx   int      // index+1 in a group's paused or resume heap; 0: in neither
+	booked [3]int64 // where its start moved each of its group's gates to
 }
 
 type itemState uint8
@@ -278,15 +279,21 @@ func (s *Scheduler) group(k groupKey) *group {
 		g.pace = s.cfg.Rules.Pace(k.scene, k.kind)
 	}
 	for _, b := range g.pace.Shared {
+		if int64(b.Interval) > g.iv {
+			g.iv, g.ivRule = int64(b.Interval), b.Rule
+		}
+		if b.Interval < s.cfg.Lead/2 {
+			// A fast bucket serves a started job within a moment anyway;
+			// booking it on every start (some end without a call) would
+			// only hold other groups of the scene back.
+			continue
+		}
 		gt := s.gates[b.Name]
 		if gt == nil {
 			gt = &gate{name: b.Name}
 			s.gates[b.Name] = gt
 		}
 		g.gates = append(g.gates, gateUse{gate: gt, iv: int64(b.Interval), rule: b.Rule})
-		if int64(b.Interval) > g.iv {
-			g.iv, g.ivRule = int64(b.Interval), b.Rule
-		}
 	}
 	if g.iv > 0 {
 		g.cap = int(s.cfg.Horizon/time.Duration(g.iv)) + 2
@@ -561,8 +568,11 @@ func (s *Scheduler) start(l *lane, now int64) *Item {
 	for _, u := range g.gates {
 		at = max(at, u.gate.virt)
 	}
-	for _, u := range g.gates {
+	for i, u := range g.gates {
 		u.gate.virt = max(u.gate.virt, at) + u.iv
+		if i < len(it.booked) {
+			it.booked[i] = u.gate.virt
+		}
 	}
 	s.touch(l, now)
 	return it
@@ -651,7 +661,18 @@ func (s *Scheduler) release(it *Item) {
 }
 
 // Done says the item finished: acked, or out of this worker's hands.
-func (s *Scheduler) Done(it *Item, now time.Time) {
+// called says whether it made a call: if not, the time it booked on its
+// group's gates is given back when nothing was booked after it, so jobs
+// that end without a call (a quota used up, a window gone) do not slow the
+// group down.
+func (s *Scheduler) Done(it *Item, called bool, now time.Time) {
+	if !called && it.lane != nil {
+		for i, u := range it.lane.g.gates {
+			if i < len(it.booked) && it.booked[i] != 0 && u.gate.virt == it.booked[i] {
+				u.gate.virt -= u.iv
+			}
+		}
+	}
 	s.drop(it)
 	it.state = stateDone
 	if l := it.lane; l != nil && l.busy == it {

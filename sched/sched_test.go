@@ -138,7 +138,7 @@ func TestPriorities(t *testing.T) {
 			t.Fatalf("Next started %v, want one job (one slot)", ids(st))
 		}
 		order = append(order, st[0].Item.Seq)
-		s.Done(st[0].Item, now)
+		s.Done(st[0].Item, true, now)
 		now = now.Add(20 * time.Millisecond)
 	}
 	if want := []uint64{soon.Seq, late.Seq, a1.Seq, a2.Seq}; !slices.Equal(order, want) {
@@ -416,5 +416,40 @@ func TestMemoryBounded(t *testing.T) {
 	}
 	if w, ok := s.Find("job-99999"); !ok || w.State != "parked" || w.Rule == "" {
 		t.Errorf("Find(job-99999) = %+v, %v; want parked with a rule", w, ok)
+	}
+}
+
+// A job that ends without a call (its quota used up, its window gone)
+// gives back the time it booked on its group's slow bucket, so a run of
+// such jobs does not hold the group back; a fast bucket (the endpoint's)
+// books nothing, so one group's starts do not gate another's.
+func TestGateRefundAndFastBuckets(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 256, Rules: newFakeRules()})
+	var j jobs
+	a := j.item(grp, "g1", active)
+	b := j.item(grp, "g2", active)
+	s.Add(a, t0)
+	s.Add(b, t0)
+	st, _ := s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{a.Seq}) {
+		t.Fatalf("started %v", ids(st))
+	}
+	s.Done(a, false, t0.Add(time.Millisecond))
+	st, _ = s.Next(t0.Add(time.Millisecond))
+	if !slices.Equal(ids(st), []uint64{b.Seq}) {
+		t.Fatalf("after a job ended without a call, started %v, want %d at once", ids(st), b.Seq)
+	}
+	// Group replies share the scene's endpoint (10 ms a call): a hundred
+	// of them starting does not delay the next active.
+	for i := range 100 {
+		s.Add(j.item(grp, fmt.Sprintf("r%d", i), passive), t0)
+	}
+	c := j.item(grp, "g3", active)
+	s.Add(c, t0)
+	s.Done(b, true, t0.Add(time.Second))
+	st, _ = s.Next(t0.Add(time.Second))
+	if !slices.Contains(ids(st), c.Seq) {
+		t.Errorf("at 1s started %v, want %d among them: the replies' endpoint starts must not gate actives", ids(st), c.Seq)
 	}
 }

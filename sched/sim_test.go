@@ -117,7 +117,7 @@ func (m *simulation) run(end time.Time) {
 				m.calls = append(m.calls, simCall{at: m.now, it: it, published: published[it.Seq]})
 				m.rules.called(it, m.now)
 				m.s.Proceed(it, m.now)
-				m.s.Done(it, m.now)
+				m.s.Done(it, true, m.now)
 			case e.it != nil:
 				if _, ok := published[e.it.Seq]; !ok {
 					published[e.it.Seq] = e.published

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func contentOf(t *testing.T, body json.RawMessage) string {
+func contentOf(t testing.TB, body json.RawMessage) string {
 	t.Helper()
 	var m struct {
 		Content string `json:"content"`
