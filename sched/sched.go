@@ -115,7 +115,7 @@ type Item struct {
 	until  int64 // paused until (ns)
 	rule   string
 	hidx   int      // index+1 in a group's paused or resume heap; 0: in neither
-	booked [3]int64 // where its start moved each of its group's gates to
+	booked bool // its start booked its group's gates
 }
 
 type itemState uint8
@@ -281,12 +281,6 @@ func (s *Scheduler) group(k groupKey) *group {
 	for _, b := range g.pace.Shared {
 		if int64(b.Interval) > g.iv {
 			g.iv, g.ivRule = int64(b.Interval), b.Rule
-		}
-		if b.Interval < s.cfg.Lead/2 {
-			// A fast bucket serves a started job within a moment anyway;
-			// booking it on every start (some end without a call) would
-			// only hold other groups of the scene back.
-			continue
 		}
 		gt := s.gates[b.Name]
 		if gt == nil {
@@ -568,12 +562,10 @@ func (s *Scheduler) start(l *lane, now int64) *Item {
 	for _, u := range g.gates {
 		at = max(at, u.gate.virt)
 	}
-	for i, u := range g.gates {
+	for _, u := range g.gates {
 		u.gate.virt = max(u.gate.virt, at) + u.iv
-		if i < len(it.booked) {
-			it.booked[i] = u.gate.virt
-		}
 	}
+	it.booked = true
 	s.touch(l, now)
 	return it
 }
@@ -661,16 +653,15 @@ func (s *Scheduler) release(it *Item) {
 }
 
 // Done says the item finished: acked, or out of this worker's hands.
-// called says whether it made a call: if not, the time it booked on its
-// group's gates is given back when nothing was booked after it, so jobs
-// that end without a call (a quota used up, a window gone) do not slow the
-// group down.
+// called says whether it made a call: if not, the interval it booked on
+// each of its group's gates is given back, so jobs that end without a call
+// (a quota used up, a window gone) do not slow the group down. (Bookings
+// made after it move earlier with it; they are estimates, and a job whose
+// real instant is later pauses and moves the gate back.)
 func (s *Scheduler) Done(it *Item, called bool, now time.Time) {
-	if !called && it.lane != nil {
-		for i, u := range it.lane.g.gates {
-			if i < len(it.booked) && it.booked[i] != 0 && u.gate.virt == it.booked[i] {
-				u.gate.virt -= u.iv
-			}
+	if !called && it.booked && it.lane != nil {
+		for _, u := range it.lane.g.gates {
+			u.gate.virt = max(now.UnixNano(), u.gate.virt-u.iv)
 		}
 	}
 	s.drop(it)
