@@ -109,6 +109,10 @@ type ProcessorConfig struct {
 	Logger *zerolog.Logger
 	// Observer, if set, is told about attempts and outcomes (metrics).
 	Observer Observer
+	// Peers, if set, lets the pipeline ask the worker that marked a job's
+	// call whether it still has the job before taking it for abandoned
+	// (in doubt). Default: none; such a job is in doubt at once.
+	Peers Peers
 }
 
 // Observer receives pipeline events, e.g. to export metrics. Calls must not
@@ -368,17 +372,7 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 		return true, o, err
 	}
 	// The job was seen before.
-	switch c.Phase {
-	case PhaseDone:
-		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
-			r.log.Info().Str("status", string(stored.Status)).Msg("job already finished; skipping duplicate")
-			return true, stored, r.ack(ctx)
-		}
-		// Done in the ledger but no outcome stored (it expired): nothing to
-		// redo, the job ran.
-		r.log.Info().Msg("job already finished; skipping duplicate")
-		return true, Outcome{JobID: r.jobID, Status: c.Status}, r.ack(ctx)
-	case PhaseCalling:
+	for c.Phase == PhaseCalling {
 		// Its holder died (or lost the answer) during a call. If the outcome
 		// made it to the store, only the ledger lags behind.
 		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
@@ -393,9 +387,50 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 			// made no call: the job is merely claimed.
 			r.log.Info().Msg("resuming a job marked calling that was never called")
 			c.Phase = PhaseClaimed
-		} else {
+			break
+		}
+		if c.Owner == p.cfg.Owner || p.cfg.Peers == nil {
+			r.resumed = true
+			break
+		}
+		// Another worker marked the call: ask it before taking the job for
+		// abandoned. A worker cut off from the fleet for a while (its
+		// partitions moved on) may still be finishing it.
+		switch r.askOwner(ctx, c) {
+		case PeerHasJob:
+			r.log.Info().Str("owner", c.Owner).Msg("the worker that marked this job's call still has it; waiting for it")
+			if err := r.wait(ctx, time.Second, "previous owner's call"); err != nil {
+				o, err := r.handBack(err)
+				return true, o, err
+			}
+			nc, err := p.cfg.Ledger.Claim(ctx, Claim{JobID: r.jobID, Phase: PhaseClaimed, Owner: p.cfg.Owner, Updated: p.cfg.Clock.Now()})
+			if err == nil {
+				r.claim = nc // the entry was gone: the job is ours afresh
+				return false, Outcome{}, nil
+			}
+			if !errors.Is(err, ErrClaimExists) {
+				o, err := r.handBack(fmt.Errorf("claim job: %w", err))
+				return true, o, err
+			}
+			c = nc
+			continue
+		case PeerNotCalled:
+			r.log.Info().Str("owner", c.Owner).Msg("the worker that marked this job's call made none; resuming it as claimed")
+			c.Phase = PhaseClaimed
+		default:
 			r.resumed = true
 		}
+		break
+	}
+	if c.Phase == PhaseDone {
+		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
+			r.log.Info().Str("status", string(stored.Status)).Msg("job already finished; skipping duplicate")
+			return true, stored, r.ack(ctx)
+		}
+		// Done in the ledger but no outcome stored (it expired): nothing to
+		// redo, the job ran.
+		r.log.Info().Msg("job already finished; skipping duplicate")
+		return true, Outcome{JobID: r.jobID, Status: c.Status}, r.ack(ctx)
 	}
 	// claimed / deferred / calling: take it over.
 	c.Owner, c.Updated = p.cfg.Owner, now
@@ -421,6 +456,47 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 		r.log.Warn().Int("msg_seq", c.MsgSeq).Msg("resuming a job whose worker stopped mid-call")
 	}
 	return false, Outcome{}, nil
+}
+
+// askOwner asks the worker that marked c calling what it knows of the job.
+// It answers PeerUnknown when that worker is gone or cannot be asked (three
+// tries, a few seconds): the job is then taken for abandoned mid-call.
+func (r *run) askOwner(ctx context.Context, c Claim) PeerState {
+	for try := range 3 {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := r.p.cfg.Peers.JobState(actx, c.Owner, r.jobID, c.Attempts)
+		cancel()
+		switch {
+		case err == nil:
+			return st
+		case errors.Is(err, ErrPeerGone) || ctx.Err() != nil:
+			return PeerUnknown
+		}
+		r.log.Debug().Err(err).Str("owner", c.Owner).Int("try", try+1).Msg("ask the worker that marked the call")
+		select {
+		case <-ctx.Done():
+			return PeerUnknown
+		case <-r.p.cfg.Clock.After(500 * time.Millisecond):
+		}
+	}
+	return PeerUnknown
+}
+
+// PeerJob answers another worker's question about jobID (see Peers): this
+// process is handling it now, or it marked the job's call (its attempts
+// count) without making one (the mark is then forgotten here: the asker
+// takes the job on), or neither.
+func (p *Processor) PeerJob(jobID string, attempts int) PeerState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, busy := p.inflight[jobID]; busy {
+		return PeerHasJob
+	}
+	if m, ok := p.notCalled[jobID]; ok && m.attempts == attempts {
+		delete(p.notCalled, jobID)
+		return PeerNotCalled
+	}
+	return PeerUnknown
 }
 
 // dedupable reports whether the platform dedupes a resend of this job:

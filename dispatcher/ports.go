@@ -235,3 +235,27 @@ type SharedRate struct {
 	Rule     string        // the policy rule, e.g. "group.active.rate.per_bot"
 	Interval time.Duration // time between two of its tokens
 }
+
+// Peers reaches the other workers of the fleet (package queue).
+type Peers interface {
+	// JobState asks worker what it knows of jobID, whose ledger entry it
+	// marked calling with attempts. ErrPeerGone says no such worker
+	// listens: it is gone. Other errors say it could not be asked.
+	JobState(ctx context.Context, worker, jobID string, attempts int) (PeerState, error)
+}
+
+// PeerState is a worker's answer about a job (Peers).
+type PeerState string
+
+// Peer answers.
+const (
+	// PeerHasJob: the worker is handling the job; it will finish it.
+	PeerHasJob PeerState = "has"
+	// PeerNotCalled: the worker marked the job's call but made none.
+	PeerNotCalled PeerState = "not_called"
+	// PeerUnknown: the worker does not have the job (or cannot say).
+	PeerUnknown PeerState = "unknown"
+)
+
+// ErrPeerGone says the worker asked is not there.
+var ErrPeerGone = errors.New("dispatcher: no such worker")

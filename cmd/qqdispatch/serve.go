@@ -520,6 +520,13 @@ func defaultWorkerID() string {
 	if err != nil || host == "" {
 		host = "worker"
 	}
+	// Worker ids are subject tokens and KV keys: letters, digits, - and _.
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '-'
+	}, host)
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomHex(3))
 }
 

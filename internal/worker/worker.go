@@ -75,6 +75,7 @@ type Worker struct {
 	cons *queue.Consumer
 	lim  *ratelimit.Limiter
 	mem  *queue.Membership
+	peer *nats.Subscription
 
 	mu      sync.Mutex
 	started bool
@@ -172,6 +173,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if pc.Logger == nil {
 		pc.Logger = &w.log
 	}
+	pc.Peers = queue.NewPeers(w.cfg.Conn, names)
 	w.proc, err = dispatcher.NewProcessor(pc)
 	if err != nil {
 		return err
@@ -212,6 +214,17 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Lock()
 	w.cons = cons
 	w.mu.Unlock()
+	// Answer the fleet's questions about our jobs before taking any.
+	w.peer, err = queue.ServePeer(w.cfg.Conn, names, w.proc.Owner(), func(jobID string, attempts int) queue.PeerAnswer {
+		a := queue.PeerAnswer{State: w.proc.PeerJob(jobID, attempts)}
+		if where, ok := cons.Find(jobID); ok {
+			a.Where = &where
+		}
+		return a
+	})
+	if err != nil {
+		return err
+	}
 	if err := w.cons.Start(ctx, w.cfg.Partitions); err != nil {
 		return err
 	}
@@ -246,6 +259,9 @@ func (w *Worker) Stop(ctx context.Context) error {
 	err = errors.Join(err, w.cons.Stop(ctx))
 	if w.mem != nil {
 		err = errors.Join(err, w.mem.Stop(ctx))
+	}
+	if w.peer != nil {
+		_ = w.peer.Unsubscribe()
 	}
 	if w.lim != nil {
 		err = errors.Join(err, w.lim.Stop(ctx))
