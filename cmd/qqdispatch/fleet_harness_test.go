@@ -790,8 +790,11 @@ func (ow *outcomeWatch) snapshot() (map[string]dispatcher.Outcome, map[string]in
 // its index in the target's publish order.
 type orderedJob struct {
 	id    string
-	key   string
+	key   string // scene/target
 	index int
+	// kind is the job's kind: order holds within a kind (a reply may
+	// overtake active sends to its target).
+	kind dispatcher.Kind
 }
 
 // contentFor is the content a fleet test job carries: unique per job, and
@@ -813,8 +816,8 @@ func parseContent(s string) (target string, i int, ok bool) {
 // checkDelivery asserts what the simulator accepted against the outcomes:
 // a sent job was accepted exactly once, any other job at most once (an
 // in_doubt one may or may not have arrived), no content twice, no
-// (msg_id, msg_seq) twice; per target, the jobs that ended sent were
-// accepted in publish order. It returns how many jobs ended in_doubt.
+// (msg_id, msg_seq) twice; per target and kind, the jobs that ended sent
+// were accepted in publish order. It returns how many jobs ended in_doubt.
 func checkDelivery(t *testing.T, sim *qqsim.Sim, jobs map[string]orderedJob, outs map[string]dispatcher.Outcome) (inDoubt int) {
 	t.Helper()
 	byContent := map[string]int{}
@@ -851,10 +854,11 @@ func checkDelivery(t *testing.T, sim *qqsim.Sim, jobs map[string]orderedJob, out
 		if outs[id].Status != dispatcher.StatusSent {
 			continue // in_doubt: delivered or not, it is out of the order check
 		}
-		if prev, ok := lastSent[j.key]; ok && j.index <= prev {
-			fail("target %s: job #%d accepted after #%d", j.key, j.index, prev)
+		lane := j.key + "/" + string(j.kind)
+		if prev, ok := lastSent[lane]; ok && j.index <= prev {
+			fail("target %s (%s): job #%d accepted after #%d", j.key, j.kind, j.index, prev)
 		}
-		lastSent[j.key] = j.index
+		lastSent[lane] = j.index
 	}
 	for c, n := range byContent {
 		if n != 1 {
@@ -1095,7 +1099,7 @@ func (f *fleet) startFlow(targets []string, every time.Duration) *flow {
 				id := fmt.Sprintf("flow-%s-%04d", tg, i)
 				j := testbed.Job(id, dispatcher.SceneGroup, tg, contentFor(tg, i), "", time.Time{})
 				fl.mu.Lock()
-				fl.jobs[id] = orderedJob{id: id, key: "group/" + tg, index: i}
+				fl.jobs[id] = orderedJob{id: id, key: "group/" + tg, index: i, kind: dispatcher.KindActive}
 				fl.mu.Unlock()
 				if err := f.publish(ctx, j); err != nil {
 					fl.err = err

@@ -105,7 +105,7 @@ func TestFleetChaos(t *testing.T) {
 			id := fmt.Sprintf("chaos-%s-%02d", target, r)
 			j := testbed.Job(id, scene, target, contentFor(target, r), anchor, now)
 			all[ti].jobs = append(all[ti].jobs, j)
-			jobs[id] = orderedJob{id: id, key: string(scene) + "/" + target, index: r}
+			jobs[id] = orderedJob{id: id, key: string(scene) + "/" + target, index: r, kind: j.Kind()}
 			if anchor != "" && scene.HasMsgSeq() {
 				passiveDeduped[id] = true
 			}
