@@ -856,15 +856,29 @@ func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
 	return r.handBack(err)
 }
 
+// deferTo re-schedules the job to the time le's rule allows it again, and
+// notes the rule and that time in its claim so `outcome` and `status` can
+// say what it waits for.
 func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
+	// The rule travels to the scheduler in this header of the envelope
+	// (queue.HeaderWaitRule), on a copy: the delivery's headers stay as
+	// they came.
+	const headerWaitRule = "Qqdispatch-Wait-Rule"
+	env := r.env
+	env.Header = make(map[string][]string, len(r.env.Header)+1)
+	for k, v := range r.env.Header {
+		env.Header[k] = v
+	}
+	env.Header[headerWaitRule] = []string{le.Rule}
 	// The scheduler fires on the server's wall clock; the rules may run on
 	// an injected one, so hand it the same distance from now.
 	at := time.Now().Add(le.RetryAt.Sub(r.p.cfg.Clock.Now()))
-	if err := r.p.cfg.Scheduler.Schedule(ctx, r.env, r.jobID, at); err != nil {
+	if err := r.p.cfg.Scheduler.Schedule(ctx, env, r.jobID, at); err != nil {
 		return r.handBack(fmt.Errorf("defer job: %w", err))
 	}
 	c := r.claim
 	c.Phase, c.Updated = PhaseDeferred, r.p.cfg.Clock.Now()
+	c.WaitRule, c.WaitUntil = le.Rule, le.RetryAt
 	sctx, cancel := storeCtx(ctx)
 	defer cancel()
 	if nc, err := r.p.cfg.Ledger.Update(sctx, c); err == nil {

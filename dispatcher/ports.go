@@ -57,6 +57,12 @@ type Claim struct {
 	Attempts int       `json:"attempts,omitempty"`
 	Status   Status    `json:"status,omitempty"` // the outcome, once done
 	Updated  time.Time `json:"updated"`
+	// WaitRule and WaitUntil say, for a deferred claim, which rule the job
+	// waits for (e.g. "dm.active.quota.per_bot.day") and when that rule
+	// allows it again (the next period's start). Other phases may keep
+	// stale values: read them with PhaseDeferred only.
+	WaitRule  string    `json:"wait_rule,omitempty"`
+	WaitUntil time.Time `json:"wait_until,omitzero"`
 
 	// Revision is the ledger's revision of this entry, for compare-and-set.
 	Revision uint64 `json:"-"`

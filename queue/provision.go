@@ -244,10 +244,23 @@ func SendSubject(cfg Config, scene, target string) string {
 func sendWildcard(cfg Config) string { return cfg.Prefix + ".send.*.*" }
 
 // scheduleSubject is where a job's pending schedule lives:
-// {prefix}.sched.{encoded job id}. It is in the jobs stream but outside every
-// partition consumer's filter.
-func scheduleSubject(cfg Config, jobID string) string {
+// {prefix}.sched.{scene}.{encoded job id}. It is in the jobs stream but
+// outside every partition consumer's filter.
+func scheduleSubject(cfg Config, scene, jobID string) string {
+	return cfg.Prefix + ".sched." + scene + "." + EncodeKey(jobID)
+}
+
+// legacyScheduleSubject is where versions before the scene was in the
+// subject stored a job's schedule: {prefix}.sched.{encoded job id}. The
+// stream keeps the subject so those still fire.
+func legacyScheduleSubject(cfg Config, jobID string) string {
 	return cfg.Prefix + ".sched." + EncodeKey(jobID)
+}
+
+// scheduleWildcards are the jobs stream's schedule subjects: the current
+// form, then the legacy one.
+func scheduleWildcards(cfg Config) []string {
+	return []string{cfg.Prefix + ".sched.*.*", cfg.Prefix + ".sched.*"}
 }
 
 // PartitionSubject is the filter of partition p's consumer:
@@ -304,13 +317,14 @@ func parseSendSubject(cfg Config, subject string) (scene, target string, ok bool
 
 // jobsStreamConfig is the work-queue stream of jobs. The subject transform
 // appends a partition token computed from (scene, target), so each partition
-// consumer filters {prefix}.send.*.*.{p}. {prefix}.sched.* holds pending
-// message schedules (see Scheduler); message schedules need roll-ups.
+// consumer filters {prefix}.send.*.*.{p}. {prefix}.sched.*.* holds pending
+// message schedules (see Scheduler), and {prefix}.sched.* those stored by
+// older versions; message schedules need roll-ups.
 func jobsStreamConfig(cfg Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.JobsStream,
 		Description: "qqdispatch send jobs, partitioned by (scene, target)",
-		Subjects:    []string{sendWildcard(cfg), cfg.Prefix + ".sched.*"},
+		Subjects:    append([]string{sendWildcard(cfg)}, scheduleWildcards(cfg)...),
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,

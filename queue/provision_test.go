@@ -119,6 +119,10 @@ func TestProvisionIsIdempotent(t *testing.T) {
 	if jc.Retention != jetstream.WorkQueuePolicy || jc.Storage != jetstream.FileStorage || jc.Duplicates != cfg.DuplicateWindow || !jc.AllowMsgSchedules {
 		t.Errorf("jobs stream config: %+v", jc)
 	}
+	// Jobs, schedules by scene, and schedules stored by older versions.
+	if want := []string{"qqbot.send.*.*", "qqbot.sched.*.*", "qqbot.sched.*"}; !reflect.DeepEqual(jc.Subjects, want) {
+		t.Errorf("jobs stream subjects %q, want %q", jc.Subjects, want)
+	}
 	dc := infos[cfg.DLQStream].Config
 	if dc.Retention != jetstream.LimitsPolicy || dc.MaxAge != cfg.DLQMaxAge || dc.Duplicates != DLQDuplicateWindow {
 		t.Errorf("DLQ stream config: %+v", dc)

@@ -14,29 +14,47 @@ import (
 
 var _ dispatcher.Scheduler = (*Scheduler)(nil)
 
+// HeaderWaitRule names the rule a deferred job waits for (e.g.
+// "dm.active.quota.per_bot.day"), on its schedule message and on the copy
+// that fires. The pipeline sets it in the envelope it hands Schedule.
+const HeaderWaitRule = "Qqdispatch-Wait-Rule"
+
+// maxWaitRule bounds the wait rule stored and read back: a policy path.
+const maxWaitRule = 128
+
 // Scheduler re-publishes a job at a later time with a JetStream message
 // schedule (nats-server 2.12+), so the wait holds no consumer slot and
 // survives worker and server restarts.
 //
-// Schedule stores a schedule message on {prefix}.sched.{enc job id} in the
-// jobs stream, with headers
+// Schedule stores a schedule message on {prefix}.sched.{scene}.{enc job id}
+// in the jobs stream, with headers
 //
 //	Nats-Schedule: @at <RFC 3339, UTC, whole seconds rounded up>
 //	Nats-Schedule-Target: {prefix}.send.{scene}.{target}
 //	Nats-Msg-Id: sched-<enc job id>-<env.Seq>-<unix seconds>
 //	Qqdispatch-Job-Id: <job id>
+//	Qqdispatch-Wait-Rule: <the rule it waits for, when the envelope says>
+//
+// The scene in the subject lets `status` count and sample a scene's
+// deferred jobs without reading them all (DeferredSummary). Versions
+// before it stored schedules on {prefix}.sched.{enc job id}; the stream
+// keeps that subject, so those still fire, and Cancel removes both forms.
 //
 // What the server does (nats-server v2.15 server/scheduler.go, stream.go):
 //   - the schedule subject and the target must both be subjects of the same
 //     stream, and differ; the server adds Nats-Rollup: sub, so a new
 //     schedule for a job replaces its pending one (the stream needs
-//     AllowRollup, which Provision sets);
+//     AllowRollup, which Provision sets). A job's schedule subject depends
+//     only on its id and scene, so this holds across calls; a pending
+//     schedule an older version stored on the legacy subject is not
+//     replaced, but fires once as before;
 //   - at the time, the server stores a copy of the message on the target,
 //     with the Nats-Schedule* headers, Nats-Msg-Id, Nats-TTL, Nats-Rollup and
 //     Nats-Expected-* removed and Nats-Scheduler / Nats-Schedule-Next: purge
 //     added, and in the same step purges the schedule subject. So it fires
 //     once; pending schedules are rebuilt from the store after a restart,
-//     and a time that passed while the server was down fires at start;
+//     and a time that passed while the server was down fires at start. Our
+//     own headers (Qqdispatch-Job-Id, Qqdispatch-Wait-Rule) stay on the copy;
 //   - the fired copy goes through the stream's subject transform like a
 //     client publish, so it lands on the job's partition subject;
 //   - its Nats-Msg-Id is dropped, so the fired job is not deduplicated
@@ -49,7 +67,7 @@ var _ dispatcher.Scheduler = (*Scheduler)(nil)
 //     callers should set Envelope.Seq;
 //   - in a work-queue stream the schedule message waits like any message no
 //     consumer's filter matches: partition consumers filter
-//     {prefix}.send.*.*.{p}, and no consumer may filter {prefix}.sched.*.
+//     {prefix}.send.*.*.{p}, and no consumer may filter {prefix}.sched.>.
 type Scheduler struct {
 	cfg Config
 	js  jetstream.JetStream
@@ -79,7 +97,9 @@ func scheduleTime(at time.Time) string {
 
 // Schedule re-publishes env's job (its data and user headers) on its
 // original subject at the time at, keeping its identity in
-// Qqdispatch-Job-Id. A time in the past fires at once.
+// Qqdispatch-Job-Id. A time in the past fires at once. A
+// Qqdispatch-Wait-Rule header in env names the rule the job waits for; it
+// is kept, made safe for a header and cut to 128 bytes.
 func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID string, at time.Time) error {
 	if jobID == "" {
 		return errors.New("queue: schedule a job without a job id")
@@ -89,11 +109,14 @@ func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID
 		return fmt.Errorf("queue: schedule job %s: %q is not a job subject %s", jobID, env.Subject, sendWildcard(s.cfg))
 	}
 	hdr := userHeaders(env.Header)
+	if rule := hdr.Get(HeaderWaitRule); rule != "" {
+		hdr.Set(HeaderWaitRule, waitRule(rule))
+	}
 	hdr.Set(HeaderJobID, jobID)
 	hdr.Set("Nats-Schedule", "@at "+scheduleTime(at))
 	hdr.Set("Nats-Schedule-Target", s.cfg.Prefix+".send."+scene+"."+target)
 	msgID := "sched-" + EncodeKey(jobID) + "-" + strconv.FormatUint(env.Seq, 10) + "-" + strconv.FormatInt(at.Unix(), 10)
-	_, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: scheduleSubject(s.cfg, jobID), Header: hdr, Data: env.Data},
+	_, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: scheduleSubject(s.cfg, scene, jobID), Header: hdr, Data: env.Data},
 		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.JobsStream))
 	if err != nil {
 		return fmt.Errorf("queue: schedule job %s at %s: %w", jobID, at.UTC().Format(time.RFC3339), err)
@@ -101,14 +124,31 @@ func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID
 	return nil
 }
 
-// Cancel removes the job's pending schedule, if any.
+// Cancel removes the job's pending schedule, if any, in either subject
+// form.
 func (s *Scheduler) Cancel(ctx context.Context, jobID string) error {
 	st, err := s.js.Stream(ctx, s.cfg.JobsStream)
 	if err != nil {
 		return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
 	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSubject(scheduleSubject(s.cfg, jobID))); err != nil {
-		return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
+	for _, subj := range []string{scheduleSubject(s.cfg, "*", jobID), legacyScheduleSubject(s.cfg, jobID)} {
+		if err := st.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
+		}
 	}
 	return nil
+}
+
+// waitRule makes a rule read from a header fit to store and print: one
+// line of printable ASCII, at most maxWaitRule bytes.
+func waitRule(s string) string {
+	b := make([]byte, 0, min(len(s), maxWaitRule))
+	for i := 0; i < len(s) && len(b) < maxWaitRule; i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e {
+			c = '?'
+		}
+		b = append(b, c)
+	}
+	return string(b)
 }

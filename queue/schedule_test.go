@@ -3,6 +3,8 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +110,8 @@ func TestScheduleFiresOnce(t *testing.T) {
 	b := setupScheduler(t)
 	ctx := testCtx(t)
 	env := b.consumedJob(t, "defer-1", "G1")
+	const rule = "group.active.quota.per_target.day"
+	env.Header = withWaitRule(env.Header, rule)
 
 	at := time.Now().Add(time.Second).Truncate(time.Second).Add(time.Second)
 	if err := b.s.Schedule(ctx, env, "defer-1", at); err != nil {
@@ -117,13 +121,21 @@ func TestScheduleFiresOnce(t *testing.T) {
 	if err := b.s.Schedule(ctx, env, "defer-1", at); err != nil {
 		t.Fatal(err)
 	}
-	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "defer-1")); n != 1 {
+	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "group", "defer-1")); n != 1 {
 		t.Fatalf("%d schedule messages, want 1", n)
+	}
+	// The schedule says its job, rule and time.
+	sm := lastStored(t, b.ts.js, b.cfg, scheduleSubject(b.cfg, "group", "defer-1"))
+	if h := sm.Header; h.Get(HeaderJobID) != "defer-1" || h.Get(HeaderWaitRule) != rule || h.Get("Nats-Schedule") != "@at "+scheduleTime(at) {
+		t.Errorf("schedule message headers %v", h)
 	}
 	reader := jobsReader(t, b.ts.js, b.cfg)
 	m := nextMsg(t, reader, 10*time.Second)
 	checkFired(t, b.cfg, m, env, "defer-1", "G1", at)
-	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "defer-1")); n != 0 {
+	if got := m.Headers().Get(HeaderWaitRule); got != rule {
+		t.Errorf("fired copy's %s = %q, want %q (kept from the schedule)", HeaderWaitRule, got, rule)
+	}
+	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "group", "defer-1")); n != 0 {
 		t.Errorf("schedule message still stored after firing (%d)", n)
 	}
 	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, b.cfg.Prefix+".send.>"); n != 1 {
@@ -160,7 +172,7 @@ func TestScheduleSurvivesRestart(t *testing.T) {
 	}
 	m := nextMsg(t, jobsReader(t, ts.js, b.cfg), 10*time.Second)
 	checkFired(t, b.cfg, m, env, "defer-2", "G2", at)
-	if n := streamMsgs(t, ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "defer-2")); n != 0 {
+	if n := streamMsgs(t, ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "group", "defer-2")); n != 0 {
 		t.Fatalf("schedule message still stored after firing (%d)", n)
 	}
 
@@ -201,14 +213,30 @@ func TestScheduleCancelAndErrors(t *testing.T) {
 	if err := b.s.Schedule(ctx, env, "job with spaces", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "job with spaces")); n != 1 {
+	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "c2c", "job with spaces")); n != 1 {
 		t.Fatalf("%d schedule messages", n)
 	}
-	if err := b.s.Cancel(ctx, "job with spaces"); err != nil {
+	// A rule that would break a header or a status line is made safe.
+	hostile := dispatcher.Envelope{Subject: env.Subject, Data: env.Data,
+		Header: withWaitRule(nil, "a\r\nNats-Rollup: all\x00"+strings.Repeat("x", 300))}
+	if err := b.s.Schedule(ctx, hostile, "hostile rule", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
+	}
+	got := lastStored(t, b.ts.js, b.cfg, scheduleSubject(b.cfg, "c2c", "hostile rule")).Header.Get(HeaderWaitRule)
+	if len(got) != maxWaitRule || !strings.HasPrefix(got, "a??Nats-Rollup: all?xx") {
+		t.Errorf("stored wait rule %q (%d bytes), want one printable line of %d bytes", got, len(got), maxWaitRule)
+	}
+	for _, id := range []string{"job with spaces", "hostile rule"} {
+		if err := b.s.Cancel(ctx, id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, b.cfg.Prefix+".sched.>"); n != 0 {
 		t.Errorf("%d schedule messages after Cancel", n)
+	}
+	// Cancelling a job without a schedule is no error.
+	if err := b.s.Cancel(ctx, "never scheduled"); err != nil {
+		t.Errorf("Cancel of a job without a schedule: %v", err)
 	}
 	if err := b.s.Schedule(ctx, dispatcher.Envelope{Subject: "elsewhere.x"}, "j", time.Now()); err == nil {
 		t.Error("a non-job subject was scheduled")
@@ -222,5 +250,89 @@ func TestScheduleCancelAndErrors(t *testing.T) {
 	var ce *ConfigError
 	if _, err := NewScheduler(b.ts.js, Config{Replicas: 9}); !errors.As(err, &ce) {
 		t.Errorf("bad config: %v", err)
+	}
+}
+
+// withWaitRule returns a copy of h with the wait rule set, as the pipeline
+// hands it to Schedule.
+func withWaitRule(h map[string][]string, rule string) map[string][]string {
+	out := map[string][]string{}
+	for k, v := range h {
+		out[k] = v
+	}
+	out[HeaderWaitRule] = []string{rule}
+	return out
+}
+
+// lastStored reads the last message stored on subject in the jobs stream.
+func lastStored(t *testing.T, js jetstream.JetStream, cfg Config, subject string) *jetstream.RawStreamMsg {
+	t.Helper()
+	st, err := js.Stream(testCtx(t), cfg.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.GetLastMsgForSubject(testCtx(t), subject)
+	if err != nil {
+		t.Fatalf("no message on %s: %v", subject, err)
+	}
+	return m
+}
+
+// legacySchedule stores a schedule the way versions before the scene was
+// in the subject did: on {prefix}.sched.{enc id}, without a wait rule.
+func legacySchedule(t *testing.T, js jetstream.JetStream, cfg Config, jobID, target string, at time.Time) {
+	t.Helper()
+	hdr := nats.Header{}
+	hdr.Set(HeaderJobID, jobID)
+	hdr.Set("Nats-Schedule", "@at "+scheduleTime(at))
+	hdr.Set("Nats-Schedule-Target", SendSubject(cfg, "group", target))
+	m := &nats.Msg{Subject: legacyScheduleSubject(cfg, jobID), Header: hdr, Data: []byte(`{"v":1}`)}
+	if _, err := js.PublishMsg(testCtx(t), m, jetstream.WithExpectStream(cfg.JobsStream)); err != nil {
+		t.Fatalf("store a legacy schedule: %v", err)
+	}
+}
+
+// TestScheduleFromAnOlderVersion: a jobs stream made by a version that
+// stored schedules on {prefix}.sched.{enc id} is updated by Provision;
+// its pending schedules keep their subject, still fire, and Cancel removes
+// them.
+func TestScheduleFromAnOlderVersion(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	old := jobsStreamConfig(cfg)
+	old.Subjects = []string{sendWildcard(cfg), cfg.Prefix + ".sched.*"}
+	if _, err := ts.js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(2 * time.Second).Truncate(time.Second)
+	legacySchedule(t, ts.js, cfg, "old-soon", "G7", at)
+	legacySchedule(t, ts.js, cfg, "old-later", "G8", time.Now().Add(time.Hour))
+
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ts.js.Stream(ctx, cfg.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{sendWildcard(cfg), cfg.Prefix + ".sched.*.*", cfg.Prefix + ".sched.*"}
+	if got := st.CachedInfo().Config.Subjects; !slices.Equal(got, want) {
+		t.Errorf("subjects after Provision %q, want %q", got, want)
+	}
+	m := nextMsg(t, jobsReader(t, ts.js, cfg), 10*time.Second)
+	if m.Subject() != partitioned(cfg, "G7") || m.Headers().Get(HeaderJobID) != "old-soon" {
+		t.Errorf("fired %q %v, want old-soon on its partition", m.Subject(), m.Headers())
+	}
+	s, err := NewScheduler(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Cancel(ctx, "old-later"); err != nil {
+		t.Fatal(err)
+	}
+	if n := streamMsgs(t, ts.js, cfg.JobsStream, cfg.Prefix+".sched.>"); n != 0 {
+		t.Errorf("%d schedule messages left after the legacy one fired and the other was cancelled", n)
 	}
 }
