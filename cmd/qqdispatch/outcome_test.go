@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +95,14 @@ func TestOutcomeSaysWhereAJobIs(t *testing.T) {
 	}
 	r := runCLI(t, nil, "outcome", "dm-2", "--nats-url", u)
 	oneErrorLine(t, r, 1, "dm-2 has no outcome yet: waiting for dm.active.quota.per_target.day until ")
-	t.Logf("deferred: %s%s", r.stdout, r.stderr)
+	// status counts it among the deferred jobs, with its rule.
+	st := statusJSON(t, u)
+	found := slices.ContainsFunc(st.Waiting, func(w statusWaiting) bool {
+		return w.Scene == "dm" && w.Kind == "active" && w.Rule == "dm.active.quota.per_target.day" && w.Deferred == 1 && w.Next != nil
+	})
+	if st.Totals.Deferred != 1 || !found {
+		t.Errorf("status: totals %+v, waiting %+v; want the deferred DM job", st.Totals, st.Waiting)
+	}
 
 	// The target's rate (2 a minute) holds the second job back ~30 s.
 	send("--scene", "group", "--target", "paced", "--content", "one", "--id", "paced-1", "--wait")
@@ -105,7 +113,6 @@ func TestOutcomeSaysWhereAJobIs(t *testing.T) {
 		w.Partition == nil || *w.Partition != part || w.Until.Before(time.Now().Add(10*time.Second)) {
 		t.Errorf("paced job: %+v, want waiting for group.active.rate.per_target on where-w1, partition %d, ~30s out", w, part)
 	}
-	t.Logf("paced: %+v", w)
 
 	// A slow call: the job is running on the worker.
 	setLatency(t, s.SimURL, 3*time.Second)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,12 +21,18 @@ import (
 
 const statusDesc = `
 Print the fleet as the NATS cluster sees it: the live workers (from their heartbeats in the KV bucket
-qqdispatch_members), which worker owns each partition of the jobs stream, and each partition's backlog and lag.
+qqdispatch_members), what waits and for what, which worker owns each partition of the jobs stream, and each
+partition's backlog and lag.
 
-Members: id, host, pid, start time, age of the last heartbeat, and the partitions the worker announces it consumes.
+Members: id, host, pid, start time, age of the last heartbeat, and the partitions the worker announces it consumes;
+NOTE says leaving, releasing P (partitions it still finishes jobs of), heartbeat late.
+Waiting: per scene, kind and rule, the jobs the workers hold (HELD) and have parked in JetStream until shortly before
+their time (PARKED), the jobs deferred to a later quota period (DEFERRED, from the stream's message schedules), and
+the earliest and latest time they wait for (NEXT, LAST). The summary line adds the longest wait of a ready job for a
+slot (oldest ready).
 Partitions: the owner (from the members' announcements), whether the server has pinned a puller to the partition's
-consumer and since when, BACKLOG (jobs not yet delivered to any worker), IN FLIGHT (delivered, not yet finished:
-being sent, or queued behind an earlier job for the same target), and OLDEST (age of the oldest unfinished job).
+consumer and since when, BACKLOG (jobs not yet delivered to any worker), UNACKED (delivered, not yet finished: held
+or being sent by a worker, or parked in JetStream until later), and OLDEST (age of the oldest unfinished job).
 NOTE flags a partition with no owner or with two, one whose rendezvous owner differs from the announced one (a
 hand-over in progress), and a partition with jobs but no consumer. Problems are listed at the end; the exit status
 is 0 whenever the status could be read.`
@@ -44,7 +51,37 @@ type statusMember struct {
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	HeartbeatAge  float64   `json:"heartbeat_age_seconds"`
 	Partitions    []int     `json:"partitions"`
-	Note          string    `json:"note,omitempty"`
+	// Releasing are partitions it no longer consumes but still finishes
+	// or hands back jobs of; Leaving is set while it shuts down.
+	Releasing []int `json:"releasing,omitempty"`
+	Leaving   bool  `json:"leaving,omitempty"`
+	// Running, Held and Parked are the jobs its scheduler runs, holds in
+	// memory not started yet, and has parked in JetStream.
+	Running int    `json:"running"`
+	Held    int    `json:"held"`
+	Parked  int    `json:"parked"`
+	Note    string `json:"note,omitempty"`
+}
+
+// statusWaiting is what waits in one scene and kind for one rule: summed
+// over the live members' scheduling reports, plus the jobs deferred to a
+// later period in message schedules.
+type statusWaiting struct {
+	Scene string `json:"scene"`
+	Kind  string `json:"kind,omitempty"`
+	// Rule is what the jobs wait for: a policy rule,
+	// "cooldown.target"/"cooldown.bot", "order" (behind an earlier job of
+	// their target), "handed back" (given back to the stream before their
+	// call), "slot" (ready, waiting for a free slot), or for deferred jobs
+	// their quota rule (deferredRule when the schedule does not say).
+	Rule     string `json:"rule"`
+	Held     int    `json:"held"`
+	Parked   int    `json:"parked"`
+	Deferred int    `json:"deferred"`
+	// Next and Last are the earliest and latest instants they wait for;
+	// absent when unknown.
+	Next *time.Time `json:"next,omitempty"`
+	Last *time.Time `json:"last,omitempty"`
 }
 
 // statusPartition is one partition in `status` output.
@@ -61,8 +98,13 @@ type statusPartition struct {
 	Pinned      bool       `json:"pinned"`
 	PinnedSince *time.Time `json:"pinned_since,omitempty"`
 	Backlog     uint64     `json:"backlog"`
-	InFlight    int        `json:"in_flight"`
-	Redelivered int        `json:"redelivered"`
+	// Unacked counts the jobs delivered and not finished: held or being
+	// sent by a worker, or parked in JetStream until later (the
+	// consumer's pending acks). InFlight is the same number under its
+	// older name, kept for scripts.
+	Unacked     int `json:"unacked"`
+	InFlight    int `json:"in_flight"`
+	Redelivered int `json:"redelivered"`
 	// OldestAge is the age of the oldest unfinished job, waiting or in
 	// flight; absent when the partition is empty.
 	OldestAge *float64 `json:"oldest_age_seconds,omitempty"`
@@ -78,8 +120,18 @@ type statusTotals struct {
 	Contested  int      `json:"contested"`
 	Moving     int      `json:"moving"`
 	Backlog    uint64   `json:"backlog"`
-	InFlight   int      `json:"in_flight"`
+	Unacked    int      `json:"unacked"`
+	InFlight   int      `json:"in_flight"` // = Unacked, its older name
 	OldestAge  *float64 `json:"oldest_age_seconds,omitempty"`
+	// Running, Held and Parked sum the members' schedulers; Deferred
+	// counts the jobs waiting in message schedules for a later period.
+	Running  int `json:"running"`
+	Held     int `json:"held"`
+	Parked   int `json:"parked"`
+	Deferred int `json:"deferred"`
+	// OldestReady is the longest a job ready to go has waited for a slot,
+	// over the members; absent when none waits.
+	OldestReady *float64 `json:"oldest_ready_seconds,omitempty"`
 }
 
 // fleetStatus is everything `status` prints.
@@ -88,6 +140,7 @@ type fleetStatus struct {
 	Stream     string            `json:"stream"`
 	MemberTTL  float64           `json:"member_ttl_seconds,omitempty"`
 	Members    []statusMember    `json:"members"`
+	Waiting    []statusWaiting   `json:"waiting"`
 	Partitions []statusPartition `json:"partitions"`
 	Totals     statusTotals      `json:"totals"`
 	Problems   []string          `json:"problems"`
@@ -220,7 +273,13 @@ func collectStatus(ctx context.Context, js jetstream.JetStream, names queue.Conf
 		}
 		oldest[p] = m.Time
 	}
-	return buildStatus(names, members, ttl, infos, oldest, t), nil
+	deferred, err := queue.DeferredSummary(ctx, js, names)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	st := buildStatus(names, members, ttl, infos, oldest, t)
+	st.addWaiting(members, deferred)
+	return st, nil
 }
 
 // buildStatus joins what collectStatus read into the report: owners from
@@ -242,13 +301,27 @@ func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, 
 		}
 		sort.Ints(parts)
 		sm := statusMember{ID: m.ID, Host: m.Host, PID: m.PID, Started: m.Started, LastHeartbeat: m.Seen,
-			HeartbeatAge: max(now.Sub(m.Seen), 0).Seconds(), Partitions: parts}
+			HeartbeatAge: max(now.Sub(m.Seen), 0).Seconds(), Partitions: parts, Leaving: m.Leaving}
+		if len(m.Releasing) > 0 {
+			sm.Releasing = slices.Sorted(slices.Values(m.Releasing))
+		}
+		if sc := m.Scheduling; sc != nil {
+			sm.Running, sm.Held, sm.Parked = sc.Running, sc.Held, sc.Parked
+		}
+		var notes []string
+		if m.Leaving {
+			notes = append(notes, "leaving")
+		}
+		if len(sm.Releasing) > 0 {
+			notes = append(notes, "releasing "+strings.TrimSuffix(partitionList(sm.Releasing), fmt.Sprintf(" (%d)", len(sm.Releasing))))
+		}
 		// Heartbeats come every TTL/3: two missed ones mean trouble.
 		if ttl > 0 && now.Sub(m.Seen) > 2*ttl/3 {
-			sm.Note = "heartbeat late"
-		} else if len(parts) == 0 {
-			sm.Note = "no partitions"
+			notes = append(notes, "heartbeat late")
+		} else if len(parts) == 0 && !m.Leaving {
+			notes = append(notes, "no partitions")
 		}
+		sm.Note = strings.Join(notes, "; ")
 		st.Members = append(st.Members, sm)
 		for _, p := range parts {
 			if p >= 0 && p < n {
@@ -272,7 +345,8 @@ func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, 
 		}
 		if ci := infos[p]; ci != nil {
 			sp.Consumer = true
-			sp.Backlog, sp.InFlight, sp.Redelivered = ci.NumPending, ci.NumAckPending, ci.NumRedelivered
+			sp.Backlog, sp.Unacked, sp.Redelivered = ci.NumPending, ci.NumAckPending, ci.NumRedelivered
+			sp.InFlight = sp.Unacked
 			for _, g := range ci.PriorityGroups {
 				if g.Group == queue.PriorityGroup && g.PinnedClientID != "" {
 					sp.Pinned = true
@@ -318,6 +392,7 @@ func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, 
 		}
 		sp.Note = strings.Join(notes, "; ")
 		tot.Backlog += sp.Backlog
+		tot.Unacked += sp.Unacked
 		tot.InFlight += sp.InFlight
 		st.Partitions[p] = sp
 	}
@@ -331,15 +406,98 @@ func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, 
 	return st
 }
 
-// printStatus prints the summary line, the members and the partitions as
-// tables, then the problems.
+// addWaiting sums what the members' schedulers report waiting, by scene,
+// kind and rule, adds the deferred jobs, and fills the totals.
+func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Deferred) {
+	type key struct{ scene, kind, rule string }
+	acc := map[key]*statusWaiting{}
+	row := func(k key) *statusWaiting {
+		w := acc[k]
+		if w == nil {
+			w = &statusWaiting{Scene: k.scene, Kind: k.kind, Rule: k.rule}
+			acc[k] = w
+		}
+		return w
+	}
+	span := func(w *statusWaiting, next, last time.Time) {
+		if !next.IsZero() && (w.Next == nil || next.Before(*w.Next)) {
+			t := next.UTC()
+			w.Next = &t
+		}
+		if !last.IsZero() && (w.Last == nil || last.After(*w.Last)) {
+			t := last.UTC()
+			w.Last = &t
+		}
+	}
+	tot := &st.Totals
+	var oldest time.Duration
+	for _, m := range members {
+		sc := m.Scheduling
+		if sc == nil {
+			continue
+		}
+		tot.Running += sc.Running
+		tot.Held += sc.Held
+		tot.Parked += sc.Parked
+		oldest = max(oldest, sc.OldestReady)
+		for _, wt := range sc.Waiting {
+			w := row(key{string(wt.Scene), string(wt.Kind), wt.Rule})
+			w.Held += wt.Held
+			w.Parked += wt.Parked
+			span(w, wt.Next, wt.Last)
+		}
+	}
+	for _, d := range deferred {
+		rule := d.Rule
+		if rule == "" {
+			rule = deferredRule
+		}
+		w := row(key{d.Scene, ruleKind(rule), rule})
+		w.Deferred += d.Jobs
+		span(w, d.Next, d.Last)
+		tot.Deferred += d.Jobs
+	}
+	if oldest > 0 {
+		s := oldest.Seconds()
+		tot.OldestReady = &s
+	}
+	st.Waiting = make([]statusWaiting, 0, len(acc))
+	for _, w := range acc {
+		st.Waiting = append(st.Waiting, *w)
+	}
+	slices.SortFunc(st.Waiting, func(a, b statusWaiting) int {
+		return cmp.Or(cmp.Compare(a.Scene, b.Scene), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Rule, b.Rule))
+	})
+}
+
+// ruleKind reads the kind from a policy rule, {scene}.{kind}.…; "" when it
+// names none (or several rules).
+func ruleKind(rule string) string {
+	if strings.Contains(rule, ",") {
+		return ""
+	}
+	if toks := strings.Split(rule, "."); len(toks) > 2 {
+		switch toks[1] {
+		case "active", "passive":
+			return toks[1]
+		}
+	}
+	return ""
+}
+
+// printStatus prints the summary lines, the members, what waits and the
+// partitions as tables, then the problems.
 func printStatus(w io.Writer, st *fleetStatus) error {
 	var b strings.Builder
 	tot := st.Totals
-	fmt.Fprintf(&b, "fleet: %d members, %d partitions (%d owned, %d without owner, %d with two or more owners, %d moving); backlog %d, in flight %d",
-		tot.Members, tot.Partitions, tot.Owned, tot.Unowned, tot.Contested, tot.Moving, tot.Backlog, tot.InFlight)
+	fmt.Fprintf(&b, "fleet: %d members, %d partitions (%d owned, %d without owner, %d with two or more owners, %d moving); backlog %d, unacked %d",
+		tot.Members, tot.Partitions, tot.Owned, tot.Unowned, tot.Contested, tot.Moving, tot.Backlog, tot.Unacked)
 	if tot.OldestAge != nil {
 		fmt.Fprintf(&b, ", oldest job %s", secs(*tot.OldestAge))
+	}
+	fmt.Fprintf(&b, "\njobs: %d running, %d held, %d parked, %d deferred to a later period", tot.Running, tot.Held, tot.Parked, tot.Deferred)
+	if tot.OldestReady != nil {
+		fmt.Fprintf(&b, "; oldest ready job waited %s", secs(*tot.OldestReady))
 	}
 	b.WriteString("\n\n")
 
@@ -357,7 +515,19 @@ func printStatus(w io.Writer, st *fleetStatus) error {
 	b.WriteString("\n")
 
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PARTITION\tOWNER\tPINNED FOR\tBACKLOG\tIN FLIGHT\tOLDEST\tNOTE")
+	fmt.Fprintln(tw, "SCENE\tKIND\tWAITING FOR\tHELD\tPARKED\tDEFERRED\tNEXT\tLAST")
+	if len(st.Waiting) == 0 {
+		fmt.Fprintln(tw, "(nothing waits)\t\t\t\t\t\t\t")
+	}
+	for _, wt := range st.Waiting {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", dash(wt.Scene), dash(wt.Kind), wt.Rule, wt.Held, wt.Parked, wt.Deferred,
+			relTime(wt.Next, st.At), relTime(wt.Last, st.At))
+	}
+	_ = tw.Flush()
+	b.WriteString("\n")
+
+	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PARTITION\tOWNER\tPINNED FOR\tBACKLOG\tUNACKED\tOLDEST\tNOTE")
 	for _, p := range st.Partitions {
 		pinned := "no"
 		if p.Pinned {
@@ -374,7 +544,7 @@ func printStatus(w io.Writer, st *fleetStatus) error {
 			oldest = secs(*p.OldestAge)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%s\n", p.Partition, dash(strings.Join(p.Owners, ",")), pinned,
-			p.Backlog, p.InFlight, oldest, p.Note)
+			p.Backlog, p.Unacked, oldest, p.Note)
 	}
 	_ = tw.Flush()
 	if len(st.Problems) > 0 {
@@ -420,6 +590,22 @@ func secs(s float64) string {
 		return d.Round(time.Second).String()
 	}
 	return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+}
+
+// relTime formats an instant relative to now: "in 4.2s", "3m10s ago",
+// "-" when unknown. Beyond a day it gives the time itself.
+func relTime(t *time.Time, now time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	d := t.Sub(now)
+	switch {
+	case d > 24*time.Hour || d < -24*time.Hour:
+		return t.UTC().Format(time.RFC3339)
+	case d >= 0:
+		return "in " + secs(d.Seconds())
+	}
+	return secs(-d.Seconds()) + " ago"
 }
 
 func dash(s string) string {

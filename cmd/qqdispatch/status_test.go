@@ -8,13 +8,16 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/queue"
+	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 // statusJSON runs `status --json` and decodes it.
@@ -101,14 +104,26 @@ func TestStatusAgainstServe(t *testing.T) {
 		p := st.Partitions[part]
 		return p.InFlight == 3 && p.OldestAge != nil && p.Pinned
 	})
-	if st.Totals.InFlight != 3 || st.Totals.Backlog != 0 || st.Totals.OldestAge == nil {
-		t.Errorf("totals %+v, want 3 in flight, no backlog and an oldest age", st.Totals)
+	if st.Totals.InFlight != 3 || st.Totals.Unacked != 3 || st.Partitions[part].Unacked != 3 || st.Totals.Backlog != 0 || st.Totals.OldestAge == nil {
+		t.Errorf("totals %+v, want 3 unacked (in flight), no backlog and an oldest age", st.Totals)
 	}
+	// The worker's report (heartbeats, every second): one running, the
+	// others waiting behind it (held or parked: the group rate spaces a
+	// target's calls 3 s apart).
+	st = waitStatusJSON(t, u, "the worker to report jobs waiting behind the running one", func(st *fleetStatus) bool {
+		for _, w := range st.Waiting {
+			if w.Scene == "group" && w.Kind == "active" && w.Held+w.Parked >= 1 {
+				return st.Totals.Running == 1 && st.Members[0].Running == 1
+			}
+		}
+		return false
+	})
 	r := runCLI(t, nil, "status", "--nats-url", u)
 	if r.code != 0 {
 		t.Fatalf("status:\n%s", r)
 	}
-	for _, want := range []string{"fleet: 1 members, 4 partitions (4 owned", "in flight 3", "MEMBER", "status-w1", "0-3 (4)", "PARTITION", "PINNED FOR"} {
+	for _, want := range []string{"fleet: 1 members, 4 partitions (4 owned", "unacked 3", "MEMBER", "status-w1", "0-3 (4)", "PARTITION", "PINNED FOR", "UNACKED",
+		"\njobs: ", "SCENE", "WAITING FOR"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status output lacks %q:\n%s", want, r.stdout)
 		}
@@ -259,6 +274,18 @@ func TestBuildStatus(t *testing.T) {
 			problems: []string{"partition 3 is owned but has no consumer part-3"},
 		},
 		{
+			name: "leaving and releasing", infos: allInfos,
+			members: []queue.Member{
+				{ID: "a", Started: now.Add(-time.Hour), Seen: now, Partitions: []int{0, 1, 2, 3}},
+				{ID: "b", Started: now.Add(-time.Hour), Seen: now, Partitions: []int{}, Releasing: []int{3, 1, 2}, Leaving: true},
+			},
+			check: func(t *testing.T, st *fleetStatus) {
+				if b := st.Members[1]; b.Note != "leaving; releasing 1-3" || !b.Leaving || !slices.Equal(b.Releasing, []int{1, 2, 3}) {
+					t.Errorf("member b %+v, want leaving and releasing 1-3", b)
+				}
+			},
+		},
+		{
 			name: "no members", infos: allInfos,
 			check: func(t *testing.T, st *fleetStatus) {
 				if st.Totals.Unowned != 4 || len(st.Members) != 0 {
@@ -361,5 +388,88 @@ func TestStatusHelpAndDocs(t *testing.T) {
 	}
 	if !strings.Contains(string(doc), "## `status`") {
 		t.Error("docs/cli.md has no status section")
+	}
+}
+
+// TestStatusWaiting sums the members' scheduling reports by scene, kind
+// and rule, adds the deferred jobs, and prints the WAITING table.
+func TestStatusWaiting(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	wt := func(scene dispatcher.Scene, kind dispatcher.Kind, rule string, held, parked int, next, last time.Time) sched.Waiting {
+		return sched.Waiting{Scene: scene, Kind: kind, Rule: rule, Held: held, Parked: parked, Next: next, Last: last}
+	}
+	members := []queue.Member{
+		{ID: "a", Seen: now, Partitions: []int{0, 1}, Scheduling: &sched.Summary{Running: 2, Held: 12, Parked: 300, OldestReady: 1500 * time.Millisecond,
+			Waiting: []sched.Waiting{
+				wt(dispatcher.SceneChannel, dispatcher.KindActive, "channel.any.rate.per_target", 10, 300, at(time.Second), at(time.Minute)),
+				wt(dispatcher.SceneGroup, dispatcher.KindActive, "order", 2, 0, time.Time{}, time.Time{}),
+			}}},
+		{ID: "b", Seen: now, Partitions: []int{2, 3}, Scheduling: &sched.Summary{Running: 1, Held: 4, Parked: 20, OldestReady: 3 * time.Second,
+			Waiting: []sched.Waiting{
+				wt(dispatcher.SceneChannel, dispatcher.KindActive, "channel.any.rate.per_target", 3, 20, at(500*time.Millisecond), at(2*time.Minute)),
+			}}},
+		{ID: "c", Seen: now, Partitions: []int{}}, // an older worker: no report
+	}
+	tomorrow := time.Date(2026, 11, 27, 0, 0, 0, 0, time.FixedZone("UTC+8", 8*3600))
+	deferred := []queue.Deferred{
+		{Scene: "", Jobs: 4, Next: tomorrow, Last: tomorrow},
+		{Scene: "dm", Jobs: 1980, Rule: "dm.active.quota.per_bot.day", Next: tomorrow, Last: tomorrow},
+	}
+	st := buildStatus(queue.Config{Partitions: 4}.WithDefaults(), members, 6*time.Second, map[int]*jetstream.ConsumerInfo{}, nil, now)
+	st.addWaiting(members, deferred)
+
+	tot := st.Totals
+	if tot.Running != 3 || tot.Held != 16 || tot.Parked != 320 || tot.Deferred != 1984 || tot.OldestReady == nil || *tot.OldestReady != 3 {
+		t.Errorf("totals %+v, want 3 running, 16 held, 320 parked, 1984 deferred, oldest ready 3s", tot)
+	}
+	want := []statusWaiting{
+		{Scene: "", Rule: deferredRule, Deferred: 4},
+		{Scene: "channel", Kind: "active", Rule: "channel.any.rate.per_target", Held: 13, Parked: 320},
+		{Scene: "dm", Kind: "active", Rule: "dm.active.quota.per_bot.day", Deferred: 1980},
+		{Scene: "group", Kind: "active", Rule: "order", Held: 2},
+	}
+	if len(st.Waiting) != len(want) {
+		t.Fatalf("waiting %+v, want %+v", st.Waiting, want)
+	}
+	for i, w := range want {
+		g := st.Waiting[i]
+		if g.Scene != w.Scene || g.Kind != w.Kind || g.Rule != w.Rule || g.Held != w.Held || g.Parked != w.Parked || g.Deferred != w.Deferred {
+			t.Errorf("waiting[%d] = %+v, want %+v", i, g, w)
+		}
+	}
+	if ch := st.Waiting[1]; ch.Next == nil || !ch.Next.Equal(at(500*time.Millisecond)) || ch.Last == nil || !ch.Last.Equal(at(2*time.Minute)) {
+		t.Errorf("channel row spans %v..%v, want the earliest and latest over the members", ch.Next, ch.Last)
+	}
+	if dm := st.Waiting[2]; dm.Next == nil || !dm.Next.Equal(tomorrow) {
+		t.Errorf("dm row next %v, want %s", dm.Next, tomorrow)
+	}
+	if m := st.Members[0]; m.Running != 2 || m.Held != 12 || m.Parked != 300 {
+		t.Errorf("member a %+v, want its own counts", m)
+	}
+
+	var b bytes.Buffer
+	if err := printStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"jobs: 3 running, 16 held, 320 parked, 1984 deferred to a later period; oldest ready job waited 3s",
+		"SCENE", "WAITING FOR", "channel.any.rate.per_target", "in 500ms", "in 2m0s", "dm.active.quota.per_bot.day", "1980", "in 4h0m",
+		deferredRule,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("printed status lacks %q:\n%s", want, b.String())
+		}
+	}
+	// Nothing waiting prints a placeholder row.
+	empty := buildStatus(queue.Config{Partitions: 1}.WithDefaults(), nil, 0, nil, nil, now)
+	empty.addWaiting(nil, nil)
+	b.Reset()
+	if err := printStatus(&b, empty); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "(nothing waits)") || empty.Waiting == nil {
+		t.Errorf("empty status:\n%s", b.String())
 	}
 }
