@@ -60,8 +60,9 @@ func nextPeriodStart(now time.Time) time.Time {
 // TestOutcomeSaysWhereAJobIs runs a worker (serve) and asks `outcome` about
 // jobs without an outcome: an unknown id is queued, a job in its call is
 // running on the worker, a job its target's rate holds back is waiting for
-// that rule on the worker, and a DM active over its quota that asked to
-// defer is waiting for the quota rule until the next day.
+// that rule on the worker (and its metrics count it), and a DM active over
+// its quota that asked to defer is waiting for the quota rule until the
+// next day (and status counts it).
 func TestOutcomeSaysWhereAJobIs(t *testing.T) {
 	t.Parallel()
 	pol := filepath.Join(t.TempDir(), "policy.yaml")
@@ -112,6 +113,13 @@ func TestOutcomeSaysWhereAJobIs(t *testing.T) {
 	if w.Rule != "group.active.rate.per_target" || w.Worker != "where-w1" || w.Scene != "group" || w.Kind != "active" ||
 		w.Partition == nil || *w.Partition != part || w.Until.Before(time.Now().Add(10*time.Second)) {
 		t.Errorf("paced job: %+v, want waiting for group.active.rate.per_target on where-w1, partition %d, ~30s out", w, part)
+	}
+	// The worker's metrics say so too.
+	_, metrics := httpGet(t, s.HTTPURL+"/metrics")
+	for _, want := range []string{`qqdispatch_jobs_waiting{reason="group.active.rate.per_target",scene="group"} 1` + "\n", "qqdispatch_jobs_parked 1\n"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 
 	// A slow call: the job is running on the worker.

@@ -28,6 +28,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
+	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 type serveOpts struct {
@@ -210,6 +211,12 @@ func (s *server) run(ctx context.Context) error {
 				return len(w.Partitions())
 			}
 			return 0
+		},
+		Scheduling: func() sched.Summary {
+			if w := running.Load(); w != nil {
+				return w.Summary()
+			}
+			return sched.Summary{}
 		},
 	})
 	if err != nil {

@@ -3,8 +3,9 @@
 // feeds it, and the /metrics, /healthz and /readyz endpoints.
 //
 // Labels are kept to a small, fixed set of values (scene, status, error
-// class), so the number of series does not grow with traffic: no target,
-// job id or message content ever becomes a label.
+// class, and the reason a job waits: a rule of the policy or one of the
+// scheduler's few words), so the number of series does not grow with
+// traffic: no target, job id or message content ever becomes a label.
 package telemetry
 
 import (
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 // Defaults for Config.
@@ -49,6 +51,10 @@ type Config struct {
 	// Partitions reports how many partitions the worker consumes.
 	// Default: nil, exported as 0.
 	Partitions func() int
+	// Scheduling reports what the worker's scheduler holds and parks, and
+	// why; it is called once per scrape for qqdispatch_jobs_waiting and
+	// qqdispatch_jobs_parked. Default: nil, exported as nothing waiting.
+	Scheduling func() sched.Summary
 }
 
 // Telemetry collects a worker's metrics and answers its health probes. It
@@ -142,8 +148,9 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	held := gauge("jobs_held", "Job messages this worker holds: being sent, or queued behind an earlier job for the same target.", cfg.Held)
 	parts := gauge("partitions_owned", "Partitions this worker consumes.", cfg.Partitions)
+	waiting := newWaitingCollector(cfg.Scheduling)
 	for _, c := range []prometheus.Collector{
-		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts,
+		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, waiting,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {
@@ -263,6 +270,72 @@ func writeText(w http.ResponseWriter, status int, line string) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_, _ = fmt.Fprintln(w, line)
+}
+
+// waitingCollector exports the worker's scheduling summary, read at
+// scrape time: jobs waiting by scene and reason (held and parked together),
+// and the jobs parked in all.
+type waitingCollector struct {
+	summary func() sched.Summary
+	waiting *prometheus.Desc
+	parked  *prometheus.Desc
+}
+
+func newWaitingCollector(summary func() sched.Summary) *waitingCollector {
+	return &waitingCollector{
+		summary: summary,
+		waiting: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "jobs_waiting"),
+			"Jobs this worker holds or has parked that wait, by scene and reason: the policy rule they wait for, or "+
+				"\"slot\" (ready, no free slot), \"order\" (behind an earlier job of their target), \"handed back\", "+
+				"\"cooldown.target\", \"cooldown.bot\".",
+			[]string{"scene", "reason"}, nil),
+		parked: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "jobs_parked"),
+			"Jobs this worker has parked in JetStream until shortly before their time.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *waitingCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.waiting
+	ch <- c.parked
+}
+
+// Collect implements prometheus.Collector.
+func (c *waitingCollector) Collect(ch chan<- prometheus.Metric) {
+	var sum sched.Summary
+	if c.summary != nil {
+		sum = c.summary()
+	}
+	ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(sum.Parked))
+	type key struct{ scene, reason string }
+	n := map[key]int{}
+	var order []key
+	for _, w := range sum.Waiting {
+		k := key{sceneLabel(w.Scene), reasonLabel(w.Rule)}
+		if _, ok := n[k]; !ok {
+			order = append(order, k)
+		}
+		n[k] += w.Held + w.Parked
+	}
+	for _, k := range order {
+		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(n[k]), k.scene, k.reason)
+	}
+}
+
+// reasonLabel keeps a rule fit for a label: the scheduler's reasons and
+// policy paths are short words, dots and underscores; anything else (or
+// longer than 64 bytes) is "other".
+func reasonLabel(rule string) string {
+	if rule == "" || len(rule) > 64 {
+		return "other"
+	}
+	for i := 0; i < len(rule); i++ {
+		c := rule[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == ' ') {
+			return "other"
+		}
+	}
+	return rule
 }
 
 func sceneLabel(s dispatcher.Scene) string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/telemetry"
+	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 // clock is a settable time source.
@@ -167,4 +168,62 @@ func metrics(t *testing.T, b bundle) string {
 	t.Helper()
 	_, body := get(t, b.srv.URL+"/metrics")
 	return body
+}
+
+// TestSchedulingMetrics: jobs waiting by scene and reason (held and parked
+// together, kinds summed) and the parked total come from the summary read
+// at scrape time.
+func TestSchedulingMetrics(t *testing.T) {
+	t.Parallel()
+	var cur atomic.Pointer[sched.Summary]
+	cur.Store(&sched.Summary{Running: 2, Held: 14, Parked: 320, Waiting: []sched.Waiting{
+		{Scene: dispatcher.SceneChannel, Kind: dispatcher.KindActive, Rule: "channel.any.rate.per_target", Held: 10, Parked: 300},
+		{Scene: dispatcher.SceneChannel, Kind: dispatcher.KindPassive, Rule: "channel.any.rate.per_target", Held: 3, Parked: 20},
+		{Scene: dispatcher.SceneGroup, Kind: dispatcher.KindActive, Rule: "slot", Held: 1},
+		{Scene: dispatcher.SceneGroup, Kind: dispatcher.KindActive, Rule: "cooldown.target", Held: 1},
+		{Scene: dispatcher.SceneDM, Kind: dispatcher.KindActive, Rule: "bad\nrule{x=\"y\"}", Held: 1},
+	}})
+	tel, err := telemetry.New(telemetry.Config{Scheduling: func() sched.Summary { return *cur.Load() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(tel.Handler())
+	t.Cleanup(srv.Close)
+
+	_, body := get(t, srv.URL+"/metrics")
+	for _, want := range []string{
+		"qqdispatch_jobs_parked 320\n",
+		`qqdispatch_jobs_waiting{reason="channel.any.rate.per_target",scene="channel"} 333` + "\n",
+		`qqdispatch_jobs_waiting{reason="slot",scene="group"} 1` + "\n",
+		`qqdispatch_jobs_waiting{reason="cooldown.target",scene="group"} 1` + "\n",
+		`qqdispatch_jobs_waiting{reason="other",scene="dm"} 1` + "\n",
+		"# TYPE qqdispatch_jobs_waiting gauge",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// Nothing waits any more: the series go, the total reads 0.
+	cur.Store(&sched.Summary{})
+	_, body = get(t, srv.URL+"/metrics")
+	if !strings.Contains(body, "qqdispatch_jobs_parked 0\n") || strings.Contains(body, "qqdispatch_jobs_waiting{") {
+		t.Errorf("after the backlog went:\n%s", grepLines(body, "qqdispatch_jobs_"))
+	}
+
+	// Without a summary (before the worker starts) nothing waits.
+	b := setup(t)
+	if _, body := get(t, b.srv.URL+"/metrics"); !strings.Contains(body, "qqdispatch_jobs_parked 0\n") {
+		t.Errorf("without Scheduling:\n%s", grepLines(body, "qqdispatch_jobs_"))
+	}
+}
+
+// grepLines keeps the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
