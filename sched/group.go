@@ -27,8 +27,9 @@ type group struct {
 	rounds rounds
 	vt     int64 // round of the last job started
 
-	held   int // held, not started
-	parked int // away
+	held     int        // held, not started
+	parked   int        // away
+	parkedBy [256]int32 // away, by rule (Scheduler.rules index)
 
 	waiting laneHeap // lanes whose head may start later, by forecast
 	ready   laneHeap // lanes whose head may start now, by priority
@@ -36,11 +37,27 @@ type group struct {
 	resume  itemHeap // paused jobs due, by priority
 
 	lastStart int64
-	// Observed pace: the mean interval between starts while jobs were
-	// waiting, so a fleet-wide bucket shared with other workers is planned
-	// at this worker's share of it.
-	obsIv  float64
-	starts int
+	// Observed pace of the group's slowest bucket for this worker, so a
+	// fleet-wide bucket shared with other workers is planned at this
+	// worker's share of it: the spacing of consecutive permits that the
+	// bucket itself pushed back (a started job paused on the bucket's
+	// rule), and the bucket's own interval for each job it served at once.
+	// Gaps this worker caused (nothing was ready) are never samples.
+	obsIv      float64
+	samples    int
+	lastPermit int64 // instant of the last permit the bucket pushed back
+}
+
+// park and unpark count a job of the group away (parked or handed back)
+// for rule.
+func (g *group) park(rule uint8) {
+	g.parked++
+	g.parkedBy[rule]++
+}
+
+func (g *group) unpark(rule uint8) {
+	g.parked--
+	g.parkedBy[rule]--
 }
 
 // gate is a shared bucket as the scheduler sees it: the instant after
@@ -107,24 +124,30 @@ func (g *group) gateAt() int64 {
 // or longer when this worker has been getting less of it (other workers
 // share it).
 func (g *group) rateIv() int64 {
-	if g.starts >= 8 && g.obsIv > float64(g.iv) {
+	if g.samples >= 4 && g.obsIv > float64(g.iv) {
 		return int64(math.Min(g.obsIv, float64(g.iv)*64))
 	}
 	return g.iv
 }
 
-// noteStart folds one start into the observed pace, when jobs were
-// waiting for it (otherwise the gap says nothing about the rate).
-func (g *group) noteStart(now int64) {
-	backlogged := g.held > 0 || g.parked > 0
-	if g.lastStart > 0 && backlogged && g.iv > 0 {
-		gap := float64(now - g.lastStart)
-		if g.starts == 0 {
-			g.obsIv = gap
-		} else {
-			g.obsIv += (gap - g.obsIv) / 8
-		}
-		g.starts++
+// sample folds one observed interval into the pace.
+func (g *group) sample(iv float64) {
+	if g.samples == 0 {
+		g.obsIv = iv
+	} else {
+		g.obsIv += (iv - g.obsIv) / 8
 	}
-	g.lastStart = now
+	g.samples++
 }
+
+// pushedBack notes a permit for until that the slowest bucket pushed back:
+// a sample of the spacing since the previous one, when that was recent.
+func (g *group) pushedBack(until int64) {
+	if g.lastPermit > 0 && until > g.lastPermit && until-g.lastPermit < 8*max(int64(g.obsIv), g.iv) {
+		g.sample(float64(until - g.lastPermit))
+	}
+	g.lastPermit = max(g.lastPermit, until)
+}
+
+// noteStart records a start for the order between groups.
+func (g *group) noteStart(now int64) { g.lastStart = now }

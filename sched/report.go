@@ -38,8 +38,10 @@ type Summary struct {
 	OldestReady time.Duration `json:"oldest_ready_ns,omitempty"`
 }
 
-// Summary counts what waits, by group and reason. It walks every lane:
-// call it about once a second, not per job.
+// Summary counts what waits, by group and reason. Parked jobs are counted
+// as they come and go; their instants, and the held jobs, are read from
+// the lanes (a few words each, not every parked job), so it costs about a
+// microsecond per lane: call it about once a second, not per job.
 func (s *Scheduler) Summary(now time.Time) Summary {
 	n := now.UnixNano()
 	type key struct {
@@ -47,64 +49,78 @@ func (s *Scheduler) Summary(now time.Time) Summary {
 		rule string
 	}
 	acc := map[key]*Waiting{}
-	add := func(g *group, rule string, held, parked int, at int64) {
+	entry := func(g *group, rule string) *Waiting {
 		k := key{g, rule}
 		w := acc[k]
 		if w == nil {
 			w = &Waiting{Scene: g.key.scene, Kind: g.key.kind, Rule: rule}
 			acc[k] = w
 		}
-		w.Held += held
-		w.Parked += parked
-		if at > 0 {
-			if w.Next.IsZero() || at < w.Next.UnixNano() {
-				w.Next = time.Unix(0, at)
-			}
-			if at > w.Last.UnixNano() {
-				w.Last = time.Unix(0, at)
-			}
+		return w
+	}
+	at := func(w *Waiting, t int64) {
+		if t <= 0 {
+			return
+		}
+		if w.Next.IsZero() || t < w.Next.UnixNano() {
+			w.Next = time.Unix(0, t)
+		}
+		if t > w.Last.UnixNano() {
+			w.Last = time.Unix(0, t)
 		}
 	}
 	sum := Summary{Running: s.running, Held: s.held}
+	for _, g := range s.order {
+		sum.Parked += g.parked
+		for r, c := range g.parkedBy {
+			if c > 0 {
+				entry(g, s.rules[r]).Parked += int(c)
+			}
+		}
+	}
 	var oldest int64
 	for _, l := range s.lanes {
-		for i, a := range l.away {
-			_ = i
-			add(l.g, s.rules[a.rule], 0, 1, a.until)
-			sum.Parked++
+		if k := len(l.away); k > 0 {
+			// A lane's first and last parked jobs bound its instants.
+			at(entry(l.g, s.rules[l.away[0].rule]), l.away[0].until)
+			at(entry(l.g, s.rules[l.away[k-1].rule]), l.away[k-1].until)
 		}
 		if len(l.held) == 0 {
 			continue
 		}
 		switch {
 		case l.head() == nil:
-			add(l.g, "order", len(l.held), 0, 0)
+			entry(l.g, "order").Held += len(l.held)
 		case l.hidx[readyHeap] >= 0:
-			add(l.g, "slot", 1, 0, 0)
+			entry(l.g, "slot").Held++
 			if since := l.held[0].since; since > 0 && (oldest == 0 || since < oldest) {
 				oldest = since
 			}
 			if len(l.held) > 1 {
-				add(l.g, "order", len(l.held)-1, 0, 0)
+				entry(l.g, "order").Held += len(l.held) - 1
 			}
 		default:
 			rule := l.fcRule
 			if rule == "" {
 				rule = "slot"
 			}
-			add(l.g, rule, 1, 0, l.fc)
+			w := entry(l.g, rule)
+			w.Held++
+			at(w, l.fc)
 			if len(l.held) > 1 {
-				add(l.g, "order", len(l.held)-1, 0, 0)
+				entry(l.g, "order").Held += len(l.held) - 1
 			}
 		}
 	}
 	for _, g := range s.order {
 		for _, it := range g.paused.items {
-			add(g, it.rule, 1, 0, it.until)
+			w := entry(g, it.rule)
+			w.Held++
+			at(w, it.until)
 			sum.Paused++
 		}
 		for _, it := range g.resume.items {
-			add(g, "slot", 1, 0, 0)
+			entry(g, "slot").Held++
 			sum.Paused++
 			if oldest == 0 || it.until < oldest {
 				oldest = it.until
@@ -115,7 +131,9 @@ func (s *Scheduler) Summary(now time.Time) Summary {
 		sum.OldestReady = time.Duration(n - oldest)
 	}
 	for _, w := range acc {
-		sum.Waiting = append(sum.Waiting, *w)
+		if w.Held+w.Parked > 0 {
+			sum.Waiting = append(sum.Waiting, *w)
+		}
 	}
 	slices.SortFunc(sum.Waiting, func(a, b Waiting) int {
 		return cmp.Or(cmp.Compare(a.Scene, b.Scene), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Rule, b.Rule))

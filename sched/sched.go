@@ -114,8 +114,9 @@ type Item struct {
 	since  int64 // ready or paused since (ns)
 	until  int64 // paused until (ns)
 	rule   string
-	hidx   int      // index+1 in a group's paused or resume heap; 0: in neither
+	hidx   int  // index+1 in a group's paused or resume heap; 0: in neither
 	booked bool // its start booked its group's gates
+	pushed bool // a gate's bucket pushed its permit back (Pause)
 }
 
 type itemState uint8
@@ -334,7 +335,7 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 	if i, ok := l.awayIndex(it.Seq); ok {
 		a := l.away[i]
 		l.away = slices.Delete(l.away, i, i+1)
-		g.parked--
+		g.unpark(a.rule)
 		it.round, it.sub = a.round, a.sub
 		returning = true
 	} else {
@@ -363,8 +364,9 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 			// Not before the job it waits for.
 			until = max(until, l.away[0].until+int64(minPark))
 		}
-		l.insertAway(away{seq: it.Seq, until: until, round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern(rule)})
-		g.parked++
+		a := away{seq: it.Seq, until: until, round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern(rule)}
+		l.insertAway(a)
+		g.park(a.rule)
 		s.touch(l, n)
 		return Decision{Action: Park, Until: tm(until), Rule: rule}
 	}
@@ -557,7 +559,6 @@ func (s *Scheduler) start(l *lane, now int64) *Item {
 	g.rounds.remove(it.round)
 	g.rounds.started(it.round, it.sub)
 	g.vt = max(g.vt, it.round)
-	g.noteStart(now)
 	at := max(now, l.fc)
 	for _, u := range g.gates {
 		at = max(at, u.gate.virt)
@@ -567,6 +568,7 @@ func (s *Scheduler) start(l *lane, now int64) *Item {
 	}
 	it.booked = true
 	s.touch(l, now)
+	g.noteStart(now)
 	return it
 }
 
@@ -640,7 +642,11 @@ func (s *Scheduler) Pause(it *Item, until time.Time, rule string, now time.Time)
 		if u.rule == rule {
 			// Its token is for until: the bucket is taken through then.
 			u.gate.virt = max(u.gate.virt, it.until+u.iv)
+			it.pushed = true
 		}
+	}
+	if rule == g.ivRule && g.iv > 0 {
+		g.pushedBack(it.until)
 	}
 	g.paused.add(it)
 }
@@ -659,9 +665,17 @@ func (s *Scheduler) release(it *Item) {
 // made after it move earlier with it; they are estimates, and a job whose
 // real instant is later pauses and moves the gate back.)
 func (s *Scheduler) Done(it *Item, called bool, now time.Time) {
-	if !called && it.booked && it.lane != nil {
-		for _, u := range it.lane.g.gates {
-			u.gate.virt = max(now.UnixNano(), u.gate.virt-u.iv)
+	if it.booked && it.lane != nil {
+		g := it.lane.g
+		switch {
+		case !called:
+			for _, u := range g.gates {
+				u.gate.virt = max(now.UnixNano(), u.gate.virt-u.iv)
+			}
+		case !it.pushed && g.iv > 0 && g.samples > 0:
+			// The bucket served it at the pace booked: a sample of the
+			// full rate (the share may have grown back).
+			g.sample(float64(g.iv))
 		}
 	}
 	s.drop(it)
@@ -698,8 +712,9 @@ func (s *Scheduler) HandedBack(it *Item, until time.Time, now time.Time) {
 	if l.busy == it {
 		l.busy = nil
 	}
-	l.insertAway(away{seq: it.Seq, until: until.UnixNano(), round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern("handed back")})
-	l.g.parked++
+	a := away{seq: it.Seq, until: until.UnixNano(), round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern("handed back")}
+	l.insertAway(a)
+	l.g.park(a.rule)
 	l.g.rounds.restore(it.round)
 	s.touch(l, now.UnixNano())
 }
@@ -745,8 +760,8 @@ func (s *Scheduler) DropPartition(p int) []*Item {
 		s.held -= len(l.held)
 		for _, a := range l.away {
 			g.rounds.remove(a.round)
+			g.unpark(a.rule)
 		}
-		g.parked -= len(l.away)
 		l.held, l.away = nil, nil
 		l.detached = true
 		delete(s.lanes, l.key)
@@ -788,7 +803,7 @@ func (s *Scheduler) sweep(now int64) {
 		changed := false
 		for len(l.away) > 0 && l.away[0].until+int64(s.cfg.AwayGrace) < now {
 			l.g.rounds.remove(l.away[0].round)
-			l.g.parked--
+			l.g.unpark(l.away[0].rule)
 			l.away = l.away[1:]
 			changed = true
 		}
