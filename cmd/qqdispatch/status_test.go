@@ -34,12 +34,19 @@ func statusJSON(t *testing.T, natsURL string) *fleetStatus {
 	return &st
 }
 
-// waitStatusJSON polls `status --json` until cond holds.
+// waitStatusJSON polls `status --json` until cond holds, for up to 30 s.
 func waitStatusJSON(t *testing.T, natsURL, what string, cond func(*fleetStatus) bool) *fleetStatus {
+	t.Helper()
+	return waitStatusJSONFor(t, natsURL, what, 30*time.Second, cond)
+}
+
+// waitStatusJSONFor polls `status --json` until cond holds, for up to
+// timeout.
+func waitStatusJSONFor(t *testing.T, natsURL, what string, timeout time.Duration, cond func(*fleetStatus) bool) *fleetStatus {
 	t.Helper()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(timeout)
 	for {
 		st := statusJSON(t, natsURL)
 		if cond(st) {
