@@ -434,6 +434,7 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 	}
 	// claimed / deferred / calling: take it over.
 	c.Owner, c.Updated = p.cfg.Owner, now
+	c.WaitRule, c.WaitUntil = "", time.Time{} // a deferred job's wait is over
 	if c.Phase != PhaseCalling {
 		c.Phase = PhaseClaimed
 	}
@@ -860,20 +861,10 @@ func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
 // notes the rule and that time in its claim so `outcome` and `status` can
 // say what it waits for.
 func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
-	// The rule travels to the scheduler in this header of the envelope
-	// (queue.HeaderWaitRule), on a copy: the delivery's headers stay as
-	// they came.
-	const headerWaitRule = "Qqdispatch-Wait-Rule"
-	env := r.env
-	env.Header = make(map[string][]string, len(r.env.Header)+1)
-	for k, v := range r.env.Header {
-		env.Header[k] = v
-	}
-	env.Header[headerWaitRule] = []string{le.Rule}
 	// The scheduler fires on the server's wall clock; the rules may run on
 	// an injected one, so hand it the same distance from now.
 	at := time.Now().Add(le.RetryAt.Sub(r.p.cfg.Clock.Now()))
-	if err := r.p.cfg.Scheduler.Schedule(ctx, env, r.jobID, at); err != nil {
+	if err := r.p.cfg.Scheduler.Schedule(ctx, r.env, r.jobID, at, le.Rule); err != nil {
 		return r.handBack(fmt.Errorf("defer job: %w", err))
 	}
 	c := r.claim

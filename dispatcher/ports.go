@@ -120,8 +120,11 @@ type Recorder interface {
 }
 
 // Scheduler re-publishes a job at a later time, durably.
+//
+// rule names what the job waits for (a quota rule), so the re-publish can
+// say so to `status`.
 type Scheduler interface {
-	Schedule(ctx context.Context, env Envelope, jobID string, at time.Time) error
+	Schedule(ctx context.Context, env Envelope, jobID string, at time.Time, rule string) error
 }
 
 // Delivery is one job message handed to the pipeline by the queue. The queue

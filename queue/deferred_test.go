@@ -25,10 +25,7 @@ func TestDeferredSummary(t *testing.T) {
 	schedule := func(scene, target, id, rule string, at time.Time) {
 		t.Helper()
 		env := dispatcher.Envelope{Subject: SendSubject(b.cfg, scene, target), Data: []byte(`{"v":1}`), Seq: 1}
-		if rule != "" {
-			env.Header = withWaitRule(nil, rule)
-		}
-		if err := b.s.Schedule(ctx, env, id, at); err != nil {
+		if err := b.s.Schedule(ctx, env, id, at, rule); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -192,7 +192,7 @@ func TestEmbeddedCluster(t *testing.T) {
 	}
 	s, _ := NewScheduler(js, cfg)
 	env := jobEnvelope(cfg, "group", "G1")
-	if err := s.Schedule(ctx, env, "clustered", time.Now().Add(-time.Second)); err != nil {
+	if err := s.Schedule(ctx, env, "clustered", time.Now().Add(-time.Second), ""); err != nil {
 		t.Fatal(err)
 	}
 	m := nextMsg(t, jobsReader(t, js, cfg), 10*time.Second)

@@ -97,10 +97,10 @@ func scheduleTime(at time.Time) string {
 
 // Schedule re-publishes env's job (its data and user headers) on its
 // original subject at the time at, keeping its identity in
-// Qqdispatch-Job-Id. A time in the past fires at once. A
-// Qqdispatch-Wait-Rule header in env names the rule the job waits for; it
-// is kept, made safe for a header and cut to 128 bytes.
-func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID string, at time.Time) error {
+// Qqdispatch-Job-Id. A time in the past fires at once. rule, the rule the
+// job waits for, goes into Qqdispatch-Wait-Rule, made safe for a header and
+// cut to 128 bytes (a producer's header of that name is not kept).
+func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID string, at time.Time, rule string) error {
 	if jobID == "" {
 		return errors.New("queue: schedule a job without a job id")
 	}
@@ -109,8 +109,9 @@ func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID
 		return fmt.Errorf("queue: schedule job %s: %q is not a job subject %s", jobID, env.Subject, sendWildcard(s.cfg))
 	}
 	hdr := userHeaders(env.Header)
-	if rule := hdr.Get(HeaderWaitRule); rule != "" {
-		hdr.Set(HeaderWaitRule, waitRule(rule))
+	hdr.Del(HeaderWaitRule)
+	if r := waitRule(rule); r != "" {
+		hdr.Set(HeaderWaitRule, r)
 	}
 	hdr.Set(HeaderJobID, jobID)
 	hdr.Set("Nats-Schedule", "@at "+scheduleTime(at))

@@ -111,14 +111,15 @@ func TestScheduleFiresOnce(t *testing.T) {
 	ctx := testCtx(t)
 	env := b.consumedJob(t, "defer-1", "G1")
 	const rule = "group.active.quota.per_target.day"
-	env.Header = withWaitRule(env.Header, rule)
+	// A producer's header of the same name does not survive.
+	env.Header = withHeader(env.Header, HeaderWaitRule, "forged")
 
 	at := time.Now().Add(time.Second).Truncate(time.Second).Add(time.Second)
-	if err := b.s.Schedule(ctx, env, "defer-1", at); err != nil {
+	if err := b.s.Schedule(ctx, env, "defer-1", at, rule); err != nil {
 		t.Fatal(err)
 	}
 	// A retried call is idempotent.
-	if err := b.s.Schedule(ctx, env, "defer-1", at); err != nil {
+	if err := b.s.Schedule(ctx, env, "defer-1", at, rule); err != nil {
 		t.Fatal(err)
 	}
 	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "group", "defer-1")); n != 1 {
@@ -147,7 +148,7 @@ func TestScheduleFiresOnce(t *testing.T) {
 	if err := m.Ack(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.s.Schedule(ctx, envelopeOf(t, b.cfg, m), "defer-1", at); err != nil {
+	if err := b.s.Schedule(ctx, envelopeOf(t, b.cfg, m), "defer-1", at, rule); err != nil {
 		t.Fatal(err)
 	}
 	again := nextMsg(t, reader, 10*time.Second)
@@ -162,7 +163,7 @@ func TestScheduleSurvivesRestart(t *testing.T) {
 	b := setupScheduler(t)
 	env := b.consumedJob(t, "defer-2", "G2")
 	at := time.Now().Add(2 * time.Second).Truncate(time.Second)
-	if err := b.s.Schedule(testCtx(t), env, "defer-2", at); err != nil {
+	if err := b.s.Schedule(testCtx(t), env, "defer-2", at, ""); err != nil {
 		t.Fatal(err)
 	}
 
@@ -191,11 +192,11 @@ func TestRescheduleReplaces(t *testing.T) {
 	b := setupScheduler(t)
 	ctx := testCtx(t)
 	env := b.consumedJob(t, "defer-3", "G3")
-	if err := b.s.Schedule(ctx, env, "defer-3", time.Now().Add(time.Hour)); err != nil {
+	if err := b.s.Schedule(ctx, env, "defer-3", time.Now().Add(time.Hour), ""); err != nil {
 		t.Fatal(err)
 	}
 	at := time.Now().Add(-time.Minute) // in the past: fires at once
-	if err := b.s.Schedule(ctx, env, "defer-3", at); err != nil {
+	if err := b.s.Schedule(ctx, env, "defer-3", at, ""); err != nil {
 		t.Fatal(err)
 	}
 	m := nextMsg(t, jobsReader(t, b.ts.js, b.cfg), 10*time.Second)
@@ -210,16 +211,15 @@ func TestScheduleCancelAndErrors(t *testing.T) {
 	b := setupScheduler(t)
 	ctx := testCtx(t)
 	env := dispatcher.Envelope{Subject: SendSubject(b.cfg, "c2c", "U9"), Data: []byte(`{}`)}
-	if err := b.s.Schedule(ctx, env, "job with spaces", time.Now().Add(time.Hour)); err != nil {
+	if err := b.s.Schedule(ctx, env, "job with spaces", time.Now().Add(time.Hour), ""); err != nil {
 		t.Fatal(err)
 	}
 	if n := streamMsgs(t, b.ts.js, b.cfg.JobsStream, scheduleSubject(b.cfg, "c2c", "job with spaces")); n != 1 {
 		t.Fatalf("%d schedule messages", n)
 	}
 	// A rule that would break a header or a status line is made safe.
-	hostile := dispatcher.Envelope{Subject: env.Subject, Data: env.Data,
-		Header: withWaitRule(nil, "a\r\nNats-Rollup: all\x00"+strings.Repeat("x", 300))}
-	if err := b.s.Schedule(ctx, hostile, "hostile rule", time.Now().Add(time.Hour)); err != nil {
+	hostile := dispatcher.Envelope{Subject: env.Subject, Data: env.Data}
+	if err := b.s.Schedule(ctx, hostile, "hostile rule", time.Now().Add(time.Hour), "a\r\nNats-Rollup: all\x00"+strings.Repeat("x", 300)); err != nil {
 		t.Fatal(err)
 	}
 	got := lastStored(t, b.ts.js, b.cfg, scheduleSubject(b.cfg, "c2c", "hostile rule")).Header.Get(HeaderWaitRule)
@@ -238,10 +238,10 @@ func TestScheduleCancelAndErrors(t *testing.T) {
 	if err := b.s.Cancel(ctx, "never scheduled"); err != nil {
 		t.Errorf("Cancel of a job without a schedule: %v", err)
 	}
-	if err := b.s.Schedule(ctx, dispatcher.Envelope{Subject: "elsewhere.x"}, "j", time.Now()); err == nil {
+	if err := b.s.Schedule(ctx, dispatcher.Envelope{Subject: "elsewhere.x"}, "j", time.Now(), ""); err == nil {
 		t.Error("a non-job subject was scheduled")
 	}
-	if err := b.s.Schedule(ctx, env, "", time.Now()); err == nil {
+	if err := b.s.Schedule(ctx, env, "", time.Now(), ""); err == nil {
 		t.Error("a job without id was scheduled")
 	}
 	if _, err := NewScheduler(nil, b.cfg); err == nil {
@@ -253,14 +253,13 @@ func TestScheduleCancelAndErrors(t *testing.T) {
 	}
 }
 
-// withWaitRule returns a copy of h with the wait rule set, as the pipeline
-// hands it to Schedule.
-func withWaitRule(h map[string][]string, rule string) map[string][]string {
+// withHeader returns a copy of h with key set to v.
+func withHeader(h map[string][]string, key, v string) map[string][]string {
 	out := map[string][]string{}
-	for k, v := range h {
-		out[k] = v
+	for k, x := range h {
+		out[k] = x
 	}
-	out[HeaderWaitRule] = []string{rule}
+	out[key] = []string{v}
 	return out
 }
 
