@@ -97,23 +97,30 @@ func TestScaleMillionBacklog(t *testing.T) {
 	seen := time.Since(start)
 	t.Logf("the worker saw every job %s after the first publish; RSS now %d MB (peak %d MB)", seen.Round(time.Second), rss(t, w, "VmRSS"), rss(t, w, "VmHWM"))
 
-	// A reply after the backlog.
-	now := time.Now()
-	anchor := b.Sim.Inbound("c2c", "u-after", now)
-	b.Publish(testbed.Job("reply-after-backlog", dispatcher.SceneC2C, "u-after", "the reply after a million", anchor, now))
+	// Replies after the backlog, one every 2 s.
 	var took time.Duration
-	waitFor(t, "the reply's acceptance", time.Minute, func() bool {
-		for _, m := range b.Sim.Accepted() {
-			if m.Target == "u-after" {
-				took = m.At.Sub(now)
-				return true
+	for i := range 5 {
+		now := time.Now()
+		target := fmt.Sprintf("u-after-%d", i)
+		anchor := b.Sim.Inbound("c2c", target, now)
+		b.Publish(testbed.Job("reply-after-backlog-"+target, dispatcher.SceneC2C, target, "the reply after a million", anchor, now))
+		waitFor(t, "the reply's acceptance", time.Minute, func() bool {
+			for _, m := range b.Sim.Accepted() {
+				if m.Target == target {
+					t.Logf("reply %d: %s", i, m.At.Sub(now))
+					took = max(took, m.At.Sub(now))
+					return true
+				}
 			}
+			return false
+		})
+		if i < 4 {
+			<-time.After(2 * time.Second)
 		}
-		return false
-	})
+	}
 	peak := rss(t, w, "VmHWM")
 	t.Logf("SCALE %d group actives over %d groups: seen in %s; reply after them sent in %s; worker RSS peak %d MB; %d broadcast messages sent meanwhile; %d simulator violations",
-		jobs, groups, seen.Round(time.Second), took.Round(time.Millisecond), peak, len(b.Sim.Accepted())-1, b.Sim.Violations())
+		jobs, groups, seen.Round(time.Second), took.Round(time.Millisecond), peak, len(b.Sim.Accepted())-5, b.Sim.Violations())
 	if took > 5*time.Second {
 		t.Errorf("the reply took %s from publish to acceptance, want ≤ 5s", took)
 	}
@@ -160,6 +167,7 @@ func startScaleWorker(t *testing.T, b *testbed.Bed) *child {
 		}
 		if t.Failed() {
 			t.Logf("%s", logTail(logPath, 40))
+			keepLog(t, logPath)
 		}
 	})
 	waitFor(t, "the worker's ready file", time.Minute, func() bool {
