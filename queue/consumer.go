@@ -476,14 +476,17 @@ func (c *Consumer) run(d *delivery) {
 }
 
 // reserve waits until the worker holds fewer than MaxHeld messages and
-// takes places for a pull: how many (at most FetchBatch), or 0 when ctx
-// ends. Places a pull does not fill go back with unreserve.
+// takes places for a pull: how many, or 0 when ctx ends. Places a pull does
+// not fill go back with unreserve. A pull takes at most FetchBatch and at
+// most a half of MaxHeld's share per partition, so the long polls of quiet
+// partitions never take the room a busy one needs.
 func (c *Consumer) reserve(ctx context.Context) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
 		if free := c.cfg.MaxHeld - len(c.held) - c.reserved; free > 0 {
-			n := min(free, c.cfg.FetchBatch)
+			share := max(1, c.cfg.MaxHeld/(2*max(1, len(c.parts)+len(c.stopping))))
+			n := min(free, c.cfg.FetchBatch, share)
 			c.reserved += n
 			return n
 		}

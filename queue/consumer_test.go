@@ -231,3 +231,46 @@ func TestConsumerLostDeliveryKeepsTargetOrder(t *testing.T) {
 	}
 	h.checkSeen(t, "o-1", "o-2", "o-3")
 }
+
+// Every partition pulls, however many there are for the worker's MaxHeld:
+// quiet partitions' long polls do not take the room of the others.
+func TestConsumerEveryPartitionPulls(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Partitions: 32}.WithDefaults()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &orderHandler{done: make(chan struct{}), want: cfg.Partitions}
+	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, Concurrency: 8, MaxHeld: 64, FetchBatch: 64,
+		FetchWait: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := make([]int, cfg.Partitions)
+	for i := range all {
+		all[i] = i
+	}
+	if err := c.Start(ctx, all); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	// One job for a target of every partition.
+	for p := range cfg.Partitions {
+		for i := 0; ; i++ {
+			target := fmt.Sprintf("t%d", i)
+			if PartitionOf(cfg, "group", target) != p {
+				continue
+			}
+			job := &dispatcher.Job{V: 1, ID: fmt.Sprintf("every-%d", p), Scene: dispatcher.SceneGroup, Target: target,
+				Message: []byte(`{"msg_type":0,"content":"x"}`)}
+			if _, err := pub.Publish(ctx, job); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	h.await(t, h.done, "one job per partition")
+}
