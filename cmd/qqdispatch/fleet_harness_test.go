@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -1289,4 +1290,32 @@ func finishFlow(t *testing.T, fl *flow, ow *outcomeWatch, sim *qqsim.Sim) (map[s
 		}
 	}
 	return jobs, outs, checkDelivery(t, sim, jobs, outs)
+}
+
+// keepAlive counts, over window, the heartbeats workers put into the
+// members bucket and the InProgress acks they send for held jobs, per
+// worker (workers of them) per second.
+func (f *fleet) keepAlive(window time.Duration, workers int) (heartbeats, inProgress float64) {
+	f.t.Helper()
+	var hb, ip atomic.Int64
+	s1, err := f.nc.Subscribe("$KV."+queue.MembersBucketDefault+".>", func(*nats.Msg) { hb.Add(1) })
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer func() { _ = s1.Unsubscribe() }()
+	s2, err := f.nc.Subscribe("$JS.ACK."+f.names.JobsStream+".>", func(m *nats.Msg) {
+		if bytes.HasPrefix(m.Data, []byte("+WPI")) {
+			ip.Add(1)
+		}
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer func() { _ = s2.Unsubscribe() }()
+	if err := f.nc.Flush(); err != nil {
+		f.t.Fatal(err)
+	}
+	<-time.After(window) // a measuring window, not a wait for a condition
+	per := window.Seconds() * float64(workers)
+	return float64(hb.Load()) / per, float64(ip.Load()) / per
 }

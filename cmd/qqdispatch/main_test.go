@@ -22,6 +22,11 @@ var (
 	buildErr error
 )
 
+// binaryEnv names a qqdispatch binary the process tests run instead of the
+// one they build, to measure another version (a baseline) with the same
+// tests.
+const binaryEnv = "QQDISPATCH_TEST_BINARY"
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	var dir string
@@ -33,6 +38,10 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		binary, buildErr = buildBinary(dir)
+		if b := os.Getenv(binaryEnv); b != "" {
+			// A baseline: the process tests run another build of serve.
+			binary, buildErr = b, nil
+		}
 	}
 	code := m.Run()
 	if dir != "" {
