@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -290,12 +291,7 @@ func (c *Consumer) Held() int {
 func (c *Consumer) Partitions() []int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]int, 0, len(c.parts))
-	for n := range c.parts {
-		out = append(out, n)
-	}
-	sort.Ints(out)
-	return out
+	return slices.Sorted(maps.Keys(c.parts))
 }
 
 // Releasing lists the partitions being released: dropped, with jobs still
@@ -303,12 +299,7 @@ func (c *Consumer) Partitions() []int {
 func (c *Consumer) Releasing() []int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]int, 0, len(c.stopping))
-	for n := range c.stopping {
-		out = append(out, n)
-	}
-	sort.Ints(out)
-	return out
+	return slices.Sorted(maps.Keys(c.stopping))
 }
 
 // Summary is what the worker's scheduler holds, runs and parks, and why.

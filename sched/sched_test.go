@@ -267,20 +267,28 @@ func TestParkingFollowsTurns(t *testing.T) {
 	}
 }
 
-// The group's ready jobs start at the bucket's pace (its gate), not all at
-// once; a paused job gives its slot back and resumes at its instant.
-func TestGateAndPause(t *testing.T) {
-	t.Parallel()
-	s := newSched(t, Config{Slots: 8, Rules: newFakeRules()})
+// twoGroupActives adds two group actives to different groups and starts
+// what may start: only the first, as the bot bucket gives one a second.
+func twoGroupActives(t *testing.T, slots int) (s *Scheduler, a, b *Item, wake time.Time) {
+	t.Helper()
+	s = newSched(t, Config{Slots: slots, Rules: newFakeRules()})
 	var j jobs
-	a := j.item(grp, "g1", active)
-	b := j.item(grp, "g2", active)
+	a = j.item(grp, "g1", active)
+	b = j.item(grp, "g2", active)
 	s.Add(a, t0)
 	s.Add(b, t0)
 	st, wake := s.Next(t0)
 	if !slices.Equal(ids(st), []uint64{a.Seq}) {
 		t.Fatalf("started %v, want only %d: the bot bucket gives one a second", ids(st), a.Seq)
 	}
+	return s, a, b, wake
+}
+
+// The group's ready jobs start at the bucket's pace (its gate), not all at
+// once; a paused job gives its slot back and resumes at its instant.
+func TestGateAndPause(t *testing.T) {
+	t.Parallel()
+	s, a, _, wake := twoGroupActives(t, 8)
 	if want := t0.Add(time.Second - LeadDefault); !wake.Equal(want) {
 		t.Errorf("wake %s, want %s", wake.Sub(t0), want.Sub(t0))
 	}
@@ -293,7 +301,7 @@ func TestGateAndPause(t *testing.T) {
 	if st, _ := s.Next(t0.Add(time.Second)); len(st) != 0 {
 		t.Fatalf("started %v at 1s, want nothing: the bucket is taken until 5s", ids(st))
 	}
-	st, _ = s.Next(t0.Add(5 * time.Second))
+	st, _ := s.Next(t0.Add(5 * time.Second))
 	if len(st) != 1 || st[0].Item != a || !st[0].Resume {
 		t.Fatalf("at 5s: %+v, want a resumed", st)
 	}
@@ -427,18 +435,11 @@ func TestMemoryBounded(t *testing.T) {
 // time other workers need.
 func TestGates(t *testing.T) {
 	t.Parallel()
-	s := newSched(t, Config{Slots: 256, Rules: newFakeRules()})
+	s, a, b, _ := twoGroupActives(t, 256)
 	var j jobs
-	a := j.item(grp, "g1", active)
-	b := j.item(grp, "g2", active)
-	s.Add(a, t0)
-	s.Add(b, t0)
-	st, _ := s.Next(t0)
-	if !slices.Equal(ids(st), []uint64{a.Seq}) {
-		t.Fatalf("started %v", ids(st))
-	}
+	j.seq = b.Seq
 	s.Done(a, false, t0.Add(time.Millisecond))
-	st, _ = s.Next(t0.Add(time.Millisecond))
+	st, _ := s.Next(t0.Add(time.Millisecond))
 	if !slices.Equal(ids(st), []uint64{b.Seq}) {
 		t.Fatalf("after a job ended without a call, started %v, want %d at once", ids(st), b.Seq)
 	}

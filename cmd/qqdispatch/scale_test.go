@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -133,43 +132,11 @@ func TestScaleMillionBacklog(t *testing.T) {
 }
 
 // startScaleWorker runs `serve` on its defaults (shipped policy) against
-// the bed.
+// the bed, and waits until it is ready.
 func startScaleWorker(t *testing.T, b *testbed.Bed) *child {
 	t.Helper()
-	dir := t.TempDir()
-	logPath, ready := filepath.Join(dir, "w.log"), filepath.Join(dir, "w.ready")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(binary, "serve", "--nats-url", b.NATS.ClientURL(), "--http-listen", "", "--worker-id", "w-scale",
-		"--log-format", "json", "--ready-file", ready)
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"QQ_APP_ID=" + testbed.AppID,
-		"QQ_APP_SECRET=" + testbed.AppSecret,
-		"QQ_API_BASE=" + b.SimURL,
-		"QQ_TOKEN_URL=" + b.SimURL + "/app/getAppAccessToken",
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	dieWithTest(cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { c.err = cmd.Wait(); logf.Close(); close(c.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-c.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-c.done
-		}
-		if t.Failed() {
-			t.Logf("%s", logTail(logPath, 40))
-			keepLog(t, logPath)
-		}
-	})
+	ready := filepath.Join(t.TempDir(), "w.ready")
+	c := startServeChild(t, b, "w-scale", "--ready-file", ready)
 	waitFor(t, "the worker's ready file", time.Minute, func() bool {
 		_, err := os.Stat(ready)
 		return err == nil

@@ -28,21 +28,26 @@ type child struct {
 
 func startChild(t *testing.T, b *testbed.Bed, name string) *child {
 	t.Helper()
+	return startServeChild(t, b, name, "--no-rules", "--partitions", fmt.Sprint(b.Names.Partitions),
+		"--ack-wait", "2s", "--concurrency", "32")
+}
+
+// startServeChild runs `qqdispatch serve` against the bed's NATS server and
+// simulator, with args after the common ones. Its log is printed (and
+// kept, see keepEnv) when the test fails.
+func startServeChild(t *testing.T, b *testbed.Bed, name string, args ...string) *child {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, "serve",
+	cmd := exec.Command(binary, append([]string{"serve",
 		"--nats-url", b.NATS.ClientURL(),
-		"--no-rules",
-		"--partitions", fmt.Sprint(b.Names.Partitions),
 		"--http-listen", "",
-		"--ack-wait", "2s",
-		"--concurrency", "32",
 		"--worker-id", name,
 		"--log-format", "json",
-	)
+	}, args...)...)
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
 		"QQ_APP_ID=" + testbed.AppID,
@@ -51,6 +56,7 @@ func startChild(t *testing.T, b *testbed.Bed, name string) *child {
 		"QQ_TOKEN_URL=" + b.SimURL + "/app/getAppAccessToken",
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
+	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -64,8 +70,8 @@ func startChild(t *testing.T, b *testbed.Bed, name string) *child {
 			<-c.done
 		}
 		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("%s log:\n%s", name, b)
+			t.Logf("%s log:\n%s", name, logTail(logPath, 60))
+			keepLog(t, logPath)
 		}
 	})
 	return c
