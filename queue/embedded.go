@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +27,38 @@ const (
 // RandomPort asks for a free port (EmbeddedConfig.Port, ClusterConfig.Port).
 const RandomPort = -1
 
+// StoreLockFile is the file in EmbeddedConfig.StoreDir that a running
+// Embedded holds locked, so a second server (in this process or another)
+// never opens the same store. The lock is the operating system's (see
+// lockFile), so it goes with the process that held it: a crash leaves the
+// file behind but not the lock.
+const StoreLockFile = "qqdispatch.lock"
+
+// ErrStoreInUse matches every *StoreInUseError with errors.Is.
+var ErrStoreInUse = errors.New("queue: store directory in use")
+
+// StoreInUseError says Start found StoreDir locked by another server.
+type StoreInUseError struct {
+	Dir string
+	// Holder is what the holder wrote into the lock file ("pid 42 on host
+	// since 2026-05-01T04:00:00Z"); empty if it could not be read.
+	Holder string
+}
+
+func (e *StoreInUseError) Error() string {
+	msg := "queue: " + e.Dir + " is in use by another embedded server"
+	if e.Holder != "" {
+		msg += " (" + e.Holder + ")"
+	}
+	if staleLockPossible {
+		msg += "; if none runs, remove " + filepath.Join(e.Dir, StoreLockFile)
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, ErrStoreInUse) true.
+func (e *StoreInUseError) Is(target error) bool { return target == ErrStoreInUse }
+
 // EmbeddedConfig configures an in-process nats-server with JetStream.
 type EmbeddedConfig struct {
 	// Host is the client listen address. Default "127.0.0.1" (local
@@ -33,7 +67,8 @@ type EmbeddedConfig struct {
 	// Port is the client port; RandomPort (-1) picks a free one (tests).
 	// Default 4222.
 	Port int
-	// StoreDir is the JetStream storage folder. Required.
+	// StoreDir is the JetStream storage folder, created if missing. Start
+	// locks it (StoreLockFile) until Stop. Required.
 	StoreDir string
 	// ServerName names the server; required in a cluster, where it must be
 	// unique and stable across restarts. Default: the server's generated id.
@@ -69,6 +104,7 @@ type Embedded struct {
 
 	mu      sync.Mutex
 	srv     *server.Server
+	lock    *storeLock // held from Start until the server is down
 	started bool
 	stopped bool
 }
@@ -137,9 +173,10 @@ func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 // restartable; make a new one on the same StoreDir instead.
 var ErrEmbeddedStopped = errors.New("queue: embedded server stopped")
 
-// Start runs the server and waits until it accepts connections, for at most
-// ReadyTimeout and never past ctx's deadline. Starting a started server does
-// nothing.
+// Start locks StoreDir, runs the server and waits until it accepts
+// connections, for at most ReadyTimeout and never past ctx's deadline. A
+// StoreDir locked by another server is a *StoreInUseError, returned before
+// the store is opened. Starting a started server does nothing.
 func (e *Embedded) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -149,9 +186,24 @@ func (e *Embedded) Start(ctx context.Context) error {
 	if e.started {
 		return nil
 	}
+	lock, err := lockStore(e.cfg.StoreDir)
+	if err != nil {
+		return err
+	}
+	srv, err := e.start(ctx)
+	if err != nil {
+		lock.release()
+		return err
+	}
+	e.srv, e.lock, e.started = srv, lock, true
+	return nil
+}
+
+// start runs the server on the locked store; on error it is shut down.
+func (e *Embedded) start(ctx context.Context) (*server.Server, error) {
 	srv, err := server.NewServer(e.opts)
 	if err != nil {
-		return fmt.Errorf("queue: embedded server: %w", err)
+		return nil, fmt.Errorf("queue: embedded server: %w", err)
 	}
 	// The server reports conditions it cannot start under (e.g. JetStream
 	// clustering without routes) through Fatalf and then gives up on
@@ -171,39 +223,87 @@ func (e *Embedded) Start(ctx context.Context) error {
 	}
 	ready := make(chan bool, 1)
 	go func() { ready <- srv.ReadyForConnections(wait) }()
+	fail := func(err error) (*server.Server, error) {
+		// The lock is released after this returns: wait until the server
+		// has let go of the store.
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, err
+	}
 	select {
 	case ok := <-ready:
 		if !ok {
-			srv.Shutdown()
-			return fmt.Errorf("queue: embedded server not ready for connections within %s", wait)
+			return fail(fmt.Errorf("queue: embedded server not ready for connections within %s", wait))
 		}
 	case msg := <-fatal:
-		srv.Shutdown()
-		return fmt.Errorf("queue: embedded server: %s", msg)
+		return fail(fmt.Errorf("queue: embedded server: %s", msg))
 	case <-ctx.Done():
-		srv.Shutdown()
-		return ctx.Err()
+		return fail(ctx.Err())
 	}
 	select {
 	case msg := <-fatal:
-		srv.Shutdown()
-		return fmt.Errorf("queue: embedded server: %s", msg)
+		return fail(fmt.Errorf("queue: embedded server: %s", msg))
 	default:
 	}
 	if !srv.JetStreamEnabled() {
-		srv.Shutdown()
-		return errors.New("queue: embedded server started without JetStream (see its log)")
+		return fail(errors.New("queue: embedded server started without JetStream (see its log)"))
 	}
-	e.srv, e.started = srv, true
-	return nil
+	return srv, nil
 }
 
-// Stop shuts the server down and waits for it, bounded by ctx. Stopping
+// storeLock is a held StoreLockFile.
+type storeLock struct {
+	f    *os.File
+	path string
+}
+
+// release gives the lock up. The file stays (removing it could race with
+// a server locking it just then), except with the fallback lock, which is
+// the file.
+func (l *storeLock) release() {
+	_ = l.f.Close()
+	if staleLockPossible {
+		_ = os.Remove(l.path)
+	}
+}
+
+// lockStore creates dir if needed and locks its StoreLockFile, writing
+// who holds it for the error a second server gets.
+func lockStore(dir string) (*storeLock, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("queue: embedded server store: %w", err)
+	}
+	path := filepath.Join(dir, StoreLockFile)
+	f, err := lockFile(path)
+	if errors.Is(err, errLocked) {
+		holder := ""
+		if b, rerr := os.ReadFile(path); rerr == nil {
+			holder = strings.TrimSpace(string(b))
+		}
+		return nil, &StoreInUseError{Dir: dir, Holder: holder}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: lock embedded server store: %w", err)
+	}
+	host, _ := os.Hostname()
+	note := fmt.Sprintf("pid %d on %s since %s\n", os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
+	// The note only helps the message above; the lock is what counts.
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(note), 0)
+	}
+	return &storeLock{f: f, path: path}, nil
+}
+
+// errLocked is what lockFile returns when another holder has the lock.
+var errLocked = errors.New("locked")
+
+// Stop shuts the server down and waits for it, bounded by ctx; the store's
+// lock is released once the server is down, even after ctx ends. Stopping
 // twice, or before Start, is harmless.
 func (e *Embedded) Stop(ctx context.Context) error {
 	e.mu.Lock()
-	srv := e.srv
-	e.stopped = true
+	srv, lock := e.srv, e.lock
+	e.stopped, e.lock = true, nil
 	e.mu.Unlock()
 	if srv == nil {
 		return nil
@@ -212,6 +312,9 @@ func (e *Embedded) Stop(ctx context.Context) error {
 	go func() {
 		srv.Shutdown()
 		srv.WaitForShutdown()
+		if lock != nil {
+			lock.release()
+		}
 		close(done)
 	}()
 	select {
