@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -89,11 +92,11 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 	opts = append(opts, nats.Timeout(5*time.Second))
 	nc, err := nats.Connect(n.url, opts...)
 	if err != nil {
-		hint := ""
-		if n.url == defaultNATSURL {
-			hint = " (is `qqdispatch serve` running?)"
+		ce := explainConnect(n.url, err)
+		if n.url == defaultNATSURL && !ce.refused {
+			ce.hint = "is `qqdispatch serve` running?"
 		}
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w%s", redactURLs(n.url), err, hint)
+		return nil, nil, ce
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -103,11 +106,81 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 	return nc, js, nil
 }
 
-// connectLogHandlers logs connection events of a long-running connection.
-func connectLogHandlers(log zerolog.Logger) []nats.Option {
+// connectError is a failed connection to NATS, in one line: where, what the
+// client saw, and, when the cause is known, which flag to check. Passwords
+// in the URL are never shown.
+type connectError struct {
+	url  string // redacted
+	err  error
+	hint string // what to check; empty when nothing better than err is known
+	// refused: a server answered and turned the connection down
+	// (credentials, TLS); trying again will not help.
+	refused bool
+	lost    bool // the connection was up and the client gave up reconnecting
+}
+
+func (e *connectError) Error() string {
+	msg := "connect to NATS at " + e.url + ": " + e.err.Error()
+	if e.lost {
+		msg = "lost the connection to NATS at " + e.url + " for good: " + e.err.Error()
+	}
+	if e.hint != "" {
+		msg += " (" + e.hint + ")"
+	}
+	return msg
+}
+
+func (e *connectError) Unwrap() error { return e.err }
+
+// explainConnect says why connecting to url failed with err.
+func explainConnect(url string, err error) *connectError {
+	ce := &connectError{url: redactURLs(url), err: err, refused: true}
+	var (
+		alert     tls.AlertError
+		authority x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+	)
+	switch {
+	case errors.Is(err, nats.ErrAuthorization):
+		ce.hint = "the server refused the credentials: check --nats-user and NATS_PASSWORD, or --nats-creds"
+	case errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAccountAuthExpired):
+		ce.hint = "the credentials have expired: renew --nats-creds"
+	case errors.Is(err, nats.ErrAuthRevoked):
+		ce.hint = "the credentials were revoked: get new ones for --nats-creds"
+	case errors.As(err, &authority):
+		ce.hint = "the server's certificate is signed by an authority this client does not trust: set --nats-tls-ca (NATS_TLS_CA) to the CA that signed it"
+	case errors.As(err, &hostname):
+		ce.hint = "the server's certificate is not for the host name in --nats-url: use a name the certificate lists"
+	case errors.As(err, &invalid):
+		ce.hint = "the server's certificate is not valid (expired, or not valid for this use)"
+	case errors.As(err, &alert) && (alert == tlsAlertCertificateRequired || alert == tlsAlertBadCertificate || alert == tlsAlertUnknownCA):
+		ce.hint = "the server did not accept this client's certificate: check --nats-tls-cert and --nats-tls-key"
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		ce.hint = "TLS options are set but the server does not offer TLS"
+	case errors.Is(err, nats.ErrSecureConnRequired):
+		ce.hint = "the server requires TLS: use a tls:// URL and --nats-tls-ca"
+	default:
+		ce.refused = false
+	}
+	return ce
+}
+
+// TLS alerts a server sends when it does not accept the client's
+// certificate (RFC 8446 section 6).
+const (
+	tlsAlertBadCertificate      tls.AlertError = 42
+	tlsAlertUnknownCA           tls.AlertError = 48
+	tlsAlertCertificateRequired tls.AlertError = 116
+)
+
+// connectLogHandlers logs connection events of a long-running connection
+// and closes closed when the connection is closed for good (the client
+// gives up only when the server refuses it, e.g. revoked credentials).
+func connectLogHandlers(log zerolog.Logger, closed chan<- struct{}) []nats.Option {
+	var once sync.Once
 	return []nats.Option{
 		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS connected")
@@ -125,29 +198,44 @@ func connectLogHandlers(log zerolog.Logger) []nats.Option {
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			log.Warn().Err(err).Msg("NATS asynchronous error")
 		}),
+		nats.ClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) }),
 	}
 }
 
-// waitConnected waits until nc is connected or ctx ends; a connection made
-// with RetryOnFailedConnect returns from Connect before it is.
-func waitConnected(ctx context.Context, nc *nats.Conn, log zerolog.Logger, url string) error {
-	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
-	defer nc.RemoveStatusListener(ch)
-	if !nc.IsConnected() {
-		log.Warn().Str("url", redactURLs(url)).Msg("waiting for the NATS server")
-	}
-	for !nc.IsConnected() {
-		if nc.IsClosed() {
-			return errors.New("the NATS connection is closed")
+// dialNATS makes serve's first connection to url. A server that does not
+// answer yet is waited for (serve may start before it), logging why once
+// per change of reason; a server that answers and refuses the connection
+// (credentials, TLS) is an error at once, since retrying cannot fix the
+// configuration.
+func dialNATS(ctx context.Context, url string, opts []nats.Option, retry time.Duration, log zerolog.Logger) (*nats.Conn, error) {
+	last := ""
+	for {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			return nc, nil
 		}
+		ce := explainConnect(url, err)
+		if ce.refused {
+			return nil, ce
+		}
+		if why := err.Error(); why != last {
+			log.Warn().Str("url", ce.url).Str("reason", why).Msg("waiting for the NATS server")
+			last = why
+		}
+		t := time.NewTimer(retry)
 		select {
-		case <-ch:
 		case <-ctx.Done():
-			return ctx.Err()
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
 		}
 	}
-	return nil
 }
+
+// workerInboxPrefix is the inbox prefix of serve's connection: replies to a
+// worker (pulled jobs, KV reads, answers from other workers) go to subjects
+// a producer allowed only _INBOX.> cannot subscribe to (deploy/nats).
+func workerInboxPrefix(prefix string) string { return "_INBOX_" + prefix + "_worker" }
 
 // redactURLs hides passwords and tokens in a comma-separated URL list.
 func redactURLs(list string) string {

@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,8 +171,11 @@ type server struct {
 	stops []func()
 	wg    sync.WaitGroup
 
-	conn   atomic.Pointer[nats.Conn]
-	simURL string
+	embedded   *queue.Embedded // with no --nats-url
+	conn       atomic.Pointer[nats.Conn]
+	natsClosed chan struct{} // closed when the NATS connection is closed for good
+	simURL     string
+	credsGiven bool // QQ credentials were set (the simulator may ignore them)
 }
 
 func (s *server) onStop(f func()) { s.stops = append(s.stops, f) }
@@ -194,6 +199,23 @@ func (s *server) run(ctx context.Context) error {
 	}
 	if o.workerID == "" {
 		o.workerID = defaultWorkerID()
+	}
+	if o.nats.url == "" {
+		// Before anything else starts: the store's lock turns a second
+		// serve on the same --data-dir away before it opens the store.
+		if err := s.startEmbedded(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	if client == nil {
+		if client, err = s.startSim(); err != nil {
+			return err
+		}
+	} else {
+		s.log.Info().Str("app_id", o.appID).Str("api_base", o.apiBase).Msg("sending to the QQ OpenAPI")
 	}
 
 	var running atomic.Pointer[worker.Worker]
@@ -276,15 +298,28 @@ func (s *server) run(ctx context.Context) error {
 	s.log.Info().Str("worker_id", o.workerID).Str("nats_url", redactURLs(natsURL)).Str("http_url", httpURL).Str("sim_url", s.simURL).
 		Int("partitions", o.partitions).Int("concurrency", o.concurr).Bool("rules", policy != nil).Msg("qqdispatch ready")
 
-	<-ctx.Done()
-	s.log.Info().Dur("grace", o.grace).Msg("shutting down: no new jobs; finishing calls in flight")
+	var closed error
+	select {
+	case <-ctx.Done():
+		s.log.Info().Dur("grace", o.grace).Msg("shutting down: no new jobs; finishing calls in flight")
+	case <-s.natsClosed:
+		// The client gave up on the server (it refused the connection,
+		// e.g. revoked credentials): no job can be taken or finished.
+		closed = fmt.Errorf("lost the connection to NATS at %s for good", redactURLs(natsURL))
+		if err := nc.LastError(); err != nil {
+			ce := explainConnect(natsURL, err)
+			ce.lost = true
+			closed = ce
+		}
+		s.log.Error().Err(closed).Msg("NATS connection closed for good; stopping")
+	}
 	tel.SetStarted(false)
 	sctx, cancel := context.WithTimeout(context.Background(), o.grace)
 	defer cancel()
 	if err := w.Stop(sctx); err != nil {
 		s.log.Warn().Err(err).Msg("worker did not stop cleanly; unfinished jobs are redelivered after --ack-wait")
 	}
-	return nil
+	return closed
 }
 
 func (s *server) loadPolicy() (*ratelimit.Policy, error) {
@@ -302,8 +337,10 @@ func (s *server) loadPolicy() (*ratelimit.Policy, error) {
 	return &p, nil
 }
 
-// qqClient builds the QQ API client: for the real platform when
-// credentials are set, else for the in-process simulator.
+// qqClient builds the QQ API client for the real platform when credentials
+// are set; nil means the in-process simulator, started by startSim once the
+// embedded server holds its store. It only reads and checks: nothing is
+// started and nothing is logged but a warning about the secret file.
 func (s *server) qqClient() (*qqapi.Client, error) {
 	o := &s.o
 	secret := o.secret
@@ -312,24 +349,24 @@ func (s *server) qqClient() (*qqapi.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--app-secret-file: %w", err)
 		}
+		if perm, open := secretFileOpen(o.secretFile); open {
+			s.log.Warn().Str("file", o.secretFile).Str("mode", fmt.Sprintf("%04o", perm)).
+				Msg("--app-secret-file is readable by other users of this machine; chmod 600 it (or 400)")
+		}
 		secret = strings.TrimSpace(string(b))
 		if secret == "" {
 			return nil, fmt.Errorf("--app-secret-file: %s is empty", o.secretFile)
 		}
 	}
-	noCreds := o.appID == "" && secret == ""
+	s.credsGiven = o.appID != "" || secret != ""
 	switch {
 	case o.sim:
-		if !noCreds {
-			s.log.Info().Msg("--sim: the QQ credentials and URLs given are not used")
-		}
-		return s.startSim()
-	case noCreds:
+		return nil, nil
+	case !s.credsGiven:
 		if s.c.isSet("api-base") || s.c.isSet("token-url") {
 			return nil, usagef(s.c.name, "--api-base/--token-url are set but the QQ credentials are not (QQ_APP_ID and QQ_APP_SECRET or --app-secret-file)")
 		}
-		s.log.Warn().Msg("no QQ credentials (QQ_APP_ID, QQ_APP_SECRET): sending to the built-in simulator; NOTHING REACHES QQ")
-		return s.startSim()
+		return nil, nil
 	case o.appID == "":
 		return nil, usagef(s.c.name, "an app secret is set but --app-id (QQ_APP_ID) is not")
 	case secret == "":
@@ -339,7 +376,6 @@ func (s *server) qqClient() (*qqapi.Client, error) {
 	if err != nil {
 		return nil, qqConfigError(err)
 	}
-	s.log.Info().Str("app_id", o.appID).Str("api_base", o.apiBase).Msg("sending to the QQ OpenAPI")
 	return c, nil
 }
 
@@ -359,6 +395,11 @@ func qqConfigError(err error) error {
 // startSim starts the simulator on --sim-listen with generated credentials
 // and returns a client for it.
 func (s *server) startSim() (*qqapi.Client, error) {
+	if !s.o.sim {
+		s.log.Warn().Msg("no QQ credentials (QQ_APP_ID, QQ_APP_SECRET): sending to the built-in simulator; NOTHING REACHES QQ")
+	} else if s.credsGiven {
+		s.log.Info().Msg("--sim: the QQ credentials and URLs given are not used")
+	}
 	appID, secret := "qqsim-"+randomHex(4), randomHex(16)
 	sim, err := qqsim.New(qqsim.Config{AppID: appID, AppSecret: secret})
 	if err != nil {
@@ -411,41 +452,23 @@ func (s *server) startHTTP(tel *telemetry.Telemetry) (string, error) {
 	return u, nil
 }
 
-// connectNATS connects to --nats-url, or starts the embedded server and
-// connects to it in-process. It returns the URL producers use.
-func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
+// startEmbedded starts the embedded server on --data-dir and --nats-listen.
+// A --data-dir another serve uses is refused before its store is opened.
+func (s *server) startEmbedded(ctx context.Context) error {
 	o := &s.o
-	opts, err := o.nats.options(s.c.name, "qqdispatch worker "+o.workerID)
-	if err != nil {
-		return nil, "", err
-	}
-	opts = append(opts, connectLogHandlers(s.log)...)
-
-	if o.nats.url != "" {
-		nc, err := nats.Connect(o.nats.url, opts...)
-		if err != nil {
-			return nil, "", fmt.Errorf("connect to NATS at %s: %w", redactURLs(o.nats.url), err)
-		}
-		s.onStop(nc.Close)
-		if err := waitConnected(ctx, nc, s.log, o.nats.url); err != nil {
-			return nil, "", err
-		}
-		return nc, o.nats.url, nil
-	}
-
 	host, portStr, err := net.SplitHostPort(o.natsListen)
 	if err != nil {
-		return nil, "", usagef(s.c.name, "--nats-listen: %s", err)
+		return usagef(s.c.name, "--nats-listen: %s", err)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil || port < 0 || port > 65535 {
-		return nil, "", usagef(s.c.name, "--nats-listen: %q is not a port", portStr)
+		return usagef(s.c.name, "--nats-listen: %q is not a port", portStr)
 	}
 	if port == 0 {
 		port = queue.RandomPort
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
-		return nil, "", fmt.Errorf("--data-dir: %w", err)
+		return fmt.Errorf("--data-dir: %w", err)
 	}
 	srvLog := s.log.With().Str("component", "nats-server").Logger()
 	if s.log.GetLevel() > zerolog.DebugLevel {
@@ -453,28 +476,56 @@ func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
 	}
 	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Host: host, Port: port, StoreDir: o.dataDir, Logger: &srvLog})
 	if err != nil {
-		return nil, "", fmt.Errorf("embedded NATS server: %w", err)
+		return fmt.Errorf("embedded NATS server: %w", err)
 	}
 	if err := ns.Start(ctx); err != nil {
-		return nil, "", fmt.Errorf("embedded NATS server on %s: %w", o.natsListen, err)
+		var inUse *queue.StoreInUseError
+		if errors.As(err, &inUse) {
+			holder := ""
+			if inUse.Holder != "" {
+				holder = " (" + inUse.Holder + ")"
+			}
+			return fmt.Errorf("--data-dir: %s is in use by another qqdispatch serve%s; stop it, or give each serve its own --data-dir", o.dataDir, holder)
+		}
+		return fmt.Errorf("embedded NATS server on %s: %w", o.natsListen, err)
 	}
 	s.onStop(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = ns.Stop(ctx)
 	})
-	url := ns.ClientURL()
+	s.embedded = ns
 	abs, _ := filepath.Abs(o.dataDir)
-	s.log.Info().Str("nats_url", url).Str("data_dir", abs).Msg("embedded NATS JetStream server running; producers publish here")
-	nc, err := ns.Connect(opts...)
+	s.log.Info().Str("nats_url", ns.ClientURL()).Str("data_dir", abs).Msg("embedded NATS JetStream server running; producers publish here")
+	return nil
+}
+
+// connectNATS connects to --nats-url, or in-process to the embedded server.
+// It returns the URL producers use.
+func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
+	o := &s.o
+	opts, err := o.nats.options(s.c.name, "qqdispatch worker "+o.workerID)
+	if err != nil {
+		return nil, "", err
+	}
+	s.natsClosed = make(chan struct{})
+	opts = append(opts, nats.CustomInboxPrefix(workerInboxPrefix(o.nats.prefix)))
+	opts = append(opts, connectLogHandlers(s.log, s.natsClosed)...)
+
+	if s.embedded == nil {
+		nc, err := dialNATS(ctx, o.nats.url, opts, time.Second, s.log)
+		if err != nil {
+			return nil, "", err
+		}
+		s.onStop(nc.Close)
+		return nc, o.nats.url, nil
+	}
+	nc, err := s.embedded.Connect(opts...)
 	if err != nil {
 		return nil, "", fmt.Errorf("connect to the embedded NATS server: %w", err)
 	}
 	s.onStop(nc.Close)
-	if err := waitConnected(ctx, nc, s.log, url); err != nil {
-		return nil, "", err
-	}
-	return nc, url, nil
+	return nc, s.embedded.ClientURL(), nil
 }
 
 // botID names the bot in shared quota keys: its app id.
@@ -520,6 +571,21 @@ func (s *server) writeReadyFile(natsURL, httpURL string) error {
 		return fmt.Errorf("--ready-file: %w", err)
 	}
 	return nil
+}
+
+// secretFileOpen reports whether other users may read (or write) the file
+// named by --app-secret-file, and its permission bits. Windows has no such
+// bits: nothing is reported there.
+func secretFileOpen(path string) (fs.FileMode, bool) {
+	if runtime.GOOS == "windows" {
+		return 0, false
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, false
+	}
+	perm := fi.Mode().Perm()
+	return perm, perm&0o007 != 0
 }
 
 func defaultWorkerID() string {
