@@ -191,6 +191,7 @@ func TestEmbeddedCluster(t *testing.T) {
 		t.Errorf("jobs stream replicas %d", st.CachedInfo().Config.Replicas)
 	}
 	s, _ := NewScheduler(js, cfg)
+	startMover(t, js, cfg)
 	env := jobEnvelope(cfg, "group", "G1")
 	if err := s.Schedule(ctx, env, "clustered", time.Now().Add(-time.Second), ""); err != nil {
 		t.Fatal(err)

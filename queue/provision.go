@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -17,6 +19,7 @@ import (
 const (
 	PrefixDefault          = "qqbot"
 	JobsStreamDefault      = "QQDISPATCH_JOBS"
+	DeferredStreamDefault  = "QQDISPATCH_DEFERRED"
 	DLQStreamDefault       = "QQDISPATCH_DLQ"
 	AdvisoryStreamDefault  = "QQDISPATCH_ADVISORIES"
 	OutcomeBucketDefault   = "qqdispatch_outcomes"
@@ -42,9 +45,16 @@ type Config struct {
 	// Prefix is the first subject token(s) of every qqdispatch subject: jobs
 	// are published on {Prefix}.send.{scene}.{target}. Default "qqbot".
 	Prefix string
-	// JobsStream is the work-queue stream holding jobs (and scheduled
-	// re-publishes). Default "QQDISPATCH_JOBS".
+	// JobsStream is the work-queue stream holding jobs, on
+	// {Prefix}.send.{scene}.{target}. It refuses roll-ups, message
+	// schedules and purges. Default "QQDISPATCH_JOBS".
 	JobsStream string
+	// DeferredStream holds the jobs deferred to a later quota period: their
+	// message schedules on {Prefix}.defer.sched.{scene}.{id} and, once
+	// those fire, the copies on {Prefix}.defer.fired.{scene}.{target}
+	// that a Mover puts back on the jobs stream. Only workers publish
+	// there. Default "QQDISPATCH_DEFERRED".
+	DeferredStream string
 	// DLQStream holds the jobs that did not end delivered, on
 	// {Prefix}.dlq.{scene}.{target}. Default "QQDISPATCH_DLQ".
 	DLQStream string
@@ -98,6 +108,7 @@ func (c Config) WithDefaults() Config {
 	}
 	setStr(&c.Prefix, PrefixDefault)
 	setStr(&c.JobsStream, JobsStreamDefault)
+	setStr(&c.DeferredStream, DeferredStreamDefault)
 	setStr(&c.DLQStream, DLQStreamDefault)
 	setStr(&c.AdvisoryStream, AdvisoryStreamDefault)
 	setStr(&c.OutcomeBucket, OutcomeBucketDefault)
@@ -143,15 +154,18 @@ func (c Config) Validate() error {
 		return bad("Prefix", "%v", err)
 	}
 	streams := []struct{ field, v string }{
-		{"JobsStream", c.JobsStream}, {"DLQStream", c.DLQStream}, {"AdvisoryStream", c.AdvisoryStream},
+		{"JobsStream", c.JobsStream}, {"DeferredStream", c.DeferredStream}, {"DLQStream", c.DLQStream},
+		{"AdvisoryStream", c.AdvisoryStream},
 	}
-	for _, s := range streams {
+	for i, s := range streams {
 		if !validName(s.v) {
 			return bad(s.field, "%q is not a valid stream name (letters, digits, '-' and '_' only)", s.v)
 		}
-	}
-	if c.JobsStream == c.DLQStream || c.JobsStream == c.AdvisoryStream || c.DLQStream == c.AdvisoryStream {
-		return bad("DLQStream", "JobsStream, DLQStream and AdvisoryStream must differ")
+		for _, o := range streams[:i] {
+			if o.v == s.v {
+				return bad(s.field, "must differ from %s (%q)", o.field, o.v)
+			}
+		}
 	}
 	for _, b := range []struct{ field, v string }{{"OutcomeBucket", c.OutcomeBucket}, {"LedgerBucket", c.LedgerBucket}} {
 		if !validName(b.v) {
@@ -243,23 +257,63 @@ func SendSubject(cfg Config, scene, target string) string {
 // sendWildcard is the jobs stream's producer subject, {prefix}.send.*.*.
 func sendWildcard(cfg Config) string { return cfg.Prefix + ".send.*.*" }
 
-// scheduleSubject is where a job's pending schedule lives:
-// {prefix}.sched.{scene}.{encoded job id}. It is in the jobs stream but
-// outside every partition consumer's filter.
+// deferSchedulePrefix is the start of every pending schedule's subject in
+// the deferred stream: {prefix}.defer.sched.{scene}.{key}.
+func deferSchedulePrefix(cfg Config) string { return cfg.Prefix + ".defer.sched." }
+
+// deferFiredPrefix is the start of every fired copy's subject in the
+// deferred stream: {prefix}.defer.fired.{scene}.{target}.
+func deferFiredPrefix(cfg Config) string { return cfg.Prefix + ".defer.fired." }
+
+// deferredSubjects are the deferred stream's subjects: schedules, then
+// fired copies.
+func deferredSubjects(cfg Config) []string {
+	return []string{deferSchedulePrefix(cfg) + "*.*", deferFiredPrefix(cfg) + "*.*"}
+}
+
+// scheduleSubject is where a job's pending schedule lives in the deferred
+// stream: {prefix}.defer.sched.{scene}.{scheduleKey(job id)}. It depends
+// only on the scene and the id, so a new schedule for a job replaces its
+// pending one (the server rolls the subject up).
 func scheduleSubject(cfg Config, scene, jobID string) string {
-	return cfg.Prefix + ".sched." + scene + "." + EncodeKey(jobID)
+	return deferSchedulePrefix(cfg) + scene + "." + scheduleKey(jobID)
+}
+
+// firedSubject is where a job's schedule puts its copy when it fires:
+// {prefix}.defer.fired.{scene}.{target}. A schedule's target must be a
+// subject of its own stream, so the copy lands in the deferred stream,
+// and a Mover re-publishes it on {prefix}.send.{scene}.{target}.
+func firedSubject(cfg Config, scene, target string) string {
+	return deferFiredPrefix(cfg) + scene + "." + target
+}
+
+// maxScheduleKey bounds the subject token scheduleKey makes of a job id.
+const maxScheduleKey = 128
+
+// scheduleKey is EncodeKey(jobID), or "~" and the hex SHA-256 of the id
+// when that is longer than maxScheduleKey: a subject must stay far below the
+// server's control-line limit whatever id a producer chose. EncodeKey
+// writes only [A-Za-z0-9_=-], so the two forms cannot collide.
+func scheduleKey(jobID string) string {
+	k := EncodeKey(jobID)
+	if len(k) <= maxScheduleKey {
+		return k
+	}
+	sum := sha256.Sum256([]byte(jobID))
+	return "~" + hex.EncodeToString(sum[:])
 }
 
 // legacyScheduleSubject is where versions before the scene was in the
-// subject stored a job's schedule: {prefix}.sched.{encoded job id}. The
-// stream keeps the subject so those still fire.
+// subject stored a job's schedule: {prefix}.sched.{encoded job id}, in the
+// jobs stream.
 func legacyScheduleSubject(cfg Config, jobID string) string {
 	return cfg.Prefix + ".sched." + EncodeKey(jobID)
 }
 
-// scheduleWildcards are the jobs stream's schedule subjects: the current
-// form, then the legacy one.
-func scheduleWildcards(cfg Config) []string {
+// legacyScheduleWildcards are the schedule subjects of a jobs stream made by
+// a version that kept schedules there: {prefix}.sched.{scene}.{id}, then
+// the older {prefix}.sched.{id}.
+func legacyScheduleWildcards(cfg Config) []string {
 	return []string{cfg.Prefix + ".sched.*.*", cfg.Prefix + ".sched.*"}
 }
 
@@ -317,14 +371,31 @@ func parseSendSubject(cfg Config, subject string) (scene, target string, ok bool
 
 // jobsStreamConfig is the work-queue stream of jobs. The subject transform
 // appends a partition token computed from (scene, target), so each partition
-// consumer filters {prefix}.send.*.*.{p}. {prefix}.sched.*.* holds pending
-// message schedules (see Scheduler), and {prefix}.sched.* those stored by
-// older versions; message schedules need roll-ups.
+// consumer filters {prefix}.send.*.*.{p}.
+//
+// It refuses what a producer, who may only publish, must not do (nats-server
+// 2.15 answers the publish with an error and stores nothing):
+//   - Nats-Rollup (sub or all): "rollup not permitted" (AllowRollup false);
+//   - Nats-Schedule, Nats-Schedule-Next, Nats-Scheduler: "message schedules
+//     is disabled" (AllowMsgSchedules false); deferred jobs wait in the
+//     deferred stream instead (see Scheduler);
+//   - Nats-TTL, Nats-Incr, Nats-Batch-*: disabled by default;
+//   - purges through the API (DenyPurge): nothing of ours purges the jobs
+//     stream. The server never lets DenyPurge be turned off again, which
+//     also keeps an older version's Provision from turning schedules and
+//     roll-ups back on. Deletes stay allowed: the Sweeper removes by
+//     sequence the messages no consumer can be given (see below).
+//
+// A subject with a wildcard token ({prefix}.send.group.*,
+// {prefix}.send.*.>) matches the stream's subject, so the server stores it,
+// but not through the transform (it maps literal subjects only): it stays a
+// four-token subject no partition consumer matches. The Sweeper finds those
+// with a direct multi-last get (AllowDirect) and ends them invalid.
 func jobsStreamConfig(cfg Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.JobsStream,
 		Description: "qqdispatch send jobs, partitioned by (scene, target)",
-		Subjects:    append([]string{sendWildcard(cfg)}, scheduleWildcards(cfg)...),
+		Subjects:    []string{sendWildcard(cfg)},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
@@ -338,6 +409,49 @@ func jobsStreamConfig(cfg Config) jetstream.StreamConfig {
 			Destination: fmt.Sprintf("%s.send.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(%d,1,2)}}",
 				cfg.Prefix, cfg.Partitions),
 		},
+		AllowDirect: true,
+		DenyPurge:   true,
+	}
+}
+
+// legacyJobsStreamConfig is what Provision keeps for a jobs stream made by a
+// version that stored message schedules in it: the server refuses to turn
+// message schedules off on a stream ("message schedules can not be
+// disabled"), and schedules need roll-ups, so both stay, with the schedule
+// subjects (older workers still running in a rolling upgrade defer there,
+// and their schedules fire in place). Everything else is as
+// jobsStreamConfig. CheckJobsStream reports such a stream; the Sweeper moves
+// its pending schedules to the deferred stream, after which an operator
+// can re-create it (see LegacyStreamError).
+func legacyJobsStreamConfig(cfg Config) jetstream.StreamConfig {
+	sc := jobsStreamConfig(cfg)
+	sc.Subjects = append(sc.Subjects, legacyScheduleWildcards(cfg)...)
+	sc.AllowMsgSchedules, sc.AllowRollup, sc.DenyPurge = true, true, false
+	return sc
+}
+
+// strayFilter matches the job messages stored under a subject with a
+// wildcard token: four tokens from the prefix on, where every stored job
+// has five (see jobsStreamConfig).
+func strayFilter(cfg Config) string { return sendWildcard(cfg) }
+
+// deferredStreamConfig is the work-queue stream of deferred jobs: pending
+// message schedules (no consumer's filter matches them, so they wait) and
+// the copies they fire, which the Mover's consumer takes. It allows
+// message schedules and so roll-ups (the server requires them); producers
+// must not be allowed to publish to {prefix}.defer.>.
+func deferredStreamConfig(cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              cfg.DeferredStream,
+		Description:       "qqdispatch jobs deferred to a later quota period: message schedules and their fired copies",
+		Subjects:          deferredSubjects(cfg),
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.Replicas,
+		Duplicates:        cfg.DuplicateWindow,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
 		AllowMsgSchedules: true,
 		AllowRollup:       true,
 	}
@@ -415,15 +529,29 @@ func (e *ProvisionError) Error() string {
 
 func (e *ProvisionError) Unwrap() error { return e.Err }
 
-// Provision creates the jobs, DLQ and advisory streams and the outcome and
-// ledger buckets, or updates them to cfg. It is idempotent: running it again
-// with the same cfg changes nothing, so every worker may run it at start.
+// Provision creates the jobs, deferred, DLQ and advisory streams and the
+// outcome and ledger buckets, or updates them to cfg in place (stored
+// messages stay). It is idempotent: running it again with the same cfg
+// changes nothing, so every worker may run it at start.
+//
+// A jobs stream made by an older version, which allowed message schedules,
+// keeps them (and roll-ups): the server cannot turn them off. Provision
+// still succeeds; CheckJobsStream says so, and what to do.
 func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
-	for _, sc := range []jetstream.StreamConfig{jobsStreamConfig(cfg), dlqStreamConfig(cfg), advisoryStreamConfig(cfg)} {
+	jobs := jobsStreamConfig(cfg)
+	switch st, err := js.Stream(ctx, cfg.JobsStream); {
+	case err == nil:
+		if st.CachedInfo().Config.AllowMsgSchedules {
+			jobs = legacyJobsStreamConfig(cfg)
+		}
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
+		return &ProvisionError{Resource: "stream " + cfg.JobsStream, Err: err}
+	}
+	for _, sc := range []jetstream.StreamConfig{jobs, deferredStreamConfig(cfg), dlqStreamConfig(cfg), advisoryStreamConfig(cfg)} {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return &ProvisionError{Resource: "stream " + sc.Name, Err: err}
 		}
@@ -434,6 +562,67 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// ErrLegacyJobsStream matches every *LegacyStreamError with errors.Is.
+var ErrLegacyJobsStream = errors.New("queue: the jobs stream allows roll-ups and message schedules")
+
+// LegacyStreamError says the jobs stream was made by a version that kept
+// message schedules in it, so it still allows them and roll-ups: a producer
+// can purge every queued job with one Nats-Rollup: all, or make a job
+// generator with Nats-Schedule. The server refuses to turn either off, so
+// the stream must be re-created once it is empty.
+type LegacyStreamError struct {
+	Stream string
+	// Schedules counts the schedules it still holds (the Sweeper moves
+	// them to the deferred stream unless they fire within a minute).
+	Schedules int
+}
+
+func (e *LegacyStreamError) Error() string {
+	return fmt.Sprintf("queue: stream %s was made by an older version and still allows roll-ups and message schedules "+
+		"(%d schedules pending in it), which nats-server cannot turn off: a producer can purge the queue or schedule jobs. "+
+		"Re-create it: stop producers, wait until `nats stream info %s` shows 0 messages (workers move its schedules "+
+		"to the deferred stream; those due within a minute fire), stop the workers, `nats stream rm %s`, start the "+
+		"workers (they create it hardened), start producers",
+		e.Stream, e.Schedules, e.Stream, e.Stream)
+}
+
+// Is makes errors.Is(err, ErrLegacyJobsStream) true.
+func (e *LegacyStreamError) Is(target error) bool { return target == ErrLegacyJobsStream }
+
+// CheckJobsStream returns a *LegacyStreamError when the jobs stream allows
+// message schedules or roll-ups (made by an older version), nil when it
+// refuses them, or the error reading it.
+func CheckJobsStream(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	st, err := js.Stream(ctx, cfg.JobsStream)
+	if err != nil {
+		return fmt.Errorf("queue: check stream %s: %w", cfg.JobsStream, err)
+	}
+	info := st.CachedInfo()
+	if !info.Config.AllowMsgSchedules && !info.Config.AllowRollup {
+		return nil
+	}
+	e := &LegacyStreamError{Stream: cfg.JobsStream}
+	if counts, err := subjectCounts(ctx, st, cfg.Prefix+".sched.>"); err == nil {
+		for _, n := range counts {
+			e.Schedules += int(n)
+		}
+	}
+	return e
+}
+
+// subjectCounts is the stream's message count per subject matching filter.
+func subjectCounts(ctx context.Context, st jetstream.Stream, filter string) (map[string]uint64, error) {
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return nil, err
+	}
+	return info.State.Subjects, nil
 }
 
 // MinServerVersion is the oldest nats-server this package works with:

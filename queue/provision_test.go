@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +17,7 @@ func TestConfigDefaults(t *testing.T) {
 	t.Parallel()
 	c := Config{}.WithDefaults()
 	want := map[string]any{
-		"Prefix": "qqbot", "JobsStream": "QQDISPATCH_JOBS", "DLQStream": "QQDISPATCH_DLQ",
+		"Prefix": "qqbot", "JobsStream": "QQDISPATCH_JOBS", "DeferredStream": "QQDISPATCH_DEFERRED", "DLQStream": "QQDISPATCH_DLQ",
 		"AdvisoryStream": "QQDISPATCH_ADVISORIES", "OutcomeBucket": "qqdispatch_outcomes",
 		"LedgerBucket": "qqdispatch_ledger", "Partitions": 32, "Replicas": 1,
 		"DuplicateWindow": 2 * time.Minute, "LedgerTTL": 24 * time.Hour, "OutcomeTTL": 7 * 24 * time.Hour,
@@ -47,6 +48,8 @@ func TestConfigValidate(t *testing.T) {
 		{"Prefix", func(c *Config) { c.Prefix = "qq bot" }},
 		{"JobsStream", func(c *Config) { c.JobsStream = "jobs.x" }},
 		{"DLQStream", func(c *Config) { c.DLQStream = c.JobsStream }},
+		{"DeferredStream", func(c *Config) { c.DeferredStream = "deferred.x" }},
+		{"DeferredStream", func(c *Config) { c.DeferredStream = c.JobsStream }},
 		{"OutcomeBucket", func(c *Config) { c.OutcomeBucket = "out/come" }},
 		{"LedgerBucket", func(c *Config) { c.LedgerBucket = c.OutcomeBucket }},
 		{"Partitions", func(c *Config) { c.Partitions = -1 }},
@@ -85,7 +88,7 @@ func TestProvisionIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	infos := map[string]*jetstream.StreamInfo{}
-	names := []string{cfg.JobsStream, cfg.DLQStream, cfg.AdvisoryStream, "KV_" + cfg.OutcomeBucket, "KV_" + cfg.LedgerBucket}
+	names := []string{cfg.JobsStream, cfg.DeferredStream, cfg.DLQStream, cfg.AdvisoryStream, "KV_" + cfg.OutcomeBucket, "KV_" + cfg.LedgerBucket}
 	for _, n := range names {
 		st, err := ts.js.Stream(ctx, n)
 		if err != nil {
@@ -116,12 +119,25 @@ func TestProvisionIsIdempotent(t *testing.T) {
 		t.Errorf("jobs stream holds %d messages, want 1", infos[cfg.JobsStream].State.Msgs)
 	}
 	jc := infos[cfg.JobsStream].Config
-	if jc.Retention != jetstream.WorkQueuePolicy || jc.Storage != jetstream.FileStorage || jc.Duplicates != cfg.DuplicateWindow || !jc.AllowMsgSchedules {
+	if jc.Retention != jetstream.WorkQueuePolicy || jc.Storage != jetstream.FileStorage || jc.Duplicates != cfg.DuplicateWindow {
 		t.Errorf("jobs stream config: %+v", jc)
 	}
-	// Jobs, schedules by scene, and schedules stored by older versions.
-	if want := []string{"qqbot.send.*.*", "qqbot.sched.*.*", "qqbot.sched.*"}; !reflect.DeepEqual(jc.Subjects, want) {
+	// What producers must not do is refused; the Sweeper's direct gets and
+	// deletes are allowed.
+	if jc.AllowMsgSchedules || jc.AllowRollup || !jc.DenyPurge || jc.DenyDelete || !jc.AllowDirect || jc.AllowMsgTTL {
+		t.Errorf("jobs stream: schedules %v, roll-ups %v, deny purge %v, deny delete %v, direct %v, TTL %v",
+			jc.AllowMsgSchedules, jc.AllowRollup, jc.DenyPurge, jc.DenyDelete, jc.AllowDirect, jc.AllowMsgTTL)
+	}
+	if want := []string{"qqbot.send.*.*"}; !reflect.DeepEqual(jc.Subjects, want) {
 		t.Errorf("jobs stream subjects %q, want %q", jc.Subjects, want)
+	}
+	if err := CheckJobsStream(ctx, ts.js, cfg); err != nil {
+		t.Errorf("CheckJobsStream on a new stream: %v", err)
+	}
+	fc := infos[cfg.DeferredStream].Config
+	if fc.Retention != jetstream.WorkQueuePolicy || !fc.AllowMsgSchedules || !fc.AllowRollup ||
+		!reflect.DeepEqual(fc.Subjects, []string{"qqbot.defer.sched.*.*", "qqbot.defer.fired.*.*"}) {
+		t.Errorf("deferred stream config: %+v", fc)
 	}
 	dc := infos[cfg.DLQStream].Config
 	if dc.Retention != jetstream.LimitsPolicy || dc.MaxAge != cfg.DLQMaxAge || dc.Duplicates != DLQDuplicateWindow {
@@ -158,6 +174,121 @@ func TestProvisionChangesPartitions(t *testing.T) {
 	}
 	if total != 30 {
 		t.Fatalf("%d of 30 jobs in partitions 0..2 after re-partitioning", total)
+	}
+}
+
+// TestJobsStreamRefusesHostileHeaders: what nats-server 2.15 answers a
+// producer whose job asks the jobs stream to roll up, schedule or expire:
+// an error, and nothing stored; the queued job stays.
+func TestJobsStreamRefusesHostileHeaders(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	pub, _ := NewPublisher(ts.js, cfg)
+	if _, err := pub.PublishRaw(ctx, SendSubject(cfg, "group", "G1"), []byte(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	subj := SendSubject(cfg, "group", "G2")
+	// nats-server's error codes: JSStreamRollupFailedErr,
+	// JSMessageSchedulesDisabledErr, JSMessageTTLDisabledErr.
+	const rollupFailed, schedulesDisabled, ttlDisabled = 10111, 10188, 10166
+	tests := []struct {
+		name string
+		hdr  map[string]string
+		code jetstream.ErrorCode
+	}{
+		{"roll-up all", map[string]string{"Nats-Rollup": "all"}, rollupFailed},
+		{"roll-up sub", map[string]string{"Nats-Rollup": "sub"}, rollupFailed},
+		{"repeating schedule", map[string]string{"Nats-Schedule": "@every 1s", "Nats-Schedule-Target": SendSubject(cfg, "group", "G3")}, schedulesDisabled},
+		{"one-shot schedule", map[string]string{"Nats-Schedule": "@at 2030-01-01T00:00:00Z", "Nats-Schedule-Target": SendSubject(cfg, "group", "G3")}, schedulesDisabled},
+		{"schedule purge", map[string]string{"Nats-Schedule-Next": "purge", "Nats-Scheduler": SendSubject(cfg, "group", "G1")}, schedulesDisabled},
+		{"TTL", map[string]string{"Nats-TTL": "1s"}, ttlDisabled},
+	}
+	for _, tt := range tests {
+		m := nats.NewMsg(subj)
+		for k, v := range tt.hdr {
+			m.Header.Set(k, v)
+		}
+		_, err := ts.js.PublishMsg(ctx, m)
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != tt.code {
+			t.Errorf("%s: publish answered %v, want error code %d", tt.name, err, tt.code)
+		}
+	}
+	if n := streamMsgs(t, ts.js, cfg.JobsStream, ">"); n != 1 {
+		t.Errorf("jobs stream holds %d messages, want the one queued job", n)
+	}
+	st, _ := ts.js.Stream(ctx, cfg.JobsStream)
+	if err := st.Purge(ctx); err == nil {
+		t.Error("the jobs stream was purged")
+	}
+}
+
+// TestProvisionKeepsAnOlderJobsStream: a jobs stream an older version made
+// (schedules and roll-ups allowed) is updated in place without losing a
+// job; the server cannot turn schedules off, so they stay, and
+// CheckJobsStream says so. Re-created, it is hardened.
+func TestProvisionKeepsAnOlderJobsStream(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	olderJobsStream(t, ts.js, cfg)
+	pub, _ := NewPublisher(ts.js, cfg)
+	if _, err := pub.PublishRaw(ctx, SendSubject(cfg, "group", "G1"), []byte(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	legacySchedule(t, ts.js, cfg, "", "old", "G2", time.Now().Add(time.Hour), "")
+
+	// What the server says to turning schedules off.
+	off := legacyJobsStreamConfig(cfg)
+	off.AllowMsgSchedules, off.AllowRollup = false, false
+	if _, err := ts.js.UpdateStream(ctx, off); err == nil || !strings.Contains(err.Error(), "message schedules can not be disabled") {
+		t.Fatalf("turning schedules off: %v", err)
+	}
+
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatalf("second Provision: %v", err)
+	}
+	st, _ := ts.js.Stream(ctx, cfg.JobsStream)
+	if c := st.CachedInfo().Config; !reflect.DeepEqual(c.Subjects, legacyJobsStreamConfig(cfg).Subjects) || !c.AllowDirect || !c.AllowMsgSchedules {
+		t.Errorf("older stream after Provision: %+v", c)
+	}
+	if n := st.CachedInfo().State.Msgs; n != 2 {
+		t.Errorf("%d messages after Provision, want the job and the schedule", n)
+	}
+	var le *LegacyStreamError
+	if err := CheckJobsStream(ctx, ts.js, cfg); !errors.As(err, &le) || !errors.Is(err, ErrLegacyJobsStream) || le.Schedules != 1 ||
+		!strings.Contains(err.Error(), "nats stream rm "+cfg.JobsStream) {
+		t.Errorf("CheckJobsStream: %v", err)
+	}
+
+	// The operator's fix, once it is drained: remove it, provision again.
+	if err := ts.js.DeleteStream(ctx, cfg.JobsStream); err != nil {
+		t.Fatal(err)
+	}
+	if err := Provision(ctx, ts.js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckJobsStream(ctx, ts.js, cfg); err != nil {
+		t.Errorf("re-created stream: %v", err)
+	}
+}
+
+// olderJobsStream creates the jobs stream as versions before the deferred
+// stream did: schedules (both subject forms) and roll-ups allowed, no
+// direct gets, purges allowed.
+func olderJobsStream(t *testing.T, js jetstream.JetStream, cfg Config) {
+	t.Helper()
+	old := jobsStreamConfig(cfg)
+	old.Subjects = append(old.Subjects, legacyScheduleWildcards(cfg)...)
+	old.AllowMsgSchedules, old.AllowRollup, old.DenyPurge, old.AllowDirect = true, true, false, false
+	if _, err := js.CreateStream(testCtx(t), old); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -19,61 +19,69 @@ var _ dispatcher.Scheduler = (*Scheduler)(nil)
 // that fires. The pipeline sets it in the envelope it hands Schedule.
 const HeaderWaitRule = "Qqdispatch-Wait-Rule"
 
+// HeaderScheduleID names one deferral of a job on its schedule message and
+// on the copy that fires; the Mover derives the re-publish's Nats-Msg-Id
+// from it. It is not kept on the job it re-publishes.
+const HeaderScheduleID = "Qqdispatch-Schedule-Id"
+
 // maxWaitRule bounds the wait rule stored and read back: a policy path.
 const maxWaitRule = 128
 
 // Scheduler re-publishes a job at a later time with a JetStream message
-// schedule (nats-server 2.12+), so the wait holds no consumer slot and
-// survives worker and server restarts.
+// schedule (nats-server 2.12+) in the deferred stream, so the wait holds no
+// consumer slot and survives worker and server restarts.
 //
-// Schedule stores a schedule message on {prefix}.sched.{scene}.{enc job id}
-// in the jobs stream, with headers
+// Schedule stores a schedule message on
+// {prefix}.defer.sched.{scene}.{key of the job id} with headers
 //
 //	Nats-Schedule: @at <RFC 3339, UTC, whole seconds rounded up>
-//	Nats-Schedule-Target: {prefix}.send.{scene}.{target}
-//	Nats-Msg-Id: sched-<enc job id>-<env.Seq>-<unix seconds>
+//	Nats-Schedule-Target: {prefix}.defer.fired.{scene}.{target}
+//	Nats-Msg-Id: sched-<key>-<env.Seq>-<unix seconds>
+//	Qqdispatch-Schedule-Id: the same
 //	Qqdispatch-Job-Id: <job id>
 //	Qqdispatch-Wait-Rule: <the rule it waits for, when the envelope says>
 //
-// The scene in the subject lets `status` count and sample a scene's
-// deferred jobs without reading them all (DeferredSummary). Versions
-// before it stored schedules on {prefix}.sched.{enc job id}; the stream
-// keeps that subject, so those still fire, and Cancel removes both forms.
+// At the time, the server stores a copy on the target, and a Mover (every
+// worker runs one) re-publishes it on {prefix}.send.{scene}.{target} with
+// Nats-Msg-Id deferred-<schedule id>, so it goes through the partition
+// transform like any job. The scene in the subject lets `status` count and
+// sample a scene's deferred jobs without reading them all
+// (DeferredSummary).
+//
+// Why a stream of its own: the jobs stream must refuse roll-ups and
+// schedules from producers, and the server allows a schedule only in a
+// stream with both, whose target is a subject of the same stream.
 //
 // What the server does (nats-server v2.15 server/scheduler.go, stream.go):
 //   - the schedule subject and the target must both be subjects of the same
 //     stream, and differ; the server adds Nats-Rollup: sub, so a new
-//     schedule for a job replaces its pending one (the stream needs
-//     AllowRollup, which Provision sets). A job's schedule subject depends
-//     only on its id and scene, so this holds across calls; a pending
-//     schedule an older version stored on the legacy subject is not
-//     replaced, but fires once as before;
+//     schedule for a job replaces its pending one (a job's schedule subject
+//     depends only on its id and scene);
 //   - at the time, the server stores a copy of the message on the target,
 //     with the Nats-Schedule* headers, Nats-Msg-Id, Nats-TTL, Nats-Rollup and
 //     Nats-Expected-* removed and Nats-Scheduler / Nats-Schedule-Next: purge
 //     added, and in the same step purges the schedule subject. So it fires
 //     once; pending schedules are rebuilt from the store after a restart,
 //     and a time that passed while the server was down fires at start. Our
-//     own headers (Qqdispatch-Job-Id, Qqdispatch-Wait-Rule) stay on the copy;
-//   - the fired copy goes through the stream's subject transform like a
-//     client publish, so it lands on the job's partition subject;
-//   - its Nats-Msg-Id is dropped, so the fired job is not deduplicated
-//     against the original publish; the schedule message itself must not
-//     carry the job's id either (it would be dropped as a duplicate of the
-//     original job within the window), hence the sched-... id, which only
-//     makes a retried Schedule call idempotent. It includes env.Seq (the
-//     jobs-stream sequence of the delivery being deferred), so deferring a
-//     fired copy again to the same time is not swallowed as a duplicate;
-//     callers should set Envelope.Seq;
+//     own headers (Qqdispatch-*) stay on the copy;
+//   - the schedule message must not carry the job's id as Nats-Msg-Id (the
+//     stream dedupes on it); the sched-... id makes a retried Schedule call
+//     idempotent. It includes env.Seq (the jobs-stream sequence of the
+//     delivery being deferred), so deferring a fired copy again to the same
+//     time is not swallowed as a duplicate; callers should set
+//     Envelope.Seq;
 //   - in a work-queue stream the schedule message waits like any message no
-//     consumer's filter matches: partition consumers filter
-//     {prefix}.send.*.*.{p}, and no consumer may filter {prefix}.sched.>.
+//     consumer's filter matches: the Mover filters fired copies only.
+//
+// Schedules stored by older versions in the jobs stream (on
+// {prefix}.sched.{scene}.{id} or {prefix}.sched.{id}) fire there as before;
+// the Sweeper moves those due later than a minute to the deferred stream.
 type Scheduler struct {
 	cfg Config
 	js  jetstream.JetStream
 }
 
-// NewScheduler returns a Scheduler for the jobs stream named in cfg.
+// NewScheduler returns a Scheduler for the deferred stream named in cfg.
 func NewScheduler(js jetstream.JetStream, cfg Config) (*Scheduler, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -113,27 +121,44 @@ func (s *Scheduler) Schedule(ctx context.Context, env dispatcher.Envelope, jobID
 	if r := waitRule(rule); r != "" {
 		hdr.Set(HeaderWaitRule, r)
 	}
-	hdr.Set(HeaderJobID, jobID)
-	hdr.Set("Nats-Schedule", "@at "+scheduleTime(at))
-	hdr.Set("Nats-Schedule-Target", s.cfg.Prefix+".send."+scene+"."+target)
-	msgID := "sched-" + EncodeKey(jobID) + "-" + strconv.FormatUint(env.Seq, 10) + "-" + strconv.FormatInt(at.Unix(), 10)
-	_, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: scheduleSubject(s.cfg, scene, jobID), Header: hdr, Data: env.Data},
-		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.JobsStream))
-	if err != nil {
+	id := "sched-" + scheduleKey(jobID) + "-" + strconv.FormatUint(env.Seq, 10) + "-" + strconv.FormatInt(at.Unix(), 10)
+	if err := s.store(ctx, scene, target, jobID, at, hdr, env.Data, id); err != nil {
 		return fmt.Errorf("queue: schedule job %s at %s: %w", jobID, at.UTC().Format(time.RFC3339), err)
 	}
 	return nil
 }
 
-// Cancel removes the job's pending schedule, if any, in either subject
-// form.
+// store publishes the schedule message of one deferral; hdr holds the
+// job's user headers, id names the deferral.
+func (s *Scheduler) store(ctx context.Context, scene, target, jobID string, at time.Time, hdr nats.Header, data []byte, id string) error {
+	hdr.Set(HeaderJobID, jobID)
+	hdr.Set(HeaderScheduleID, id)
+	hdr.Set("Nats-Schedule", "@at "+scheduleTime(at))
+	hdr.Set("Nats-Schedule-Target", firedSubject(s.cfg, scene, target))
+	_, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: scheduleSubject(s.cfg, scene, jobID), Header: hdr, Data: data},
+		jetstream.WithMsgID(id), jetstream.WithExpectStream(s.cfg.DeferredStream))
+	return err
+}
+
+// Cancel removes the job's pending schedule, if any, and one an older
+// version left in the jobs stream.
 func (s *Scheduler) Cancel(ctx context.Context, jobID string) error {
-	st, err := s.js.Stream(ctx, s.cfg.JobsStream)
+	st, err := s.js.Stream(ctx, s.cfg.DeferredStream)
 	if err != nil {
 		return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
 	}
-	for _, subj := range []string{scheduleSubject(s.cfg, "*", jobID), legacyScheduleSubject(s.cfg, jobID)} {
-		if err := st.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(deferSchedulePrefix(s.cfg)+"*."+scheduleKey(jobID))); err != nil {
+		return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
+	}
+	jobs, err := s.js.Stream(ctx, s.cfg.JobsStream)
+	if err != nil {
+		return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
+	}
+	if !jobs.CachedInfo().Config.AllowMsgSchedules {
+		return nil // a hardened jobs stream holds no schedules
+	}
+	for _, subj := range []string{s.cfg.Prefix + ".sched.*." + EncodeKey(jobID), legacyScheduleSubject(s.cfg, jobID)} {
+		if err := jobs.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
 			return fmt.Errorf("queue: cancel schedule of %s: %w", jobID, err)
 		}
 	}

@@ -76,6 +76,10 @@ type Worker struct {
 	lim  *ratelimit.Limiter
 	mem  *queue.Membership
 	peer *nats.Subscription
+	// mover puts fired deferred jobs back on the jobs stream; sweep ends
+	// the jobs stream's messages no partition consumer can be given.
+	mover *queue.Mover
+	sweep *queue.Sweeper
 
 	mu      sync.Mutex
 	started bool
@@ -129,6 +133,11 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	names := w.cfg.Names
 	if err := queue.Provision(ctx, w.js, names); err != nil {
+		return err
+	}
+	if err := queue.CheckJobsStream(ctx, w.js, names); errors.Is(err, queue.ErrLegacyJobsStream) {
+		w.log.Warn().Err(err).Msg("the jobs stream lets producers roll it up and schedule jobs")
+	} else if err != nil {
 		return err
 	}
 	ledger, err := queue.NewLedger(ctx, w.js, names)
@@ -211,8 +220,16 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	mover, err := queue.NewMover(w.js, queue.MoverConfig{Names: names, Logger: &w.log})
+	if err != nil {
+		return err
+	}
+	sweep, err := queue.NewSweeper(w.js, queue.SweeperConfig{Names: names, Handler: w.proc, Logger: &w.log})
+	if err != nil {
+		return err
+	}
 	w.mu.Lock()
-	w.cons = cons
+	w.cons, w.mover, w.sweep = cons, mover, sweep
 	w.mu.Unlock()
 	// Answer the fleet's questions about our jobs before taking any.
 	w.peer, err = queue.ServePeer(w.cfg.Conn, names, w.proc.Owner(), func(jobID string, attempts int) queue.PeerAnswer {
@@ -232,6 +249,12 @@ func (w *Worker) Start(ctx context.Context) error {
 		if err := w.mem.Start(ctx); err != nil {
 			return err
 		}
+	}
+	if err := w.mover.Start(ctx); err != nil {
+		return err
+	}
+	if err := w.sweep.Start(ctx); err != nil {
+		return err
 	}
 	w.log.Info().Ints("partitions", w.cons.Partitions()).Str("worker_id", w.proc.Owner()).Msg("worker started")
 	return nil
@@ -256,6 +279,8 @@ func (w *Worker) Stop(ctx context.Context) error {
 		// heartbeat still lists it as releasing).
 		err = w.mem.Leave(ctx)
 	}
+	// Fired deferred jobs not yet moved wait for another worker's mover.
+	err = errors.Join(err, w.sweep.Stop(ctx), w.mover.Stop(ctx))
 	err = errors.Join(err, w.cons.Stop(ctx))
 	if w.mem != nil {
 		err = errors.Join(err, w.mem.Stop(ctx))

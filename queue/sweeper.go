@@ -1,0 +1,476 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// Defaults for SweeperConfig.
+const (
+	SweepIntervalDefault    = 5 * time.Second
+	SweepMaxDefault         = 1000
+	SweepConcurrencyDefault = 8
+	// MigrateMargin: a schedule an older version left in the jobs stream
+	// that fires sooner than this is left to fire there; later ones are
+	// moved to the deferred stream.
+	MigrateMargin = time.Minute
+)
+
+// SweeperConfig configures a Sweeper.
+type SweeperConfig struct {
+	// Names are the stream names; defaults as Config.
+	Names Config
+	// Handler ends the stray jobs (invalid: their subject is not a job
+	// subject) like any job: outcome, DLQ, log. Required.
+	Handler Handler
+	// Interval is the time between sweeps (each within ±10%, so workers
+	// spread out). Default SweepIntervalDefault (5s).
+	Interval time.Duration
+	// Max bounds the messages one sweep handles; when it is reached the
+	// next sweep starts at once. Default SweepMaxDefault (1000).
+	Max int
+	// Concurrency is how many stray jobs a sweep hands to Handler at once.
+	// Default SweepConcurrencyDefault (8).
+	Concurrency int
+	// Logger receives what each sweep did, and failures (at most one per
+	// 5 s). Default: none.
+	Logger *zerolog.Logger
+}
+
+// SweepResult counts what one sweep did.
+type SweepResult struct {
+	// Strays are jobs stored under a subject with a wildcard token, or
+	// messages on an old jobs stream's schedule subjects that are not
+	// one-shot schedules (a repeating one, a plain message): ended invalid
+	// and removed.
+	Strays int
+	// Migrated are schedules an older version left in the jobs stream,
+	// moved to the deferred stream.
+	Migrated int
+}
+
+// Sweeper ends the messages of the jobs stream that no partition consumer
+// will ever be given, so none is stored and forgotten:
+//
+//   - A job published on a subject with a wildcard token
+//     ({prefix}.send.group.*, {prefix}.send.*.>): nats-server stores it (the
+//     subject matches the stream's {prefix}.send.*.*) but does not run it
+//     through the partition transform, which maps literal subjects only, so
+//     it keeps four tokens and no partition filter matches it. No
+//     work-queue consumer can take them either: a filter catching
+//     {prefix}.send.*.> must end in '>' and would overlap the partitions.
+//     The Sweeper lists them with a direct multi-last get on
+//     {prefix}.send.*.* (the store's subject index matches '*' against any
+//     stored token, wildcards included), hands each to Handler, which ends
+//     it invalid with one outcome and a DLQ entry, then deletes it by
+//     sequence.
+//   - On a jobs stream made by an older version (LegacyStreamError): its
+//     pending one-shot schedules due later than MigrateMargin are moved to
+//     the deferred stream (same job, time, rule; the copy is stored
+//     before the original is deleted, on the job's schedule subject, so
+//     storing it again after a crash replaces it instead of adding one);
+//     anything else on its schedule subjects (a repeating schedule, a
+//     plain message) is ended like a stray, which also stops a repeating
+//     schedule.
+//
+// Every worker runs one; two sweeping at once hand the same message to
+// their handlers, and the outcome bucket keeps the first outcome only.
+type Sweeper struct {
+	cfg   SweeperConfig
+	js    jetstream.JetStream
+	sched *Scheduler
+	log   zerolog.Logger
+	warn  *warnLimiter
+
+	mu      sync.Mutex
+	started bool
+	stopped bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// NewSweeper validates cfg and returns a Sweeper that has not started.
+func NewSweeper(js jetstream.JetStream, cfg SweeperConfig) (*Sweeper, error) {
+	if js == nil {
+		return nil, errors.New("queue: NewSweeper: nil JetStream")
+	}
+	if cfg.Handler == nil {
+		return nil, &ConfigError{Field: "SweeperConfig.Handler", Reason: "is required"}
+	}
+	names, err := cfg.Names.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Names = names
+	if cfg.Interval == 0 {
+		cfg.Interval = SweepIntervalDefault
+	}
+	if cfg.Max == 0 {
+		cfg.Max = SweepMaxDefault
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = SweepConcurrencyDefault
+	}
+	if cfg.Interval < 10*time.Millisecond {
+		return nil, &ConfigError{Field: "SweeperConfig.Interval", Reason: fmt.Sprintf("must be at least 10ms, got %s", cfg.Interval)}
+	}
+	if cfg.Max < 1 {
+		return nil, &ConfigError{Field: "SweeperConfig.Max", Reason: fmt.Sprintf("must be positive, got %d", cfg.Max)}
+	}
+	if cfg.Concurrency < 1 || cfg.Concurrency > 256 {
+		return nil, &ConfigError{Field: "SweeperConfig.Concurrency", Reason: fmt.Sprintf("must be between 1 and 256, got %d", cfg.Concurrency)}
+	}
+	sched, err := NewScheduler(js, names)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sweeper{cfg: cfg, js: js, sched: sched, log: zerolog.Nop(), warn: &warnLimiter{every: 5 * time.Second}}
+	if cfg.Logger != nil {
+		s.log = *cfg.Logger
+	}
+	s.log = s.log.With().Str("component", "sweeper").Logger()
+	return s, nil
+}
+
+// Start checks that the jobs stream exists, sweeps once in the background
+// at once and then every Interval until Stop.
+func (s *Sweeper) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("queue: Sweeper already started")
+	}
+	if s.stopped {
+		return errors.New("queue: Sweeper stopped")
+	}
+	if _, err := s.js.Stream(ctx, s.cfg.Names.JobsStream); err != nil {
+		return fmt.Errorf("queue: sweeper: stream %s (run Provision first): %w", s.cfg.Names.JobsStream, err)
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel, s.done, s.started = cancel, make(chan struct{}), true
+	go s.run(rctx)
+	return nil
+}
+
+// Stop ends the sweeps and waits for the one running, or ctx. Safe to call
+// twice or before Start.
+func (s *Sweeper) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if s.stopped || !s.started {
+		s.stopped = true
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	s.mu.Unlock()
+	s.cancel()
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Sweeper) run(ctx context.Context) {
+	defer close(s.done)
+	for {
+		res, err := s.Sweep(ctx)
+		if err != nil && ctx.Err() == nil {
+			if n, ok := s.warn.allow(time.Now()); ok {
+				s.log.Warn().Err(err).Int("suppressed", n).Msg("sweep the jobs stream")
+			}
+		}
+		if res.Strays > 0 || res.Migrated > 0 {
+			s.log.Warn().Int("strays", res.Strays).Int("migrated", res.Migrated).
+				Msg("swept the jobs stream: ended jobs on wildcard or schedule subjects invalid, moved old schedules")
+		}
+		wait := s.cfg.Interval + time.Duration(rand.Int64N(int64(s.cfg.Interval)/5+1)) - s.cfg.Interval/10
+		if err == nil && res.Strays+res.Migrated >= s.cfg.Max {
+			wait = 0 // more to do
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Sweep runs one sweep now: it ends up to Max stray messages and migrates
+// old schedules (see Sweeper).
+func (s *Sweeper) Sweep(ctx context.Context) (SweepResult, error) {
+	var res SweepResult
+	st, err := s.js.Stream(ctx, s.cfg.Names.JobsStream)
+	if err != nil {
+		return res, fmt.Errorf("stream %s: %w", s.cfg.Names.JobsStream, err)
+	}
+	if err := s.sweepStrays(ctx, st, &res); err != nil {
+		return res, err
+	}
+	if st.CachedInfo().Config.AllowMsgSchedules {
+		if err := s.sweepLegacy(ctx, st, &res); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// sweepStrays ends the jobs stored under wildcard subjects, the last of
+// each subject per round, until none are left or Max. The server answers a
+// multi-last get for at most 1,024 subjects; beyond that it looks at the
+// older part of the stream first (up to a sequence, halving), and at the
+// rest once that part is clean.
+func (s *Sweeper) sweepStrays(ctx context.Context, st jetstream.Stream, res *SweepResult) error {
+	var (
+		clean uint64 // no stray is left at or below it
+		upTo  uint64 // 0: the whole stream
+	)
+	for res.Strays < s.cfg.Max && ctx.Err() == nil {
+		msgs, err := multiLast(ctx, s.js, s.cfg.Names.JobsStream, strayFilter(s.cfg.Names), upTo, min(s.cfg.Max-res.Strays, 256))
+		if errors.Is(err, errTooManySubjects) {
+			top := upTo
+			if top == 0 {
+				top = st.CachedInfo().State.LastSeq
+			}
+			if top <= clean+1 {
+				return err
+			}
+			upTo = clean + (top-clean)/2
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("list jobs on wildcard subjects: %w", err)
+		}
+		strays := slices.DeleteFunc(msgs, func(m *jetstream.RawStreamMsg) bool {
+			_, _, literal := parseSendSubject(s.cfg.Names, m.Subject)
+			return literal // a job subject stored as published: the consumers' business
+		})
+		ended, err := s.endAll(ctx, st, strays)
+		res.Strays += ended
+		if err != nil {
+			return err
+		}
+		if ended == 0 {
+			if upTo == 0 {
+				return nil
+			}
+			clean, upTo = upTo, 0
+		}
+	}
+	return nil
+}
+
+// sweepLegacy moves or ends what an older version's jobs stream holds on
+// its schedule subjects.
+func (s *Sweeper) sweepLegacy(ctx context.Context, st jetstream.Stream, res *SweepResult) error {
+	filter := s.cfg.Names.Prefix + ".sched.>"
+	counts, err := subjectCounts(ctx, st, filter)
+	if err != nil || len(counts) == 0 {
+		return err
+	}
+	seq := uint64(1)
+	for res.Strays+res.Migrated < s.cfg.Max && ctx.Err() == nil {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read a schedule in %s: %w", s.cfg.Names.JobsStream, err)
+		}
+		seq = m.Sequence + 1
+		at, oneShot := scheduleAt(headerOf(m.Header, "Nats-Schedule"))
+		scene, target, toJob := parseSendSubject(s.cfg.Names, headerOf(m.Header, "Nats-Schedule-Target"))
+		jobID := headerOf(m.Header, HeaderJobID)
+		switch {
+		case oneShot && toJob && jobID != "" && time.Until(at) < MigrateMargin:
+			continue // it fires where it is
+		case oneShot && toJob && jobID != "":
+			hdr := userHeaders(m.Header)
+			if err := s.sched.store(ctx, scene, target, jobID, at, hdr, m.Data, "migrated-"+strconv.FormatUint(m.Sequence, 10)); err != nil {
+				return fmt.Errorf("move schedule of %s to %s: %w", jobID, s.cfg.Names.DeferredStream, err)
+			}
+			if err := st.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return fmt.Errorf("delete moved schedule of %s: %w", jobID, err)
+			}
+			res.Migrated++
+		default:
+			acked, err := s.end(ctx, st, m)
+			if err != nil {
+				return err
+			}
+			if acked {
+				res.Strays++
+			}
+		}
+	}
+	return nil
+}
+
+// endAll ends msgs, Concurrency at a time, and returns how many it ended
+// and the first error.
+func (s *Sweeper) endAll(ctx context.Context, st jetstream.Stream, msgs []*jetstream.RawStreamMsg) (int, error) {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		ended    int
+		firstErr error
+	)
+	sem := make(chan struct{}, s.cfg.Concurrency)
+	for _, m := range msgs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() {
+				<-sem
+				wg.Done()
+			}()
+			acked, err := s.end(ctx, st, m)
+			mu.Lock()
+			defer mu.Unlock()
+			if acked {
+				ended++
+			}
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}()
+	}
+	wg.Wait()
+	return ended, firstErr
+}
+
+// end hands m to the handler, which records its outcome (invalid: not a
+// job subject) and acks it, which deletes it. It reports whether m was
+// acked.
+func (s *Sweeper) end(ctx context.Context, st jetstream.Stream, m *jetstream.RawStreamMsg) (bool, error) {
+	d := &strayDelivery{st: st, seq: m.Sequence, env: dispatcher.Envelope{
+		Subject: m.Subject, Data: m.Data, Header: m.Header, Seq: m.Sequence, Published: m.Time,
+	}}
+	_, err := s.cfg.Handler.Handle(ctx, d)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err == nil {
+		err = d.ackErr
+	}
+	if err != nil {
+		return d.acked, fmt.Errorf("end the message at %d on %q: %w", m.Sequence, m.Subject, err)
+	}
+	return d.acked, nil
+}
+
+// strayDelivery is a stored message handed to the pipeline without a
+// consumer: Ack deletes it by sequence, Release leaves it for the next
+// sweep.
+type strayDelivery struct {
+	st  jetstream.Stream
+	seq uint64
+	env dispatcher.Envelope
+
+	mu     sync.Mutex
+	acked  bool
+	ackErr error
+}
+
+var _ dispatcher.Delivery = (*strayDelivery)(nil)
+
+func (d *strayDelivery) Envelope() dispatcher.Envelope { return d.env }
+
+func (d *strayDelivery) Ack(ctx context.Context) error {
+	err := d.st.DeleteMsg(ctx, d.seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		err = nil // another worker's sweep ended it
+	}
+	d.mu.Lock()
+	d.acked, d.ackErr = err == nil, err
+	d.mu.Unlock()
+	return err
+}
+
+func (d *strayDelivery) Release() error { return nil }
+
+func (d *strayDelivery) Proceed() {}
+
+// errTooManySubjects: a multi-last get matched more subjects than the
+// server answers for at once (1,024).
+var errTooManySubjects = errors.New("queue: too many subjects for one multi-last get")
+
+// multiLast asks the stream, by a direct get, for the last message of each
+// subject matching filter with a sequence up to upTo (0: any), at most
+// batch of them. It needs AllowDirect on the stream.
+func multiLast(ctx context.Context, js jetstream.JetStream, stream, filter string, upTo uint64, batch int) ([]*jetstream.RawStreamMsg, error) {
+	nc := js.Conn()
+	req, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+		UpToSeq   uint64   `json:"up_to_seq,omitempty"`
+		Batch     int      `json:"batch"`
+	}{[]string{filter}, upTo, batch})
+	if err != nil {
+		return nil, err
+	}
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var out []*jetstream.RawStreamMsg
+	for {
+		msg, err := sub.NextMsgWithContext(rctx)
+		if err != nil {
+			return nil, fmt.Errorf("direct get %s: %w", stream, err)
+		}
+		if status := msg.Header.Get("Status"); status != "" {
+			switch status {
+			case "204": // end of batch
+				return out, nil
+			case "404":
+				return out, nil // nothing matches
+			case "413":
+				return nil, errTooManySubjects
+			default:
+				return nil, fmt.Errorf("direct get %s: status %s %s", stream, status, msg.Header.Get("Description"))
+			}
+		}
+		seq, err := strconv.ParseUint(msg.Header.Get("Nats-Sequence"), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("direct get %s: bad Nats-Sequence %q", stream, msg.Header.Get("Nats-Sequence"))
+		}
+		ts, _ := time.Parse(time.RFC3339Nano, msg.Header.Get("Nats-Time-Stamp"))
+		hdr := nats.Header{}
+		for k, v := range msg.Header {
+			if !isDirectGetHeader(k) {
+				hdr[k] = v
+			}
+		}
+		out = append(out, &jetstream.RawStreamMsg{Subject: msg.Header.Get("Nats-Subject"), Sequence: seq, Header: hdr, Data: msg.Data, Time: ts})
+	}
+}
+
+// isDirectGetHeader: the headers a direct get adds to a stored message.
+func isDirectGetHeader(k string) bool {
+	switch strings.ToLower(k) {
+	case "nats-stream", "nats-subject", "nats-sequence", "nats-time-stamp", "nats-num-pending", "nats-last-sequence", "nats-upto-sequence":
+		return true
+	}
+	return false
+}
