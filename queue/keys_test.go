@@ -1,9 +1,13 @@
 package queue
 
 import (
+	"encoding/base64"
 	"errors"
 	"regexp"
+	"strings"
 	"testing"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
 
 var kvKeyRE = regexp.MustCompile(`^[-/_=.a-zA-Z0-9]+$`)
@@ -53,9 +57,47 @@ func FuzzKeyRoundTrip(f *testing.F) {
 				t.Fatalf("EncodeKey(%q) = %q contains '.', not one subject token", id, key)
 			}
 		}
+		if len(key) > MaxKeyToken {
+			t.Fatalf("EncodeKey(%d bytes) is %d bytes, over MaxKeyToken", len(id), len(key))
+		}
+		if strings.HasPrefix(key, "==") {
+			if 1+base64.RawURLEncoding.EncodedLen(len(id)) <= MaxKeyToken {
+				t.Fatalf("EncodeKey(%q) = %q: hashed a short id", id, key)
+			}
+			return
+		}
 		back, err := DecodeKey(key)
 		if err != nil || back != id {
 			t.Fatalf("DecodeKey(EncodeKey(%q)) = %q, %v", id, back, err)
 		}
 	})
+}
+
+// TestEncodeKeyLong: ids too long for a key are hashed into a short one,
+// distinct per id and from every other form; valid job ids and reply
+// anchors never are.
+func TestEncodeKeyLong(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("x", 4096)
+	k1, k2 := EncodeKey(long), EncodeKey(long+"y")
+	if !strings.HasPrefix(k1, "==") || len(k1) != 45 || !kvKeyRE.MatchString(k1) || k1 == k2 {
+		t.Errorf("EncodeKey(4 KiB) = %q, EncodeKey(4 KiB+1) = %q; want two distinct 45-byte hashed keys", k1, k2)
+	}
+	if k := EncodeKey(strings.Repeat("群", 1000)); !strings.HasPrefix(k, "==") {
+		t.Errorf("EncodeKey(3000 bytes of UTF-8) = %q..., want hashed", k[:10])
+	}
+	if _, err := DecodeKey(k1); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("DecodeKey(hashed) = %v, want ErrInvalidKey", err)
+	}
+	// The longest valid id, and the longest reply anchor
+	// (scene.target.msg_id), of the worst characters keep their reversible
+	// form, so keys stored before hashing existed do not move.
+	for _, id := range []string{
+		strings.Repeat("群", dispatcher.MaxJobIDBytes/3),
+		"channel." + strings.Repeat("群", dispatcher.MaxTargetBytes/3) + "." + strings.Repeat("é", dispatcher.MaxAnchorBytes/2),
+	} {
+		if k := EncodeKey(id); strings.HasPrefix(k, "==") {
+			t.Errorf("EncodeKey(%d bytes) is hashed; valid ids and anchors must stay reversible", len(id))
+		}
+	}
 }
