@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -11,8 +13,9 @@ import (
 )
 
 // No Docker engine runs the tests, so this checks what can be checked of
-// docker-compose.yml without one: the cluster is wired to itself, the
-// workers to the cluster, Prometheus to the workers, and every variable a
+// docker-compose.yml without one: the cluster runs the shipped NATS config
+// with every variable it reads, the workers connect to the cluster as the
+// NATS user worker, Prometheus scrapes the workers, and every variable a
 // worker gets is one serve reads.
 func TestDockerCompose(t *testing.T) {
 	t.Parallel()
@@ -36,16 +39,39 @@ func TestDockerCompose(t *testing.T) {
 	}
 	serveHelp := runCLI(t, nil, "serve", "--help").stdout
 
+	// The NATS nodes run deploy/nats/nats-server.conf, which reads its node
+	// name, routes and passwords from the environment (TestDeployPermissions
+	// runs a server from it): every variable it reads must be set.
+	natsVars := configVars(t, filepath.Join(root, "deploy", "nats", "nats-server.conf"), filepath.Join(root, "deploy", "nats", "accounts.conf"))
 	natsNames := []string{"nats1", "nats2", "nats3"}
 	for _, n := range natsNames {
 		s, ok := compose.Services[n]
 		if !ok {
 			t.Fatalf("no service %s", n)
 		}
-		args := strings.Join(s.Command, " ")
-		for _, want := range []string{"--server_name=" + n, "--jetstream", "--cluster_name=qqdispatch", "--routes=nats://nats1:6222,nats://nats2:6222,nats://nats3:6222"} {
-			if !strings.Contains(args, want) {
-				t.Errorf("%s: command lacks %s", n, want)
+		if got := strings.Join(s.Command, " "); got != "--config /etc/qqdispatch/nats-server.conf" {
+			t.Errorf("%s: command %q does not run the shipped config", n, got)
+		}
+		if !slices.Contains(s.Volumes, "./deploy/nats:/etc/qqdispatch:ro") {
+			t.Errorf("%s: deploy/nats not mounted read-only at /etc/qqdispatch (volumes %v)", n, s.Volumes)
+		}
+		for _, v := range natsVars {
+			if s.Environment[v] == "" {
+				t.Errorf("%s: the config reads $%s, which is not set", n, v)
+			}
+		}
+		if s.Environment["NATS_SERVER_NAME"] != n {
+			t.Errorf("%s: NATS_SERVER_NAME %q", n, s.Environment["NATS_SERVER_NAME"])
+		}
+		for i, r := range natsNames {
+			want := "nats-route://route:${NATS_ROUTE_PASSWORD}@" + r + ":6222"
+			if got := s.Environment[fmt.Sprintf("NATS_ROUTE_%d", i+1)]; got != want {
+				t.Errorf("%s: NATS_ROUTE_%d %q, want %q", n, i+1, got, want)
+			}
+		}
+		for _, k := range []string{"NATS_ROUTE_PASSWORD", "NATS_WORKER_PASSWORD", "NATS_PRODUCER_PASSWORD", "NATS_ADMIN_PASSWORD"} {
+			if want := "${" + k + ":?"; !strings.HasPrefix(s.Environment[k], want) {
+				t.Errorf("%s: %s = %q: a password comes from the operator's environment, required (%s...})", n, k, s.Environment[k], want)
 			}
 		}
 		if !strings.HasPrefix(s.Image, "nats:2.1") {
@@ -65,6 +91,9 @@ func TestDockerCompose(t *testing.T) {
 		}
 		if got := s.Environment["NATS_URL"]; got != "nats://nats1:4222,nats://nats2:4222,nats://nats3:4222" {
 			t.Errorf("%s: NATS_URL %q does not list the three servers", name, got)
+		}
+		if s.Environment["NATS_USER"] != "worker" || !strings.HasPrefix(s.Environment["NATS_PASSWORD"], "${NATS_WORKER_PASSWORD:?") {
+			t.Errorf("%s: not connecting as the NATS user worker with NATS_WORKER_PASSWORD", name)
 		}
 		if s.Environment["QQDISPATCH_REPLICAS"] != "3" {
 			t.Errorf("%s: QQDISPATCH_REPLICAS is not 3", name)
@@ -111,4 +140,32 @@ func TestDockerCompose(t *testing.T) {
 	if _, ok := compose.Services["prometheus"]; !ok {
 		t.Error("no prometheus service")
 	}
+}
+
+// configVars lists the environment variables a nats-server config reads:
+// $NAME values, other than the variables the files define themselves.
+func configVars(t *testing.T, files ...string) []string {
+	t.Helper()
+	var text string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text += string(b) + "\n"
+	}
+	defined := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^([A-Z][A-Z0-9_]*)\s*=`).FindAllStringSubmatch(text, -1) {
+		defined[m[1]] = true
+	}
+	var vars []string
+	for _, m := range regexp.MustCompile(`(?m)(?:[:\[,]|^)\s*\$([A-Z][A-Z0-9_]*)`).FindAllStringSubmatch(text, -1) {
+		if !defined[m[1]] && !slices.Contains(vars, m[1]) {
+			vars = append(vars, m[1])
+		}
+	}
+	if len(vars) == 0 {
+		t.Fatalf("%v read no environment variables: the passwords would be in the files", files)
+	}
+	return vars
 }
