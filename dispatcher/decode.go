@@ -887,3 +887,28 @@ func truncate(s string) string {
 
 // quote quotes a producer's value for a reason, truncated.
 func quote(s string) string { return strconv.Quote(truncate(s)) }
+
+// peekID reads the id of a body Decode refused: the value of its one
+// top-level "id" member when the body is a JSON object and that value a
+// non-empty string. It is lenient about everything else, so an invalid
+// job's outcome goes under the id its producer chose when there is one.
+func peekID(data []byte) (string, bool) {
+	if !json.Valid(data) {
+		return "", false
+	}
+	top := trimJSONSpace(data)
+	if kindOf(top) != "object" {
+		return "", false
+	}
+	members, err := objectMembers(top, "")
+	if err != nil {
+		return "", false
+	}
+	for _, m := range members {
+		if m.key == "id" {
+			s, err := jsonString("id", m.raw)
+			return s, err == nil && s != ""
+		}
+	}
+	return "", false
+}

@@ -1,8 +1,12 @@
 package dispatcher
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // ContractVersion is the job contract version this package understands.
@@ -95,4 +99,163 @@ func (j *Job) Anchor() string {
 		return j.MsgID
 	}
 	return j.EventID
+}
+
+// Job identity.
+//
+// A job's id is the key of its outcome, its ledger entry and its DLQ entry.
+// It comes from the first of these that the message carries: the body's
+// id, the Qqdispatch-Job-Id header (set by re-publishes: deferred jobs and
+// DLQ replays; a producer may set it too, with the same rules and the same
+// effect as an id), the Nats-Msg-Id header; without any of them the
+// dispatcher derives one (see IdentifyJob).
+//
+// Every id, wherever it comes from, must pass CheckID: 1 to MaxJobIDBytes
+// bytes of UTF-8 without control characters or line separators. An id that
+// breaks the rules makes the job invalid, and the job's outcome is stored
+// under InvalidIDKey(id) instead, so a producer can still find it. Every id
+// the dispatcher derives passes CheckID too, so a re-published job keeps
+// it.
+
+// IDSource says where a job's id came from.
+type IDSource string
+
+// Where an id can come from.
+const (
+	IDFromBody     IDSource = "id"                    // the body's id field
+	IDFromJobIDHdr IDSource = "header " + HeaderJobID // Qqdispatch-Job-Id
+	IDFromMsgIDHdr IDSource = "header " + HeaderMsgID // Nats-Msg-Id
+	IDDerived      IDSource = "derived"               // none given: derived by the dispatcher
+)
+
+// Identity is a job's id and where it came from.
+type Identity struct {
+	// ID is the job id. It always passes CheckID.
+	ID string
+	// Source is where ID came from; IDDerived when the message carries no
+	// id, or when Err is set.
+	Source IDSource
+	// Err says why the id the message carries breaks the rules (it names
+	// the field); ID is then InvalidIDKey of it, and the job is invalid.
+	Err *InvalidJobError
+}
+
+// Given reports whether the producer chose the id (it did not come from
+// the dispatcher).
+func (id Identity) Given() bool { return id.Source != IDDerived }
+
+// CheckID applies the id rules to id; field names it in the error (e.g.
+// "id" or "header Nats-Msg-Id").
+func CheckID(field, id string) *InvalidJobError {
+	if id == "" {
+		return invalid(field, "must not be empty")
+	}
+	if len(id) > MaxJobIDBytes {
+		return invalid(field, "is %d bytes, over the %d-byte limit for job ids", len(id), MaxJobIDBytes)
+	}
+	if !utf8.ValidString(id) {
+		return invalid(field, "is not valid UTF-8")
+	}
+	if i, r := indexRune(id, isTextForbidden); i >= 0 {
+		return invalid(field, "contains %U at byte %d (ids must be printable: no control characters or line separators)", r, i)
+	}
+	return nil
+}
+
+// InvalidIDKey is the id under which the outcome of a job whose id breaks
+// the rules is stored: "invalid-id-" and the SHA-256 of the id's bytes, in
+// 64 lowercase hex digits.
+func InvalidIDKey(id string) string { return "invalid-id-" + sha256Hex([]byte(id)) }
+
+// Fingerprint identifies a job's content: the SHA-256 of its body, in 64
+// lowercase hex digits. The body repeats the subject's scene and target, so
+// two jobs with one fingerprint go to the same place with the same message.
+func Fingerprint(body []byte) string { return sha256Hex(body) }
+
+// conflictTag is how many hex digits of the fingerprint a conflict id
+// carries (64 bits).
+const conflictTag = 16
+
+// ConflictID is the id of a job whose id already names another job (see
+// the job contract, "Job ids"): the id, "~" and the first 16 hex digits of
+// the job's Fingerprint. An id too long for the suffix is replaced by the
+// first 32 hex digits of its SHA-256.
+func ConflictID(id string, body []byte) string {
+	tag := Fingerprint(body)[:conflictTag]
+	if len(id)+1+conflictTag > MaxJobIDBytes {
+		id = sha256Hex([]byte(id))[:32]
+	}
+	return id + "~" + tag
+}
+
+// IdentifyJob names the job in env (j is nil when it did not decode): its
+// id is the first of the body's id, the Qqdispatch-Job-Id header and the
+// Nats-Msg-Id header that is present. Of an undecodable body, the id is
+// read if the body is a JSON object with one string "id". Without an id,
+// a passive reply with msg_seq is "reply-{scene}-{target}-{anchor}-{seq}"
+// (the target and anchor replaced by 32 hex digits of their SHA-256 when
+// that is too long), any other job "seq-" and its stream sequence.
+func IdentifyJob(j *Job, env Envelope) Identity {
+	var (
+		given  string
+		source IDSource
+	)
+	switch {
+	case j != nil && j.ID != "":
+		given, source = j.ID, IDFromBody
+	case j == nil:
+		if id, ok := peekID(env.Data); ok {
+			given, source = id, IDFromBody
+		}
+	}
+	if source == "" {
+		if v, ok := headerOf(env.Header, HeaderJobID); ok {
+			given, source = v, IDFromJobIDHdr
+		} else if v, ok := headerOf(env.Header, HeaderMsgID); ok {
+			given, source = v, IDFromMsgIDHdr
+		}
+	}
+	if source != "" {
+		if err := CheckID(string(source), given); err != nil {
+			return Identity{ID: InvalidIDKey(given), Source: IDDerived, Err: err}
+		}
+		return Identity{ID: given, Source: source}
+	}
+	if j != nil && j.Kind() == KindPassive && j.MsgSeq > 0 {
+		seq := strconv.Itoa(j.MsgSeq)
+		id := "reply-" + string(j.Scene) + "-" + j.Target + "-" + j.Anchor() + "-" + seq
+		if len(id) > MaxJobIDBytes {
+			id = "reply-" + string(j.Scene) + "-" + sha256Hex([]byte(j.Target + "\n" + j.Anchor()))[:32] + "-" + seq
+		}
+		return Identity{ID: id, Source: IDDerived}
+	}
+	return Identity{ID: "seq-" + strconv.FormatUint(env.Seq, 10), Source: IDDerived}
+}
+
+// JobIdentity is IdentifyJob's id.
+func JobIdentity(j *Job, env Envelope) string { return IdentifyJob(j, env).ID }
+
+// IdentityOf is the id the pipeline first gives the job in env. It works
+// for invalid jobs too. (A job whose id already names another job ends
+// under ConflictID instead; see Processor.)
+func IdentityOf(env Envelope, opts DecodeOptions) string {
+	job, err := Decode(env.Subject, env.Data, opts)
+	if err != nil {
+		job = nil
+	}
+	return JobIdentity(job, env)
+}
+
+// headerOf returns the first value of key in h; a present but empty value
+// counts as absent, as an unset id.
+func headerOf(h map[string][]string, key string) (string, bool) {
+	if v := h[key]; len(v) > 0 && v[0] != "" {
+		return v[0], true
+	}
+	return "", false
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

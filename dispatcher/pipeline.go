@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
@@ -42,11 +42,31 @@ const (
 // Header names the pipeline reads.
 const (
 	// HeaderJobID carries a job's identity when it is re-published (deferred
-	// or replayed); it takes precedence over Nats-Msg-Id.
+	// or replayed); it takes precedence over Nats-Msg-Id. A producer may set
+	// it too: it is an id like any other (see IdentifyJob), never proof that
+	// the dispatcher published the message.
 	HeaderJobID = "Qqdispatch-Job-Id"
 	// HeaderMsgID is the JetStream publish dedupe header.
 	HeaderMsgID = "Nats-Msg-Id"
 )
+
+// IDBinder is a Ledger that binds job ids to the jobs they name, so that a
+// job reusing another job's id is told apart instead of being skipped as
+// a duplicate of it.
+//
+// BindID binds jobID to fingerprint (Fingerprint of the job's body) unless
+// the id is bound already, and returns the fingerprint the id is bound to:
+// fingerprint itself when this job holds the id (bound now or before),
+// another one when a different job does. A binding lasts as long as a
+// ledger entry.
+type IDBinder interface {
+	BindID(ctx context.Context, jobID, fingerprint string) (string, error)
+}
+
+// ErrUnstorable marks a storage error that retrying cannot mend: the store
+// refuses the write itself (too large, or a key it cannot hold). Stores
+// wrap it; the pipeline stops retrying such a write at once.
+var ErrUnstorable = errors.New("dispatcher: the store refuses this write")
 
 // Clock is the time source the pipeline waits on; tests inject their own.
 type Clock interface {
@@ -137,6 +157,9 @@ type Processor struct {
 	// (nanoseconds; rises at once, decays slowly): it is written that long
 	// before the call's instant, so the call still leaves on time.
 	markLead atomic.Int64
+
+	// warns rate-limits the warnings of retried storage writes.
+	warns *logLimiter
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // job ids this process is handling now
@@ -236,7 +259,7 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = wallClock{}
 	}
-	p := &Processor{cfg: cfg, inflight: make(map[string]struct{})}
+	p := &Processor{cfg: cfg, inflight: make(map[string]struct{}), warns: newLogLimiter(storeWarnEvery)}
 	if cfg.Logger != nil {
 		p.log = *cfg.Logger
 	} else {
@@ -286,8 +309,11 @@ type run struct {
 	start time.Time
 	log   zerolog.Logger
 
-	job        *Job
-	jobID      string
+	job   *Job
+	jobID string
+	// requested is, when the job's id named another job, the id it
+	// carried; jobID is then its ConflictID.
+	requested  string
 	registered bool
 	claim      Claim
 	resumed    bool // a previous holder may have called the API for this job
@@ -300,18 +326,33 @@ type run struct {
 func (r *run) handle(ctx context.Context) (Outcome, error) {
 	p := r.p
 	job, derr := Decode(r.env.Subject, r.env.Data, p.cfg.Decode)
-	r.jobID = JobIdentity(job, r.env)
+	id := IdentifyJob(job, r.env)
+	if derr == nil && id.Err != nil {
+		derr = id.Err
+	}
+	r.jobID = id.ID
 	r.log = p.log.With().Str("job_id", r.jobID).Logger()
+	conflict, err := r.bindID(ctx)
+	if err != nil {
+		return r.handBack(fmt.Errorf("bind job id: %w", err))
+	}
 	if derr != nil {
-		o := r.outcome(StatusInvalid, derr.Error())
-		if job == nil {
-			if sc, tg, err := ParseSubject(prefixOf(p.cfg.Decode), r.env.Subject); err == nil {
-				o.Scene, o.Target = sc, tg
-			}
+		reason := derr.Error()
+		if conflict {
+			reason += "; " + r.conflictNote()
+		}
+		o := r.outcome(StatusInvalid, reason)
+		if job != nil {
+			o.Scene, o.Target = job.Scene, job.Target
+		} else if sc, tg, err := ParseSubject(prefixOf(p.cfg.Decode), r.env.Subject); err == nil {
+			o.Scene, o.Target = sc, tg
 		}
 		return r.finish(ctx, o)
 	}
 	r.job = job
+	if conflict && id.Given() {
+		return r.finish(ctx, r.outcome(StatusRejected, r.conflictNote()+": not sent"))
+	}
 	r.log = r.log.With().Str("scene", string(job.Scene)).Str("target", job.Target).Logger()
 
 	// A job already being handled by this process (its message came back
@@ -355,6 +396,44 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		r.refund(ctx, res)
 	}
 	return r.finish(ctx, o)
+}
+
+// bindID binds the job's id to its body (IDBinder). When the id already
+// names another job, the job takes its ConflictID instead (bound the same
+// way) and conflict is true. A job with a derived id goes on under its
+// conflict id (the dispatcher chose the id, and another job took it); one
+// whose producer chose the id ends rejected or invalid under it.
+func (r *run) bindID(ctx context.Context) (conflict bool, err error) {
+	b, ok := r.p.cfg.Ledger.(IDBinder)
+	if !ok {
+		return false, nil
+	}
+	fp := Fingerprint(r.env.Data)
+	sctx, cancel := context.WithTimeout(ctx, StoreTimeout)
+	defer cancel()
+	bound, err := b.BindID(sctx, r.jobID, fp)
+	if err != nil || bound == fp {
+		return false, err
+	}
+	cid := ConflictID(r.jobID, r.env.Data)
+	cbound, err := b.BindID(sctx, cid, fp)
+	if err != nil {
+		return false, err
+	}
+	if cbound != fp {
+		// Only a job with this very body could have taken it.
+		r.log.Warn().Str("conflict_id", cid).Msg("the job's conflict id is bound to another job too")
+	}
+	r.requested, r.jobID = r.jobID, cid
+	r.log = r.p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
+	r.log.Warn().Msg("job id already names another job; the job goes under its conflict id")
+	return true, nil
+}
+
+// conflictNote says, in an outcome's reason, that the job's id named
+// another job. It does not say which: that job may be another producer's.
+func (r *run) conflictNote() string {
+	return fmt.Sprintf("job id %s already names another job (a different body, scene or target; an id must name one job); this job's outcome is stored under %s", quote(r.requested), r.jobID)
 }
 
 // claimJob takes the job's ledger entry. done is true when the job needs no
@@ -944,12 +1023,7 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	// Storing the outcome outlives shutdown: the job is decided.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.RecordTimeout)
 	defer cancel()
-	var stored Outcome
-	err := retryStorage(rctx, p.cfg.Clock, func(actx context.Context) error {
-		var err error
-		stored, err = p.cfg.Recorder.Record(actx, o, r.env)
-		return err
-	})
+	stored, err := r.record(rctx, o)
 	if err != nil {
 		return r.handBack(fmt.Errorf("record outcome: %w", err))
 	}
@@ -976,6 +1050,80 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	return stored, r.ack(rctx)
 }
 
+// maxLeanReason bounds the reason of an outcome stored again without its
+// meta because the store refused it whole.
+const maxLeanReason = 1024
+
+// record stores o with the Recorder and returns the outcome stored for the
+// job (o, or the one stored before). Storage trouble is retried until ctx
+// ends (RecordTimeout); an error means the job goes back to the queue.
+//
+// A write the store refuses for good (ErrUnstorable) is not retried: an
+// outcome refused whole is stored again without its meta and with a
+// shorter reason, and if the store refuses that too, or only the DLQ copy
+// was refused, the job finishes anyway, logged as an error: handing it
+// back would only bring it back, forever.
+//
+// When the outcome stored under the job's id turns out to be another
+// job's (its scene or target differ: the id's binding expired, see
+// IDBinder, while its outcome was kept), the job's outcome goes under its
+// ConflictID instead.
+func (r *run) record(ctx context.Context, o Outcome) (Outcome, error) {
+	var stored Outcome
+	store := func(o Outcome) error {
+		return r.retryStore(ctx, "record outcome", func(actx context.Context) error {
+			s, err := r.p.cfg.Recorder.Record(actx, o, r.env)
+			if s.JobID != "" {
+				stored = s
+			}
+			return err
+		})
+	}
+	err := store(o)
+	if errors.Is(err, ErrUnstorable) && stored.JobID == "" {
+		lean := o
+		lean.Meta, lean.Reason = nil, clipText(o.Reason, maxLeanReason)
+		r.log.Error().Err(err).Msg("the store refuses the job's outcome; storing it without meta")
+		err = store(lean)
+	}
+	if errors.Is(err, ErrUnstorable) {
+		r.log.Error().Err(err).Bool("outcome_stored", stored.JobID != "").
+			Msg("the store refuses part of the job's outcome for good; finishing the job without it")
+		if stored.JobID == "" {
+			stored = o
+		}
+		return stored, nil
+	}
+	if err != nil {
+		return Outcome{}, err
+	}
+	if r.job != nil && r.requested == "" && stored.Scene != "" && (stored.Scene != o.Scene || stored.Target != o.Target) {
+		r.requested, r.jobID = o.JobID, ConflictID(o.JobID, r.env.Data)
+		r.log = r.p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
+		r.log.Warn().Msg("the job's id has the outcome of another job; storing this job's under its conflict id")
+		o.JobID = r.jobID
+		note := fmt.Sprintf("job id %s already had the outcome of another job (its id binding had expired); this job's outcome is stored under %s", quote(r.requested), r.jobID)
+		if o.Reason == "" {
+			o.Reason = note
+		} else {
+			o.Reason += "; " + note
+		}
+		return r.record(ctx, o)
+	}
+	return stored, nil
+}
+
+// clipText cuts s to at most n bytes on a rune boundary.
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
 func (r *run) ack(ctx context.Context) error {
 	if err := r.d.Ack(ctx); err != nil {
 		// The outcome is stored; a redelivery is skipped as a duplicate.
@@ -984,24 +1132,64 @@ func (r *run) ack(ctx context.Context) error {
 	return nil
 }
 
-// retryStorage retries a storage operation with backoff until it succeeds or
-// ctx ends, riding out a NATS reconnect. Each attempt gets StoreTimeout: one
-// request lost with a server must not use up the whole budget.
-func retryStorage(ctx context.Context, clk Clock, op func(context.Context) error) error {
+// storeWarnEvery is how often the processor logs one kind of storage
+// write it retries; the lines in between are counted, not written.
+const storeWarnEvery = 10 * time.Second
+
+// retryStore runs op, a storage write (what names it in logs), until it
+// succeeds, the store refuses it for good (ErrUnstorable), or ctx ends,
+// riding out a NATS reconnect: it backs off from 100ms to 5s between
+// tries, and each try gets StoreTimeout, so one request lost with a server
+// does not use up the whole budget. Failures are logged at most once per
+// storeWarnEvery for each kind of write across the processor, with how many
+// were left out.
+func (r *run) retryStore(ctx context.Context, what string, op func(context.Context) error) error {
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
-	for {
+	for try := 1; ; try++ {
 		actx, cancel := context.WithTimeout(ctx, StoreTimeout)
 		err := op(actx)
 		cancel()
-		if err == nil {
-			return nil
+		if err == nil || errors.Is(err, ErrUnstorable) {
+			return err
+		}
+		if ok, unlogged := r.p.warns.allow(what, r.p.cfg.Clock.Now()); ok {
+			r.log.Warn().Err(err).Int("try", try).Int("unlogged", unlogged).Msg(what + " failed; retrying")
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
-		case <-clk.After(bo.NextBackOff()):
+			return fmt.Errorf("%w after %d tries (last error: %w)", ctx.Err(), try, err)
+		case <-r.p.cfg.Clock.After(bo.NextBackOff()):
 		}
 	}
+}
+
+// logLimiter lets one log line of each kind through per interval and
+// counts the ones it holds back.
+type logLimiter struct {
+	every time.Duration
+
+	mu   sync.Mutex
+	last map[string]time.Time
+	held map[string]int
+}
+
+func newLogLimiter(every time.Duration) *logLimiter {
+	return &logLimiter{every: every, last: map[string]time.Time{}, held: map[string]int{}}
+}
+
+// allow reports whether a line of kind may be written at now, and if so
+// how many were held back since the last one. Kinds are a few fixed
+// names, so the maps stay small.
+func (l *logLimiter) allow(kind string, now time.Time) (ok bool, held int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if last, seen := l.last[kind]; seen && now.Sub(last) < l.every {
+		l.held[kind]++
+		return false, 0
+	}
+	held = l.held[kind]
+	l.last[kind], l.held[kind] = now, 0
+	return true, held
 }
 
 // storeCtx is a context for one storage write that must not be abandoned
@@ -1018,42 +1206,6 @@ func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
 		backoff.WithRandomizationFactor(0.5),
 		backoff.WithMaxElapsedTime(0),
 	)
-}
-
-// IdentityOf is the id the pipeline gives the job in env: its outcome's
-// key. It works for invalid jobs too.
-func IdentityOf(env Envelope, opts DecodeOptions) string {
-	job, err := Decode(env.Subject, env.Data, opts)
-	if err != nil {
-		job = nil
-	}
-	return JobIdentity(job, env)
-}
-
-// JobIdentity is the id of a job decoded from env (j nil when it did not
-// decode): the body's id, else the re-publish header, else Nats-Msg-Id,
-// else derived from the reply pair or the stream sequence.
-func JobIdentity(j *Job, env Envelope) string {
-	if j != nil && j.ID != "" {
-		return j.ID
-	}
-	if v := firstHeader(env.Header, HeaderJobID); v != "" {
-		return v
-	}
-	if v := firstHeader(env.Header, HeaderMsgID); v != "" {
-		return v
-	}
-	if j != nil && j.Kind() == KindPassive && j.MsgSeq > 0 {
-		return "reply-" + string(j.Scene) + "-" + j.Target + "-" + j.Anchor() + "-" + strconv.Itoa(j.MsgSeq)
-	}
-	return "seq-" + strconv.FormatUint(env.Seq, 10)
-}
-
-func firstHeader(h map[string][]string, key string) string {
-	if v := h[key]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
 }
 
 func randomID() string {

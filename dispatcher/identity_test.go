@@ -1,0 +1,473 @@
+package dispatcher_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// The pipeline's identity path, run through Processor.Handle with stores
+// kept in memory (the NATS-backed ones are tested in package queue and end
+// to end in internal/e2e).
+
+// memLedger is a dispatcher.Ledger and IDBinder in memory.
+type memLedger struct {
+	mu     sync.Mutex
+	claims map[string]dispatcher.Claim
+	binds  map[string]string
+	rev    uint64
+	keys   []string // every id it was asked about
+}
+
+var (
+	_ dispatcher.Ledger   = (*memLedger)(nil)
+	_ dispatcher.IDBinder = (*memLedger)(nil)
+)
+
+func newMemLedger() *memLedger {
+	return &memLedger{claims: map[string]dispatcher.Claim{}, binds: map[string]string{}}
+}
+
+func (l *memLedger) Claim(_ context.Context, c dispatcher.Claim) (dispatcher.Claim, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.keys = append(l.keys, c.JobID)
+	if old, ok := l.claims[c.JobID]; ok {
+		return old, dispatcher.ErrClaimExists
+	}
+	l.rev++
+	c.Revision = l.rev
+	l.claims[c.JobID] = c
+	return c, nil
+}
+
+func (l *memLedger) Update(_ context.Context, c dispatcher.Claim) (dispatcher.Claim, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old, ok := l.claims[c.JobID]; !ok || old.Revision != c.Revision {
+		return dispatcher.Claim{}, dispatcher.ErrClaimConflict
+	}
+	l.rev++
+	c.Revision = l.rev
+	l.claims[c.JobID] = c
+	return c, nil
+}
+
+func (l *memLedger) ReserveReply(_ context.Context, anchor string, seq int, jobID string, _ int) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.keys = append(l.keys, anchor)
+	return max(seq, 1), nil
+}
+
+func (l *memLedger) BindID(_ context.Context, jobID, fp string) (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.keys = append(l.keys, jobID)
+	if old, ok := l.binds[jobID]; ok {
+		return old, nil
+	}
+	l.binds[jobID] = fp
+	return fp, nil
+}
+
+// memRecorder is a dispatcher.Recorder in memory; refuse, when set, says
+// what it refuses to store.
+type memRecorder struct {
+	mu      sync.Mutex
+	outs    map[string]dispatcher.Outcome
+	dlq     map[string]int
+	calls   int
+	refuse  func(o dispatcher.Outcome) (outcome, dlq error)
+	refused int
+}
+
+func newMemRecorder() *memRecorder {
+	return &memRecorder{outs: map[string]dispatcher.Outcome{}, dlq: map[string]int{}}
+}
+
+func (r *memRecorder) Record(_ context.Context, o dispatcher.Outcome, _ dispatcher.Envelope) (dispatcher.Outcome, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	var oerr, derr error
+	if r.refuse != nil {
+		oerr, derr = r.refuse(o)
+	}
+	stored, ok := r.outs[o.JobID]
+	if !ok {
+		if oerr != nil {
+			r.refused++
+			return dispatcher.Outcome{}, oerr
+		}
+		stored = o
+		r.outs[o.JobID] = o
+	}
+	if !stored.Status.Delivered() {
+		if derr != nil {
+			r.refused++
+			return stored, derr
+		}
+		r.dlq[o.JobID]++
+	}
+	return stored, nil
+}
+
+func (r *memRecorder) Lookup(_ context.Context, id string) (dispatcher.Outcome, bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o, ok := r.outs[id]
+	return o, ok, nil
+}
+
+// memDelivery is a dispatcher.Delivery that counts acks and releases.
+type memDelivery struct {
+	env            dispatcher.Envelope
+	mu             sync.Mutex
+	acks, releases int
+}
+
+func (d *memDelivery) Envelope() dispatcher.Envelope { return d.env }
+func (d *memDelivery) Ack(context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.acks++
+	return nil
+}
+func (d *memDelivery) Release() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.releases++
+	return nil
+}
+func (d *memDelivery) Proceed() {}
+
+// countSender accepts every call and counts them per target.
+type countSender struct {
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (s *countSender) Send(_ context.Context, _ dispatcher.Scene, target string, _ json.RawMessage) (*dispatcher.SendResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.calls == nil {
+		s.calls = map[string]int{}
+	}
+	s.calls[target]++
+	return &dispatcher.SendResult{MessageID: "qq-" + target}, nil
+}
+
+func (s *countSender) total() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.calls {
+		n += c
+	}
+	return n
+}
+
+// fastClock runs waits a thousand times faster than asked.
+type fastClock struct{}
+
+func (fastClock) Now() time.Time                         { return time.Now() }
+func (fastClock) After(d time.Duration) <-chan time.Time { return time.After(d / 1000) }
+
+type rig struct {
+	p      *dispatcher.Processor
+	ledger *memLedger
+	rec    *memRecorder
+	send   *countSender
+	logs   *bytes.Buffer
+}
+
+func newRig(t testing.TB) *rig {
+	t.Helper()
+	r := &rig{ledger: newMemLedger(), rec: newMemRecorder(), send: &countSender{}, logs: &bytes.Buffer{}}
+	log := zerolog.New(&lockedWriter{w: r.logs})
+	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{
+		Sender: r.send, Ledger: r.ledger, Recorder: r.rec, Clock: fastClock{}, Logger: &log,
+		RecordTimeout: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.p = p
+	return r
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (w *lockedWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(b)
+}
+
+func (r *rig) handle(t testing.TB, env dispatcher.Envelope) (dispatcher.Outcome, *memDelivery) {
+	t.Helper()
+	d := &memDelivery{env: env}
+	o, err := r.p.Handle(context.Background(), d)
+	if err != nil {
+		t.Fatalf("Handle: %v", err)
+	}
+	return o, d
+}
+
+func groupJob(id, target, content string) []byte {
+	idField := ""
+	if id != "" {
+		idField = `"id":` + jsonQuote(id) + `,`
+	}
+	return []byte(`{"v":1,` + idField + `"scene":"group","target":"` + target + `","message":{"msg_type":0,"content":` + jsonQuote(content) + `}}`)
+}
+
+func jsonQuote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+func env(target string, data []byte, seq uint64, hdr ...string) dispatcher.Envelope {
+	h := map[string][]string{}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		h[hdr[i]] = append(h[hdr[i]], hdr[i+1])
+	}
+	return dispatcher.Envelope{Subject: "qqbot.send.group." + target, Data: data, Header: h, Seq: seq}
+}
+
+func TestIdentifyJob(t *testing.T) {
+	t.Parallel()
+	body := groupJob("", "g1", "x")
+	long := strings.Repeat("x", 4096)
+	for _, c := range []struct {
+		name   string
+		env    dispatcher.Envelope
+		id     string
+		source dispatcher.IDSource
+		field  string // of the error, "" for none
+	}{
+		{"body id first", env("g1", groupJob("b1", "g1", "x"), 1, dispatcher.HeaderJobID, "h1", dispatcher.HeaderMsgID, "m1"), "b1", dispatcher.IDFromBody, ""},
+		{"job id header before msg id", env("g1", body, 1, dispatcher.HeaderJobID, "h1", dispatcher.HeaderMsgID, "m1"), "h1", dispatcher.IDFromJobIDHdr, ""},
+		{"msg id header", env("g1", body, 1, dispatcher.HeaderMsgID, "m1"), "m1", dispatcher.IDFromMsgIDHdr, ""},
+		{"empty headers are absent", env("g1", body, 7, dispatcher.HeaderJobID, "", dispatcher.HeaderMsgID, ""), "seq-7", dispatcher.IDDerived, ""},
+		{"derived", env("g1", body, 42), "seq-42", dispatcher.IDDerived, ""},
+		{"printable UTF-8", env("g1", body, 1, dispatcher.HeaderMsgID, "订单 42/é.*>"), "订单 42/é.*>", dispatcher.IDFromMsgIDHdr, ""},
+		{"long msg id", env("g1", body, 1, dispatcher.HeaderMsgID, long), dispatcher.InvalidIDKey(long), dispatcher.IDDerived, "header Nats-Msg-Id"},
+		{"long job id header", env("g1", body, 1, dispatcher.HeaderJobID, long, dispatcher.HeaderMsgID, "fine"), dispatcher.InvalidIDKey(long), dispatcher.IDDerived, "header Qqdispatch-Job-Id"},
+		{"control character", env("g1", body, 1, dispatcher.HeaderMsgID, "a\x1bb"), dispatcher.InvalidIDKey("a\x1bb"), dispatcher.IDDerived, "header Nats-Msg-Id"},
+		{"not UTF-8", env("g1", body, 1, dispatcher.HeaderMsgID, "a\xffb"), dispatcher.InvalidIDKey("a\xffb"), dispatcher.IDDerived, "header Nats-Msg-Id"},
+		{"invalid job, id in body", env("g1", []byte(`{"v":1,"id":"mine","scene":"group"}`), 1, dispatcher.HeaderMsgID, "m1"), "mine", dispatcher.IDFromBody, ""},
+		{"invalid job, long id in body", env("g1", []byte(`{"v":1,"id":"`+long+`"}`), 1), dispatcher.InvalidIDKey(long), dispatcher.IDDerived, "id"},
+		{"invalid job, two ids in body", env("g1", []byte(`{"id":"a","id":"b"}`), 3, dispatcher.HeaderMsgID, "m1"), "m1", dispatcher.IDFromMsgIDHdr, ""},
+		{"invalid job, not JSON", env("g1", []byte(`{"id":"a",`), 3), "seq-3", dispatcher.IDDerived, ""},
+	} {
+		job, _ := dispatcher.Decode(c.env.Subject, c.env.Data, dispatcher.DecodeOptions{})
+		got := dispatcher.IdentifyJob(job, c.env)
+		if got.ID != c.id || got.Source != c.source {
+			t.Errorf("%s: %.40q from %q, want %.40q from %q", c.name, got.ID, got.Source, c.id, c.source)
+		}
+		if (got.Err == nil) != (c.field == "") || got.Err != nil && got.Err.Field != c.field {
+			t.Errorf("%s: error %v, want one naming %q", c.name, got.Err, c.field)
+		}
+		if err := dispatcher.CheckID("id", got.ID); err != nil {
+			t.Errorf("%s: the id it gives breaks the rules: %v", c.name, err)
+		}
+	}
+}
+
+func TestDerivedIDsFitTheRules(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	anchor := strings.Repeat("é", dispatcher.MaxAnchorBytes/2)
+	target := strings.Repeat("t", dispatcher.MaxTargetBytes)
+	msg := fmt.Sprintf(`{"msg_type":0,"content":"x","msg_id":%q,"msg_seq":3}`, anchor)
+	j := &dispatcher.Job{V: 1, Scene: dispatcher.SceneC2C, Target: target, Message: json.RawMessage(msg), Received: &now}
+	data, _ := json.Marshal(j)
+	job, err := dispatcher.Decode("qqbot.send.c2c."+target, data, dispatcher.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := dispatcher.JobIdentity(job, dispatcher.Envelope{Data: data})
+	if !strings.HasPrefix(id, "reply-c2c-") || !strings.HasSuffix(id, "-3") || dispatcher.CheckID("id", id) != nil {
+		t.Errorf("derived reply id %q (%d bytes) breaks the id rules", id, len(id))
+	}
+	for _, id := range []string{"x", strings.Repeat("é", dispatcher.MaxJobIDBytes/2), strings.Repeat("y", dispatcher.MaxJobIDBytes)} {
+		c := dispatcher.ConflictID(id, data)
+		if err := dispatcher.CheckID("id", c); err != nil || c == id || c != dispatcher.ConflictID(id, data) {
+			t.Errorf("ConflictID(%d bytes) = %q: %v", len(id), c, err)
+		}
+		if len(id) < 200 && c != id+"~"+dispatcher.Fingerprint(data)[:16] {
+			t.Errorf("ConflictID(%q) = %q, want the id, ~ and 16 hex digits of the body's SHA-256", id, c)
+		}
+	}
+}
+
+// TestHandleIDConflict: a job reusing another's id with a different body
+// ends rejected under its conflict id without a call; the very same job
+// again is skipped; a job whose derived id another job took goes on under
+// its conflict id.
+func TestHandleIDConflict(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	first, _ := r.handle(t, env("ATT2", groupJob("order-42", "ATT2", "a"), 1))
+	if first.Status != dispatcher.StatusSent || first.JobID != "order-42" {
+		t.Fatalf("first job: %+v", first)
+	}
+	victim := groupJob("order-42", "VIC2", "v")
+	o, d := r.handle(t, env("VIC2", victim, 2))
+	cid := dispatcher.ConflictID("order-42", victim)
+	if o.Status != dispatcher.StatusRejected || o.JobID != cid || o.Target != "VIC2" || !strings.Contains(o.Reason, cid) || d.acks != 1 {
+		t.Errorf("reused id: %+v (acks %d); want rejected under %s", o, d.acks, cid)
+	}
+	if strings.Contains(o.Reason, "ATT2") {
+		t.Errorf("the reason tells the other job's target: %s", o.Reason)
+	}
+	if n := r.send.calls["VIC2"]; n != 0 {
+		t.Errorf("%d calls to VIC2", n)
+	}
+	// The same message again (a redelivery): the same outcome, no new one.
+	again, _ := r.handle(t, env("VIC2", victim, 2))
+	if again.JobID != cid || r.rec.dlq[cid] != 2 {
+		t.Errorf("redelivered conflict: %+v, DLQ puts %d (the store dedupes the second)", again, r.rec.dlq[cid])
+	}
+	// The attacker's job again, same body: a duplicate.
+	dup, _ := r.handle(t, env("ATT2", groupJob("order-42", "ATT2", "a"), 3))
+	if dup.JobID != "order-42" || dup.Status != dispatcher.StatusSent || r.send.calls["ATT2"] != 1 {
+		t.Errorf("repeat of the first job: %+v, %d calls", dup, r.send.calls["ATT2"])
+	}
+	// Derived ids: another producer took "seq-9"; the id-less job at
+	// sequence 9 is sent anyway, under its conflict id.
+	r.handle(t, env("ATT2", groupJob("seq-9", "ATT2", "squat"), 4))
+	plain := groupJob("", "VIC2", "plain")
+	o, _ = r.handle(t, env("VIC2", plain, 9))
+	if o.Status != dispatcher.StatusSent || o.JobID != dispatcher.ConflictID("seq-9", plain) || r.send.calls["VIC2"] != 1 {
+		t.Errorf("job whose derived id was taken: %+v", o)
+	}
+	// An invalid job reusing a taken id is invalid under its conflict id.
+	bad := []byte(`{"v":1,"id":"order-42","scene":"group","target":"VIC2","message":{}}`)
+	o, _ = r.handle(t, env("VIC2", bad, 5))
+	if o.Status != dispatcher.StatusInvalid || o.JobID != dispatcher.ConflictID("order-42", bad) {
+		t.Errorf("invalid job reusing a taken id: %+v", o)
+	}
+	if got := r.rec.outs["order-42"]; got.Target != "ATT2" {
+		t.Errorf("the first job's outcome changed: %+v", got)
+	}
+}
+
+// TestHandleOutcomeOfAnotherJob: when the id's binding expired but its
+// outcome was kept, a new job with the id to another target is sent and its
+// outcome goes under its conflict id, not lost under the old one.
+func TestHandleOutcomeOfAnotherJob(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.rec.outs["old-1"] = dispatcher.Outcome{V: 1, JobID: "old-1", Status: dispatcher.StatusSent, Scene: dispatcher.SceneGroup, Target: "ATT2"}
+	data := groupJob("old-1", "VIC2", "new")
+	o, _ := r.handle(t, env("VIC2", data, 1))
+	cid := dispatcher.ConflictID("old-1", data)
+	if o.Status != dispatcher.StatusSent || o.JobID != cid || o.Target != "VIC2" || !strings.Contains(o.Reason, "already had the outcome of another job") {
+		t.Errorf("outcome %+v; want sent under %s", o, cid)
+	}
+	if _, ok := r.rec.outs[cid]; !ok {
+		t.Errorf("nothing stored under %s", cid)
+	}
+}
+
+// TestHandleInvalidIDs: a job whose id breaks the rules is invalid, named
+// after the field, stored under InvalidIDKey, and never claimed or sent.
+func TestHandleInvalidIDs(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	long := strings.Repeat("x", 4096)
+	o, d := r.handle(t, env("g1", groupJob("", "g1", "x"), 1, dispatcher.HeaderMsgID, long))
+	if o.Status != dispatcher.StatusInvalid || o.JobID != dispatcher.InvalidIDKey(long) || !strings.Contains(o.Reason, "header Nats-Msg-Id") || o.Target != "g1" || d.acks != 1 {
+		t.Errorf("outcome %+v", o)
+	}
+	if r.send.total() != 0 || len(r.ledger.claims) != 0 {
+		t.Errorf("%d calls, %d claims; want none", r.send.total(), len(r.ledger.claims))
+	}
+	for _, k := range r.ledger.keys {
+		if len(k) > dispatcher.MaxJobIDBytes {
+			t.Errorf("the ledger was asked about a %d-byte id", len(k))
+		}
+	}
+}
+
+// TestRecordRefusedForGood: a store that refuses a write for good
+// (ErrUnstorable) is not retried; the job finishes (acked, not handed back):
+// without its DLQ copy, or with a lean outcome, or with none at all.
+func TestRecordRefusedForGood(t *testing.T) {
+	t.Parallel()
+	refused := fmt.Errorf("too large: %w", dispatcher.ErrUnstorable)
+	for _, c := range []struct {
+		name     string
+		refuse   func(o dispatcher.Outcome) (error, error)
+		stored   bool
+		withMeta bool
+	}{
+		{"DLQ copy refused", func(dispatcher.Outcome) (error, error) { return nil, refused }, true, true},
+		{"outcome refused with its meta", func(o dispatcher.Outcome) (error, error) {
+			if o.Meta != nil {
+				return refused, nil
+			}
+			return nil, nil
+		}, true, false},
+		{"everything refused", func(dispatcher.Outcome) (error, error) { return refused, refused }, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t)
+			r.rec.refuse = c.refuse
+			// A job that expired long ago: it ends without a call, on the DLQ.
+			data := []byte(`{"v":1,"id":"big","scene":"group","target":"g1","meta":{"k":"v"},"not_after":"2000-01-01T00:00:00Z","message":{"msg_type":0,"content":"x"}}`)
+			o, d := r.handle(t, env("g1", data, 1))
+			if d.acks != 1 || d.releases != 0 || o.Status != dispatcher.StatusExpired {
+				t.Errorf("%s after %d acks, %d releases; want the job finished", o.Status, d.acks, d.releases)
+			}
+			got, ok := r.rec.outs["big"]
+			if ok != c.stored || ok && (got.Meta != nil) != c.withMeta {
+				t.Errorf("stored %v %+v; want stored %v, meta %v", ok, got, c.stored, c.withMeta)
+			}
+			if r.rec.calls > 2 {
+				t.Errorf("Record called %d times: a refused write was retried", r.rec.calls)
+			}
+			if !strings.Contains(r.logs.String(), `"level":"error"`) {
+				t.Errorf("nothing logged as an error:\n%s", r.logs)
+			}
+		})
+	}
+}
+
+// TestRecordRetriesAreBoundedAndLogged: storage trouble is retried until
+// RecordTimeout, logged at most once per interval with a count, and then
+// the job is handed back.
+func TestRecordRetriesAreBoundedAndLogged(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.rec.refuse = func(dispatcher.Outcome) (error, error) { return errors.New("nats: timeout"), nil }
+	d := &memDelivery{env: env("g1", []byte(`{"v":1}`), 1, dispatcher.HeaderMsgID, "down-1")}
+	_, err := r.p.Handle(context.Background(), d)
+	if !errors.Is(err, dispatcher.ErrHandedBack) || d.releases != 1 || d.acks != 0 {
+		t.Fatalf("Handle: %v, %d releases, %d acks; want handed back after RecordTimeout", err, d.releases, d.acks)
+	}
+	if r.rec.calls < 10 {
+		t.Errorf("Record tried %d times in RecordTimeout", r.rec.calls)
+	}
+	lines := strings.Count(r.logs.String(), "record outcome failed; retrying")
+	if lines < 1 || lines > 2 {
+		t.Errorf("%d retry warnings for %d tries; want one per 10 s:\n%s", lines, r.rec.calls, r.logs)
+	}
+}
