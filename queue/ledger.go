@@ -11,11 +11,15 @@ import (
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
 
-var _ dispatcher.Ledger = (*Ledger)(nil)
+var (
+	_ dispatcher.Ledger   = (*Ledger)(nil)
+	_ dispatcher.IDBinder = (*Ledger)(nil)
+)
 
 // Ledger is the fleet-wide dedupe ledger over the ledger KV bucket. Keys:
 //
 //	job.<enc job id>          a dispatcher.Claim
+//	id.<enc job id>           the fingerprint of the job the id names (BindID)
 //	pair.<enc anchor>.<seq>   the job holding (anchor, seq)
 //	seq.<enc anchor>          how many pairs the anchor has and its highest seq
 //
@@ -42,6 +46,8 @@ func NewLedger(ctx context.Context, js jetstream.JetStream, cfg Config) (*Ledger
 }
 
 func jobKey(jobID string) string { return "job." + EncodeKey(jobID) }
+
+func bindKey(jobID string) string { return "id." + EncodeKey(jobID) }
 
 func pairKey(anchor string, seq int) string {
 	return "pair." + EncodeKey(anchor) + "." + strconv.Itoa(seq)
@@ -134,6 +140,54 @@ func (l *Ledger) Update(ctx context.Context, c dispatcher.Claim) (dispatcher.Cla
 	}
 	c.Revision = rev
 	return c, nil
+}
+
+// idBinding is the value of an id.<job id> key.
+type idBinding struct {
+	Fingerprint string `json:"fp"`
+}
+
+// corruptBinding is what BindID reports for a binding it cannot read: a
+// fingerprint no job has.
+const corruptBinding = "corrupt"
+
+// BindID binds jobID to fingerprint unless the id is bound already, and
+// returns the fingerprint it is bound to (see dispatcher.IDBinder). The
+// binding is created atomically and never updated, so two jobs racing for
+// one id see the same winner; it expires with the bucket's TTL.
+func (l *Ledger) BindID(ctx context.Context, jobID, fingerprint string) (string, error) {
+	if jobID == "" || fingerprint == "" {
+		return "", errors.New("queue: BindID needs a job id and a fingerprint")
+	}
+	val, err := json.Marshal(idBinding{Fingerprint: fingerprint})
+	if err != nil {
+		return "", err
+	}
+	key := bindKey(jobID)
+	for range maxCASRounds {
+		_, err := l.kv.Create(ctx, key, val)
+		if err == nil {
+			return fingerprint, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return "", fmt.Errorf("queue: bind job id %s: %w", jobID, err)
+		}
+		e, err := l.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired in between: bind again
+		}
+		if err != nil {
+			return "", fmt.Errorf("queue: read binding of job id %s: %w", jobID, err)
+		}
+		var b idBinding
+		if err := json.Unmarshal(e.Value(), &b); err != nil || b.Fingerprint == "" {
+			// Not written by BindID: nobody can prove the id is theirs,
+			// and an error here would hand the job back forever.
+			return corruptBinding, nil
+		}
+		return b.Fingerprint, nil
+	}
+	return "", ErrLedgerContention
 }
 
 // Forget deletes the job's entry so the job can be claimed again (DLQ

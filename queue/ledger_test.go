@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -382,5 +383,54 @@ func TestReserveReplyAgainForSameJob(t *testing.T) {
 	}
 	if _, err := l.ReserveReply(ctx, "group.g1.m1", 0, "job-c", 2); !errors.Is(err, dispatcher.ErrReplyBudget) {
 		t.Fatalf("job-c: %v, want ErrReplyBudget (budget 2 spent by two jobs)", err)
+	}
+}
+
+// TestLedgerBindID: the first job to bind an id keeps it, on every
+// connection; binding it again with the same fingerprint is harmless; ids
+// of any length and alphabet make valid keys.
+func TestLedgerBindID(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	ctx := testCtx(t)
+	ls := b.ledgers(t, 2)
+	for _, id := range []string{"order-42", "订单 42/é.*>", strings.Repeat("x", 4096)} {
+		if got, err := ls[0].BindID(ctx, id, "fp-a"); err != nil || got != "fp-a" {
+			t.Fatalf("first BindID(%.20q): %q, %v", id, got, err)
+		}
+		if got, err := ls[1].BindID(ctx, id, "fp-a"); err != nil || got != "fp-a" {
+			t.Errorf("same job again: %q, %v", got, err)
+		}
+		if got, err := ls[1].BindID(ctx, id, "fp-b"); err != nil || got != "fp-a" {
+			t.Errorf("another job: %q, %v; want it told the id is bound to fp-a", got, err)
+		}
+	}
+	// Racing binds of one id: all see one winner.
+	var wg sync.WaitGroup
+	got := make([]string, 8)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fp, err := ls[i%2].BindID(ctx, "race", fmt.Sprintf("fp-%d", i))
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = fp
+		}()
+	}
+	wg.Wait()
+	for _, fp := range got {
+		if fp != got[0] {
+			t.Fatalf("racing binds saw different winners: %v", got)
+		}
+	}
+	// A binding it cannot read is nobody's.
+	kv, _ := b.ts.js.KeyValue(ctx, b.cfg.LedgerBucket)
+	if _, err := kv.Put(ctx, bindKey("garbled"), []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	if fp, err := b.l.BindID(ctx, "garbled", "fp-a"); err != nil || fp == "fp-a" {
+		t.Errorf("garbled binding: %q, %v; want a fingerprint no job has", fp, err)
 	}
 }

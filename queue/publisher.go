@@ -54,8 +54,9 @@ func NewJobID() string {
 }
 
 // Publish validates job and publishes it on {prefix}.send.{scene}.{target}
-// with Nats-Msg-Id = job id. A job without an id gets a fresh one, set on
-// job; a job without a version gets the current contract version.
+// with Nats-Msg-Id = DedupeID(job id, body). A job without an id gets a
+// fresh one, set on job; a job without a version gets the current contract
+// version.
 func (p *Publisher) Publish(ctx context.Context, job *dispatcher.Job) (PublishResult, error) {
 	msg, err := p.prepare(job)
 	if err != nil {
@@ -82,9 +83,18 @@ func (p *Publisher) prepare(job *dispatcher.Job) (*nats.Msg, error) {
 		return nil, fmt.Errorf("queue: encode job %s: %w", job.ID, err)
 	}
 	msg := &nats.Msg{Subject: SendSubject(p.cfg, string(job.Scene), job.Target), Header: nats.Header{}, Data: data}
-	msg.Header.Set(nats.MsgIdHdr, job.ID)
+	msg.Header.Set(nats.MsgIdHdr, DedupeID(job.ID, data))
 	return msg, nil
 }
+
+// DedupeID is the Nats-Msg-Id the Publisher gives a job with id jobID and
+// body data: the id, "~" and 16 hex digits of the body's SHA-256 (the form
+// of dispatcher.ConflictID). The stream drops, as a duplicate, a publish
+// whose Nats-Msg-Id it stored in the last two minutes, whatever the body or
+// subject: with the body's hash in it, only a repeat of the very same job
+// is dropped, never a different job that reuses the id (another producer's
+// included). The worker takes the job's id from the body.
+func DedupeID(jobID string, data []byte) string { return dispatcher.ConflictID(jobID, data) }
 
 // validateForPublish applies the job contract (the same rules the worker's
 // Decode applies), so producers learn about a bad job before it is queued,
@@ -122,6 +132,12 @@ func (p *Publisher) publish(ctx context.Context, msg *nats.Msg, jobID string) (P
 // PublishAndWait publishes job and waits for its outcome. The outcome watch
 // starts before the publish, so a fast outcome is not missed; a job whose id
 // already has an outcome returns that outcome.
+//
+// When the id already names another job (see the job contract, "Job
+// ids"), the outcome under the id is that job's; the job's own goes under
+// its conflict id (dispatcher.ConflictID), which is watched too. An outcome
+// under the id for another scene or target is not returned: the wait goes
+// on for the one under the conflict id.
 func (p *Publisher) PublishAndWait(ctx context.Context, job *dispatcher.Job) (dispatcher.Outcome, error) {
 	msg, err := p.prepare(job)
 	if err != nil {
@@ -131,15 +147,39 @@ func (p *Publisher) PublishAndWait(ctx context.Context, job *dispatcher.Job) (di
 	if err != nil {
 		return dispatcher.Outcome{}, err
 	}
-	w, err := rec.Watch(ctx, job.ID)
+	own, err := rec.Watch(ctx, job.ID)
 	if err != nil {
 		return dispatcher.Outcome{}, err
 	}
-	defer w.Stop()
+	defer own.Stop()
+	conflict, err := rec.Watch(ctx, dispatcher.ConflictID(job.ID, msg.Data))
+	if err != nil {
+		return dispatcher.Outcome{}, err
+	}
+	defer conflict.Stop()
 	if _, err := p.publish(ctx, msg, job.ID); err != nil {
 		return dispatcher.Outcome{}, err
 	}
-	return w.Wait(ctx)
+	type result struct {
+		o        dispatcher.Outcome
+		err      error
+		conflict bool
+	}
+	results := make(chan result, 2) // both waits end: Stop is deferred
+	go func() { o, err := own.Wait(ctx); results <- result{o, err, false} }()
+	go func() { o, err := conflict.Wait(ctx); results <- result{o, err, true} }()
+	for range 2 {
+		r := <-results
+		switch {
+		case r.err != nil:
+			return dispatcher.Outcome{}, r.err
+		case r.conflict || r.o.Scene == "" || (r.o.Scene == job.Scene && r.o.Target == job.Target):
+			return r.o, nil
+		}
+		// Another job's outcome under the id: this one's comes under the
+		// conflict id.
+	}
+	return dispatcher.Outcome{}, ErrWatchClosed // not reached: one of the two returns
 }
 
 func (p *Publisher) recorder(ctx context.Context) (*Recorder, error) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,8 +44,8 @@ func TestPublisherDedupe(t *testing.T) {
 		t.Fatalf("jobs stream holds %d jobs, want 1", n)
 	}
 	m := nextMsg(t, jobsReader(t, ts.js, cfg), 5*time.Second)
-	if m.Headers().Get(nats.MsgIdHdr) != "order-1" {
-		t.Errorf("Nats-Msg-Id %q", m.Headers().Get(nats.MsgIdHdr))
+	if got, want := m.Headers().Get(nats.MsgIdHdr), dispatcher.ConflictID("order-1", m.Data()); got != want || !strings.HasPrefix(got, "order-1~") {
+		t.Errorf("Nats-Msg-Id %q, want %q", got, want)
 	}
 	var got dispatcher.Job
 	if err := json.Unmarshal(m.Data(), &got); err != nil || got.V != 1 || got.ID != "order-1" || got.Target != "G1" {
@@ -117,7 +118,7 @@ func TestPublishAndWait(t *testing.T) {
 			t.Errorf("worker: %v", err)
 			return
 		}
-		id := m.Headers().Get(nats.MsgIdHdr)
+		id := dispatcher.IdentityOf(dispatcher.Envelope{Subject: OriginalSubject(cfg, m.Subject()), Data: m.Data(), Header: m.Headers()}, dispatcher.DecodeOptions{Prefix: cfg.Prefix})
 		if _, err := rec.Record(ctx, dispatcher.Outcome{JobID: id, Status: dispatcher.StatusSent, MessageID: "qq-" + id}, dispatcher.Envelope{}); err != nil {
 			t.Errorf("worker: %v", err)
 		}
