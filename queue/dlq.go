@@ -56,7 +56,12 @@ type DLQEntry struct {
 	OriginalSubject string            // Qqdispatch-Original-Subject
 	Attempts        int               // Qqdispatch-Attempts
 	FailedAt        time.Time         // Qqdispatch-Failed-At
-	Time            time.Time         // when it was stored on the DLQ
+	// Truncated says what was cut to fit the server's maximum message size
+	// ("body", "headers", "headers,body"); empty when nothing was.
+	Truncated string // Qqdispatch-Truncated
+	// OriginalSize is the body's size as published, when Truncated is set.
+	OriginalSize int       // Qqdispatch-Original-Size
+	Time         time.Time // when it was stored on the DLQ
 
 	// Header and Data are the full message; set by Get only.
 	Header nats.Header
@@ -189,7 +194,9 @@ func entryFrom(subject string, seq uint64, ts time.Time, h nats.Header) DLQEntry
 		Reason:          h.Get(HeaderReason),
 		TraceID:         h.Get(HeaderTraceID),
 		OriginalSubject: h.Get(HeaderOriginalSubject),
+		Truncated:       h.Get(HeaderTruncated),
 	}
+	e.OriginalSize, _ = strconv.Atoi(h.Get(HeaderOriginalSize))
 	e.Code, _ = strconv.Atoi(h.Get(HeaderCode))
 	e.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
 	e.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt))
@@ -214,7 +221,9 @@ func (d *DLQ) Get(ctx context.Context, seq uint64) (DLQEntry, error) {
 // removes it from the DLQ. The job keeps its identity (Qqdispatch-Job-Id);
 // its stored outcome and ledger claim are deleted first so it can run and
 // end again. The publish carries Nats-Msg-Id <job>-replay-<seq>, so replaying
-// one entry twice (e.g. after a failed delete) publishes it once.
+// one entry twice (e.g. after a failed delete) publishes it once. It keeps
+// the producer's headers but none of qqdispatch's other than the job id.
+// A truncated entry cannot be replayed: it is not the job any more.
 func (d *DLQ) Replay(ctx context.Context, seq uint64) error {
 	e, err := d.Get(ctx, seq)
 	if err != nil {
@@ -222,6 +231,9 @@ func (d *DLQ) Replay(ctx context.Context, seq uint64) error {
 	}
 	if e.JobID == "" {
 		return fmt.Errorf("%w: seq %d has no %s header", ErrNotReplayable, seq, HeaderJobID)
+	}
+	if e.Truncated != "" {
+		return fmt.Errorf("%w: seq %d was truncated to fit the DLQ (%s cut; the body had %d bytes)", ErrNotReplayable, seq, e.Truncated, e.OriginalSize)
 	}
 	subject := e.OriginalSubject
 	if _, _, ok := parseSendSubject(d.cfg, subject); !ok {
@@ -243,10 +255,7 @@ func (d *DLQ) Replay(ctx context.Context, seq uint64) error {
 	if err := forgetKey(ctx, d.ledger, jobKey(e.JobID)); err != nil {
 		return err
 	}
-	hdr := userHeaders(e.Header)
-	for _, h := range dlqReasonHeaders {
-		hdr.Del(h)
-	}
+	hdr := producerHeaders(e.Header)
 	hdr.Set(HeaderJobID, e.JobID)
 	_, err = d.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: e.Data},
 		jetstream.WithMsgID(EncodeKey(e.JobID)+"-replay-"+strconv.FormatUint(seq, 10)),

@@ -1,8 +1,10 @@
 package queue
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -240,5 +242,43 @@ func TestDLQConcurrentPurge(t *testing.T) {
 	}
 	if left, _ := b.dlq.List(ctx, DLQFilter{}); len(left) != 0 {
 		t.Fatalf("%d left", len(left))
+	}
+}
+
+// TestDLQReplayKeepsOnlyTheJobID: a replayed job carries the producer's
+// headers and its job id, none of the reason headers, nor any other
+// Qqdispatch-* header; a truncated entry cannot be replayed.
+func TestDLQReplayKeepsOnlyTheJobID(t *testing.T) {
+	t.Parallel()
+	b := setupDLQ(t)
+	ctx := testCtx(t)
+	env := jobEnvelope(b.cfg, "group", "G8")
+	env.Header = map[string][]string{"X-Producer": {"svc-a"}, HeaderWaitRule: {"group.active.quota.per_bot.day"}}
+	if _, err := b.rec.Record(ctx, dispatcher.Outcome{JobID: "job 8", Status: dispatcher.StatusFailed, Scene: "group", Target: "G8", Code: 11}, env); err != nil {
+		t.Fatal(err)
+	}
+	big := jobEnvelope(b.cfg, "group", "G9")
+	big.Data = bytes.Repeat([]byte("x"), int(b.ts.js.Conn().MaxPayload()))
+	if _, err := b.rec.Record(ctx, dispatcher.Outcome{JobID: "job 9", Status: dispatcher.StatusInvalid, Scene: "group", Target: "G9"}, big); err != nil {
+		t.Fatal(err)
+	}
+	es, err := b.dlq.List(ctx, DLQFilter{})
+	if err != nil || len(es) != 2 {
+		t.Fatalf("List: %v, %v", es, err)
+	}
+	if err := b.dlq.Replay(ctx, es[1].Seq); !errors.Is(err, ErrNotReplayable) || !strings.Contains(err.Error(), "truncated") {
+		t.Errorf("Replay of a truncated entry: %v, want ErrNotReplayable saying it was truncated", err)
+	}
+	if err := b.dlq.Replay(ctx, es[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	m := nextMsg(t, jobsReader(t, b.ts.js, b.cfg), 5*time.Second)
+	for k := range m.Headers() {
+		if strings.HasPrefix(k, "Qqdispatch-") && k != HeaderJobID {
+			t.Errorf("replayed job carries %s", k)
+		}
+	}
+	if m.Headers().Get(HeaderJobID) != "job 8" || m.Headers().Get("X-Producer") != "svc-a" {
+		t.Errorf("replayed headers %v", m.Headers())
 	}
 }

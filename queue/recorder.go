@@ -38,12 +38,18 @@ const (
 	HeaderAttempts = "Qqdispatch-Attempts"
 	// HeaderFailedAt is when the outcome was decided (RFC 3339).
 	HeaderFailedAt = "Qqdispatch-Failed-At"
+	// HeaderTruncated marks a DLQ entry cut to fit the server's maximum
+	// message size: "body" (the body was cut), "headers" (the producer's
+	// headers were left out), or "headers,body".
+	HeaderTruncated = "Qqdispatch-Truncated"
+	// HeaderOriginalSize is the size in bytes of a truncated entry's body as
+	// the producer published it.
+	HeaderOriginalSize = "Qqdispatch-Original-Size"
 )
 
-// dlqReasonHeaders are the headers Record adds; Replay strips them.
-var dlqReasonHeaders = []string{
-	HeaderStatus, HeaderReason, HeaderCode, HeaderTraceID, HeaderOriginalSubject, HeaderAttempts, HeaderFailedAt,
-}
+// headerPrefix starts every header qqdispatch sets. On a DLQ entry such
+// headers are only ever the worker's: a producer's are dropped.
+const headerPrefix = "Qqdispatch-"
 
 // Recorder stores terminal outcomes in the outcome bucket (keyed by
 // EncodeKey(job id)) and puts non-delivered jobs on the DLQ.
@@ -104,7 +110,7 @@ func (r *Recorder) Record(ctx context.Context, o dispatcher.Outcome, env dispatc
 			break
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return dispatcher.Outcome{}, fmt.Errorf("queue: record outcome of %s: %w", o.JobID, err)
+			return dispatcher.Outcome{}, fmt.Errorf("queue: record outcome of %s: %w", o.JobID, unstorable(err))
 		}
 		e, gerr := r.kv.Get(ctx, key)
 		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
@@ -134,16 +140,21 @@ func (r *Recorder) Record(ctx context.Context, o dispatcher.Outcome, env dispatc
 }
 
 // DLQSubject is where a job of (scene, target) goes on the DLQ:
-// {prefix}.dlq.{scene}.{target}, or {prefix}.dlq.invalid when either is not
-// a known scene or a valid subject token.
+// {prefix}.dlq.{scene}.{target}, or {prefix}.dlq.invalid when scene is not
+// a known scene or target not a valid target (a subject token of at most
+// dispatcher.MaxTargetBytes bytes).
 func DLQSubject(cfg Config, scene, target string) string {
 	cfg = cfg.WithDefaults()
-	if !dispatcher.Scene(scene).Valid() || !validToken(target) {
+	if !dispatcher.Scene(scene).Valid() || !validToken(target) || len(target) > dispatcher.MaxTargetBytes {
 		return cfg.Prefix + ".dlq.invalid"
 	}
 	return cfg.Prefix + ".dlq." + scene + "." + target
 }
 
+// putDLQ puts env's job on the DLQ with o's reason headers. The entry's
+// Qqdispatch-* headers are the worker's own: a producer's are dropped, so
+// none can pass for the platform's code or trace id. An entry that would
+// not fit the server's maximum message size is cut to fit (truncate).
 func (r *Recorder) putDLQ(ctx context.Context, o dispatcher.Outcome, rev uint64, env dispatcher.Envelope) error {
 	scene, target := string(o.Scene), o.Target
 	if scene == "" || target == "" {
@@ -151,32 +162,151 @@ func (r *Recorder) putDLQ(ctx context.Context, o dispatcher.Outcome, rev uint64,
 			scene, target = s, t
 		}
 	}
-	hdr := userHeaders(env.Header)
-	hdr.Set(HeaderJobID, headerValue(o.JobID))
-	hdr.Set(HeaderStatus, string(o.Status))
+	own := nats.Header{}
+	own.Set(HeaderJobID, headerValue(o.JobID))
+	own.Set(HeaderStatus, string(o.Status))
 	if o.Reason != "" {
-		hdr.Set(HeaderReason, headerValue(o.Reason))
+		own.Set(HeaderReason, headerValue(o.Reason))
 	}
 	if o.Code != 0 {
-		hdr.Set(HeaderCode, strconv.Itoa(o.Code))
+		own.Set(HeaderCode, strconv.Itoa(o.Code))
 	}
 	if o.TraceID != "" {
-		hdr.Set(HeaderTraceID, headerValue(o.TraceID))
+		own.Set(HeaderTraceID, headerValue(o.TraceID))
 	}
 	if env.Subject != "" {
-		hdr.Set(HeaderOriginalSubject, OriginalSubject(r.cfg, env.Subject))
+		own.Set(HeaderOriginalSubject, headerValue(OriginalSubject(r.cfg, env.Subject)))
 	}
-	hdr.Set(HeaderAttempts, strconv.Itoa(o.Attempts))
-	hdr.Set(HeaderFailedAt, o.Finished.UTC().Format(time.RFC3339Nano))
+	own.Set(HeaderAttempts, strconv.Itoa(o.Attempts))
+	own.Set(HeaderFailedAt, o.Finished.UTC().Format(time.RFC3339Nano))
+	// Set here rather than as publish options, so that they are measured.
+	own.Set(nats.MsgIdHdr, "dlq-"+EncodeKey(o.JobID)+"-"+strconv.FormatUint(rev, 10))
+	own.Set(nats.ExpectedStreamHdr, r.cfg.DLQStream)
 
+	hdr := producerHeaders(env.Header)
+	for k, vs := range own {
+		hdr[k] = vs
+	}
 	msg := &nats.Msg{Subject: DLQSubject(r.cfg, scene, target), Header: hdr, Data: env.Data}
-	_, err := r.js.PublishMsg(ctx, msg,
-		jetstream.WithMsgID("dlq-"+EncodeKey(o.JobID)+"-"+strconv.FormatUint(rev, 10)),
-		jetstream.WithExpectStream(r.cfg.DLQStream))
+	limit := r.maxMessage()
+	if wireSize(msg) > limit || headerSize(msg.Header) > maxDLQHeader {
+		truncate(msg, own, limit, false)
+	}
+	_, err := r.js.PublishMsg(ctx, msg)
+	if isTooLarge(err) {
+		// The DLQ stream may allow less than the server (max_msg_size):
+		// once more with the worker's headers only, cut to fit both.
+		if n := r.dlqMaxMsgSize(ctx); n > 0 && n < limit {
+			limit = n
+		}
+		msg.Data = env.Data
+		truncate(msg, own, limit, true)
+		_, err = r.js.PublishMsg(ctx, msg)
+	}
 	if err != nil {
-		return fmt.Errorf("queue: put job %s on the DLQ: %w", o.JobID, err)
+		return fmt.Errorf("queue: put job %s on the DLQ: %w", o.JobID, unstorable(err))
 	}
 	return nil
+}
+
+const (
+	// dlqSlack is what a DLQ entry keeps free under the maximum message
+	// size, for the publish's framing.
+	dlqSlack = 64
+	// maxDLQHeader bounds a DLQ entry's headers: JetStream refuses a
+	// message whose headers exceed 64 KiB (JSStreamHeaderExceedsMaximumErr).
+	maxDLQHeader = 60 << 10
+	// errCodeHeaderTooLarge is that refusal's error code.
+	errCodeHeaderTooLarge = 10097
+)
+
+// maxMessage is the largest DLQ entry the connected server takes, headers
+// and body: its max_payload less dlqSlack.
+func (r *Recorder) maxMessage() int {
+	n := int64(1 << 20) // the server's default, if the connection does not say
+	if nc := r.js.Conn(); nc != nil && nc.MaxPayload() > 0 {
+		n = nc.MaxPayload()
+	}
+	return int(n) - dlqSlack
+}
+
+// dlqMaxMsgSize is the DLQ stream's max_msg_size less dlqSlack, or 0 when
+// it has none or cannot be read.
+func (r *Recorder) dlqMaxMsgSize(ctx context.Context) int {
+	st, err := r.js.Stream(ctx, r.cfg.DLQStream)
+	if err != nil || st.CachedInfo().Config.MaxMsgSize <= dlqSlack {
+		return 0
+	}
+	return int(st.CachedInfo().Config.MaxMsgSize) - dlqSlack
+}
+
+// wireSize is the size of msg's headers and body as a publish carries them
+// (nats.go's header block: "NATS/1.0", one "Key: value" line per value, a
+// blank line).
+func wireSize(msg *nats.Msg) int {
+	return headerSize(msg.Header) + len(msg.Data)
+}
+
+func headerSize(h nats.Header) int {
+	if len(h) == 0 {
+		return 0
+	}
+	n := len("NATS/1.0\r\n") + len("\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+	}
+	return n
+}
+
+// truncate cuts msg to at most limit bytes (wireSize): when the headers
+// take more than half of it or more than maxDLQHeader, or dropHeaders is
+// set, only own (the worker's headers) are kept; then the body is cut, on
+// a UTF-8 boundary. It says what it cut in HeaderTruncated and the body's
+// original size in HeaderOriginalSize.
+func truncate(msg *nats.Msg, own nats.Header, limit int, dropHeaders bool) {
+	orig := len(msg.Data)
+	var cut []string
+	mark := func() {
+		msg.Header.Set(HeaderTruncated, "headers,body") // the longest value, while measuring
+		msg.Header.Set(HeaderOriginalSize, strconv.Itoa(orig))
+	}
+	mark()
+	if n := headerSize(msg.Header); dropHeaders || n > limit/2 || n > maxDLQHeader {
+		msg.Header = nats.Header{}
+		for k, vs := range own {
+			msg.Header[k] = vs
+		}
+		mark()
+		cut = append(cut, "headers")
+	}
+	if room := max(limit-headerSize(msg.Header), 0); len(msg.Data) > room {
+		for room > 0 && !utf8.RuneStart(msg.Data[room]) {
+			room--
+		}
+		msg.Data = msg.Data[:room]
+		cut = append(cut, "body")
+	}
+	msg.Header.Set(HeaderTruncated, strings.Join(cut, ","))
+}
+
+// isTooLarge reports whether err says a message was too large for the
+// server or the stream.
+func isTooLarge(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeHeaderTooLarge
+}
+
+// unstorable marks err with dispatcher.ErrUnstorable when retrying the
+// write cannot help: the message is too large, or the key or subject is
+// one the server refuses.
+func unstorable(err error) error {
+	if isTooLarge(err) || errors.Is(err, jetstream.ErrInvalidKey) || errors.Is(err, nats.ErrBadSubject) {
+		return fmt.Errorf("%w: %w", dispatcher.ErrUnstorable, err)
+	}
+	return err
 }
 
 // Lookup returns the job's outcome, if it has one.
@@ -272,6 +402,19 @@ func (r *Recorder) WaitOutcome(ctx context.Context, jobID string) (dispatcher.Ou
 		return dispatcher.Outcome{}, err
 	}
 	return w.Wait(ctx)
+}
+
+// producerHeaders copies h without the server's headers (userHeaders) and
+// without qqdispatch's own: the headers of a job's producer, as a DLQ entry
+// or a replay keeps them.
+func producerHeaders(h map[string][]string) nats.Header {
+	out := userHeaders(h)
+	for k := range out {
+		if len(k) >= len(headerPrefix) && strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
+			delete(out, k)
+		}
+	}
+	return out
 }
 
 // userHeaders copies h without the headers the server interprets (every

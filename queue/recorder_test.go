@@ -1,10 +1,13 @@
 package queue
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -282,5 +285,129 @@ func TestOutcomeWatch(t *testing.T) {
 	w2.Stop()
 	if _, err := w2.Wait(ctx); err == nil {
 		t.Fatal("Wait on a stopped watch returned an outcome")
+	}
+}
+
+// TestRecorderDLQKeepsOnlyItsOwnHeaders: a producer's Qqdispatch-* headers
+// never reach the DLQ entry (in any case of letters), so an outcome without
+// a code or trace id shows none; the producer's other headers stay.
+func TestRecorderDLQKeepsOnlyItsOwnHeaders(t *testing.T) {
+	t.Parallel()
+	b := setupRecorder(t)
+	ctx := testCtx(t)
+	env := jobEnvelope(b.cfg, "group", "G1")
+	env.Header = map[string][]string{
+		"X-Producer":          {"svc-a"},
+		"Qqdispatch-Code":     {"11255"},
+		"Qqdispatch-Trace-Id": {"forged"},
+		"qqdispatch-status":   {"sent"},
+		"QQDISPATCH-REASON":   {"forged"},
+		"Qqdispatch-Job-Id":   {"someone-else"},
+		"Qqdispatch-Attempts": {"99"},
+	}
+	o := dispatcher.Outcome{JobID: "inv-1", Status: dispatcher.StatusInvalid, Reason: "bad", Scene: "group", Target: "G1"}
+	if _, err := b.rec.Record(ctx, o, env); err != nil {
+		t.Fatal(err)
+	}
+	m := b.dlqMsgs(t)[0]
+	for k, vs := range m.Header {
+		if strings.EqualFold(k, "qqdispatch-status") && k != HeaderStatus || vs[0] == "forged" || vs[0] == "11255" || vs[0] == "99" || vs[0] == "someone-else" {
+			t.Errorf("producer header %s: %v reached the DLQ", k, vs)
+		}
+	}
+	e := entryFrom(m.Subject, m.Sequence, m.Time, m.Header)
+	if e.Code != 0 || e.TraceID != "" || e.Status != dispatcher.StatusInvalid || e.JobID != "inv-1" || e.Attempts != 0 || e.Reason != "bad" {
+		t.Errorf("entry %+v", e)
+	}
+	if m.Header.Get("X-Producer") != "svc-a" {
+		t.Errorf("the producer's own header was dropped: %v", m.Header)
+	}
+}
+
+// TestRecorderTruncatesWhatDoesNotFit: a job near the server's maximum
+// payload, or with headers near the stream's 64 KiB header limit, still
+// goes to the DLQ, cut to fit and saying so.
+func TestRecorderTruncatesWhatDoesNotFit(t *testing.T) {
+	t.Parallel()
+	b := setupRecorder(t)
+	ctx := testCtx(t)
+	maxPayload := int(b.ts.js.Conn().MaxPayload())
+
+	big := jobEnvelope(b.cfg, "group", "G1")
+	big.Data = []byte(`{"v":1,"pad":"` + strings.Repeat("é", (maxPayload-100)/2) + `"}`)
+	o := dispatcher.Outcome{JobID: "big", Status: dispatcher.StatusInvalid, Reason: strings.Repeat("r", 5000)}
+	if _, err := b.rec.Record(ctx, o, big); err != nil {
+		t.Fatal(err)
+	}
+	heads := jobEnvelope(b.cfg, "group", "G1")
+	heads.Header = map[string][]string{"X-Pad": {strings.Repeat("h", 63<<10)}}
+	if _, err := b.rec.Record(ctx, dispatcher.Outcome{JobID: "heads", Status: dispatcher.StatusInvalid}, heads); err != nil {
+		t.Fatal(err)
+	}
+	msgs := b.dlqMsgs(t)
+	if len(msgs) != 2 {
+		t.Fatalf("%d DLQ entries, want 2", len(msgs))
+	}
+	for _, c := range []struct {
+		m         *jetstream.RawStreamMsg
+		truncated string
+		size      int
+	}{{msgs[0], "body", len(big.Data)}, {msgs[1], "headers", len(heads.Data)}} {
+		e := entryFrom(c.m.Subject, c.m.Sequence, c.m.Time, c.m.Header)
+		if e.Truncated != c.truncated || e.OriginalSize != c.size || e.JobID == "" || e.Status != dispatcher.StatusInvalid {
+			t.Errorf("entry %s: truncated %q, original size %d; want %q, %d", e.JobID, e.Truncated, e.OriginalSize, c.truncated, c.size)
+		}
+		if !utf8.Valid(c.m.Data) {
+			t.Errorf("entry %s: body cut inside a character", e.JobID)
+		}
+	}
+	if !bytes.HasPrefix(big.Data, msgs[0].Data) || len(msgs[0].Data) < maxPayload-16<<10 {
+		t.Errorf("truncated body keeps %d of %d bytes, not a prefix of it", len(msgs[0].Data), len(big.Data))
+	}
+	if msgs[1].Header.Get("X-Pad") != "" || string(msgs[1].Data) != string(heads.Data) {
+		t.Errorf("headers-truncated entry: %d header names, body %q", len(msgs[1].Header), msgs[1].Data)
+	}
+}
+
+// TestRecorderDLQStreamSmallerThanServer: when the DLQ stream allows
+// smaller messages than the server (max_msg_size), the entry is cut to
+// the stream's size, not refused.
+func TestRecorderDLQStreamSmallerThanServer(t *testing.T) {
+	t.Parallel()
+	b := setupRecorder(t)
+	ctx := testCtx(t)
+	st, err := b.ts.js.Stream(ctx, b.cfg.DLQStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := st.CachedInfo().Config
+	sc.MaxMsgSize = 8 << 10
+	if _, err := b.ts.js.UpdateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	env := jobEnvelope(b.cfg, "group", "G1")
+	env.Data = bytes.Repeat([]byte("x"), 64<<10)
+	if _, err := b.rec.Record(ctx, dispatcher.Outcome{JobID: "mid", Status: dispatcher.StatusInvalid}, env); err != nil {
+		t.Fatal(err)
+	}
+	m := b.dlqMsgs(t)[0]
+	if e := entryFrom(m.Subject, m.Sequence, m.Time, m.Header); e.Truncated != "headers,body" || e.OriginalSize != 64<<10 || len(m.Data) > 8<<10 {
+		t.Errorf("entry truncated %q, original %d, keeps %d bytes", e.Truncated, e.OriginalSize, len(m.Data))
+	}
+}
+
+func TestDLQSubjectBoundsTarget(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	for _, c := range []struct{ scene, target, want string }{
+		{"group", "G1", cfg.Prefix + ".dlq.group.G1"},
+		{"group", strings.Repeat("t", dispatcher.MaxTargetBytes), cfg.Prefix + ".dlq.group." + strings.Repeat("t", dispatcher.MaxTargetBytes)},
+		{"group", strings.Repeat("t", dispatcher.MaxTargetBytes+1), cfg.Prefix + ".dlq.invalid"},
+		{"group", "a.b", cfg.Prefix + ".dlq.invalid"},
+		{"fax", "G1", cfg.Prefix + ".dlq.invalid"},
+	} {
+		if got := DLQSubject(cfg, c.scene, c.target); got != c.want {
+			t.Errorf("DLQSubject(%q, %.20q…) = %.40q, want %.40q", c.scene, c.target, got, c.want)
+		}
 	}
 }
