@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
@@ -162,7 +163,11 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 		if e.Code != 0 {
 			code = strconv.Itoa(e.Code)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), e.JobID, e.Status, code, clip(e.Reason, 100))
+		reason := e.Reason
+		if e.Truncated != "" {
+			reason = "[" + e.Truncated + " truncated] " + reason
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), clip(printable(e.JobID), 80), e.Status, code, clip(printable(reason), 100))
 	}
 	return tw.Flush()
 }
@@ -178,7 +183,33 @@ func entryJSON(e queue.DLQEntry) map[string]any {
 	if e.TraceID != "" {
 		m["trace_id"] = e.TraceID
 	}
+	if e.Truncated != "" {
+		m["truncated"], m["original_size"] = e.Truncated, e.OriginalSize
+	}
 	return m
+}
+
+// printable makes text from a DLQ entry (producers chose some of it) safe
+// for a terminal: control characters other than newline and tab are shown
+// escaped (\x1b), never written.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, isUnsafeRune) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if isUnsafeRune(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func isUnsafeRune(r rune) bool {
+	return r != '\n' && r != '\t' && (unicode.IsControl(r) || r == utf8.RuneError || unicode.Is(unicode.Bidi_Control, r))
 }
 
 func clip(s string, n int) string {
@@ -227,7 +258,7 @@ func dlqShow(ctx context.Context, cl *cli, args []string) error {
 		return fmt.Errorf("dlq show: %w", err)
 	}
 	w := cl.stdout
-	fmt.Fprintf(w, "Seq: %d\nTime: %s\nSubject: %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339Nano), e.Subject)
+	fmt.Fprintf(w, "Seq: %d\nTime: %s\nSubject: %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339Nano), printable(e.Subject))
 	keys := make([]string, 0, len(e.Header))
 	for k := range e.Header {
 		keys = append(keys, k)
@@ -235,23 +266,28 @@ func dlqShow(ctx context.Context, cl *cli, args []string) error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		for _, v := range e.Header[k] {
-			fmt.Fprintf(w, "%s: %s\n", k, v)
+			fmt.Fprintf(w, "%s: %s\n", printable(k), printable(v))
 		}
 	}
 	fmt.Fprintln(w)
+	if e.Truncated != "" {
+		fmt.Fprintf(w, "(truncated to fit the server's maximum message size: %s cut; the body had %d bytes, %d are kept; it cannot be replayed)\n\n",
+			e.Truncated, e.OriginalSize, len(e.Data))
+	}
 	return writeBody(w, e.Data)
 }
 
-// writeBody prints a job body, indented when it is JSON.
+// writeBody prints a job body, indented when it is JSON, with control
+// characters escaped either way.
 func writeBody(w io.Writer, data []byte) error {
 	var v json.RawMessage
 	if json.Unmarshal(data, &v) == nil {
 		if b, err := json.MarshalIndent(v, "", "  "); err == nil {
-			_, err = fmt.Fprintf(w, "%s\n", b)
+			_, err = fmt.Fprintf(w, "%s\n", printable(string(b)))
 			return err
 		}
 	}
-	_, err := fmt.Fprintf(w, "%s\n", data)
+	_, err := fmt.Fprintf(w, "%s\n", printable(string(data)))
 	return err
 }
 
