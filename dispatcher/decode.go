@@ -288,14 +288,8 @@ func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 		return messageInfo{}, invalid("v", "unsupported contract version %d (this dispatcher understands version %d)", j.V, ContractVersion)
 	}
 	if j.ID != "" {
-		if len(j.ID) > MaxJobIDBytes {
-			return messageInfo{}, invalid("id", "is %d bytes, over the %d-byte limit", len(j.ID), MaxJobIDBytes)
-		}
-		if !utf8.ValidString(j.ID) {
-			return messageInfo{}, invalid("id", "is not valid UTF-8")
-		}
-		if i, r := indexRune(j.ID, isTextForbidden); i >= 0 {
-			return messageInfo{}, invalid("id", "contains %U at byte %d (ids must be printable: no control characters or line separators)", r, i)
+		if err := CheckID("id", j.ID); err != nil {
+			return messageInfo{}, err
 		}
 	}
 	if j.Scene == "" {
