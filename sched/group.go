@@ -16,8 +16,9 @@ import (
 // round like a lane with one job, and a parked job's place in the queue is
 // the count of jobs in earlier rounds (see rounds).
 type group struct {
-	key  groupKey
-	pace dispatcher.Pace
+	key     groupKey
+	pace    dispatcher.Pace
+	pacedAt int64 // when pace was read (repace)
 
 	gates  []gateUse
 	iv     int64  // the slowest shared interval (ns); 0: none
@@ -46,6 +47,7 @@ type group struct {
 	obsIv      float64
 	samples    int
 	lastPermit int64 // instant of the last permit the bucket pushed back
+	emptyAt    int64 // when the group last started its last held job
 }
 
 // park and unpark count a job of the group away (parked or handed back)
@@ -140,11 +142,21 @@ func (g *group) sample(iv float64) {
 	g.samples++
 }
 
-// pushedBack notes a permit for until that the slowest bucket pushed back:
-// a sample of the spacing since the previous one, when that was recent.
-func (g *group) pushedBack(until int64) {
+// pushedBack notes a permit for until that the slowest bucket pushed back
+// when it was asked at now: a sample of the spacing since the previous
+// one, when that one was recent. When the group has had no job waiting
+// at some moment since it, the bucket may have been idle for want of a
+// job here, and that gap is this worker's, not the bucket's: counting it
+// would plan parked jobs later, leave the bucket idler, and feed on
+// itself. The sample is then only what is sure: the push back itself and
+// the permit's own interval.
+func (g *group) pushedBack(until, now int64) {
 	if g.lastPermit > 0 && until > g.lastPermit && until-g.lastPermit < 8*max(int64(g.obsIv), g.iv) {
-		g.sample(float64(until - g.lastPermit))
+		iv := until - g.lastPermit
+		if now > g.lastPermit && g.emptyAt >= g.lastPermit {
+			iv = min(iv, until-now+g.iv)
+		}
+		g.sample(float64(iv))
 	}
 	g.lastPermit = max(g.lastPermit, until)
 }

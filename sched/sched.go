@@ -77,7 +77,8 @@ type Config struct {
 	// writes run meanwhile. Default LeadDefault (100ms).
 	Lead time.Duration
 	// ReturnLead is how long before its estimated instant a parked job
-	// comes back. Default Horizon/2.
+	// comes back at least; one parked for longer than 8×ReturnLead comes
+	// back an eighth of its wait early. Default Horizon/2.
 	ReturnLead time.Duration
 	// LaneWindow is the most jobs of one lane held at once. Default
 	// LaneWindowDefault (32).
@@ -270,15 +271,20 @@ func tm(n int64) time.Time {
 	return time.Unix(0, n)
 }
 
-func (s *Scheduler) group(k groupKey) *group {
-	g := s.groups[k]
-	if g != nil {
-		return g
-	}
-	g = newGroup(k)
+// repaceEvery is how often a group asks the rules for its pace again: it
+// changes as the limiter learns the network path and recovers from a
+// rate-limit answer.
+const repaceEvery = int64(time.Second)
+
+// repace reads g's pace from the rules and sets its gates, interval and
+// cap from it.
+func (s *Scheduler) repace(g *group, now int64) {
+	g.pacedAt = now
 	if s.cfg.Rules != nil {
-		g.pace = s.cfg.Rules.Pace(k.scene, k.kind)
+		g.pace = s.cfg.Rules.Pace(g.key.scene, g.key.kind)
 	}
+	g.iv, g.ivRule = 0, ""
+	g.gates = g.gates[:0]
 	for _, b := range g.pace.Shared {
 		if int64(b.Interval) > g.iv {
 			g.iv, g.ivRule = int64(b.Interval), b.Rule
@@ -295,6 +301,15 @@ func (s *Scheduler) group(k groupKey) *group {
 	} else {
 		g.cap = math.MaxInt
 	}
+}
+
+func (s *Scheduler) group(k groupKey) *group {
+	g := s.groups[k]
+	if g != nil {
+		return g
+	}
+	g = newGroup(k)
+	s.repace(g, 0)
 	s.groups[k] = g
 	s.order = append(s.order, g)
 	return g
@@ -359,7 +374,11 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		if blocked && rule == "" {
 			rule = "order"
 		}
-		until := max(est-int64(s.cfg.ReturnLead), n+int64(minPark))
+		// It comes back ReturnLead early, or an eighth of the wait when
+		// that is more: a plan for far ahead is less sure, and a job back
+		// early only parks again, where one back late leaves the rate
+		// unused.
+		until := max(est-max(int64(s.cfg.ReturnLead), (est-n)/8), n+int64(minPark))
 		if blocked {
 			// Not before the job it waits for.
 			until = max(until, l.away[0].until+int64(minPark))
@@ -458,6 +477,9 @@ func (s *Scheduler) Next(now time.Time) ([]Start, time.Time) {
 	s.sweep(n)
 	lead := int64(s.cfg.Lead)
 	for _, g := range s.order {
+		if n-g.pacedAt >= repaceEvery {
+			s.repace(g, n)
+		}
 		for l := g.waiting.top(); l != nil && l.fc <= n+lead; l = g.waiting.top() {
 			s.touch(l, n) // forecasts move (cool-downs): ask again
 			if l.hidx[waitingHeap] >= 0 {
@@ -549,7 +571,9 @@ func (s *Scheduler) start(l *lane, now int64) *Item {
 		l.held = nil
 	}
 	l.busy = it
-	g.held--
+	if g.held--; g.held == 0 {
+		g.emptyAt = now
+	}
 	s.held--
 	s.running++
 	if it.Kind == dispatcher.KindActive {
@@ -646,7 +670,7 @@ func (s *Scheduler) Pause(it *Item, until time.Time, rule string, now time.Time)
 		}
 	}
 	if rule == g.ivRule && g.iv > 0 {
-		g.pushedBack(it.until)
+		g.pushedBack(it.until, now.UnixNano())
 	}
 	g.paused.add(it)
 }

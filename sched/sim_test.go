@@ -31,8 +31,10 @@ type simulation struct {
 	maxHeld int
 	// slotOf, when set, moves a bucket's slot later (other workers took
 	// the ones before it).
-	slotOf  func(bucket string, at time.Time) time.Time
-	eventNo int
+	slotOf func(bucket string, at time.Time) time.Time
+	// returnLate is how long after its Until a parked job comes back.
+	returnLate time.Duration
+	eventNo    int
 }
 
 type simCall struct {
@@ -127,7 +129,7 @@ func (m *simulation) run(end time.Time) {
 					m.parks++
 					back := *e.it
 					back.lane, back.state, back.hidx = nil, stateNew, 0
-					m.push(event{at: d.Until, it: &back})
+					m.push(event{at: d.Until.Add(m.returnLate), it: &back})
 				}
 				m.maxHeld = max(m.maxHeld, m.s.Held())
 			}
@@ -308,4 +310,37 @@ func TestSimQuietLaneGetsNextTurn(t *testing.T) {
 	if !slices.Contains(order, "quiet") {
 		t.Errorf("quiet missing from %v", order)
 	}
+}
+
+// The limiter's pace changes while jobs are parked (it learned the path
+// was calmer than assumed): jobs published at three times the bucket's
+// rate over 50 groups are planned with the pace in force, so parked jobs
+// come back in time and the bucket is never idle while they wait, even
+// though each comes back 15 ms after its Until.
+func TestSimParkedJobsFollowThePace(t *testing.T) {
+	t.Parallel()
+	m := newSimulation(t, Config{Slots: 64})
+	m.returnLate = 15 * time.Millisecond
+	slow := dispatcher.Pace{Shared: []dispatcher.SharedRate{{Name: "bot.group.active", Rule: "group.active.rate.per_bot", Interval: 55 * time.Millisecond}}}
+	fast := dispatcher.Pace{Shared: []dispatcher.SharedRate{{Name: "bot.group.active", Rule: "group.active.rate.per_bot", Interval: 51 * time.Millisecond}}}
+	m.rules.paces[groupKey{grp, active}] = slow
+	var j jobs
+	for i := range 1800 { // 60 a second for 30 s
+		m.publish(j.item(grp, fmt.Sprintf("g%d", i%50), active), t0.Add(time.Duration(i)*time.Second/60))
+	}
+	m.run(t0.Add(5 * time.Second))
+	m.rules.paces[groupKey{grp, active}] = fast
+	m.run(t0.Add(30 * time.Second))
+	from, to := t0.Add(10*time.Second), t0.Add(30*time.Second)
+	n := 0
+	for _, c := range m.calls {
+		if !c.at.Before(from) && c.at.Before(to) {
+			n++
+		}
+	}
+	want := int(to.Sub(from) / (51 * time.Millisecond))
+	if n < want*99/100 {
+		t.Errorf("%d calls from 10 s to 30 s, want about %d (the bucket's whole rate)", n, want)
+	}
+	t.Logf("%d calls of %d possible; parks per job %.2f", n, want, float64(m.parks)/1800)
 }
