@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -273,4 +274,36 @@ func TestConsumerEveryPartitionPulls(t *testing.T) {
 		}
 	}
 	h.await(t, h.done, "one job per partition")
+}
+
+// TestItemOfInvalid: the scheduler is told a job is invalid when its body
+// fails the contract and when its id breaks the id rules though the body
+// is fine, so neither waits for its target's turn.
+func TestItemOfInvalid(t *testing.T) {
+	t.Parallel()
+	c := &Consumer{cfg: ConsumerConfig{Decode: dispatcher.DecodeOptions{Prefix: "qqbot"}}}
+	body := []byte(`{"v":1,"scene":"group","target":"g1","message":{"msg_type":0,"content":"hi"}}`)
+	tests := []struct {
+		name    string
+		env     dispatcher.Envelope
+		invalid bool
+	}{
+		{"valid", dispatcher.Envelope{Subject: "qqbot.send.group.g1", Data: body, Seq: 1}, false},
+		{"bad body", dispatcher.Envelope{Subject: "qqbot.send.group.g1", Data: []byte(`{`), Seq: 2}, true},
+		{"control character in Nats-Msg-Id", dispatcher.Envelope{Subject: "qqbot.send.group.g1", Data: body, Seq: 3,
+			Header: map[string][]string{dispatcher.HeaderMsgID: {"a\x1bb"}}}, true},
+		{"id over the limit", dispatcher.Envelope{Subject: "qqbot.send.group.g1", Data: body, Seq: 4,
+			Header: map[string][]string{dispatcher.HeaderJobID: {strings.Repeat("x", dispatcher.MaxJobIDBytes+1)}}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			it := c.itemOf(tt.env)
+			if it.Invalid != tt.invalid {
+				t.Errorf("Invalid = %v, want %v", it.Invalid, tt.invalid)
+			}
+			if it.JobID == "" {
+				t.Error("no job id")
+			}
+		})
+	}
 }

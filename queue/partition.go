@@ -232,8 +232,10 @@ func (p *partition) arrive(msg jetstream.Msg) {
 // itemOf decodes what the scheduler needs to know of a job.
 func (c *Consumer) itemOf(env dispatcher.Envelope) *sched.Item {
 	job, err := dispatcher.Decode(env.Subject, env.Data, c.cfg.Decode)
-	it := &sched.Item{Seq: env.Seq, JobID: dispatcher.JobIdentity(job, env)}
-	if err != nil {
+	id := dispatcher.IdentifyJob(job, env)
+	it := &sched.Item{Seq: env.Seq, JobID: id.ID}
+	if err != nil || id.Err != nil {
+		// It ends invalid at once: it must not wait in its target's lane.
 		it.Invalid = true
 		return it
 	}

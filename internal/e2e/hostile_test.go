@@ -302,10 +302,11 @@ var hostileIDs = []hostileID{
 	}},
 }
 
-// hidTarget spreads the jobs with bad ids over 40 groups: the worker sends
-// one target's jobs one at a time, and takes a job whose body is valid for
-// one of its target's, even when its id is not.
-func hidTarget(i int) string { return "hid" + strconv.Itoa(i%40) }
+// hidTarget is the group all jobs with bad ids go to: one target's jobs
+// go one at a time, but a job whose id breaks the rules ends at once,
+// without waiting for its target's turn (a valid body does not make it a
+// send).
+func hidTarget(int) string { return "hid" }
 
 func hidSubject(i int) string { return "qqbot.send.group." + hidTarget(i) }
 
