@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -53,7 +54,10 @@ func ServePeer(nc *nats.Conn, cfg Config, worker string, answer func(jobID strin
 	}
 	sub, err := nc.Subscribe(WorkerSubject(cfg, worker), func(m *nats.Msg) {
 		var req peerRequest
-		if m.Reply == "" || len(m.Data) > maxPeerRequest || json.Unmarshal(m.Data, &req) != nil || req.JobID == "" {
+		// A JetStream delivery is no question: anyone allowed to create a
+		// consumer can point its deliveries here (its reply is an ack
+		// subject).
+		if m.Reply == "" || strings.HasPrefix(m.Reply, "$JS.") || len(m.Data) > maxPeerRequest || json.Unmarshal(m.Data, &req) != nil || req.JobID == "" {
 			return
 		}
 		b, err := json.Marshal(answer(req.JobID, req.Attempts))
