@@ -69,7 +69,9 @@ type SendError struct {
 	// no answer came back (a timeout or a dropped connection after the
 	// request was written): the message may have been delivered.
 	Unanswered bool
-	Err        error // the underlying error
+	// Wire is the call's timing, when an answer came.
+	Wire Wire
+	Err  error // the underlying error
 }
 
 func (e *SendError) Error() string {

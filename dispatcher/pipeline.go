@@ -154,8 +154,9 @@ type Processor struct {
 	log zerolog.Logger
 
 	// markLead is how long the ledger's "calling" mark has been taking
-	// (nanoseconds; rises at once, decays slowly): it is written that long
-	// before the call's instant, so the call still leaves on time.
+	// (nanoseconds; rises at once, decays slowly): it is written about
+	// twice that long before the call's instant, so the call still leaves
+	// on time.
 	markLead atomic.Int64
 
 	// warns rate-limits the warnings of retried storage writes.
@@ -669,7 +670,8 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		if ctx.Err() != nil {
 			return Outcome{}, ErrHandedBack
 		}
-		if err := r.leave(ctx); err != nil {
+		permit, err := r.leave(ctx)
+		if err != nil {
 			return Outcome{}, err
 		}
 		if r.attempts == 0 && p.cfg.Observer != nil && !r.env.Published.IsZero() {
@@ -684,6 +686,9 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		res, err := p.cfg.Sender.Send(context.WithoutCancel(ctx), j.Scene, j.Target, body)
 		took := p.cfg.Clock.Now().Sub(callStart)
 		class := ClassOf(err)
+		if permit != nil {
+			permit.Answered(err, wireOf(res, err))
+		}
 		if p.cfg.Observer != nil {
 			p.cfg.Observer.Attempt(j.Scene, err, took)
 		}
@@ -779,11 +784,12 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 // instant (waiting out a NotYetError), the sender's preparation and the
 // ledger's "calling" mark shortly before the instant, then the departure.
 // The mark comes after the tokens are held and before the departure, so
-// the departure recorded is the request's; it starts as long before the
-// instant as recent marks took (see learnMark), so a ledger round trip
-// does not make every call late. Waits longer than a moment give the
-// worker slot back (Pauser).
-func (r *run) leave(ctx context.Context) error {
+// the departure recorded is the request's; it starts about twice as long
+// before the instant as recent marks took (see learnMark), so a ledger
+// round trip does not make calls late. Waits longer than a moment give the
+// worker slot back (Pauser). It returns the permit the call departed on
+// (nil without a limiter), to be told how the call went.
+func (r *run) leave(ctx context.Context) (Permit, error) {
 	p := r.p
 	var permit Permit
 	if lim := p.cfg.Limiter; lim != nil {
@@ -792,20 +798,23 @@ func (r *run) leave(ctx context.Context) error {
 			var ny *NotYetError
 			if errors.As(err, &ny) {
 				if err := r.wait(ctx, ny.At.Sub(p.cfg.Clock.Now()), ny.Rule); err != nil {
-					return err
+					return nil, err
 				}
 				continue
 			}
 			if err != nil {
-				return err
+				return nil, err
 			}
 			permit = pm
 			break
 		}
-		lead := time.Duration(p.markLead.Load())
+		// Twice the mark's recent time and a little: a mark that takes
+		// longer than the last ones must not make the call late (a
+		// fleet-wide bucket's slot is lost then).
+		lead := min(2*time.Duration(p.markLead.Load())+markMargin, maxMarkLead)
 		if err := r.wait(ctx, permit.At().Sub(p.cfg.Clock.Now())-lead, permit.Rule()); err != nil {
 			permit.Release()
-			return err
+			return nil, err
 		}
 	}
 	if pr, ok := p.cfg.Sender.(Preparer); ok {
@@ -816,20 +825,32 @@ func (r *run) leave(ctx context.Context) error {
 		if permit != nil {
 			permit.Release()
 		}
-		return err
+		return nil, err
 	}
 	p.learnMark(p.cfg.Clock.Now().Sub(start))
 	if permit == nil {
-		return nil
+		return nil, nil
 	}
 	if err := permit.Depart(ctx); err != nil {
 		// Marked, then stopped before the call: no call ran.
 		if cerr := r.markClaimed(ctx); cerr != nil {
 			p.noteNotCalled(r.jobID, r.claim.Attempts)
 		}
-		return err
+		return nil, err
 	}
-	return nil
+	return permit, nil
+}
+
+// wireOf is the wire timing a Sender reported for a call.
+func wireOf(res *SendResult, err error) Wire {
+	if res != nil {
+		return res.Wire
+	}
+	var se *SendError
+	if errors.As(err, &se) {
+		return se.Wire
+	}
+	return Wire{}
 }
 
 // pauseAbove is the shortest wait for which a job gives its worker slot
@@ -861,6 +882,9 @@ func (r *run) wait(ctx context.Context, d time.Duration, rule string) error {
 // the call's instant: a worker that dies in between leaves a job in doubt
 // that never left.
 const maxMarkLead = 50 * time.Millisecond
+
+// markMargin is added to the mark's expected time (see leave).
+const markMargin = 2 * time.Millisecond
 
 // learnMark folds one "calling" mark's duration into markLead: a longer
 // one is taken at once (a call late by it is lost throughput on every

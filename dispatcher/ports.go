@@ -16,6 +16,15 @@ type SendResult struct {
 	MessageID string // the QQ message id; empty when AuditID is set
 	AuditID   string // set when the platform accepted the message pending audit
 	TraceID   string // the platform trace id of the answer
+	Wire      Wire   // when the request went out and the answer began
+}
+
+// Wire is a call's timing on the wire, as the HTTP client saw it
+// (net/http/httptrace): when the request was written and when the first
+// byte of the answer came. Zero fields are unknown.
+type Wire struct {
+	Wrote     time.Time
+	FirstByte time.Time
 }
 
 // Sender calls the QQ OpenAPI. Failures are *SendError values.
@@ -170,8 +179,8 @@ type Limiter interface {
 	// instant, nothing taken meanwhile.
 	Acquire(ctx context.Context, job *Job, deadline time.Time) (Permit, error)
 	// Feedback tells the limiter how the platform answered a call, so a
-	// rate-limit answer slows the key down and a quota answer marks the
-	// period as spent.
+	// quota answer marks the period as spent. (Rate-limit answers and wire
+	// timing reach the limiter through the call's Permit.)
 	Feedback(job *Job, class ErrorClass)
 }
 
@@ -192,6 +201,11 @@ type Permit interface {
 	// Release gives the tokens back: the call will not happen. It does
 	// nothing after Depart.
 	Release()
+	// Answered tells the limiter how the call that departed went: err is
+	// nil or the call's error (its class decides), w its wire timing. The
+	// limiter learns the path's delay spread from it, and a rate-limit
+	// answer slows down what tripped. Call it once, after Depart.
+	Answered(err error, w Wire)
 }
 
 // NotYetError says a rule lets the call go only at At, and that nothing

@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -47,6 +48,21 @@ type SharedBucket interface {
 	// that another bucket held back after all. If another departure was
 	// recorded since, the record may stay: that only delays later calls.
 	Undepart(now time.Time)
+	// Retune changes the bucket's rate, slack and (buckets that bound it)
+	// lateness from now on: the limiter stretches a bucket's interval to the
+	// path's measured spread, cuts it after a rate-limit answer, and gives
+	// a fleet bucket the lateness its interval leaves room for. The burst
+	// stays.
+	Retune(every rate.Limit, slack, late time.Duration)
+	// Busy reports whether the bucket's calls have been leaving at its pace
+	// just now (its last departure within about two intervals): the bucket
+	// is what paces them.
+	Busy(now time.Time) bool
+	// Late is how late after the instant Take gave a call may still leave
+	// on its token; zero means any time (the bucket's own departures
+	// absorb a late call). A fleet bucket bounds it, for other workers'
+	// calls do not see this one's departures.
+	Late() time.Duration
 }
 
 // SharedBucketFactory builds the shared bucket of one rule. name says which
@@ -229,14 +245,15 @@ func (c *calendar) remove(a, b int64) {
 // whose next token comes after the last one taken, however far ahead.
 func NewLocalBucket(every rate.Limit, burst int, slack time.Duration) SharedBucket {
 	iv := intervalOf(every)
-	return &localBucket{iv: iv, tol: toleranceOf(iv, burst), slack: max(int64(slack), 0)}
+	return &localBucket{iv: iv, tol: toleranceOf(iv, burst), burst: burst, slack: max(int64(slack), 0)}
 }
 
 type localBucket struct {
+	burst int
+
+	mu      sync.Mutex
 	iv, tol int64
 	slack   int64 // see SharedBucketFactory
-
-	mu sync.Mutex
 	// now is the latest departure: the bucket has no clock, and calls
 	// leave at the time, so it is a lower bound of the time. (The times
 	// asked for by Take are not: they may be far ahead.)
@@ -250,11 +267,11 @@ type localBucket struct {
 func (l *localBucket) lo(at int64) int64 { return max(at, l.dep.tat-l.tol-l.slack) }
 
 func (l *localBucket) Next(at time.Time) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.iv == 0 {
 		return at
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	lo := l.lo(at.UnixNano())
 	if l.tol > 0 {
 		return time.Unix(0, l.g.next(lo, l.tol))
@@ -263,11 +280,11 @@ func (l *localBucket) Next(at time.Time) time.Time {
 }
 
 func (l *localBucket) Take(at time.Time) (time.Time, func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.iv == 0 {
 		return at, func() {}
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var s int64
 	if l.tol > 0 {
 		s = l.g.take(l.lo(at.UnixNano()), l.iv, l.tol)
@@ -289,11 +306,11 @@ func (l *localBucket) giveBack(s int64) {
 }
 
 func (l *localBucket) Depart(now time.Time) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.iv == 0 {
 		return now, true
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	n := now.UnixNano()
 	l.now = max(l.now, n)
 	next, ok := l.dep.depart(n, l.iv, l.tol+l.slack)
@@ -305,6 +322,22 @@ func (l *localBucket) Undepart(now time.Time) {
 	defer l.mu.Unlock()
 	l.dep.undepart(now.UnixNano())
 }
+
+func (l *localBucket) Retune(every rate.Limit, slack, _ time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.iv = intervalOf(every)
+	l.tol = toleranceOf(l.iv, l.burst)
+	l.slack = max(int64(slack), 0)
+}
+
+func (l *localBucket) Busy(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.iv > 0 && l.dep.tat >= now.UnixNano()-l.iv
+}
+
+func (l *localBucket) Late() time.Duration { return 0 }
 
 // bucketShards is the number of locks a bucketSet spreads its targets over.
 const bucketShards = 64
@@ -322,13 +355,47 @@ const bucketShards = 64
 // targets seen within one refill time.
 type bucketSet struct {
 	name    string
-	every   rate.Limit
 	burst   int
-	iv, tol int64 // interval and GCRA tolerance, nanoseconds
 	slack   int64 // see SharedBucketFactory
 	seed    maphash.Seed
 	noEvict bool // benchmarks only: keep every bucket, for a baseline
 	shards  [bucketShards]bucketShard
+	// pace is the rate in force (retune replaces it); each target's
+	// limiter follows it when next touched.
+	pace atomic.Pointer[setPace]
+}
+
+// setPace is a bucketSet's rate: tokens per second, and the interval and
+// GCRA tolerance in nanoseconds.
+type setPace struct {
+	every   rate.Limit
+	iv, tol int64
+}
+
+func newSetPace(every rate.Limit, burst int) *setPace {
+	iv := intervalOf(every)
+	return &setPace{every: every, iv: iv, tol: toleranceOf(iv, burst)}
+}
+
+// retune changes the set's rate from now on.
+func (s *bucketSet) retune(every rate.Limit) { s.pace.Store(newSetPace(every, s.burst)) }
+
+// busy reports whether key's calls have been leaving at the set's pace
+// just now (see SharedBucket.Busy).
+func (s *bucketSet) busy(key string, now int64) bool {
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	b := sh.m[key]
+	return b != nil && b.dtat >= now-s.pace.Load().iv
+}
+
+// limiter is b's token bucket at the set's current rate.
+func (s *bucketSet) limiter(b *targetBucket, p *setPace, now int64) *rate.Limiter {
+	if b.lim.Limit() != p.every {
+		b.lim.SetLimitAt(time.Unix(0, now), p.every)
+	}
+	return b.lim
 }
 
 type bucketShard struct {
@@ -355,7 +422,7 @@ type targetBucket struct {
 // idleAt is when the bucket is as good as a new one (full, and its last
 // departure an interval old), unless a call holds one of its tokens.
 func (s *bucketSet) idleAt(b *targetBucket) int64 {
-	return max(b.last+int64(s.burst)*s.iv, b.dtat)
+	return max(b.last+int64(s.burst)*s.pace.Load().iv, b.dtat)
 }
 
 // sweepPerTouch is how many idle buckets a new bucket evicts from its shard:
@@ -363,16 +430,13 @@ func (s *bucketSet) idleAt(b *targetBucket) int64 {
 const sweepPerTouch = 2
 
 func newBucketSet(name string, every rate.Limit, burst int, slack time.Duration) *bucketSet {
-	iv := intervalOf(every)
 	s := &bucketSet{
 		name:  name,
-		every: every,
 		burst: max(burst, 1),
-		iv:    iv,
-		tol:   toleranceOf(iv, burst),
 		slack: max(int64(slack), 0),
 		seed:  maphash.MakeSeed(),
 	}
+	s.pace.Store(newSetPace(every, s.burst))
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]*targetBucket)
 		s.shards[i].set = s
@@ -385,7 +449,9 @@ func (s *bucketSet) shard(key string) *bucketShard {
 }
 
 // lo is the earliest slot for a call at at that b's departures allow.
-func (s *bucketSet) lo(b *targetBucket, at int64) int64 { return max(at, b.dtat-s.tol-s.slack) }
+func (s *bucketSet) lo(b *targetBucket, p *setPace, at int64) int64 {
+	return max(at, b.dtat-p.tol-s.slack)
+}
 
 // next is when key's bucket has a token, at or after at.
 func (s *bucketSet) next(key string, at int64) int64 {
@@ -396,13 +462,14 @@ func (s *bucketSet) next(key string, at int64) int64 {
 	if b == nil {
 		return at
 	}
-	lo := s.lo(b, at)
-	tokens := b.lim.TokensAt(time.Unix(0, lo))
+	p := s.pace.Load()
+	lo := s.lo(b, p, at)
+	tokens := s.limiter(b, p, lo).TokensAt(time.Unix(0, lo))
 	if tokens >= 1 {
 		return lo
 	}
 	// As x/time/rate computes a reservation's wait.
-	return lo + int64(time.Duration((1-tokens)/float64(s.every)*float64(time.Second)))
+	return lo + int64(time.Duration((1-tokens)/float64(p.every)*float64(time.Second)))
 }
 
 // take reserves a token in key's bucket for a call at or after at, creating
@@ -417,15 +484,16 @@ func (s *bucketSet) take(key string, at, now int64) (*targetBucket, int64, *rate
 		if !s.noEvict {
 			sh.sweep(now, sweepPerTouch)
 		}
-		b = &targetBucket{key: key, lim: rate.NewLimiter(s.every, s.burst)}
+		b = &targetBucket{key: key, lim: rate.NewLimiter(s.pace.Load().every, s.burst)}
 		sh.m[key] = b
 	} else {
 		sh.unlink(b)
 	}
 	sh.pushBack(b)
 	b.holders++
-	lo := time.Unix(0, s.lo(b, at))
-	res := b.lim.ReserveN(lo, 1)
+	p := s.pace.Load()
+	lo := time.Unix(0, s.lo(b, p, at))
+	res := s.limiter(b, p, lo.UnixNano()).ReserveN(lo, 1)
 	slot := lo.Add(res.DelayFrom(lo)).UnixNano()
 	b.last = max(b.last, slot)
 	return b, slot, res
@@ -449,11 +517,12 @@ func (s *bucketSet) depart(b *targetBucket, now int64) (next, prev, mine int64, 
 	sh := s.shard(b.key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e := b.dtat - s.tol - s.slack; now < e {
+	p := s.pace.Load()
+	if e := b.dtat - p.tol - s.slack; now < e {
 		return e, 0, 0, false
 	}
 	prev = b.dtat
-	b.dtat = max(b.dtat, now) + s.iv
+	b.dtat = max(b.dtat, now) + p.iv
 	b.holders--
 	sh.unlink(b) // its idle time moved on
 	sh.pushBack(b)

@@ -411,7 +411,29 @@ func TestJanitorSweeps(t *testing.T) {
 	}
 }
 
-func TestFeedbackRateLimitedPauses(t *testing.T) {
+// answer runs one call of j through a permit (moving clk to its instant)
+// and tells the limiter the platform answered it with err.
+func answer(t *testing.T, l *Limiter, clk *fakeClock, j *dispatcher.Job, err error) {
+	t.Helper()
+	p, aerr := l.Acquire(context.Background(), j, time.Time{})
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	if d := p.At().Sub(clk.Now()); d > 0 {
+		clk.Advance(d)
+	}
+	if derr := p.Depart(context.Background()); derr != nil {
+		t.Fatal(derr)
+	}
+	p.Answered(err, dispatcher.Wire{})
+}
+
+var errRateLimited = &dispatcher.SendError{Class: dispatcher.ClassRateLimited, HTTPStatus: 429}
+
+// A rate-limit answer that no bucket of the policy explains (none was
+// pacing the call) pauses the call's target, doubling on repeats; it
+// pauses nothing else: not the bot's scene, not another scene.
+func TestRateLimitAnswerPausesTheTarget(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock(t0)
 	l := newTestLimiter(t, mustPolicy(t, "extends: none\ncooldown: {initial: 1s, max: 3s}"), clk)
@@ -442,36 +464,33 @@ func TestFeedbackRateLimitedPauses(t *testing.T) {
 		}
 	}
 
-	l.Feedback(job, dispatcher.ClassRateLimited)
+	answer(t, l, clk, job, errRateLimited)
 	if d := pauseOf(job); d != time.Second {
 		t.Fatalf("pause after one rate-limit answer = %s, want 1s", d)
 	}
-	l.Feedback(job, dispatcher.ClassRateLimited)
-	l.Feedback(other, dispatcher.ClassTransient) // another target's answer does not reset this one
-	if d := pauseOf(job); d != 2*time.Second {
-		t.Fatalf("pause after two = %s, want 2s", d)
-	}
-	l.Feedback(job, dispatcher.ClassRateLimited)
-	l.Feedback(job, dispatcher.ClassRateLimited)
-	if d := pauseOf(job); d != 3*time.Second {
-		t.Fatalf("pause after four = %s, want the 3s maximum", d)
-	}
-	// The bot's scene paused too: another group waits, a DM does not.
-	l.Feedback(job, dispatcher.ClassRateLimited)
-	if d := pauseOf(other); d == 0 {
-		t.Fatal("another target of the scene did not pause")
+	answer(t, l, clk, job, errRateLimited)
+	if d := pauseOf(other); d != 0 {
+		t.Fatalf("another target of the scene paused %s: only the target that was answered pauses", d)
 	}
 	if d := pauseOf(dm); d != 0 {
 		t.Fatalf("another scene paused %s", d)
 	}
+	if d := pauseOf(job); d != 2*time.Second {
+		t.Fatalf("pause after two = %s, want 2s", d)
+	}
+	answer(t, l, clk, job, errRateLimited)
+	answer(t, l, clk, job, errRateLimited)
+	if d := pauseOf(job); d != 3*time.Second {
+		t.Fatalf("pause after four = %s, want the 3s maximum", d)
+	}
 	// An answer that is not a rate limit resets the doubling.
-	l.Feedback(job, dispatcher.ClassUnknown)
-	l.Feedback(job, dispatcher.ClassRateLimited)
+	answer(t, l, clk, job, &dispatcher.SendError{Class: dispatcher.ClassTransient})
+	answer(t, l, clk, job, errRateLimited)
 	if d := pauseOf(job); d != time.Second {
-		t.Fatalf("pause after a success and a new rate limit = %s, want 1s", d)
+		t.Fatalf("pause after another answer and a new rate limit = %s, want 1s", d)
 	}
 	// Expired at once when the pause outlasts the deadline.
-	l.Feedback(job, dispatcher.ClassRateLimited)
+	answer(t, l, clk, job, errRateLimited)
 	var le *dispatcher.LimitError
 	if err := l.Wait(ctx, job, clk.Now().Add(500*time.Millisecond)); !errors.As(err, &le) || le.Rule != "cooldown.target" {
 		t.Fatalf("Wait inside a pause with a near deadline = %v", err)

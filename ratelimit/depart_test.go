@@ -353,7 +353,7 @@ scenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}`), clk)
 func TestHeldBucketIsNotEvicted(t *testing.T) {
 	t.Parallel()
 	set := newBucketSet("x", rate.Limit(5), 1, 0)
-	iv := set.iv
+	iv := set.pace.Load().iv
 	now := t0.UnixNano()
 	b, slot, _ := set.take("T", now, now)
 	if slot != now {
@@ -467,7 +467,9 @@ func TestLocalBucketCalendar(t *testing.T) {
 }
 
 // A late departure on a fleet worker holds back that worker's next call and
-// its next pooled slot: nothing leaves less than an interval after it.
+// its next pooled slot: nothing leaves less than an interval after it, less
+// the bunching the interval leaves room for (twice Late: a call may leave
+// that late after its slot).
 func TestFleetLateDepartureHoldsBackNextSlot(t *testing.T) {
 	t.Parallel()
 	connect := startJSTB(t)
@@ -486,10 +488,11 @@ func TestFleetLateDepartureHoldsBackNextSlot(t *testing.T) {
 	if _, ok := b.Depart(late); !ok {
 		t.Fatal("the late call may not leave")
 	}
-	// The second, at its slot, waits until an interval after it.
+	// The second, at its slot, waits until an interval after it, less
+	// twice Late.
 	clk.Advance(30 * time.Millisecond)
 	next, ok := b.Depart(s1)
-	if want := late.Add(iv); ok || !next.Equal(want) {
+	if want := late.Add(iv - 2*b.Late()); ok || !next.Equal(want) {
 		t.Fatalf("Depart at the next slot = +%s, %v; want refused until +%s", next.Sub(t0), ok, want.Sub(t0))
 	}
 	b.Undepart(s1) // nothing recorded: no-op
@@ -499,13 +502,14 @@ func TestFleetLateDepartureHoldsBackNextSlot(t *testing.T) {
 	// A new call is not handed a slot before this worker's departures
 	// allow: the pooled +200ms is passed over (wasted), not used early.
 	s2, _ := b.Take(clk.Now())
-	if min := next.Add(iv); s2.Before(min) {
+	if min := next.Add(iv - 2*b.Late()); s2.Before(min) {
 		t.Fatalf("next slot +%s, before +%s", s2.Sub(t0), min.Sub(t0))
 	}
 }
 
 // Through the limiter, on fleet buckets: late wake-ups do not bring this
-// worker's calls closer than an interval on the bot's bucket.
+// worker's calls closer than an interval on the bot's bucket, less the
+// slack and the bunching of calls that leave late within their grace.
 func TestFleetLimiterLateWakeups(t *testing.T) {
 	t.Parallel()
 	connect := startJSTB(t)
@@ -513,6 +517,7 @@ func TestFleetLimiterLateWakeups(t *testing.T) {
 	f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
 	const limit = 20
 	l, err := New(Config{Clock: clk, BotID: "late", SharedBuckets: f.Bucket, Policy: mustPolicy(t, fmt.Sprintf(`extends: none
+pacing: {spread: 0s}
 endpoints: {send: {limit: 100, per: 1s}}
 scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 	if err != nil {
@@ -534,10 +539,10 @@ scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 	})
 	slices.SortFunc(times, time.Time.Compare)
 	iv := interval(limit, time.Second)
-	slack := (&Rate{Limit: limit, Per: time.Second, Burst: 1}).Slack(HeadroomDefault)
+	slack := (&Rate{Limit: limit, Per: time.Second, Burst: 1}).Slack(HeadroomDefault) + 2*FleetGraceDefault
 	for i := 1; i < len(times); i++ {
 		if gap := times[i].Sub(times[i-1]); gap < iv-slack-time.Microsecond {
-			t.Fatalf("calls %d and %d left %s apart, less than an interval (%s) less the slack (%s)", i-1, i, gap, iv, slack)
+			t.Fatalf("calls %d and %d left %s apart, less than an interval (%s) less the slack and twice the grace (%s)", i-1, i, gap, iv, slack)
 		}
 	}
 	if most := mostInWindow(times, time.Second); most > limit {

@@ -21,7 +21,7 @@ const (
 	FleetKeyPrefixDefault  = "rate"
 	FleetHorizonDefault    = 200 * time.Millisecond
 	FleetMaxLeaseDefault   = 64
-	FleetGraceDefault      = 10 * time.Millisecond
+	FleetGraceDefault      = 5 * time.Millisecond
 	FleetTimeoutDefault    = 2 * time.Second
 	FleetRetryDelayDefault = 250 * time.Millisecond
 )
@@ -45,15 +45,15 @@ type FleetOptions struct {
 	// MaxLease caps the slots of one lease whatever the rate. Default
 	// FleetMaxLeaseDefault (64).
 	MaxLease int
-	// Grace is how late a leased slot may still be used, capped at half
-	// the bucket's interval: a call at at takes a pooled slot up to Grace
-	// before at rather than a later one, which is how two fleet buckets
-	// (per bot and per endpoint) agree on one instant, and covers the
-	// round trip between leasing a slot and using it. Older slots are
-	// dropped as wasted. A call Grace late adds at most Grace × rate calls
-	// to a window, so keep it within headroom × per of the fastest rule
-	// (20ms for 100 per 1s at the default 2%). Default FleetGraceDefault
-	// (10ms).
+	// Grace is the least a leased slot may be used late, capped at half
+	// the bucket's interval: a call at at takes a pooled slot up to that
+	// much before at rather than a later one, which is how two fleet
+	// buckets (per bot and per endpoint) agree on one instant, and a call
+	// may leave up to that much after its instant (later, it gives the
+	// slot up and takes another). The limiter raises a bucket's lateness to
+	// what its interval leaves room for (a slow bucket has far more), and
+	// stretches the interval of a bucket whose room is less (see
+	// docs/policy.md, "Pacing by arrival"). Default FleetGraceDefault (5ms).
 	Grace time.Duration
 	// Timeout bounds one lease (its KV reads and compare-and-set writes,
 	// retries included); Take has no caller context. Default
@@ -219,16 +219,55 @@ func (f *FleetBuckets) Bucket(name string, every rate.Limit, burst int, slack ti
 		f:        f,
 		name:     name,
 		key:      f.Key(name),
-		interval: interval,
-		tol:      int64(burst-1) * interval,
-		// Grace already lets a call use a slot a little late; only the
-		// slack beyond it may go to catching up.
-		slack:    max(int64(slack)-min(int64(f.opts.Grace), interval/2), 0),
-		late:     min(int64(f.opts.Grace), interval/2),
+		burst:    burst,
 		maxLease: int(max(1, maxLease)),
 	}
+	b.tuneLocked(interval, slack, f.opts.Grace)
 	f.buckets[id] = b
 	return b, nil
+}
+
+// tuneLocked sets the bucket's interval, slack and lateness. b.mu must be
+// held (or b not shared yet).
+func (b *fleetBucket) tuneLocked(interval int64, slack, late time.Duration) {
+	b.interval = interval
+	b.tol = int64(b.burst-1) * interval
+	b.late = max(min(int64(late), interval/2), 1)
+	// A call may leave up to twice the lateness after its leased slot
+	// (Late), and the next one on its own: the interval leaves room for
+	// that bunching and for the slack (see tuning), so this worker's
+	// departures may come that much closer than an interval.
+	b.slack = int64(slack) + 2*b.late
+}
+
+// Retune is SharedBucket.Retune: slots leased from now on are spaced by
+// the new interval (the calendar keeps what was leased before).
+func (b *fleetBucket) Retune(every rate.Limit, slack, late time.Duration) {
+	if !(every > 0) || math.IsInf(float64(every), 1) {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tuneLocked(int64(math.Ceil(float64(time.Second)/float64(every))), slack, late)
+}
+
+// Busy is SharedBucket.Busy, for this worker's calls.
+func (b *fleetBucket) Busy(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dep.tat >= now.UnixNano()-b.interval
+}
+
+// Late is SharedBucket.Late: a call may leave up to it (at most half an
+// interval) after the instant Take gave it, which itself may be up to as
+// much after the leased slot; later, its slot is given up and it takes
+// another (Limiter's permit does), for another worker's next slot may be
+// an interval after this one. It is Grace until the limiter retunes the
+// bucket with what its interval leaves room for.
+func (b *fleetBucket) Late() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return time.Duration(b.late)
 }
 
 // Stats sums the counts of every bucket, their pools and outstanding slots
@@ -275,13 +314,14 @@ type fleetBucket struct {
 	f        *FleetBuckets
 	name     string
 	key      string
-	interval int64 // nanoseconds between slots: 1/rate, rounded up
-	tol      int64 // GCRA tolerance: (burst − 1)·interval
-	slack    int64 // see SharedBucketFactory
-	late     int64 // how late a slot may be used: Grace, at most interval/2
+	burst    int
 	maxLease int
 
 	mu       sync.Mutex
+	interval int64   // nanoseconds between slots: 1/rate, rounded up (Retune moves it)
+	tol      int64   // GCRA tolerance: (burst − 1)·interval
+	slack    int64   // see SharedBucketFactory
+	late     int64   // how late a slot may be used: Grace, at most interval/2
 	pool     []int64 // leased, not handed out; ascending
 	out      []int64 // handed out, not given back, not yet passed; ascending
 	recent   []int64 // used slots within the last Horizon (at most maxLease); ascending
@@ -469,8 +509,9 @@ func (b *fleetBucket) acquire(at int64, take bool) (slot, call int64, ok bool) {
 			// workers' calls may need.
 			k = 1
 		}
+		interval, tol := b.interval, b.tol
 		b.mu.Unlock()
-		slots, st, err := b.lease(lo, k)
+		slots, st, err := b.lease(lo, k, interval, tol)
 		b.mu.Lock()
 		b.flight = nil
 		fl.err = err
@@ -570,7 +611,7 @@ func (b *fleetBucket) leaseSizeLocked() int {
 
 // lease reserves k slots at or after at (and after the round trip's
 // expected end) with compare-and-set on the bucket's key.
-func (b *fleetBucket) lease(at int64, k int) (slots []int64, st FleetStats, err error) {
+func (b *fleetBucket) lease(at int64, k int, interval, tol int64) (slots []int64, st FleetStats, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.f.opts.Timeout)
 	defer cancel()
 	start := b.f.now().UnixNano()
@@ -604,7 +645,7 @@ func (b *fleetBucket) lease(at int64, k int) (slots []int64, st FleetStats, err 
 			b.cached = true
 		}
 		now := b.f.now().UnixNano()
-		slots, runs := leaseRuns(b.runs, max(at, now+b.lead), now, b.interval, b.tol, k)
+		slots, runs := leaseRuns(b.runs, max(at, now+b.lead), now, interval, tol, k)
 		val := formatRuns(runs)
 		st.KVOps++
 		var rev uint64

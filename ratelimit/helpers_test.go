@@ -133,7 +133,22 @@ func mustPolicy(t testing.TB, doc string) *Policy {
 }
 
 // newTestLimiter builds a limiter with memory quotas on clk.
+// newTestLimiter builds a limiter on p (nil: the shipped policy) whose
+// buckets keep the policy's exact intervals: no path spread assumed or
+// measured (see newPacedLimiter for that).
 func newTestLimiter(t testing.TB, p *Policy, clk Clock) *Limiter {
+	t.Helper()
+	if p == nil {
+		d := DefaultPolicy()
+		p = &d
+	}
+	q := p.Clone()
+	q.Pacing = PacingPolicy{}
+	return newPacedLimiter(t, &q, clk)
+}
+
+// newPacedLimiter builds a limiter on p as it is, pacing included.
+func newPacedLimiter(t testing.TB, p *Policy, clk Clock) *Limiter {
 	t.Helper()
 	l, err := New(Config{Policy: p, Clock: clk, BotID: "testbot"})
 	if err != nil {

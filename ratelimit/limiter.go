@@ -83,9 +83,8 @@ type Limiter struct {
 	storeTimeout  time.Duration
 	sweepInterval time.Duration
 
-	scenes  [4]sceneRules
-	botCool *cooldowns // keyed by scene
-	sets    []*bucketSet
+	scenes [4]sceneRules
+	sets   []*bucketSet
 
 	mu      sync.Mutex
 	started bool
@@ -106,6 +105,10 @@ type sceneRules struct {
 	endpoint   step         // endpoints.send for the scene
 	files      step         // endpoints.files for the scene
 	targetCool *cooldowns   // keyed by target
+	// path is the spread of the scene's calls on their way to the
+	// platform; tunings are the scene's buckets it stretches (tuning).
+	path    *spread
+	tunings []*tuning
 }
 
 type kindRules struct {
@@ -119,8 +122,8 @@ type step struct {
 	rule   string
 	set    *bucketSet
 	shared SharedBucket
-	name   string // shared: the bucket's name
-	iv     int64  // shared: its interval (ns)
+	name   string  // shared: the bucket's name
+	tune   *tuning // its live spacing
 	// inOrder: a shared bucket with a burst above 1, which gives its
 	// tokens in time order (GCRA after its last token, locally and
 	// fleet-wide), so a token taken far ahead holds up every later one.
@@ -215,7 +218,6 @@ func New(cfg Config) (*Limiter, error) {
 		kv:            cfg.KV,
 		storeTimeout:  cfg.StoreTimeout,
 		sweepInterval: cfg.SweepInterval,
-		botCool:       newCooldowns(p.Cooldown.Initial, p.Cooldown.Max),
 	}
 	if cfg.Logger != nil {
 		l.log = *cfg.Logger
@@ -242,7 +244,8 @@ func (c nowClock) After(d time.Duration) <-chan time.Time { return time.After(d)
 func (l *Limiter) compile(factory SharedBucketFactory) error {
 	p := &l.policy
 	h := p.Headroom
-	shared := func(name string, r *Rate) (step, error) {
+	var sr *sceneRules
+	shared := func(name, rule string, r *Rate) (step, error) {
 		if r == nil {
 			return step{}, nil
 		}
@@ -253,28 +256,32 @@ func (l *Limiter) compile(factory SharedBucketFactory) error {
 		if b == nil {
 			return step{}, fmt.Errorf("ratelimit: Config.SharedBuckets(%q) returned no bucket", name)
 		}
-		return step{shared: b, name: name, iv: intervalOf(rate.Limit(r.Every(h))), inOrder: r.Burst > 1}, nil
+		t := newTuning(rule, *r, h, sr.path)
+		t.shared = b
+		t.grace = float64(b.Late())
+		t.apply()
+		sr.tunings = append(sr.tunings, t)
+		return step{rule: rule, shared: b, name: name, tune: t, inOrder: r.Burst > 1}, nil
 	}
 	for _, sc := range dispatcher.Scenes {
 		sp := p.Scenes.Scene(sc)
-		sr := &l.scenes[sceneIndex(sc)]
+		sr = &l.scenes[sceneIndex(sc)]
 		*sr = sceneRules{
 			scene:      sc,
 			allowed:    sp.Active.IsAllowed(),
 			window:     sp.Passive.Window,
 			budget:     sp.Passive.ReplyBudget,
 			targetCool: newCooldowns(p.Cooldown.Initial, p.Cooldown.Max),
+			path:       newSpread(p.Pacing.Spread, p.Pacing.Measure),
 		}
 		var err error
-		if sr.endpoint, err = shared("endpoint.send."+string(sc), p.Endpoints.Send); err != nil {
+		if sr.endpoint, err = shared("endpoint.send."+string(sc), "endpoints.send", p.Endpoints.Send); err != nil {
 			return err
 		}
-		sr.endpoint.rule = "endpoints.send"
 		if sc.HasMsgSeq() { // C2C and group have /files endpoints
-			if sr.files, err = shared("endpoint.files."+string(sc), p.Endpoints.Files); err != nil {
+			if sr.files, err = shared("endpoint.files."+string(sc), "endpoints.files", p.Endpoints.Files); err != nil {
 				return err
 			}
-			sr.files.rule = "endpoints.files"
 		}
 		for _, k := range ruleKinds() {
 			kp := sp.Kind(k)
@@ -283,14 +290,17 @@ func (l *Limiter) compile(factory SharedBucketFactory) error {
 			if r := kp.Rate.PerTarget; r != nil {
 				set := newBucketSet(prefix+".rate.per_target", rate.Limit(r.Every(h)), r.Burst, r.Slack(h))
 				l.sets = append(l.sets, set)
-				kr.steps = append(kr.steps, step{rule: set.name, set: set})
+				t := newTuning(set.name, *r, h, sr.path)
+				t.set = set
+				t.apply()
+				sr.tunings = append(sr.tunings, t)
+				kr.steps = append(kr.steps, step{rule: set.name, set: set, tune: t})
 			}
 			if r := kp.Rate.PerBot; r != nil {
-				st, err := shared("bot."+l.botID+"."+string(sc)+"."+string(k), r)
+				st, err := shared("bot."+l.botID+"."+string(sc)+"."+string(k), prefix+".rate.per_bot", r)
 				if err != nil {
 					return err
 				}
-				st.rule = prefix + ".rate.per_bot"
 				kr.steps = append(kr.steps, st)
 			}
 			for _, q := range []struct {
@@ -464,13 +474,14 @@ func (l *Limiter) Pace(scene dispatcher.Scene, kind dispatcher.Kind) dispatcher.
 	}
 	var buf [5]step
 	for _, s := range sr.steps(kind, buf[:0]) {
+		iv := s.tune.interval()
 		if s.set != nil {
-			if iv := time.Duration(s.set.iv); iv > p.TargetInterval {
+			if iv > p.TargetInterval {
 				p.TargetInterval, p.TargetRule = iv, s.rule
 			}
 			continue
 		}
-		p.Shared = append(p.Shared, dispatcher.SharedRate{Name: s.name, Rule: s.rule, Interval: time.Duration(s.iv)})
+		p.Shared = append(p.Shared, dispatcher.SharedRate{Name: s.name, Rule: s.rule, Interval: iv})
 	}
 	return p
 }
@@ -561,17 +572,13 @@ func (l *Limiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadlin
 	return p.Depart(ctx)
 }
 
-// pausedUntil is when the cool-downs of target and of sr's scene end (0
-// when none), and which ends last. sr nil: no cool-downs apply.
+// pausedUntil is when target's cool-down ends (0 when none), and the rule.
+// sr nil: no cool-downs apply.
 func (l *Limiter) pausedUntil(sr *sceneRules, target string) (int64, string) {
 	if sr == nil {
 		return 0, ""
 	}
-	cool, rule := sr.targetCool.until(target), "cooldown.target"
-	if bc := l.botCool.until(string(sr.scene)); bc > cool {
-		cool, rule = bc, "cooldown.bot"
-	}
-	return cool, rule
+	return sr.targetCool.until(target), "cooldown.target"
 }
 
 func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) (*permit, error) {
@@ -640,7 +647,7 @@ func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, targ
 			release(plan, holds, now)
 			continue
 		}
-		return &permit{l: l, plan: plan, holds: holds, t: t, rule: why, deadline: deadline}, nil
+		return &permit{l: l, plan: plan, holds: holds, t: t, rule: why, deadline: deadline, sr: sr, target: target}, nil
 	}
 }
 
@@ -652,7 +659,10 @@ type permit struct {
 	t        int64
 	rule     string
 	deadline time.Time
-	done     bool // departed or released
+	sr       *sceneRules // nil: no rules apply (files uploads: no scene's answer)
+	target   string
+	done     bool  // departed or released
+	departed int64 // when the call left (ns); 0 before
 }
 
 var _ dispatcher.Permit = (*permit)(nil)
@@ -663,16 +673,110 @@ func (p *permit) Rule() string  { return p.rule }
 // Depart waits until the permit's instant, then lets the call leave once
 // every bucket's departures allow it, recording the departure in each
 // (see leave). On an error the tokens are given back.
+//
+// A call that would leave later than a fleet bucket allows after its
+// instant (SharedBucket.Late: the worker woke late) gives its tokens back
+// and takes new ones, for another worker's call may be due an interval
+// after the slot it held.
 func (p *permit) Depart(ctx context.Context) error {
 	if p.done {
 		return nil
 	}
 	p.done = true
-	if err := p.l.sleepUntil(ctx, p.t); err != nil {
-		release(p.plan, p.holds, p.l.now().UnixNano())
-		return err
+	for {
+		if err := p.l.sleepUntil(ctx, p.t); err != nil {
+			release(p.plan, p.holds, p.l.now().UnixNano())
+			return err
+		}
+		at, err := p.l.leave(ctx, p.plan, p.holds, p.deadline)
+		if err == nil {
+			p.departed = at
+			return nil
+		}
+		if !errors.Is(err, errSlotPassed) {
+			return err
+		}
+		np, err := p.l.reacquire(ctx, p.plan, p.sr, p.target, p.deadline)
+		if err != nil {
+			return err
+		}
+		p.holds, p.t, p.rule = np.holds, np.t, np.rule
 	}
-	return p.l.leave(ctx, p.plan, p.holds, p.deadline)
+}
+
+// errSlotPassed says a call woke too late for a fleet slot it held.
+var errSlotPassed = errors.New("ratelimit: the call's slot has passed")
+
+// reacquire takes new tokens for a call whose slot passed, waiting out a
+// NotYetError.
+func (l *Limiter) reacquire(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) (*permit, error) {
+	for {
+		np, err := l.acquire(ctx, plan, sr, target, deadline)
+		var ny *dispatcher.NotYetError
+		if !errors.As(err, &ny) {
+			return np, err
+		}
+		if err := l.sleepUntil(ctx, ny.At.UnixNano()); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Answered learns from the platform's answer to the call that departed on
+// this permit (see dispatcher.Permit):
+//
+//   - the time from its departure to the answer's first byte goes into its
+//     scene's path spread (see spread), which stretches the scene's buckets
+//     when it grows and lets them back when it falls;
+//   - a rate-limit answer cuts the rate of the buckets that were pacing the
+//     call (busy: their calls were leaving at their pace), a little, to
+//     grow back over the next seconds (see tuning); and pauses the target
+//     (cooldown.initial, doubling on repeats) when its own bucket was
+//     busy, or when none was (the limit hit was one the policy does not
+//     know). Nothing else pauses: not the bot's scene, not other targets;
+//   - any other answer resets the target's pause doubling, and lets cut
+//     rates grow back.
+func (p *permit) Answered(err error, w dispatcher.Wire) {
+	sr := p.sr
+	if sr == nil || p.departed == 0 {
+		return
+	}
+	l := p.l
+	if !w.FirstByte.IsZero() {
+		if sr.path.add(time.Duration(w.FirstByte.UnixNano() - p.departed)) {
+			for _, t := range sr.tunings {
+				t.apply()
+			}
+		}
+	}
+	now := l.now().UnixNano()
+	if dispatcher.ClassOf(err) != dispatcher.ClassRateLimited {
+		sr.targetCool.reset(p.target, now)
+		for _, s := range p.plan {
+			s.tune.grow(now)
+		}
+		return
+	}
+	var cut []string
+	targetBusy := false
+	for _, s := range p.plan {
+		busy := false
+		if s.set != nil {
+			busy = s.set.busy(p.target, p.departed)
+			targetBusy = targetBusy || busy
+		} else {
+			busy = s.shared.Busy(time.Unix(0, p.departed))
+		}
+		if busy {
+			s.tune.cut(now)
+			cut = append(cut, s.rule)
+		}
+	}
+	ev := l.log.Info().Str("scene", string(sr.scene)).Str("target", p.target).Strs("slowed", cut)
+	if targetBusy || len(cut) == 0 {
+		ev = ev.Dur("target_pause", sr.targetCool.hit(p.target, now))
+	}
+	ev.Msg("rate-limit answer")
 }
 
 // Release gives the tokens back; after Depart it does nothing.
@@ -702,9 +806,18 @@ func (l *Limiter) sleepUntil(ctx context.Context, t int64) error {
 // departures allow it, recording its departure in each. A bucket that
 // refuses says when it would allow one; the call waits until then with its
 // tokens (it takes no new ones) and asks again.
-func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, deadline time.Time) error {
+func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, deadline time.Time) (int64, error) {
 	for {
 		now := l.now().UnixNano()
+		for i, s := range plan {
+			if s.shared == nil {
+				continue
+			}
+			if late := s.shared.Late(); late > 0 && now > holds[i].slot+int64(late) {
+				release(plan, holds, now)
+				return 0, errSlotPassed
+			}
+		}
 		n, retry, why := 0, int64(0), ""
 		for ; n < len(plan); n++ {
 			if r, ok := plan[n].depart(&holds[n], now); !ok {
@@ -713,18 +826,18 @@ func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, deadline
 			}
 		}
 		if n == len(plan) {
-			return nil
+			return now, nil
 		}
 		for i := range n {
 			plan[i].undepart(&holds[i], now)
 		}
 		if err := expired(why, retry, deadline); err != nil {
 			release(plan, holds, now)
-			return err
+			return 0, err
 		}
 		if err := l.sleepUntil(ctx, retry); err != nil {
 			release(plan, holds, l.now().UnixNano())
-			return err
+			return 0, err
 		}
 	}
 }
@@ -795,29 +908,14 @@ func release(plan []step, holds []hold, now int64) {
 	}
 }
 
-// Feedback learns from the platform's answer to a call. A rate-limit answer
-// pauses the job's target and the bot's whole scene (cooldown.initial,
-// doubling on repeats up to cooldown.max); any other answer resets the
-// doubling. A quota answer marks the job's quota for this period as spent,
-// so the next jobs stop before calling (see markSpent for which quota).
+// Feedback learns from the platform's answer to a call: a quota answer
+// marks the job's quota for this period as spent, so the next jobs stop
+// before calling (see markSpent for which quota). Rate-limit answers and
+// wire timing come through the call's permit (permit.Answered).
 func (l *Limiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) {
-	sr := l.scene(job.Scene)
-	if sr == nil {
-		return
-	}
-	now := l.now().UnixNano()
-	switch class {
-	case dispatcher.ClassRateLimited:
-		dt := sr.targetCool.hit(job.Target, now)
-		db := l.botCool.hit(string(job.Scene), now)
-		l.log.Info().Str("scene", string(job.Scene)).Str("target", job.Target).
-			Dur("target_pause", dt).Dur("bot_pause", db).Msg("rate-limit answer; pausing the target and the bot's scene")
-		return
-	case dispatcher.ClassQuotaExhausted:
+	if l.scene(job.Scene) != nil && class == dispatcher.ClassQuotaExhausted {
 		l.markSpent(job)
 	}
-	sr.targetCool.reset(job.Target, now)
-	l.botCool.reset(string(job.Scene), now)
 }
 
 // markSpent raises one of the job's quota counts to its limit. The answer
@@ -908,7 +1006,6 @@ func (l *Limiter) Stats() Stats {
 	for _, set := range l.sets {
 		s.TargetBuckets += set.len()
 	}
-	s.Cooldowns = l.botCool.len()
 	for i := range l.scenes {
 		s.Cooldowns += l.scenes[i].targetCool.len()
 	}
@@ -918,12 +1015,16 @@ func (l *Limiter) Stats() Stats {
 // sweep evicts idle buckets and stale cool-downs; it returns how many.
 func (l *Limiter) sweep() int {
 	now := l.now().UnixNano()
-	n := l.botCool.sweep(now)
+	n := 0
 	for _, set := range l.sets {
 		n += set.sweep(now)
 	}
 	for i := range l.scenes {
 		n += l.scenes[i].targetCool.sweep(now)
+		// Cut rates grow back even while nothing calls.
+		for _, t := range l.scenes[i].tunings {
+			t.grow(now)
+		}
 	}
 	return n
 }

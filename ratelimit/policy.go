@@ -27,9 +27,12 @@ var defaultPolicyYAML []byte
 // (and by a file that says `extends: none`).
 const (
 	ZoneDefault            = "UTC+8"
-	HeadroomDefault        = 0.02
+	HeadroomDefault        = 0.01
 	CooldownInitialDefault = time.Second
 	CooldownMaxDefault     = time.Minute
+	PacingSpreadDefault    = 100 * time.Millisecond
+	// MaxPacingSpread bounds pacing.spread.
+	MaxPacingSpread = 10 * time.Second
 )
 
 // KindAny names rules that apply to active and passive sends together (the
@@ -49,6 +52,9 @@ type Policy struct {
 	Headroom float64 `yaml:"headroom"`
 	// Cooldown is how long a key pauses after a rate-limit answer.
 	Cooldown CooldownPolicy `yaml:"cooldown"`
+	// Pacing is how calls are spaced so that what the platform sees by
+	// arrival holds the rates (docs/policy.md, "Pacing by arrival").
+	Pacing PacingPolicy `yaml:"pacing"`
 	// Endpoints are the endpoint-wide rates.
 	Endpoints EndpointPolicy `yaml:"endpoints"`
 	// Scenes are the per-scene rules.
@@ -63,6 +69,18 @@ type Policy struct {
 type CooldownPolicy struct {
 	Initial time.Duration `yaml:"initial"`
 	Max     time.Duration `yaml:"max"`
+}
+
+// PacingPolicy sets how the limiter accounts for the path to the platform.
+type PacingPolicy struct {
+	// Spread is the spread of the delay on the way to the platform that
+	// the limiter assumes until a scene's calls have measured it (32
+	// calls), or always when Measure is false. Default
+	// PacingSpreadDefault (100ms), at most MaxPacingSpread.
+	Spread time.Duration `yaml:"spread"`
+	// Measure learns each scene's spread from its calls (the time from a
+	// call's departure to its answer's first byte). Default true.
+	Measure bool `yaml:"measure"`
 }
 
 // EndpointPolicy holds the endpoint-wide rates. Send applies to each of the
@@ -296,7 +314,7 @@ func LoadPolicy(path string) (Policy, error) {
 // merged over DefaultPolicy: keys it writes replace the default's value at
 // that path, `null` removes a default rule, and everything else is kept. A
 // document whose top level says `extends: none` starts from an empty policy
-// instead (only zone, headroom and cooldown keep their defaults). Errors are
+// instead (only zone, headroom, cooldown and pacing keep their defaults). Errors are
 // *PolicyError values (joined when there are several) naming the key path.
 func ParsePolicy(b []byte) (Policy, error) {
 	var head struct {
@@ -320,6 +338,7 @@ func basePolicy() Policy {
 		Zone:     ZoneDefault,
 		Headroom: HeadroomDefault,
 		Cooldown: CooldownPolicy{Initial: CooldownInitialDefault, Max: CooldownMaxDefault},
+		Pacing:   PacingPolicy{Spread: PacingSpreadDefault, Measure: true},
 	}
 }
 
@@ -442,6 +461,9 @@ func (p *Policy) validate(lines map[string]int) error {
 	}
 	if p.Cooldown.Max == 0 {
 		p.Cooldown.Max = max(CooldownMaxDefault, p.Cooldown.Initial)
+	}
+	if p.Pacing.Spread < 0 || p.Pacing.Spread > MaxPacingSpread {
+		fail("pacing.spread", "must be between 0s and %s, got %s", MaxPacingSpread, p.Pacing.Spread)
 	}
 	if p.Cooldown.Initial < 0 {
 		fail("cooldown.initial", "must be positive, got %s", p.Cooldown.Initial)

@@ -65,8 +65,8 @@ func TestDefaultPolicyMatchesPlatform(t *testing.T) {
 
 	rate(p.Endpoints.Send, 100, time.Second)
 	rate(p.Endpoints.Files, 50, time.Second)
-	if p.Headroom != 0.02 {
-		t.Errorf("headroom = %v, want 0.02", p.Headroom)
+	if p.Headroom != 0.01 {
+		t.Errorf("headroom = %v, want 0.01", p.Headroom)
 	}
 	if _, off := time.Date(2026, 1, 1, 0, 0, 0, 0, p.Location()).Zone(); off != 8*3600 {
 		t.Errorf("zone offset = %d, want UTC+8", off)

@@ -13,7 +13,7 @@ type Waiting struct {
 	Scene dispatcher.Scene `json:"scene"`
 	Kind  dispatcher.Kind  `json:"kind"`
 	// Rule is what the jobs wait for: a policy rule (e.g.
-	// "group.active.rate.per_bot"), "cooldown.target" or "cooldown.bot",
+	// "group.active.rate.per_bot"), "cooldown.target",
 	// "order" (behind an earlier job of their lane), "handed back", or
 	// "slot" for jobs ready and waiting for a free slot.
 	Rule string `json:"rule"`

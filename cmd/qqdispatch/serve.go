@@ -240,6 +240,12 @@ func (s *server) run(ctx context.Context) error {
 			}
 			return sched.Summary{}
 		},
+		Pacing: func() []ratelimit.PacingStat {
+			if w := running.Load(); w != nil {
+				return w.Pacing()
+			}
+			return nil
+		},
 	})
 	if err != nil {
 		return err

@@ -70,7 +70,7 @@ type statusWaiting struct {
 	Scene string `json:"scene"`
 	Kind  string `json:"kind,omitempty"`
 	// Rule is what the jobs wait for: a policy rule,
-	// "cooldown.target"/"cooldown.bot", "order" (behind an earlier job of
+	// "cooldown.target", "order" (behind an earlier job of
 	// their target), "handed back" (given back to the stream before their
 	// call), "slot" (ready, waiting for a free slot), or for deferred jobs
 	// their quota rule (deferredRule when the schedule does not say).

@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/http/httptrace"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/qqapi"
@@ -33,13 +36,51 @@ func (s *Sender) Prepare(ctx context.Context) error {
 	return err
 }
 
-// Send calls the scene's send endpoint with body as given.
+// Send calls the scene's send endpoint with body as given. Its result and
+// its *dispatcher.SendError say when the request was written and when the
+// answer's first byte came (net/http/httptrace), for the limiter to learn
+// the path's delay spread.
 func (s *Sender) Send(ctx context.Context, scene dispatcher.Scene, target string, body json.RawMessage) (*dispatcher.SendResult, error) {
-	res, err := s.c.SendMessage(ctx, qqapi.Scene(scene), target, body)
+	var w wire
+	res, err := s.c.SendMessage(w.trace(ctx), qqapi.Scene(scene), target, body)
 	if err != nil {
-		return nil, Convert(err)
+		err = Convert(err)
+		var se *dispatcher.SendError
+		if errors.As(err, &se) {
+			se.Wire = w.get()
+		}
+		return nil, err
 	}
-	return &dispatcher.SendResult{MessageID: res.ID, AuditID: res.AuditID, TraceID: res.TraceID}, nil
+	return &dispatcher.SendResult{MessageID: res.ID, AuditID: res.AuditID, TraceID: res.TraceID, Wire: w.get()}, nil
+}
+
+// wire records one request's wire timing. The transport calls its hooks
+// from its own goroutines; the last request written wins (a token refresh
+// retry sends the message twice).
+type wire struct {
+	mu sync.Mutex
+	w  dispatcher.Wire
+}
+
+func (w *wire) trace(ctx context.Context) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) {
+			w.mu.Lock()
+			w.w = dispatcher.Wire{Wrote: time.Now()}
+			w.mu.Unlock()
+		},
+		GotFirstResponseByte: func() {
+			w.mu.Lock()
+			w.w.FirstByte = time.Now()
+			w.mu.Unlock()
+		},
+	})
+}
+
+func (w *wire) get() dispatcher.Wire {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w
 }
 
 // Convert maps a qqapi error to a *dispatcher.SendError. The class lists of

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/ratelimit"
 	"github.com/qqdispatch/qqdispatch/sched"
 )
 
@@ -55,6 +56,10 @@ type Config struct {
 	// why; it is called once per scrape for qqdispatch_jobs_waiting and
 	// qqdispatch_jobs_parked. Default: nil, exported as nothing waiting.
 	Scheduling func() sched.Summary
+	// Pacing reports how the worker's rate limiter spaces each rule's
+	// calls; it is called once per scrape for qqdispatch_pacing_*.
+	// Default: nil, exported as nothing.
+	Pacing func() []ratelimit.PacingStat
 }
 
 // Telemetry collects a worker's metrics and answers its health probes. It
@@ -149,8 +154,9 @@ func New(cfg Config) (*Telemetry, error) {
 	held := gauge("jobs_held", "Job messages this worker holds: being sent, or queued behind an earlier job for the same target.", cfg.Held)
 	parts := gauge("partitions_owned", "Partitions this worker consumes.", cfg.Partitions)
 	waiting := newWaitingCollector(cfg.Scheduling)
+	pacing := newPacingCollector(cfg.Pacing)
 	for _, c := range []prometheus.Collector{
-		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, waiting,
+		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, waiting, pacing,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {
@@ -287,7 +293,7 @@ func newWaitingCollector(summary func() sched.Summary) *waitingCollector {
 		waiting: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "jobs_waiting"),
 			"Jobs this worker holds or has parked that wait, by scene and reason: the policy rule they wait for, or "+
 				"\"slot\" (ready, no free slot), \"order\" (behind an earlier job of their target), \"handed back\", "+
-				"\"cooldown.target\", \"cooldown.bot\".",
+				"\"cooldown.target\".",
 			[]string{"scene", "reason"}, nil),
 		parked: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "jobs_parked"),
 			"Jobs this worker has parked in JetStream until shortly before their time.", nil, nil),
@@ -319,6 +325,57 @@ func (c *waitingCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, k := range order {
 		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(n[k]), k.scene, k.reason)
+	}
+}
+
+// pacingCollector exports the limiter's live pacing, read at scrape time:
+// each rule's interval and rate factor, and each scene's path spread.
+type pacingCollector struct {
+	pacing   func() []ratelimit.PacingStat
+	interval *prometheus.Desc
+	factor   *prometheus.Desc
+	spread   *prometheus.Desc
+}
+
+func newPacingCollector(pacing func() []ratelimit.PacingStat) *pacingCollector {
+	return &pacingCollector{
+		pacing: pacing,
+		interval: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "pacing_interval_seconds"),
+			"The spacing this worker gives a rule's calls now: the policy's, stretched by the path's spread and "+
+				"slowed after rate-limit answers (docs/policy.md, \"Pacing by arrival\").",
+			[]string{"scene", "rule"}, nil),
+		factor: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "pacing_rate_factor"),
+			"The share of a rule's full rate in force: below 1 after the platform answered a call it paced with a "+
+				"rate limit, growing back by 0.01 a second.",
+			[]string{"scene", "rule"}, nil),
+		spread: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "path_spread_seconds"),
+			"How unevenly a scene's calls reach the platform: the spread (p99 − p1) of the time from a call leaving "+
+				"to the first byte of its answer, over recent calls (assumed until 32 are measured).",
+			[]string{"scene"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *pacingCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.interval
+	ch <- c.factor
+	ch <- c.spread
+}
+
+// Collect implements prometheus.Collector.
+func (c *pacingCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.pacing == nil {
+		return
+	}
+	seen := map[dispatcher.Scene]bool{}
+	for _, p := range c.pacing() {
+		sc, rule := sceneLabel(p.Scene), reasonLabel(p.Rule)
+		ch <- prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, p.Interval.Seconds(), sc, rule)
+		ch <- prometheus.MustNewConstMetric(c.factor, prometheus.GaugeValue, p.Factor, sc, rule)
+		if !seen[p.Scene] {
+			seen[p.Scene] = true
+			ch <- prometheus.MustNewConstMetric(c.spread, prometheus.GaugeValue, p.Spread.Seconds(), sc)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/telemetry"
+	"github.com/qqdispatch/qqdispatch/ratelimit"
 	"github.com/qqdispatch/qqdispatch/sched"
 )
 
@@ -214,6 +215,43 @@ func TestSchedulingMetrics(t *testing.T) {
 	b := setup(t)
 	if _, body := get(t, b.srv.URL+"/metrics"); !strings.Contains(body, "qqdispatch_jobs_parked 0\n") {
 		t.Errorf("without Scheduling:\n%s", grepLines(body, "qqdispatch_jobs_"))
+	}
+}
+
+// TestPacingMetrics: each rule's interval and rate factor, and each
+// scene's spread once, as the limiter reports them at scrape time.
+func TestPacingMetrics(t *testing.T) {
+	t.Parallel()
+	stats := []ratelimit.PacingStat{
+		{Scene: dispatcher.SceneGroup, Rule: "group.active.rate.per_bot", Interval: 52 * time.Millisecond, Policy: 50 * time.Millisecond, Factor: 0.9, Spread: 30 * time.Millisecond},
+		{Scene: dispatcher.SceneGroup, Rule: "endpoint.send", Interval: 10 * time.Millisecond, Policy: 10 * time.Millisecond, Factor: 1, Spread: 30 * time.Millisecond},
+		{Scene: dispatcher.SceneChannel, Rule: "channel.any.rate.per_target", Interval: 250 * time.Millisecond, Policy: 202 * time.Millisecond, Factor: 1, Spread: 0},
+	}
+	tel, err := telemetry.New(telemetry.Config{Pacing: func() []ratelimit.PacingStat { return stats }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(tel.Handler())
+	t.Cleanup(srv.Close)
+	_, body := get(t, srv.URL+"/metrics")
+	for _, want := range []string{
+		`qqdispatch_pacing_interval_seconds{rule="group.active.rate.per_bot",scene="group"} 0.052` + "\n",
+		`qqdispatch_pacing_rate_factor{rule="group.active.rate.per_bot",scene="group"} 0.9` + "\n",
+		`qqdispatch_pacing_interval_seconds{rule="channel.any.rate.per_target",scene="channel"} 0.25` + "\n",
+		`qqdispatch_path_spread_seconds{scene="group"} 0.03` + "\n",
+		`qqdispatch_path_spread_seconds{scene="channel"} 0` + "\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(body, "pacing_"))
+		}
+	}
+	if n := strings.Count(body, "qqdispatch_path_spread_seconds{"); n != 2 {
+		t.Errorf("%d spread series, want one per scene (2)", n)
+	}
+	// Without a limiter (no rules) there is nothing to export.
+	b := setup(t)
+	if _, body := get(t, b.srv.URL+"/metrics"); strings.Contains(body, "qqdispatch_pacing_interval_seconds{") {
+		t.Errorf("without Pacing:\n%s", grepLines(body, "pacing_"))
 	}
 }
 

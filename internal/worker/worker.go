@@ -168,15 +168,18 @@ func (w *Worker) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		w.lim, err = ratelimit.New(ratelimit.Config{Policy: rc.Policy, KV: kv, BotID: rc.BotID, Clock: rc.Clock,
+		lim, err := ratelimit.New(ratelimit.Config{Policy: rc.Policy, KV: kv, BotID: rc.BotID, Clock: rc.Clock,
 			SharedBuckets: fleet.Bucket, Logger: &w.log})
 		if err != nil {
 			return err
 		}
-		if err := w.lim.Start(ctx); err != nil {
+		if err := lim.Start(ctx); err != nil {
 			return err
 		}
-		pc.Limiter = w.lim
+		w.mu.Lock()
+		w.lim = lim
+		w.mu.Unlock()
+		pc.Limiter = lim
 	}
 	pc.Decode.Prefix = names.Prefix
 	if pc.Logger == nil {
@@ -301,6 +304,18 @@ func (w *Worker) Summary() sched.Summary {
 		return c.Summary()
 	}
 	return sched.Summary{}
+}
+
+// Pacing is how the worker's rate limiter spaces each rule's calls now
+// (nil without rules, or before Start).
+func (w *Worker) Pacing() []ratelimit.PacingStat {
+	w.mu.Lock()
+	lim := w.lim
+	w.mu.Unlock()
+	if lim == nil {
+		return nil
+	}
+	return lim.Pacing()
 }
 
 // Held is the number of job messages the worker holds (0 before Start).

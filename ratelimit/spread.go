@@ -1,0 +1,75 @@
+package ratelimit
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// spread estimates how unevenly one endpoint's calls reach the platform.
+//
+// The limiter spaces departures; the platform counts arrivals, a variable
+// delay later. That delay cannot be seen on its own, but it is part of
+// each call's time from departure to the first byte of its answer (the
+// rest: the server's work and the way back), so the spread of that time
+// bounds the spread of arrivals from above. The estimate is the distance
+// between the 1st and the 99th percentile of the last spreadSamples calls:
+// a few stalled calls do not move it, and it falls back as the path calms
+// down and calm calls replace the rough ones. Until spreadMin calls are
+// in, and always when it does not measure, it is the policy's assumed
+// spread (pacing.spread).
+type spread struct {
+	measure bool
+
+	mu    sync.Mutex
+	ring  [spreadSamples]int64
+	n     int // samples in ring
+	next  int // where the next sample goes
+	fresh int // samples since the estimate was computed
+
+	value atomic.Int64 // nanoseconds
+}
+
+const (
+	// spreadSamples is how many recent calls the estimate looks at.
+	spreadSamples = 256
+	// spreadEvery is how many new samples trigger a new estimate.
+	spreadEvery = 16
+	// spreadMin is how many samples make the first estimate: fewer say
+	// little about a path.
+	spreadMin = 32
+)
+
+// newSpread starts an estimate at the assumed spread.
+func newSpread(assumed time.Duration, measure bool) *spread {
+	s := &spread{measure: measure}
+	s.value.Store(int64(assumed))
+	return s
+}
+
+// add records one call: d from its departure to its answer's first byte.
+// It reports whether the estimate changed.
+func (s *spread) add(d time.Duration) bool {
+	if d < 0 || !s.measure {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ring[s.next] = int64(d)
+	s.next = (s.next + 1) % spreadSamples
+	s.n = min(s.n+1, spreadSamples)
+	s.fresh++
+	if s.n < spreadMin || s.fresh < spreadEvery {
+		return false
+	}
+	s.fresh = 0
+	v := slices.Clone(s.ring[:s.n])
+	slices.Sort(v)
+	lo, hi := v[s.n/100], v[s.n-1-s.n/100]
+	old := s.value.Swap(hi - lo)
+	return old != hi-lo
+}
+
+// get is the current estimate.
+func (s *spread) get() time.Duration { return time.Duration(s.value.Load()) }

@@ -1,0 +1,179 @@
+package ratelimit
+
+import (
+	"math"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// tuning is the live spacing of one rule's bucket (a shared bucket, or a
+// rule's per-target buckets): the policy's numbers, stretched by what the
+// platform sees, and slowed while it answers with rate limits.
+//
+// The platform counts a rule's "limit per per" by when calls arrive. A
+// bucket that spaces departures an interval apart, with a slack for
+// catching up on a late one, may see limit + 1 arrivals in one window when
+// the path delays its calls unevenly: limit + 1 departures that span more
+// than per can arrive within per when the first is slow and the last fast.
+// So the interval is at least
+//
+//	(per + slack + spread + late) / (limit − burst + 1)
+//
+// where spread is the scene's measured path spread (see spread) and late
+// how late after its leased slot a fleet bucket's call may leave (twice
+// the bucket's Late: the slot may be used that late, and the call leave
+// that late after the instant it was given). A fleet bucket's Late is what
+// the policy's interval leaves room for, and never less than
+// FleetOptions.Grace: a slow bucket (60 a minute) lets a call that woke a
+// little late still use its slot, a fast one (100 a second) does not. The
+// policy's headroom stays a floor: a spread and lateness that fit in the
+// time it leaves (beyond the slack) cost nothing.
+//
+// A rate-limit answer for a call that this bucket's pace set cuts the rate
+// by rateCut (multiplicative decrease, down to minFactor), and the rate
+// grows back by rateGrow of the full rate per second (additive increase).
+type tuning struct {
+	rule     string
+	rate     Rate
+	headroom float64
+	path     *spread
+	shared   SharedBucket // or
+	set      *bucketSet
+	grace    float64 // a fleet bucket's least lateness (ns): FleetOptions.Grace
+
+	mu     sync.Mutex
+	factor float64 // 1: the full rate
+	grown  int64   // when factor last grew (ns)
+	iv     int64   // the interval applied (ns)
+	late   int64   // the lateness applied (ns; fleet buckets)
+}
+
+// AIMD constants; see tuning.
+const (
+	rateCut   = 0.9
+	rateGrow  = 0.01
+	minFactor = 0.5
+	// retuneAbove is the relative change of interval worth applying.
+	retuneAbove = 0.002
+)
+
+// newTuning is the tuning of a bucket built at the policy's interval; call
+// apply once the bucket is attached, in case it needs more from the start.
+func newTuning(rule string, r Rate, h float64, path *spread) *tuning {
+	t := &tuning{rule: rule, rate: r, headroom: h, path: path, factor: 1}
+	t.iv = intervalOf(rate.Limit(r.Every(h)))
+	return t
+}
+
+// intervalLocked computes the interval and (for a fleet bucket) the
+// lateness from the current spread and factor. t.mu must be held (or t not
+// shared yet).
+func (t *tuning) intervalLocked() (iv, late int64) {
+	n := float64(t.rate.Limit - t.rate.Burst + 1)
+	per := float64(t.rate.Per)
+	base := per / (n * (1 - t.headroom))
+	fixed := per + float64(t.rate.Slack(t.headroom)) + float64(t.path.get())
+	l := 0.0
+	if t.shared != nil && t.shared.Late() > 0 {
+		// What the policy's interval leaves beyond the spread (less the
+		// margin below), shared by the slot's lateness and the call's;
+		// at least the grace.
+		l = math.Max(t.grace, (n*base/(1+retuneAbove)-fixed)/2)
+		l = math.Min(l, base/2)
+	}
+	need := (fixed + 2*l) / n
+	f := math.Max(base, need*(1+retuneAbove)) / t.factor
+	return int64(math.Min(f, float64(neverInterval))), int64(l)
+}
+
+// interval is the interval in force.
+func (t *tuning) interval() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return time.Duration(t.iv)
+}
+
+// apply recomputes the interval and hands it to the bucket when it moved.
+func (t *tuning) apply() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.applyLocked()
+}
+
+func (t *tuning) applyLocked() {
+	iv, late := t.intervalLocked()
+	if math.Abs(float64(iv-t.iv)) <= float64(t.iv)*retuneAbove && math.Abs(float64(late-t.late)) <= float64(t.late)*retuneAbove {
+		return
+	}
+	t.iv, t.late = iv, late
+	every := rate.Limit(float64(time.Second) / float64(iv))
+	switch {
+	case t.shared != nil:
+		t.shared.Retune(every, t.rate.Slack(t.headroom), time.Duration(late))
+	case t.set != nil:
+		t.set.retune(every)
+	}
+}
+
+// cut slows the rate after a rate-limit answer at now.
+func (t *tuning) cut(now int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.factor = math.Max(minFactor, t.factor*rateCut)
+	t.grown = now
+	t.applyLocked()
+}
+
+// grow lets a cut rate recover with the time passed since it last grew.
+func (t *tuning) grow(now int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.factor >= 1 {
+		return
+	}
+	if d := now - t.grown; d > 0 {
+		t.factor = math.Min(1, t.factor+rateGrow*float64(d)/float64(time.Second))
+		t.grown = now
+		t.applyLocked()
+	}
+}
+
+// rateFactor is the share of the full rate in force (1 when not cut).
+func (t *tuning) rateFactor() float64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.factor
+}
+
+// PacingStat is one rule's live pacing (Limiter.Pacing).
+type PacingStat struct {
+	Scene dispatcher.Scene
+	Rule  string
+	// Interval is the spacing in force; Policy the policy's own.
+	Interval, Policy time.Duration
+	// Factor is the share of the full rate after rate-limit answers (1:
+	// not cut).
+	Factor float64
+	// Spread is the scene's path spread in use (measured, or assumed).
+	Spread time.Duration
+}
+
+// Pacing reports every rule's live pacing, scene by scene.
+func (l *Limiter) Pacing() []PacingStat {
+	var out []PacingStat
+	for i := range l.scenes {
+		sr := &l.scenes[i]
+		for _, t := range sr.tunings {
+			t.mu.Lock()
+			st := PacingStat{Scene: sr.scene, Rule: t.rule, Interval: time.Duration(t.iv), Factor: t.factor, Spread: sr.path.get(),
+				Policy: time.Duration(intervalOf(rate.Limit(t.rate.Every(t.headroom))))}
+			t.mu.Unlock()
+			out = append(out, st)
+		}
+	}
+	return out
+}

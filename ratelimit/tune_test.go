@@ -1,0 +1,99 @@
+package ratelimit
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// call runs one call of j through a permit on clk and answers it with err
+// after delay from its departure to the answer's first byte.
+func call(t *testing.T, l *Limiter, clk *fakeClock, j *dispatcher.Job, delay time.Duration, err error) {
+	t.Helper()
+	p, aerr := l.Acquire(context.Background(), j, time.Time{})
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	if d := p.At().Sub(clk.Now()); d > 0 {
+		clk.Advance(d)
+	}
+	if derr := p.Depart(context.Background()); derr != nil {
+		t.Fatal(derr)
+	}
+	left := clk.Now()
+	p.Answered(err, dispatcher.Wire{Wrote: left, FirstByte: left.Add(delay)})
+}
+
+func nearRel(a, b time.Duration, tol float64) bool {
+	d := float64(a - b)
+	return d <= tol*float64(b) && -d <= tol*float64(b)
+}
+
+// The path's spread stretches a bucket's interval so that what the
+// platform counts by arrival holds the limit: N calls must span the
+// window plus the spread. When the path calms down, the interval comes
+// back to the policy's.
+func TestSpreadStretchesInterval(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(t0)
+	l := newPacedLimiter(t, mustPolicy(t, "extends: none\npacing: {spread: 0s}\nscenes: {channel: {any: {rate: {per_target: {limit: 5, per: 1s}}}}}"), clk)
+	job := channelJob("C1", "G1", dispatcher.KindActive)
+	base := l.Pace(dispatcher.SceneChannel, dispatcher.KindActive).TargetInterval
+	r := rand.New(rand.NewPCG(1, 2))
+	for range spreadSamples {
+		call(t, l, clk, job, time.Duration(r.Int64N(int64(30*time.Millisecond))), nil)
+	}
+	got := l.Pace(dispatcher.SceneChannel, dispatcher.KindActive).TargetInterval
+	slack := (&Rate{Limit: 5, Per: time.Second, Burst: 1}).Slack(HeadroomDefault)
+	want := (time.Second + slack + 30*time.Millisecond) / 5
+	t.Logf("policy %s; with a 0–30 ms path %s (want about %s)", base, got, want)
+	if !nearRel(got, want, 0.02) {
+		t.Errorf("with a 0–30 ms path the interval is %s, want about %s (policy %s)", got, want, base)
+	}
+	for range spreadSamples {
+		call(t, l, clk, job, time.Millisecond, nil)
+	}
+	if got := l.Pace(dispatcher.SceneChannel, dispatcher.KindActive).TargetInterval; got != base {
+		t.Errorf("after the path calmed down the interval is %s, want the policy's %s", got, base)
+	}
+}
+
+// A rate-limit answer for a call that a shared bucket was pacing cuts that
+// bucket's rate a little and lets it grow back over the next seconds; it
+// pauses neither the target nor anything else.
+func TestRateLimitAnswerCutsTheBucketThatPaced(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(t0)
+	l := newTestLimiter(t, mustPolicy(t, "extends: none\nscenes: {group: {active: {rate: {per_bot: {limit: 10, per: 1s}}}}}"), clk)
+	pace := func() time.Duration { return l.Pace(dispatcher.SceneGroup, dispatcher.KindActive).Shared[0].Interval }
+	base := pace()
+	// Calls back to back at the bucket's pace: it is what paces them.
+	for i := range 5 {
+		call(t, l, clk, activeJob(dispatcher.SceneGroup, "G"+string(rune('a'+i))), 0, nil)
+	}
+	call(t, l, clk, activeJob(dispatcher.SceneGroup, "G1"), 0, errRateLimited)
+	if got, want := pace(), time.Duration(float64(base)/rateCut); !nearRel(got, want, 0.001) {
+		t.Fatalf("after the answer the interval is %s, want %s (cut by %.0f%%)", got, want, 100*(1-rateCut))
+	}
+	p, err := l.Acquire(context.Background(), activeJob(dispatcher.SceneGroup, "G1"), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wait := p.At().Sub(clk.Now()); wait > pace() {
+		t.Errorf("the answered target waits %s: it should not be paused, only its bucket slowed", wait)
+	}
+	p.Release()
+	clk.Advance(5 * time.Second)
+	l.sweep()
+	if got := pace(); !(got < time.Duration(float64(base)/rateCut) && got > base) {
+		t.Errorf("5 s later the interval is %s, want between %s and %s (growing back)", got, base, time.Duration(float64(base)/rateCut))
+	}
+	clk.Advance(10 * time.Second)
+	l.sweep()
+	if got := pace(); got != base {
+		t.Errorf("15 s later the interval is %s, want the policy's %s", got, base)
+	}
+}
