@@ -27,6 +27,16 @@ type Wire struct {
 	FirstByte time.Time
 }
 
+// PathDelay is one scene's network path as one worker measured it: the 1st
+// and 99th percentiles of the time from a call's departure to the first
+// byte of its answer, over its recent calls. Workers share them, so that
+// fleet-wide rates are paced for every worker's path.
+type PathDelay struct {
+	Scene Scene         `json:"scene"`
+	Low   time.Duration `json:"low_ns"`
+	High  time.Duration `json:"high_ns"`
+}
+
 // Sender calls the QQ OpenAPI. Failures are *SendError values.
 type Sender interface {
 	Send(ctx context.Context, scene Scene, target string, body json.RawMessage) (*SendResult, error)

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/sched"
 )
 
@@ -37,6 +38,9 @@ type Member struct {
 	Leaving bool `json:"leaving,omitempty"`
 	// Scheduling is what the worker holds, runs and parks, and why.
 	Scheduling *sched.Summary `json:"scheduling,omitempty"`
+	// Paths are the worker's measured network paths, scene by scene: the
+	// others pace fleet-wide rates for them too.
+	Paths []dispatcher.PathDelay `json:"paths,omitempty"`
 	// Seen is when the server stored the member's last heartbeat.
 	Seen time.Time `json:"-"`
 }
@@ -63,7 +67,7 @@ type MembershipConfig struct {
 	// (and once at start). Required.
 	OnAssign func(ctx context.Context, partitions []int) error
 	// Report, if set, fills the live parts of this worker's record before
-	// each heartbeat: Releasing and Scheduling.
+	// each heartbeat: Releasing, Scheduling and Paths.
 	Report func(m *Member)
 	// Logger. Default: disabled.
 	Logger *zerolog.Logger
@@ -239,6 +243,13 @@ func (m *Membership) Others(p int) bool {
 		}
 	}
 	return false
+}
+
+// OtherMembers are the other live members as last read.
+func (m *Membership) OtherMembers() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.others)
 }
 
 // Partitions are this worker's partitions as last assigned.

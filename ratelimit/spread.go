@@ -19,16 +19,26 @@ import (
 // down and calm calls replace the rough ones. Until spreadMin calls are
 // in, and always when it does not measure, it is the policy's assumed
 // spread (pacing.spread).
+//
+// Calls to a fleet-wide bucket come from every worker, each on its own
+// path: what the platform sees of them spreads from the fastest worker's
+// 1st percentile to the slowest one's 99th. Workers tell each other their
+// percentiles (PathDelay), and such buckets use the fleet's spread.
 type spread struct {
 	measure bool
 
-	mu    sync.Mutex
-	ring  [spreadSamples]int64
-	n     int // samples in ring
-	next  int // where the next sample goes
-	fresh int // samples since the estimate was computed
+	mu     sync.Mutex
+	ring   [spreadSamples]int64
+	n      int // samples in ring
+	next   int // where the next sample goes
+	fresh  int // samples since the estimate was computed
+	lo, hi int64
+	// peers are the other workers' percentiles (valid when peerOK).
+	peerLo, peerHi int64
+	peerOK         bool
 
 	value atomic.Int64 // nanoseconds
+	fleet atomic.Int64 // nanoseconds: value, or the fleet's when wider
 }
 
 const (
@@ -45,6 +55,7 @@ const (
 func newSpread(assumed time.Duration, measure bool) *spread {
 	s := &spread{measure: measure}
 	s.value.Store(int64(assumed))
+	s.fleet.Store(int64(assumed))
 	return s
 }
 
@@ -66,10 +77,43 @@ func (s *spread) add(d time.Duration) bool {
 	s.fresh = 0
 	v := slices.Clone(s.ring[:s.n])
 	slices.Sort(v)
-	lo, hi := v[s.n/100], v[s.n-1-s.n/100]
-	old := s.value.Swap(hi - lo)
-	return old != hi-lo
+	s.lo, s.hi = v[s.n/100], v[s.n-1-s.n/100]
+	old := s.value.Swap(s.hi - s.lo)
+	return s.setFleetLocked() || old != s.hi-s.lo
 }
 
-// get is the current estimate.
+// get is the current estimate for this worker's calls.
 func (s *spread) get() time.Duration { return time.Duration(s.value.Load()) }
+
+// getFleet is the current estimate for the fleet's calls: get, or wider
+// when other workers' paths are slower or faster.
+func (s *spread) getFleet() time.Duration { return time.Duration(s.fleet.Load()) }
+
+// percentiles are this worker's 1st and 99th percentiles of departure to
+// first byte; ok is false until they are measured.
+func (s *spread) percentiles() (lo, hi time.Duration, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.measure || s.n < spreadMin || s.hi == 0 {
+		return 0, 0, false
+	}
+	return time.Duration(s.lo), time.Duration(s.hi), true
+}
+
+// setPeers records the other workers' percentiles (ok false: none) and
+// reports whether the fleet's estimate changed.
+func (s *spread) setPeers(lo, hi time.Duration, ok bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.peerLo, s.peerHi, s.peerOK = int64(lo), int64(hi), ok
+	return s.setFleetLocked()
+}
+
+// setFleetLocked recomputes the fleet's estimate. s.mu must be held.
+func (s *spread) setFleetLocked() bool {
+	v := s.value.Load()
+	if s.peerOK && s.measure && s.n >= spreadMin {
+		v = max(v, max(s.hi, s.peerHi)-min(s.lo, s.peerLo))
+	}
+	return s.fleet.Swap(v) != v
+}

@@ -23,7 +23,8 @@ import (
 //
 //	(per + slack + spread + late) / (limit − burst + 1)
 //
-// where spread is the scene's measured path spread (see spread) and late
+// where spread is the scene's measured path spread (see spread; for a
+// fleet-wide bucket, the whole fleet's) and late
 // how late after its leased slot a fleet bucket's call may leave (twice
 // the bucket's Late: the slot may be used that late, and the call leave
 // that late after the instant it was given). A fleet bucket's Late is what
@@ -76,7 +77,12 @@ func (t *tuning) intervalLocked() (iv, late int64) {
 	n := float64(t.rate.Limit - t.rate.Burst + 1)
 	per := float64(t.rate.Per)
 	base := per / (n * (1 - t.headroom))
-	fixed := per + float64(t.rate.Slack(t.headroom)) + float64(t.path.get())
+	sp := t.path.get()
+	if t.shared != nil && t.shared.Late() > 0 {
+		// A fleet-wide bucket: every worker's calls share it.
+		sp = t.path.getFleet()
+	}
+	fixed := per + float64(t.rate.Slack(t.headroom)) + float64(sp)
 	l := 0.0
 	if t.shared != nil && t.shared.Late() > 0 {
 		// What the policy's interval leaves beyond the spread (less the
@@ -158,7 +164,8 @@ type PacingStat struct {
 	// Factor is the share of the full rate after rate-limit answers (1:
 	// not cut).
 	Factor float64
-	// Spread is the scene's path spread in use (measured, or assumed).
+	// Spread is the path spread the rule is paced for (measured, or
+	// assumed): this worker's, or for a fleet-wide bucket the fleet's.
 	Spread time.Duration
 }
 
@@ -168,12 +175,63 @@ func (l *Limiter) Pacing() []PacingStat {
 	for i := range l.scenes {
 		sr := &l.scenes[i]
 		for _, t := range sr.tunings {
+			sp := sr.path.get()
+			if t.shared != nil && t.shared.Late() > 0 {
+				sp = sr.path.getFleet()
+			}
 			t.mu.Lock()
-			st := PacingStat{Scene: sr.scene, Rule: t.rule, Interval: time.Duration(t.iv), Factor: t.factor, Spread: sr.path.get(),
+			st := PacingStat{Scene: sr.scene, Rule: t.rule, Interval: time.Duration(t.iv), Factor: t.factor, Spread: sp,
 				Policy: time.Duration(intervalOf(rate.Limit(t.rate.Every(t.headroom))))}
 			t.mu.Unlock()
 			out = append(out, st)
 		}
 	}
 	return out
+}
+
+// Paths reports this worker's measured paths, for the other workers of
+// the fleet (SetFleetPaths): scenes not measured yet are left out.
+func (l *Limiter) Paths() []dispatcher.PathDelay {
+	var out []dispatcher.PathDelay
+	for i := range l.scenes {
+		sr := &l.scenes[i]
+		if lo, hi, ok := sr.path.percentiles(); ok {
+			out = append(out, dispatcher.PathDelay{Scene: sr.scene, Low: lo, High: hi})
+		}
+	}
+	return out
+}
+
+// SetFleetPaths gives the limiter the other live workers' Paths (all of
+// them, each time: a scene left out has no peers). Fleet-wide buckets are
+// paced for the spread from the fastest worker's 1st percentile to the
+// slowest one's 99th: their calls reach the platform by all those paths.
+func (l *Limiter) SetFleetPaths(paths []dispatcher.PathDelay) {
+	type span struct {
+		lo, hi time.Duration
+		ok     bool
+	}
+	by := map[dispatcher.Scene]span{}
+	for _, p := range paths {
+		if p.Low < 0 || p.High < p.Low {
+			continue // not a measurement
+		}
+		sp, seen := by[p.Scene]
+		if !seen {
+			sp = span{p.Low, p.High, true}
+		}
+		sp.lo, sp.hi = min(sp.lo, p.Low), max(sp.hi, p.High)
+		by[p.Scene] = sp
+	}
+	for i := range l.scenes {
+		sr := &l.scenes[i]
+		sp := by[sr.scene]
+		if sr.path.setPeers(sp.lo, sp.hi, sp.ok) {
+			for _, t := range sr.tunings {
+				if t.shared != nil {
+					t.apply()
+				}
+			}
+		}
+	}
 }

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -95,5 +96,44 @@ func TestRateLimitAnswerCutsTheBucketThatPaced(t *testing.T) {
 	l.sweep()
 	if got := pace(); got != base {
 		t.Errorf("15 s later the interval is %s, want the policy's %s", got, base)
+	}
+}
+
+// Other workers' paths widen the spread a fleet-wide bucket is paced for:
+// their calls reach the platform by those paths too. This worker's own
+// per-target buckets keep its own spread; without peers the fleet bucket
+// comes back to it.
+func TestFleetPathsWidenFleetBuckets(t *testing.T) {
+	t.Parallel()
+	connect := startJSTB(t)
+	clk := newFakeClock(t0)
+	f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
+	l, err := New(Config{Clock: clk, BotID: "paths", SharedBuckets: f.Bucket, Policy: mustPolicy(t, `extends: none
+pacing: {spread: 0s}
+scenes: {group: {active: {rate: {per_target: {limit: 5, per: 1s}, per_bot: {limit: 20, per: 1s}}}}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pace := func() dispatcher.Pace { return l.Pace(dispatcher.SceneGroup, dispatcher.KindActive) }
+	for i := range spreadMin {
+		call(t, l, clk, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), 2*time.Millisecond, nil)
+	}
+	paths := l.Paths()
+	if len(paths) != 1 || paths[0].Scene != dispatcher.SceneGroup || paths[0].Low != 2*time.Millisecond || paths[0].High != 2*time.Millisecond {
+		t.Fatalf("Paths() = %+v, want the group scene at 2ms..2ms", paths)
+	}
+	own := pace()
+	l.SetFleetPaths([]dispatcher.PathDelay{{Scene: dispatcher.SceneGroup, Low: 20 * time.Millisecond, High: 62 * time.Millisecond}})
+	wide := pace()
+	// The fleet's spread: from 2 ms (ours) to 62 ms (theirs), 60 ms.
+	if d := wide.Shared[0].Interval - own.Shared[0].Interval; !nearRel(d, 60*time.Millisecond/20, 0.05) {
+		t.Errorf("the bot's bucket went from %s to %s, want about 3ms more (60ms of spread over 20 calls)", own.Shared[0].Interval, wide.Shared[0].Interval)
+	}
+	if wide.TargetInterval != own.TargetInterval {
+		t.Errorf("the per-target interval moved from %s to %s: it is this worker's alone", own.TargetInterval, wide.TargetInterval)
+	}
+	l.SetFleetPaths(nil)
+	if back := pace(); back.Shared[0].Interval != own.Shared[0].Interval {
+		t.Errorf("without peers the bot's bucket is at %s, want %s", back.Shared[0].Interval, own.Shared[0].Interval)
 	}
 }

@@ -43,7 +43,7 @@ import (
 const fleetEnv = "QQDISPATCH_FLEET"
 
 // needFleet skips unless QQDISPATCH_FLEET=1 and the binary was built.
-func needFleet(t *testing.T) {
+func needFleet(t testing.TB) {
 	t.Helper()
 	if os.Getenv(fleetEnv) != "1" {
 		t.Skipf("fleet acceptance test (minutes, real processes and a 3-node cluster): set %s=1 to run it (.ci/run does)", fleetEnv)
@@ -61,7 +61,7 @@ func needFleet(t *testing.T) {
 const keepEnv = "QQDISPATCH_FLEET_KEEP"
 
 // keepLog copies a log file of a failed test to $QQDISPATCH_FLEET_KEEP.
-func keepLog(t *testing.T, path string) {
+func keepLog(t testing.TB, path string) {
 	dir := os.Getenv(keepEnv)
 	if dir == "" || !t.Failed() {
 		return
@@ -84,14 +84,14 @@ func keepLog(t *testing.T, path string) {
 // cluster needs its ports before the servers start: every member lists
 // every route, and a restarted node must come back where the others and
 // the workers look for it.
-func freeTCPPort(t *testing.T) int {
+func freeTCPPort(t testing.TB) int {
 	t.Helper()
 	return freeTCPPorts(t, 1)[0]
 }
 
 // freeTCPPorts picks n distinct free ports, holding each until all are
 // picked (a port closed at once can be handed out again by the next pick).
-func freeTCPPorts(t *testing.T, n int) []int {
+func freeTCPPorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	for range n {
@@ -117,13 +117,13 @@ type natsNode struct {
 
 // natsCluster is a three-node JetStream cluster of in-process servers.
 type natsCluster struct {
-	t      *testing.T
+	t      testing.TB
 	routes []string
 	nodes  []*natsNode
 	logs   []*os.File
 }
 
-func startCluster(t *testing.T) *natsCluster {
+func startCluster(t testing.TB) *natsCluster {
 	t.Helper()
 	// The ports are free when picked but another process may take one
 	// before the servers bind: then pick again.
@@ -139,7 +139,7 @@ func startCluster(t *testing.T) *natsCluster {
 	}
 }
 
-func tryStartCluster(t *testing.T) (*natsCluster, error) {
+func tryStartCluster(t testing.TB) (*natsCluster, error) {
 	t.Helper()
 	c := &natsCluster{t: t}
 	logDir := t.TempDir()
@@ -245,7 +245,7 @@ func (c *natsCluster) index(name string) int {
 // fleet is one fleet test's world: the cluster, a client connection, the
 // simulator and its taps, and the workers.
 type fleet struct {
-	t       *testing.T
+	t       testing.TB
 	cluster *natsCluster
 	names   queue.Config
 	nc      *nats.Conn
@@ -276,7 +276,7 @@ type fleetOptions struct {
 // default.
 const fleetPartitions = queue.PartitionsDefault
 
-func newFleet(t *testing.T, o fleetOptions) *fleet {
+func newFleet(t testing.TB, o fleetOptions) *fleet {
 	t.Helper()
 	f := &fleet{t: t, names: queue.Config{Partitions: fleetPartitions, Replicas: 3}.WithDefaults(),
 		workers: map[string]*fleetWorker{}, logDir: t.TempDir(), args: o.Args, started: time.Now()}
@@ -546,7 +546,7 @@ type tap struct {
 }
 
 // server starts worker's tap and returns its base URL.
-func (tp *tap) server(t *testing.T, worker string) string {
+func (tp *tap) server(t testing.TB, worker string) string {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scene, target, ok := sendPath(r.URL.Path)
 		if !ok || r.Method != http.MethodPost {
@@ -705,7 +705,7 @@ func (ow *outcomeWatch) count() int {
 }
 
 // waitCount waits until at least n jobs have an outcome.
-func (ow *outcomeWatch) waitCount(t *testing.T, n int, timeout time.Duration) {
+func (ow *outcomeWatch) waitCount(t testing.TB, n int, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for ow.count() < n {
@@ -718,7 +718,7 @@ func (ow *outcomeWatch) waitCount(t *testing.T, n int, timeout time.Duration) {
 }
 
 // waitJobs waits until every job in jobs has an outcome.
-func (ow *outcomeWatch) waitJobs(t *testing.T, jobs map[string]orderedJob, timeout time.Duration) {
+func (ow *outcomeWatch) waitJobs(t testing.TB, jobs map[string]orderedJob, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	missing := func() []string {
@@ -819,7 +819,7 @@ func parseContent(s string) (target string, i int, ok bool) {
 // in_doubt one may or may not have arrived), no content twice, no
 // (msg_id, msg_seq) twice; per target and kind, the jobs that ended sent
 // were accepted in publish order. It returns how many jobs ended in_doubt.
-func checkDelivery(t *testing.T, sim *qqsim.Sim, jobs map[string]orderedJob, outs map[string]dispatcher.Outcome) (inDoubt int) {
+func checkDelivery(t testing.TB, sim *qqsim.Sim, jobs map[string]orderedJob, outs map[string]dispatcher.Outcome) (inDoubt int) {
 	t.Helper()
 	byContent := map[string]int{}
 	pairs := map[string]int{}
@@ -900,7 +900,7 @@ func checkDelivery(t *testing.T, sim *qqsim.Sim, jobs map[string]orderedJob, out
 // API for it, it was never delivered (running it was safe); if a worker
 // that lived on got a 200 for it, it was delivered (sent). It returns the
 // number of in_doubt jobs.
-func checkInDoubt(t *testing.T, names queue.Config, calls []tapCall, jobs map[string]orderedJob, outs map[string]dispatcher.Outcome, killed []string, killedParts []int) int {
+func checkInDoubt(t testing.TB, names queue.Config, calls []tapCall, jobs map[string]orderedJob, outs map[string]dispatcher.Outcome, killed []string, killedParts []int) int {
 	t.Helper()
 	byContent := map[string][]tapCall{}
 	for _, c := range calls {
@@ -946,7 +946,7 @@ func checkInDoubt(t *testing.T, names queue.Config, calls []tapCall, jobs map[st
 // checkViolations asserts the simulator saw no rule violation, and
 // explains any: the rejected call, and what the simulator accepted for the
 // same target in the rule's window before it.
-func checkViolations(t *testing.T, sim *qqsim.Sim, calls []tapCall) {
+func checkViolations(t testing.TB, sim *qqsim.Sim, calls []tapCall) {
 	t.Helper()
 	v := sim.Violations()
 	if v == 0 {
@@ -976,20 +976,21 @@ func checkViolations(t *testing.T, sim *qqsim.Sim, calls []tapCall) {
 			}
 		}
 		started := 0
-		var starts []time.Time
+		var inSecond []tapCall
 		for _, c := range calls {
 			if c.Scene == r.Scene && !rejStart.IsZero() && c.Start.After(rejStart.Add(-time.Second)) && !c.Start.After(rejStart) {
 				started++
-				starts = append(starts, c.Start)
+				inSecond = append(inSecond, c)
 			}
 		}
-		sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
+		sort.Slice(inSecond, func(i, j int) bool { return inSecond[i].Start.Before(inSecond[j].Start) })
 		var gaps []string
-		for i := 1; i < len(starts); i++ {
-			gaps = append(gaps, fmt.Sprint(starts[i].Sub(starts[i-1]).Milliseconds()))
+		for i := 1; i < len(inSecond); i++ {
+			gaps = append(gaps, fmt.Sprintf("%d(%s)", inSecond[i].Start.Sub(inSecond[i-1].Start).Milliseconds(), inSecond[i].Worker))
 		}
 		if shown == 1 && len(gaps) > 0 {
-			t.Logf("  gaps (ms) between those call starts: %s", strings.Join(gaps, " "))
+			t.Logf("  gaps (ms, and the worker of the later call) between those call starts, from %s by %s: %s",
+				inSecond[0].Start.Format("15:04:05.000"), inSecond[0].Worker, strings.Join(gaps, " "))
 		}
 		if len(inWin) > 0 {
 			t.Logf("  scene %s: %d accepted in (%s, %s], first at %s, last at %s; %d calls started by workers in the second up to the rejected one's start (%s)",
@@ -1275,7 +1276,7 @@ func (f *fleet) streamLeader() (string, error) {
 // finishFlow stops fl, waits for every published job's outcome, asserts one
 // outcome per job and checks delivery against sim (checkDelivery); it
 // returns the jobs, their outcomes and how many ended in_doubt.
-func finishFlow(t *testing.T, fl *flow, ow *outcomeWatch, sim *qqsim.Sim) (map[string]orderedJob, map[string]dispatcher.Outcome, int) {
+func finishFlow(t testing.TB, fl *flow, ow *outcomeWatch, sim *qqsim.Sim) (map[string]orderedJob, map[string]dispatcher.Outcome, int) {
 	t.Helper()
 	fl.halt()
 	if fl.err != nil {

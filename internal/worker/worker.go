@@ -212,6 +212,7 @@ func (w *Worker) Start(ctx context.Context) error {
 				m.Releasing = c.Releasing()
 				sum := c.Summary()
 				m.Scheduling = &sum
+				w.sharePaths(m)
 			},
 		})
 		if err != nil {
@@ -304,6 +305,26 @@ func (w *Worker) Summary() sched.Summary {
 		return c.Summary()
 	}
 	return sched.Summary{}
+}
+
+// sharePaths puts this worker's measured network paths into its
+// heartbeat, and gives its limiter the other members' (as last read), so
+// that fleet-wide rates are paced for every worker's path.
+func (w *Worker) sharePaths(m *queue.Member) {
+	w.mu.Lock()
+	lim, mem := w.lim, w.mem
+	w.mu.Unlock()
+	if lim == nil || mem == nil {
+		return
+	}
+	m.Paths = lim.Paths()
+	var peers []dispatcher.PathDelay
+	for _, o := range mem.OtherMembers() {
+		if !o.Leaving {
+			peers = append(peers, o.Paths...)
+		}
+	}
+	lim.SetFleetPaths(peers)
 }
 
 // Pacing is how the worker's rate limiter spaces each rule's calls now
