@@ -116,10 +116,11 @@ func (w broadcastWorkload) run(t testing.TB) broadcastResult {
 // utilisation is the share of the bot's group bucket (60 a minute) the
 // broadcast used over the window.
 func (r broadcastResult) utilisation() float64 {
-	if r.window <= 0 {
+	if r.window <= 0 || r.broadcast < 2 {
 		return 0
 	}
-	return float64(r.broadcast) / (r.window.Minutes() * 60)
+	// n calls from the first: n − 1 intervals.
+	return float64(r.broadcast-1) / (r.window.Minutes() * 60)
 }
 
 func percentile(ds []time.Duration, q float64) time.Duration {
