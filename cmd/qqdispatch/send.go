@@ -41,8 +41,10 @@ file (one job per line) with a summary of what was published, what the stream dr
 lines failed. A job is passive (a reply) when it has --msg-id or --event-id; then --received-at is required.
 
 The job is checked against the job contract (docs/job-contract.md) before it is published; an invalid one is not
-published and the error names the field. The job id (--id, or the file's "id") becomes Nats-Msg-Id, so publishing
-the same id twice within the stream's duplicate window stores it once. Without an id one is generated.
+published and the error names the field. The job id (--id, or the file's "id") and the body's hash become
+Nats-Msg-Id, so publishing the same job twice within the stream's duplicate window stores it once. A different job
+reusing an id ends rejected under its conflict id (docs/job-contract.md); --wait follows it there. Without an id
+one is generated.
 
 Output: the job id on stdout; with --wait the outcome as JSON, and the exit status is 0 only when the outcome is
 sent or pending_audit. A file whose name ends in .jsonl or .ndjson, or "-" (stdin), is read as JSON Lines; a
@@ -141,7 +143,9 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	var watch *queue.OutcomeWatch
+	// With --wait: the job's outcome comes under its id, or, when the id
+	// already names another job, under its conflict id.
+	var watch, conflict *queue.OutcomeWatch
 	if o.wait {
 		rec, err := queue.NewRecorder(ctx, js, names)
 		if err != nil {
@@ -151,6 +155,12 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 			return err
 		}
 		defer watch.Stop()
+		if pj.given {
+			if conflict, err = rec.Watch(ctx, dispatcher.ConflictID(pj.id, pj.data)); err != nil {
+				return err
+			}
+			defer conflict.Stop()
+		}
 	}
 	res, err := pub.PublishRaw(ctx, pj.subject, pj.data, pj.header())
 	if err != nil {
@@ -163,7 +173,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 		fmt.Fprintln(cl.stdout, pj.id)
 		return nil
 	}
-	out, err := watch.Wait(ctx)
+	out, err := waitOwn(ctx, pj, watch, conflict)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("wait for the outcome of job %s: no outcome within --timeout %s (the job stays queued; see `qqdispatch outcome %s --watch`)", pj.id, o.timeout, pj.id)
@@ -177,6 +187,36 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 		return exitStatus(1)
 	}
 	return nil
+}
+
+// waitOwn waits for the outcome of the job pj: the one under its id when
+// it is this job's (its scene and target), else the one under its
+// conflict id (conflict is nil for a generated id).
+func waitOwn(ctx context.Context, pj preparedJob, own, conflict *queue.OutcomeWatch) (dispatcher.Outcome, error) {
+	type result struct {
+		o          dispatcher.Outcome
+		err        error
+		isConflict bool
+	}
+	n := 1
+	results := make(chan result, 2)
+	go func() { o, err := own.Wait(ctx); results <- result{o, err, false} }()
+	if conflict != nil {
+		n++
+		go func() { o, err := conflict.Wait(ctx); results <- result{o, err, true} }()
+	}
+	for range n {
+		r := <-results
+		switch {
+		case r.err != nil:
+			return dispatcher.Outcome{}, r.err
+		case r.isConflict || r.o.Scene == "" || (r.o.Scene == pj.scene && r.o.Target == pj.target):
+			return r.o, nil
+		}
+		// Another job's outcome under the id: this one's comes under the
+		// conflict id.
+	}
+	return dispatcher.Outcome{}, fmt.Errorf("the outcome under id %s is another job's (scene %s, target %s)", pj.id, pj.scene, pj.target)
 }
 
 // jobFromFlags builds the job's JSON from the flags.
@@ -259,13 +299,25 @@ func parseTimeFlag(c *command, name, v string) (*time.Time, error) {
 // preparedJob is a checked job ready to publish as the bytes given.
 type preparedJob struct {
 	id      string
+	given   bool // the body names the id (else it was generated here)
+	scene   dispatcher.Scene
+	target  string
 	subject string
 	data    []byte
 }
 
+// header is the job's Nats-Msg-Id: for an id the body names, the id and
+// the body's hash (queue.DedupeID), so that the stream drops only exact
+// repeats and a different job reusing the id reaches the worker, which
+// tells it apart; a generated id travels as it is (the worker reads it
+// there).
 func (p preparedJob) header() nats.Header {
 	h := nats.Header{}
-	h.Set(nats.MsgIdHdr, p.id)
+	if p.given {
+		h.Set(nats.MsgIdHdr, queue.DedupeID(p.id, p.data))
+	} else {
+		h.Set(nats.MsgIdHdr, p.id)
+	}
 	return h
 }
 
@@ -304,7 +356,7 @@ func prepareJob(names queue.Config, data []byte) (preparedJob, error) {
 	if err != nil {
 		return preparedJob{}, err
 	}
-	p := preparedJob{id: job.ID, subject: subject, data: data}
+	p := preparedJob{id: job.ID, given: job.ID != "", scene: job.Scene, target: job.Target, subject: subject, data: data}
 	if p.id == "" {
 		// The id travels in Nats-Msg-Id, which the worker reads when the
 		// body has none.
