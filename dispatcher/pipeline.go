@@ -133,6 +133,11 @@ type ProcessorConfig struct {
 	// call whether it still has the job before taking it for abandoned
 	// (in doubt). Default: none; such a job is in doubt at once.
 	Peers Peers
+	// ConfigPause is how long sending pauses after the platform answers
+	// with a configuration error (bad credentials), doubling on each
+	// failed probe up to ConfigPauseMax. Default ConfigPauseDefault (1s);
+	// ConfigPauseMax default ConfigPauseMaxDefault (1m).
+	ConfigPause, ConfigPauseMax time.Duration
 }
 
 // Observer receives pipeline events, e.g. to export metrics. Calls must not
@@ -161,6 +166,9 @@ type Processor struct {
 
 	// warns rate-limits the warnings of retried storage writes.
 	warns *logLimiter
+	// gate pauses every call while the platform refuses the app's
+	// configuration.
+	gate *configGate
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // job ids this process is handling now
@@ -239,6 +247,8 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		{"RateLimitBackoff", &cfg.RateLimitBackoff, RateLimitBackoffDefault},
 		{"MaxJobDuration", &cfg.MaxJobDuration, MaxJobDurationDefault},
 		{"RecordTimeout", &cfg.RecordTimeout, RecordTimeoutDefault},
+		{"ConfigPause", &cfg.ConfigPause, ConfigPauseDefault},
+		{"ConfigPauseMax", &cfg.ConfigPauseMax, ConfigPauseMaxDefault},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -246,6 +256,9 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		if *d.v < 0 {
 			return nil, fmt.Errorf("dispatcher: ProcessorConfig.%s must not be negative, got %s", d.name, *d.v)
 		}
+	}
+	if cfg.ConfigPauseMax < cfg.ConfigPause {
+		return nil, fmt.Errorf("dispatcher: ProcessorConfig.ConfigPauseMax (%s) is shorter than ConfigPause (%s)", cfg.ConfigPauseMax, cfg.ConfigPause)
 	}
 	if cfg.BackoffMax < cfg.BackoffInitial {
 		return nil, fmt.Errorf("dispatcher: ProcessorConfig.BackoffMax (%s) is shorter than BackoffInitial (%s)", cfg.BackoffMax, cfg.BackoffInitial)
@@ -260,7 +273,8 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = wallClock{}
 	}
-	p := &Processor{cfg: cfg, inflight: make(map[string]struct{}), warns: newLogLimiter(storeWarnEvery)}
+	p := &Processor{cfg: cfg, inflight: make(map[string]struct{}), warns: newLogLimiter(storeWarnEvery),
+		gate: newConfigGate(cfg.ConfigPause, cfg.ConfigPauseMax)}
 	if cfg.Logger != nil {
 		p.log = *cfg.Logger
 	} else {
@@ -662,6 +676,12 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 	failBO := newBackoff(p.cfg.BackoffInitial, p.cfg.BackoffMax)
 	rateBO := newBackoff(p.cfg.RateLimitBackoff, p.cfg.BackoffMax)
 	failures, retriedOnce, tokenRetried := 0, false, false
+	probe := false // this job's call is the configuration gate's probe
+	defer func() {
+		if probe {
+			p.gate.release()
+		}
+	}()
 
 	for {
 		if o, stop := r.checkDeadline(); stop {
@@ -670,7 +690,29 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		if ctx.Err() != nil {
 			return Outcome{}, ErrHandedBack
 		}
+		// While the platform answers with configuration errors, calls
+		// wait here (the worker slot given back); the time does not count
+		// against the job.
+		gateAt := p.cfg.Clock.Now()
+		if d, pr := p.gate.enter(gateAt); d > 0 {
+			if err := r.wait(ctx, d, RuleConfiguration); err != nil {
+				return Outcome{}, err
+			}
+			horizon = horizon.Add(p.cfg.Clock.Now().Sub(gateAt))
+			continue
+		} else if pr {
+			probe = true
+			r.log.Info().Msg("probing whether the platform accepts the app's configuration again")
+		}
 		permit, err := r.leave(ctx)
+		if ClassOf(err) == ClassConfiguration {
+			// The sender could not prepare: the access token was refused.
+			if p.cfg.Observer != nil {
+				p.cfg.Observer.Attempt(j.Scene, err, 0)
+			}
+			r.configAnswer(asSendError(err), &probe)
+			continue
+		}
 		if err != nil {
 			return Outcome{}, err
 		}
@@ -695,6 +737,25 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		if p.cfg.Limiter != nil {
 			p.cfg.Limiter.Feedback(j, class)
 		}
+		if class == ClassConfiguration {
+			// Not this job's fault: it waits for the gate, spending no
+			// attempt. The call failed with an answer, so nothing was
+			// delivered.
+			r.configAnswer(asSendError(err), &probe)
+			if cerr := r.markClaimed(ctx); cerr != nil {
+				return Outcome{}, cerr
+			}
+			continue
+		}
+		switch {
+		case answered(err):
+			if p.gate.open() {
+				p.log.Info().Msg("the platform accepts the app's configuration again: sending resumes")
+			}
+		case probe:
+			p.gate.release() // no answer: the next call probes
+		}
+		probe = false
 		if err == nil {
 			o := r.outcome(StatusSent, "")
 			o.MessageID, o.TraceID = res.MessageID, res.TraceID
@@ -703,10 +764,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			}
 			return o, nil
 		}
-		var se *SendError
-		if !errors.As(err, &se) {
-			se = &SendError{Class: ClassUnknown, Message: err.Error(), Err: err}
-		}
+		se := asSendError(err)
 		r.last = se
 		lg := r.log.Warn().Int("attempt", r.claim.Attempts).Str("class", se.Class.String()).
 			Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Err(err)
@@ -778,6 +836,44 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			return Outcome{}, ErrHandedBack
 		}
 	}
+}
+
+// configAnswer closes the configuration gate after a configuration answer
+// (or refreshes its pause) and logs it, once per pause.
+func (r *run) configAnswer(se *SendError, probe *bool) {
+	p := r.p
+	was := *probe
+	*probe = false
+	now := p.cfg.Clock.Now()
+	pause := p.gate.fail(now, se)
+	if ok, held := p.warns.allow("configuration", now); ok || was {
+		r.log.Error().Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Dur("pause", pause).
+			Int("not_logged", held).Err(se).
+			Msg("the platform refused the app's configuration (app id, secret or permission): sending pauses; jobs wait, none fails for it")
+	}
+}
+
+// RuleConfiguration is what jobs wait for while the platform answers with
+// configuration errors (Pauser's rule, status's WAITING table).
+const RuleConfiguration = "configuration"
+
+// answered reports whether err is nil or an answer from the platform (not
+// a transport failure, nor an error that says nothing of the credentials).
+func answered(err error) bool {
+	if err == nil {
+		return true
+	}
+	var se *SendError
+	return errors.As(err, &se) && !se.Unanswered && (se.HTTPStatus != 0 || se.Code != 0)
+}
+
+// asSendError is err as a *SendError (classified unknown when it is not).
+func asSendError(err error) *SendError {
+	var se *SendError
+	if errors.As(err, &se) {
+		return se
+	}
+	return &SendError{Class: ClassUnknown, Message: err.Error(), Err: err}
 }
 
 // leave gets the job's call under way: the limiter's permit for its

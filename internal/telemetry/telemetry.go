@@ -187,8 +187,15 @@ func (t *Telemetry) Attempt(scene dispatcher.Scene, err error, took time.Duratio
 	}
 	t.attempts.WithLabelValues(sc, cl).Inc()
 	t.callDur.WithLabelValues(sc).Observe(took.Seconds())
-	if class == dispatcher.ClassConfiguration {
+	switch {
+	case class == dispatcher.ClassConfiguration:
 		t.ConfigurationProblem()
+	case err == nil:
+		// A call went through: whatever was wrong with the configuration
+		// is fixed (the pipeline had paused sending until a probe did).
+		t.mu.Lock()
+		t.lastConfig = time.Time{}
+		t.mu.Unlock()
 	}
 }
 

@@ -85,9 +85,10 @@ func (s *Sim) handleToken(w http.ResponseWriter, r *http.Request) {
 	err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req)
 	s.mu.Lock()
 	s.tokenRequests++
+	secret := s.appSecret
 	s.mu.Unlock()
 	if err != nil || req.AppID != s.appID ||
-		subtle.ConstantTimeCompare([]byte(req.ClientSecret), []byte(s.appSecret)) != 1 {
+		subtle.ConstantTimeCompare([]byte(req.ClientSecret), []byte(secret)) != 1 {
 		// The platform answers credential errors with HTTP 200.
 		writeJSON(w, http.StatusOK, struct {
 			Code    int    `json:"code"`

@@ -377,6 +377,15 @@ func (s *Sim) Stats() Stats {
 	return st
 }
 
+// SetAppSecret changes the client secret the token endpoint accepts, as an
+// operator resetting the app's secret in the QQ console does. Tokens
+// issued before stay valid until they expire.
+func (s *Sim) SetAppSecret(secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.appSecret = secret
+}
+
 // SetFaults replaces the faults and reseeds the random source with f.Seed.
 // Out-of-range values are clamped (TransientRate to [0,1], durations to >= 0).
 func (s *Sim) SetFaults(f Faults) {
