@@ -196,7 +196,19 @@ func TestEmbeddedCluster(t *testing.T) {
 	if err := s.Schedule(ctx, env, "clustered", time.Now().Add(-time.Second), ""); err != nil {
 		t.Fatal(err)
 	}
-	m := nextMsg(t, jobsReader(t, js, cfg), 10*time.Second)
+	// A clustered consumer answers pulls only once it has a leader; until
+	// then a pull gets "no responders".
+	reader := jobsReader(t, js, cfg)
+	for {
+		info, err := reader.Info(ctx)
+		if err != nil {
+			t.Fatalf("reader info: %v", err)
+		}
+		if info.Cluster != nil && info.Cluster.Leader != "" {
+			break
+		}
+	}
+	m := nextMsg(t, reader, 10*time.Second)
 	if m.Subject() != partitioned(cfg, "G1") || m.Headers().Get(HeaderJobID) != "clustered" {
 		t.Errorf("fired %q %v", m.Subject(), m.Headers())
 	}
