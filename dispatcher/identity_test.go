@@ -144,7 +144,7 @@ func (d *memDelivery) Ack(context.Context) error {
 	d.acks++
 	return nil
 }
-func (d *memDelivery) Release() error {
+func (d *memDelivery) Release(time.Duration) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.releases++

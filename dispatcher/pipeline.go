@@ -138,6 +138,12 @@ type ProcessorConfig struct {
 	// failed probe up to ConfigPauseMax. Default ConfigPauseDefault (1s);
 	// ConfigPauseMax default ConfigPauseMaxDefault (1m).
 	ConfigPause, ConfigPauseMax time.Duration
+	// StorePause is how long new jobs wait after a storage write failed
+	// (a job handed back for it returns no sooner), doubling while the
+	// store keeps failing up to StorePauseMax; then one job probes.
+	// Default StorePauseDefault (1s); StorePauseMax default
+	// StorePauseMaxDefault (30s).
+	StorePause, StorePauseMax time.Duration
 }
 
 // Observer receives pipeline events, e.g. to export metrics. Calls must not
@@ -168,7 +174,9 @@ type Processor struct {
 	warns *logLimiter
 	// gate pauses every call while the platform refuses the app's
 	// configuration.
-	gate *configGate
+	gate *pauseGate
+	// store pauses new jobs while storage writes fail.
+	store *pauseGate
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // job ids this process is handling now
@@ -249,6 +257,8 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		{"RecordTimeout", &cfg.RecordTimeout, RecordTimeoutDefault},
 		{"ConfigPause", &cfg.ConfigPause, ConfigPauseDefault},
 		{"ConfigPauseMax", &cfg.ConfigPauseMax, ConfigPauseMaxDefault},
+		{"StorePause", &cfg.StorePause, StorePauseDefault},
+		{"StorePauseMax", &cfg.StorePauseMax, StorePauseMaxDefault},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -259,6 +269,9 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 	}
 	if cfg.ConfigPauseMax < cfg.ConfigPause {
 		return nil, fmt.Errorf("dispatcher: ProcessorConfig.ConfigPauseMax (%s) is shorter than ConfigPause (%s)", cfg.ConfigPauseMax, cfg.ConfigPause)
+	}
+	if cfg.StorePauseMax < cfg.StorePause {
+		return nil, fmt.Errorf("dispatcher: ProcessorConfig.StorePauseMax (%s) is shorter than StorePause (%s)", cfg.StorePauseMax, cfg.StorePause)
 	}
 	if cfg.BackoffMax < cfg.BackoffInitial {
 		return nil, fmt.Errorf("dispatcher: ProcessorConfig.BackoffMax (%s) is shorter than BackoffInitial (%s)", cfg.BackoffMax, cfg.BackoffInitial)
@@ -274,7 +287,8 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		cfg.Clock = wallClock{}
 	}
 	p := &Processor{cfg: cfg, inflight: make(map[string]struct{}), warns: newLogLimiter(storeWarnEvery),
-		gate: newConfigGate(cfg.ConfigPause, cfg.ConfigPauseMax)}
+		gate:  newPauseGate(cfg.ConfigPause, cfg.ConfigPauseMax),
+		store: newPauseGate(cfg.StorePause, cfg.StorePauseMax)}
 	if cfg.Logger != nil {
 		p.log = *cfg.Logger
 	} else {
@@ -336,6 +350,7 @@ type run struct {
 	deadlineBy string
 	attempts   int // calls made by this run
 	last       *SendError
+	storeProbe bool // this job probes whether storage writes go through again
 }
 
 func (r *run) handle(ctx context.Context) (Outcome, error) {
@@ -347,6 +362,14 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 	}
 	r.jobID = id.ID
 	r.log = p.log.With().Str("job_id", r.jobID).Logger()
+	if err := r.passStoreGate(ctx); err != nil {
+		return r.handBack(err)
+	}
+	defer func() {
+		if r.storeProbe {
+			p.store.release() // the probe made no write: the next job probes
+		}
+	}()
 	conflict, err := r.bindID(ctx)
 	if err != nil {
 		return r.handBack(fmt.Errorf("bind job id: %w", err))
@@ -427,8 +450,12 @@ func (r *run) bindID(ctx context.Context) (conflict bool, err error) {
 	sctx, cancel := context.WithTimeout(ctx, StoreTimeout)
 	defer cancel()
 	bound, err := b.BindID(sctx, r.jobID, fp)
-	if err != nil || bound == fp {
+	if err != nil {
 		return false, err
+	}
+	r.storeWent()
+	if bound == fp {
+		return false, nil
 	}
 	cid := ConflictID(r.jobID, r.env.Data)
 	cbound, err := b.BindID(sctx, cid, fp)
@@ -457,6 +484,9 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 	p := r.p
 	now := p.cfg.Clock.Now()
 	c, err := p.cfg.Ledger.Claim(ctx, Claim{JobID: r.jobID, Phase: PhaseClaimed, Owner: p.cfg.Owner, Updated: now})
+	if err == nil || errors.Is(err, ErrClaimExists) {
+		r.storeWent()
+	}
 	if err == nil {
 		r.claim = c
 		return false, Outcome{}, nil
@@ -1078,17 +1108,80 @@ func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
 	return Outcome{JobID: r.jobID}, r.ack(ctx)
 }
 
-// handBack gives the message back for redelivery.
+// handBack gives the message back for redelivery. Apart from shutdown, a
+// job goes back only when a storage write failed: the storage gate closes
+// (new jobs wait, see pauseGate), the message comes back no sooner than
+// the pause, and the warnings are rate-limited, so a store that refuses
+// every write costs a few writes a second and a log line every
+// storeWarnEvery, not a tight loop.
 func (r *run) handBack(cause error) (Outcome, error) {
-	if err := r.d.Release(); err != nil {
-		r.log.Warn().Err(err).Msg("release message")
-	}
 	if errors.Is(cause, ErrHandedBack) || errors.Is(cause, context.Canceled) {
+		if err := r.d.Release(0); err != nil {
+			r.log.Warn().Err(err).Msg("release message")
+		}
 		r.log.Info().Msg("job handed back on shutdown")
 		return Outcome{JobID: r.jobID}, ErrHandedBack
 	}
-	r.log.Warn().Err(cause).Msg("job handed back")
+	now := r.p.cfg.Clock.Now()
+	pause := r.storeFailed(now, cause)
+	if err := r.d.Release(pause); err != nil {
+		r.log.Warn().Err(err).Msg("release message")
+	}
+	if ok, held := r.p.warns.allow("hand back", now); ok {
+		r.log.Warn().Err(cause).Dur("back_in", pause).Int("not_logged", held).
+			Msg("storage write failed: job handed back; new jobs wait until storage answers again")
+	}
 	return Outcome{JobID: r.jobID}, fmt.Errorf("%w: %w", ErrHandedBack, cause)
+}
+
+// RuleStorage is what jobs wait for while storage writes fail (Pauser's
+// rule, status's WAITING table).
+const RuleStorage = "storage"
+
+// passStoreGate waits while the storage gate is closed. When a pause ends
+// the job may be the one probe: its first write decides (storeWent or
+// storeFailed).
+func (r *run) passStoreGate(ctx context.Context) error {
+	for {
+		d, probe := r.p.store.enter(r.p.cfg.Clock.Now())
+		if d == 0 {
+			if probe {
+				r.storeProbe = true
+				r.log.Info().Msg("probing whether storage writes go through again")
+			}
+			return nil
+		}
+		if err := r.wait(ctx, d, RuleStorage); err != nil {
+			return err
+		}
+	}
+}
+
+// storeWent notes a storage write that went through: the storage gate
+// opens if it was closed.
+func (r *run) storeWent() {
+	r.storeProbe = false
+	if r.p.store.open() {
+		r.p.log.Info().Msg("storage writes go through again: jobs resume")
+	}
+}
+
+// storeFailed notes a failed storage write at now: the storage gate closes
+// (or stays closed) for the pause it returns.
+func (r *run) storeFailed(now time.Time, err error) time.Duration {
+	r.storeProbe = false
+	return r.p.store.fail(now, err)
+}
+
+// StorageTrouble is nil while storage writes go through; otherwise it says
+// since when they fail and the last error (for readiness).
+func (p *Processor) StorageTrouble() error {
+	closed, since, last := p.store.state()
+	if !closed {
+		return nil
+	}
+	return fmt.Errorf("storage writes failing for %s (jobs wait; the worker retries): %w",
+		p.cfg.Clock.Now().Sub(since).Round(time.Second), last)
 }
 
 func (r *run) refund(ctx context.Context, res Reservation) {
@@ -1269,9 +1362,14 @@ func (r *run) retryStore(ctx context.Context, what string, op func(context.Conte
 		actx, cancel := context.WithTimeout(ctx, StoreTimeout)
 		err := op(actx)
 		cancel()
-		if err == nil || errors.Is(err, ErrUnstorable) {
+		if err == nil {
+			r.storeWent()
+			return nil
+		}
+		if errors.Is(err, ErrUnstorable) {
 			return err
 		}
+		r.storeFailed(r.p.cfg.Clock.Now(), err)
 		if ok, unlogged := r.p.warns.allow(what, r.p.cfg.Clock.Now()); ok {
 			r.log.Warn().Err(err).Int("try", try).Int("unlogged", unlogged).Msg(what + " failed; retrying")
 		}

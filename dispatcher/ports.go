@@ -153,8 +153,9 @@ type Delivery interface {
 	// Ack removes the message for good: its outcome is recorded, or it was
 	// re-scheduled.
 	Ack(ctx context.Context) error
-	// Release hands the message back for redelivery (used on shutdown).
-	Release() error
+	// Release hands the message back for redelivery after at least d (0
+	// on shutdown; the storage pause when a write failed).
+	Release(d time.Duration) error
 	// Proceed says the job will make no more calls: its outcome is decided
 	// and only being stored, so the target's next job may start. Calls to
 	// one target stay in order; the bookkeeping after them may overlap.

@@ -455,7 +455,7 @@ func (c *Consumer) run(d *delivery) {
 	c.mu.Lock()
 	if errors.Is(err, dispatcher.ErrHandedBack) && !d.acked {
 		// It comes back by redelivery; its lane waits for it.
-		c.s.HandedBack(d.item, now.Add(c.cfg.AckWait), now)
+		c.s.HandedBack(d.item, now.Add(d.releasedFor+c.cfg.AckWait), now)
 	} else {
 		c.s.Done(d.item, out.Attempts > 0, now)
 	}

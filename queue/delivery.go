@@ -29,6 +29,8 @@ type delivery struct {
 	msg    jetstream.Msg // the latest delivery of the message (a reset delivers it again)
 	acked  bool
 	resume chan struct{} // closed by the dispatch loop when a Pause ends
+	// releasedFor is the delay the message was handed back with.
+	releasedFor time.Duration
 
 	once      sync.Once
 	proceeded sync.Once
@@ -58,8 +60,14 @@ func (d *delivery) Ack(ctx context.Context) error {
 	return m.DoubleAck(ctx)
 }
 
-func (d *delivery) Release() error {
+func (d *delivery) Release(after time.Duration) error {
+	d.c.mu.Lock()
+	d.releasedFor = after
+	d.c.mu.Unlock()
 	d.unhold()
+	if after > 0 {
+		return d.current().NakWithDelay(after)
+	}
 	return d.current().Nak()
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -94,6 +95,14 @@ type Membership struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	kick    chan struct{}
+	watcher jetstream.KeyWatcher // the current watch, stopped to restart it
+
+	// Heartbeat failures: since when they fail (zero while they go
+	// through), the last error, how many were not logged.
+	failSince time.Time
+	failLast  error
+	failHeld  int
+	failLog   time.Time
 }
 
 // NewMembership validates cfg.
@@ -268,9 +277,13 @@ func (m *Membership) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := m.heartbeat(ctx); err != nil && ctx.Err() == nil {
-				m.log.Warn().Err(err).Msg("fleet heartbeat")
+			if err := m.heartbeat(ctx); err != nil {
+				// The member list cannot be read either: keep the
+				// partitions until the store answers again.
+				m.noteHeartbeat(ctx, err)
+				continue
 			}
+			m.noteHeartbeat(ctx, nil)
 		case <-m.kick:
 		}
 		if err := m.reconcile(ctx); err != nil && ctx.Err() == nil {
@@ -284,6 +297,11 @@ func (m *Membership) loop(ctx context.Context) {
 func (m *Membership) watch(ctx context.Context) {
 	for ctx.Err() == nil {
 		w, err := m.kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+		if err == nil {
+			m.mu.Lock()
+			m.watcher = w
+			m.mu.Unlock()
+		}
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -321,10 +339,82 @@ func (m *Membership) heartbeat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := m.kv.Put(ctx, m.cfg.WorkerID, b); err != nil {
+	_, err = m.kv.Put(ctx, m.cfg.WorkerID, b)
+	if err != nil && m.restore(ctx, err) {
+		_, err = m.kv.Put(ctx, m.cfg.WorkerID, b)
+	}
+	if err != nil {
 		return fmt.Errorf("queue: heartbeat: %w", err)
 	}
 	return nil
+}
+
+// restore re-creates the members bucket when a write failed because it is
+// gone (it is kept in memory, so a server restart loses it) and reports
+// whether it did. The watch is restarted on the new bucket.
+func (m *Membership) restore(ctx context.Context, err error) bool {
+	if !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) {
+		return false
+	}
+	if _, err := m.js.KeyValue(ctx, m.cfg.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false
+	}
+	if _, err := OpenMembers(ctx, m.js, m.cfg.Bucket, m.cfg.TTL, m.cfg.Names.Replicas); err != nil {
+		m.log.Error().Err(err).Str("bucket", m.cfg.Bucket).Msg("the members bucket is gone and cannot be re-created")
+		return false
+	}
+	m.log.Warn().Str("bucket", m.cfg.Bucket).Msg("the members bucket was gone (a server restart loses it); re-created it")
+	m.mu.Lock()
+	w := m.watcher
+	m.watcher = nil
+	m.mu.Unlock()
+	if w != nil {
+		_ = w.Stop()
+	}
+	return true
+}
+
+// heartbeatWarnEvery is how often failing heartbeats are logged; the
+// failures in between are counted.
+const heartbeatWarnEvery = 30 * time.Second
+
+// noteHeartbeat records a heartbeat's result for Trouble and logs
+// failures, rate-limited.
+func (m *Membership) noteHeartbeat(ctx context.Context, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err == nil {
+		if !m.failSince.IsZero() {
+			m.log.Info().Dur("failed_for", now.Sub(m.failSince)).Msg("fleet heartbeats go through again")
+		}
+		m.failSince, m.failLast, m.failHeld = time.Time{}, nil, 0
+		return
+	}
+	if m.failSince.IsZero() {
+		m.failSince = now
+	}
+	m.failLast = err
+	if now.Sub(m.failLog) < heartbeatWarnEvery {
+		m.failHeld++
+		return
+	}
+	m.log.Warn().Err(err).Dur("failing_for", now.Sub(m.failSince)).Int("not_logged", m.failHeld).Msg("fleet heartbeat failed")
+	m.failLog, m.failHeld = now, 0
+}
+
+// Trouble is nil while heartbeats go through; else since when they fail
+// and why (for readiness: the others may take this worker's partitions).
+func (m *Membership) Trouble() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failSince.IsZero() {
+		return nil
+	}
+	return fmt.Errorf("fleet heartbeats failing for %s: %w", time.Since(m.failSince).Round(time.Second), m.failLast)
 }
 
 // reconcile recomputes this worker's share from the live members and

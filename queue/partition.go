@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -168,6 +169,14 @@ func (p *partition) loop() {
 		}
 		cancel()
 		c.unreserve(n)
+		if errors.Is(batch.Error(), nats.ErrNoResponders) {
+			// Nothing serves the pull: the consumer (or its stream) is
+			// gone. Re-create it rather than pull in a tight loop.
+			if !p.recreate() {
+				return
+			}
+			continue
+		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) &&
 			!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && p.ctx.Err() == nil {
 			p.log.Debug().Err(err).Msg("fetch ended")
@@ -182,6 +191,45 @@ func (p *partition) loop() {
 		if p.resync && !p.reset("deliveries lost in transit") {
 			return
 		}
+	}
+}
+
+// recreate re-creates the partition's consumer after a pull found no
+// responder, once the jobs stream exists (the Keeper re-creates a stream
+// that vanished), and rewinds it. It waits FetchWait between tries and
+// reports false when the partition stops first.
+func (p *partition) recreate() bool {
+	c := p.c
+	for {
+		select {
+		case <-p.ctx.Done():
+			return false
+		case <-time.After(c.cfg.FetchWait):
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		_, err := p.cons.Info(ctx)
+		if err == nil {
+			cancel()
+			return true // a passing gap (a leader election): pull again
+		}
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			cancel()
+			continue // the Keeper re-creates the stream
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			cancel()
+			p.log.Warn().Err(err).Msg("the partition's pulls get no answer")
+			continue
+		}
+		cons, err := c.ensureConsumer(ctx, p.n)
+		cancel()
+		if err != nil {
+			p.log.Warn().Err(err).Msg("re-create the partition's consumer")
+			continue
+		}
+		p.log.Warn().Msg("the partition's consumer was gone; re-created it")
+		p.cons = cons
+		return p.reset("consumer re-created")
 	}
 }
 

@@ -401,7 +401,7 @@ func (d *strayDelivery) Ack(ctx context.Context) error {
 	return err
 }
 
-func (d *strayDelivery) Release() error { return nil }
+func (d *strayDelivery) Release(time.Duration) error { return nil }
 
 func (d *strayDelivery) Proceed() {}
 

@@ -221,7 +221,13 @@ func (s *server) run(ctx context.Context) error {
 	var running atomic.Pointer[worker.Worker]
 	tel, err := telemetry.New(telemetry.Config{
 		Connected: func() bool { nc := s.conn.Load(); return nc != nil && nc.IsConnected() },
-		Version:   versionString(),
+		Trouble: func() error {
+			if w := running.Load(); w != nil {
+				return w.Trouble()
+			}
+			return nil
+		},
+		Version: versionString(),
 		Held: func() int {
 			if w := running.Load(); w != nil {
 				return w.Held()

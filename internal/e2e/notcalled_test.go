@@ -44,7 +44,7 @@ type memDelivery struct {
 
 func (d *memDelivery) Envelope() dispatcher.Envelope { return d.env }
 func (d *memDelivery) Ack(context.Context) error     { d.acked = true; return nil }
-func (d *memDelivery) Release() error                { d.released = true; return nil }
+func (d *memDelivery) Release(time.Duration) error   { d.released = true; return nil }
 func (d *memDelivery) Proceed()                      {}
 
 // envelopeOf is job as the consumer would hand it to the pipeline.

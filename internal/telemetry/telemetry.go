@@ -11,6 +11,7 @@ package telemetry
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +38,10 @@ type Config struct {
 	// Connected reports whether the NATS connection is up. Default: nil,
 	// which /readyz reads as "not connected".
 	Connected func() bool
+	// Trouble, if set, is asked at each readiness check: an error (storage
+	// refusing writes, a stream missing, heartbeats failing) makes /readyz
+	// answer 503 with it. Default: nil, no such check.
+	Trouble func() error
 	// ConfigErrorWindow is how long after a configuration-class answer
 	// (e.g. bad credentials) /readyz stays unready. Default
 	// ConfigErrorWindowDefault (5m).
@@ -244,6 +249,11 @@ func (t *Telemetry) Ready() (bool, string) {
 	}
 	if !t.connected() {
 		return false, "NATS connection is down"
+	}
+	if t.cfg.Trouble != nil {
+		if err := t.cfg.Trouble(); err != nil {
+			return false, strings.ReplaceAll(err.Error(), "\n", "; ")
+		}
 	}
 	if !last.IsZero() {
 		if ago := t.cfg.Now().Sub(last); ago < t.cfg.ConfigErrorWindow {

@@ -49,6 +49,10 @@ type Config struct {
 	// MemberTTL is how long a silent worker keeps its partitions. Default
 	// queue.MemberTTLDefault.
 	MemberTTL time.Duration
+	// KeepEvery is how often the worker checks that its streams and
+	// buckets exist, re-creating those that vanished. Default
+	// queue.KeepEveryDefault (5s).
+	KeepEvery time.Duration
 	// Logger is the worker's logger. Default: disabled.
 	Logger *zerolog.Logger
 }
@@ -80,6 +84,8 @@ type Worker struct {
 	// the jobs stream's messages no partition consumer can be given.
 	mover *queue.Mover
 	sweep *queue.Sweeper
+	// keep re-creates streams and buckets that vanish.
+	keep *queue.Keeper
 
 	mu      sync.Mutex
 	started bool
@@ -157,10 +163,18 @@ func (w *Worker) Start(ctx context.Context) error {
 		pc.Owner = w.cfg.WorkerID
 	}
 	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler = w.cfg.Sender, ledger, rec, sched
+	kc := queue.KeeperConfig{Names: names, Every: w.cfg.KeepEvery, Logger: &w.log}
 	if rc := w.cfg.Rules; rc != nil {
-		kv, err := ratelimit.ProvisionQuotas(ctx, w.js, ratelimit.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas})
+		qc := ratelimit.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas}
+		kv, err := ratelimit.ProvisionQuotas(ctx, w.js, qc)
 		if err != nil {
 			return err
+		}
+		kc.Extra = map[string]func(context.Context) error{
+			"KV_" + kv.Bucket(): func(ctx context.Context) error {
+				_, err := ratelimit.ProvisionQuotas(ctx, w.js, qc)
+				return err
+			},
 		}
 		// Per-bot and per-endpoint rates are shared by the whole fleet:
 		// workers lease time slots from one calendar per bucket in KV.
@@ -186,10 +200,13 @@ func (w *Worker) Start(ctx context.Context) error {
 		pc.Logger = &w.log
 	}
 	pc.Peers = queue.NewPeers(w.cfg.Conn, names)
-	w.proc, err = dispatcher.NewProcessor(pc)
+	proc, err := dispatcher.NewProcessor(pc)
 	if err != nil {
 		return err
 	}
+	w.mu.Lock()
+	w.proc = proc
+	w.mu.Unlock()
 	cc := w.cfg.Consumer
 	cc.Names, cc.Handler = names, w.proc
 	cc.Decode = pc.Decode
@@ -204,7 +221,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		// The membership exists before the consumer, which asks it who
 		// else still holds a partition; it starts after, and hands the
 		// consumer its partitions.
-		w.mem, err = queue.NewMembership(w.js, queue.MembershipConfig{
+		mem, err := queue.NewMembership(w.js, queue.MembershipConfig{
 			Names: names, WorkerID: w.proc.Owner(), TTL: w.cfg.MemberTTL, Logger: &w.log,
 			OnAssign: func(ctx context.Context, parts []int) error { return w.consumer().Assign(ctx, parts) },
 			Report: func(m *queue.Member) {
@@ -218,7 +235,10 @@ func (w *Worker) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cc.Others = w.mem.Others
+		w.mu.Lock()
+		w.mem = mem
+		w.mu.Unlock()
+		cc.Others = mem.Others
 	}
 	cons, err := queue.NewConsumer(w.js, cc)
 	if err != nil {
@@ -232,8 +252,12 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	keep, err := queue.NewKeeper(w.js, kc)
+	if err != nil {
+		return err
+	}
 	w.mu.Lock()
-	w.cons, w.mover, w.sweep = cons, mover, sweep
+	w.cons, w.mover, w.sweep, w.keep = cons, mover, sweep, keep
 	w.mu.Unlock()
 	// Answer the fleet's questions about our jobs before taking any.
 	w.peer, err = queue.ServePeer(w.cfg.Conn, names, w.proc.Owner(), func(jobID string, attempts int) queue.PeerAnswer {
@@ -260,6 +284,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.sweep.Start(ctx); err != nil {
 		return err
 	}
+	if err := w.keep.Start(ctx); err != nil {
+		return err
+	}
 	w.log.Info().Ints("partitions", w.cons.Partitions()).Str("worker_id", w.proc.Owner()).Msg("worker started")
 	return nil
 }
@@ -284,7 +311,7 @@ func (w *Worker) Stop(ctx context.Context) error {
 		err = w.mem.Leave(ctx)
 	}
 	// Fired deferred jobs not yet moved wait for another worker's mover.
-	err = errors.Join(err, w.sweep.Stop(ctx), w.mover.Stop(ctx))
+	err = errors.Join(err, w.keep.Stop(ctx), w.sweep.Stop(ctx), w.mover.Stop(ctx))
 	err = errors.Join(err, w.cons.Stop(ctx))
 	if w.mem != nil {
 		err = errors.Join(err, w.mem.Stop(ctx))
@@ -297,6 +324,26 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	w.log.Info().Dur("took", time.Since(start)).AnErr("error", err).Msg("worker stopped")
 	return err
+}
+
+// Trouble is nil while the worker's storage answers; else what fails, for
+// readiness: storage writes refused, a stream or bucket missing, fleet
+// heartbeats failing.
+func (w *Worker) Trouble() error {
+	w.mu.Lock()
+	proc, keep, mem := w.proc, w.keep, w.mem
+	w.mu.Unlock()
+	var errs []error
+	if proc != nil {
+		errs = append(errs, proc.StorageTrouble())
+	}
+	if keep != nil {
+		errs = append(errs, keep.Trouble())
+	}
+	if mem != nil {
+		errs = append(errs, mem.Trouble())
+	}
+	return errors.Join(errs...)
 }
 
 // Summary is what the worker's scheduler holds, runs and parks, and why.

@@ -12,7 +12,7 @@ import (
 func TestConfigGate(t *testing.T) {
 	t.Parallel()
 	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	g := newConfigGate(time.Second, 3*time.Second)
+	g := newPauseGate(time.Second, 3*time.Second)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	enter := func(now time.Time, wantWait time.Duration, wantProbe bool) {
 		t.Helper()
