@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/natsserver"
 )
 
 type ledgerBundle struct {
@@ -336,7 +337,7 @@ func BenchmarkLedgerReserveReply(b *testing.B) {
 // setupLedgerB is setupLedger for benchmarks.
 func setupLedgerB(b *testing.B) *Ledger {
 	b.Helper()
-	e, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: b.TempDir()})
+	e, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -7,13 +7,15 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/natsserver"
 )
 
 // testServer is an embedded JetStream server on a random port with its
 // storage in a test temp dir, plus one client connection.
 type testServer struct {
 	dir string
-	e   *Embedded
+	e   *natsserver.Server
 	nc  *nats.Conn
 	js  jetstream.JetStream
 }
@@ -34,9 +36,9 @@ func startServer(t *testing.T) *testServer {
 
 func startServerAt(t *testing.T, dir string) *testServer {
 	t.Helper()
-	e, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: dir})
+	e, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: dir})
 	if err != nil {
-		t.Fatalf("NewEmbedded: %v", err)
+		t.Fatalf("natsserver.New: %v", err)
 	}
 	if err := e.Start(testCtx(t)); err != nil {
 		t.Fatalf("Start: %v", err)

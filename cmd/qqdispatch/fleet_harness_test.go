@@ -34,6 +34,7 @@ import (
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/natsserver"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
@@ -112,7 +113,7 @@ type natsNode struct {
 	logPath    string
 	clientPort int
 	routePort  int
-	srv        *queue.Embedded // nil while stopped
+	srv        *natsserver.Server // nil while stopped
 }
 
 // natsCluster is a three-node JetStream cluster of in-process servers.
@@ -192,9 +193,9 @@ func (c *natsCluster) tryStart(i int) error {
 	}
 	c.logs = append(c.logs, f)
 	log := zerolog.New(f).Level(zerolog.WarnLevel).With().Timestamp().Str("node", n.name).Logger()
-	e, err := queue.NewEmbedded(queue.EmbeddedConfig{
+	e, err := natsserver.New(natsserver.Config{
 		Port: n.clientPort, StoreDir: n.dir, ServerName: n.name, Logger: &log,
-		Cluster: queue.ClusterConfig{Name: "qqfleet", Port: n.routePort, Routes: c.routes},
+		Cluster: natsserver.ClusterConfig{Name: "qqfleet", Port: n.routePort, Routes: c.routes},
 	})
 	if err != nil {
 		return err

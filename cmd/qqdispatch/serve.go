@@ -26,6 +26,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/internal/qqsend"
 	"github.com/qqdispatch/qqdispatch/internal/telemetry"
 	"github.com/qqdispatch/qqdispatch/internal/worker"
+	"github.com/qqdispatch/qqdispatch/natsserver"
 	"github.com/qqdispatch/qqdispatch/qqapi"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
@@ -171,7 +172,7 @@ type server struct {
 	stops []func()
 	wg    sync.WaitGroup
 
-	embedded   *queue.Embedded // with no --nats-url
+	embedded   *natsserver.Server // with no --nats-url
 	conn       atomic.Pointer[nats.Conn]
 	natsClosed chan struct{} // closed when the NATS connection is closed for good
 	simURL     string
@@ -477,7 +478,7 @@ func (s *server) startEmbedded(ctx context.Context) error {
 		return usagef(s.c.name, "--nats-listen: %q is not a port", portStr)
 	}
 	if port == 0 {
-		port = queue.RandomPort
+		port = natsserver.RandomPort
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
@@ -486,12 +487,12 @@ func (s *server) startEmbedded(ctx context.Context) error {
 	if s.log.GetLevel() > zerolog.DebugLevel {
 		srvLog = srvLog.Level(zerolog.WarnLevel)
 	}
-	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Host: host, Port: port, StoreDir: o.dataDir, Logger: &srvLog})
+	ns, err := natsserver.New(natsserver.Config{Host: host, Port: port, StoreDir: o.dataDir, Logger: &srvLog})
 	if err != nil {
 		return fmt.Errorf("embedded NATS server: %w", err)
 	}
 	if err := ns.Start(ctx); err != nil {
-		var inUse *queue.StoreInUseError
+		var inUse *natsserver.StoreInUseError
 		if errors.As(err, &inUse) {
 			holder := ""
 			if inUse.Holder != "" {

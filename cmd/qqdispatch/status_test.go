@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/natsserver"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/sched"
 )
@@ -68,7 +69,7 @@ func waitStatusJSONFor(t *testing.T, natsURL, what string, timeout time.Duration
 // TestBuildStatus: a live worker reacts to a fake member at once.)
 func TestStatusAgainstServe(t *testing.T) {
 	t.Parallel()
-	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: queue.RandomPort, StoreDir: t.TempDir()})
+	ns, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func setLatency(t *testing.T, simURL string, d time.Duration) {
 func TestStatusErrors(t *testing.T) {
 	t.Parallel()
 	// A server where no worker ever ran: no jobs stream.
-	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: queue.RandomPort, StoreDir: t.TempDir()})
+	ns, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

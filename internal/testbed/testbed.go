@@ -20,6 +20,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/qqsend"
 	"github.com/qqdispatch/qqdispatch/internal/worker"
+	"github.com/qqdispatch/qqdispatch/natsserver"
 	"github.com/qqdispatch/qqdispatch/qqapi"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
@@ -49,7 +50,7 @@ type Options struct {
 // Bed is a running set of real parts.
 type Bed struct {
 	T        testing.TB
-	NATS     *queue.Embedded
+	NATS     *natsserver.Server
 	Conn     *nats.Conn
 	JS       jetstream.JetStream
 	Sim      *qqsim.Sim
@@ -101,9 +102,9 @@ func (b *Bed) startServer() {
 	t.Helper()
 	port := b.port
 	if port == 0 {
-		port = queue.RandomPort
+		port = natsserver.RandomPort
 	}
-	ns, err := queue.NewEmbedded(queue.EmbeddedConfig{Port: port, StoreDir: b.storeDir})
+	ns, err := natsserver.New(natsserver.Config{Port: port, StoreDir: b.storeDir})
 	if err != nil {
 		t.Fatalf("testbed: embedded server: %v", err)
 	}
@@ -114,7 +115,7 @@ func (b *Bed) startServer() {
 	}
 	first := b.NATS == nil
 	b.NATS = ns
-	b.port = ns.Server().Addr().(*net.TCPAddr).Port
+	b.port = ns.NATS().Addr().(*net.TCPAddr).Port
 	if first {
 		// Registered once, before any worker: cleanups run last-in
 		// first-out, so workers stop while their server still runs.

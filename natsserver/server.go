@@ -1,4 +1,4 @@
-package queue
+package natsserver
 
 import (
 	"context"
@@ -16,26 +16,28 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Defaults for EmbeddedConfig.
+// Defaults for Config.
 const (
-	EmbeddedHostDefault = "127.0.0.1"
-	EmbeddedPortDefault = 4222
-	// EmbeddedReadyTimeoutDefault is the default EmbeddedConfig.ReadyTimeout.
-	EmbeddedReadyTimeoutDefault = 10 * time.Second
+	// HostDefault is the default Config.Host: local producers only.
+	HostDefault = "127.0.0.1"
+	// PortDefault is the default Config.Port, NATS's usual client port.
+	PortDefault = 4222
+	// ReadyTimeoutDefault is the default Config.ReadyTimeout.
+	ReadyTimeoutDefault = 10 * time.Second
 )
 
-// RandomPort asks for a free port (EmbeddedConfig.Port, ClusterConfig.Port).
+// RandomPort asks for a free port (Config.Port, ClusterConfig.Port).
 const RandomPort = -1
 
-// StoreLockFile is the file in EmbeddedConfig.StoreDir that a running
-// Embedded holds locked, so a second server (in this process or another)
+// StoreLockFile is the file in Config.StoreDir that a running Server
+// holds locked, so a second server (in this process or another)
 // never opens the same store. The lock is the operating system's (see
 // lockFile), so it goes with the process that held it: a crash leaves the
 // file behind but not the lock.
 const StoreLockFile = "qqdispatch.lock"
 
 // ErrStoreInUse matches every *StoreInUseError with errors.Is.
-var ErrStoreInUse = errors.New("queue: store directory in use")
+var ErrStoreInUse = errors.New("natsserver: store directory in use")
 
 // StoreInUseError says Start found StoreDir locked by another server.
 type StoreInUseError struct {
@@ -46,7 +48,7 @@ type StoreInUseError struct {
 }
 
 func (e *StoreInUseError) Error() string {
-	msg := "queue: " + e.Dir + " is in use by another embedded server"
+	msg := "natsserver: " + e.Dir + " is in use by another embedded server"
 	if e.Holder != "" {
 		msg += " (" + e.Holder + ")"
 	}
@@ -59,8 +61,8 @@ func (e *StoreInUseError) Error() string {
 // Is makes errors.Is(err, ErrStoreInUse) true.
 func (e *StoreInUseError) Is(target error) bool { return target == ErrStoreInUse }
 
-// EmbeddedConfig configures an in-process nats-server with JetStream.
-type EmbeddedConfig struct {
+// Config configures an in-process nats-server with JetStream.
+type Config struct {
 	// Host is the client listen address. Default "127.0.0.1" (local
 	// producers only).
 	Host string
@@ -88,7 +90,7 @@ type ClusterConfig struct {
 	// Name is the cluster name, the same on every member. Empty means no
 	// cluster.
 	Name string
-	// Host is the route listen address. Default: EmbeddedConfig.Host.
+	// Host is the route listen address. Default: Config.Host.
 	Host string
 	// Port is the route port; RandomPort (-1) picks a free one. Required
 	// when Name is set.
@@ -97,9 +99,9 @@ type ClusterConfig struct {
 	Routes []string
 }
 
-// Embedded is an in-process nats-server with JetStream enabled.
-type Embedded struct {
-	cfg  EmbeddedConfig
+// Server is an in-process nats-server with JetStream enabled.
+type Server struct {
+	cfg  Config
 	opts *server.Options
 
 	mu      sync.Mutex
@@ -109,17 +111,17 @@ type Embedded struct {
 	stopped bool
 }
 
-// NewEmbedded validates cfg and fills its defaults; the server starts with
-// Start.
-func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+// New validates cfg and fills its defaults; the server starts with Start.
+// Errors are *ConfigError naming the field.
+func New(cfg Config) (*Server, error) {
 	if cfg.Host == "" {
-		cfg.Host = EmbeddedHostDefault
+		cfg.Host = HostDefault
 	}
 	if cfg.Port == 0 {
-		cfg.Port = EmbeddedPortDefault
+		cfg.Port = PortDefault
 	}
 	if cfg.ReadyTimeout == 0 {
-		cfg.ReadyTimeout = EmbeddedReadyTimeoutDefault
+		cfg.ReadyTimeout = ReadyTimeoutDefault
 	}
 	bad := func(field, format string, args ...any) error {
 		return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
@@ -166,22 +168,22 @@ func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	} else if len(c.Routes) > 0 {
 		return nil, bad("Cluster.Name", "is required when Cluster.Routes is set")
 	}
-	return &Embedded{cfg: cfg, opts: opts}, nil
+	return &Server{cfg: cfg, opts: opts}, nil
 }
 
-// ErrEmbeddedStopped is returned by Start after Stop: an Embedded is not
-// restartable; make a new one on the same StoreDir instead.
-var ErrEmbeddedStopped = errors.New("queue: embedded server stopped")
+// ErrStopped is returned by Start after Stop: a Server is not restartable;
+// make a new one on the same StoreDir instead.
+var ErrStopped = errors.New("natsserver: server stopped")
 
 // Start locks StoreDir, runs the server and waits until it accepts
 // connections, for at most ReadyTimeout and never past ctx's deadline. A
 // StoreDir locked by another server is a *StoreInUseError, returned before
 // the store is opened. Starting a started server does nothing.
-func (e *Embedded) Start(ctx context.Context) error {
+func (e *Server) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.stopped {
-		return ErrEmbeddedStopped
+		return ErrStopped
 	}
 	if e.started {
 		return nil
@@ -200,10 +202,10 @@ func (e *Embedded) Start(ctx context.Context) error {
 }
 
 // start runs the server on the locked store; on error it is shut down.
-func (e *Embedded) start(ctx context.Context) (*server.Server, error) {
+func (e *Server) start(ctx context.Context) (*server.Server, error) {
 	srv, err := server.NewServer(e.opts)
 	if err != nil {
-		return nil, fmt.Errorf("queue: embedded server: %w", err)
+		return nil, fmt.Errorf("natsserver: %w", err)
 	}
 	// The server reports conditions it cannot start under (e.g. JetStream
 	// clustering without routes) through Fatalf and then gives up on
@@ -233,20 +235,20 @@ func (e *Embedded) start(ctx context.Context) (*server.Server, error) {
 	select {
 	case ok := <-ready:
 		if !ok {
-			return fail(fmt.Errorf("queue: embedded server not ready for connections within %s", wait))
+			return fail(fmt.Errorf("natsserver: not ready for connections within %s", wait))
 		}
 	case msg := <-fatal:
-		return fail(fmt.Errorf("queue: embedded server: %s", msg))
+		return fail(fmt.Errorf("natsserver: %s", msg))
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
 	select {
 	case msg := <-fatal:
-		return fail(fmt.Errorf("queue: embedded server: %s", msg))
+		return fail(fmt.Errorf("natsserver: %s", msg))
 	default:
 	}
 	if !srv.JetStreamEnabled() {
-		return fail(errors.New("queue: embedded server started without JetStream (see its log)"))
+		return fail(errors.New("natsserver: started without JetStream (see its log)"))
 	}
 	return srv, nil
 }
@@ -271,7 +273,7 @@ func (l *storeLock) release() {
 // who holds it for the error a second server gets.
 func lockStore(dir string) (*storeLock, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("queue: embedded server store: %w", err)
+		return nil, fmt.Errorf("natsserver: store: %w", err)
 	}
 	path := filepath.Join(dir, StoreLockFile)
 	f, err := lockFile(path)
@@ -283,7 +285,7 @@ func lockStore(dir string) (*storeLock, error) {
 		return nil, &StoreInUseError{Dir: dir, Holder: holder}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("queue: lock embedded server store: %w", err)
+		return nil, fmt.Errorf("natsserver: lock store: %w", err)
 	}
 	host, _ := os.Hostname()
 	note := fmt.Sprintf("pid %d on %s since %s\n", os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
@@ -300,7 +302,7 @@ var errLocked = errors.New("locked")
 // Stop shuts the server down and waits for it, bounded by ctx; the store's
 // lock is released once the server is down, even after ctx ends. Stopping
 // twice, or before Start, is harmless.
-func (e *Embedded) Stop(ctx context.Context) error {
+func (e *Server) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	srv, lock := e.srv, e.lock
 	e.stopped, e.lock = true, nil
@@ -325,8 +327,8 @@ func (e *Embedded) Stop(ctx context.Context) error {
 	}
 }
 
-// Server is the running nats-server, or nil before Start (for tests).
-func (e *Embedded) Server() *server.Server {
+// NATS is the running nats-server, or nil before Start (for tests).
+func (e *Server) NATS() *server.Server {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.srv
@@ -334,8 +336,8 @@ func (e *Embedded) Server() *server.Server {
 
 // ClientURL is the URL clients in other processes connect to; empty before
 // Start.
-func (e *Embedded) ClientURL() string {
-	srv := e.Server()
+func (e *Server) ClientURL() string {
+	srv := e.NATS()
 	if srv == nil {
 		return ""
 	}
@@ -345,10 +347,10 @@ func (e *Embedded) ClientURL() string {
 // Connect opens a client connection to the server. Connections from this
 // process go in-process (no socket), which also works when the client port
 // is firewalled.
-func (e *Embedded) Connect(opts ...nats.Option) (*nats.Conn, error) {
-	srv := e.Server()
+func (e *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	srv := e.NATS()
 	if srv == nil {
-		return nil, errors.New("queue: embedded server not started")
+		return nil, errors.New("natsserver: not started")
 	}
 	all := append([]nats.Option{nats.InProcessServer(srv)}, opts...)
 	return nats.Connect(srv.ClientURL(), all...)

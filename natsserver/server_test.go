@@ -1,4 +1,4 @@
-package queue
+package natsserver
 
 import (
 	"bytes"
@@ -15,28 +15,28 @@ import (
 	"github.com/rs/zerolog"
 )
 
-func TestNewEmbeddedValidates(t *testing.T) {
+func TestNewValidates(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	tests := []struct {
 		field string
-		cfg   EmbeddedConfig
+		cfg   Config
 	}{
-		{"StoreDir", EmbeddedConfig{}},
-		{"Port", EmbeddedConfig{StoreDir: dir, Port: 70000}},
-		{"ServerName", EmbeddedConfig{StoreDir: dir, Cluster: ClusterConfig{Name: "c", Port: -1}}},
-		{"Cluster.Port", EmbeddedConfig{StoreDir: dir, ServerName: "a", Cluster: ClusterConfig{Name: "c"}}},
-		{"Cluster.Name", EmbeddedConfig{StoreDir: dir, Cluster: ClusterConfig{Routes: []string{"nats-route://127.0.0.1:1"}}}},
-		{"Cluster.Routes", EmbeddedConfig{StoreDir: dir, ServerName: "a", Cluster: ClusterConfig{Name: "c", Port: -1, Routes: []string{"::bad"}}}},
+		{"StoreDir", Config{}},
+		{"Port", Config{StoreDir: dir, Port: 70000}},
+		{"ServerName", Config{StoreDir: dir, Cluster: ClusterConfig{Name: "c", Port: -1}}},
+		{"Cluster.Port", Config{StoreDir: dir, ServerName: "a", Cluster: ClusterConfig{Name: "c"}}},
+		{"Cluster.Name", Config{StoreDir: dir, Cluster: ClusterConfig{Routes: []string{"nats-route://127.0.0.1:1"}}}},
+		{"Cluster.Routes", Config{StoreDir: dir, ServerName: "a", Cluster: ClusterConfig{Name: "c", Port: -1, Routes: []string{"::bad"}}}},
 	}
 	for _, tt := range tests {
-		_, err := NewEmbedded(tt.cfg)
+		_, err := New(tt.cfg)
 		var ce *ConfigError
 		if !errors.As(err, &ce) || ce.Field != tt.field {
 			t.Errorf("%s: got %v", tt.field, err)
 		}
 	}
-	e, err := NewEmbedded(EmbeddedConfig{StoreDir: dir})
+	e, err := New(Config{StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,17 +45,17 @@ func TestNewEmbeddedValidates(t *testing.T) {
 	}
 }
 
-func TestEmbeddedLifecycle(t *testing.T) {
+func TestLifecycle(t *testing.T) {
 	t.Parallel()
 	var logs bytes.Buffer
 	logger := zerolog.New(&syncWriter{w: &logs}).Level(zerolog.InfoLevel)
-	e, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: t.TempDir(), ServerName: "lifecycle", Logger: &logger})
+	e, err := New(Config{Port: RandomPort, StoreDir: t.TempDir(), ServerName: "lifecycle", Logger: &logger})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t)
 	// Stop before Start is harmless; so are the accessors.
-	if e.Server() != nil || e.ClientURL() != "" {
+	if e.NATS() != nil || e.ClientURL() != "" {
 		t.Error("server before Start")
 	}
 	if _, err := e.Connect(); err == nil {
@@ -67,8 +67,8 @@ func TestEmbeddedLifecycle(t *testing.T) {
 	if err := e.Start(ctx); err != nil {
 		t.Fatalf("second Start: %v", err)
 	}
-	if e.Server() == nil || e.Server().Name() != "lifecycle" {
-		t.Error("Server() is not the started server")
+	if e.NATS() == nil || e.NATS().Name() != "lifecycle" {
+		t.Error("NATS() is not the started server")
 	}
 
 	// In-process and TCP clients both reach it.
@@ -106,7 +106,7 @@ func TestEmbeddedLifecycle(t *testing.T) {
 	if err := e.Stop(ctx); err != nil {
 		t.Fatalf("second Stop: %v", err)
 	}
-	if err := e.Start(ctx); !errors.Is(err, ErrEmbeddedStopped) {
+	if err := e.Start(ctx); !errors.Is(err, ErrStopped) {
 		t.Fatalf("Start after Stop: %v", err)
 	}
 	if !bytes.Contains(logs.Bytes(), []byte("Server is ready")) {
@@ -114,9 +114,9 @@ func TestEmbeddedLifecycle(t *testing.T) {
 	}
 }
 
-func TestEmbeddedStartHonoursContext(t *testing.T) {
+func TestStartHonoursContext(t *testing.T) {
 	t.Parallel()
-	e, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: t.TempDir()})
+	e, err := New(Config{Port: RandomPort, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,10 +128,10 @@ func TestEmbeddedStartHonoursContext(t *testing.T) {
 	t.Cleanup(func() { _ = e.Stop(context.Background()) })
 }
 
-// TestEmbeddedCluster forms a three-node in-process JetStream cluster and
-// provisions replicated resources on it, including the partition transform
-// and message schedules on an R3 work-queue stream.
-func TestEmbeddedCluster(t *testing.T) {
+// TestCluster forms a three-node in-process JetStream cluster and checks
+// that it serves a replicated stream: a message published through one
+// member is read through another.
+func TestCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster formation takes a few seconds")
 	}
@@ -146,9 +146,9 @@ func TestEmbeddedCluster(t *testing.T) {
 		ports[i] = freePort(t)
 		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i])
 	}
-	var servers []*Embedded
+	var servers []*Server
 	for i, name := range names {
-		e, err := NewEmbedded(EmbeddedConfig{
+		e, err := New(Config{
 			Port: RandomPort, StoreDir: t.TempDir(), ServerName: name,
 			Cluster: ClusterConfig{Name: "qq", Port: ports[i], Routes: routes},
 		})
@@ -162,55 +162,44 @@ func TestEmbeddedCluster(t *testing.T) {
 		servers = append(servers, e)
 	}
 
-	nc, err := servers[2].Connect()
-	if err != nil {
-		t.Fatal(err)
+	js := func(e *Server) jetstream.JetStream {
+		nc, err := e.Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		return js
 	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	cfg := Config{Partitions: 4, Replicas: 3}.WithDefaults()
+	writer, reader := js(servers[2]), js(servers[0])
 	// The meta leader is elected a moment after the routes connect; until
 	// then JetStream API requests go unanswered or answer 503. Each attempt
 	// is bounded, so the loop waits on the server's answers, not on a timer.
+	var err error
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err = Provision(actx, js, cfg)
+		_, err = writer.CreateStream(actx, jetstream.StreamConfig{Name: "R3", Subjects: []string{"r3.>"}, Replicas: 3})
 		cancel()
 		if err == nil || ctx.Err() != nil || !(isJSNotReady(err) || errors.Is(err, context.DeadlineExceeded)) {
 			break
 		}
 	}
 	if err != nil {
-		t.Fatalf("Provision on the cluster: %v", err)
+		t.Fatalf("create an R3 stream on the cluster: %v", err)
 	}
-	st, err := js.Stream(ctx, cfg.JobsStream)
+	if _, err := writer.Publish(ctx, "r3.hello", []byte("replicated")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := reader.Stream(ctx, "R3")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.CachedInfo().Config.Replicas != 3 {
-		t.Errorf("jobs stream replicas %d", st.CachedInfo().Config.Replicas)
+	if got := st.CachedInfo().Config.Replicas; got != 3 {
+		t.Errorf("stream replicas %d, want 3", got)
 	}
-	s, _ := NewScheduler(js, cfg)
-	startMover(t, js, cfg)
-	env := jobEnvelope(cfg, "group", "G1")
-	if err := s.Schedule(ctx, env, "clustered", time.Now().Add(-time.Second), ""); err != nil {
-		t.Fatal(err)
-	}
-	// A clustered consumer answers pulls only once it has a leader; until
-	// then a pull gets "no responders".
-	reader := jobsReader(t, js, cfg)
-	for {
-		info, err := reader.Info(ctx)
-		if err != nil {
-			t.Fatalf("reader info: %v", err)
-		}
-		if info.Cluster != nil && info.Cluster.Leader != "" {
-			break
-		}
-	}
-	m := nextMsg(t, reader, 10*time.Second)
-	if m.Subject() != partitioned(cfg, "G1") || m.Headers().Get(HeaderJobID) != "clustered" {
-		t.Errorf("fired %q %v", m.Subject(), m.Headers())
+	m, err := st.GetLastMsgForSubject(ctx, "r3.hello")
+	if err != nil || string(m.Data) != "replicated" {
+		t.Fatalf("read through another member: %v %v", m, err)
 	}
 }
 
@@ -242,11 +231,11 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
-func TestEmbeddedReportsFatalStart(t *testing.T) {
+func TestReportsFatalStart(t *testing.T) {
 	t.Parallel()
 	// A JetStream cluster without routes cannot start; Start says so at once
 	// instead of waiting out its timeout.
-	e, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: t.TempDir(), ServerName: "alone",
+	e, err := New(Config{Port: RandomPort, StoreDir: t.TempDir(), ServerName: "alone",
 		Cluster: ClusterConfig{Name: "qq", Port: RandomPort}})
 	if err != nil {
 		t.Fatal(err)
@@ -258,4 +247,12 @@ func TestEmbeddedReportsFatalStart(t *testing.T) {
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Start: %v, want the server's fatal error", err)
 	}
+}
+
+// testCtx is a context bounded well inside the test timeout.
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }

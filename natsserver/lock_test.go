@@ -1,4 +1,4 @@
-package queue
+package natsserver
 
 import (
 	"bufio"
@@ -10,11 +10,13 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // lockHolderEnv makes the test binary a helper process that locks the
 // store in the named directory, says so on stdout and waits to be killed.
-const lockHolderEnv = "QUEUE_TEST_LOCK_HOLDER_DIR"
+const lockHolderEnv = "NATSSERVER_TEST_LOCK_HOLDER_DIR"
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(lockHolderEnv); dir != "" {
@@ -29,15 +31,31 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestEmbeddedStoreLock: a second server on a store in use is refused
+// TestStoreLock: a second server on a store in use is refused
 // before it opens it, and the first keeps working; Stop releases the store.
-func TestEmbeddedStoreLock(t *testing.T) {
+func TestStoreLock(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
 	dir := t.TempDir()
-	first := startServerAt(t, dir)
+	first, err := New(Config{Port: RandomPort, StoreDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = first.Stop(context.Background()) })
+	nc, err := first.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	second, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: dir})
+	second, err := New(Config{Port: RandomPort, StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,15 +67,17 @@ func TestEmbeddedStoreLock(t *testing.T) {
 	if want := fmt.Sprintf("pid %d on ", os.Getpid()); !strings.Contains(err.Error(), want) || inUse.Dir != dir {
 		t.Errorf("error %q does not say who holds %s (%q)", err, dir, want)
 	}
-	if second.Server() != nil {
+	if second.NATS() != nil {
 		t.Error("the refused server was started")
 	}
-	if _, err := first.js.AccountInfo(ctx); err != nil {
+	if _, err := js.AccountInfo(ctx); err != nil {
 		t.Fatalf("first server after the refusal: %v", err)
 	}
 
-	first.stop(t)
-	third, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: dir})
+	if err := first.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	third, err := New(Config{Port: RandomPort, StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,9 +89,9 @@ func TestEmbeddedStoreLock(t *testing.T) {
 	}
 }
 
-// TestEmbeddedStoreLockDiesWithItsProcess: a process that locked the store
+// TestStoreLockDiesWithItsProcess: a process that locked the store
 // and was SIGKILLed leaves no lock behind.
-func TestEmbeddedStoreLockDiesWithItsProcess(t *testing.T) {
+func TestStoreLockDiesWithItsProcess(t *testing.T) {
 	if staleLockPossible {
 		t.Skip("this platform's fallback lock outlives its process")
 	}
@@ -98,7 +118,7 @@ func TestEmbeddedStoreLockDiesWithItsProcess(t *testing.T) {
 		t.Fatalf("lock holder said %q, %v", line, err)
 	}
 
-	e, err := NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: dir})
+	e, err := New(Config{Port: RandomPort, StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +129,7 @@ func TestEmbeddedStoreLockDiesWithItsProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = holder.Wait()
-	e, err = NewEmbedded(EmbeddedConfig{Port: RandomPort, StoreDir: dir})
+	e, err = New(Config{Port: RandomPort, StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

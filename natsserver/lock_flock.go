@@ -1,6 +1,6 @@
 //go:build darwin || dragonfly || freebsd || illumos || linux || netbsd || openbsd
 
-package queue
+package natsserver
 
 import (
 	"errors"
@@ -14,7 +14,7 @@ const staleLockPossible = false
 // lockFile opens path and takes an exclusive flock(2) on it without
 // waiting. The kernel drops the lock when the file is closed or the process
 // ends, however it ends, so a crash never leaves a stale lock. Locks are per
-// open file, so a second Embedded in the same process is refused as well.
+// open file, so a second Server in the same process is refused as well.
 // Closing the file releases the lock.
 func lockFile(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)

@@ -1,6 +1,6 @@
 //go:build windows
 
-package queue
+package natsserver
 
 import (
 	"errors"
