@@ -55,7 +55,7 @@ func (m Member) announces(p int) bool {
 type MembershipConfig struct {
 	// Names are the stream names; Partitions is what is assigned.
 	Names Config
-	// Bucket is the KV bucket of members. Default MembersBucketDefault.
+	// Bucket is the KV bucket of members. Default Names.MembersBucket.
 	Bucket string
 	// WorkerID names this worker; unique in the fleet. Required.
 	WorkerID string
@@ -122,7 +122,7 @@ func NewMembership(js jetstream.JetStream, cfg MembershipConfig) (*Membership, e
 	}
 	cfg.Names = names
 	if cfg.Bucket == "" {
-		cfg.Bucket = MembersBucketDefault
+		cfg.Bucket = names.MembersBucket
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = MemberTTLDefault

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,13 +18,16 @@ import (
 
 // Defaults for Config.
 const (
-	PrefixDefault          = "qqbot"
-	JobsStreamDefault      = "QQDISPATCH_JOBS"
-	DeferredStreamDefault  = "QQDISPATCH_DEFERRED"
-	DLQStreamDefault       = "QQDISPATCH_DLQ"
-	AdvisoryStreamDefault  = "QQDISPATCH_ADVISORIES"
-	OutcomeBucketDefault   = "qqdispatch_outcomes"
-	LedgerBucketDefault    = "qqdispatch_ledger"
+	PrefixDefault         = "qqbot"
+	JobsStreamDefault     = "QQDISPATCH_JOBS"
+	DeferredStreamDefault = "QQDISPATCH_DEFERRED"
+	DLQStreamDefault      = "QQDISPATCH_DLQ"
+	AdvisoryStreamDefault = "QQDISPATCH_ADVISORIES"
+	OutcomeBucketDefault  = "qqdispatch_outcomes"
+	LedgerBucketDefault   = "qqdispatch_ledger"
+	// QuotaBucketDefault is the default prefix's bucket of period quotas
+	// and fleet rate calendars (package ratelimit keeps them).
+	QuotaBucketDefault     = "qqdispatch_quota"
 	PartitionsDefault      = 32
 	ReplicasDefault        = 1
 	DuplicateWindowDefault = 2 * time.Minute
@@ -41,6 +45,13 @@ const (
 
 // Config names the JetStream resources qqdispatch uses and sizes them. The
 // zero value is usable: every field has a default.
+//
+// The default names are derived from Prefix, so deployments with different
+// prefixes on one NATS never share a stream, a bucket or a member list: the
+// default prefix "qqbot" keeps the names below (QQDISPATCH_JOBS,
+// qqdispatch_outcomes, ...); any other prefix puts its own tag in them
+// (prefix "bot1": QQDISPATCH_BOT1_JOBS, qqdispatch_bot1_outcomes, ...; see
+// PrefixTag).
 type Config struct {
 	// Prefix is the first subject token(s) of every qqdispatch subject: jobs
 	// are published on {Prefix}.send.{scene}.{target}. Default "qqbot".
@@ -68,6 +79,12 @@ type Config struct {
 	// LedgerBucket is the KV bucket of the worker-side dedupe ledger.
 	// Default "qqdispatch_ledger".
 	LedgerBucket string
+	// MembersBucket is the KV bucket of the fleet's live workers
+	// (heartbeats; kept in memory). Default "qqdispatch_members".
+	MembersBucket string
+	// QuotaBucket is the KV bucket of period quotas and fleet-wide rate
+	// calendars. Default "qqdispatch_quota".
+	QuotaBucket string
 	// Partitions is the number of partitions the jobs stream maps (scene,
 	// target) into; each has its own consumer. Changing it on a live stream
 	// re-maps targets, so in-flight ordering is only kept within the old or
@@ -107,12 +124,18 @@ func (c Config) WithDefaults() Config {
 		}
 	}
 	setStr(&c.Prefix, PrefixDefault)
-	setStr(&c.JobsStream, JobsStreamDefault)
-	setStr(&c.DeferredStream, DeferredStreamDefault)
-	setStr(&c.DLQStream, DLQStreamDefault)
-	setStr(&c.AdvisoryStream, AdvisoryStreamDefault)
-	setStr(&c.OutcomeBucket, OutcomeBucketDefault)
-	setStr(&c.LedgerBucket, LedgerBucketDefault)
+	up, low := "", ""
+	if tag := PrefixTag(c.Prefix); tag != "" {
+		up, low = "_"+strings.ToUpper(tag), "_"+strings.ToLower(tag)
+	}
+	setStr(&c.JobsStream, "QQDISPATCH"+up+"_JOBS")
+	setStr(&c.DeferredStream, "QQDISPATCH"+up+"_DEFERRED")
+	setStr(&c.DLQStream, "QQDISPATCH"+up+"_DLQ")
+	setStr(&c.AdvisoryStream, "QQDISPATCH"+up+"_ADVISORIES")
+	setStr(&c.OutcomeBucket, "qqdispatch"+low+"_outcomes")
+	setStr(&c.LedgerBucket, "qqdispatch"+low+"_ledger")
+	setStr(&c.MembersBucket, "qqdispatch"+low+"_members")
+	setStr(&c.QuotaBucket, "qqdispatch"+low+"_quota")
 	if c.Partitions == 0 {
 		c.Partitions = PartitionsDefault
 	}
@@ -128,6 +151,34 @@ func (c Config) WithDefaults() Config {
 		c.Now = time.Now
 	}
 	return c
+}
+
+// maxTagName bounds the readable part of a prefix's tag.
+const maxTagName = 32
+
+// PrefixTag is what a prefix puts into the default stream and bucket names:
+// "" for the default prefix (today's names), the prefix itself when it is
+// made of letters, digits, '-' and '_' only (at most 32 of them), and
+// otherwise a readable part ('.' and other characters as '_') followed by
+// 8 hex digits of the prefix's SHA-256, so that two prefixes never share a
+// name ("a.b" and "a_b" differ).
+func PrefixTag(prefix string) string {
+	if prefix == "" || prefix == PrefixDefault {
+		return ""
+	}
+	if validName(prefix) && len(prefix) <= maxTagName {
+		return prefix
+	}
+	var b strings.Builder
+	for i := 0; i < len(prefix) && b.Len() < maxTagName; i++ {
+		if c := prefix[i]; validName(string(c)) {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	sum := sha256.Sum256([]byte(prefix))
+	return b.String() + "_" + hex.EncodeToString(sum[:4])
 }
 
 // ErrInvalidConfig matches every *ConfigError with errors.Is.
@@ -167,13 +218,19 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	for _, b := range []struct{ field, v string }{{"OutcomeBucket", c.OutcomeBucket}, {"LedgerBucket", c.LedgerBucket}} {
+	buckets := []struct{ field, v string }{
+		{"OutcomeBucket", c.OutcomeBucket}, {"LedgerBucket", c.LedgerBucket},
+		{"MembersBucket", c.MembersBucket}, {"QuotaBucket", c.QuotaBucket},
+	}
+	for i, b := range buckets {
 		if !validName(b.v) {
 			return bad(b.field, "%q is not a valid bucket name (letters, digits, '-' and '_' only)", b.v)
 		}
-	}
-	if c.OutcomeBucket == c.LedgerBucket {
-		return bad("LedgerBucket", "must differ from OutcomeBucket")
+		for _, o := range buckets[:i] {
+			if o.v == b.v {
+				return bad(b.field, "must differ from %s (%q)", o.field, o.v)
+			}
+		}
 	}
 	if c.Partitions < 1 || c.Partitions > MaxPartitions {
 		return bad("Partitions", "must be between 1 and %d, got %d", MaxPartitions, c.Partitions)
@@ -551,6 +608,18 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return &ProvisionError{Resource: "stream " + cfg.JobsStream, Err: err}
 	}
+	// A stream of another prefix's deployment is never rewritten to ours.
+	for _, name := range []string{cfg.JobsStream, cfg.DeferredStream, cfg.DLQStream} {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			continue // missing (created below) or unreadable (the create says why)
+		}
+		for _, subj := range st.CachedInfo().Config.Subjects {
+			if !strings.HasPrefix(subj, cfg.Prefix+".") {
+				return &PrefixConflictError{Stream: name, Subject: subj, Prefix: cfg.Prefix}
+			}
+		}
+	}
 	for _, sc := range []jetstream.StreamConfig{jobs, deferredStreamConfig(cfg), dlqStreamConfig(cfg), advisoryStreamConfig(cfg)} {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return &ProvisionError{Resource: "stream " + sc.Name, Err: err}
@@ -562,6 +631,62 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// ErrPrefixConflict matches every *PrefixConflictError with errors.Is.
+var ErrPrefixConflict = errors.New("queue: the stream belongs to another prefix")
+
+// PrefixConflictError says a stream this deployment would use already
+// serves another prefix's subjects: two deployments were given the same
+// stream names. Provision refuses rather than take the stream over.
+type PrefixConflictError struct {
+	Stream  string
+	Subject string // one of its subjects
+	Prefix  string // this deployment's prefix
+}
+
+func (e *PrefixConflictError) Error() string {
+	return fmt.Sprintf("stream %s serves %s, not prefix %q: another deployment uses it; give this one its own stream and bucket names (leave them unset: they derive from the prefix)",
+		e.Stream, e.Subject, e.Prefix)
+}
+
+// Is makes errors.Is(err, ErrPrefixConflict) true.
+func (e *PrefixConflictError) Is(target error) bool { return target == ErrPrefixConflict }
+
+// ResolveNames fills cfg's unset names. Normally these are the defaults
+// derived from the prefix (WithDefaults). A deployment with a prefix other
+// than the default made by a version before the names were derived has its
+// jobs in QQDISPATCH_JOBS and the other default-named resources: when that
+// stream exists and serves cfg's prefix, those names are kept, so no queued
+// job is left behind in a stream nobody reads.
+func ResolveNames(ctx context.Context, js jetstream.JetStream, cfg Config) (Config, error) {
+	if PrefixTag(cfg.WithDefaults().Prefix) == "" || cfg.JobsStream != "" {
+		return cfg.WithDefaults(), nil
+	}
+	st, err := js.Stream(ctx, JobsStreamDefault)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return cfg.WithDefaults(), nil
+	case err != nil:
+		return cfg, fmt.Errorf("queue: look up stream %s: %w", JobsStreamDefault, err)
+	}
+	if !slices.Contains(st.CachedInfo().Config.Subjects, sendWildcard(cfg.WithDefaults())) {
+		return cfg.WithDefaults(), nil
+	}
+	set := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	set(&cfg.JobsStream, JobsStreamDefault)
+	set(&cfg.DeferredStream, DeferredStreamDefault)
+	set(&cfg.DLQStream, DLQStreamDefault)
+	set(&cfg.AdvisoryStream, AdvisoryStreamDefault)
+	set(&cfg.OutcomeBucket, OutcomeBucketDefault)
+	set(&cfg.LedgerBucket, LedgerBucketDefault)
+	set(&cfg.MembersBucket, MembersBucketDefault)
+	set(&cfg.QuotaBucket, QuotaBucketDefault)
+	return cfg.WithDefaults(), nil
 }
 
 // ErrLegacyJobsStream matches every *LegacyStreamError with errors.Is.

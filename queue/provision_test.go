@@ -444,3 +444,77 @@ func TestCheckServerVersion(t *testing.T) {
 		t.Errorf("embedded server %s refused: %v", ts.nc.ConnectedServerVersion(), err)
 	}
 }
+
+func TestPrefixDerivesNames(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		prefix, jobs, outcomes, members string
+	}{
+		{"", "QQDISPATCH_JOBS", "qqdispatch_outcomes", "qqdispatch_members"},
+		{"qqbot", "QQDISPATCH_JOBS", "qqdispatch_outcomes", "qqdispatch_members"},
+		{"bot1", "QQDISPATCH_BOT1_JOBS", "qqdispatch_bot1_outcomes", "qqdispatch_bot1_members"},
+		{"a.b", "QQDISPATCH_A_B_" + strings.ToUpper(PrefixTag("a.b")[4:]) + "_JOBS", "qqdispatch_" + PrefixTag("a.b") + "_outcomes", "qqdispatch_" + PrefixTag("a.b") + "_members"},
+	} {
+		c := Config{Prefix: tc.prefix}.WithDefaults()
+		if c.JobsStream != tc.jobs || c.OutcomeBucket != tc.outcomes || c.MembersBucket != tc.members {
+			t.Errorf("prefix %q: %s %s %s, want %s %s %s", tc.prefix, c.JobsStream, c.OutcomeBucket, c.MembersBucket, tc.jobs, tc.outcomes, tc.members)
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("prefix %q: %v", tc.prefix, err)
+		}
+	}
+	// Prefixes that read alike never share names.
+	seen := map[string]string{}
+	for _, p := range []string{"a.b", "a_b", "a-b", "ä.b", "a.b.c", strings.Repeat("x", 40), strings.Repeat("x", 41)} {
+		tag := PrefixTag(p)
+		if o, dup := seen[tag]; dup {
+			t.Errorf("prefixes %q and %q share the tag %q", o, p, tag)
+		}
+		seen[tag] = p
+		if !validName(tag) {
+			t.Errorf("prefix %q: tag %q is not a valid name", p, tag)
+		}
+	}
+}
+
+// TestResolveNamesKeepsLegacyStreams: a deployment of prefix "legacy" made
+// by an older version holds its jobs in the default-named streams; the
+// names resolve to those, so its queued jobs are not left behind.
+func TestResolveNamesKeepsLegacyStreams(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	fresh, err := ResolveNames(ctx, ts.js, Config{Prefix: "legacy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.JobsStream != "QQDISPATCH_LEGACY_JOBS" {
+		t.Fatalf("without an older deployment the names derive from the prefix, got %s", fresh.JobsStream)
+	}
+	old := Config{Prefix: "legacy", JobsStream: JobsStreamDefault, DeferredStream: DeferredStreamDefault, DLQStream: DLQStreamDefault,
+		AdvisoryStream: AdvisoryStreamDefault, OutcomeBucket: OutcomeBucketDefault, LedgerBucket: LedgerBucketDefault,
+		MembersBucket: MembersBucketDefault, QuotaBucket: QuotaBucketDefault}
+	if err := Provision(ctx, ts.js, old); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ResolveNames(ctx, ts.js, Config{Prefix: "legacy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.JobsStream != JobsStreamDefault || got.OutcomeBucket != OutcomeBucketDefault || got.MembersBucket != MembersBucketDefault {
+		t.Errorf("the older deployment's names were not kept: %+v", got)
+	}
+	// Another prefix on the same server derives its own names.
+	other, err := ResolveNames(ctx, ts.js, Config{Prefix: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.JobsStream != "QQDISPATCH_OTHER_JOBS" {
+		t.Errorf("prefix other resolved to %s", other.JobsStream)
+	}
+	// And is refused the legacy stream if told to use it.
+	o := Config{Prefix: "other", JobsStream: JobsStreamDefault}
+	if err := Provision(ctx, ts.js, o); !errors.Is(err, ErrPrefixConflict) {
+		t.Errorf("Provision of prefix other on %s: %v, want ErrPrefixConflict", JobsStreamDefault, err)
+	}
+}

@@ -96,7 +96,12 @@ func (f *dlqFlags) open(ctx context.Context, c *command) (*queue.DLQ, func(), er
 	if err != nil {
 		return nil, nil, err
 	}
-	d, err := queue.NewDLQ(ctx, js, f.nats.names())
+	names, err := f.nats.resolveNames(ctx, js)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	d, err := queue.NewDLQ(ctx, js, names)
 	if err != nil {
 		nc.Close()
 		return nil, nil, noStreamHint(err)

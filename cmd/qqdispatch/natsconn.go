@@ -79,8 +79,16 @@ func (n *natsFlags) options(cmd, name string) ([]nats.Option, error) {
 	return opts, nil
 }
 
-// names is the queue configuration the commands share.
+// names is the queue configuration the commands share, as the prefix
+// derives it; resolveNames is what a connected command uses.
 func (n *natsFlags) names() queue.Config { return queue.Config{Prefix: n.prefix}.WithDefaults() }
+
+// resolveNames is the queue configuration as the server has it: the names
+// the prefix derives, or those an older deployment of the prefix made
+// (queue.ResolveNames).
+func (n *natsFlags) resolveNames(ctx context.Context, js jetstream.JetStream) (queue.Config, error) {
+	return queue.ResolveNames(ctx, js, queue.Config{Prefix: n.prefix})
+}
 
 // connectOnce connects for a short-lived command: it fails fast when no
 // server answers.

@@ -67,7 +67,11 @@ func cmdOutcome(ctx context.Context, cl *cli, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	rec, err := queue.NewRecorder(ctx, js, nf.names())
+	names, err := nf.resolveNames(ctx, js)
+	if err != nil {
+		return err
+	}
+	rec, err := queue.NewRecorder(ctx, js, names)
 	if err != nil {
 		return noStreamHint(err)
 	}
@@ -79,7 +83,7 @@ func cmdOutcome(ctx context.Context, cl *cli, args []string) error {
 		if ok {
 			return printJSON(cl.stdout, out)
 		}
-		wh, err := locateJob(ctx, nc, js, nf.names(), rec, id)
+		wh, err := locateJob(ctx, nc, js, names, rec, id)
 		if err != nil {
 			return err
 		}
@@ -186,12 +190,12 @@ func locateJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names
 		return located{}, fmt.Errorf("outcome: job %s: %w", id, err)
 	}
 	var members []queue.Member
-	kv, err := js.KeyValue(ctx, queue.MembersBucketDefault)
+	kv, err := js.KeyValue(ctx, names.MembersBucket)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		// No worker ever joined a fleet.
 	case err != nil:
-		return located{}, fmt.Errorf("outcome: members bucket %s: %w", queue.MembersBucketDefault, err)
+		return located{}, fmt.Errorf("outcome: members bucket %s: %w", names.MembersBucket, err)
 	default:
 		if members, err = queue.ListMembers(ctx, kv); err != nil {
 			return located{}, fmt.Errorf("outcome: %w", err)

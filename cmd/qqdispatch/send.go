@@ -139,6 +139,9 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	if names, err = o.nats.resolveNames(ctx, js); err != nil {
+		return err
+	}
 	pub, err := queue.NewPublisher(js, names)
 	if err != nil {
 		return err
@@ -385,6 +388,9 @@ func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, dat
 	defer nc.Close()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*bulkWindow))
 	if err != nil {
+		return err
+	}
+	if names, err = o.nats.resolveNames(ctx, js); err != nil {
 		return err
 	}
 	if _, err := js.Stream(ctx, names.JobsStream); err != nil {

@@ -174,7 +174,11 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, err := collectStatus(ctx, js, nf.names(), time.Now)
+	names, err := nf.resolveNames(ctx, js)
+	if err != nil {
+		return err
+	}
+	st, err := collectStatus(ctx, js, names, time.Now)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("status: no complete answer from NATS within --timeout %s: %w", timeout, err)
@@ -226,12 +230,12 @@ func collectStatus(ctx context.Context, js jetstream.JetStream, names queue.Conf
 		members []queue.Member
 		ttl     time.Duration
 	)
-	kv, err := js.KeyValue(ctx, queue.MembersBucketDefault)
+	kv, err := js.KeyValue(ctx, names.MembersBucket)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		// No worker has joined a fleet yet: every partition is unowned.
 	case err != nil:
-		return nil, fmt.Errorf("status: members bucket %s: %w", queue.MembersBucketDefault, err)
+		return nil, fmt.Errorf("status: members bucket %s: %w", names.MembersBucket, err)
 	default:
 		if members, err = queue.ListMembers(ctx, kv); err != nil {
 			return nil, fmt.Errorf("status: %w", err)
@@ -401,7 +405,7 @@ func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, 
 		tot.OldestAge = &age
 	}
 	if len(members) == 0 {
-		st.Problems = append(st.Problems, "no live workers: no member has a heartbeat in "+queue.MembersBucketDefault)
+		st.Problems = append(st.Problems, "no live workers: no member has a heartbeat in "+names.MembersBucket)
 	}
 	return st
 }

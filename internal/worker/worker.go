@@ -63,8 +63,8 @@ type RulesConfig struct {
 	Policy *ratelimit.Policy
 	// BotID names the bot in shared quota keys. Default "bot".
 	BotID string
-	// QuotaBucket is the KV bucket of period quotas. Default
-	// ratelimit.QuotaBucketDefault.
+	// QuotaBucket is the KV bucket of period quotas and fleet rate
+	// calendars. Default: Names.QuotaBucket (derived from the prefix).
 	QuotaBucket string
 	// Clock drives rule time and waits. Default: the wall clock.
 	Clock ratelimit.Clock
@@ -100,14 +100,15 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Sender == nil {
 		return nil, errors.New("worker: Config.Sender is required")
 	}
-	cfg.Names = cfg.Names.WithDefaults()
-	if err := cfg.Names.Validate(); err != nil {
+	if err := cfg.Names.WithDefaults().Validate(); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
 		return nil, fmt.Errorf("worker: jetstream: %w", err)
 	}
+	// cfg.Names keeps its unset names: Start resolves them against the
+	// server (queue.ResolveNames).
 	w := &Worker{cfg: cfg, js: js}
 	if cfg.Logger != nil {
 		w.log = *cfg.Logger
@@ -137,7 +138,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := queue.CheckServerVersion(w.cfg.Conn); err != nil {
 		return err
 	}
-	names := w.cfg.Names
+	names, err := queue.ResolveNames(ctx, w.js, w.cfg.Names)
+	if err != nil {
+		return err
+	}
+	if err := names.Validate(); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
 	if err := queue.Provision(ctx, w.js, names); err != nil {
 		return err
 	}
@@ -166,6 +173,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	kc := queue.KeeperConfig{Names: names, Every: w.cfg.KeepEvery, Logger: &w.log}
 	if rc := w.cfg.Rules; rc != nil {
 		qc := ratelimit.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas}
+		if qc.Bucket == "" {
+			qc.Bucket = names.QuotaBucket
+		}
 		kv, err := ratelimit.ProvisionQuotas(ctx, w.js, qc)
 		if err != nil {
 			return err
