@@ -253,6 +253,18 @@ func (s *server) run(ctx context.Context) error {
 			}
 			return nil
 		},
+		Members: func() int {
+			if w := running.Load(); w != nil {
+				return w.Members()
+			}
+			return 0
+		},
+		DLQ: func(ctx context.Context) (uint64, error) {
+			if w := running.Load(); w != nil {
+				return w.DLQMessages(ctx)
+			}
+			return 0, errors.New("worker not started")
+		},
 	})
 	if err != nil {
 		return err

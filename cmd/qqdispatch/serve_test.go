@@ -315,6 +315,8 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 		`qqdispatch_jobs_finished_total{scene="group",status="invalid"} 2`,
 		`qqdispatch_send_attempts_total{class="ok",scene="group"}`,
 		`qqdispatch_ready 1`,
+		`qqdispatch_fleet_members 1`,
+		`qqdispatch_dlq_messages `, // read from the DLQ stream at scrape time
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

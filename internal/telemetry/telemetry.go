@@ -9,6 +9,7 @@
 package telemetry
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -29,6 +30,8 @@ const (
 	// ConfigErrorWindowDefault is how long a configuration-class answer
 	// keeps the worker unready.
 	ConfigErrorWindowDefault = 5 * time.Minute
+	// DLQTimeoutDefault bounds how long a scrape waits for the DLQ's size.
+	DLQTimeoutDefault = 2 * time.Second
 	// Namespace prefixes every qqdispatch metric name.
 	Namespace = "qqdispatch"
 )
@@ -65,6 +68,18 @@ type Config struct {
 	// calls; it is called once per scrape for qqdispatch_pacing_*.
 	// Default: nil, exported as nothing.
 	Pacing func() []ratelimit.PacingStat
+	// Members reports how many live workers the fleet has as this worker
+	// last read the members bucket, itself included (0 for a worker on
+	// fixed partitions). Default: nil, exported as 0.
+	Members func() int
+	// DLQ reports the entries on the DLQ stream; it is called once per
+	// scrape, with a context that ends after DLQTimeout. On an error the
+	// scrape leaves qqdispatch_dlq_messages out. Default: nil, exported as
+	// nothing.
+	DLQ func(ctx context.Context) (uint64, error)
+	// DLQTimeout bounds the DLQ call of a scrape. Default DLQTimeoutDefault
+	// (2s).
+	DLQTimeout time.Duration
 }
 
 // Telemetry collects a worker's metrics and answers its health probes. It
@@ -94,6 +109,12 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	if cfg.ConfigErrorWindow < 0 {
 		return nil, fmt.Errorf("telemetry: Config.ConfigErrorWindow must not be negative, got %s", cfg.ConfigErrorWindow)
+	}
+	if cfg.DLQTimeout == 0 {
+		cfg.DLQTimeout = DLQTimeoutDefault
+	}
+	if cfg.DLQTimeout < 0 {
+		return nil, fmt.Errorf("telemetry: Config.DLQTimeout must not be negative, got %s", cfg.DLQTimeout)
 	}
 	if cfg.Version == "" {
 		cfg.Version = "unknown"
@@ -158,10 +179,15 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	held := gauge("jobs_held", "Job messages this worker holds: being sent, or queued behind an earlier job for the same target.", cfg.Held)
 	parts := gauge("partitions_owned", "Partitions this worker consumes.", cfg.Partitions)
+	members := gauge("fleet_members", "Live workers in the fleet as this worker last read the members bucket, itself "+
+		"included; 0 for a worker on fixed partitions.", cfg.Members)
+	dlq := &dlqCollector{size: cfg.DLQ, timeout: cfg.DLQTimeout,
+		desc: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "dlq_messages"),
+			"Entries on the DLQ stream, read from JetStream at scrape time: the same on every worker of a fleet.", nil, nil)}
 	waiting := newWaitingCollector(cfg.Scheduling)
 	pacing := newPacingCollector(cfg.Pacing)
 	for _, c := range []prometheus.Collector{
-		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, waiting, pacing,
+		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, members, dlq, waiting, pacing,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {
@@ -293,6 +319,32 @@ func writeText(w http.ResponseWriter, status int, line string) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_, _ = fmt.Fprintln(w, line)
+}
+
+// dlqCollector exports the DLQ stream's size, asked for at scrape time.
+type dlqCollector struct {
+	size    func(context.Context) (uint64, error)
+	timeout time.Duration
+	desc    *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c *dlqCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector. A size that cannot be read is
+// left out rather than reported as 0: an empty DLQ and an unknown one are
+// different things on a dashboard.
+func (c *dlqCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.size == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	n, err := c.size(ctx)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
 }
 
 // waitingCollector exports the worker's scheduling summary, read at

@@ -1,6 +1,8 @@
 package telemetry_test
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -252,6 +254,65 @@ func TestPacingMetrics(t *testing.T) {
 	b := setup(t)
 	if _, body := get(t, b.srv.URL+"/metrics"); strings.Contains(body, "qqdispatch_pacing_interval_seconds{") {
 		t.Errorf("without Pacing:\n%s", grepLines(body, "pacing_"))
+	}
+}
+
+// TestFleetAndDLQMetrics: the fleet's size and the DLQ's are read at
+// scrape time; a DLQ that cannot be read (or takes longer than DLQTimeout)
+// is left out, not reported empty.
+func TestFleetAndDLQMetrics(t *testing.T) {
+	t.Parallel()
+	var members atomic.Int64
+	members.Store(3)
+	var dlqErr atomic.Pointer[error]
+	tel, err := telemetry.New(telemetry.Config{
+		Members: func() int { return int(members.Load()) },
+		DLQ: func(ctx context.Context) (uint64, error) {
+			if e := dlqErr.Load(); e != nil {
+				return 0, *e
+			}
+			return 42, nil
+		},
+		DLQTimeout: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(tel.Handler())
+	t.Cleanup(srv.Close)
+	_, body := get(t, srv.URL+"/metrics")
+	for _, want := range []string{"qqdispatch_fleet_members 3\n", "qqdispatch_dlq_messages 42\n", "# TYPE qqdispatch_dlq_messages gauge"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(body, "qqdispatch_"))
+		}
+	}
+	members.Store(1)
+	e := errors.New("stream info: timeout")
+	dlqErr.Store(&e)
+	_, body = get(t, srv.URL+"/metrics")
+	if !strings.Contains(body, "qqdispatch_fleet_members 1\n") || strings.Contains(body, "qqdispatch_dlq_messages ") {
+		t.Errorf("after a member left and the DLQ stopped answering:\n%s", grepLines(body, "qqdispatch_"))
+	}
+
+	// The call is bounded by DLQTimeout: a DLQ that does not answer
+	// leaves the series out instead of holding the scrape.
+	slow, err := telemetry.New(telemetry.Config{
+		DLQ: func(ctx context.Context) (uint64, error) {
+			<-ctx.Done()
+			return 0, ctx.Err()
+		},
+		DLQTimeout: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slowSrv := httptest.NewServer(slow.Handler())
+	t.Cleanup(slowSrv.Close)
+	if _, body := get(t, slowSrv.URL+"/metrics"); strings.Contains(body, "qqdispatch_dlq_messages ") || !strings.Contains(body, "qqdispatch_fleet_members 0\n") {
+		t.Errorf("with a DLQ that does not answer:\n%s", grepLines(body, "qqdispatch_"))
+	}
+	if _, err := telemetry.New(telemetry.Config{DLQTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "DLQTimeout") {
+		t.Errorf("a negative DLQTimeout: err = %v, want one naming DLQTimeout", err)
 	}
 }
 

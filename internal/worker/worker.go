@@ -86,6 +86,8 @@ type Worker struct {
 	sweep *queue.Sweeper
 	// keep re-creates streams and buckets that vanish.
 	keep *queue.Keeper
+	// names are the resolved names (set by Start).
+	names queue.Config
 
 	mu      sync.Mutex
 	started bool
@@ -145,6 +147,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := names.Validate(); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	w.mu.Lock()
+	w.names = names
+	w.mu.Unlock()
 	if err := queue.Provision(ctx, w.js, names); err != nil {
 		return err
 	}
@@ -410,6 +415,41 @@ func (w *Worker) Partitions() []int {
 		return c.Partitions()
 	}
 	return nil
+}
+
+// Members is the number of live workers in the fleet as this worker last
+// read the members bucket, itself included (those leaving are not
+// counted); 0 for a worker on fixed partitions or before Start.
+func (w *Worker) Members() int {
+	w.mu.Lock()
+	mem := w.mem
+	w.mu.Unlock()
+	if mem == nil {
+		return 0
+	}
+	n := 1
+	for _, o := range mem.OtherMembers() {
+		if !o.Leaving {
+			n++
+		}
+	}
+	return n
+}
+
+// DLQMessages asks JetStream how many entries the DLQ stream holds (an
+// error before Start has resolved its name).
+func (w *Worker) DLQMessages(ctx context.Context) (uint64, error) {
+	w.mu.Lock()
+	name := w.names.DLQStream
+	w.mu.Unlock()
+	if name == "" {
+		return 0, errors.New("worker: not started")
+	}
+	s, err := w.js.Stream(ctx, name)
+	if err != nil {
+		return 0, fmt.Errorf("worker: DLQ stream %s: %w", name, err)
+	}
+	return s.CachedInfo().State.Msgs, nil
 }
 
 func (w *Worker) consumer() *queue.Consumer {
