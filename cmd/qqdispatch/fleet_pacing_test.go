@@ -201,8 +201,11 @@ func TestFleetPacesAsOne(t *testing.T) {
 	if len(r.notSent) > 0 {
 		t.Errorf("jobs not sent, by status: %v", r.notSent)
 	}
-	if r.demand < 300 {
-		t.Errorf("demand was only %.0f/s: the fleet was not loaded (want 400/s)", r.demand)
+	// The publisher aims at 400/s; on a busy machine it may fall short,
+	// but the test only means something while demand is above the two
+	// buckets' 200/s together.
+	if r.demand < 240 {
+		t.Errorf("demand was only %.0f/s: the fleet was not loaded above its 200/s (aimed at 400/s)", r.demand)
 	}
 	t.Logf("FLEET pacing: %d jobs at %.0f/s; worst 1 s window %v; bucket use %v over %v; %d violations",
 		r.jobs, r.demand, r.worst, r.use, r.span, r.violations)
