@@ -14,7 +14,11 @@ import (
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
 
-// Publisher puts jobs on the jobs stream for producers written in Go.
+// Publisher puts jobs on the jobs stream: dispatcher.Jobs, whose message
+// goes out byte for byte as written, and raw bodies (PublishRaw). The
+// qqdispatch command and the tests use it. Go producers use package
+// producer instead, which applies the same rules (its tests check that)
+// without linking the worker.
 type Publisher struct {
 	cfg Config
 	js  jetstream.JetStream

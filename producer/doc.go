@@ -1,0 +1,26 @@
+// Package producer publishes send jobs to qqdispatch from Go and reads
+// their outcomes. It imports only the standard library and nats.go: a bot
+// backend that uses it links neither the NATS server nor the worker.
+//
+// Build a job with the function of its scene and kind, which checks it
+// against the job contract (docs/job-contract.md):
+//
+//	job, err := producer.GroupReply(groupOpenID, producer.InboundMessage(msgID, receivedAt),
+//		producer.Text("hello"), producer.WithMeta(map[string]any{"order": 42}))
+//
+// then publish it with a Publisher, over a jetstream.JetStream of your NATS
+// connection:
+//
+//	pub, err := producer.NewPublisher(js, producer.Config{})
+//	res, err := pub.Publish(ctx, job)        // the stream has it
+//	out, err := pub.PublishAndWait(ctx, job) // the worker finished it
+//
+// Every job ends with one Outcome, kept for 7 days in the outcome bucket
+// under the job's id; Lookup reads one, Wait and WatchOutcomes wait for
+// them.
+//
+// Ids. A job's id is your idempotency key: publishing a job again with the
+// same id and the same content sends it once. Without WithID a job gets a
+// random id, except a c2c or group reply given WithMsgSeq, which gets the
+// id the worker derives for it, so publishing it again is harmless too.
+package producer

@@ -1,0 +1,301 @@
+package producer_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/natsserver"
+	"github.com/qqdispatch/qqdispatch/producer"
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+func TestPublishAndWaitSendsOnce(t *testing.T) {
+	t.Parallel()
+	e := sharedEnv()
+	pub, _ := e.publisher(t)
+	ctx := testCtx(t)
+	target := uniq("G")
+	in := producer.InboundMessage(e.inbound(producer.Group, target), time.Now())
+	job, err := producer.GroupReply(target, in, producer.Text("hello"), producer.WithMeta(map[string]int{"n": 1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pub.PublishAndWait(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Status != producer.StatusSent || !out.Status.Delivered() || out.JobID != job.ID || out.Scene != producer.Group ||
+		out.Target != target || out.MessageID == "" || out.MsgSeq != 1 || string(out.Meta) != `{"n":1}` || out.Attempts != 1 || out.FinishedAt.IsZero() {
+		t.Errorf("outcome %+v", out)
+	}
+	// Published again, the same job is the same job: its outcome comes
+	// back, and the simulator got it once.
+	again, err := pub.PublishAndWait(ctx, job)
+	if err != nil || again.MessageID != out.MessageID {
+		t.Errorf("again: %+v, %v", again, err)
+	}
+	if got, ok, err := pub.Lookup(ctx, job.ID); err != nil || !ok || got.MessageID != out.MessageID {
+		t.Errorf("Lookup: %+v %v %v", got, ok, err)
+	}
+	if n := accepted(e, target); n != 1 {
+		t.Errorf("the simulator accepted %d messages for %s, want 1", n, target)
+	}
+}
+
+// accepted counts the messages the simulator accepted for target.
+func accepted(e *env, target string) int {
+	n := 0
+	for _, m := range e.sim.Accepted() {
+		if m.Target == target {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPublishAcknowledged(t *testing.T) {
+	t.Parallel()
+	pub, _ := sharedEnv().publisher(t)
+	ctx := testCtx(t)
+	target := uniq("C")
+	job, err := producer.ChannelActive(target, "GUILD", producer.Text("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := pub.Publish(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.JobID != job.ID || res.Stream != producer.JobsStreamDefault || res.Seq == 0 || res.Duplicate ||
+		res.Subject != "qqbot.send.channel."+target || !strings.HasPrefix(res.ConflictID, job.ID+"~") {
+		t.Errorf("result %+v", res)
+	}
+	// The stream drops a repeat of the very same job.
+	dup, err := pub.Publish(ctx, job)
+	if err != nil || !dup.Duplicate || dup.Seq != res.Seq {
+		t.Errorf("repeat: %+v, %v", dup, err)
+	}
+	out, err := pub.Wait(ctx, res)
+	if err != nil || out.Status != producer.StatusSent {
+		t.Errorf("Wait: %+v, %v", out, err)
+	}
+	if _, err := pub.Wait(ctx, producer.PublishResult{}); err == nil {
+		t.Error("Wait on an empty PublishResult")
+	}
+}
+
+// TestReusedIDWaitsForItsOwnOutcome: a job that reuses another job's id is
+// not sent, and PublishAndWait returns its own outcome, not the other's.
+func TestReusedIDWaitsForItsOwnOutcome(t *testing.T) {
+	t.Parallel()
+	e := sharedEnv()
+	pub, _ := e.publisher(t)
+	ctx := testCtx(t)
+	id := uniq("shared-id")
+	first, _ := producer.GroupActive(uniq("G"), producer.Text("first"), producer.WithID(id))
+	if out, err := pub.PublishAndWait(ctx, first); err != nil || out.Status != producer.StatusSent {
+		t.Fatalf("first: %+v, %v", out, err)
+	}
+	for _, wait := range []string{"PublishAndWait", "Publish+Wait"} {
+		other := uniq("G")
+		second, _ := producer.GroupActive(other, producer.Text("second"), producer.WithID(id))
+		var (
+			out producer.Outcome
+			err error
+		)
+		if wait == "PublishAndWait" {
+			out, err = pub.PublishAndWait(ctx, second)
+		} else {
+			var res producer.PublishResult
+			if res, err = pub.Publish(ctx, second); err == nil {
+				out, err = pub.Wait(ctx, res)
+			}
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", wait, err)
+		}
+		if out.Status != producer.StatusRejected || out.Target != other || !strings.HasPrefix(out.JobID, id+"~") || !strings.Contains(out.Reason, "already names another job") {
+			t.Errorf("%s: %+v, want its own rejected outcome under its conflict id", wait, out)
+		}
+		if n := accepted(e, other); n != 0 {
+			t.Errorf("%s: the job reusing an id was sent %d times", wait, n)
+		}
+	}
+}
+
+func TestWatchOutcomes(t *testing.T) {
+	t.Parallel()
+	pub, _ := sharedEnv().publisher(t)
+	ctx := testCtx(t)
+	all, err := pub.WatchOutcomes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer all.Stop()
+	want := map[string]bool{}
+	for range 3 {
+		job, err := producer.DMActive(uniq("D"), producer.Text("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pub.Publish(ctx, job); err != nil {
+			t.Fatal(err)
+		}
+		want[job.ID] = true
+	}
+	seen := 0
+	for seen < len(want) {
+		out, err := all.Next(ctx)
+		if err != nil {
+			t.Fatalf("Next after %d of %d: %v", seen, len(want), err)
+		}
+		if want[out.JobID] { // other tests publish too
+			want[out.JobID] = false
+			seen++
+		}
+	}
+	// Watching ids already finished delivers their stored outcomes.
+	var ids []string
+	for id := range want {
+		ids = append(ids, id)
+	}
+	some, err := pub.WatchOutcomes(ctx, ids...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range ids {
+		if out, err := some.Next(ctx); err != nil || out.Status != producer.StatusSent {
+			t.Fatalf("stored outcome: %+v, %v", out, err)
+		}
+	}
+	some.Stop()
+	some.Stop() // harmless
+	if _, err := some.Next(ctx); !errors.Is(err, producer.ErrWatchStopped) {
+		t.Errorf("Next after Stop: %v", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	for { // outcomes of other tests may come first
+		if _, err := all.Next(short); err != nil {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Next until its context ends: %v", err)
+			}
+			break
+		}
+	}
+	// A watch ends with its context.
+	wctx, wcancel := context.WithCancel(ctx)
+	bound, err := pub.WatchOutcomes(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wcancel()
+	for { // outcomes of other tests may come before the end
+		if _, err := bound.Next(ctx); err != nil {
+			if !errors.Is(err, producer.ErrWatchStopped) {
+				t.Errorf("Next after the watch's context ended: %v", err)
+			}
+			break
+		}
+	}
+	if _, err := pub.WatchOutcomes(ctx, "ok", "bad\nid"); !errors.Is(err, producer.ErrInvalidJob) {
+		t.Errorf("watch an invalid id: %v", err)
+	}
+}
+
+func TestCorruptOutcome(t *testing.T) {
+	t.Parallel()
+	pub, js := sharedEnv().publisher(t)
+	ctx := testCtx(t)
+	kv, err := js.KeyValue(ctx, producer.OutcomeBucketDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := uniq("corrupt")
+	if _, err := kv.Put(ctx, queue.EncodeKey(id), []byte("not an outcome")); err != nil {
+		t.Fatal(err)
+	}
+	_, ok, err := pub.Lookup(ctx, id)
+	var ce *producer.CorruptOutcomeError
+	if ok || !errors.Is(err, producer.ErrCorruptOutcome) || !errors.As(err, &ce) || ce.Key != id || ce.Unwrap() == nil {
+		t.Errorf("Lookup of a corrupt outcome: %v %v", ok, err)
+	}
+	w, err := pub.WatchOutcomes(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	if _, err := w.Next(ctx); !errors.Is(err, producer.ErrCorruptOutcome) {
+		t.Errorf("Next on a corrupt outcome: %v", err)
+	}
+	if _, ok, err := pub.Lookup(ctx, uniq("none")); ok || err != nil {
+		t.Errorf("Lookup of a job without outcome: %v %v", ok, err)
+	}
+	if _, _, err := pub.Lookup(ctx, ""); !errors.Is(err, producer.ErrInvalidJob) {
+		t.Errorf("Lookup of an empty id: %v", err)
+	}
+}
+
+// TestWithoutWorker: against a server without qqdispatch's streams, a
+// publish fails at once, and a wait ends with its context.
+func TestWithoutWorker(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	ns, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	pub, err := producer.NewPublisher(js, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, _ := producer.GroupActive("G", producer.Text("x"))
+	if _, err := pub.Publish(ctx, job); err == nil || !strings.Contains(err.Error(), job.ID) {
+		t.Errorf("publish without a jobs stream: %v", err)
+	}
+	if _, _, err := pub.Lookup(ctx, job.ID); err == nil || !strings.Contains(err.Error(), "outcome bucket") {
+		t.Errorf("lookup without an outcome bucket: %v", err)
+	}
+
+	// With the streams but no worker, the job waits in the stream.
+	if err := queue.Provision(ctx, js, queue.Config{Partitions: 1}.WithDefaults()); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := pub.PublishAndWait(short, job); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("PublishAndWait without a worker: %v", err)
+	}
+	// A job that breaks the contract is not published.
+	bad := &producer.Job{Scene: producer.Group, Target: "G", Message: producer.Text("")}
+	if _, err := pub.Publish(ctx, bad); !errors.Is(err, producer.ErrInvalidJob) {
+		t.Errorf("an invalid job: %v", err)
+	}
+	st, err := js.Stream(ctx, producer.JobsStreamDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("the jobs stream holds %d jobs, want the one valid job", info.State.Msgs)
+	}
+}
