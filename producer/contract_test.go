@@ -136,6 +136,20 @@ func TestPublishedJobsAreWhatTheWorkerExpects(t *testing.T) {
 	}
 }
 
+// TestNamesDeriveLikeTheWorkers: a prefix gives the producer the jobs
+// stream and outcome bucket it gives the workers.
+func TestNamesDeriveLikeTheWorkers(t *testing.T) {
+	t.Parallel()
+	for _, prefix := range []string{"", "qqbot", "bot1", "Bot-1_x", "a.b", "a_b", "acme.bots.eu", "qqbot.x",
+		strings.Repeat("p", 32), strings.Repeat("p", 33), "é.x", "a=b"} {
+		want := queue.Config{Prefix: prefix}.WithDefaults()
+		jobs, outcomes := producer.DerivedNames(prefix)
+		if jobs != want.JobsStream || outcomes != want.OutcomeBucket {
+			t.Errorf("prefix %q: %s and %s, the workers' %s and %s", prefix, jobs, outcomes, want.JobsStream, want.OutcomeBucket)
+		}
+	}
+}
+
 // TestOutcomeKeysMatch compares the outcome keys of odd ids, including
 // the encodings for long and non-verbatim ids.
 func TestOutcomeKeysMatch(t *testing.T) {

@@ -13,3 +13,10 @@ func Prepare(cfg Config, job *Job) (*nats.Msg, PublishResult, error) {
 	}
 	return (&Publisher{cfg: cfg}).prepare(job)
 }
+
+// DerivedNames are the jobs stream and outcome bucket a Publisher derives
+// from prefix.
+func DerivedNames(prefix string) (jobsStream, outcomeBucket string) {
+	n := derivedNames(prefix)
+	return n.jobsStream, n.outcomeBucket
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -12,85 +11,20 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Defaults for Config: qqdispatch's own.
-const (
-	// PrefixDefault is the default Config.Prefix.
-	PrefixDefault = "qqbot"
-	// JobsStreamDefault is the default Config.JobsStream.
-	JobsStreamDefault = "QQDISPATCH_JOBS"
-	// OutcomeBucketDefault is the default Config.OutcomeBucket.
-	OutcomeBucketDefault = "qqdispatch_outcomes"
-	// MaxJobBytesDefault is the default Config.MaxJobBytes: the worker's
-	// default cap on a job's body.
-	MaxJobBytesDefault = 64 << 10
-)
-
-// Config names what the workers use. The zero value is qqdispatch's
-// defaults; set a field only where `qqdispatch serve` was told otherwise.
-type Config struct {
-	// Prefix is the first subject token(s): jobs are published on
-	// {Prefix}.send.{scene}.{target}. Default "qqbot".
-	Prefix string
-	// JobsStream is the stream that must store the jobs: a publish that it
-	// does not store fails. Default "QQDISPATCH_JOBS".
-	JobsStream string
-	// OutcomeBucket is the key-value bucket of outcomes. Default
-	// "qqdispatch_outcomes".
-	OutcomeBucket string
-	// MaxJobBytes caps an encoded job; the workers end a larger one invalid.
-	// Default 65536, their default.
-	MaxJobBytes int
-}
-
-func (c Config) withDefaults() (Config, error) {
-	if c.Prefix == "" {
-		c.Prefix = PrefixDefault
-	}
-	if c.JobsStream == "" {
-		c.JobsStream = JobsStreamDefault
-	}
-	if c.OutcomeBucket == "" {
-		c.OutcomeBucket = OutcomeBucketDefault
-	}
-	if c.MaxJobBytes == 0 {
-		c.MaxJobBytes = MaxJobBytesDefault
-	}
-	bad := func(field, format string, args ...any) error {
-		return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
-	}
-	for _, tok := range strings.Split(c.Prefix, ".") {
-		if tok == "" || strings.ContainsAny(tok, " \t\r\n*>") {
-			return c, bad("Prefix", "%q is not a literal subject: empty token or '*', '>' or white space", c.Prefix)
-		}
-	}
-	if !validName(c.JobsStream) {
-		return c, bad("JobsStream", "%q is not a valid stream name (letters, digits, '-' and '_' only)", c.JobsStream)
-	}
-	if !validName(c.OutcomeBucket) {
-		return c, bad("OutcomeBucket", "%q is not a valid bucket name (letters, digits, '-' and '_' only)", c.OutcomeBucket)
-	}
-	if c.MaxJobBytes < 0 {
-		return c, bad("MaxJobBytes", "must be positive, got %d", c.MaxJobBytes)
-	}
-	return c, nil
-}
-
-func validName(s string) bool {
-	return s != "" && verbatim(s)
-}
-
 // Publisher publishes jobs on the jobs stream and reads their outcomes. It
 // is safe for concurrent use.
 type Publisher struct {
-	cfg Config
+	cfg Config // the names left empty are resolved on first use
 	js  jetstream.JetStream
 
-	mu sync.Mutex
-	kv jetstream.KeyValue // bound on first use
+	mu    sync.Mutex
+	names *names             // resolved on first use
+	kv    jetstream.KeyValue // bound on first use
 }
 
 // NewPublisher returns a Publisher that publishes through js. It makes no
-// call: the outcome bucket is looked up on the first wait or lookup.
+// call: names are resolved (see Config) and the outcome bucket is looked up
+// when first needed.
 func NewPublisher(js jetstream.JetStream, cfg Config) (*Publisher, error) {
 	if js == nil {
 		return nil, errors.New("producer: NewPublisher: nil JetStream")
@@ -166,7 +100,11 @@ func (p *Publisher) prepare(job *Job) (*nats.Msg, PublishResult, error) {
 }
 
 func (p *Publisher) publish(ctx context.Context, msg *nats.Msg, res PublishResult) (PublishResult, error) {
-	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(p.cfg.JobsStream))
+	n, err := p.resolve(ctx)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(n.jobsStream))
 	if err != nil {
 		return PublishResult{}, fmt.Errorf("producer: publish job %s on %s: %w", res.JobID, msg.Subject, err)
 	}
@@ -270,9 +208,13 @@ func (p *Publisher) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if p.kv != nil {
 		return p.kv, nil
 	}
-	kv, err := p.js.KeyValue(ctx, p.cfg.OutcomeBucket)
+	n, err := p.resolveLocked(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("producer: outcome bucket %q (is a worker running?): %w", p.cfg.OutcomeBucket, err)
+		return nil, err
+	}
+	kv, err := p.js.KeyValue(ctx, n.outcomeBucket)
+	if err != nil {
+		return nil, fmt.Errorf("producer: outcome bucket %q (is a worker running?): %w", n.outcomeBucket, err)
 	}
 	p.kv = kv
 	return kv, nil

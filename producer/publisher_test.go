@@ -299,3 +299,61 @@ func TestWithoutWorker(t *testing.T) {
 		t.Errorf("the jobs stream holds %d jobs, want the one valid job", info.State.Msgs)
 	}
 }
+
+// TestNamesFollowThePrefix: a Publisher finds the stream and bucket the
+// workers use for its prefix: the names derived from it, or the default
+// names of a deployment made before names followed the prefix.
+func TestNamesFollowThePrefix(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	ns, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	nc, err := ns.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	legacy := queue.Config{Prefix: "old", Partitions: 1, JobsStream: queue.JobsStreamDefault, DeferredStream: queue.DeferredStreamDefault,
+		DLQStream: queue.DLQStreamDefault, AdvisoryStream: queue.AdvisoryStreamDefault, OutcomeBucket: queue.OutcomeBucketDefault,
+		LedgerBucket: queue.LedgerBucketDefault, MembersBucket: queue.MembersBucketDefault, QuotaBucket: queue.QuotaBucketDefault}
+	for _, cfg := range []queue.Config{{Prefix: "bot1", Partitions: 1}, legacy} {
+		if err := queue.Provision(ctx, js, cfg.WithDefaults()); err != nil {
+			t.Fatalf("provision %s: %v", cfg.Prefix, err)
+		}
+	}
+	for _, prefix := range []string{"bot1", "old"} {
+		want, err := queue.ResolveNames(ctx, js, queue.Config{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := producer.NewPublisher(js, producer.Config{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, _ := producer.GroupActive("G1", producer.Text("x"))
+		res, err := pub.Publish(ctx, job)
+		if err != nil {
+			t.Fatalf("prefix %s: %v", prefix, err)
+		}
+		if res.Stream != want.JobsStream || res.Subject != prefix+".send.group.G1" {
+			t.Errorf("prefix %s: published to %s on %s, the workers read %s", prefix, res.Subject, res.Stream, want.JobsStream)
+		}
+		if _, _, err := pub.Lookup(ctx, job.ID); err != nil {
+			t.Errorf("prefix %s: the outcome bucket (the workers': %s): %v", prefix, want.OutcomeBucket, err)
+		}
+	}
+	// A jobs stream named in Config that does not take the subject refuses
+	// the job.
+	pub, _ := producer.NewPublisher(js, producer.Config{Prefix: "bot1", JobsStream: queue.JobsStreamDefault})
+	job, _ := producer.GroupActive("G1", producer.Text("x"))
+	if _, err := pub.Publish(ctx, job); err == nil {
+		t.Error("published to a stream other than the one named")
+	}
+}
