@@ -22,30 +22,35 @@
 //  2. malformed: the body must be a JSON object shaped like the platform
 //     expects (msg_type and its companion field for c2c/group, integer
 //     msg_seq; one of content/embed/ark/image/markdown and no
-//     msg_type/msg_seq for channel/dm; file_type 1–4 and url for uploads).
-//  3. bad_anchor, passive_window: a send with msg_id (or else event_id) is
+//     msg_type/msg_seq for channel/dm; file_type 1–4 and an http or https
+//     url with a host for uploads).
+//  3. file_info: a msg_type 7 message's media.file_info must be one an
+//     upload of the same scene issued, within Config.FileTTL (1h) of that
+//     upload on the Sim's clock (answered with the malformed code).
+//  4. bad_anchor, passive_window: a send with msg_id (or else event_id) is
 //     passive. The id must come from Inbound for the same scene and target,
 //     and the send must arrive no later than the scene's PassiveWindow after
 //     the inbound time (the edge itself is accepted).
-//  4. dedupe: for c2c and group, a (msg_id, msg_seq) pair already accepted
+//  5. dedupe: for c2c and group, a (msg_id, msg_seq) pair already accepted
 //     (missing msg_seq means 1) answers 40054005. A correct sender sees this
 //     only when retrying a send that was delivered, so it is counted under
 //     its own name and left out of Violations.
-//  5. reply_budget: a msg_id gets at most ReplyBudget replies (distinct
+//  6. reply_budget: a msg_id gets at most ReplyBudget replies (distinct
 //     msg_seq values; 0 means unlimited).
-//  6. active_not_allowed: an active send in a scene with ActiveAllowed false.
-//  7. quotas, in list order: calendar-period counters in Rules.Location
+//  7. active_not_allowed: an active send in a scene with ActiveAllowed false.
+//  8. quotas, in list order: calendar-period counters in Rules.Location
 //     (UTC+8 by default), keyed per target, per bot, or — for the channel
 //     scene — by the distinct channels one guild used (RegisterChannel maps
 //     channels to guilds; an unregistered channel is a guild of its own).
-//  8. rates, in list order: a send is refused when Limit matching sends with
+//  9. rates, in list order: a send is refused when Limit matching sends with
 //     the same key were accepted in the half-open window (now-Window, now].
 //     Keys are per target, per bot, or per endpoint; RateRule.Endpoint picks
 //     message sends, the messages endpoint, or the files endpoint.
 //
 // Only accepted sends count anywhere. An upload with srv_send_msg true is an
 // active message of its scene and counts like one; a plain upload counts
-// only for rules on the files endpoint.
+// only for rules on the files endpoint, and in Stats.Uploads. Every
+// accepted upload answers a new file_info with ttl (FileTTL in seconds).
 //
 // # Around the rules
 //

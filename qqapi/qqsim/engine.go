@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"strconv"
 	"time"
 )
+
+// maxIssuedFiles is how many file_infos the Sim keeps before it sweeps the
+// expired ones out at the next upload.
+const maxIssuedFiles = 4096
 
 // call is one send or upload, parsed and validated.
 type call struct {
@@ -17,6 +22,9 @@ type call struct {
 	msgID, eventID          string
 	msgSeq                  int // effective msg_seq (c2c/group), 0 otherwise
 	content                 string
+	// fileInfo is media.file_info of a msg_type 7 message; for an upload,
+	// the file_info (and fileUUID) admit issued.
+	fileInfo, fileUUID string
 }
 
 // anchorID is the inbound id a passive send answers: msg_id, else event_id.
@@ -72,8 +80,10 @@ func parseCall(scene, target, endpoint string, body []byte) (*call, string) {
 		if !ok || ft < 1 || ft > 4 {
 			return nil, "file_type must be 1, 2, 3 or 4"
 		}
-		if str("url") == "" {
+		if u := str("url"); u == "" {
 			return nil, "url is required"
+		} else if !fetchable(u) {
+			return nil, "url must be an http or https URL with a host"
 		}
 		if present("srv_send_msg") {
 			var send bool
@@ -123,6 +133,7 @@ func parseCall(scene, target, endpoint string, body []byte) (*call, string) {
 			if !present("media") || json.Unmarshal(obj["media"], &media) != nil || media.FileInfo == "" {
 				return nil, "media.file_info is required for msg_type 7"
 			}
+			c.fileInfo = media.FileInfo
 		}
 		c.msgSeq = 1
 		if present("msg_seq") {
@@ -145,6 +156,13 @@ func parseCall(scene, target, endpoint string, body []byte) (*call, string) {
 		return nil, problem
 	}
 	return c, ""
+}
+
+// fetchable reports whether u is a URL the platform could fetch a file
+// from: http or https, with a host.
+func fetchable(u string) bool {
+	p, err := url.Parse(u)
+	return err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != ""
 }
 
 // intField reads an integral JSON number (not a string).
@@ -193,6 +211,17 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 	var fx effects
 	sr := s.rules.scene(c.scene)
 	codes := s.rules.Codes
+	if c.message && c.fileInfo != "" {
+		f, ok := s.files[c.fileInfo]
+		switch {
+		case !ok || f.scene != c.scene:
+			return fx, &verdict{RuleFileInfo, codes.Malformed, 400,
+				"media.file_info was not issued by a " + c.scene + " upload"}
+		case !now.Before(f.expires):
+			return fx, &verdict{RuleFileInfo, codes.Malformed, 400,
+				"media.file_info has expired (its ttl ran out); upload the file again"}
+		}
+	}
 	if c.message && c.kind == KindPassive {
 		id := c.anchorID()
 		in, ok := s.inbound[id]
@@ -307,6 +336,19 @@ func (s *Sim) admit(c *call, trace string, pendingAudit bool) (Message, *verdict
 			}
 		}
 		s.rateLogs[k] = append(kept, now)
+	}
+	if c.endpoint == EndpointFiles {
+		n := s.ids.Add(1)
+		c.fileUUID = fmt.Sprintf("sim-file-%d", n)
+		c.fileInfo = fmt.Sprintf("sim-file-info-%s-%d", c.scene, n)
+		if len(s.files) >= maxIssuedFiles {
+			for k, f := range s.files {
+				if !now.Before(f.expires) {
+					delete(s.files, k)
+				}
+			}
+		}
+		s.files[c.fileInfo] = issuedFile{scene: c.scene, target: c.target, expires: now.Add(s.fileTTL)}
 	}
 	if !c.message {
 		s.st.Uploads++

@@ -26,9 +26,6 @@ const (
 // TraceHeader is set on every answer.
 const TraceHeader = "X-Tps-trace-ID"
 
-// fileTTL is the lifetime reported for uploaded files, in seconds.
-const fileTTL = 3600
-
 // maxBody bounds request bodies; larger bodies are malformed.
 const maxBody = 1 << 20
 
@@ -299,11 +296,10 @@ func dropConnection(w http.ResponseWriter) {
 func (s *Sim) answerSuccess(w http.ResponseWriter, c *call, m Message) {
 	now := m.At.In(s.rules.Location)
 	if c.endpoint == EndpointFiles {
-		n := s.ids.Add(1)
 		out := map[string]any{
-			"file_uuid": fmt.Sprintf("sim-file-%d", n),
-			"file_info": fmt.Sprintf("sim-file-info-%s-%d", c.scene, n),
-			"ttl":       fileTTL,
+			"file_uuid": c.fileUUID,
+			"file_info": c.fileInfo,
+			"ttl":       int64(s.fileTTL / time.Second),
 		}
 		if c.message {
 			out["id"] = m.ID

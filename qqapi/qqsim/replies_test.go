@@ -181,7 +181,7 @@ func TestValidation(t *testing.T) {
 		{qqsim.SceneGroup, "", `{"msg_type":2,"content":"x"}`, false},
 		{qqsim.SceneGroup, "", `{"msg_type":3,"ark":{"template_id":23}}`, true},
 		{qqsim.SceneGroup, "", `{"msg_type":3}`, false},
-		{qqsim.SceneGroup, "", `{"msg_type":7,"content":" ","media":{"file_info":"abc"}}`, true},
+		{qqsim.SceneGroup, "", `{"msg_type":7,"content":" ","media":{"file_info":"abc"}}`, false}, // not issued by an upload
 		{qqsim.SceneGroup, "", `{"msg_type":7,"media":{}}`, false},
 		{qqsim.SceneGroup, "", `{"msg_type":7}`, false},
 		{qqsim.SceneGroup, "", `{"msg_type":1}`, true},
@@ -212,6 +212,10 @@ func TestValidation(t *testing.T) {
 		{qqsim.SceneGroup, "files", `{"file_type":5,"url":"https://x/y"}`, false},
 		{qqsim.SceneGroup, "files", `{"file_type":0,"url":"https://x/y"}`, false},
 		{qqsim.SceneGroup, "files", `{"file_type":1}`, false},
+		{qqsim.SceneGroup, "files", `{"file_type":1,"url":"ftp://x/y"}`, false},
+		{qqsim.SceneGroup, "files", `{"file_type":1,"url":"https:///y"}`, false},
+		{qqsim.SceneGroup, "files", `{"file_type":1,"url":"a picture"}`, false},
+		{qqsim.SceneC2C, "files", `{"file_type":2,"url":"http://x:8080/v.mp4"}`, true},
 		{qqsim.SceneGroup, "files", `{"file_type":1,"url":"https://x/y","srv_send_msg":"yes"}`, false},
 	} {
 		var a answer

@@ -52,6 +52,10 @@ const (
 	RuleDedupe           = "dedupe"
 	RuleReplyBudget      = "reply_budget"
 	RuleActiveNotAllowed = "active_not_allowed"
+	// RuleFileInfo refuses a msg_type 7 message whose media.file_info no
+	// upload of the scene issued, or whose ttl ran out (answered with the
+	// malformed code).
+	RuleFileInfo = "file_info"
 )
 
 // Default reject codes of the built-in rules and of rate and quota rules
@@ -235,7 +239,7 @@ func (r Rules) normalized() (Rules, error) {
 
 	names := map[string]bool{
 		RuleAuth: true, RuleMalformed: true, RuleBadAnchor: true, RulePassiveWindow: true,
-		RuleDedupe: true, RuleReplyBudget: true, RuleActiveNotAllowed: true,
+		RuleDedupe: true, RuleReplyBudget: true, RuleActiveNotAllowed: true, RuleFileInfo: true,
 	}
 	checkCommon := func(field, name, scene, kind string, limit int) error {
 		switch {

@@ -16,6 +16,9 @@ import (
 const (
 	DefaultTokenTTL   = 7200 * time.Second
 	DefaultTokenGrace = 60 * time.Second
+	// DefaultFileTTL is how long an uploaded file's file_info stays
+	// usable (the upload answers it as ttl, in seconds).
+	DefaultFileTTL = time.Hour
 )
 
 // ErrInvalidConfig is wrapped by every *ConfigError.
@@ -47,6 +50,10 @@ type Config struct {
 	// token issues a new one (the old one stays valid until it expires).
 	// Default DefaultTokenGrace (60s).
 	TokenGrace time.Duration
+	// FileTTL is how long the file_info of an upload is accepted in
+	// msg_type 7 messages of its scene, on the Sim's clock; whole
+	// seconds, at least 1s. Default DefaultFileTTL (1h).
+	FileTTL time.Duration
 	// Now is the clock all bookkeeping uses (tokens, windows, rates,
 	// quotas). Default time.Now. Latency faults wait in real time.
 	Now func() time.Time
@@ -191,6 +198,7 @@ type Stats struct {
 type Sim struct {
 	appID, appSecret     string
 	tokenTTL, tokenGrace time.Duration
+	fileTTL              time.Duration
 	now                  func() time.Time
 	rules                Rules
 	handler              http.Handler
@@ -217,6 +225,13 @@ type Sim struct {
 	quotaCounts   map[quotaKey]int  // accepted messages per quota rule, key and period
 	guildChannels map[quotaKey]map[string]bool
 	rateLogs      map[rateKey][]time.Time // accepted timestamps per rate rule and key
+	files         map[string]issuedFile   // file_info -> the upload that issued it
+}
+
+// issuedFile is an upload's file_info as the Sim issued it.
+type issuedFile struct {
+	scene, target string
+	expires       time.Time
 }
 
 type anchor struct {
@@ -259,6 +274,12 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.TokenGrace == 0 {
 		cfg.TokenGrace = DefaultTokenGrace
 	}
+	if cfg.FileTTL < 0 || cfg.FileTTL%time.Second != 0 {
+		return nil, configErr("FileTTL", "must be whole seconds, and not negative")
+	}
+	if cfg.FileTTL == 0 {
+		cfg.FileTTL = DefaultFileTTL
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -280,6 +301,7 @@ func New(cfg Config) (*Sim, error) {
 		// A grace longer than the lifetime would renew on every request;
 		// that is what it means, so it is allowed.
 		tokenGrace: cfg.TokenGrace,
+		fileTTL:    cfg.FileTTL,
 		now:        cfg.Now,
 		rules:      rules,
 		tokens:     map[string]time.Time{},
@@ -428,8 +450,8 @@ func (s *Sim) Script(sc Script) {
 	s.scripts = append(s.scripts, sc)
 }
 
-// Reset forgets accepted messages, rejections, scripts, inbound messages and
-// all counters. Tokens, channel registrations and faults stay.
+// Reset forgets accepted messages, rejections, scripts, inbound messages,
+// issued file_infos and all counters. Tokens, channel registrations and faults stay.
 func (s *Sim) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -448,6 +470,7 @@ func (s *Sim) resetLocked() {
 	s.quotaCounts = map[quotaKey]int{}
 	s.guildChannels = map[quotaKey]map[string]bool{}
 	s.rateLogs = map[rateKey][]time.Time{}
+	s.files = map[string]issuedFile{}
 }
 
 // takeScript spends one call of the first script matching the call.
