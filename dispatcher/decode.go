@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -32,6 +33,9 @@ const (
 	// MaxMsgSeq is the largest msg_seq accepted: it fits a signed 32-bit
 	// integer, whatever the platform's own type is.
 	MaxMsgSeq = 1<<31 - 1
+	// MaxMediaURLBytes caps message.media.url, a file the dispatcher
+	// uploads.
+	MaxMediaURLBytes = 2048
 )
 
 // Message types of C2C and group messages (message.msg_type).
@@ -222,7 +226,7 @@ func Decode(subject string, data []byte, opts DecodeOptions) (*Job, error) {
 	if ierr != nil {
 		return nil, ierr
 	}
-	j.MsgID, j.EventID, j.MsgSeq, j.Wakeup = info.msgID, info.eventID, info.msgSeq, info.wakeup
+	j.MsgID, j.EventID, j.MsgSeq, j.Wakeup, j.Media = info.msgID, info.eventID, info.msgSeq, info.wakeup, info.media
 	return j, nil
 }
 
@@ -247,6 +251,9 @@ func (j *Job) Validate(opts DecodeOptions) error {
 	}
 	if j.Wakeup && !info.wakeup {
 		return invalid("message.is_wakeup", "Job.Wakeup is set but message.is_wakeup is not true")
+	}
+	if j.Media != nil && (info.media == nil || *j.Media != *info.media) {
+		return invalid("message.media", "Job.Media does not match message.media's file_type and url")
 	}
 	for _, t := range []struct {
 		name string
@@ -278,6 +285,7 @@ type messageInfo struct {
 	msgID, eventID string
 	msgSeq         int
 	wakeup         bool
+	media          *MediaURL
 }
 
 // check applies the rules shared by Decode and Validate. subj is nil when
@@ -441,6 +449,17 @@ func checkMessage(scene Scene, raw json.RawMessage, valid bool) (messageInfo, *I
 				return info, invalid("message.image", "must be an http:// or https:// URL without spaces, got %s", quote(s))
 			}
 		}
+		if raw, ok := f["media"]; ok && kindOf(raw) == "object" {
+			mm, err := objectMembers(raw, "message.media.")
+			if err != nil {
+				return info, err
+			}
+			for _, m := range mm {
+				if m.key == "url" || m.key == "file_type" {
+					return info, invalid("message.media."+m.key, "%s messages take an image by URL in message.image; media uploads (file_type and url) are for c2c and group", scene)
+				}
+			}
+		}
 		if (content == nil || *content == "") && !hasAny(f, "embed", "ark", "image", "markdown") {
 			return info, invalid("message", "%s messages need at least one of content (non-empty), embed, ark, image or markdown", scene)
 		}
@@ -487,6 +506,18 @@ func checkMessage(scene Scene, raw json.RawMessage, valid bool) (messageInfo, *I
 		if err != nil {
 			return info, err
 		}
+		byURL := false
+		for _, m := range mm {
+			byURL = byURL || m.key == "url" || m.key == "file_type"
+		}
+		if byURL {
+			if info.media, err = checkMediaURL(mm); err != nil {
+				return info, err
+			}
+			if mt != 7 {
+				return info, invalid("message.msg_type", "media by URL (message.media.url) goes in a msg_type 7 (media) message, got msg_type %d", mt)
+			}
+		}
 		for _, m := range mm {
 			if m.key != "file_info" {
 				continue
@@ -512,8 +543,8 @@ func checkMessage(scene Scene, raw json.RawMessage, valid bool) (messageInfo, *I
 			return info, invalid("message."+name, "msg_type %d (%s) needs a %s object", mt, name, name)
 		}
 	case 7:
-		if fileInfo == nil {
-			return info, invalid("message.media", "msg_type 7 (media) needs media.file_info (upload the file with /files first)")
+		if fileInfo == nil && info.media == nil {
+			return info, invalid("message.media", "msg_type 7 (media) needs media.file_info (from a /files upload), or media.file_type and media.url for the dispatcher to upload")
 		}
 	}
 	if scene == SceneGroup && (content == nil || *content == "") {
@@ -522,10 +553,86 @@ func checkMessage(scene Scene, raw json.RawMessage, valid bool) (messageInfo, *I
 	return info, nil
 }
 
+// checkMediaURL reads message.media by URL, whose members are mm: exactly
+// file_type (1 to 4) and url (an http or https URL with a host and no
+// user:password@, at most MaxMediaURLBytes bytes).
+func checkMediaURL(mm []member) (*MediaURL, *InvalidJobError) {
+	var (
+		m               MediaURL
+		hasType, hasURL bool
+	)
+	for _, mem := range mm {
+		field := "message.media." + truncate(mem.key)
+		switch mem.key {
+		case "file_type":
+			ft, err := jsonInt(field, mem.raw)
+			if err != nil {
+				return nil, err
+			}
+			if !FileType(ft).Valid() {
+				return nil, invalid(field, "unknown file_type %d (want 1 image, 2 video, 3 voice or 4 file)", ft)
+			}
+			m.FileType, hasType = FileType(ft), true
+		case "url":
+			s, err := jsonString(field, mem.raw)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkFileURL(field, s); err != nil {
+				return nil, err
+			}
+			m.URL, hasURL = s, true
+		case "file_info":
+			return nil, invalid(field, "set file_info (a file already uploaded) or file_type and url (for the dispatcher to upload), not both")
+		default:
+			return nil, invalid(field, "unknown field of media by URL (it takes file_type and url only)")
+		}
+	}
+	if !hasURL {
+		return nil, invalid("message.media.url", "missing: media by URL needs the file's url with its file_type")
+	}
+	if !hasType {
+		return nil, invalid("message.media.file_type", "missing: media by URL needs file_type (1 image, 2 video, 3 voice or 4 file)")
+	}
+	return &m, nil
+}
+
+// checkFileURL applies the rules for a file URL the dispatcher hands the
+// platform to fetch: http or https, a host, no credentials, no whitespace
+// or control characters, at most MaxMediaURLBytes bytes. The URL itself
+// never goes into an error: it may be signed.
+func checkFileURL(field, s string) *InvalidJobError {
+	if len(s) > MaxMediaURLBytes {
+		return invalid(field, "is %d bytes, over the %d-byte limit", len(s), MaxMediaURLBytes)
+	}
+	if !isHTTPURL(s) {
+		return invalid(field, "must be an http:// or https:// URL without spaces or control characters")
+	}
+	rest := s[strings.Index(s, "//")+2:]
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
+	}
+	if authority == "" {
+		return invalid(field, "has no host")
+	}
+	if strings.Contains(authority, "@") {
+		return invalid(field, "must not carry user:password@ (the platform fetches the file; credentials would leave with the URL)")
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return invalid(field, "is not a valid URL (net/url cannot parse it)")
+	}
+	return nil
+}
+
 // member is one key/value pair of a JSON object, in document order.
 type member struct {
 	key string
 	raw json.RawMessage
+	// start is the offset of the member's key in the object's bytes, at
+	// that of its value (raw).
+	start, at int
 }
 
 // diagnoseJSON explains why data, which json.Valid refused, is not one JSON
@@ -560,6 +667,7 @@ func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
 		return out, nil
 	}
 	for {
+		kstart := i
 		end := skipString(raw, i)
 		if end < 0 {
 			return nil, bad
@@ -580,7 +688,7 @@ func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
 		if isDuplicate(out, &seen, key) {
 			return nil, invalid(prefix+truncate(key), "duplicate field (it appears more than once; JSON parsers disagree on which copy wins)")
 		}
-		out = append(out, member{key: key, raw: raw[i:vend:vend]})
+		out = append(out, member{key: key, raw: raw[i:vend:vend], start: kstart, at: i})
 		i = skipSpace(raw, vend)
 		if i >= len(raw) {
 			return nil, bad

@@ -150,6 +150,12 @@ func FuzzIdentity(f *testing.F) {
 			}
 		}
 		usable := derr == nil && id.Err == nil
+		if r.send.mediaURL > 0 {
+			t.Fatalf("a message went out with media by URL instead of a file_info")
+		}
+		if usable && job.Media != nil && out.Status == dispatcher.StatusSent && r.send.uploads != 1 {
+			t.Fatalf("a job with media by URL was sent after %d uploads, want 1", r.send.uploads)
+		}
 		if calls := r.send.total(); calls > 0 && !usable {
 			t.Fatalf("%d calls for a job that is invalid (%v, %v)", calls, derr, id.Err)
 		}

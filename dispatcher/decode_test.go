@@ -113,6 +113,29 @@ var validCases = []validCase{
 				t.Errorf("on_quota %q, not_after %v, received %v", j.OnQuota, j.NotAfter, j.Received)
 			}
 		}},
+	{name: "c2c active media by URL with text", subject: sC2C,
+		head: `"v":1,"scene":"c2c","target":"U1"`, msg: `{"msg_type":7,"content":"look","media":{"file_type":1,"url":"https://img.example/a.png?sig=x&y=1"}}`,
+		kind: dispatcher.KindActive,
+		check: func(t *testing.T, j *dispatcher.Job) {
+			if j.Media == nil || j.Media.FileType != dispatcher.FileImage || j.Media.URL != "https://img.example/a.png?sig=x&y=1" {
+				t.Errorf("media %+v", j.Media)
+			}
+		}},
+	{name: "group reply with video by URL", subject: sGroup,
+		head: `"v":1,"scene":"group","target":"G1",` + recv,
+		msg:  `{"msg_type":7,"content":" ","media":{"url":"http://cdn.example:8080/v.mp4","file_type":2},"msg_id":"M1"}`,
+		kind: dispatcher.KindPassive, msgID: "M1",
+		check: func(t *testing.T, j *dispatcher.Job) {
+			if j.Media == nil || j.Media.FileType != dispatcher.FileVideo {
+				t.Errorf("media %+v", j.Media)
+			}
+		}},
+	{name: "media URL with unicode host and path", subject: sGroup,
+		head: `"v":1,"scene":"group","target":"G1"`, msg: `{"msg_type":7,"content":" ","media":{"file_type":3,"url":"https://例子.example/语音.silk"}}`,
+		kind: dispatcher.KindActive},
+	{name: "channel media object without a URL passes through", subject: sChan,
+		head: `"v":1,"scene":"channel","target":"CH1","guild_id":"GU1"`, msg: `{"content":"x","media":{"file_info":"FI"}}`,
+		kind: dispatcher.KindActive},
 	{name: "message first, v last", subject: sC2C,
 		head: `"scene":"c2c","target":"U1","v":1`, msg: `{"msg_type":0,"content":"x"}`, kind: dispatcher.KindActive},
 }
@@ -295,7 +318,28 @@ var invalidCases = []invalidCase{
 	{name: "group without content", subject: sGroup, body: withScene("group", "G1", "", `{"msg_type":2,"markdown":{"content":"x"}}`),
 		field: "message.content", reason: "group messages always need a non-empty content"},
 	{name: "media type without media", subject: sC2C, body: c2c("", `{"msg_type":7,"content":" "}`), field: "message.media", reason: "msg_type 7 (media) needs media.file_info"},
-	{name: "media without file_info", subject: sC2C, body: c2c("", `{"msg_type":7,"content":" ","media":{"url":"x"}}`), field: "message.media", reason: "msg_type 7 (media) needs media.file_info"},
+	{name: "media without file_info", subject: sC2C, body: c2c("", `{"msg_type":7,"content":" ","media":{"file_uuid":"x"}}`), field: "message.media", reason: "msg_type 7 (media) needs media.file_info"},
+	{name: "media URL not http", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"ftp://x/a.png"}}`), field: "message.media.url", reason: "must be an http:// or https:// URL"},
+	{name: "media URL relative", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"a.png"}}`), field: "message.media.url", reason: "must be an http:// or https:// URL"},
+	{name: "media URL with a space", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/a b.png"}}`), field: "message.media.url", reason: "without spaces or control characters"},
+	{name: "media URL with a newline", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/a\nb.png"}}`), field: "message.media.url", reason: "without spaces or control characters"},
+	{name: "media URL without host", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https:///a.png"}}`), field: "message.media.url", reason: "has no host"},
+	{name: "media URL with credentials", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://me:pw@x/a.png"}}`), field: "message.media.url", reason: "must not carry user:password@"},
+	{name: "media URL with a bad port", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x:port/a.png"}}`), field: "message.media.url", reason: "is not a valid URL", outside: "URL syntax (net/url)"},
+	{name: "media URL too long", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/`+strings.Repeat("a", 2040)+`"}}`), field: "message.media.url", reason: "is 2050 bytes, over the 2048-byte limit"},
+	{name: "media URL too long in bytes only", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/`+strings.Repeat("é", 1020)+`"}}`), field: "message.media.url", reason: "is 2050 bytes", outside: byBytes},
+	{name: "media URL number", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":7}}`), field: "message.media.url", reason: "must be a string, got number"},
+	{name: "media URL without file_type", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"url":"https://x/a.png"}}`), field: "message.media.file_type", reason: "missing: media by URL needs file_type"},
+	{name: "media file_type without URL", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1}}`), field: "message.media.url", reason: "missing: media by URL needs the file's url"},
+	{name: "media file_type unknown", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":5,"url":"https://x/a.png"}}`), field: "message.media.file_type", reason: "unknown file_type 5"},
+	{name: "media file_type string", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":"1","url":"https://x/a.png"}}`), field: "message.media.file_type", reason: "must be an integer, got string"},
+	{name: "media file_type 1.0", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1.0,"url":"https://x/a.png"}}`), field: "message.media.file_type", reason: "non-integer number 1.0", outside: bySpell},
+	{name: "media URL and file_info", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/a.png","file_info":"FI"}}`), field: "message.media.file_info", reason: "not both"},
+	{name: "media URL with srv_send_msg", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/a.png","srv_send_msg":true}}`), field: "message.media.srv_send_msg", reason: "it takes file_type and url only"},
+	{name: "media URL in a text message", subject: sC2C, body: c2c("", `{"msg_type":0,"content":"x","media":{"file_type":1,"url":"https://x/a.png"}}`), field: "message.msg_type", reason: "goes in a msg_type 7 (media) message, got msg_type 0"},
+	{name: "media URL in a group message without content", subject: sGroup, body: withScene("group", "G1", "", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/a.png"}}`), field: "message.content", reason: "group messages always need a non-empty content"},
+	{name: "channel media by URL", subject: sChan, body: withScene("channel", "CH1", `"guild_id":"GU1"`, `{"content":"x","media":{"file_type":1,"url":"https://x/a.png"}}`), field: "message.media.file_type", reason: "take an image by URL in message.image"},
+	{name: "dm media URL", subject: sDM, body: withScene("dm", "DMG1", "", `{"content":"x","media":{"url":"https://x/a.png"}}`), field: "message.media.url", reason: "take an image by URL in message.image"},
 	{name: "media file_info empty", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_info":""}}`), field: "message.media.file_info", reason: "must not be empty (the file_info returned"},
 	{name: "media string", subject: sC2C, body: c2c("", `{"msg_type":7,"media":"FI"}`), field: "message.media", reason: "must be a JSON object, got string"},
 	{name: "markdown type without markdown", subject: sC2C, body: c2c("", `{"msg_type":2,"content":"x"}`), field: "message.markdown", reason: "msg_type 2 (markdown) needs a markdown object"},

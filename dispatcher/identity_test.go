@@ -152,20 +152,39 @@ func (d *memDelivery) Release(time.Duration) error {
 }
 func (d *memDelivery) Proceed() {}
 
-// countSender accepts every call and counts them per target.
+// countSender accepts every call and counts them per target. It uploads
+// media too, and counts the messages that reach it still carrying media by
+// URL (the pipeline must have put a file_info in its place).
 type countSender struct {
-	mu    sync.Mutex
-	calls map[string]int
+	mu       sync.Mutex
+	calls    map[string]int
+	uploads  int
+	mediaURL int
 }
 
-func (s *countSender) Send(_ context.Context, _ dispatcher.Scene, target string, _ json.RawMessage) (*dispatcher.SendResult, error) {
+func (s *countSender) Send(_ context.Context, _ dispatcher.Scene, target string, body json.RawMessage) (*dispatcher.SendResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.calls == nil {
 		s.calls = map[string]int{}
 	}
 	s.calls[target]++
+	var m struct {
+		Media map[string]json.RawMessage `json:"media"`
+	}
+	if json.Unmarshal(body, &m) == nil && (m.Media["url"] != nil || m.Media["file_type"] != nil) {
+		s.mediaURL++
+	}
 	return &dispatcher.SendResult{MessageID: "qq-" + target}, nil
+}
+
+var _ dispatcher.Uploader = (*countSender)(nil)
+
+func (s *countSender) Upload(_ context.Context, _ dispatcher.Scene, target string, _ dispatcher.MediaURL) (*dispatcher.Upload, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.uploads++
+	return &dispatcher.Upload{FileInfo: "fi-" + target, TTL: time.Hour}, nil
 }
 
 func (s *countSender) total() int {

@@ -58,6 +58,29 @@ const (
 	QuotaDefer QuotaPolicy = "defer" // re-schedule it to the start of the next period
 )
 
+// FileType is the kind of a rich-media file (the /files upload's
+// file_type).
+type FileType int
+
+// File types of the /files upload.
+const (
+	FileImage FileType = 1 // png, jpg
+	FileVideo FileType = 2 // mp4
+	FileVoice FileType = 3 // silk
+	FileFile  FileType = 4 // any file (not yet open on the platform)
+)
+
+// Valid reports whether t is one of the four file types.
+func (t FileType) Valid() bool { return t >= FileImage && t <= FileFile }
+
+// MediaURL is a rich-media file a c2c or group job asks the dispatcher to
+// upload (message.media {"file_type", "url"}); the message goes out with
+// the upload's file_info in its place.
+type MediaURL struct {
+	FileType FileType
+	URL      string
+}
+
 // Job is one send job (contract version 1). Producers publish it as JSON on
 // {prefix}.send.{scene}.{target}.
 type Job struct {
@@ -83,6 +106,9 @@ type Job struct {
 	MsgSeq int `json:"-"`
 	// Wakeup is message.is_wakeup (C2C wake-up messages).
 	Wakeup bool `json:"-"`
+	// Media is message.media when it names a file by URL for the
+	// dispatcher to upload (c2c and group); nil otherwise.
+	Media *MediaURL `json:"-"`
 }
 
 // Kind reports whether the job is a passive reply or an active send.

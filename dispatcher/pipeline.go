@@ -144,6 +144,10 @@ type ProcessorConfig struct {
 	// Default StorePauseDefault (1s); StorePauseMax default
 	// StorePauseMaxDefault (30s).
 	StorePause, StorePauseMax time.Duration
+	// MediaCacheSize bounds the file_info cache of media uploaded by URL
+	// (entries, one per file and target). Zero means MediaCacheSizeDefault
+	// (4096); negative turns the cache off (every job uploads).
+	MediaCacheSize int
 }
 
 // Observer receives pipeline events, e.g. to export metrics. Calls must not
@@ -177,6 +181,8 @@ type Processor struct {
 	gate *pauseGate
 	// store pauses new jobs while storage writes fail.
 	store *pauseGate
+	// media caches the file_info of media uploaded by URL.
+	media *mediaCache
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // job ids this process is handling now
@@ -286,9 +292,13 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = wallClock{}
 	}
+	if cfg.MediaCacheSize == 0 {
+		cfg.MediaCacheSize = MediaCacheSizeDefault
+	}
 	p := &Processor{cfg: cfg, inflight: make(map[string]struct{}), warns: newLogLimiter(storeWarnEvery),
 		gate:  newPauseGate(cfg.ConfigPause, cfg.ConfigPauseMax),
-		store: newPauseGate(cfg.StorePause, cfg.StorePauseMax)}
+		store: newPauseGate(cfg.StorePause, cfg.StorePauseMax),
+		media: newMediaCache(cfg.MediaCacheSize)}
 	if cfg.Logger != nil {
 		p.log = *cfg.Logger
 	} else {
@@ -692,10 +702,13 @@ func pairAnchor(j *Job) string {
 
 // sendLoop calls the API until the job has an outcome. A non-nil error means
 // the job stopped without one (shutdown, or a limit error handled by stopped).
+// A job with media by URL uploads its file first (or takes it from the
+// cache); uploads and sends share one retry state and one classification
+// (judge).
 func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 	p := r.p
 	j := r.job
-	body, err := withMsgSeq(j.Message, r.claim.MsgSeq, j.MsgSeq)
+	base, err := withMsgSeq(j.Message, r.claim.MsgSeq, j.MsgSeq)
 	if err != nil {
 		return r.outcome(StatusInvalid, err.Error()), nil
 	}
@@ -703,15 +716,23 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 	if horizon.IsZero() {
 		horizon = r.start.Add(p.cfg.MaxJobDuration)
 	}
-	failBO := newBackoff(p.cfg.BackoffInitial, p.cfg.BackoffMax)
-	rateBO := newBackoff(p.cfg.RateLimitBackoff, p.cfg.BackoffMax)
-	failures, retriedOnce, tokenRetried := 0, false, false
+	st := &tries{
+		failBO: newBackoff(p.cfg.BackoffInitial, p.cfg.BackoffMax),
+		rateBO: newBackoff(p.cfg.RateLimitBackoff, p.cfg.BackoffMax),
+	}
 	probe := false // this job's call is the configuration gate's probe
 	defer func() {
 		if probe {
 			p.gate.release()
 		}
 	}()
+	var (
+		media *mediaFile // the uploaded file the message carries
+		key   mediaKey
+	)
+	if j.Media != nil {
+		key = mediaKey{scene: j.Scene, target: j.Target, fileType: j.Media.FileType, url: j.Media.URL}
+	}
 
 	for {
 		if o, stop := r.checkDeadline(); stop {
@@ -734,6 +755,37 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			probe = true
 			r.log.Info().Msg("probing whether the platform accepts the app's configuration again")
 		}
+		if j.Media != nil && !media.usable(p.cfg.Clock.Now()) {
+			media = p.media.get(key, p.cfg.Clock.Now())
+		}
+		if j.Media != nil && media == nil {
+			f, err := r.upload(ctx, key)
+			var se *SendError
+			if err != nil && !errors.As(err, &se) {
+				return Outcome{}, err // a limit, or shutdown
+			}
+			if se != nil && se.Class == ClassConfiguration {
+				r.configAnswer(se, &probe)
+				continue
+			}
+			r.gateAfter(err, &probe)
+			if err == nil {
+				media = f
+				continue
+			}
+			r.log.Warn().Str("class", se.Class.String()).Int("code", se.Code).Int("http_status", se.HTTPStatus).
+				Str("trace_id", se.TraceID).Err(err).Msg("media upload failed")
+			if o, done, err := r.retry(ctx, se, st, true, horizon); done || err != nil {
+				return o, err
+			}
+			continue
+		}
+		body := base
+		if media != nil {
+			if body, err = withFileInfo(base, media.fileInfo); err != nil {
+				return r.outcome(StatusInvalid, err.Error()), nil
+			}
+		}
 		permit, err := r.leave(ctx)
 		if ClassOf(err) == ClassConfiguration {
 			// The sender could not prepare: the access token was refused.
@@ -745,6 +797,17 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		}
 		if err != nil {
 			return Outcome{}, err
+		}
+		if media != nil && !media.usable(p.cfg.Clock.Now()) {
+			// The file_info ran out while the call waited for its
+			// instant: no call goes; the file is uploaded again.
+			p.media.drop(key, media)
+			media = nil
+			if cerr := r.markClaimed(ctx); cerr != nil {
+				p.noteNotCalled(r.jobID, r.claim.Attempts)
+				return Outcome{}, cerr
+			}
+			continue
 		}
 		if r.attempts == 0 && p.cfg.Observer != nil && !r.env.Published.IsZero() {
 			// Published is the server's wall clock, so the delay is
@@ -777,15 +840,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			}
 			continue
 		}
-		switch {
-		case answered(err):
-			if p.gate.open() {
-				p.log.Info().Msg("the platform accepts the app's configuration again: sending resumes")
-			}
-		case probe:
-			p.gate.release() // no answer: the next call probes
-		}
-		probe = false
+		r.gateAfter(err, &probe)
 		if err == nil {
 			o := r.outcome(StatusSent, "")
 			o.MessageID, o.TraceID = res.MessageID, res.TraceID
@@ -799,73 +854,164 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		lg := r.log.Warn().Int("attempt", r.claim.Attempts).Str("class", se.Class.String()).
 			Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Err(err)
 		lg.Msg("send attempt failed")
-
-		var wait time.Duration
-		switch se.Class {
-		case ClassPendingAudit:
-			o := r.outcome(StatusPendingAudit, "")
-			return o, nil
-		case ClassAlreadyDelivered:
-			if r.claim.Attempts > 1 || r.resumed {
-				o := r.outcome(StatusSent, "")
-				o.Confirmed = true
-				o.TraceID = se.TraceID
-				return o, nil
-			}
-			return r.rejected("the platform already has a reply with this (msg_id, msg_seq): duplicate", se), nil
-		case ClassRateLimited:
-			// Does not spend an attempt.
-			wait = rateBO.NextBackOff()
-		case ClassQuotaExhausted:
-			return r.outcomeFor(StatusQuotaExceeded, "the platform answered that the period quota is used up", se), nil
-		case ClassPassiveExpired:
-			return r.outcomeFor(StatusExpired, "the platform answered that the reply window is gone", se), nil
-		case ClassToken:
-			// The client already refreshed the token once; one more try
-			// covers a refresh racing a rotation.
-			if tokenRetried {
-				return r.rejected("the platform refused the access token", se), nil
-			}
-			tokenRetried = true
-			failures++
-			wait = failBO.NextBackOff()
-		case ClassRetryOnce:
-			if retriedOnce {
-				return r.rejected("the platform refused the message twice", se), nil
-			}
-			retriedOnce = true
-			failures++
-			wait = failBO.NextBackOff()
-		case ClassTransient, ClassSession, ClassUnknown:
-			if se.Unanswered && !r.dedupable() && p.cfg.InDoubt == InDoubtReport {
-				o := r.outcomeFor(StatusInDoubt, "the call got no answer and the platform cannot dedupe a resend; it may or may not have been delivered (in-doubt policy: report)", se)
-				return o, nil
-			}
-			failures++
-			wait = failBO.NextBackOff()
-		default:
-			return r.rejected("the platform refused the message permanently", se), nil
+		o, done, err := r.retry(ctx, se, st, false, horizon)
+		if done && media != nil && o.Status == StatusRejected {
+			// The platform may have refused the file_info: the next job
+			// uploads afresh.
+			p.media.drop(key, media)
 		}
-		if failures >= p.cfg.MaxAttempts {
-			return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %d failed attempts", failures), se), nil
-		}
-		// The call failed with an answer: it did not deliver, so a crash
-		// from here on is not in doubt.
-		if !se.Unanswered {
-			if err := r.markClaimed(ctx); err != nil {
-				return Outcome{}, err
-			}
-		}
-		if next := p.cfg.Clock.Now().Add(wait); next.After(horizon) {
-			if !r.deadline.IsZero() {
-				return r.outcomeFor(StatusExpired, fmt.Sprintf("%s ends before the next retry could start", r.deadlineBy), se), nil
-			}
-			return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %s of retries", p.cfg.MaxJobDuration), se), nil
-		}
-		if err := r.wait(ctx, wait, "retry back-off"); err != nil {
-			return Outcome{}, ErrHandedBack
+		if done || err != nil {
+			return o, err
 		}
 	}
+}
+
+// tries is the retry state of one job's calls, uploads and sends alike.
+type tries struct {
+	failures                  int
+	retriedOnce, tokenRetried bool
+	failBO, rateBO            *backoff.ExponentialBackOff
+}
+
+// retry decides, from se's class (judge), whether the job ends, and
+// otherwise waits for its next call. done is true with the job's outcome;
+// an error stops the job without one.
+func (r *run) retry(ctx context.Context, se *SendError, st *tries, upload bool, horizon time.Time) (o Outcome, done bool, err error) {
+	p := r.p
+	o, done, wait := r.judge(se, st, upload)
+	if done {
+		return o, true, nil
+	}
+	// A send that failed with an answer did not deliver, so a crash from
+	// here on is not in doubt. (An upload marks nothing.)
+	if !upload && !se.Unanswered {
+		if err := r.markClaimed(ctx); err != nil {
+			return Outcome{}, false, err
+		}
+	}
+	if next := p.cfg.Clock.Now().Add(wait); next.After(horizon) {
+		if !r.deadline.IsZero() {
+			return r.outcomeFor(StatusExpired, fmt.Sprintf("%s ends before the next retry could start", r.deadlineBy), se), true, nil
+		}
+		return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %s of retries", p.cfg.MaxJobDuration), se), true, nil
+	}
+	if err := r.wait(ctx, wait, "retry back-off"); err != nil {
+		return Outcome{}, false, ErrHandedBack
+	}
+	return Outcome{}, false, nil
+}
+
+// judge is the one place that decides what a failed call means, from its
+// class alone: the job's outcome (done), or how long to wait before the
+// next call. upload says the call was the job's media upload, which
+// delivers nothing: it is never in doubt, and the answers that only make
+// sense for a message end it rejected.
+func (r *run) judge(se *SendError, st *tries, upload bool) (o Outcome, done bool, wait time.Duration) {
+	p := r.p
+	what := "message"
+	if upload {
+		what = "media upload"
+	}
+	switch se.Class {
+	case ClassPendingAudit:
+		if upload {
+			return r.rejected("the platform held the media upload for audit", se), true, 0
+		}
+		return r.outcome(StatusPendingAudit, ""), true, 0
+	case ClassAlreadyDelivered:
+		if upload {
+			return r.rejected("the platform answered the media upload as a duplicate", se), true, 0
+		}
+		if r.claim.Attempts > 1 || r.resumed {
+			o := r.outcome(StatusSent, "")
+			o.Confirmed = true
+			o.TraceID = se.TraceID
+			return o, true, 0
+		}
+		return r.rejected("the platform already has a reply with this (msg_id, msg_seq): duplicate", se), true, 0
+	case ClassRateLimited:
+		// Does not spend an attempt.
+		wait = st.rateBO.NextBackOff()
+	case ClassQuotaExhausted:
+		return r.outcomeFor(StatusQuotaExceeded, "the platform answered the "+what+" that the period quota is used up", se), true, 0
+	case ClassPassiveExpired:
+		if upload {
+			return r.rejected("the platform refused the media upload", se), true, 0
+		}
+		return r.outcomeFor(StatusExpired, "the platform answered that the reply window is gone", se), true, 0
+	case ClassToken:
+		// The client already refreshed the token once; one more try
+		// covers a refresh racing a rotation.
+		if st.tokenRetried {
+			return r.rejected("the platform refused the access token", se), true, 0
+		}
+		st.tokenRetried = true
+		st.failures++
+		wait = st.failBO.NextBackOff()
+	case ClassRetryOnce:
+		if st.retriedOnce {
+			return r.rejected("the platform refused the "+what+" twice", se), true, 0
+		}
+		st.retriedOnce = true
+		st.failures++
+		wait = st.failBO.NextBackOff()
+	case ClassTransient, ClassSession, ClassUnknown:
+		if !upload && se.Unanswered && !r.dedupable() && p.cfg.InDoubt == InDoubtReport {
+			return r.outcomeFor(StatusInDoubt, "the call got no answer and the platform cannot dedupe a resend; it may or may not have been delivered (in-doubt policy: report)", se), true, 0
+		}
+		st.failures++
+		wait = st.failBO.NextBackOff()
+	default:
+		return r.rejected("the platform refused the "+what+" permanently", se), true, 0
+	}
+	if st.failures >= p.cfg.MaxAttempts {
+		return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %d failed attempts", st.failures), se), true, 0
+	}
+	return Outcome{}, false, wait
+}
+
+// upload uploads the job's file by URL once the files bucket lets it
+// leave, and caches its file_info. Upload failures are *SendError values;
+// other errors (a limit, shutdown) stop the job.
+func (r *run) upload(ctx context.Context, key mediaKey) (*mediaFile, error) {
+	p := r.p
+	up, ok := p.cfg.Sender.(Uploader)
+	if !ok {
+		return nil, &SendError{Class: ClassPermanent, Message: errNoUploader.Error(), Err: errNoUploader}
+	}
+	if lim, ok := p.cfg.Limiter.(UploadLimiter); ok {
+		if err := lim.WaitFiles(ctx, r.job.Scene, r.deadline); err != nil {
+			return nil, err
+		}
+	}
+	started := p.cfg.Clock.Now()
+	u, err := up.Upload(ctx, r.job.Scene, r.job.Target, *r.job.Media)
+	if err != nil {
+		return nil, asSendError(err)
+	}
+	if u == nil || u.FileInfo == "" {
+		return nil, &SendError{Class: ClassTransient, Message: "the upload's answer has no file_info"}
+	}
+	f := newMediaFile(u, started)
+	p.media.put(key, f, p.cfg.Clock.Now())
+	r.log.Debug().Str("trace_id", u.TraceID).Dur("ttl", u.TTL).Msg("media uploaded")
+	return f, nil
+}
+
+// gateAfter opens the configuration gate after a call the platform
+// answered (err nil, or an answer), or lets the next call probe when this
+// probe got none.
+func (r *run) gateAfter(err error, probe *bool) {
+	p := r.p
+	switch {
+	case answered(err):
+		if p.gate.open() {
+			p.log.Info().Msg("the platform accepts the app's configuration again: sending resumes")
+		}
+	case *probe:
+		p.gate.release() // no answer: the next call probes
+	}
+	*probe = false
 }
 
 // configAnswer closes the configuration gate after a configuration answer

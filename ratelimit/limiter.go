@@ -558,6 +558,8 @@ func (l *Limiter) Wait(ctx context.Context, job *dispatcher.Job, deadline time.T
 	}
 }
 
+var _ dispatcher.UploadLimiter = (*Limiter)(nil)
+
 // WaitFiles is Wait for a media upload to the scene's /files endpoint
 // (endpoints.files); scenes without one return at once.
 func (l *Limiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadline time.Time) error {

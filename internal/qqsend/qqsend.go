@@ -56,6 +56,31 @@ func (s *Sender) Send(ctx context.Context, scene dispatcher.Scene, target string
 	return &dispatcher.SendResult{MessageID: res.ID, AuditID: res.AuditID, TraceID: res.TraceID, Wire: w.get()}, nil
 }
 
+var _ dispatcher.Uploader = (*Sender)(nil)
+
+// Upload uploads a file by URL to the scene's /files endpoint with
+// srv_send_msg false (it sends nothing; the pipeline sends the message
+// with the answer's file_info). An answer without a file_info is a
+// transient failure. An upload never leaves a message in doubt.
+func (s *Sender) Upload(ctx context.Context, scene dispatcher.Scene, target string, m dispatcher.MediaURL) (*dispatcher.Upload, error) {
+	body, err := json.Marshal(struct {
+		FileType   int    `json:"file_type"`
+		URL        string `json:"url"`
+		SrvSendMsg bool   `json:"srv_send_msg"`
+	}{int(m.FileType), m.URL, false})
+	if err != nil {
+		return nil, Convert(err)
+	}
+	res, err := s.c.UploadFile(ctx, qqapi.Scene(scene), target, body)
+	if err != nil {
+		return nil, Convert(err)
+	}
+	if res.FileInfo == "" {
+		return nil, &dispatcher.SendError{Class: dispatcher.ClassTransient, Message: "the upload's answer has no file_info", TraceID: res.TraceID}
+	}
+	return &dispatcher.Upload{FileInfo: res.FileInfo, TTL: time.Duration(res.TTL) * time.Second, TraceID: res.TraceID}, nil
+}
+
 // wire records one request's wire timing. The transport calls its hooks
 // from its own goroutines; the last request written wins (a token refresh
 // retry sends the message twice).
