@@ -44,7 +44,7 @@ var msgTypeNames = map[int64]string{
 }
 
 // topFields are the wire fields of contract version 1, in documentation order.
-var topFields = []string{"v", "id", "scene", "target", "guild_id", "message", "received_at", "not_after", "on_quota", "meta"}
+var topFields = []string{"v", "id", "scene", "target", "guild_id", "message", "received_at", "not_after", "on_quota", "fallback", "meta"}
 
 // timestampRE is the RFC 3339 shape the contract accepts; the same pattern is
 // in schema/job.schema.json. time.Parse then checks the ranges.
@@ -214,6 +214,13 @@ func Decode(subject string, data []byte, opts DecodeOptions) (*Job, error) {
 		}
 		j.OnQuota = QuotaPolicy(s)
 	}
+	if raw, ok := fields["fallback"]; ok {
+		s, ierr := jsonString("fallback", raw)
+		if ierr != nil {
+			return nil, ierr
+		}
+		j.Fallback = FallbackPolicy(s)
+	}
 	if raw, ok := fields["meta"]; ok {
 		j.Meta = raw
 	}
@@ -344,6 +351,15 @@ func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 	case "", QuotaFail, QuotaDefer:
 	default:
 		return messageInfo{}, invalid("on_quota", "unknown policy %s (want \"fail\" or \"defer\"; empty means fail)", quote(string(j.OnQuota)))
+	}
+	switch j.Fallback {
+	case "", FallbackNone:
+	case FallbackActive:
+		if !passive {
+			return messageInfo{}, invalid("fallback", "only passive replies fall back to an active send, and the message has no msg_id or event_id (omit fallback, or set it to \"none\")")
+		}
+	default:
+		return messageInfo{}, invalid("fallback", "unknown policy %s (want \"none\" or \"active\"; empty means none)", quote(string(j.Fallback)))
 	}
 	if len(j.Meta) > 0 {
 		if k := kindOf(j.Meta); k != "object" {

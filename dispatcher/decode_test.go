@@ -121,17 +121,17 @@ var validCases = []validCase{
 				t.Errorf("media %+v", j.Media)
 			}
 		}},
-	{name: "group reply with video by URL", subject: sGroup,
-		head: `"v":1,"scene":"group","target":"G1",` + recv,
+	{name: "group reply with video by URL and fallback active", subject: sGroup,
+		head: `"v":1,"scene":"group","target":"G1","fallback":"active",` + recv,
 		msg:  `{"msg_type":7,"content":" ","media":{"url":"http://cdn.example:8080/v.mp4","file_type":2},"msg_id":"M1"}`,
 		kind: dispatcher.KindPassive, msgID: "M1",
 		check: func(t *testing.T, j *dispatcher.Job) {
-			if j.Media == nil || j.Media.FileType != dispatcher.FileVideo {
-				t.Errorf("media %+v", j.Media)
+			if j.Fallback != dispatcher.FallbackActive || j.Media == nil || j.Media.FileType != dispatcher.FileVideo {
+				t.Errorf("fallback %q, media %+v", j.Fallback, j.Media)
 			}
 		}},
-	{name: "media URL with unicode host and path", subject: sGroup,
-		head: `"v":1,"scene":"group","target":"G1"`, msg: `{"msg_type":7,"content":" ","media":{"file_type":3,"url":"https://例子.example/语音.silk"}}`,
+	{name: "fallback none on an active job, media URL with unicode path", subject: sGroup,
+		head: `"v":1,"scene":"group","target":"G1","fallback":"none"`, msg: `{"msg_type":7,"content":" ","media":{"file_type":3,"url":"https://例子.example/语音.silk"}}`,
 		kind: dispatcher.KindActive},
 	{name: "channel media object without a URL passes through", subject: sChan,
 		head: `"v":1,"scene":"channel","target":"CH1","guild_id":"GU1"`, msg: `{"content":"x","media":{"file_info":"FI"}}`,
@@ -389,6 +389,9 @@ var invalidCases = []invalidCase{
 	// on_quota, id, meta.
 	{name: "on_quota unknown", subject: sC2C, body: c2c(`"on_quota":"later"`, text), field: "on_quota", reason: `unknown policy "later"`},
 	{name: "on_quota null", subject: sC2C, body: c2c(`"on_quota":null`, text), field: "on_quota", reason: "must be a string, got null"},
+	{name: "fallback unknown", subject: sC2C, body: c2c(recv+`,"fallback":"maybe"`, `{"msg_type":0,"content":"x","msg_id":"M"}`), field: "fallback", reason: `unknown policy "maybe" (want "none" or "active"`},
+	{name: "fallback number", subject: sC2C, body: c2c(recv+`,"fallback":1`, `{"msg_type":0,"content":"x","msg_id":"M"}`), field: "fallback", reason: "must be a string, got number"},
+	{name: "fallback active on an active job", subject: sGroup, body: withScene("group", "G1", `"fallback":"active"`, `{"msg_type":0,"content":"x"}`), field: "fallback", reason: "only passive replies fall back to an active send"},
 	{name: "id empty", subject: sC2C, body: c2c(`"id":""`, text), field: "id", reason: "must not be empty (omit it and the dispatcher derives"},
 	{name: "id number", subject: sC2C, body: c2c(`"id":7`, text), field: "id", reason: "must be a string, got number"},
 	{name: "id too long", subject: sC2C, body: c2c(`"id":"`+strings.Repeat("a", 257)+`"`, text), field: "id", reason: "is 257 bytes, over the 256-byte limit"},

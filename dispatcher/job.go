@@ -58,6 +58,22 @@ const (
 	QuotaDefer QuotaPolicy = "defer" // re-schedule it to the start of the next period
 )
 
+// FallbackPolicy says what becomes of a passive reply that can no longer
+// go as a reply: its reply window is gone, or its msg_id's (event_id's)
+// reply budget is used up.
+type FallbackPolicy string
+
+// Fallback policies. The zero value means FallbackNone.
+const (
+	// FallbackNone ends such a job expired (window gone) or quota_exceeded
+	// (budget used up).
+	FallbackNone FallbackPolicy = "none"
+	// FallbackActive sends it as an active message to the same target
+	// instead (without msg_id, event_id and msg_seq), under every active
+	// rule and quota of the policy.
+	FallbackActive FallbackPolicy = "active"
+)
+
 // FileType is the kind of a rich-media file (the /files upload's
 // file_type).
 type FileType int
@@ -93,6 +109,8 @@ type Job struct {
 	Received *time.Time      `json:"received_at,omitempty"`
 	NotAfter *time.Time      `json:"not_after,omitempty"`
 	OnQuota  QuotaPolicy     `json:"on_quota,omitempty"`
+	// Fallback applies to passive replies only; empty means FallbackNone.
+	Fallback FallbackPolicy  `json:"fallback,omitempty"`
 	Meta     json.RawMessage `json:"meta,omitempty"`
 
 	// Fields below are derived by Decode from Message; they are not part of

@@ -201,6 +201,12 @@ func withFileInfo(msg json.RawMessage, fileInfo string) (json.RawMessage, error)
 	return editMessage(msg, nil, map[string][]byte{"media": v})
 }
 
+// asActive is a passive reply's message as an active message: without
+// msg_id, event_id and msg_seq.
+func asActive(msg json.RawMessage) (json.RawMessage, error) {
+	return editMessage(msg, []string{"msg_id", "event_id", "msg_seq"}, nil)
+}
+
 func contains(list []string, s string) bool {
 	for _, v := range list {
 		if v == s {

@@ -20,14 +20,12 @@ func TestEditMessage(t *testing.T) {
 			`{"media":{"url":"u","file_type":2},"msg_type":7}`,
 			`{"media":{"file_info":"F"},"msg_type":7}`,
 			func(m json.RawMessage) (json.RawMessage, error) { return withFileInfo(m, "F") }},
-		{"drop members wherever they are",
+		{"as active drops the anchor and seq wherever they are",
 			`{"msg_seq":3,"msg_type":0,"msg_id":"M","content":"hi","message_reference":{"message_id":"M"}}`,
 			`{"msg_type":0,"content":"hi","message_reference":{"message_id":"M"}}`,
-			func(m json.RawMessage) (json.RawMessage, error) {
-				return editMessage(m, []string{"msg_id", "msg_seq"}, nil)
-			}},
-		{"drop the only member",
-			`{"event_id":"E"}`, `{}`, func(m json.RawMessage) (json.RawMessage, error) { return editMessage(m, []string{"event_id"}, nil) }},
+			asActive},
+		{"as active of a message that is only an anchor",
+			`{"event_id":"E"}`, `{}`, asActive},
 	} {
 		got, err := c.edit(json.RawMessage(c.in))
 		if err != nil {
@@ -40,8 +38,8 @@ func TestEditMessage(t *testing.T) {
 			t.Errorf("%s: result is not JSON: %s", c.name, got)
 		}
 	}
-	if _, err := editMessage(json.RawMessage(`[1]`), nil, nil); err == nil {
-		t.Error("editMessage of an array: no error")
+	if _, err := asActive(json.RawMessage(`[1]`)); err == nil {
+		t.Error("asActive of an array: no error")
 	}
 }
 

@@ -49,6 +49,10 @@ type Outcome struct {
 	// Confirmed is set when sent was inferred from the platform's dedupe
 	// answer (40054005) to a retry of the same (msg_id, msg_seq).
 	Confirmed bool `json:"confirmed_by_dedupe,omitempty"`
+	// Fallback is FallbackActive when the job was a passive reply that
+	// could not go as a reply and went (or was tried) as an active message
+	// instead; Reason says why.
+	Fallback FallbackPolicy `json:"fallback,omitempty"`
 
 	// Attempts counts the API calls made for the job.
 	Attempts int `json:"attempts"`

@@ -361,6 +361,12 @@ type run struct {
 	attempts   int // calls made by this run
 	last       *SendError
 	storeProbe bool // this job probes whether storage writes go through again
+	// unanswered is set once a call of this run got no answer: the
+	// message may have been delivered.
+	unanswered bool
+	// gone says why a passive reply can no longer go as a reply (its
+	// window is gone, or its budget is used up); empty while it can.
+	gone string
 }
 
 func (r *run) handle(ctx context.Context) (Outcome, error) {
@@ -418,19 +424,45 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 	if done, o, err := r.claimJob(ctx); done || err != nil {
 		return o, err
 	}
+	if r.claim.FellBack != "" {
+		// An earlier run already turned this reply into an active send.
+		if err := r.toActive(); err != nil {
+			return r.finish(ctx, r.outcome(StatusInvalid, err.Error()))
+		}
+	}
+	o, err := r.deliver(ctx)
+	if err == nil && r.gone != "" && job.Fallback == FallbackActive {
+		o, err = r.fallBack(ctx, o)
+	}
+	if err != nil {
+		return r.stopped(ctx, err)
+	}
+	return r.finish(ctx, o)
+}
+
+// deliver takes the job from its deadline to its outcome: reply budget,
+// period quotas, then the calls. A nil error comes with the outcome; an
+// error stops the job without one (see stopped). When a passive reply can
+// no longer go as a reply, r.gone says why.
+func (r *run) deliver(ctx context.Context) (Outcome, error) {
+	p := r.p
 	r.setDeadline()
 	if o, stop := r.checkDeadline(); stop {
-		return r.finish(ctx, o)
+		return o, nil
 	}
 	if err := r.reserveReply(ctx); err != nil {
-		return r.stopped(ctx, err)
+		if errors.Is(err, ErrReplyBudget) {
+			r.replyGone("the reply budget of this msg_id is used up")
+			return r.outcome(StatusQuotaExceeded, r.gone), nil
+		}
+		return Outcome{}, err
 	}
 	var res Reservation
 	if p.cfg.Limiter != nil {
 		var err error
-		res, err = p.cfg.Limiter.Reserve(ctx, job)
+		res, err = p.cfg.Limiter.Reserve(ctx, r.job)
 		if err != nil {
-			return r.stopped(ctx, err)
+			return Outcome{}, err
 		}
 	}
 	o, err := r.sendLoop(ctx)
@@ -438,12 +470,66 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		if res != nil {
 			r.refund(ctx, res)
 		}
-		return r.stopped(ctx, err)
+		var le *LimitError
+		if errors.As(err, &le) && le.Status == StatusExpired && r.deadlineBy == byReplyWindow && r.job.Kind() == KindPassive {
+			r.replyGone("the reply window ends before the rules let the message go")
+			return r.outcome(StatusExpired, le.Reason), nil
+		}
+		return Outcome{}, err
 	}
 	if res != nil && !o.Status.Delivered() && r.notCharged(o) {
 		r.refund(ctx, res)
 	}
-	return r.finish(ctx, o)
+	return o, nil
+}
+
+// replyGone notes why a passive reply can no longer go as a reply.
+func (r *run) replyGone(why string) {
+	if r.job.Kind() == KindPassive {
+		r.gone = why
+	}
+}
+
+// fallBack sends a passive reply that can no longer go as a reply (r.gone
+// says why) as an active message to the same target, under every active
+// rule and quota (fallback: active). replied is the outcome the reply
+// ended with; it stands when a call of the reply may have delivered it
+// (no answer came), since the active message would then be a second copy.
+// The claim notes the fallback first, so a run that takes the job over
+// sends it as an active message too.
+func (r *run) fallBack(ctx context.Context, replied Outcome) (Outcome, error) {
+	if r.unanswered || r.resumed {
+		replied.Reason += "; not sent as an active message (fallback: active): an earlier call may have delivered the reply"
+		return replied, nil
+	}
+	why := r.gone
+	r.gone = ""
+	c := r.claim
+	c.FellBack, c.Phase, c.Updated = why, PhaseClaimed, r.p.cfg.Clock.Now()
+	sctx, cancel := storeCtx(ctx)
+	nc, err := r.p.cfg.Ledger.Update(sctx, c)
+	cancel()
+	if err != nil {
+		return Outcome{}, fmt.Errorf("note the fallback in the claim: %w", err)
+	}
+	r.claim = nc
+	if err := r.toActive(); err != nil {
+		return r.outcome(StatusInvalid, err.Error()), nil
+	}
+	r.log.Info().Str("why", why).Msg("the reply cannot go as a reply; sending it as an active message (fallback: active)")
+	return r.deliver(ctx)
+}
+
+// toActive turns the job into the active message its fallback sends.
+func (r *run) toActive() error {
+	j := *r.job
+	msg, err := asActive(j.Message)
+	if err != nil {
+		return fmt.Errorf("fallback: the message cannot be sent as an active message: %w", err)
+	}
+	j.Message, j.MsgID, j.EventID, j.MsgSeq, j.Received = msg, "", "", 0, nil
+	r.job = &j
+	return nil
 }
 
 // bindID binds the job's id to its body (IDBinder). When the id already
@@ -635,19 +721,24 @@ func (p *Processor) PeerJob(jobID string, attempts int) PeerState {
 }
 
 // dedupable reports whether the platform dedupes a resend of this job:
-// passive C2C/group replies with a fixed msg_seq.
+// passive C2C/group replies with a fixed msg_seq (not those that fell
+// back to an active send).
 func (r *run) dedupable() bool {
-	return r.job != nil && r.job.Kind() == KindPassive && r.job.Scene.HasMsgSeq()
+	return r.job != nil && r.job.Kind() == KindPassive && r.job.Scene.HasMsgSeq() && r.claim.FellBack == ""
 }
+
+// byReplyWindow names the reply window as a deadline (deadlineBy).
+const byReplyWindow = "reply window"
 
 func (r *run) setDeadline() {
 	j := r.job
+	r.deadline, r.deadlineBy = time.Time{}, ""
 	if j.NotAfter != nil {
 		r.deadline, r.deadlineBy = *j.NotAfter, "not_after"
 	}
 	if r.p.cfg.Limiter != nil && j.Kind() == KindPassive {
 		if w := r.p.cfg.Limiter.Deadline(j); !w.IsZero() && (r.deadline.IsZero() || w.Before(r.deadline)) {
-			r.deadline, r.deadlineBy = w, "reply window"
+			r.deadline, r.deadlineBy = w, byReplyWindow
 		}
 	}
 }
@@ -656,7 +747,11 @@ func (r *run) checkDeadline() (Outcome, bool) {
 	if r.deadline.IsZero() || r.p.cfg.Clock.Now().Before(r.deadline) {
 		return Outcome{}, false
 	}
-	return r.outcome(StatusExpired, fmt.Sprintf("%s ended at %s before the message could be sent", r.deadlineBy, r.deadline.UTC().Format(time.RFC3339))), true
+	why := fmt.Sprintf("%s ended at %s before the message could be sent", r.deadlineBy, r.deadline.UTC().Format(time.RFC3339))
+	if r.deadlineBy == byReplyWindow {
+		r.replyGone(why)
+	}
+	return r.outcome(StatusExpired, why), true
 }
 
 // reserveReply fixes the msg_seq of a passive C2C/group job (allocating one
@@ -708,7 +803,11 @@ func pairAnchor(j *Job) string {
 func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 	p := r.p
 	j := r.job
-	base, err := withMsgSeq(j.Message, r.claim.MsgSeq, j.MsgSeq)
+	seq := r.claim.MsgSeq
+	if j.Kind() != KindPassive {
+		seq = 0 // a reply sent as an active message (fallback) carries none
+	}
+	base, err := withMsgSeq(j.Message, seq, j.MsgSeq)
 	if err != nil {
 		return r.outcome(StatusInvalid, err.Error()), nil
 	}
@@ -851,6 +950,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		}
 		se := asSendError(err)
 		r.last = se
+		r.unanswered = r.unanswered || se.Unanswered
 		lg := r.log.Warn().Int("attempt", r.claim.Attempts).Str("class", se.Class.String()).
 			Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Err(err)
 		lg.Msg("send attempt failed")
@@ -891,7 +991,11 @@ func (r *run) retry(ctx context.Context, se *SendError, st *tries, upload bool, 
 	}
 	if next := p.cfg.Clock.Now().Add(wait); next.After(horizon) {
 		if !r.deadline.IsZero() {
-			return r.outcomeFor(StatusExpired, fmt.Sprintf("%s ends before the next retry could start", r.deadlineBy), se), true, nil
+			why := fmt.Sprintf("%s ends before the next retry could start", r.deadlineBy)
+			if r.deadlineBy == byReplyWindow {
+				r.replyGone(why)
+			}
+			return r.outcomeFor(StatusExpired, why, se), true, nil
 		}
 		return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %s of retries", p.cfg.MaxJobDuration), se), true, nil
 	}
@@ -938,6 +1042,7 @@ func (r *run) judge(se *SendError, st *tries, upload bool) (o Outcome, done bool
 		if upload {
 			return r.rejected("the platform refused the media upload", se), true, 0
 		}
+		r.replyGone("the platform answered that the reply window is gone")
 		return r.outcomeFor(StatusExpired, "the platform answered that the reply window is gone", se), true, 0
 	case ClassToken:
 		// The client already refreshed the token once; one more try
@@ -1226,8 +1331,6 @@ func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
 		o := r.outcome(StatusRejected, "another job already holds this (msg_id, msg_seq): duplicate reply, not sent")
 		o.Code = 40054005
 		return r.finish(ctx, o)
-	case errors.Is(err, ErrReplyBudget):
-		return r.finish(ctx, r.outcome(StatusQuotaExceeded, "the reply budget of this msg_id is used up"))
 	}
 	return r.handBack(err)
 }
@@ -1354,6 +1457,14 @@ func (r *run) outcome(s Status, reason string) Outcome {
 		o.Scene, o.Target, o.Meta = r.job.Scene, r.job.Target, r.job.Meta
 		if o.MsgSeq == 0 && r.job.Kind() == KindPassive {
 			o.MsgSeq = r.job.MsgSeq
+		}
+	}
+	if why := r.claim.FellBack; why != "" {
+		o.Fallback, o.MsgSeq = FallbackActive, 0
+		if s.Delivered() {
+			o.Reason = why + "; sent as an active message instead (fallback: active)"
+		} else {
+			o.Reason = why + "; tried as an active message instead (fallback: active): " + reason
 		}
 	}
 	return o

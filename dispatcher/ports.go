@@ -82,6 +82,10 @@ type Claim struct {
 	// stale values: read them with PhaseDeferred only.
 	WaitRule  string    `json:"wait_rule,omitempty"`
 	WaitUntil time.Time `json:"wait_until,omitzero"`
+	// FellBack says, for a passive reply that went as an active message
+	// instead (fallback: active), why it could not go as a reply; a run
+	// that takes the job over sends it as an active message too.
+	FellBack string `json:"fell_back,omitempty"`
 
 	// Revision is the ledger's revision of this entry, for compare-and-set.
 	Revision uint64 `json:"-"`
