@@ -56,6 +56,10 @@ type Outcome struct {
 	// ConfirmedByDedupe is set when sent was inferred from the platform's
 	// dedupe answer to a retry of the same reply.
 	ConfirmedByDedupe bool `json:"confirmed_by_dedupe,omitempty"`
+	// Fallback is "active" when the job was a reply that could not go as a
+	// reply (window gone, reply budget used up) and went, or was tried, as
+	// an active message by its fallback; Reason says why.
+	Fallback string `json:"fallback,omitempty"`
 	// Attempts counts the calls to the platform.
 	Attempts int `json:"attempts"`
 	// Meta is the job's meta.
