@@ -71,7 +71,7 @@ type Outcome struct {
 // OutcomeWatch follows outcomes (Publisher.WatchOutcomes).
 type OutcomeWatch struct {
 	w      jetstream.KeyWatcher
-	unbind func() bool // stops the Stop that ctx's end would call
+	unbind func() bool // stops the stop that ctx's end would call
 	once   sync.Once
 }
 
@@ -97,10 +97,16 @@ func (w *OutcomeWatch) Next(ctx context.Context) (Outcome, error) {
 
 // Stop ends the watch; calling it again does nothing.
 func (w *OutcomeWatch) Stop() {
+	if w.unbind != nil {
+		w.unbind()
+	}
+	w.stop()
+}
+
+// stop ends the watch once. The end of the watch's context calls it
+// rather than Stop: that may happen before WatchOutcomes has set unbind.
+func (w *OutcomeWatch) stop() {
 	w.once.Do(func() {
-		if w.unbind != nil {
-			w.unbind()
-		}
 		_ = w.w.Stop()
 		// The watch delivers from a callback that blocks while its buffer
 		// is full: read it empty so the callback ends.

@@ -267,6 +267,6 @@ func (p *Publisher) WatchOutcomes(ctx context.Context, ids ...string) (*OutcomeW
 		return nil, fmt.Errorf("producer: watch outcomes: %w", err)
 	}
 	ow := &OutcomeWatch{w: w}
-	ow.unbind = context.AfterFunc(ctx, ow.Stop)
+	ow.unbind = context.AfterFunc(ctx, ow.stop)
 	return ow, nil
 }
