@@ -41,6 +41,7 @@ func contractJobs(t *testing.T) map[string]*producer.Job {
 	long := strings.Repeat("t", producer.MaxTargetBytes)
 	anchor := strings.Repeat("a", producer.MaxAnchorBytes)
 	md := map[string]any{"content": "# title"}
+	longURL := "https://cdn.example.com/" + strings.Repeat("f", producer.MaxMediaURLBytes-len("https://cdn.example.com/"))
 	return map[string]*producer.Job{
 		"c2c reply":                 b(producer.C2CReply("U1", in, producer.Text("hi"))),
 		"c2c reply seq":             b(producer.C2CReply("U1", in, producer.Text("hi"), producer.WithMsgSeq(3))),
@@ -63,6 +64,17 @@ func contractJobs(t *testing.T) map[string]*producer.Job {
 		"unicode id and target":     b(producer.GroupActive("群-1", producer.Text("你好"), producer.WithID("订单 42 / 回复 ✓"))),
 		"longest id":                b(producer.GroupActive("G1", producer.Text("hi"), producer.WithID(strings.Repeat("é", producer.MaxJobIDBytes/2)))),
 		"id with tilde and equals":  b(producer.GroupActive("G1", producer.Text("hi"), producer.WithID("a=b~c"))),
+		"group image by url":        b(producer.GroupActive("G1", producer.Media(producer.FileImage, "https://cdn.example.com/poster.png?sig=a&t=<1>"))),
+		"c2c reply video by url":    b(producer.C2CReply("U1", in, producer.Message{Content: "look", MediaURL: "http://[::1]:8080/v.mp4", FileType: producer.FileVideo}, producer.WithMsgSeq(2))),
+		"group reply voice by url":  b(producer.GroupReply("G1", ev, producer.Media(producer.FileVoice, "https://files.example.com/v.silk#x"), producer.WithWakeup())),
+		"c2c file by longest url":   b(producer.C2CActive("U1", producer.Media(producer.FileFile, longURL))),
+		"media by url in Extra":     b(producer.C2CActive("U1", producer.Message{Extra: map[string]any{"msg_type": 7, "media": map[string]any{"url": "https://x.example/a.png", "file_type": 1}}})),
+		"file_info in Extra":        b(producer.GroupActive("G1", producer.Message{Content: "c", Extra: map[string]any{"msg_type": 7, "media": map[string]any{"file_info": "FI", "x_new": 1}}})),
+		"group reply fallback":      b(producer.GroupReply("G1", in, producer.Text("late"), producer.WithFallback(producer.FallbackActive), producer.WithOnQuota(producer.QuotaDefer))),
+		"c2c reply event fallback":  b(producer.C2CReply("U1", ev, producer.Media(producer.FileImage, "https://x.example/a.png"), producer.WithFallback(producer.FallbackActive), producer.WithMsgSeq(4))),
+		"channel reply fallback":    b(producer.ChannelReply("CH1", "GUILD1", in, producer.Text("hi"), producer.WithFallback(producer.FallbackActive))),
+		"dm reply fallback none":    b(producer.DMReply("DMG1", ev, producer.Text("hi"), producer.WithFallback(producer.FallbackNone))),
+		"active fallback none":      b(producer.GroupActive("G1", producer.Text("hi"), producer.WithFallback(producer.FallbackNone))),
 	}
 }
 
@@ -93,8 +105,15 @@ func TestPublishedJobsAreWhatTheWorkerExpects(t *testing.T) {
 			}
 			if string(dj.Scene) != string(job.Scene) || dj.Target != job.Target || dj.GuildID != job.GuildID ||
 				dj.MsgID != job.Inbound.MsgID || dj.EventID != job.Inbound.EventID || dj.MsgSeq != job.MsgSeq || dj.Wakeup != job.Wakeup ||
-				string(dj.OnQuota) != string(job.OnQuota) {
+				string(dj.OnQuota) != string(job.OnQuota) || string(dj.Fallback) != string(job.Fallback) {
 				t.Errorf("%s: the worker reads %+v", name, dj)
+			}
+			if m := job.Message; m.MediaURL != "" {
+				if dj.Media == nil || int(dj.Media.FileType) != int(m.FileType) || dj.Media.URL != m.MediaURL {
+					t.Errorf("%s: the worker reads media by URL %+v, want %d %q", name, dj.Media, m.FileType, m.MediaURL)
+				}
+			} else if _, inExtra := m.Extra["media"]; dj.Media != nil && !inExtra {
+				t.Errorf("%s: the worker reads media by URL %+v in a message without it", name, dj.Media)
 			}
 			if job.Passive() && (dj.Received == nil || !dj.Received.Equal(job.Inbound.ReceivedAt)) {
 				t.Errorf("%s: received_at %v, want %v", name, dj.Received, job.Inbound.ReceivedAt)
@@ -264,6 +283,75 @@ func TestRefusedLikeTheWorker(t *testing.T) {
 		{"reference not an object", func() (*producer.Job, error) {
 			return producer.C2CActive("U", producer.Message{Content: "x", Extra: map[string]any{"message_reference": "m"}})
 		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":0,"content":"x","message_reference":"m"}}`, "message.message_reference"},
+		{"media url without file_type", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{MediaURL: "https://x/a.png"})
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"url":"https://x/a.png"}}}`, "message.media.file_type"},
+		{"file_type without url", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{FileType: producer.FileImage})
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"file_type":1}}}`, "message.media.url"},
+		{"unknown file_type", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Media(5, "https://x/a.png"))
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_type":5,"url":"https://x/a.png"}}}`, "message.media.file_type"},
+		{"media url not http", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Media(producer.FileImage, "ftp://x/a.png"))
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_type":1,"url":"ftp://x/a.png"}}}`, "message.media.url"},
+		{"media url without host", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Media(producer.FileImage, "https:///a.png"))
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_type":1,"url":"https:///a.png"}}}`, "message.media.url"},
+		{"media url with credentials", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Media(producer.FileImage, "https://user:pw@x/a.png"))
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_type":1,"url":"https://user:pw@x/a.png"}}}`, "message.media.url"},
+		{"media url with a space", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Media(producer.FileImage, "https://x/a b.png"))
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"file_type":1,"url":"https://x/a b.png"}}}`, "message.media.url"},
+		{"media url with a control character", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Media(producer.FileImage, "https://x/a\u007f.png"))
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"file_type":1,"url":"https://x/a\u007f.png"}}}`, "message.media.url"},
+		{"media url net/url refuses", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Media(producer.FileImage, "https://x:port/a.png"))
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"file_type":1,"url":"https://x:port/a.png"}}}`, "message.media.url"},
+		{"media url too long", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Media(producer.FileImage, "https://x/"+strings.Repeat("a", 2039)))
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"file_type":1,"url":"https://x/` + strings.Repeat("a", 2039) + `"}}}`, "message.media.url"},
+		{"media url and file_info", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{FileInfo: "F", MediaURL: "https://x/a.png", FileType: producer.FileImage})
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"file_type":1,"url":"https://x/a.png","file_info":"F"}}}`, "message.media.file_info"},
+		{"media url on a channel", func() (*producer.Job, error) {
+			return producer.ChannelActive("CH", "G", producer.Message{Content: "x", MediaURL: "https://x/a.png", FileType: producer.FileImage})
+		}, `{"v":1,"scene":"channel","target":"CH","guild_id":"G","message":{"content":"x","media":{"file_type":1,"url":"https://x/a.png"}}}`, "message.media.file_type"},
+		{"media url on a dm", func() (*producer.Job, error) {
+			return producer.DMActive("D", producer.Message{Content: "x", MediaURL: "https://x/a.png"})
+		}, `{"v":1,"scene":"dm","target":"D","message":{"content":"x","media":{"url":"https://x/a.png"}}}`, "message.media.url"},
+		{"media url on a dm in Extra", func() (*producer.Job, error) {
+			return producer.DMActive("D", producer.Message{Content: "x", Extra: map[string]any{"media": map[string]any{"url": "https://x/a.png"}}})
+		}, `{"v":1,"scene":"dm","target":"D","message":{"content":"x","media":{"url":"https://x/a.png"}}}`, "message.media.url"},
+		{"media by URL in Extra without file_type", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{Extra: map[string]any{"msg_type": 7, "media": map[string]any{"url": "https://x/a.png"}}})
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{"url":"https://x/a.png"}}}`, "message.media.file_type"},
+		{"media by URL in Extra as text", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Message{Content: "x", Extra: map[string]any{"media": map[string]any{"file_type": 1, "url": "https://x/a.png"}}})
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":0,"content":"x","media":{"file_type":1,"url":"https://x/a.png"}}}`, "message.msg_type"},
+		{"media by URL in Extra with another member", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Message{Extra: map[string]any{"msg_type": 7, "media": json.RawMessage(`{"file_type":1,"url":"https://x/a.png","srv_send_msg":true}`)}})
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_type":1,"url":"https://x/a.png","srv_send_msg":true}}}`, "message.media.srv_send_msg"},
+		{"media in Extra with a key twice", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Message{Extra: map[string]any{"msg_type": 7, "media": json.RawMessage(`{"file_type":1,"url":"https://x/a.png","file_type":2}`)}})
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_type":1,"url":"https://x/a.png","file_type":2}}}`, "message.media.file_type"},
+		{"file_type a string in Extra", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Message{Extra: map[string]any{"msg_type": 7, "media": map[string]any{"file_type": "1", "url": "https://x/a.png"}}})
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_type":"1","url":"https://x/a.png"}}}`, "message.media.file_type"},
+		{"empty file_info in Extra", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Message{Extra: map[string]any{"msg_type": 7, "media": map[string]any{"file_info": ""}}})
+		}, `{"v":1,"scene":"c2c","target":"U","message":{"msg_type":7,"media":{"file_info":""}}}`, "message.media.file_info"},
+		{"media type with an empty media", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{Extra: map[string]any{"msg_type": 7, "media": map[string]any{}}})
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":7,"content":" ","media":{}}}`, "message.media"},
+		{"fallback on an active", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Text("x"), producer.WithFallback(producer.FallbackActive))
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":0,"content":"x"},"fallback":"active"}`, "fallback"},
+		{"unknown fallback", func() (*producer.Job, error) {
+			return producer.GroupReply("G", in, producer.Text("x"), producer.WithFallback("always"))
+		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":0,"content":"x","msg_id":"MSG_1"},` + rcv + `,"fallback":"always"}`, "fallback"},
 		{"content not a string", func() (*producer.Job, error) {
 			return producer.DMActive("D", producer.Message{Extra: map[string]any{"content": 1}})
 		}, `{"v":1,"scene":"dm","target":"D","message":{"content":1}}`, "message.content"},
@@ -317,6 +405,23 @@ func TestSameConstants(t *testing.T) {
 		{"OutcomeBucketDefault", producer.OutcomeBucketDefault, names.OutcomeBucket},
 		{"QuotaFail", string(producer.QuotaFail), string(dispatcher.QuotaFail)},
 		{"QuotaDefer", string(producer.QuotaDefer), string(dispatcher.QuotaDefer)},
+		{"FallbackNone", string(producer.FallbackNone), string(dispatcher.FallbackNone)},
+		{"FallbackActive", string(producer.FallbackActive), string(dispatcher.FallbackActive)},
+		{"MaxMediaURLBytes", producer.MaxMediaURLBytes, dispatcher.MaxMediaURLBytes},
+	}
+	fileTypes := map[producer.FileType]dispatcher.FileType{
+		producer.FileImage: dispatcher.FileImage, producer.FileVideo: dispatcher.FileVideo,
+		producer.FileVoice: dispatcher.FileVoice, producer.FileFile: dispatcher.FileFile,
+	}
+	for ft := producer.FileType(-1); ft <= 6; ft++ {
+		if ft.Valid() != dispatcher.FileType(ft).Valid() {
+			t.Errorf("file type %d: valid %v, the worker's %v", ft, ft.Valid(), dispatcher.FileType(ft).Valid())
+		}
+	}
+	for p, d := range fileTypes {
+		if int(p) != int(d) {
+			t.Errorf("file type %d: the worker's %d", p, d)
+		}
 	}
 	for _, p := range pairs {
 		if p.got != p.want {

@@ -15,6 +15,22 @@
 //	res, err := pub.Publish(ctx, job)        // the stream has it
 //	out, err := pub.PublishAndWait(ctx, job) // the worker finished it
 //
+// Rich media. A bot backend holds no access token, so it cannot upload a
+// file to QQ itself. A c2c or group message names the file by URL instead,
+// and the worker uploads it through the platform's /files endpoint and
+// sends the upload's file_info (msg_type 7):
+//
+//	msg := producer.Media(producer.FileImage, "https://cdn.example.com/poster.png")
+//	job, err := producer.GroupActive(groupOpenID, msg)
+//
+// Channel and dm messages take an image by URL in Message.Image.
+//
+// Fallback. A reply whose reply window is gone, or whose msg_id's reply
+// budget is used up, ends expired or quota_exceeded; with
+// WithFallback(FallbackActive) it goes as an active message to the same
+// target instead, under the worker's rules for active messages, and its
+// Outcome's Fallback says "active".
+//
 // Every job ends with one Outcome, kept for 7 days in the outcome bucket
 // under the job's id; Lookup reads one, Wait and WatchOutcomes wait for
 // them.

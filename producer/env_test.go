@@ -131,6 +131,11 @@ func (e *env) inbound(scene producer.Scene, target string) string {
 	return e.sim.Inbound(string(scene), target, time.Time{})
 }
 
+// inboundAt registers a user message from target that arrived at at.
+func (e *env) inboundAt(scene producer.Scene, target string, at time.Time) string {
+	return e.sim.Inbound(string(scene), target, at)
+}
+
 // publisher connects to the env and returns a Publisher with the default
 // Config; the connection closes at the test's end.
 func (e *env) publisher(t testing.TB) (*producer.Publisher, jetstream.JetStream) {

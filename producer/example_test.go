@@ -112,6 +112,71 @@ func ExamplePublisher_WatchOutcomes() {
 	// CHANNEL_1 sent
 }
 
+// An image sent to a group by URL: the worker uploads it through the
+// platform's /files endpoint and sends the message with its file_info.
+func ExampleMedia() {
+	env := sharedEnv() // test-only: a NATS server, the QQ simulator and a worker
+	nc, err := nats.Connect(env.natsURL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	pub, err := producer.NewPublisher(js, producer.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	msg := producer.Media(producer.FileImage, "https://cdn.example.com/poster.png")
+	msg.Content = "tonight's poster" // optional; a group message without text gets " "
+	job, err := producer.GroupActive("GROUP_1", msg, producer.WithID("poster-"+producer.NewJobID()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := pub.PublishAndWait(ctx, job)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(out.Status, out.Scene, out.Target, out.MessageID != "")
+	// Output:
+	// sent group GROUP_1 true
+}
+
+// A reply that may go as an active message when it can no longer go as a
+// reply: here its reply window ended long ago.
+func ExampleWithFallback() {
+	env := sharedEnv()                       // test-only: a NATS server, the QQ simulator and a worker
+	receivedAt := time.Now().Add(-time.Hour) // test-only: a message arrived in GROUP_1 an hour ago
+	msgID := env.inboundAt(producer.Group, "GROUP_1", receivedAt)
+	nc, err := nats.Connect(env.natsURL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	pub, err := producer.NewPublisher(js, producer.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	job, err := producer.GroupReply("GROUP_1", producer.InboundMessage(msgID, receivedAt), producer.Text("sorry for the wait"),
+		producer.WithFallback(producer.FallbackActive))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := pub.PublishAndWait(ctx, job)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(out.Status, out.Fallback)
+	// Output:
+	// sent active
+}
+
 // The JSON a job is published as.
 func ExampleC2CReply() {
 	received := time.Date(2026, 5, 1, 12, 0, 0, 0, time.FixedZone("CST", 8*3600))

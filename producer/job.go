@@ -36,6 +36,24 @@ func (s Scene) Valid() bool {
 // msg_seq (c2c and group do; channel and dm do not).
 func (s Scene) hasMsgType() bool { return s == C2C || s == Group }
 
+// FallbackPolicy says what becomes of a reply that can no longer go as a
+// reply: its reply window is gone, or the reply budget of its msg_id
+// (event_id) is used up.
+type FallbackPolicy string
+
+// Fallback policies. The empty policy means FallbackNone.
+const (
+	// FallbackNone ends such a reply expired (window gone) or
+	// quota_exceeded (budget used up).
+	FallbackNone FallbackPolicy = "none"
+	// FallbackActive sends it as an active message to the same target
+	// instead (without msg_id, event_id and msg_seq), under every active
+	// rule and quota of the worker's policy; its outcome's Fallback says
+	// so. Where the policy forbids active sends in the scene (c2c, as
+	// shipped), the job ends rejected.
+	FallbackActive FallbackPolicy = "active"
+)
+
 // QuotaPolicy says what the worker does with a job when a period quota is
 // used up.
 type QuotaPolicy string
@@ -83,13 +101,13 @@ func (in Inbound) isZero() bool { return in.MsgID == "" && in.EventID == "" && i
 // Message is what a job sends: the QQ message body without the fields the
 // job sets itself (the reply's msg_id or event_id, msg_seq, is_wakeup).
 //
-// For c2c and group, msg_type follows from the fields: FileInfo makes a rich
-// media message (7), Markdown 2, Ark 3, Embed 4, none of them text (0,
-// which needs Content). Set at most one of the four. A group message
-// always carries a content; when Content is empty in a non-text group
-// message, " " is sent, as the platform asks. Channel and dm messages have
-// no msg_type; they need at least one of Content, Markdown, Ark, Embed or
-// Image.
+// For c2c and group, msg_type follows from the fields: FileInfo, or
+// MediaURL with FileType, makes a rich media message (7), Markdown 2, Ark
+// 3, Embed 4, none of them text (0, which needs Content). Set at most one
+// of the four kinds. A group message always carries a content; when
+// Content is empty in a non-text group message, " " is sent, as the
+// platform asks. Channel and dm messages have no msg_type; they need at
+// least one of Content, Markdown, Ark, Embed or Image.
 type Message struct {
 	// Content is the text.
 	Content string
@@ -103,6 +121,14 @@ type Message struct {
 	// FileInfo is the file_info of a file uploaded through the platform's
 	// /files endpoint: a rich media message (c2c and group only).
 	FileInfo string
+	// MediaURL and FileType ask for rich media by URL (c2c and group
+	// only; see Media): the worker uploads the file at MediaURL through
+	// /files and sends its file_info. MediaURL is an http:// or https://
+	// URL with a host, without user:password@, whitespace or control
+	// characters, at most MaxMediaURLBytes bytes; the platform fetches
+	// it. Set both, and not FileInfo.
+	MediaURL string
+	FileType FileType
 	// Image is the URL of an image, http:// or https:// (channel and dm
 	// only).
 	Image string
@@ -145,6 +171,10 @@ type Job struct {
 	// OnQuota is what happens when a period quota is used up; empty means
 	// QuotaFail.
 	OnQuota QuotaPolicy
+	// Fallback is what happens to a reply that can no longer go as a
+	// reply; empty means FallbackNone. Replies only: an active job with
+	// FallbackActive is refused.
+	Fallback FallbackPolicy
 	// Meta is a JSON object (at most 4 KiB) echoed into the outcome.
 	Meta json.RawMessage
 }
@@ -177,6 +207,13 @@ func WithNotAfter(t time.Time) Option {
 // WithOnQuota says what to do when a period quota is used up.
 func WithOnQuota(p QuotaPolicy) Option {
 	return func(j *Job) error { j.OnQuota = p; return nil }
+}
+
+// WithFallback says what becomes of a reply that can no longer go as a
+// reply (FallbackActive: send it as an active message instead). Replies
+// only.
+func WithFallback(p FallbackPolicy) Option {
+	return func(j *Job) error { j.Fallback = p; return nil }
 }
 
 // WithMeta sets the meta echoed into the outcome: v must encode to a JSON
@@ -337,6 +374,15 @@ func (j *Job) checkJob() *InvalidJobError {
 	default:
 		return invalid("on_quota", "unknown policy %q (want fail or defer)", truncate(string(j.OnQuota)))
 	}
+	switch j.Fallback {
+	case "", FallbackNone:
+	case FallbackActive:
+		if !j.Passive() {
+			return invalid("fallback", "only replies fall back to an active send, and this job is active (its Inbound has no MsgID or EventID)")
+		}
+	default:
+		return invalid("fallback", "unknown policy %q (want none or active)", truncate(string(j.Fallback)))
+	}
 	if len(j.Meta) > 0 {
 		if err := checkObject("meta", j.Meta); err != nil {
 			return err
@@ -441,7 +487,7 @@ func (j *Job) message() (json.RawMessage, *InvalidJobError) {
 		set  bool
 	}{
 		{"content", m.Content != ""}, {"markdown", objects["markdown"] != nil}, {"keyboard", objects["keyboard"] != nil},
-		{"ark", objects["ark"] != nil}, {"embed", objects["embed"] != nil}, {"media", m.FileInfo != ""}, {"image", m.Image != ""},
+		{"ark", objects["ark"] != nil}, {"embed", objects["embed"] != nil}, {"media", m.FileInfo != "" || m.byURL()}, {"image", m.Image != ""},
 	} {
 		if _, dup := extra[f.name]; dup && f.set {
 			return nil, invalid("message."+f.name, "set twice: by a Message field and in Message.Extra")
@@ -454,7 +500,7 @@ func (j *Job) message() (json.RawMessage, *InvalidJobError) {
 			}
 		}
 	}
-	for name, v := range map[string]string{"content": m.Content, "media.file_info": m.FileInfo, "image": m.Image} {
+	for name, v := range map[string]string{"content": m.Content, "media.file_info": m.FileInfo, "media.url": m.MediaURL, "image": m.Image} {
 		if !utf8.ValidString(v) {
 			return nil, invalid("message."+name, "is not valid UTF-8")
 		}
@@ -469,7 +515,14 @@ func (j *Job) message() (json.RawMessage, *InvalidJobError) {
 	// present reports whether the message will have the field name.
 	present := func(name string) bool {
 		_, inExtra := extra[name]
-		return inExtra || objects[name] != nil || name == "media" && m.FileInfo != "" || name == "image" && m.Image != ""
+		return inExtra || objects[name] != nil || name == "media" && (m.FileInfo != "" || m.byURL()) || name == "image" && m.Image != ""
+	}
+	var xm extraMedia // Extra's media
+	if raw, ok := extra["media"]; ok {
+		var err *InvalidJobError
+		if xm, err = checkExtraMedia(j.Scene, raw); err != nil {
+			return nil, err
+		}
 	}
 
 	var fields []member
@@ -483,11 +536,19 @@ func (j *Job) message() (json.RawMessage, *InvalidJobError) {
 	content := m.Content
 	if j.Scene.hasMsgType() {
 		if m.Image != "" {
-			return nil, invalid("message.image", "%s messages have no image: upload the file through /files and set FileInfo", j.Scene)
+			return nil, invalid("message.image", "%s messages have no image: send it by URL with MediaURL and FileType (see Media)", j.Scene)
+		}
+		if m.byURL() {
+			if err := m.checkMediaURL(); err != nil {
+				return nil, err
+			}
 		}
 		mt, ierr := msgType(m, objects, extra)
 		if ierr != nil {
 			return nil, ierr
+		}
+		if xm.byURL && mt != 7 {
+			return nil, invalid("message.msg_type", "media by URL (message.media.url) goes in a msg_type 7 (media) message, got msg_type %d", mt)
 		}
 		switch mt {
 		case 0:
@@ -499,8 +560,8 @@ func (j *Job) message() (json.RawMessage, *InvalidJobError) {
 				return nil, invalid("message."+name, "msg_type %d (%s) needs a %s object", mt, name, name)
 			}
 		case 7:
-			if !present("media") {
-				return nil, invalid("message.media", "a rich media message needs FileInfo (the file_info of a /files upload)")
+			if m.FileInfo == "" && !m.byURL() && !xm.byURL && !xm.fileInfo {
+				return nil, invalid("message.media", "a rich media message needs FileInfo (the file_info of a /files upload), or MediaURL and FileType (a file for the worker to upload)")
 			}
 		}
 		if j.Scene == Group && !contentSet {
@@ -511,6 +572,9 @@ func (j *Job) message() (json.RawMessage, *InvalidJobError) {
 		}
 		add("msg_type", mt)
 	} else {
+		if m.byURL() {
+			return nil, invalid(m.mediaField(), "%s messages take an image by URL in Image; media by URL (MediaURL, FileType) is for c2c and group", j.Scene)
+		}
 		if m.FileInfo != "" {
 			return nil, invalid("message.media", "%s messages have no rich media upload: send an image by URL (Image)", j.Scene)
 		}
@@ -536,6 +600,9 @@ func (j *Job) message() (json.RawMessage, *InvalidJobError) {
 	}
 	if m.FileInfo != "" {
 		add("media", map[string]string{"file_info": m.FileInfo})
+	}
+	if m.byURL() {
+		add("media", mediaByURL{FileType: m.FileType, URL: m.MediaURL})
 	}
 	if m.Image != "" {
 		add("image", m.Image)
@@ -594,13 +661,13 @@ func msgType(m Message, objects, extra map[string]json.RawMessage) (int64, *Inva
 	for _, k := range []struct {
 		set bool
 		t   int64
-	}{{m.FileInfo != "", 7}, {objects["markdown"] != nil, 2}, {objects["ark"] != nil, 3}, {objects["embed"] != nil, 4}} {
+	}{{m.FileInfo != "" || m.byURL(), 7}, {objects["markdown"] != nil, 2}, {objects["ark"] != nil, 3}, {objects["embed"] != nil, 4}} {
 		if k.set {
 			implied, kinds = k.t, kinds+1
 		}
 	}
 	if kinds > 1 {
-		return 0, invalid("message", "set one of FileInfo, Markdown, Ark or Embed: each is its own msg_type")
+		return 0, invalid("message", "set one of FileInfo (or MediaURL), Markdown, Ark or Embed: each is its own msg_type")
 	}
 	raw, ok := extra["msg_type"]
 	if !ok {
@@ -630,6 +697,7 @@ type wireJob struct {
 	ReceivedAt string          `json:"received_at,omitempty"`
 	NotAfter   string          `json:"not_after,omitempty"`
 	OnQuota    QuotaPolicy     `json:"on_quota,omitempty"`
+	Fallback   FallbackPolicy  `json:"fallback,omitempty"`
 	Meta       json.RawMessage `json:"meta,omitempty"`
 }
 
@@ -645,7 +713,7 @@ func (j *Job) MarshalJSON() ([]byte, error) {
 		return nil, err
 	}
 	w := wireJob{V: ContractVersion, ID: j.ID, Scene: j.Scene, Target: j.Target, GuildID: j.GuildID,
-		Message: msg, NotAfter: timestamp(j.NotAfter), OnQuota: j.OnQuota, Meta: compact(j.Meta)}
+		Message: msg, NotAfter: timestamp(j.NotAfter), OnQuota: j.OnQuota, Fallback: j.Fallback, Meta: compact(j.Meta)}
 	if j.Passive() {
 		w.ReceivedAt = timestamp(j.Inbound.ReceivedAt)
 	}

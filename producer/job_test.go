@@ -34,9 +34,22 @@ func TestBuildersEncode(t *testing.T) {
 		{"extra in key order after the rest", func() (*producer.Job, error) {
 			return producer.GroupActive("G", producer.Message{Content: "c", Extra: map[string]any{"zz": 1, "aa": "x", "msg_type": 8}})
 		}, `{"msg_type":8,"content":"c","aa":"x","zz":1}`},
-		{"media by another form through Extra", func() (*producer.Job, error) {
-			return producer.GroupActive("G", producer.Message{Extra: map[string]any{"msg_type": 7, "media": map[string]any{"url": "https://x/y.png"}}})
-		}, `{"msg_type":7,"content":" ","media":{"url":"https://x/y.png"}}`},
+		{"media by URL through Extra", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{Extra: map[string]any{"msg_type": 7, "media": map[string]any{"url": "https://x/y.mp4", "file_type": 2}}})
+		}, `{"msg_type":7,"content":" ","media":{"file_type":2,"url":"https://x/y.mp4"}}`},
+		{"group image by URL gets a content", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Media(producer.FileImage, "https://cdn.example.com/a.png?sig=1&b=<2>"))
+		}, `{"msg_type":7,"content":" ","media":{"file_type":1,"url":"https://cdn.example.com/a.png?sig=1&b=<2>"}}`},
+		{"c2c reply by URL with text", func() (*producer.Job, error) {
+			return producer.C2CReply("U", in, producer.Message{Content: "listen", MediaURL: "http://h:8080/v.silk", FileType: producer.FileVoice}, producer.WithMsgSeq(3))
+		}, `{"msg_type":7,"content":"listen","media":{"file_type":3,"url":"http://h:8080/v.silk"},"msg_id":"M1","msg_seq":3}`},
+		{"reply with fallback", func() (*producer.Job, error) {
+			return producer.GroupReply("G", in, producer.Text("hi"), producer.WithID("r1"), producer.WithOnQuota(producer.QuotaDefer),
+				producer.WithFallback(producer.FallbackActive), producer.WithMeta(map[string]int{"n": 1}))
+		}, `{"v":1,"id":"r1","scene":"group","target":"G","message":{"msg_type":0,"content":"hi","msg_id":"M1"},"received_at":"2026-05-01T04:00:00Z","on_quota":"defer","fallback":"active","meta":{"n":1}}`},
+		{"active with fallback none", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Text("hi"), producer.WithID("a1"), producer.WithFallback(producer.FallbackNone))
+		}, `{"v":1,"id":"a1","scene":"c2c","target":"U","message":{"msg_type":0,"content":"hi"},"fallback":"none"}`},
 		{"channel image and content", func() (*producer.Job, error) {
 			return producer.ChannelReply("CH", "GU", in, producer.Message{Content: "see", Image: "https://x/y.png"})
 		}, `{"content":"see","image":"https://x/y.png","msg_id":"M1"}`},
@@ -137,6 +150,29 @@ func TestRefusedByTheProducer(t *testing.T) {
 		{"image on a group", func() (*producer.Job, error) {
 			return producer.GroupActive("G", producer.Message{Content: "x", Image: "https://x/y.png"})
 		}, "message.image"},
+		{"media by URL and markdown", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{MediaURL: "https://x/a.png", FileType: producer.FileImage, Markdown: map[string]string{}})
+		}, "message"},
+		{"media by URL and Ark", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Message{MediaURL: "https://x/a.png", FileType: producer.FileImage, Ark: map[string]int{"template_id": 1}})
+		}, "message"},
+		{"media by URL twice", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Message{MediaURL: "https://x/a.png", FileType: producer.FileImage,
+				Extra: map[string]any{"media": map[string]any{"file_type": 1, "url": "https://x/b.png"}}})
+		}, "message.media"},
+		{"media URL not UTF-8", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Media(producer.FileImage, "https://x/a\xff.png"))
+		}, "message.media.url"},
+		{"media by URL with Extra msg_type 0", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Message{Content: "x", MediaURL: "https://x/a.png", FileType: producer.FileImage, Extra: map[string]any{"msg_type": 0}})
+		}, "message.msg_type"},
+		{"image by Media on a channel", func() (*producer.Job, error) {
+			return producer.ChannelActive("CH", "G", producer.Media(producer.FileImage, "https://x/a.png"))
+		}, "message.media.file_type"},
+		{"fallback on an active Validate", func() (*producer.Job, error) {
+			j := &producer.Job{Scene: producer.Group, Target: "T", Message: producer.Text("x"), Fallback: producer.FallbackActive}
+			return j, j.Validate()
+		}, "fallback"},
 		{"file_info on a dm", func() (*producer.Job, error) {
 			return producer.DMActive("D", producer.Message{Content: "x", FileInfo: "F"})
 		}, "message.media"},
@@ -164,6 +200,19 @@ func TestRefusedByTheProducer(t *testing.T) {
 	}
 	if err := (*producer.Job)(nil).Validate(); !errors.Is(err, producer.ErrInvalidJob) {
 		t.Errorf("nil job: %v", err)
+	}
+}
+
+// TestMediaURLStaysOutOfErrors: a refused media URL is not quoted in the
+// error, since a signed URL is a credential.
+func TestMediaURLStaysOutOfErrors(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"https://user:secret@x/a.png", "ftp://x/secret.png", "https://x/secret file.png", "https://x:secret/a.png",
+		"https://x/" + strings.Repeat("secret", 400)} {
+		_, err := producer.GroupActive("G", producer.Media(producer.FileImage, u))
+		if !errors.Is(err, producer.ErrInvalidJob) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%.40s: %v", u, err)
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package producer_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -45,6 +46,64 @@ func TestPublishAndWaitSendsOnce(t *testing.T) {
 	}
 	if n := accepted(e, target); n != 1 {
 		t.Errorf("the simulator accepted %d messages for %s, want 1", n, target)
+	}
+}
+
+// TestMediaByURLAndFallback: a group image by URL reaches the simulator as
+// a msg_type 7 message carrying the file_info of an upload, not the URL;
+// a late reply with FallbackActive goes as an active message (no msg_seq),
+// one without ends expired.
+func TestMediaByURLAndFallback(t *testing.T) {
+	t.Parallel()
+	e := sharedEnv()
+	pub, _ := e.publisher(t)
+	ctx := testCtx(t)
+	target := uniq("G")
+	const url = "https://cdn.example.com/poster.png?sig=abc&exp=1"
+	job, err := producer.GroupActive(target, producer.Media(producer.FileImage, url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pub.PublishAndWait(ctx, job)
+	if err != nil || out.Status != producer.StatusSent || out.MessageID == "" {
+		t.Fatalf("media by URL: %+v, %v", out, err)
+	}
+	var sent []json.RawMessage
+	for _, m := range e.sim.Accepted() {
+		if m.Target == target {
+			sent = append(sent, m.Body)
+		}
+	}
+	if len(sent) != 1 {
+		t.Fatalf("the simulator accepted %d messages for %s, want 1", len(sent), target)
+	}
+	var body struct {
+		MsgType int    `json:"msg_type"`
+		Content string `json:"content"`
+		Media   map[string]any
+	}
+	if err := json.Unmarshal(sent[0], &body); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := body.Media["file_info"].(string); body.MsgType != 7 || body.Content != " " || fi == "" || body.Media["url"] != nil {
+		t.Errorf("the simulator got %s, want msg_type 7 with a file_info", sent[0])
+	}
+
+	at := time.Now().Add(-time.Hour) // the group reply window is 5 minutes
+	late := producer.InboundMessage(e.inboundAt(producer.Group, target, at), at)
+	for _, tt := range []struct {
+		fallback producer.FallbackPolicy
+		status   producer.Status
+		outcome  string
+	}{{producer.FallbackActive, producer.StatusSent, "active"}, {"", producer.StatusExpired, ""}} {
+		job, err := producer.GroupReply(target, late, producer.Text("late "+string(tt.fallback)), producer.WithFallback(tt.fallback))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := pub.PublishAndWait(ctx, job)
+		if err != nil || out.Status != tt.status || out.Fallback != tt.outcome || tt.outcome != "" && out.MsgSeq != 0 {
+			t.Errorf("late reply with fallback %q: %+v, %v; want %s", tt.fallback, out, err, tt.status)
+		}
 	}
 }
 
