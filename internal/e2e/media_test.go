@@ -235,9 +235,17 @@ func TestMediaUploadFailures(t *testing.T) {
 	if st := b.Sim.Stats(); st.Uploads != 1 || st.Faulted != 1+2+3 {
 		t.Fatalf("stats %+v: want 1 accepted upload and 6 scripted failures (1 refused, 2 flaky, 3 down)", st)
 	}
+	// The DLQ copy is written after the outcome: wait for it.
 	for _, id := range []string{"up-refused", "up-down"} {
-		if e, err := b.DLQ.List(t.Context(), dlqFilter(id)); err != nil || len(e) != 1 {
-			t.Fatalf("dlq %s: %d entries, %v; want 1", id, len(e), err)
+		var n int
+		var lerr error
+		waitFor(t, "the DLQ entry of "+id, 30*time.Second, func() bool {
+			e, err := b.DLQ.List(t.Context(), dlqFilter(id))
+			n, lerr = len(e), err
+			return err == nil && len(e) >= 1
+		})
+		if lerr != nil || n != 1 {
+			t.Fatalf("dlq %s: %d entries, %v; want 1", id, n, lerr)
 		}
 	}
 }
