@@ -1,12 +1,14 @@
 package ratelimit
 
 import (
+	"cmp"
 	_ "embed"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -301,7 +303,7 @@ func DefaultPolicyYAML() []byte { return append([]byte(nil), defaultPolicyYAML..
 func LoadPolicy(path string) (Policy, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return Policy{}, fmt.Errorf("ratelimit: read policy: %w", err)
+		return Policy{}, fmt.Errorf("read policy file: %w", err)
 	}
 	p, err := ParsePolicy(b)
 	if err != nil {
@@ -364,13 +366,53 @@ func parsePolicy(b []byte, base Policy) (Policy, error) {
 		}
 		d.decode(root, reflect.ValueOf(&p).Elem(), "")
 	}
-	if len(d.errs) > 0 {
-		return Policy{}, errors.Join(d.errs...)
-	}
+	// Every problem at once: what could not be decoded, then what is
+	// wrong with the values that could, in the order of the file.
+	errs := d.errs
 	if err := p.validate(d.lines); err != nil {
-		return Policy{}, err
+		for _, e := range unjoin(err) {
+			if pe, ok := e.(*PolicyError); ok && d.failedAt(pe.Path) {
+				continue // the decode error at or above this path says it
+			}
+			errs = append(errs, e)
+		}
+	}
+	if len(errs) > 0 {
+		slices.SortStableFunc(errs, func(a, b error) int { return cmp.Compare(errLine(a), errLine(b)) })
+		return Policy{}, errors.Join(errs...)
 	}
 	return p, nil
+}
+
+// unjoin lists the errors errors.Join put together.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// errLine orders errors by their line; errors without one come last.
+func errLine(err error) int {
+	var pe *PolicyError
+	if errors.As(err, &pe) && pe.Line > 0 {
+		return pe.Line
+	}
+	return math.MaxInt
+}
+
+// failedAt reports whether decoding failed at path or at a key above it.
+func (d *policyDecoder) failedAt(path string) bool {
+	for _, e := range d.errs {
+		var pe *PolicyError
+		if !errors.As(e, &pe) {
+			continue
+		}
+		if pe.Path == path || pe.Path == "(top level)" || strings.HasPrefix(path, pe.Path+".") {
+			return true
+		}
+	}
+	return false
 }
 
 // Validate checks every rule, resolves the zone and fills the zero global

@@ -220,6 +220,35 @@ func TestParsePolicyReportsEveryError(t *testing.T) {
 	}
 }
 
+// TestParsePolicyReportsDecodeAndValueErrorsAtOnce: an unknown key or a
+// value of the wrong type does not hide a bad value elsewhere; all come at
+// once in the order of the file, and a key that could not be decoded is
+// reported once (not again as the zero value it was left at).
+func TestParsePolicyReportsDecodeAndValueErrorsAtOnce(t *testing.T) {
+	t.Parallel()
+	doc := "scenes:\n  group:\n    active:\n      rate:\n        per_bot: {limit: -1}\n" + // line 5: a bad value
+		"  dm:\n    active:\n      rate:\n        per_target: {limit: 3, per: soon}\n" + // line 9: a bad type
+		"zones: UTC\n" // line 10: an unknown key
+	_, err := ParsePolicy([]byte(doc))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	want := []string{
+		"policy: scenes.group.active.rate.per_bot.limit: must be positive, got -1 (line 5)",
+		"policy: scenes.dm.active.rate.per_target.per: want a duration such as 1s, 5m or 24h, got \"soon\" (line 9)",
+		"policy: zones: unknown key",
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("%d errors, want %d:\n%v", len(lines), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("error %d = %q, want %q", i+1, lines[i], w)
+		}
+	}
+}
+
 func TestLoadPolicy(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
