@@ -1512,8 +1512,17 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	if !stored.Status.Delivered() {
 		ev = r.log.Warn()
 	}
-	ev.Str("status", string(stored.Status)).Int("attempt", stored.Attempts).Str("trace_id", stored.TraceID).
-		Int("code", stored.Code).Str("message_id", stored.MessageID).Str("reason", stored.Reason).Msg("job finished")
+	ev = ev.Str("status", string(stored.Status)).Int("attempt", stored.Attempts)
+	// Empty fields are left out: a sent job has no code or reason.
+	for _, f := range [...]struct{ key, val string }{{"trace_id", stored.TraceID}, {"message_id", stored.MessageID}, {"reason", stored.Reason}} {
+		if f.val != "" {
+			ev = ev.Str(f.key, f.val)
+		}
+	}
+	if stored.Code != 0 {
+		ev = ev.Int("code", stored.Code)
+	}
+	ev.Msg("job finished")
 	if p.cfg.Observer != nil {
 		p.cfg.Observer.Outcome(stored, p.cfg.Clock.Now().Sub(r.start))
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -72,7 +73,7 @@ func (f *dlqFlags) register(c *command, filters bool) {
 	}
 	c.String(&f.scene, "scene", "QQDISPATCH_DLQ_SCENE", "", "only entries of this `scene` (c2c, group, channel, dm, or invalid for unusable subjects)")
 	c.String(&f.target, "target", "QQDISPATCH_DLQ_TARGET", "", "only entries for this `target`")
-	c.String(&f.status, "status", "QQDISPATCH_DLQ_STATUS", "", "only entries with this outcome `status` (failed, rejected, invalid, expired, ...)")
+	c.String(&f.status, "status", "QQDISPATCH_DLQ_STATUS", "", "only entries with this outcome `status`: "+dlqStatusList())
 	c.String(&f.jobID, "job-id", "QQDISPATCH_DLQ_JOB_ID", "", "only entries of this job `id`")
 	c.Int(&f.limit, "limit", "QQDISPATCH_DLQ_LIMIT", 0, "at most this many entries (0: all)")
 }
@@ -81,10 +82,35 @@ func (f *dlqFlags) filter(c *command) (queue.DLQFilter, error) {
 	if f.scene != "" && f.scene != "invalid" && !dispatcher.Scene(f.scene).Valid() {
 		return queue.DLQFilter{}, usagef(c.name, "--scene: %q is not c2c, group, channel, dm or invalid", f.scene)
 	}
+	if f.status != "" && !dlqStatus(dispatcher.Status(f.status)) {
+		return queue.DLQFilter{}, usagef(c.name, "--status: %q is not a status of a DLQ entry (%s)", f.status, dlqStatusList())
+	}
 	if f.limit < 0 {
 		return queue.DLQFilter{}, usagef(c.name, "--limit must not be negative")
 	}
 	return queue.DLQFilter{Scene: f.scene, Target: f.target, JobID: f.jobID, Status: dispatcher.Status(f.status), Limit: f.limit}, nil
+}
+
+// dlqStatuses are the outcome statuses a DLQ entry can have: every one
+// but the delivered ones.
+func dlqStatuses() []dispatcher.Status {
+	var out []dispatcher.Status
+	for _, s := range statusOrder {
+		if !s.Delivered() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func dlqStatus(s dispatcher.Status) bool { return containsStatus(dlqStatuses(), s) }
+
+func dlqStatusList() string {
+	var names []string
+	for _, s := range dlqStatuses() {
+		names = append(names, string(s))
+	}
+	return strings.Join(names, ", ")
 }
 
 // open connects and binds the DLQ.
@@ -103,8 +129,9 @@ func (f *dlqFlags) open(ctx context.Context, c *command) (*queue.DLQ, func(), er
 	}
 	d, err := queue.NewDLQ(ctx, js, names)
 	if err != nil {
+		err = storeError(ctx, js, err, []string{names.DLQStream}, []string{names.OutcomeBucket, names.LedgerBucket})
 		nc.Close()
-		return nil, nil, noStreamHint(err)
+		return nil, nil, err
 	}
 	return d, nc.Close, nil
 }
@@ -121,7 +148,7 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 		asJSON bool
 	)
 	c := newCommand("dlq ls", "qqdispatch dlq ls [flags]",
-		"List DLQ entries, oldest first, as a table: seq, time, job id, status, code, reason.",
+		"List DLQ entries, oldest first, as a table: seq, time, scene, target, job id, status, code, reason.",
 		"qqdispatch dlq ls\nqqdispatch dlq ls --scene group --status failed --limit 20\nqqdispatch dlq ls --json")
 	f.register(c, true)
 	c.Bool(&asJSON, "json", "QQDISPATCH_DLQ_JSON", false, "print one JSON object per entry instead of a table")
@@ -145,13 +172,13 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 	defer closeConn()
 	entries, err := d.List(ctx, filter)
 	if err != nil {
-		return fmt.Errorf("dlq ls: %w", err)
+		return fmt.Errorf("list DLQ stream: %w", dlqError(err))
 	}
 	if asJSON {
 		enc := json.NewEncoder(cl.stdout)
 		enc.SetEscapeHTML(false)
 		for _, e := range entries {
-			if err := enc.Encode(entryJSON(e)); err != nil {
+			if err := enc.Encode(entryJSON(f.nats.names(), e)); err != nil {
 				return err
 			}
 		}
@@ -162,7 +189,7 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(cl.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tJOB ID\tSTATUS\tCODE\tREASON")
+	fmt.Fprintln(tw, "SEQ\tTIME\tSCENE\tTARGET\tJOB ID\tSTATUS\tCODE\tREASON")
 	for _, e := range entries {
 		code := ""
 		if e.Code != 0 {
@@ -172,15 +199,30 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 		if e.Truncated != "" {
 			reason = "[" + e.Truncated + " truncated] " + reason
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), clip(printable(e.JobID), 80), e.Status, code, clip(printable(reason), 100))
+		scene, target := dlqPlace(f.nats.names(), e.Subject)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), dash(scene), dash(clip(printable(target), 40)),
+			clip(printable(e.JobID), 80), e.Status, dash(code), clip(printable(reason), 100))
 	}
 	return tw.Flush()
 }
 
-func entryJSON(e queue.DLQEntry) map[string]any {
+// dlqPlace reads the scene and target from a DLQ subject,
+// {prefix}.dlq.{scene}.{target} (scene "invalid" for a job whose subject
+// was unusable).
+func dlqPlace(names queue.Config, subject string) (scene, target string) {
+	rest, ok := strings.CutPrefix(subject, names.Prefix+".dlq.")
+	if !ok {
+		return "", ""
+	}
+	scene, target, _ = strings.Cut(rest, ".")
+	return scene, target
+}
+
+func entryJSON(names queue.Config, e queue.DLQEntry) map[string]any {
+	scene, target := dlqPlace(names, e.Subject)
 	m := map[string]any{
-		"seq": e.Seq, "time": e.Time.UTC(), "subject": e.Subject, "job_id": e.JobID, "status": e.Status,
-		"reason": e.Reason, "attempts": e.Attempts, "original_subject": e.OriginalSubject,
+		"seq": e.Seq, "time": e.Time.UTC(), "subject": e.Subject, "scene": scene, "target": target, "job_id": e.JobID,
+		"status": e.Status, "reason": e.Reason, "attempts": e.Attempts, "original_subject": e.OriginalSubject,
 	}
 	if e.Code != 0 {
 		m["code"] = e.Code
@@ -192,6 +234,22 @@ func entryJSON(e queue.DLQEntry) map[string]any {
 		m["truncated"], m["original_size"] = e.Truncated, e.OriginalSize
 	}
 	return m
+}
+
+// entries says how many DLQ entries: "1 entry", "3 entries".
+func entries(n int) string {
+	if n == 1 {
+		return "1 entry"
+	}
+	return strconv.Itoa(n) + " entries"
+}
+
+// dlqError says what the DLQ answered, in the user's terms.
+func dlqError(err error) error {
+	if errors.Is(err, queue.ErrDLQNotFound) {
+		return errors.New("no such DLQ entry (see `qqdispatch dlq ls`)")
+	}
+	return err
 }
 
 // printable makes text from a DLQ entry (producers chose some of it) safe
@@ -260,7 +318,7 @@ func dlqShow(ctx context.Context, cl *cli, args []string) error {
 	defer closeConn()
 	e, err := d.Get(ctx, seq)
 	if err != nil {
-		return fmt.Errorf("dlq show: %w", err)
+		return fmt.Errorf("DLQ entry seq %d: %w", seq, dlqError(err))
 	}
 	w := cl.stdout
 	fmt.Fprintf(w, "Seq: %d\nTime: %s\nSubject: %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339Nano), printable(e.Subject))
@@ -337,7 +395,7 @@ func dlqReplay(ctx context.Context, cl *cli, args []string) error {
 	if all {
 		entries, err := d.List(ctx, filter)
 		if err != nil {
-			return fmt.Errorf("dlq replay: %w", err)
+			return fmt.Errorf("list DLQ stream: %w", dlqError(err))
 		}
 		for _, e := range entries {
 			seqs = append(seqs, e.Seq)
@@ -345,13 +403,17 @@ func dlqReplay(ctx context.Context, cl *cli, args []string) error {
 	}
 	n := 0
 	for _, seq := range seqs {
-		if err := d.Replay(ctx, seq); err != nil {
-			return fmt.Errorf("dlq replay %d (after replaying %d): %w", seq, n, err)
+		e, err := d.Get(ctx, seq)
+		if err == nil {
+			err = d.Replay(ctx, seq)
+		}
+		if err != nil {
+			return fmt.Errorf("replay DLQ entry seq %d (after replaying %s): %w", seq, entries(n), dlqError(err))
 		}
 		n++
-		fmt.Fprintf(cl.stdout, "replayed %d\n", seq)
+		fmt.Fprintf(cl.stdout, "seq %d: replayed job %s\n", seq, printable(e.JobID))
 	}
-	fmt.Fprintf(cl.stdout, "replayed %d entries\n", n)
+	fmt.Fprintf(cl.stdout, "replayed %s\n", entries(n))
 	return nil
 }
 
@@ -388,8 +450,8 @@ func dlqPurge(ctx context.Context, cl *cli, args []string) error {
 	defer closeConn()
 	n, err := d.Purge(ctx, filter)
 	if err != nil {
-		return fmt.Errorf("dlq purge (after deleting %d): %w", n, err)
+		return fmt.Errorf("purge DLQ stream (after deleting %s): %w", entries(n), dlqError(err))
 	}
-	fmt.Fprintf(cl.stdout, "deleted %d entries\n", n)
+	fmt.Fprintf(cl.stdout, "deleted %s\n", entries(n))
 	return nil
 }

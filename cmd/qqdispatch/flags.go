@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -40,23 +41,83 @@ func (c *command) String(p *string, name, env, def, usage string) {
 }
 
 func (c *command) Bool(p *bool, name, env string, def bool, usage string) {
-	c.fs.BoolVar(p, name, def, usage)
+	*p = def
+	c.fs.Var((*boolValue)(p), name, usage)
 	c.bind(name, env)
 }
 
 func (c *command) Int(p *int, name, env string, def int, usage string) {
-	c.fs.IntVar(p, name, def, usage)
+	*p = def
+	c.fs.Var((*intValue)(p), name, usage)
 	c.bind(name, env)
 }
 
 func (c *command) Float(p *float64, name, env string, def float64, usage string) {
-	c.fs.Float64Var(p, name, def, usage)
+	*p = def
+	c.fs.Var((*floatValue)(p), name, usage)
 	c.bind(name, env)
 }
 
 func (c *command) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
-	c.fs.DurationVar(p, name, def, usage)
+	*p = def
+	c.fs.Var((*durationValue)(p), name, usage)
 	c.bind(name, env)
+}
+
+// Flag values whose parse errors say what a good value looks like (the
+// flag package's own say only "parse error").
+
+type boolValue bool
+
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("want true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
+
+type intValue int
+
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("not a whole number")
+	}
+	*v = intValue(n)
+	return nil
+}
+
+type floatValue float64
+
+func (v *floatValue) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+
+func (v *floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return errors.New("not a number (e.g. 0.25)")
+	}
+	*v = floatValue(f)
+	return nil
+}
+
+type durationValue time.Duration
+
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("not a duration: give a number with a unit, such as 30s, 5m, 1h30m or 500ms")
+	}
+	*v = durationValue(d)
+	return nil
 }
 
 // EnvOnly documents a variable that deliberately has no flag (a secret).
@@ -100,11 +161,21 @@ func (c *command) parse(args []string, env func(string) string, stdout io.Writer
 		}
 		if v := env(ev); v != "" {
 			if err := c.fs.Set(f.Name, v); err != nil {
-				bad = usagef(c.name, "environment variable %s: invalid value for --%s", ev, f.Name)
+				bad = usagef(c.name, "environment variable %s: invalid value %q for --%s: %s", ev, v, f.Name, flagReason(err))
 			}
 		}
 	})
 	return pos, bad
+}
+
+// flagReason is what a flag value's Set said, without the flag package's
+// wrapping.
+func flagReason(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s, "invalid ") {
+		return s[i+2:]
+	}
+	return s
 }
 
 // isSet reports whether the flag was given on the command line or through
@@ -124,6 +195,9 @@ func (c *command) printHelp(w io.Writer) {
 		b.WriteString("\nFlags (a flag wins over its environment variable):\n")
 		c.fs.VisitAll(func(f *flag.Flag) {
 			arg, usage := flag.UnquoteUsage(f)
+			if arg == "value" {
+				arg = valueWord(f.Value)
+			}
 			if arg != "" {
 				arg = " " + arg
 			}
@@ -151,6 +225,21 @@ func (c *command) printHelp(w io.Writer) {
 		}
 	}
 	_, _ = io.WriteString(w, b.String())
+}
+
+// valueWord names a flag's kind of value in --help when its usage does not.
+func valueWord(v flag.Value) string {
+	switch v.(type) {
+	case *boolValue:
+		return ""
+	case *intValue:
+		return "int"
+	case *floatValue:
+		return "float"
+	case *durationValue:
+		return "duration"
+	}
+	return "value"
 }
 
 // noArgs rejects positional arguments for commands that take none.

@@ -16,6 +16,14 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
+// setLogFormats makes zerolog write durations as Go durations with their
+// unit ("grace":"30s", "took":"1.5s"), not as bare numbers. zerolog keeps
+// this setting in package variables, so it is set once, by main (and by
+// the tests' TestMain) before anything logs.
+func setLogFormats() {
+	zerolog.DurationFieldFormat = zerolog.DurationFormatString
+}
+
 // newLogger builds the process logger: JSON lines, or the console format
 // when asked or (auto) when w is a terminal.
 func newLogger(w io.Writer, format, level string) (zerolog.Logger, error) {

@@ -17,6 +17,7 @@ import (
 )
 
 func main() {
+	setLogFormats()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
 	stop()
@@ -47,8 +48,9 @@ func commands() []commandInfo {
 		{"send", "publish a job, or many from a JSON Lines file; --wait prints its outcome", cmdSend},
 		{"outcome", "print a job's outcome; --watch waits for it", cmdOutcome},
 		{"dlq", "list, show, replay and purge the dead-letter queue", cmdDLQ},
-		{"status", "show the fleet: members, partition owners, backlog and lag", cmdStatus},
+		{"status", "show the fleet: members, partition owners, backlog and lag; --watch keeps it live", cmdStatus},
 		{"sim", "run the QQ OpenAPI simulator as an HTTP server", cmdSim},
+		{"demo", "run a worker on the simulator with a broadcast and live replies, and watch it", cmdDemo},
 		{"version", "print the version", cmdVersion},
 	}
 }
@@ -129,8 +131,32 @@ func exitCode(err error, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "qqdispatch %s: %s (run 'qqdispatch %s --help')\n", ue.cmd, oneLine(ue.msg), ue.cmd)
 		return 2
 	}
-	fmt.Fprintf(stderr, "qqdispatch: %s\n", oneLine(err.Error()))
+	fmt.Fprintf(stderr, "qqdispatch: %s\n", userText(err))
 	return 1
+}
+
+// internalPackages are this module's packages whose names start their
+// errors ("queue: ..."). The commands wrap errors in the user's terms
+// (flag, file, stream, bucket); the package names add nothing to that and
+// are left out of what the user reads.
+func internalPackages() []string {
+	return []string{"queue", "ratelimit", "dispatcher", "qqapi", "qqsim", "qqsend", "worker", "sched", "telemetry", "producer"}
+}
+
+// userText is err as one line for the user: without the package names
+// that start the messages of this module's packages.
+func userText(err error) string {
+	s := oneLine(err.Error())
+	for _, pkg := range internalPackages() {
+		p := pkg + ": "
+		if strings.HasPrefix(s, p) {
+			s = s[len(p):]
+		}
+		for _, sep := range []string{": ", "; ", "("} {
+			s = strings.ReplaceAll(s, sep+p, sep)
+		}
+	}
+	return s
 }
 
 // oneLine joins a multi-line message (errors.Join) into one line.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ const binaryEnv = "QQDISPATCH_TEST_BINARY"
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	setLogFormats()
 	var dir string
 	if !testing.Short() {
 		var err error
@@ -126,7 +128,14 @@ func oneErrorLine(t *testing.T, r result, code int, wants ...string) {
 			t.Fatalf("stderr %q does not contain %q", r.stderr, w)
 		}
 	}
+	if m := packagePrefix.FindString(r.stderr); m != "" {
+		t.Fatalf("stderr %q speaks of the package %q; errors speak the user's terms", r.stderr, m)
+	}
 }
+
+// packagePrefix finds a message that starts with one of this module's
+// package names ("queue: ...").
+var packagePrefix = regexp.MustCompile(`\b(queue|ratelimit|dispatcher|qqapi|qqsim|qqsend|worker|sched|telemetry|producer): `)
 
 func TestHelp(t *testing.T) {
 	t.Parallel()
@@ -191,7 +200,6 @@ func TestUsageErrors(t *testing.T) {
 		{"send message and content", nil, []string{"send", "--scene", "group", "--target", "t", "--content", "x", "--message", `{"content":"y"}`}, []string{"--content"}},
 		{"send bad message", nil, []string{"send", "--scene", "group", "--target", "t", "--message", `[1]`}, []string{"--message: not a JSON object"}},
 		{"send file and flags", nil, []string{"send", "--file", "x.json", "--scene", "group"}, []string{"--file cannot be combined with --scene"}},
-		{"send bulk wait", nil, []string{"send", "--file", "x.jsonl", "--wait"}, []string{"--wait takes one job"}},
 		{"outcome no id", nil, []string{"outcome"}, []string{"job ID is required"}},
 		{"dlq no subcommand", nil, []string{"dlq"}, []string{"subcommand is required"}},
 		{"dlq unknown subcommand", nil, []string{"dlq", "rm"}, []string{`unknown subcommand "rm"`}},
@@ -329,21 +337,43 @@ func TestSplitLines(t *testing.T) {
 	}
 }
 
-func TestProgressDrawsOnlyOnATerminal(t *testing.T) {
+// TestProgress: on a terminal the bar is redrawn in place with the counts
+// and an estimate of the time left; elsewhere a line comes once per
+// interval and never a control character.
+func TestProgress(t *testing.T) {
 	t.Parallel()
-	var off, on bytes.Buffer
-	p := newProgress(&off, 10, false)
-	p.add(10)
-	p.done()
-	if off.Len() != 0 {
-		t.Fatalf("progress drew %q when off", off.String())
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+
+	var plain bytes.Buffer
+	p := newProgress(&plain, false, 10*time.Second, clock)
+	p.update("outcomes", 1, 4, "sent 1", false)
+	if plain.Len() != 0 {
+		t.Fatalf("a line before the interval passed: %q", plain.String())
 	}
-	p = newProgress(&on, 4, true)
-	p.add(2)
-	p.add(2)
-	p.done()
-	if !strings.Contains(on.String(), "4/4") || !strings.HasSuffix(on.String(), "\n") {
-		t.Fatalf("progress drew %q", on.String())
+	now = now.Add(10 * time.Second)
+	p.update("outcomes", 2, 4, "sent 2", false)
+	p.update("outcomes", 3, 4, "sent 3", false) // same instant: no line
+	p.end()
+	if got, want := plain.String(), "outcomes: 2/4 (sent 2), about 10s left\n"; got != want {
+		t.Fatalf("lines %q, want %q", got, want)
+	}
+
+	var tty bytes.Buffer
+	p = newProgress(&tty, true, time.Hour, clock)
+	p.phase()
+	now = now.Add(3 * time.Second)
+	p.update("publishing", 3, 4, "", true)
+	p.update("publishing", 4, 4, "", true)
+	p.end()
+	out := tty.String()
+	for _, want := range []string{"\rpublishing [", "3/4 · about 1s left\x1b[K", "4/4\x1b[K"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("bar %q lacks %q", out, want)
+		}
+	}
+	if !strings.HasSuffix(out, "\n") {
+		t.Errorf("bar %q does not end its line", out)
 	}
 }
 
@@ -355,7 +385,7 @@ func TestDocsListEveryFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range [][]string{{"serve"}, {"send"}, {"outcome"}, {"dlq", "ls"}, {"dlq", "show"}, {"dlq", "replay"}, {"dlq", "purge"}, {"sim"}} {
+	for _, cmd := range [][]string{{"serve"}, {"send"}, {"outcome"}, {"dlq", "ls"}, {"dlq", "show"}, {"dlq", "replay"}, {"dlq", "purge"}, {"status"}, {"sim"}, {"demo"}} {
 		r := runCLI(t, nil, append(cmd, "--help")...)
 		for _, line := range strings.Split(r.stdout, "\n") {
 			f := strings.Fields(line)

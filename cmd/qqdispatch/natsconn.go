@@ -263,6 +263,24 @@ func redactURLs(list string) string {
 	return strings.Join(parts, ",")
 }
 
+// storeError explains why a command could not bind the streams and
+// buckets it needs (err is what the binding said): it names the first one
+// missing on the server, in the user's terms. Other failures keep their
+// cause, without the package's own wording.
+func storeError(ctx context.Context, js jetstream.JetStream, err error, streams, buckets []string) error {
+	for _, name := range streams {
+		if _, serr := js.Stream(ctx, name); errors.Is(serr, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("stream %s does not exist on this server (start `qqdispatch serve` once, it creates it)", name)
+		}
+	}
+	for _, name := range buckets {
+		if _, berr := js.KeyValue(ctx, name); errors.Is(berr, jetstream.ErrBucketNotFound) {
+			return fmt.Errorf("bucket %s does not exist on this server (start `qqdispatch serve` once, it creates it)", name)
+		}
+	}
+	return noStreamHint(cause(err))
+}
+
 // noStreamHint explains the usual reason a publish finds no stream.
 func noStreamHint(err error) error {
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrStreamNotFound) {

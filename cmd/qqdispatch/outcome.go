@@ -71,9 +71,9 @@ func cmdOutcome(ctx context.Context, cl *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	rec, err := queue.NewRecorder(ctx, js, names)
+	rec, err := openRecorder(ctx, js, names)
 	if err != nil {
-		return noStreamHint(err)
+		return err
 	}
 	if !watch {
 		out, ok, err := rec.Lookup(ctx, id)

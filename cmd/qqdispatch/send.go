@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,8 +28,10 @@ type sendOpts struct {
 	guildID, id, notAfter    string
 	onQuota, meta, message   string
 	file                     string
+	idsFile                  string
 	wait                     bool
 	timeout                  time.Duration
+	every                    time.Duration // --progress-interval
 }
 
 // jobFlags are the flags that describe one job; --file replaces them all.
@@ -37,18 +39,25 @@ var jobFlags = []string{"scene", "target", "content", "msg-type", "msg-id", "eve
 
 const sendDesc = `
 Publish one send job to NATS JetStream, built from flags or read from a JSON file, or many jobs from a JSON Lines
-file (one job per line) with a summary of what was published, what the stream dropped as a duplicate, and which
-lines failed. A job is passive (a reply) when it has --msg-id or --event-id; then --received-at is required.
+file (one job per line). A job is passive (a reply) when it has --msg-id or --event-id; then --received-at is
+required.
 
 The job is checked against the job contract (docs/job-contract.md) before it is published; an invalid one is not
-published and the error names the field. The job id (--id, or the file's "id") and the body's hash become
-Nats-Msg-Id, so publishing the same job twice within the stream's duplicate window stores it once. A different job
-reusing an id ends rejected under its conflict id (docs/job-contract.md); --wait follows it there. Without an id
-one is generated.
+published and the error names the field (for a job built from flags, the flag). The job id (--id, or the file's
+"id") and the body's hash become Nats-Msg-Id, so publishing the same job twice within the stream's duplicate window
+stores it once. A different job reusing an id ends rejected under its conflict id (docs/job-contract.md); --wait
+follows it there. Without --id a job built from flags gets a random id. A job read from a file without "id" gets
+one derived from its content (content-<hash>, or the worker's own reply-... id for a reply that sets msg_seq), so
+running the same file again does not send its jobs again: the worker skips them for 24 hours.
 
 Output: the job id on stdout; with --wait the outcome as JSON, and the exit status is 0 only when the outcome is
-sent or pending_audit. A file whose name ends in .jsonl or .ndjson, or "-" (stdin), is read as JSON Lines; a
-progress bar is drawn on stderr when it is a terminal.`
+sent or pending_audit. A file whose name ends in .jsonl or .ndjson, or "-" (stdin), is read as JSON Lines: the id of
+every published job goes to stdout (and to --ids-file), a summary and the lines that failed to stderr. With --wait
+it then follows the jobs to their outcomes and ends with a count by status. Progress goes to stderr: a bar with
+counts and an estimated time left on a terminal, a line every --progress-interval otherwise.
+
+Exit status: 0 every job published (and with --wait, every outcome sent or pending_audit); 1 a line failed, an
+outcome is not delivered, or --timeout passed first; 2 a mistake on the command line.`
 
 const sendExamples = `
 qqdispatch send --scene group --target GROUP_OPENID --content "hello" --wait
@@ -56,7 +65,8 @@ qqdispatch send --scene c2c --target USER_OPENID --content "pong" --msg-id INBOU
 qqdispatch send --scene channel --target CHANNEL_ID --guild-id GUILD_ID --content "build finished" --id build-4711
 qqdispatch send --scene group --target GROUP_OPENID --message '{"msg_type":2,"content":" ","markdown":{"content":"**hi**"}}'
 qqdispatch send --file job.json --wait --timeout 2m
-qqdispatch send --file jobs.jsonl`
+qqdispatch send --file jobs.jsonl --ids-file ids.txt
+qqdispatch send --file jobs.jsonl --wait --timeout 30m`
 
 func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	var o sendOpts
@@ -76,8 +86,10 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	c.String(&o.meta, "meta", "QQDISPATCH_SEND_META", "", "`JSON` object echoed into the outcome")
 	c.String(&o.message, "message", "QQDISPATCH_SEND_MESSAGE", "", "full QQ message body as a `JSON` object (instead of --content/--msg-type/--msg-id/--event-id)")
 	c.String(&o.file, "file", "QQDISPATCH_SEND_FILE", "", "read the job from `FILE` (.json: one job; .jsonl/.ndjson or -: one job per line)")
-	c.Bool(&o.wait, "wait", "QQDISPATCH_SEND_WAIT", false, "wait for the outcome and print it (exit 0 only for sent/pending_audit)")
+	c.String(&o.idsFile, "ids-file", "QQDISPATCH_SEND_IDS_FILE", "", "JSON Lines file: also write the published job ids to `FILE`, one per line")
+	c.Bool(&o.wait, "wait", "QQDISPATCH_SEND_WAIT", false, "wait for the outcome and print it (exit 0 only for sent/pending_audit); with a JSON Lines file, follow every job and print a count by status")
 	c.Duration(&o.timeout, "timeout", "QQDISPATCH_SEND_TIMEOUT", time.Minute, "give up after this long (publishing and --wait)")
+	c.Duration(&o.every, "progress-interval", "QQDISPATCH_SEND_PROGRESS_INTERVAL", 10*time.Second, "JSON Lines file, stderr not a terminal: print a progress line this often")
 	pos, err := c.parse(args, cl.env, cl.stdout)
 	if err != nil {
 		return err
@@ -88,6 +100,9 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	o.nats.password = cl.env("NATS_PASSWORD")
 	if o.timeout <= 0 {
 		return usagef(c.name, "--timeout must be positive, got %s", o.timeout)
+	}
+	if o.every <= 0 {
+		return usagef(c.name, "--progress-interval must be positive, got %s", o.every)
 	}
 	names := o.nats.names()
 
@@ -103,8 +118,8 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 			}
 		}
 		bulk = o.file == "-" || strings.HasSuffix(o.file, ".jsonl") || strings.HasSuffix(o.file, ".ndjson")
-		if bulk && o.wait {
-			return usagef(c.name, "--wait takes one job; for a JSON Lines file, check outcomes with `qqdispatch outcome ID --watch`")
+		if o.idsFile != "" && !bulk {
+			return usagef(c.name, "--ids-file goes with a JSON Lines --file (.jsonl, .ndjson or -); one job's id is printed on stdout")
 		}
 		if o.file == "-" {
 			data, err = io.ReadAll(cl.stdin)
@@ -116,7 +131,10 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 		}
 		label = o.file
 	} else {
-		data, err = o.jobFromFlags(c)
+		if o.idsFile != "" {
+			return usagef(c.name, "--ids-file goes with a JSON Lines --file (.jsonl, .ndjson or -); one job's id is printed on stdout")
+		}
+		data, err = o.jobFromFlags(c, names)
 		if err != nil {
 			return err
 		}
@@ -127,10 +145,10 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	if bulk {
 		return sendBulk(ctx, cl, &o, names, data)
 	}
-	pj, err := prepareJob(names, data)
+	pj, err := prepareJob(names, data, occurrences())
 	if err != nil {
 		if label != "" {
-			return fmt.Errorf("%s: %w", label, err)
+			return fmt.Errorf("file %s: %w", label, err)
 		}
 		return err
 	}
@@ -150,24 +168,22 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	// already names another job, under its conflict id.
 	var watch, conflict *queue.OutcomeWatch
 	if o.wait {
-		rec, err := queue.NewRecorder(ctx, js, names)
+		rec, err := openRecorder(ctx, js, names)
 		if err != nil {
-			return noStreamHint(err)
-		}
-		if watch, err = rec.Watch(ctx, pj.id); err != nil {
 			return err
 		}
-		defer watch.Stop()
-		if pj.given {
-			if conflict, err = rec.Watch(ctx, dispatcher.ConflictID(pj.id, pj.data)); err != nil {
-				return err
-			}
-			defer conflict.Stop()
+		if watch, err = rec.Watch(ctx, pj.id); err != nil {
+			return fmt.Errorf("watch the outcome of job %s: %w", pj.id, err)
 		}
+		defer watch.Stop()
+		if conflict, err = rec.Watch(ctx, pj.conflictID()); err != nil {
+			return fmt.Errorf("watch the outcome of job %s: %w", pj.id, err)
+		}
+		defer conflict.Stop()
 	}
 	res, err := pub.PublishRaw(ctx, pj.subject, pj.data, pj.header())
 	if err != nil {
-		return fmt.Errorf("publish: %w", noStreamHint(err))
+		return fmt.Errorf("publish job %s to stream %s: %w", pj.id, names.JobsStream, noStreamHint(cause(err)))
 	}
 	if res.Duplicate {
 		fmt.Fprintf(cl.stderr, "qqdispatch: job %s was already published within the duplicate window; not stored again\n", pj.id)
@@ -192,28 +208,51 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	return nil
 }
 
+// openRecorder binds the outcome bucket, saying what to do when it does
+// not exist.
+func openRecorder(ctx context.Context, js jetstream.JetStream, names queue.Config) (*queue.Recorder, error) {
+	rec, err := queue.NewRecorder(ctx, js, names)
+	if err != nil {
+		return nil, storeError(ctx, js, err, nil, []string{names.OutcomeBucket})
+	}
+	return rec, nil
+}
+
+// bucketError explains a KV bucket that could not be opened.
+func bucketError(what, bucket string, err error) error {
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("%s bucket %s does not exist on this server (start `qqdispatch serve` once, it creates it)", what, bucket)
+	}
+	return fmt.Errorf("%s bucket %s: %w", what, bucket, noStreamHint(cause(err)))
+}
+
+// cause drops one layer of wrapping from err, for errors whose outer
+// layer says in a package's terms what the caller says better itself.
+func cause(err error) error {
+	if inner := errors.Unwrap(err); inner != nil {
+		return inner
+	}
+	return err
+}
+
 // waitOwn waits for the outcome of the job pj: the one under its id when
 // it is this job's (its scene and target), else the one under its
-// conflict id (conflict is nil for a generated id).
+// conflict id.
 func waitOwn(ctx context.Context, pj preparedJob, own, conflict *queue.OutcomeWatch) (dispatcher.Outcome, error) {
 	type result struct {
 		o          dispatcher.Outcome
 		err        error
 		isConflict bool
 	}
-	n := 1
 	results := make(chan result, 2)
 	go func() { o, err := own.Wait(ctx); results <- result{o, err, false} }()
-	if conflict != nil {
-		n++
-		go func() { o, err := conflict.Wait(ctx); results <- result{o, err, true} }()
-	}
-	for range n {
+	go func() { o, err := conflict.Wait(ctx); results <- result{o, err, true} }()
+	for range 2 {
 		r := <-results
 		switch {
 		case r.err != nil:
 			return dispatcher.Outcome{}, r.err
-		case r.isConflict || r.o.Scene == "" || (r.o.Scene == pj.scene && r.o.Target == pj.target):
+		case r.isConflict || pj.owns(r.o):
 			return r.o, nil
 		}
 		// Another job's outcome under the id: this one's comes under the
@@ -222,8 +261,16 @@ func waitOwn(ctx context.Context, pj preparedJob, own, conflict *queue.OutcomeWa
 	return dispatcher.Outcome{}, fmt.Errorf("the outcome under id %s is another job's (scene %s, target %s)", pj.id, pj.scene, pj.target)
 }
 
-// jobFromFlags builds the job's JSON from the flags.
-func (o *sendOpts) jobFromFlags(c *command) ([]byte, error) {
+// owns reports whether o, found under the job's id, is this job's: one
+// for its scene and target (an outcome without them is an invalid job's,
+// under the id it named).
+func (p preparedJob) owns(o dispatcher.Outcome) bool {
+	return o.Scene == "" || (o.Scene == p.scene && o.Target == p.target)
+}
+
+// jobFromFlags builds the job's JSON from the flags and checks it against
+// the contract: whatever is wrong is a usage error naming the flag.
+func (o *sendOpts) jobFromFlags(c *command, names queue.Config) ([]byte, error) {
 	if o.scene == "" {
 		return nil, usagef(c.name, "--scene is required (c2c, group, channel or dm), or use --file")
 	}
@@ -234,6 +281,11 @@ func (o *sendOpts) jobFromFlags(c *command) ([]byte, error) {
 	if !scene.Valid() {
 		return nil, usagef(c.name, "--scene: %q is not c2c, group, channel or dm", o.scene)
 	}
+	switch dispatcher.QuotaPolicy(o.onQuota) {
+	case "", dispatcher.QuotaFail, dispatcher.QuotaDefer:
+	default:
+		return nil, usagef(c.name, "--on-quota: %q is not fail or defer", o.onQuota)
+	}
 	var msg json.RawMessage
 	if o.message != "" {
 		for _, f := range []string{"content", "msg-type", "msg-id", "event-id"} {
@@ -242,8 +294,8 @@ func (o *sendOpts) jobFromFlags(c *command) ([]byte, error) {
 			}
 		}
 		m := bytes.TrimSpace([]byte(o.message))
-		if !json.Valid(m) || len(m) == 0 || m[0] != '{' {
-			return nil, usagef(c.name, "--message: not a JSON object")
+		if !isJSONObject(m) {
+			return nil, usagef(c.name, "--message: not a JSON object (e.g. '{\"msg_type\":0,\"content\":\"hi\"}')")
 		}
 		msg = m
 	} else {
@@ -273,15 +325,63 @@ func (o *sendOpts) jobFromFlags(c *command) ([]byte, error) {
 	}
 	if o.meta != "" {
 		m := bytes.TrimSpace([]byte(o.meta))
-		if !json.Valid(m) {
-			return nil, usagef(c.name, "--meta: not valid JSON")
+		if !isJSONObject(m) {
+			return nil, usagef(c.name, "--meta: not a JSON object (e.g. '{\"order\":42}')")
 		}
 		job.Meta = m
 	}
 	if job.ID == "" {
 		job.ID = queue.NewJobID()
 	}
-	return json.Marshal(job)
+	data, err := json.Marshal(job)
+	if err != nil {
+		return nil, usagef(c.name, "cannot encode the job: %s", err)
+	}
+	if _, err := prepareJob(names, data, occurrences()); err != nil {
+		var ij *dispatcher.InvalidJobError
+		if errors.As(err, &ij) {
+			return nil, usagef(c.name, "%s", o.flagError(ij))
+		}
+		return nil, usagef(c.name, "%s", err)
+	}
+	return data, nil
+}
+
+// flagError says what is wrong with a job built from flags in the terms
+// of the flag behind the field.
+func (o *sendOpts) flagError(e *dispatcher.InvalidJobError) string {
+	flagOf := map[string]string{
+		"id": "--id", "scene": "--scene", "target": "--target", "guild_id": "--guild-id", "received_at": "--received-at",
+		"not_after": "--not-after", "on_quota": "--on-quota", "meta": "--meta",
+	}
+	if o.message == "" {
+		for field, f := range map[string]string{"message.content": "--content", "message.msg_type": "--msg-type", "message.msg_id": "--msg-id", "message.event_id": "--event-id"} {
+			flagOf[field] = f
+		}
+	}
+	f, ok := flagOf[e.Field]
+	switch {
+	case ok && e.Field == "guild_id" && o.guildID == "":
+		return fmt.Sprintf("--guild-id is required for the channel scene (the guild that owns channel %s)", o.target)
+	case ok && e.Field == "received_at" && o.received == "":
+		return "--received-at is required for a reply (with --msg-id or --event-id): RFC 3339 time or now"
+	case ok:
+		return f + ": " + e.Reason
+	case strings.HasPrefix(e.Field, "message"):
+		if o.message == "" {
+			return fmt.Sprintf("%s: %s (give the whole message body with --message)", e.Field, e.Reason)
+		}
+		return fmt.Sprintf("--message: %s %s", strings.TrimPrefix(strings.TrimPrefix(e.Field, "message"), "."), e.Reason)
+	case e.Field == "":
+		return e.Reason
+	}
+	return e.Field + ": " + e.Reason
+}
+
+// isJSONObject reports whether b is one JSON object.
+func isJSONObject(b []byte) bool {
+	var m map[string]json.RawMessage
+	return len(b) > 0 && b[0] == '{' && json.Unmarshal(b, &m) == nil
 }
 
 func parseTimeFlag(c *command, name, v string) (*time.Time, error) {
@@ -299,35 +399,48 @@ func parseTimeFlag(c *command, name, v string) (*time.Time, error) {
 	return &t, nil
 }
 
+// Where a prepared job's id comes from.
+type idSource int
+
+const (
+	idFromBody idSource = iota // the body's "id"
+	idDerived                  // derived here from the job's content (a file without "id")
+)
+
 // preparedJob is a checked job ready to publish as the bytes given.
 type preparedJob struct {
 	id      string
-	given   bool // the body names the id (else it was generated here)
+	source  idSource
 	scene   dispatcher.Scene
 	target  string
 	subject string
 	data    []byte
 }
 
-// header is the job's Nats-Msg-Id: for an id the body names, the id and
-// the body's hash (queue.DedupeID), so that the stream drops only exact
-// repeats and a different job reusing the id reaches the worker, which
-// tells it apart; a generated id travels as it is (the worker reads it
-// there).
+// header is what the job is published with. Nats-Msg-Id is the id and the
+// body's hash (queue.DedupeID), so the stream drops only exact repeats and
+// a different job reusing the id reaches the worker, which tells it apart.
+// A derived id also travels as Qqdispatch-Job-Id, where the worker takes
+// the id of a body that names none.
 func (p preparedJob) header() nats.Header {
 	h := nats.Header{}
-	if p.given {
-		h.Set(nats.MsgIdHdr, queue.DedupeID(p.id, p.data))
-	} else {
-		h.Set(nats.MsgIdHdr, p.id)
+	h.Set(nats.MsgIdHdr, queue.DedupeID(p.id, p.data))
+	if p.source == idDerived {
+		h.Set(dispatcher.HeaderJobID, p.id)
 	}
 	return h
 }
 
+// conflictID is where the worker puts the job's outcome when its id
+// already names another job.
+func (p preparedJob) conflictID() string { return dispatcher.ConflictID(p.id, p.data) }
+
 // prepareJob checks one job's JSON against the contract (the worker's own
 // Decode) and works out its subject and id. The bytes are published as
-// given, so unknown message fields reach QQ untouched.
-func prepareJob(names queue.Config, data []byte) (preparedJob, error) {
+// given, so unknown message fields reach QQ untouched. A job without "id"
+// gets derivedID(job, data, nth): nth counts the jobs with the same bytes
+// met so far in the file, from 1.
+func prepareJob(names queue.Config, data []byte, nth func(data []byte) int) (preparedJob, error) {
 	data = bytes.TrimSpace(data)
 	var head struct {
 		Scene  json.RawMessage `json:"scene"`
@@ -359,172 +472,44 @@ func prepareJob(names queue.Config, data []byte) (preparedJob, error) {
 	if err != nil {
 		return preparedJob{}, err
 	}
-	p := preparedJob{id: job.ID, given: job.ID != "", scene: job.Scene, target: job.Target, subject: subject, data: data}
+	p := preparedJob{id: job.ID, source: idFromBody, scene: job.Scene, target: job.Target, subject: subject, data: data}
 	if p.id == "" {
-		// The id travels in Nats-Msg-Id, which the worker reads when the
-		// body has none.
-		p.id = queue.NewJobID()
+		p.id, p.source = derivedID(job, data, nth(data)), idDerived
 	}
 	return p, nil
 }
 
-// bulkWindow bounds the publishes awaiting their acknowledgement.
-const bulkWindow = 256
+// derivedIDPrefix starts the id derived from a job's content.
+const derivedIDPrefix = "content-"
 
-type bulkResult struct {
-	published, duplicates int
-	failed                []string // "line N: why"
+// derivedID is the id of a job read from a file without "id": the same
+// bytes give the same id, so publishing the file again does not send the
+// job again (the stream drops the repeat within its duplicate window, the
+// worker's ledger skips it for 24 hours).
+//
+// A passive reply that sets msg_seq gets the id the worker itself derives
+// for it (dispatcher.IdentifyJob: reply-{scene}-{target}-{anchor}-{seq}).
+// Any other job gets "content-", 32 hex digits of the SHA-256 of its bytes
+// and, for the nth identical line of a file (n > 1), "-n": a file that
+// holds one job twice sends it twice, once per line, on every run alike.
+func derivedID(job *dispatcher.Job, data []byte, nth int) string {
+	if job.Kind() == dispatcher.KindPassive && job.MsgSeq > 0 {
+		return dispatcher.IdentifyJob(job, dispatcher.Envelope{}).ID
+	}
+	id := derivedIDPrefix + dispatcher.Fingerprint(data)[:32]
+	if nth > 1 {
+		id += "-" + strconv.Itoa(nth)
+	}
+	return id
 }
 
-func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, data []byte) error {
-	lines, err := splitLines(data)
-	if err != nil {
-		return fmt.Errorf("--file %s: %w", o.file, err)
-	}
-	nc, _, err := o.nats.connectOnce("send")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*bulkWindow))
-	if err != nil {
-		return err
-	}
-	if names, err = o.nats.resolveNames(ctx, js); err != nil {
-		return err
-	}
-	if _, err := js.Stream(ctx, names.JobsStream); err != nil {
-		return fmt.Errorf("jobs stream %s: %w", names.JobsStream, noStreamHint(err))
-	}
-
-	bar := newProgress(cl.stderr, len(lines), isTerminal(cl.stderr))
-	var res bulkResult
-	type pending struct {
-		line int
-		fut  jetstream.PubAckFuture
-	}
-	var window []pending
-	settle := func(p pending) {
-		select {
-		case ack := <-p.fut.Ok():
-			res.published++
-			if ack.Duplicate {
-				res.duplicates++
-			}
-		case err := <-p.fut.Err():
-			res.failed = append(res.failed, fmt.Sprintf("line %d: publish: %s", p.line, noStreamHint(err)))
-		case <-ctx.Done():
-			res.failed = append(res.failed, fmt.Sprintf("line %d: publish: %s", p.line, ctx.Err()))
-		}
-		bar.add(1)
-	}
-	for _, ln := range lines {
-		if ctx.Err() != nil {
-			res.failed = append(res.failed, fmt.Sprintf("line %d: not published: %s", ln.n, ctx.Err()))
-			bar.add(1)
-			continue
-		}
-		pj, err := prepareJob(names, ln.text)
-		if err != nil {
-			res.failed = append(res.failed, fmt.Sprintf("line %d: %s", ln.n, err))
-			bar.add(1)
-			continue
-		}
-		msg := &nats.Msg{Subject: pj.subject, Data: pj.data, Header: pj.header()}
-		fut, err := js.PublishMsgAsync(msg, jetstream.WithExpectStream(names.JobsStream))
-		if err != nil {
-			res.failed = append(res.failed, fmt.Sprintf("line %d: publish: %s", ln.n, err))
-			bar.add(1)
-			continue
-		}
-		window = append(window, pending{ln.n, fut})
-		if len(window) >= bulkWindow {
-			settle(window[0])
-			window = window[1:]
-		}
-	}
-	for _, p := range window {
-		settle(p)
-	}
-	bar.done()
-
-	fmt.Fprintf(cl.stdout, "published %d, duplicates %d, failed %d (of %d lines with a job)\n",
-		res.published-res.duplicates, res.duplicates, len(res.failed), len(lines))
-	const show = 50
-	for i, f := range res.failed {
-		if i == show {
-			fmt.Fprintf(cl.stderr, "... and %d more failed lines\n", len(res.failed)-show)
-			break
-		}
-		fmt.Fprintln(cl.stderr, oneLine(f))
-	}
-	if len(res.failed) > 0 {
-		return exitStatus(1)
-	}
-	return nil
-}
-
-type numberedLine struct {
-	n    int
-	text []byte
-}
-
-// splitLines returns the non-blank lines of a JSON Lines document with their
-// line numbers.
-func splitLines(data []byte) ([]numberedLine, error) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	var out []numberedLine
-	n := 0
-	for sc.Scan() {
-		n++
-		t := bytes.TrimSpace(sc.Bytes())
-		if len(t) == 0 {
-			continue
-		}
-		out = append(out, numberedLine{n: n, text: bytes.Clone(t)})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("line %d: %w", n+1, err)
-	}
-	return out, nil
-}
-
-// progress is a one-line progress bar on a terminal; elsewhere it draws
-// nothing.
-type progress struct {
-	w     io.Writer
-	total int
-	n     int
-	on    bool
-	last  time.Time
-}
-
-func newProgress(w io.Writer, total int, on bool) *progress {
-	return &progress{w: w, total: total, on: on && total > 0}
-}
-
-func (p *progress) add(k int) {
-	p.n += k
-	if !p.on {
-		return
-	}
-	if now := time.Now(); now.Sub(p.last) >= 100*time.Millisecond || p.n == p.total {
-		p.last = now
-		p.draw()
-	}
-}
-
-func (p *progress) draw() {
-	const width = 30
-	filled := width * p.n / p.total
-	fmt.Fprintf(p.w, "\r[%s%s] %d/%d", strings.Repeat("#", filled), strings.Repeat(".", width-filled), p.n, p.total)
-}
-
-func (p *progress) done() {
-	if p.on {
-		p.draw()
-		fmt.Fprintln(p.w)
+// occurrences counts identical job bytes, for derivedID's nth.
+func occurrences() func([]byte) int {
+	seen := map[string]int{}
+	return func(data []byte) int {
+		k := dispatcher.Fingerprint(data)
+		seen[k]++
+		return seen[k]
 	}
 }
 

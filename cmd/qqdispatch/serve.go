@@ -49,6 +49,7 @@ type serveOpts struct {
 	partitions int
 	replicas   int
 	concurr    int
+	maxHeld    int
 	maxAtt     int
 	inDoubt    string
 	workerID   string
@@ -95,10 +96,11 @@ func cmdServe(ctx context.Context, cl *cli, args []string) error {
 	c.Bool(&o.sim, "sim", "QQDISPATCH_SIM", false, "start the QQ OpenAPI simulator in-process and send there (nothing reaches QQ)")
 	c.String(&o.simListen, "sim-listen", "QQDISPATCH_SIM_LISTEN", "127.0.0.1:0", "simulator listen `host:port`")
 	c.String(&o.policy, "policy", "QQDISPATCH_POLICY", "", "rate-limit policy `file` merged over the shipped one (docs/policy.md)")
-	c.Bool(&o.noRules, "no-rules", "QQDISPATCH_NO_RULES", false, "testing aid: enforce no platform rules before calls (no limiter)")
+	c.Bool(&o.noRules, "no-rules", "QQDISPATCH_NO_RULES", false, "testing aid: enforce no platform rules before calls (no limiter); the in-process simulator lifts its rates and quotas too")
 	c.Int(&o.partitions, "partitions", "QQDISPATCH_PARTITIONS", queue.PartitionsDefault, "partitions of the jobs stream (the same on every worker)")
 	c.Int(&o.replicas, "replicas", "QQDISPATCH_REPLICAS", queue.ReplicasDefault, "replicas of every stream and bucket (3 in a 3-node cluster)")
-	c.Int(&o.concurr, "concurrency", "QQDISPATCH_CONCURRENCY", queue.ConcurrencyDefault, "jobs this worker holds at once")
+	c.Int(&o.concurr, "concurrency", "QQDISPATCH_CONCURRENCY", queue.ConcurrencyDefault, "jobs this worker runs at once (each holds a slot; a job waiting for a later instant gives its slot back)")
+	c.Int(&o.maxHeld, "max-held", "QQDISPATCH_MAX_HELD", queue.MaxHeldDefault, "jobs this worker keeps in memory at most: running, paused, or due soon (jobs due later wait in JetStream and do not count); at least --concurrency")
 	c.Int(&o.maxAtt, "max-attempts", "QQDISPATCH_MAX_ATTEMPTS", dispatcher.MaxAttemptsDefault, "failed calls per job before it ends failed (rate-limit answers do not count)")
 	c.String(&o.inDoubt, "in-doubt", "QQDISPATCH_IN_DOUBT", string(dispatcher.InDoubtReport), "`policy` for active jobs whose worker died mid-call: report (outcome in_doubt) or resend")
 	c.String(&o.workerID, "worker-id", "QQDISPATCH_WORKER_ID", "", "this worker's `name` in the fleet and in ledger claims (default hostname-pid-random)")
@@ -142,10 +144,16 @@ func (o *serveOpts) check(c *command) error {
 	for _, v := range []struct {
 		flag string
 		n    int
-	}{{"--partitions", o.partitions}, {"--replicas", o.replicas}, {"--concurrency", o.concurr}, {"--max-attempts", o.maxAtt}} {
+	}{{"--partitions", o.partitions}, {"--replicas", o.replicas}, {"--concurrency", o.concurr}, {"--max-held", o.maxHeld}, {"--max-attempts", o.maxAtt}} {
 		if v.n < 1 {
 			return usagef(c.name, "%s must be at least 1, got %d", v.flag, v.n)
 		}
+	}
+	if o.maxHeld < o.concurr {
+		if c.isSet("max-held") {
+			return usagef(c.name, "--max-held (%d) must be at least --concurrency (%d)", o.maxHeld, o.concurr)
+		}
+		o.maxHeld = o.concurr // only --concurrency was raised
 	}
 	if o.grace <= 0 {
 		return usagef(c.name, "--shutdown-grace must be positive, got %s", o.grace)
@@ -176,7 +184,12 @@ type server struct {
 	conn       atomic.Pointer[nats.Conn]
 	natsClosed chan struct{} // closed when the NATS connection is closed for good
 	simURL     string
-	credsGiven bool // QQ credentials were set (the simulator may ignore them)
+	sim        *qqsim.Sim // the in-process simulator, if any
+	credsGiven bool       // QQ credentials were set (the simulator may ignore them)
+
+	// ready, when set, is called once the worker runs, with the URLs
+	// producers and tools use (the demo starts its workload then).
+	ready func(natsURL, httpURL string)
 }
 
 func (s *server) onStop(f func()) { s.stops = append(s.stops, f) }
@@ -301,11 +314,11 @@ func (s *server) run(ctx context.Context) error {
 			InDoubt:     dispatcher.InDoubtPolicy(o.inDoubt),
 			Observer:    tel,
 		},
-		Consumer: queue.ConsumerConfig{Concurrency: o.concurr, AckWait: o.ackWait},
+		Consumer: queue.ConsumerConfig{Concurrency: o.concurr, MaxHeld: o.maxHeld, AckWait: o.ackWait},
 		Logger:   &s.log,
 	})
 	if err != nil {
-		return fmt.Errorf("worker: %w", err)
+		return fmt.Errorf("set up the worker: %w", err)
 	}
 	if err := w.Start(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -320,8 +333,17 @@ func (s *server) run(ctx context.Context) error {
 		_ = w.Stop(context.Background())
 		return err
 	}
-	s.log.Info().Str("worker_id", o.workerID).Str("nats_url", redactURLs(natsURL)).Str("http_url", httpURL).Str("sim_url", s.simURL).
-		Int("partitions", o.partitions).Int("concurrency", o.concurr).Bool("rules", policy != nil).Msg("qqdispatch ready")
+	ev := s.log.Info().Str("worker_id", o.workerID).Str("nats_url", redactURLs(natsURL))
+	if httpURL != "" {
+		ev = ev.Str("http_url", httpURL)
+	}
+	if s.simURL != "" {
+		ev = ev.Str("sim_url", s.simURL)
+	}
+	ev.Int("partitions", o.partitions).Int("concurrency", o.concurr).Int("max_held", o.maxHeld).Bool("rules", policy != nil).Msg("qqdispatch ready")
+	if s.ready != nil {
+		s.ready(redactURLs(natsURL), httpURL)
+	}
 
 	var closed error
 	select {
@@ -426,7 +448,12 @@ func (s *server) startSim() (*qqapi.Client, error) {
 		s.log.Info().Msg("--sim: the QQ credentials and URLs given are not used")
 	}
 	appID, secret := "qqsim-"+randomHex(4), randomHex(16)
-	sim, err := qqsim.New(qqsim.Config{AppID: appID, AppSecret: secret})
+	var rules qqsim.Rules // zero: the platform's newest rules
+	if s.o.noRules {
+		rules = liftedSimRules()
+		s.log.Warn().Msg("--no-rules: the simulator enforces no rates or quotas and takes active sends in every scene (a demo of speed, not of the platform)")
+	}
+	sim, err := qqsim.New(qqsim.Config{AppID: appID, AppSecret: secret, Rules: rules})
 	if err != nil {
 		return nil, fmt.Errorf("simulator: %w", err)
 	}
@@ -434,7 +461,7 @@ func (s *server) startSim() (*qqapi.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simulator: --sim-listen: %w", err)
 	}
-	s.simURL = "http://" + ln.Addr().String()
+	s.simURL, s.sim = "http://"+ln.Addr().String(), sim
 	s.serveHTTP("simulator", ln, sim.Handler())
 	s.log.Warn().Str("sim_url", s.simURL).Msg("QQ OpenAPI simulator running in-process; messages go there, not to QQ")
 	c, err := qqapi.New(qqapi.Config{AppID: appID, AppSecret: secret, BaseURL: s.simURL, TokenURL: s.simURL + "/app/getAppAccessToken"})
@@ -442,6 +469,19 @@ func (s *server) startSim() (*qqapi.Client, error) {
 		return nil, fmt.Errorf("simulator client: %w", err)
 	}
 	return c, nil
+}
+
+// liftedSimRules are the simulator's rules with the platform's limits
+// lifted, for serve --no-rules: no rate or quota rule, active sends allowed
+// in every scene. What makes a reply a reply stays: its window, its budget
+// of replies per message and the (msg_id, msg_seq) dedupe.
+func liftedSimRules() qqsim.Rules {
+	r := qqsim.DefaultRules()
+	for _, sc := range []*qqsim.SceneRules{&r.C2C, &r.Group, &r.Channel, &r.DM} {
+		sc.ActiveAllowed = true
+	}
+	r.Rates, r.Quotas = []qqsim.RateRule{}, []qqsim.QuotaRule{}
+	return r
 }
 
 // serveHTTP serves h on ln until cleanup.
@@ -455,7 +495,11 @@ func (s *server) serveHTTP(what string, ln net.Listener, h http.Handler) {
 		}
 	}()
 	s.onStop(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// The worker has stopped by now: no call to the simulator is in
+		// flight. A second is for a scrape of /metrics; it also bounds the
+		// wait for a connection a client opened and never used, which
+		// Shutdown would otherwise wait 5 s for.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
 			_ = srv.Close()

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -250,7 +251,7 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 	// Replay: the job runs again (still invalid) and is back on the DLQ
 	// under a new sequence.
 	r = runCLI(t, nil, "dlq", "replay", itoa(seq), "--nats-url", u)
-	if r.code != 0 || !strings.Contains(r.stdout, "replayed 1 entries") {
+	if r.code != 0 || r.stdout != "seq "+itoa(seq)+": replayed job job-bad\nreplayed 1 entry\n" {
 		t.Fatalf("dlq replay:\n%s", r)
 	}
 	r = runCLI(t, nil, "outcome", "job-bad", "--watch", "--timeout", "30s", "--nats-url", u)
@@ -265,7 +266,7 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 	r = runCLI(t, nil, "dlq", "purge", "--nats-url", u)
 	oneErrorLine(t, r, 2, "--yes")
 	r = runCLI(t, nil, "dlq", "purge", "--yes", "--status", "invalid", "--nats-url", u)
-	if r.code != 0 || !strings.Contains(r.stdout, "deleted 1 entries") {
+	if r.code != 0 || !strings.Contains(r.stdout, "deleted 1 entry\n") {
 		t.Fatalf("dlq purge --status invalid --yes:\n%s", r)
 	}
 	if rows := dlqRows(t, u); len(rows) != 1 || rows[0].JobID != "job-c2c" {
@@ -286,7 +287,7 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = runCLI(t, nil, "send", "--file", bulk, "--nats-url", u)
-	if r.code != 1 || !strings.Contains(r.stdout, "published 3, duplicates 1, failed 1") ||
+	if r.code != 1 || r.stdout != "bulk-1\nbulk-2\nbulk-1\nbulk-4\n" || !strings.Contains(r.stderr, "published 3, duplicates 1, failed 1") ||
 		!strings.Contains(r.stderr, "line 5: invalid job: message.msg_type") {
 		t.Fatalf("send --file jobs.jsonl:\n%s", r)
 	}
@@ -298,7 +299,7 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 	}
 	// Bulk from stdin.
 	r = runCLIStdin(t, nil, `{"v":1,"id":"stdin-1","scene":"group","target":"g4","message":{"msg_type":0,"content":"s"}}`+"\n", "send", "--file", "-", "--nats-url", u)
-	if r.code != 0 || !strings.Contains(r.stdout, "published 1, duplicates 0, failed 0") {
+	if r.code != 0 || r.stdout != "stdin-1\n" || !strings.Contains(r.stderr, "published 1, duplicates 0, failed 0") {
 		t.Fatalf("send --file -:\n%s", r)
 	}
 
@@ -339,8 +340,31 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 		}
 	}
 	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
-		if !json.Valid([]byte(line)) {
+		var fields map[string]any
+		if err := json.Unmarshal([]byte(line), &fields); err != nil {
 			t.Errorf("log line is not JSON: %q", line)
+			continue
+		}
+		// Empty fields are left out; durations carry their unit.
+		for k, v := range fields {
+			if v == "" {
+				t.Errorf("log line has the empty field %q: %s", k, line)
+			}
+		}
+		if fields["message"] == "job finished" && fields["status"] == "sent" && (fields["reason"] != nil || fields["code"] != nil) {
+			t.Errorf("a sent job's line carries a reason or a code: %s", line)
+		}
+		for _, k := range []string{"grace", "took"} {
+			if v, ok := fields[k]; ok {
+				if d, isText := v.(string); !isText || !regexp.MustCompile(`^[0-9.]+(ns|µs|ms|s|m|h)`).MatchString(d) {
+					t.Errorf("log field %s = %v, want a duration with its unit: %s", k, v, line)
+				}
+			}
+		}
+	}
+	for _, want := range []string{`"grace":"30s"`, `"took":"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("serve log lacks %s", want)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,12 +36,17 @@ consumer and since when, BACKLOG (jobs not yet delivered to any worker), UNACKED
 or being sent by a worker, or parked in JetStream until later), and OLDEST (age of the oldest unfinished job).
 NOTE flags a partition with no owner or with two, one whose rendezvous owner differs from the announced one (a
 hand-over in progress), and a partition with jobs but no consumer. Problems are listed at the end; the exit status
-is 0 whenever the status could be read.`
+is 0 whenever the status could be read.
+
+--watch refreshes the view every --interval until interrupted (Ctrl-C ends it with exit status 0): redrawn in place
+when stdout is a terminal, else printed again under a "--- time ---" line each time; with --json, one object per
+line per refresh. A refresh that fails says why in its place, and the next one tries again.`
 
 const statusExamples = `
 qqdispatch status
 qqdispatch status --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222
-qqdispatch status --json | jq '.partitions[] | select(.backlog > 0)'`
+qqdispatch status --json | jq '.partitions[] | select(.backlog > 0)'
+qqdispatch status --watch --interval 1s`
 
 // statusMember is one live worker in `status` output.
 type statusMember struct {
@@ -148,14 +154,18 @@ type fleetStatus struct {
 
 func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 	var (
-		nf      natsFlags
-		asJSON  bool
-		timeout time.Duration
+		nf       natsFlags
+		asJSON   bool
+		watch    bool
+		interval time.Duration
+		timeout  time.Duration
 	)
 	c := newCommand("status", "qqdispatch status [flags]", statusDesc, statusExamples)
 	nf.register(c, defaultNATSURL, "NATS server `URLs`, comma-separated")
-	c.Bool(&asJSON, "json", "QQDISPATCH_STATUS_JSON", false, "print one JSON object instead of tables")
-	c.Duration(&timeout, "timeout", "QQDISPATCH_STATUS_TIMEOUT", 10*time.Second, "give up after this long")
+	c.Bool(&asJSON, "json", "QQDISPATCH_STATUS_JSON", false, "print one JSON object instead of tables (with --watch: one per line and refresh)")
+	c.Bool(&watch, "watch", "QQDISPATCH_STATUS_WATCH", false, "refresh every --interval until interrupted: in place on a terminal, else a new block each time")
+	c.Duration(&interval, "interval", "QQDISPATCH_STATUS_INTERVAL", 2*time.Second, "with --watch, how often to refresh")
+	c.Duration(&timeout, "timeout", "QQDISPATCH_STATUS_TIMEOUT", 10*time.Second, "give up after this long (with --watch: per refresh)")
 	pos, err := c.parse(args, cl.env, cl.stdout)
 	if err != nil {
 		return err
@@ -165,30 +175,125 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 		return err
 	}
 	if timeout <= 0 {
-		return usagef(c.name, "--timeout must be positive")
+		return usagef(c.name, "--timeout must be positive, got %s", timeout)
+	}
+	if interval < 100*time.Millisecond {
+		return usagef(c.name, "--interval must be at least 100ms, got %s", interval)
+	}
+	if c.isSet("interval") && !watch {
+		return usagef(c.name, "--interval goes with --watch")
 	}
 	nc, js, err := nf.connectOnce(c.name)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	names, err := nf.resolveNames(ctx, js)
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	names, err := nf.resolveNames(rctx, js)
+	cancel()
 	if err != nil {
 		return err
 	}
-	st, err := collectStatus(ctx, js, names, time.Now)
-	if err != nil {
+	read := func(ctx context.Context) (*fleetStatus, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		st, err := collectStatus(ctx, js, names, time.Now)
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("status: no complete answer from NATS within --timeout %s: %w", timeout, err)
+			return nil, fmt.Errorf("no complete answer from NATS within --timeout %s: %w", timeout, err)
 		}
-		return err
+		return st, err
 	}
-	if asJSON {
-		return printJSON(cl.stdout, st)
+	if !watch {
+		st, err := read(ctx)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return printJSON(cl.stdout, st)
+		}
+		return printStatus(cl.stdout, st)
 	}
-	return printStatus(cl.stdout, st)
+	frame := func(ctx context.Context) (string, error) {
+		st, err := read(ctx)
+		if err != nil {
+			return "", err
+		}
+		var b strings.Builder
+		if asJSON {
+			err = json.NewEncoder(&b).Encode(st)
+		} else {
+			err = printStatus(&b, st)
+		}
+		return b.String(), err
+	}
+	mode := watchBlocks
+	switch {
+	case asJSON:
+		mode = watchLines
+	case isTerminal(cl.stdout):
+		mode = watchInPlace
+	}
+	return watchLoop(ctx, cl.stdout, mode, interval, frame)
+}
+
+// How watchLoop shows each refresh.
+type watchMode int
+
+const (
+	watchBlocks  watchMode = iota // a header line and the block, again and again (a log, a pipe)
+	watchInPlace                  // the block redrawn from the top of the terminal
+	watchLines                    // the frame as it is (one JSON object per line)
+)
+
+// watchLoop shows frame every interval until ctx ends, then returns nil
+// (an interrupt is how a watch ends). A frame that fails shows its error
+// in its place and the watch goes on: NATS may be back by the next one.
+func watchLoop(ctx context.Context, w io.Writer, mode watchMode, interval time.Duration, frame func(context.Context) (string, error)) error {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		text, err := frame(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		at := time.Now().UTC().Format(time.RFC3339)
+		if err != nil {
+			text = "cannot read the status: " + userText(err) + " (trying again in " + interval.String() + ")\n"
+			if mode == watchLines {
+				b, _ := json.Marshal(map[string]string{"at": at, "error": userText(err)})
+				text = string(b) + "\n"
+			}
+		}
+		var out string
+		switch mode {
+		case watchLines:
+			out = text
+		case watchInPlace:
+			// Home, each line cleared to its end, then the rest of the
+			// screen: no blank flash between refreshes.
+			var b strings.Builder
+			b.WriteString("\x1b[H")
+			fmt.Fprintf(&b, "every %s, at %s (Ctrl-C to stop)\x1b[K\n\x1b[K\n", interval, at)
+			for _, line := range strings.SplitAfter(text, "\n") {
+				b.WriteString(strings.TrimSuffix(line, "\n"))
+				if strings.HasSuffix(line, "\n") {
+					b.WriteString("\x1b[K\n")
+				}
+			}
+			b.WriteString("\x1b[J")
+			out = b.String()
+		default:
+			out = "--- " + at + " ---\n" + text + "\n"
+		}
+		if _, err := io.WriteString(w, out); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
 }
 
 // partitionCountRE finds P in the jobs stream's subject transform,
@@ -206,7 +311,7 @@ func partitionCount(cfg jetstream.StreamConfig) (int, error) {
 			}
 		}
 	}
-	return 0, fmt.Errorf("status: stream %s has no partition transform (is it a qqdispatch jobs stream?)", cfg.Name)
+	return 0, fmt.Errorf("stream %s has no partition transform (is it a qqdispatch jobs stream?)", cfg.Name)
 }
 
 // collectStatus reads the members bucket, the jobs stream and its
@@ -215,10 +320,10 @@ func collectStatus(ctx context.Context, js jetstream.JetStream, names queue.Conf
 	names = names.WithDefaults()
 	stream, err := js.Stream(ctx, names.JobsStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("status: no stream %s on this server (start `qqdispatch serve` once, it creates it)", names.JobsStream)
+		return nil, fmt.Errorf("no stream %s on this server (start `qqdispatch serve` once, it creates it)", names.JobsStream)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("status: stream %s: %w", names.JobsStream, err)
+		return nil, fmt.Errorf("stream %s: %w", names.JobsStream, err)
 	}
 	n, err := partitionCount(stream.CachedInfo().Config)
 	if err != nil {
@@ -235,10 +340,10 @@ func collectStatus(ctx context.Context, js jetstream.JetStream, names queue.Conf
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		// No worker has joined a fleet yet: every partition is unowned.
 	case err != nil:
-		return nil, fmt.Errorf("status: members bucket %s: %w", names.MembersBucket, err)
+		return nil, fmt.Errorf("members bucket %s: %w", names.MembersBucket, err)
 	default:
 		if members, err = queue.ListMembers(ctx, kv); err != nil {
-			return nil, fmt.Errorf("status: %w", err)
+			return nil, fmt.Errorf("members bucket %s: %w", names.MembersBucket, err)
 		}
 		if s, err := kv.Status(ctx); err == nil {
 			ttl = s.TTL()
@@ -255,7 +360,7 @@ func collectStatus(ctx context.Context, js jetstream.JetStream, names queue.Conf
 		}
 	}
 	if err := lister.Err(); err != nil {
-		return nil, fmt.Errorf("status: list consumers of %s: %w", names.JobsStream, err)
+		return nil, fmt.Errorf("list consumers of %s: %w", names.JobsStream, err)
 	}
 
 	// The oldest unfinished job of a busy partition: the first message
@@ -273,13 +378,13 @@ func collectStatus(ctx context.Context, js jetstream.JetStream, names queue.Conf
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("status: oldest job of partition %d: %w", p, err)
+			return nil, fmt.Errorf("oldest job of partition %d: %w", p, err)
 		}
 		oldest[p] = m.Time
 	}
 	deferred, err := queue.DeferredSummary(ctx, js, names)
 	if err != nil {
-		return nil, fmt.Errorf("status: %w", err)
+		return nil, fmt.Errorf("deferred jobs: %w", err)
 	}
 	st := buildStatus(names, members, ttl, infos, oldest, t)
 	st.addWaiting(members, deferred)
@@ -493,19 +598,36 @@ func ruleKind(rule string) string {
 // partitions as tables, then the problems.
 func printStatus(w io.Writer, st *fleetStatus) error {
 	var b strings.Builder
+	writeStatusSummary(&b, st)
+	b.WriteString("\n")
+	writeStatusMembers(&b, st)
+	b.WriteString("\n")
+	writeStatusWaiting(&b, st)
+	b.WriteString("\n")
+	writeStatusPartitions(&b, st)
+	writeStatusProblems(&b, st)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeStatusSummary writes the two summary lines.
+func writeStatusSummary(b *strings.Builder, st *fleetStatus) {
 	tot := st.Totals
-	fmt.Fprintf(&b, "fleet: %d members, %d partitions (%d owned, %d without owner, %d with two or more owners, %d moving); backlog %d, unacked %d",
+	fmt.Fprintf(b, "fleet: %d members, %d partitions (%d owned, %d without owner, %d with two or more owners, %d moving); backlog %d, unacked %d",
 		tot.Members, tot.Partitions, tot.Owned, tot.Unowned, tot.Contested, tot.Moving, tot.Backlog, tot.Unacked)
 	if tot.OldestAge != nil {
-		fmt.Fprintf(&b, ", oldest job %s", secs(*tot.OldestAge))
+		fmt.Fprintf(b, ", oldest job %s", secs(*tot.OldestAge))
 	}
-	fmt.Fprintf(&b, "\njobs: %d running, %d held, %d parked, %d deferred to a later period", tot.Running, tot.Held, tot.Parked, tot.Deferred)
+	fmt.Fprintf(b, "\njobs: %d running, %d held, %d parked, %d deferred to a later period", tot.Running, tot.Held, tot.Parked, tot.Deferred)
 	if tot.OldestReady != nil {
-		fmt.Fprintf(&b, "; oldest ready job waited %s", secs(*tot.OldestReady))
+		fmt.Fprintf(b, "; oldest ready job waited %s", secs(*tot.OldestReady))
 	}
-	b.WriteString("\n\n")
+	b.WriteString("\n")
+}
 
-	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+// writeStatusMembers writes the members table.
+func writeStatusMembers(b *strings.Builder, st *fleetStatus) {
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tHOST\tPID\tSTARTED\tHEARTBEAT\tPARTITIONS\tNOTE")
 	if len(st.Members) == 0 {
 		fmt.Fprintln(tw, "(none)\t\t\t\t\t\t")
@@ -516,9 +638,11 @@ func printStatus(w io.Writer, st *fleetStatus) error {
 			partitionList(m.Partitions), m.Note)
 	}
 	_ = tw.Flush()
-	b.WriteString("\n")
+}
 
-	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+// writeStatusWaiting writes what waits, by scene, kind and rule.
+func writeStatusWaiting(b *strings.Builder, st *fleetStatus) {
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SCENE\tKIND\tWAITING FOR\tHELD\tPARKED\tDEFERRED\tNEXT\tLAST")
 	if len(st.Waiting) == 0 {
 		fmt.Fprintln(tw, "(nothing waits)\t\t\t\t\t\t\t")
@@ -528,9 +652,11 @@ func printStatus(w io.Writer, st *fleetStatus) error {
 			relTime(wt.Next, st.At), relTime(wt.Last, st.At))
 	}
 	_ = tw.Flush()
-	b.WriteString("\n")
+}
 
-	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+// writeStatusPartitions writes the partitions table.
+func writeStatusPartitions(b *strings.Builder, st *fleetStatus) {
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PARTITION\tOWNER\tPINNED FOR\tBACKLOG\tUNACKED\tOLDEST\tNOTE")
 	for _, p := range st.Partitions {
 		pinned := "no"
@@ -551,14 +677,16 @@ func printStatus(w io.Writer, st *fleetStatus) error {
 			p.Backlog, p.Unacked, oldest, p.Note)
 	}
 	_ = tw.Flush()
+}
+
+// writeStatusProblems lists the problems, if any.
+func writeStatusProblems(b *strings.Builder, st *fleetStatus) {
 	if len(st.Problems) > 0 {
 		b.WriteString("\nproblems:\n")
 		for _, p := range st.Problems {
 			b.WriteString("  " + p + "\n")
 		}
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 // partitionList writes sorted partitions compactly: "0-3,7,9-10 (7)".
