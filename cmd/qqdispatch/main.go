@@ -140,7 +140,7 @@ func exitCode(err error, stderr io.Writer) int {
 // (flag, file, stream, bucket); the package names add nothing to that and
 // are left out of what the user reads.
 func internalPackages() []string {
-	return []string{"queue", "ratelimit", "dispatcher", "qqapi", "qqsim", "qqsend", "worker", "sched", "telemetry", "producer"}
+	return []string{"queue", "ratelimit", "dispatcher", "qqapi", "qqsim", "qqsend", "worker", "sched", "telemetry", "producer", "natsserver"}
 }
 
 // userText is err as one line for the user: without the package names

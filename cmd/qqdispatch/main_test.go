@@ -133,9 +133,10 @@ func oneErrorLine(t *testing.T, r result, code int, wants ...string) {
 	}
 }
 
-// packagePrefix finds a message that starts with one of this module's
-// package names ("queue: ...").
-var packagePrefix = regexp.MustCompile(`\b(queue|ratelimit|dispatcher|qqapi|qqsim|qqsend|worker|sched|telemetry|producer): `)
+// packagePrefix finds a message, or a wrapped part of one, that starts
+// with one of this module's package names ("qqdispatch: queue: ...",
+// "...: ratelimit: read policy"); "held by the worker: waiting" is prose.
+var packagePrefix = regexp.MustCompile(`(: |; |\()(queue|ratelimit|dispatcher|qqapi|qqsim|qqsend|worker|sched|telemetry|producer|natsserver): `)
 
 func TestHelp(t *testing.T) {
 	t.Parallel()

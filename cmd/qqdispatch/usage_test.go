@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -106,5 +107,24 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUserText: the package names that start this module's errors are left
+// out of the line the user reads, wherever a wrapped error starts; the
+// same words in prose stay.
+func TestUserText(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ err, want string }{
+		{"queue: outcome bucket x: nats: bucket not found", "outcome bucket x: nats: bucket not found"},
+		{"--policy: ratelimit: read policy: open p.yaml: no such file", "--policy: read policy: open p.yaml: no such file"},
+		{"a; queue: b (queue: c)", "a; b (c)"},
+		{"job 1: queued on worker w1 (held by the worker: waiting)", "job 1: queued on worker w1 (held by the worker: waiting)"},
+		{"line one\nworker: line two", "line one; line two"},
+	}
+	for _, tc := range cases {
+		if got := userText(errors.New(tc.err)); got != tc.want {
+			t.Errorf("userText(%q) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }
