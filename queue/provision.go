@@ -751,8 +751,9 @@ func subjectCounts(ctx context.Context, st jetstream.Stream, filter string) (map
 }
 
 // MinServerVersion is the oldest nats-server this package works with:
-// message schedules and counters arrived in 2.12.
-const MinServerVersion = "2.12.0"
+// message schedules and counters arrived in 2.12, the consumer reset a
+// partition's new owner rewinds with in 2.14.
+const MinServerVersion = "2.14.0"
 
 // ErrServerTooOld matches every *VersionError with errors.Is.
 var ErrServerTooOld = errors.New("queue: nats-server too old")

@@ -426,8 +426,8 @@ func TestCheckServerVersion(t *testing.T) {
 		v  string
 		ok bool
 	}{
-		{"2.12.0", true}, {"2.15.2", true}, {"v2.12.1", true}, {"3.0.0", true}, {"2.13.0-beta.1", true},
-		{"2.11.9", false}, {"2.10.22", false}, {"1.4.1", false}, {"", false}, {"garbage", false}, {"2", false},
+		{"2.14.0", true}, {"2.15.2", true}, {"v2.14.1", true}, {"3.0.0", true}, {"2.15.0-beta.1", true},
+		{"2.13.9", false}, {"2.12.0", false}, {"2.11.9", false}, {"2.10.22", false}, {"1.4.1", false}, {"", false}, {"garbage", false}, {"2", false},
 	}
 	for _, tt := range tests {
 		err := checkVersion(tt.v)

@@ -75,7 +75,7 @@ func TestDockerCompose(t *testing.T) {
 			}
 		}
 		if !strings.HasPrefix(s.Image, "nats:2.1") {
-			t.Errorf("%s: image %q, want nats 2.12 or newer", n, s.Image)
+			t.Errorf("%s: image %q, want nats 2.14 or newer", n, s.Image)
 		}
 	}
 	var workers []string

@@ -231,6 +231,8 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 			}
 		}
 	}
+	// A DLQ copy is written after its job's outcome: wait for both.
+	waitDLQ("job-c2c", 1)
 	rows := waitDLQ("job-bad", 1)
 	seq := rows[0].Seq
 	r = runCLI(t, nil, "dlq", "ls", "--nats-url", u)
