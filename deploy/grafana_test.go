@@ -292,6 +292,12 @@ func TestDashboardMetricsExist(t *testing.T) {
 			}
 			return 0, context.Canceled
 		},
+		Quotas: func(ctx context.Context) ([]ratelimit.QuotaStat, error) {
+			if w := running.Load(); w != nil {
+				return w.Quotas(ctx)
+			}
+			return nil, nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

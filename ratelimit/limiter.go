@@ -397,6 +397,9 @@ func (l *Limiter) Reserve(ctx context.Context, job *dispatcher.Job) (dispatcher.
 			}
 			return nil, err
 		}
+		if took {
+			sp.taken.Add(1)
+		}
 		if took && sp.scope != ScopeGuild {
 			res.taken = append(res.taken, sp.key)
 		}
@@ -421,6 +424,34 @@ func exhaustedReason(sp *quotaSpec, used int) string {
 	}
 	return fmt.Sprintf("%s has used %d of its %d %s %s messages per %s (%s); the next period starts %s",
 		whose, used, sp.limit, sp.scene, sp.kind, sp.period, sp.label, sp.next.Format(time.RFC3339))
+}
+
+// Quotas reports every period quota of the policy: the units this worker
+// took, and for the per-bot ones the current period's count from the
+// store (one read each). A read that fails leaves that quota's Used at 0
+// and is returned joined with the others.
+func (l *Limiter) Quotas(ctx context.Context) ([]QuotaStat, error) {
+	now := l.now()
+	var out []QuotaStat
+	var errs []error
+	for i := range l.scenes {
+		sr := &l.scenes[i]
+		for ki := range sr.kinds {
+			for _, q := range sr.kinds[ki].quotas {
+				st := QuotaStat{Scene: q.scene, Rule: q.rule, Taken: q.taken.Load()}
+				if q.scope == ScopeBot {
+					label, _ := periodOf(q.period, now, l.policy.Location())
+					used, err := usage(ctx, l.store, QuotaKey(q.scene, q.kind, q.scope, l.botID, label), q.scope)
+					if err != nil {
+						errs = append(errs, err)
+					}
+					st.PerBot, st.Used, st.Limit = true, used, q.limit
+				}
+				out = append(out, st)
+			}
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // specs lists the quota units a job needs at now, in reservation order.

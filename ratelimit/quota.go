@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -143,6 +144,24 @@ type quotaRule struct {
 	scope  QuotaScope
 	period Period
 	limit  int
+	// taken counts the units this process took (refunds not subtracted).
+	taken atomic.Uint64
+}
+
+// QuotaStat is what one period quota of the policy has counted, for
+// metrics: labels bounded by the policy's rules, never by targets.
+type QuotaStat struct {
+	Scene dispatcher.Scene
+	// Rule is the policy path, e.g. "dm.active.quota.per_bot.day".
+	Rule string
+	// Taken counts the units this worker took since it started, for every
+	// target together (refunds not subtracted).
+	Taken uint64
+	// PerBot says Used and Limit are set: a per-bot quota, whose count for
+	// the current period is shared by the fleet.
+	PerBot bool
+	// Used of Limit units of the current period (per-bot quotas only).
+	Used, Limit int
 }
 
 // quotaSpec is a quotaRule applied to one job at one time.

@@ -428,3 +428,44 @@ func TestProvisionQuotas(t *testing.T) {
 		t.Error("a TTL shorter than a month was accepted")
 	}
 }
+
+// TestQuotasReport: Quotas reports every period quota of the policy, the
+// units taken per rule, and for per-bot quotas the period's count and
+// limit, read from the store.
+func TestQuotasReport(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC))
+	l := newTestLimiter(t, nil, clk)
+	reserve(t, l, activeJob(dispatcher.SceneDM, "d1"))
+	reserve(t, l, activeJob(dispatcher.SceneDM, "d2"))
+	stats, err := l.Quotas(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byRule := map[string]QuotaStat{}
+	for _, q := range stats {
+		byRule[q.Rule] = q
+	}
+	bot, ok := byRule["dm.active.quota.per_bot.day"]
+	if !ok {
+		t.Fatalf("no per-bot DM quota reported: %+v", stats)
+	}
+	if !bot.PerBot || bot.Used != 2 || bot.Limit != 200 || bot.Taken != 2 {
+		t.Errorf("per-bot DM quota %+v, want used 2 of 200, taken 2", bot)
+	}
+	tgt, ok := byRule["dm.active.quota.per_target.day"]
+	if !ok || tgt.PerBot || tgt.Taken != 2 {
+		t.Errorf("per-target DM quota %+v (reported: %v), want taken 2 and no per-bot count", tgt, ok)
+	}
+	if q := byRule["group.active.quota.per_target.day"]; q.Taken != 0 {
+		t.Errorf("group actives: taken %d, want 0", q.Taken)
+	}
+	// A new day: the per-bot count starts again; what was taken stays.
+	clk.Advance(24 * time.Hour)
+	stats, _ = l.Quotas(testCtx(t))
+	for _, q := range stats {
+		if q.Rule == "dm.active.quota.per_bot.day" && (q.Used != 0 || q.Taken != 2) {
+			t.Errorf("next day: %+v, want used 0, taken 2", q)
+		}
+	}
+}

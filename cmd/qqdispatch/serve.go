@@ -278,6 +278,12 @@ func (s *server) run(ctx context.Context) error {
 			}
 			return 0, errors.New("worker not started")
 		},
+		Quotas: func(ctx context.Context) ([]ratelimit.QuotaStat, error) {
+			if w := running.Load(); w != nil {
+				return w.Quotas(ctx)
+			}
+			return nil, nil
+		},
 	})
 	if err != nil {
 		return err

@@ -77,6 +77,11 @@ type Config struct {
 	// scrape leaves qqdispatch_dlq_messages out. Default: nil, exported as
 	// nothing.
 	DLQ func(ctx context.Context) (uint64, error)
+	// Quotas reports the policy's period quotas (ratelimit.Limiter.Quotas);
+	// it is called once per scrape, with a context that ends after
+	// DLQTimeout, for qqdispatch_quota_*. Default: nil, exported as
+	// nothing.
+	Quotas func(ctx context.Context) ([]ratelimit.QuotaStat, error)
 	// DLQTimeout bounds the DLQ call of a scrape. Default DLQTimeoutDefault
 	// (2s).
 	DLQTimeout time.Duration
@@ -186,8 +191,9 @@ func New(cfg Config) (*Telemetry, error) {
 			"Entries on the DLQ stream, read from JetStream at scrape time: the same on every worker of a fleet.", nil, nil)}
 	waiting := newWaitingCollector(cfg.Scheduling)
 	pacing := newPacingCollector(cfg.Pacing)
+	quotas := newQuotaCollector(cfg.Quotas, cfg.DLQTimeout)
 	for _, c := range []prometheus.Collector{
-		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, members, dlq, waiting, pacing,
+		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, members, dlq, waiting, pacing, quotas,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {
@@ -345,6 +351,56 @@ func (c *dlqCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
+}
+
+// quotaCollector exports the policy's period quotas, read at scrape time:
+// the units this worker took per rule, and for per-bot quotas the current
+// period's count and limit (shared by the fleet). Labels are the policy's
+// rules, never targets.
+type quotaCollector struct {
+	quotas             func(context.Context) ([]ratelimit.QuotaStat, error)
+	timeout            time.Duration
+	taken, used, limit *prometheus.Desc
+}
+
+func newQuotaCollector(quotas func(context.Context) ([]ratelimit.QuotaStat, error), timeout time.Duration) *quotaCollector {
+	labels := []string{"scene", "rule"}
+	return &quotaCollector{quotas: quotas, timeout: timeout,
+		taken: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "quota_taken_total"),
+			"Period quota units this worker took, by scene and policy rule, every target together (refunds not subtracted).", labels, nil),
+		used: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "quota_used"),
+			"Units of a per-bot period quota used in the current period, read from JetStream at scrape time (fleet-wide).", labels, nil),
+		limit: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "quota_limit"),
+			"The limit of a per-bot period quota per period.", labels, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *quotaCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.taken
+	ch <- c.used
+	ch <- c.limit
+}
+
+// Collect implements prometheus.Collector. A per-bot count that cannot be
+// read is left out, not reported as 0.
+func (c *quotaCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.quotas == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	stats, err := c.quotas(ctx)
+	for _, q := range stats {
+		sc := sceneLabel(q.Scene)
+		ch <- prometheus.MustNewConstMetric(c.taken, prometheus.CounterValue, float64(q.Taken), sc, q.Rule)
+		if q.PerBot {
+			ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(q.Limit), sc, q.Rule)
+			if err == nil || q.Used > 0 {
+				ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(q.Used), sc, q.Rule)
+			}
+		}
+	}
 }
 
 // waitingCollector exports the worker's scheduling summary, read at

@@ -452,6 +452,18 @@ func (w *Worker) DLQMessages(ctx context.Context) (uint64, error) {
 	return s.CachedInfo().State.Msgs, nil
 }
 
+// Quotas reports the policy's period quotas (ratelimit.Limiter.Quotas);
+// nothing when the worker enforces no rules or has not started.
+func (w *Worker) Quotas(ctx context.Context) ([]ratelimit.QuotaStat, error) {
+	w.mu.Lock()
+	lim := w.lim
+	w.mu.Unlock()
+	if lim == nil {
+		return nil, nil
+	}
+	return lim.Quotas(ctx)
+}
+
 func (w *Worker) consumer() *queue.Consumer {
 	w.mu.Lock()
 	defer w.mu.Unlock()
