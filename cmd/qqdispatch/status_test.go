@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -479,5 +480,65 @@ func TestStatusWaiting(t *testing.T) {
 	}
 	if !strings.Contains(b.String(), "(nothing waits)") || empty.Waiting == nil {
 		t.Errorf("empty status:\n%s", b.String())
+	}
+}
+
+// TestStatusAfterNATSRestart (issue 10, item 8): the members bucket lives
+// in memory, so a NATS restart loses it. A running serve re-creates it
+// with its next heartbeat: within 10 s `status` shows the member again,
+// owning every partition, with no problem reported.
+func TestStatusAfterNATSRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	start := func(port int) *natsserver.Server {
+		t.Helper()
+		ns, err := natsserver.New(natsserver.Config{Port: port, StoreDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := ns.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	ns := start(natsserver.RandomPort)
+	port := ns.NATS().Addr().(*net.TCPAddr).Port
+	u := ns.ClientURL()
+	s := startServe(t, nil, "--sim", "--nats-url", u, "--worker-id", "restart-w1")
+	waitStatusJSON(t, u, "one member owning the four partitions", func(st *fleetStatus) bool {
+		return st.Totals.Members == 1 && st.Totals.Owned == 4
+	})
+
+	if err := ns.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ns = start(port)
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	restarted := time.Now()
+	// Right after the restart `status` may fail (no members bucket yet is
+	// fine; a JetStream not yet ready is not): poll the command itself.
+	var st fleetStatus
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r := runCLI(t, nil, "status", "--json", "--nats-url", u)
+		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &st) == nil &&
+			st.Totals.Members == 1 && st.Totals.Owned == 4 && len(st.Problems) == 0 {
+			break
+		}
+		if time.Since(restarted) > 10*time.Second {
+			t.Fatalf("10 s after the NATS restart status still says:\n%s", r)
+		}
+		<-tick.C
+	}
+	t.Logf("status right %s after the NATS restart", time.Since(restarted).Round(time.Millisecond))
+	if st.Members[0].ID != "restart-w1" {
+		t.Errorf("member %+v, want restart-w1", st.Members[0])
+	}
+	// serve stops while its server still runs (cleanups run last-in first-out).
+	if code := s.stop(t); code != 0 {
+		t.Errorf("serve exited %d:\n%s", code, s.stderr)
 	}
 }
