@@ -1,0 +1,396 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/queue"
+)
+
+// BenchmarkJobCost measures, in one run against one simulator with its
+// limits off, what a job costs the pipeline against two plain loops:
+//
+//   - pipeline: QQDISPATCH_BENCH_JOBS group actives (20,000) over 1,000
+//     groups are published, then one worker (64 slots, 32 partitions, no
+//     rules) drains them; jobs/s from its first call to an empty stream;
+//   - plain-http: the same number of POSTs to the simulator's group send
+//     endpoint from 64 goroutines with net/http;
+//   - plain-js: the same number of messages consumed from a stream of their
+//     own and acked, with nats.go's Consume.
+//
+// Then, with the same worker: publish→call delay (before the publish to the
+// simulator's acceptance) for jobs published at half the pipeline's rate
+// for 3 s (p50, p99), and the worker connection's traffic for 2,000 jobs,
+// read off a tap on every subject and sorted by what it is (see
+// trafficTap): synchronous round trips per job (requests whose answer the
+// worker waits for: ledger and outcome writes and reads, acks with a
+// reply, other JetStream API calls), pull requests per job, and
+// fire-and-forget messages per job (acks without a reply, progress acks).
+//
+//	go test ./internal/e2e -run '^$' -bench JobCost -benchtime 1x
+func BenchmarkJobCost(b *testing.B) {
+	jobs := 20000
+	if s := os.Getenv("QQDISPATCH_BENCH_JOBS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 100 {
+			b.Fatalf("QQDISPATCH_BENCH_JOBS=%q: want a number ≥ 100", s)
+		}
+		jobs = n
+	}
+	const (
+		groups      = 1000
+		concurrency = 64
+		partitions  = 32
+		countJobs   = 2000
+	)
+	for range b.N {
+		bed := testbed.New(b, testbed.Options{Rules: testbed.LenientRules(), Names: costNames(partitions)})
+		ctx := context.Background()
+
+		// (b) plain HTTP loop.
+		httpRate := plainHTTP(b, bed, jobs, groups, concurrency)
+		// (c) plain JetStream consume-and-ack loop.
+		jsRate := plainJetStream(b, bed, jobs)
+
+		// (a) the pipeline.
+		wnc, err := nats.Connect(bed.NATS.ClientURL(), nats.CustomInboxPrefix(workerInbox), nats.MaxReconnects(-1))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(wnc.Close)
+		var all []*dispatcher.Job
+		for i := range jobs {
+			all = append(all, testbed.Job(fmt.Sprintf("cost-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), fmt.Sprintf("cost %d", i), "", time.Time{}))
+		}
+		ids := bed.Publish(all...)
+		cfg := bed.WorkerConfig()
+		cfg.Conn = wnc
+		cfg.Consumer.Concurrency, cfg.Consumer.MaxHeld = concurrency, 1024
+		cfg.Partitions = make([]int, partitions)
+		for p := range cfg.Partitions {
+			cfg.Partitions[p] = p
+		}
+		before := wnc.Stats()
+		simBefore := len(bed.Sim.Accepted())
+		bed.StartWorker(cfg)
+		drained := waitDrained(b, bed, 10*time.Minute)
+		after := wnc.Stats()
+		acc := bed.Sim.Accepted()[simBefore:]
+		if len(acc) != jobs {
+			b.Fatalf("simulator accepted %d pipeline calls, want %d", len(acc), jobs)
+		}
+		pipeRate := float64(jobs) / drained.Sub(acc[0].At).Seconds()
+		for _, o := range bed.Outcomes(ids, 2*time.Minute) {
+			if o.Status != dispatcher.StatusSent {
+				b.Fatalf("job %s: %s (%s)", o.JobID, o.Status, o.Reason)
+			}
+		}
+
+		// Publish→call at half the pipeline's rate.
+		p50, p99 := halfLoad(b, bed, pipeRate/2, 3*time.Second, groups)
+
+		// The worker's traffic per job.
+		tap := startTap(b, bed)
+		var few []*dispatcher.Job
+		for i := range countJobs {
+			few = append(few, testbed.Job(fmt.Sprintf("count-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), fmt.Sprintf("count %d", i), "", time.Time{}))
+		}
+		bed.Outcomes(bed.Publish(few...), 2*time.Minute)
+		waitDrained(b, bed, time.Minute)
+		tr := tap.stop()
+
+		b.ReportMetric(pipeRate, "pipeline-jobs/s")
+		b.ReportMetric(httpRate, "plain-http-calls/s")
+		b.ReportMetric(jsRate, "plain-js-msgs/s")
+		b.ReportMetric(pipeRate/httpRate, "pipeline/http")
+		b.ReportMetric(pipeRate/jsRate, "pipeline/js")
+		b.ReportMetric(float64(p50.Microseconds())/1000, "half-load-p50-ms")
+		b.ReportMetric(float64(p99.Microseconds())/1000, "half-load-p99-ms")
+		b.ReportMetric(float64(after.OutMsgs-before.OutMsgs)/float64(jobs), "out-msgs/job")
+		b.ReportMetric(tr.per(tr.sync(), countJobs), "sync-rt/job")
+		b.ReportMetric(tr.per(tr.kvWrites, countJobs), "kv-writes/job")
+		b.ReportMetric(tr.per(tr.kvReads, countJobs), "kv-reads/job")
+		b.ReportMetric(tr.per(tr.syncAcks, countJobs), "sync-acks/job")
+		b.ReportMetric(tr.per(tr.otherReq, countJobs), "other-requests/job")
+		b.ReportMetric(tr.per(tr.pulls, countJobs), "pulls/job")
+		b.ReportMetric(tr.per(tr.async, countJobs), "fire-and-forget/job")
+		b.Logf("%d jobs over %d groups, %d slots, %d partitions: pipeline %.0f jobs/s, plain HTTP %.0f/s, plain JetStream %.0f/s; "+
+			"half load (%.0f/s): p50 %s p99 %s; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
+			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, pipeRate/2, p50, p99,
+			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
+			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
+		if len(tr.otherSubjects) > 0 {
+			b.Logf("other requests by subject: %v", tr.otherSubjects)
+		}
+		_ = ctx
+	}
+}
+
+// workerInbox is the inbox prefix of the measured worker's connection, so
+// the tap can tell its requests from everyone else's.
+const workerInbox = "_WRK"
+
+func costNames(partitions int) queue.Config { return queue.Config{Partitions: partitions} }
+
+// plainHTTP posts n group messages to the simulator from conc goroutines
+// and returns calls per second.
+func plainHTTP(b *testing.B, bed *testbed.Bed, n, groups, conc int) float64 {
+	b.Helper()
+	ctx := context.Background()
+	tok, err := bed.Client.Tokens().Token(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}}
+	defer hc.CloseIdleConnections()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	start := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				body := fmt.Sprintf(`{"msg_type":0,"content":"plain %d"}`, i)
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s/v2/groups/p%04d/messages", bed.SimURL, i%groups), strings.NewReader(body))
+				req.Header.Set("Authorization", "QQBot "+tok)
+				req.Header.Set("X-Union-Appid", testbed.AppID)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := hc.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("plain HTTP: %d of %d calls failed", f, n)
+	}
+	return float64(n) / el.Seconds()
+}
+
+// plainJetStream publishes n small messages to a stream of their own, then
+// consumes and acks them, and returns messages per second of the consuming.
+func plainJetStream(b *testing.B, bed *testbed.Bed, n int) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st, err := bed.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "PLAIN", Subjects: []string{"plain.>"}, Retention: jetstream.WorkQueuePolicy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = bed.JS.DeleteStream(context.Background(), "PLAIN") }()
+	body := bytes.Repeat([]byte("x"), 120)
+	for i := 0; i < n; i += 500 {
+		var futs []jetstream.PubAckFuture
+		for k := i; k < min(i+500, n); k++ {
+			f, err := bed.JS.PublishAsync(fmt.Sprintf("plain.g%04d", k%1000), body)
+			if err != nil {
+				b.Fatal(err)
+			}
+			futs = append(futs, f)
+		}
+		for _, f := range futs {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				b.Fatal(err)
+			case <-ctx.Done():
+				b.Fatal(ctx.Err())
+			}
+		}
+	}
+	nc, err := nats.Connect(bed.NATS.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, st.CachedInfo().Config.Name, jetstream.ConsumerConfig{Durable: "plain", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	var got atomic.Int64
+	start := time.Now()
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		if got.Add(1) == int64(n) {
+			close(done)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Stop()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		b.Fatalf("plain JetStream: %d of %d consumed", got.Load(), n)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// waitDrained polls the jobs stream until it holds no message and returns
+// when it saw it empty.
+func waitDrained(b *testing.B, bed *testbed.Bed, timeout time.Duration) time.Time {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	st, err := bed.JS.Stream(ctx, bed.Names.JobsStream)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		info, err := st.Info(ctx)
+		if err == nil && info.State.Msgs == 0 {
+			return time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			b.Fatalf("jobs stream not drained after %s", timeout)
+		case <-tick.C:
+		}
+	}
+}
+
+// halfLoad publishes group actives at rate for d with the worker running
+// and returns the p50 and p99 of publish→call (from just before each
+// publish to the simulator's acceptance).
+func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, groups int) (p50, p99 time.Duration) {
+	b.Helper()
+	ctx := context.Background()
+	n := int(rate * d.Seconds())
+	every := time.Duration(float64(time.Second) / rate)
+	sent := make(map[string]time.Time, n)
+	ids := make([]string, 0, n)
+	start := time.Now()
+	for i := range n {
+		if wait := time.Until(start.Add(time.Duration(i) * every)); wait > 0 {
+			<-time.After(wait) // pacing the publisher, not waiting for a condition
+		}
+		c := fmt.Sprintf("half %d", i)
+		j := testbed.Job(fmt.Sprintf("half-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), c, "", time.Time{})
+		sent[c] = time.Now()
+		res, err := bed.Pub.Publish(ctx, j)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids = append(ids, res.JobID)
+	}
+	bed.Outcomes(ids, 2*time.Minute)
+	var delays []time.Duration
+	for _, m := range bed.Sim.Accepted() {
+		if t, ok := sent[contentOf(b, m.Body)]; ok {
+			delays = append(delays, m.At.Sub(t))
+		}
+	}
+	if len(delays) != n {
+		b.Fatalf("half load: %d of %d calls seen", len(delays), n)
+	}
+	slices.Sort(delays)
+	return delays[n/2], delays[n*99/100]
+}
+
+// trafficTap counts the messages the measured worker sends, by what they
+// are. It subscribes to every subject on a connection of its own; a
+// message is the worker's request when its reply subject is in the
+// worker's inbox (workerInbox), and a fire-and-forget ack when it is an
+// ack without a reply (only the worker acks jobs while it runs).
+type trafficTap struct {
+	sub *nats.Subscription
+	mu  sync.Mutex
+	traffic
+}
+
+type traffic struct {
+	kvWrites, kvReads, syncAcks, otherReq, pulls, async int
+	otherSubjects                                      map[string]int
+}
+
+// sync is the requests the worker waits for the answer of.
+func (t traffic) sync() int { return t.kvWrites + t.kvReads + t.syncAcks + t.otherReq }
+
+func (t traffic) per(n, jobs int) float64 { return float64(n) / float64(jobs) }
+
+func startTap(b *testing.B, bed *testbed.Bed) *trafficTap {
+	b.Helper()
+	nc := bed.NewConn()
+	t := &trafficTap{traffic: traffic{otherSubjects: map[string]int{}}}
+	sub, err := nc.Subscribe(">", func(m *nats.Msg) {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		mine := strings.HasPrefix(m.Reply, workerInbox+".")
+		switch {
+		case strings.HasPrefix(m.Subject, "$JS.ACK."):
+			if m.Reply == "" {
+				t.async++
+			} else if mine {
+				t.syncAcks++
+			}
+		case !mine:
+		case strings.HasPrefix(m.Subject, "$JS.API.CONSUMER.MSG.NEXT."):
+			t.pulls++
+		case strings.HasPrefix(m.Subject, "$KV."):
+			t.kvWrites++
+		case strings.HasPrefix(m.Subject, "$JS.API.DIRECT.GET.") || strings.HasPrefix(m.Subject, "$JS.API.STREAM.MSG.GET."):
+			t.kvReads++
+		default:
+			t.otherReq++
+			key := m.Subject
+			if i := strings.LastIndexByte(key, '.'); i > 0 && strings.HasPrefix(key, "$JS.API.") {
+				key = key[:i]
+			}
+			t.otherSubjects[key]++
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	t.sub = sub
+	return t
+}
+
+func (t *trafficTap) stop() traffic {
+	_ = t.sub.Unsubscribe()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.traffic
+}
