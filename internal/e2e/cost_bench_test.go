@@ -339,7 +339,7 @@ type trafficTap struct {
 
 type traffic struct {
 	kvWrites, kvReads, syncAcks, otherReq, pulls, async int
-	otherSubjects                                      map[string]int
+	otherSubjects                                       map[string]int
 }
 
 // sync is the requests the worker waits for the answer of.
