@@ -361,6 +361,12 @@ type run struct {
 	attempts   int // calls made by this run
 	last       *SendError
 	storeProbe bool // this job probes whether storage writes go through again
+	// markFresh is set while the claim says "calling" for a call that has
+	// not gone yet (written with the claim, or by markCalling): the mark
+	// counts that call in Attempts. A wait longer than a moment takes the
+	// mark back first (unmark), so a worker that dies while it waits does
+	// not leave the job in doubt.
+	markFresh bool
 	// unanswered is set once a call of this run got no answer: the
 	// message may have been delivered.
 	unanswered bool
@@ -386,11 +392,17 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 			p.store.release() // the probe made no write: the next job probes
 		}
 	}()
-	conflict, err := r.bindID(ctx)
-	if err != nil {
-		return r.handBack(fmt.Errorf("bind job id: %w", err))
-	}
 	if derr != nil {
+		var conflict bool
+		var err error
+		if id.Err != nil {
+			conflict, err = r.bindOnly(ctx)
+		} else {
+			_, _, conflict, err = r.claimID(ctx, PhaseClaimed)
+		}
+		if err != nil {
+			return r.handBack(fmt.Errorf("claim job: %w", err))
+		}
 		reason := derr.Error()
 		if conflict {
 			reason += "; " + r.conflictNote()
@@ -404,6 +416,18 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		return r.finish(ctx, o)
 	}
 	r.job = job
+	// The usual job goes from its claim straight to its call, so the claim
+	// carries the "calling" mark (premarked): one write instead of two. A
+	// job with media uploads first, which may take long.
+	premark := job.Media == nil
+	phase := PhaseClaimed
+	if premark {
+		phase = PhaseCalling
+	}
+	c, created, conflict, err := r.claimID(ctx, phase)
+	if err != nil {
+		return r.handBack(fmt.Errorf("claim job: %w", err))
+	}
 	if conflict && id.Given() {
 		return r.finish(ctx, r.outcome(StatusRejected, r.conflictNote()+": not sent"))
 	}
@@ -421,7 +445,12 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 	r.registered = true
 	p.mu.Unlock()
 
-	if done, o, err := r.claimJob(ctx); done || err != nil {
+	if created {
+		r.claim, r.markFresh = c, premark
+		if premark {
+			p.takeNotCalled(r.jobID, 0)
+		}
+	} else if done, o, err := r.claimJob(ctx, c); done || err != nil {
 		return o, err
 	}
 	if r.claim.FellBack != "" {
@@ -505,14 +534,14 @@ func (r *run) fallBack(ctx context.Context, replied Outcome) (Outcome, error) {
 	why := r.gone
 	r.gone = ""
 	c := r.claim
-	c.FellBack, c.Phase, c.Updated = why, PhaseClaimed, r.p.cfg.Clock.Now()
+	c.FellBack, c.Phase, c.Attempts, c.Updated = why, PhaseClaimed, r.calls(), r.p.cfg.Clock.Now()
 	sctx, cancel := storeCtx(ctx)
 	nc, err := r.p.cfg.Ledger.Update(sctx, c)
 	cancel()
 	if err != nil {
 		return Outcome{}, fmt.Errorf("note the fallback in the claim: %w", err)
 	}
-	r.claim = nc
+	r.claim, r.markFresh = nc, false
 	if err := r.toActive(); err != nil {
 		return r.outcome(StatusInvalid, err.Error()), nil
 	}
@@ -532,40 +561,108 @@ func (r *run) toActive() error {
 	return nil
 }
 
-// bindID binds the job's id to its body (IDBinder). When the id already
-// names another job, the job takes its ConflictID instead (bound the same
-// way) and conflict is true. A job with a derived id goes on under its
-// conflict id (the dispatcher chose the id, and another job took it); one
-// whose producer chose the id ends rejected or invalid under it.
-func (r *run) bindID(ctx context.Context) (conflict bool, err error) {
-	b, ok := r.p.cfg.Ledger.(IDBinder)
-	if !ok {
-		return false, nil
-	}
+// claimID creates the job's ledger claim in phase, carrying the body's
+// Fingerprint: the claim binds the job id to the job it names, so one write
+// claims, binds and (phase calling) marks the call. A premarked claim counts
+// the call it marks (Attempts 1); see markFresh.
+//
+// When the id's claim exists, the job is the same one (a redelivery: the
+// stored claim is returned, created false) or another job under the same
+// id (conflict): the job then takes its ConflictID and claims that. A job
+// with a derived id goes on under its conflict id (the dispatcher chose the
+// id, and another job took it); one whose producer chose the id ends
+// rejected or invalid under it. A claim written without a fingerprint (by
+// an older version) is told apart with the id binding (IDBinder), as
+// before.
+func (r *run) claimID(ctx context.Context, phase ClaimPhase) (c Claim, created, conflict bool, err error) {
+	p := r.p
 	fp := Fingerprint(r.env.Data)
-	sctx, cancel := context.WithTimeout(ctx, StoreTimeout)
-	defer cancel()
-	bound, err := b.BindID(sctx, r.jobID, fp)
-	if err != nil {
-		return false, err
+	want := Claim{JobID: r.jobID, Phase: phase, Owner: p.cfg.Owner, Updated: p.cfg.Clock.Now(), Fingerprint: fp}
+	if phase == PhaseCalling {
+		want.Attempts = 1
 	}
-	r.storeWent()
-	if bound == fp {
-		return false, nil
+	claim := func() (Claim, bool, error) {
+		sctx, cancel := storeCtx(ctx)
+		defer cancel()
+		c, err := p.cfg.Ledger.Claim(sctx, want)
+		if err == nil {
+			r.storeWent()
+			return c, true, nil
+		}
+		if errors.Is(err, ErrClaimExists) {
+			r.storeWent()
+			return c, false, nil
+		}
+		if phase == PhaseCalling {
+			// The write may have been applied and only its answer lost;
+			// the call certainly was not made.
+			p.noteNotCalled(want.JobID, want.Attempts)
+		}
+		return Claim{}, false, err
+	}
+	c, created, err = claim()
+	if err != nil || created {
+		return c, created, false, err
+	}
+	same, err := r.sameJob(ctx, c, fp)
+	if err != nil || same {
+		return c, false, false, err
 	}
 	cid := ConflictID(r.jobID, r.env.Data)
-	cbound, err := b.BindID(sctx, cid, fp)
-	if err != nil {
-		return false, err
+	r.requested, r.jobID = r.jobID, cid
+	r.log = p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
+	r.log.Warn().Msg("job id already names another job; the job goes under its conflict id")
+	want.JobID = cid
+	c, created, err = claim()
+	if err != nil || created {
+		return c, created, true, err
 	}
-	if cbound != fp {
+	if c.Fingerprint != "" && c.Fingerprint != fp {
 		// Only a job with this very body could have taken it.
 		r.log.Warn().Str("conflict_id", cid).Msg("the job's conflict id is bound to another job too")
 	}
-	r.requested, r.jobID = r.jobID, cid
+	return c, false, true, nil
+}
+
+// bindOnly binds the key of a job whose id breaks the rules (never
+// claimed) to its body with the id binding (IDBinder), taking its
+// ConflictID when another job holds the key.
+func (r *run) bindOnly(ctx context.Context) (conflict bool, err error) {
+	fp := Fingerprint(r.env.Data)
+	same, err := r.sameJob(ctx, Claim{}, fp)
+	if err != nil || same {
+		if err == nil {
+			r.storeWent()
+		}
+		return false, err
+	}
+	r.storeWent()
+	r.requested, r.jobID = r.jobID, ConflictID(r.jobID, r.env.Data)
 	r.log = r.p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
-	r.log.Warn().Msg("job id already names another job; the job goes under its conflict id")
+	if _, err := r.sameJob(ctx, Claim{}, fp); err != nil {
+		return false, err
+	}
 	return true, nil
+}
+
+// sameJob reports whether the stored claim c is this job's (fingerprint
+// fp): by the fingerprint it carries, or, for a claim without one, by the
+// id binding (IDBinder); with neither, the id decides.
+func (r *run) sameJob(ctx context.Context, c Claim, fp string) (bool, error) {
+	if c.Fingerprint != "" {
+		return c.Fingerprint == fp, nil
+	}
+	b, ok := r.p.cfg.Ledger.(IDBinder)
+	if !ok {
+		return true, nil
+	}
+	sctx, cancel := storeCtx(ctx)
+	defer cancel()
+	bound, err := b.BindID(sctx, r.jobID, fp)
+	if err != nil {
+		return false, fmt.Errorf("bind job id: %w", err)
+	}
+	return bound == fp, nil
 }
 
 // conflictNote says, in an outcome's reason, that the job's id named
@@ -574,24 +671,21 @@ func (r *run) conflictNote() string {
 	return fmt.Sprintf("job id %s already names another job (a different body, scene or target; an id must name one job); this job's outcome is stored under %s", quote(r.requested), r.jobID)
 }
 
-// claimJob takes the job's ledger entry. done is true when the job needs no
-// more work (finished before, or in doubt) and its outcome has been handled.
-func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
+// claimJob takes over the job's ledger entry c, which existed when the
+// job claimed it (claimID): the job was seen before. done is true when the
+// job needs no more work (finished before, or in doubt) and its outcome
+// has been handled.
+func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err error) {
 	p := r.p
 	now := p.cfg.Clock.Now()
-	c, err := p.cfg.Ledger.Claim(ctx, Claim{JobID: r.jobID, Phase: PhaseClaimed, Owner: p.cfg.Owner, Updated: now})
-	if err == nil || errors.Is(err, ErrClaimExists) {
-		r.storeWent()
+	if c.Phase != PhaseDone && c.Phase != PhaseCalling {
+		// The stored outcome is the proof a job is done (the ledger is
+		// not told): look for it first.
+		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
+			r.log.Info().Str("status", string(stored.Status)).Msg("job already finished; skipping duplicate")
+			return true, stored, r.ack(ctx)
+		}
 	}
-	if err == nil {
-		r.claim = c
-		return false, Outcome{}, nil
-	}
-	if !errors.Is(err, ErrClaimExists) {
-		o, err := r.handBack(fmt.Errorf("claim job: %w", err))
-		return true, o, err
-	}
-	// The job was seen before.
 	for c.Phase == PhaseCalling {
 		// Its holder died (or lost the answer) during a call. If the outcome
 		// made it to the store, only the ledger lags behind.
@@ -623,7 +717,7 @@ func (r *run) claimJob(ctx context.Context) (done bool, o Outcome, err error) {
 				o, err := r.handBack(err)
 				return true, o, err
 			}
-			nc, err := p.cfg.Ledger.Claim(ctx, Claim{JobID: r.jobID, Phase: PhaseClaimed, Owner: p.cfg.Owner, Updated: p.cfg.Clock.Now()})
+			nc, err := p.cfg.Ledger.Claim(ctx, Claim{JobID: r.jobID, Phase: PhaseClaimed, Owner: p.cfg.Owner, Updated: p.cfg.Clock.Now(), Fingerprint: Fingerprint(r.env.Data)})
 			if err == nil {
 				r.claim = nc // the entry was gone: the job is ours afresh
 				return false, Outcome{}, nil
@@ -918,6 +1012,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		// The call is not cut short by shutdown: a call abandoned midway is
 		// the in-doubt case we exist to avoid.
 		res, err := p.cfg.Sender.Send(context.WithoutCancel(ctx), j.Scene, j.Target, body)
+		r.markFresh = false
 		took := p.cfg.Clock.Now().Sub(callStart)
 		class := ClassOf(err)
 		if permit != nil {
@@ -1197,14 +1292,16 @@ func (r *run) leave(ctx context.Context) (Permit, error) {
 	if pr, ok := p.cfg.Sender.(Preparer); ok {
 		_ = pr.Prepare(ctx) // a failure shows again in the call
 	}
-	start := p.cfg.Clock.Now()
-	if err := r.markCalling(ctx); err != nil {
-		if permit != nil {
-			permit.Release()
+	if !r.markFresh {
+		start := p.cfg.Clock.Now()
+		if err := r.markCalling(ctx); err != nil {
+			if permit != nil {
+				permit.Release()
+			}
+			return nil, err
 		}
-		return nil, err
+		p.learnMark(p.cfg.Clock.Now().Sub(start))
 	}
-	p.learnMark(p.cfg.Clock.Now().Sub(start))
 	if permit == nil {
 		return nil, nil
 	}
@@ -1240,6 +1337,16 @@ const pauseAbove = 20 * time.Millisecond
 func (r *run) wait(ctx context.Context, d time.Duration, rule string) error {
 	if d <= 0 {
 		return nil
+	}
+	if d > maxMarkLead && r.markFresh {
+		// The wait ends when it would have without the write.
+		until := r.p.cfg.Clock.Now().Add(d)
+		if err := r.unmark(ctx); err != nil {
+			return err
+		}
+		if d = until.Sub(r.p.cfg.Clock.Now()); d <= 0 {
+			return nil
+		}
 	}
 	if pz, ok := r.d.(Pauser); ok && d > pauseAbove {
 		if err := pz.Pause(ctx, d, rule); err != nil {
@@ -1296,7 +1403,7 @@ func (r *run) markCalling(ctx context.Context) error {
 	}
 	// From here a "calling" mark may stand for a real call.
 	r.p.takeNotCalled(r.jobID, 0)
-	r.claim = nc
+	r.claim, r.markFresh = nc, true
 	return nil
 }
 
@@ -1309,8 +1416,38 @@ func (r *run) markClaimed(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("mark claim claimed: %w", err)
 	}
-	r.claim = nc
+	r.claim, r.markFresh = nc, false
 	return nil
+}
+
+// unmark takes back a fresh "calling" mark (markFresh) before the job waits
+// or goes back to the queue: the claim says claimed again and no longer
+// counts the call. When the write fails the process notes that the job was
+// not called, so its redelivery here, or a question from the worker that
+// gets it, is answered right.
+func (r *run) unmark(ctx context.Context) error {
+	if !r.markFresh {
+		return nil
+	}
+	c := r.claim
+	c.Phase, c.Attempts, c.Updated = PhaseClaimed, c.Attempts-1, r.p.cfg.Clock.Now()
+	sctx, cancel := storeCtx(context.WithoutCancel(ctx))
+	defer cancel()
+	nc, err := r.p.cfg.Ledger.Update(sctx, c)
+	if err != nil {
+		r.p.noteNotCalled(r.jobID, r.claim.Attempts)
+		return fmt.Errorf("mark claim claimed: %w", err)
+	}
+	r.claim, r.markFresh = nc, false
+	return nil
+}
+
+// calls is the API calls the claim counts: its Attempts less a fresh mark's.
+func (r *run) calls() int {
+	if r.markFresh {
+		return r.claim.Attempts - 1
+	}
+	return r.claim.Attempts
 }
 
 // stopped turns an error that ended the job before an outcome into the
@@ -1346,12 +1483,14 @@ func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
 		return r.handBack(fmt.Errorf("defer job: %w", err))
 	}
 	c := r.claim
-	c.Phase, c.Updated = PhaseDeferred, r.p.cfg.Clock.Now()
+	c.Phase, c.Attempts, c.Updated = PhaseDeferred, r.calls(), r.p.cfg.Clock.Now()
 	c.WaitRule, c.WaitUntil = le.Rule, le.RetryAt
 	sctx, cancel := storeCtx(ctx)
 	defer cancel()
 	if nc, err := r.p.cfg.Ledger.Update(sctx, c); err == nil {
-		r.claim = nc
+		r.claim, r.markFresh = nc, false
+	} else if r.markFresh {
+		r.p.noteNotCalled(r.jobID, r.claim.Attempts)
 	}
 	r.log.Info().Str("rule", le.Rule).Time("until", le.RetryAt).Msg("quota used up; job deferred to the next period")
 	return Outcome{JobID: r.jobID}, r.ack(ctx)
@@ -1364,6 +1503,9 @@ func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
 // every write costs a few writes a second and a log line every
 // storeWarnEvery, not a tight loop.
 func (r *run) handBack(cause error) (Outcome, error) {
+	// A fresh mark stands for no call: take it back, so the next holder
+	// does not take the job for one stopped mid-call.
+	_ = r.unmark(context.Background())
 	if errors.Is(cause, ErrHandedBack) || errors.Is(cause, context.Canceled) {
 		if err := r.d.Release(0); err != nil {
 			r.log.Warn().Err(err).Msg("release message")
@@ -1452,7 +1594,7 @@ func (r *run) notCharged(o Outcome) bool {
 }
 
 func (r *run) outcome(s Status, reason string) Outcome {
-	o := Outcome{V: ContractVersion, JobID: r.jobID, Status: s, Reason: reason, Attempts: r.claim.Attempts, MsgSeq: r.claim.MsgSeq}
+	o := Outcome{V: ContractVersion, JobID: r.jobID, Status: s, Reason: reason, Attempts: r.calls(), MsgSeq: r.claim.MsgSeq}
 	if r.job != nil {
 		o.Scene, o.Target, o.Meta = r.job.Scene, r.job.Target, r.job.Meta
 		if o.MsgSeq == 0 && r.job.Kind() == KindPassive {
@@ -1483,7 +1625,7 @@ func (r *run) rejected(reason string, se *SendError) Outcome {
 	return r.outcomeFor(StatusRejected, reason+" ("+se.Class.String()+")", se)
 }
 
-// finish stores the outcome, finalises the ledger entry and acks.
+// finish stores the outcome and acks.
 func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	p := r.p
 	// No more calls for this job: the target's next job may go while the
@@ -1497,17 +1639,8 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	if err != nil {
 		return r.handBack(fmt.Errorf("record outcome: %w", err))
 	}
-	if r.claim.JobID != "" {
-		c := r.claim
-		c.Phase, c.Status, c.Updated = PhaseDone, stored.Status, p.cfg.Clock.Now()
-		sctx, cancel := storeCtx(rctx)
-		_, err := p.cfg.Ledger.Update(sctx, c)
-		cancel()
-		if err != nil {
-			// The outcome is stored; a redelivery will find it.
-			r.log.Warn().Err(err).Msg("finalise ledger entry")
-		}
-	}
+	// The ledger entry is left as it is: the stored outcome is the proof
+	// that the job is done (claimJob looks for it first).
 	ev := r.log.Info()
 	if !stored.Status.Delivered() {
 		ev = r.log.Warn()

@@ -55,11 +55,14 @@ type Preparer interface {
 // ClaimPhase is where a job's ledger claim stands.
 type ClaimPhase string
 
-// Claim phases. A claim moves claimed → calling → done.
+// Claim phases. A claim moves claimed → calling, or is created calling when
+// the job goes straight to its call. A job is done when its outcome is
+// stored: the pipeline does not write PhaseDone any more, and reads it in
+// entries older versions wrote.
 const (
 	PhaseClaimed ClaimPhase = "claimed" // claimed; no API call has started
 	PhaseCalling ClaimPhase = "calling" // an API call may have reached the platform
-	PhaseDone    ClaimPhase = "done"    // finalised; the outcome is recorded
+	PhaseDone    ClaimPhase = "done"    // finalised; the outcome is recorded (older versions)
 	// PhaseDeferred: re-scheduled for a later period; the job will come back
 	// and claim again.
 	PhaseDeferred ClaimPhase = "deferred"
@@ -86,6 +89,10 @@ type Claim struct {
 	// instead (fallback: active), why it could not go as a reply; a run
 	// that takes the job over sends it as an active message too.
 	FellBack string `json:"fell_back,omitempty"`
+	// Fingerprint is the Fingerprint of the job's body: the claim binds
+	// the job id to that job, so a different job under the same id is told
+	// apart (ConflictID). Empty in claims older versions wrote.
+	Fingerprint string `json:"fp,omitempty"`
 
 	// Revision is the ledger's revision of this entry, for compare-and-set.
 	Revision uint64 `json:"-"`

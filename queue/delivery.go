@@ -11,12 +11,6 @@ import (
 	"github.com/qqdispatch/qqdispatch/sched"
 )
 
-// ackTimeout bounds waiting for the server to confirm an ack. After a
-// consumer reset the server ignores an ack of a message it is about to
-// deliver again, without answering; the redelivery is then skipped as a
-// finished job.
-const ackTimeout = 5 * time.Second
-
 // delivery adapts a JetStream message to dispatcher.Delivery. The
 // consumer keeps it alive while it holds it.
 type delivery struct {
@@ -49,15 +43,18 @@ func (d *delivery) current() jetstream.Msg {
 	return d.msg
 }
 
-func (d *delivery) Ack(ctx context.Context) error {
+func (d *delivery) Ack(context.Context) error {
 	d.c.mu.Lock()
 	d.acked = true
 	m := d.msg
 	d.c.mu.Unlock()
 	d.unhold()
-	ctx, cancel := context.WithTimeout(ctx, ackTimeout)
-	defer cancel()
-	return m.DoubleAck(ctx)
+	// Fire and forget: the job's outcome (or its deferral) is stored
+	// before it is acked, so an ack that is lost, or that the server
+	// ignores after a consumer reset, only brings the message back, and
+	// the pipeline skips it as a finished job. Waiting for the server's
+	// confirmation would cost every job a round trip.
+	return m.Ack()
 }
 
 func (d *delivery) Release(after time.Duration) error {

@@ -205,12 +205,13 @@ func locateJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names
 
 	w := fromAnswers(id, answers)
 	if w == nil && hasClaim {
+		// A job is done when its outcome is stored (the ledger is not
+		// told): it may have finished while we looked.
+		if o, ok, err := rec.Lookup(ctx, id); err == nil && ok {
+			return located{outcome: &o}, nil
+		}
 		if claim.Phase == dispatcher.PhaseDone {
-			// The outcome is recorded before the ledger says done: it
-			// finished while we looked, or its outcome is gone.
-			if o, ok, err := rec.Lookup(ctx, id); err == nil && ok {
-				return located{outcome: &o}, nil
-			}
+			// Written by an older version: the outcome is gone.
 			return located{}, fmt.Errorf("outcome: job %s finished (%s per the ledger), but its outcome is no longer stored", id, dash(string(claim.Status)))
 		}
 		w = fromClaim(id, claim, members, time.Now())

@@ -34,6 +34,16 @@ func (l *answerLostLedger) Update(ctx context.Context, c dispatcher.Claim) (disp
 	return nc, err
 }
 
+// Claim loses the answer of a claim written "calling" (the usual job's
+// claim carries its call's mark) the same way.
+func (l *answerLostLedger) Claim(ctx context.Context, c dispatcher.Claim) (dispatcher.Claim, error) {
+	nc, err := l.Ledger.Claim(ctx, c)
+	if err == nil && c.Phase == dispatcher.PhaseCalling && l.lose.CompareAndSwap(true, false) {
+		return dispatcher.Claim{}, errAnswerLost
+	}
+	return nc, err
+}
+
 // memDelivery is one delivery of a job's message, as the consumer hands it
 // to the pipeline; the test plays the redelivery itself.
 type memDelivery struct {
@@ -141,5 +151,67 @@ func TestTokenFetchedBeforeDeparture(t *testing.T) {
 	}
 	if want := []int{1}; !slices.Equal(sender.tokensAtSend, want) {
 		t.Errorf("tokens issued when each call started: %v, want %v (fetched before the call left)", sender.tokensAtSend, want)
+	}
+}
+
+// The usual job's claim carries its call's mark (one write). A job that
+// must wait for its instant takes the mark back before it waits: a worker
+// that dies while it waits leaves a claim another worker sends, not a job
+// in doubt, and the outcome counts only the calls made.
+func TestWaitingJobIsNotMarkedCalling(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pol := ratelimit.DefaultPolicy()
+	pol.Scenes.Channel.Any.Rate.PerTarget.Limit, pol.Scenes.Channel.Any.Rate.PerTarget.Per = 1, time.Minute
+	lim, err := ratelimit.New(ratelimit.Config{Policy: &pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: b.Sender(), Ledger: b.Ledger, Recorder: b.Rec, Limiter: lim, Owner: "w-dies"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := &memDelivery{env: envelopeOf(t, b, testbed.Job("wait-mark-1", dispatcher.SceneChannel, "ch-wait", "first", "", time.Time{}))}
+	if o, err := proc.Handle(ctx, first); err != nil || o.Status != dispatcher.StatusSent || o.Attempts != 1 {
+		t.Fatalf("first job: %+v, %v; want sent after 1 call", o, err)
+	}
+	if c, err := b.Ledger.Get(ctx, "wait-mark-1"); err != nil || c.Phase != dispatcher.PhaseCalling || c.Attempts != 1 || c.Fingerprint == "" {
+		t.Fatalf("first job's claim %+v, %v; want calling (written with the claim), 1 attempt, a fingerprint", c, err)
+	}
+
+	// The second job to the target waits a minute for the rate.
+	env := envelopeOf(t, b, testbed.Job("wait-mark-2", dispatcher.SceneChannel, "ch-wait", "second", "", time.Time{}))
+	wctx, stop := context.WithCancel(ctx)
+	handed := make(chan error, 1)
+	go func() {
+		_, err := proc.Handle(wctx, &memDelivery{env: env})
+		handed <- err
+	}()
+	var c dispatcher.Claim
+	waitFor(t, "the waiting job's claim to say claimed", 10*time.Second, func() bool {
+		c, err = b.Ledger.Get(ctx, "wait-mark-2")
+		return err == nil && c.Phase == dispatcher.PhaseClaimed
+	})
+	if c.Attempts != 0 {
+		t.Errorf("waiting job's claim counts %d calls, want 0", c.Attempts)
+	}
+	// Another worker, which cannot ask the first, takes it (as after a
+	// SIGKILL) and sends it: not in doubt.
+	other, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: b.Sender(), Ledger: b.Ledger, Recorder: b.Rec, Owner: "w-next"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := other.Handle(ctx, &memDelivery{env: env})
+	if err != nil || o.Status != dispatcher.StatusSent || o.Attempts != 1 {
+		t.Errorf("taken over: %+v, %v; want sent after 1 call", o, err)
+	}
+	stop()
+	if err := <-handed; !errors.Is(err, dispatcher.ErrHandedBack) {
+		t.Errorf("the waiting worker's Handle: %v, want handed back", err)
+	}
+	if n := len(b.Sim.Accepted()); n != 2 {
+		t.Errorf("simulator accepted %d messages, want 2", n)
 	}
 }
