@@ -52,7 +52,9 @@ const (
 
 // IDBinder is a Ledger that binds job ids to the jobs they name, so that a
 // job reusing another job's id is told apart instead of being skipped as
-// a duplicate of it.
+// a duplicate of it. The pipeline binds ids in the claim itself
+// (Claim.Fingerprint); it uses BindID for the key of an id that breaks the
+// rules (never claimed) and for claims written without a fingerprint.
 //
 // BindID binds jobID to fingerprint (Fingerprint of the job's body) unless
 // the id is bound already, and returns the fingerprint the id is bound to:

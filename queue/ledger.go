@@ -18,8 +18,11 @@ var (
 
 // Ledger is the fleet-wide dedupe ledger over the ledger KV bucket. Keys:
 //
-//	job.<enc job id>          a dispatcher.Claim
-//	id.<enc job id>           the fingerprint of the job the id names (BindID)
+//	job.<enc job id>          a dispatcher.Claim, with the fingerprint of the job
+//	                          the id names (the pipeline's usual id binding)
+//	id.<enc job id>           the fingerprint of the job the id names (BindID: for
+//	                          keys of ids that break the rules, and claims older
+//	                          versions wrote without a fingerprint)
 //	pair.<enc anchor>.<seq>   the job holding (anchor, seq)
 //	seq.<enc anchor>          how many pairs the anchor has and its highest seq
 //
