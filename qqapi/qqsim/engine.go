@@ -10,7 +10,9 @@ import (
 )
 
 // maxIssuedFiles is how many file_infos the Sim keeps before it sweeps the
-// expired ones out at the next upload.
+// expired ones out at the next upload. After a sweep the next one waits
+// until the map has doubled, so uploads while many file_infos are live do
+// not each scan them all.
 const maxIssuedFiles = 4096
 
 // call is one send or upload, parsed and validated.
@@ -341,14 +343,15 @@ func (s *Sim) admit(c *call, trace string, pendingAudit bool) (Message, *verdict
 		n := s.ids.Add(1)
 		c.fileUUID = fmt.Sprintf("sim-file-%d", n)
 		c.fileInfo = fmt.Sprintf("sim-file-info-%s-%d", c.scene, n)
-		if len(s.files) >= maxIssuedFiles {
+		if len(s.files) >= max(maxIssuedFiles, s.filesSweepAt) {
 			for k, f := range s.files {
 				if !now.Before(f.expires) {
 					delete(s.files, k)
 				}
 			}
+			s.filesSweepAt = 2 * len(s.files)
 		}
-		s.files[c.fileInfo] = issuedFile{scene: c.scene, target: c.target, expires: now.Add(s.fileTTL)}
+		s.files[c.fileInfo] = issuedFile{scene: c.scene, expires: now.Add(s.fileTTL)}
 	}
 	if !c.message {
 		s.st.Uploads++

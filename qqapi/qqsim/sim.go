@@ -226,12 +226,13 @@ type Sim struct {
 	guildChannels map[quotaKey]map[string]bool
 	rateLogs      map[rateKey][]time.Time // accepted timestamps per rate rule and key
 	files         map[string]issuedFile   // file_info -> the upload that issued it
+	filesSweepAt  int                     // files' size that triggers the next sweep (see maxIssuedFiles)
 }
 
 // issuedFile is an upload's file_info as the Sim issued it.
 type issuedFile struct {
-	scene, target string
-	expires       time.Time
+	scene   string
+	expires time.Time
 }
 
 type anchor struct {
@@ -470,7 +471,7 @@ func (s *Sim) resetLocked() {
 	s.quotaCounts = map[quotaKey]int{}
 	s.guildChannels = map[quotaKey]map[string]bool{}
 	s.rateLogs = map[rateKey][]time.Time{}
-	s.files = map[string]issuedFile{}
+	s.files, s.filesSweepAt = map[string]issuedFile{}, 0
 }
 
 // takeScript spends one call of the first script matching the call.
