@@ -712,6 +712,12 @@ func (j *Job) MarshalJSON() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return j.encode(msg)
+}
+
+// encode is the job's JSON body around msg, its checked and encoded
+// message (check).
+func (j *Job) encode(msg json.RawMessage) ([]byte, error) {
 	w := wireJob{V: ContractVersion, ID: j.ID, Scene: j.Scene, Target: j.Target, GuildID: j.GuildID,
 		Message: msg, NotAfter: timestamp(j.NotAfter), OnQuota: j.OnQuota, Fallback: j.Fallback, Meta: compact(j.Meta)}
 	if j.Passive() {

@@ -81,11 +81,12 @@ func (p *Publisher) prepare(job *Job) (*nats.Msg, PublishResult, error) {
 	if job == nil {
 		return nil, PublishResult{}, invalid("", "nil job")
 	}
-	if err := job.Validate(); err != nil {
-		return nil, PublishResult{}, err
+	body, ierr := job.check() // once: MarshalJSON would check again
+	if ierr != nil {
+		return nil, PublishResult{}, ierr
 	}
 	job.ID = job.defaultID()
-	data, err := job.MarshalJSON()
+	data, err := job.encode(body)
 	if err != nil {
 		return nil, PublishResult{}, err
 	}
