@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 )
@@ -173,7 +174,7 @@ func editMessage(msg json.RawMessage, drop []string, set map[string][]byte) (jso
 	out = append(out, '{')
 	n := 0
 	for _, m := range members {
-		if contains(drop, m.key) {
+		if slices.Contains(drop, m.key) {
 			continue
 		}
 		if n > 0 {
@@ -205,15 +206,6 @@ func withFileInfo(msg json.RawMessage, fileInfo string) (json.RawMessage, error)
 // msg_id, event_id and msg_seq.
 func asActive(msg json.RawMessage) (json.RawMessage, error) {
 	return editMessage(msg, []string{"msg_id", "event_id", "msg_seq"}, nil)
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // errNoUploader says a job needs an upload its Sender cannot make.
