@@ -87,17 +87,30 @@ func streamJobsLeft(t *testing.T, b *testbed.Bed) uint64 {
 // their outcomes appear.
 func streamDrained(t *testing.T, b *testbed.Bed) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
+	if n := jobsLeftAfter(t, b, 30*time.Second); n > 0 {
+		t.Errorf("%d messages left in the jobs stream 30 s after the last outcome", n)
+	}
+}
+
+// jobsLeftAfter polls the jobs stream every 5 ms until it is empty or
+// timeout has passed, and returns what it still holds then: 0 once it has
+// drained.
+func jobsLeftAfter(tb testing.TB, b *testbed.Bed, timeout time.Duration) uint64 {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	st, err := b.JS.Stream(context.Background(), b.Names.JobsStream)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		n := streamJobsLeft(t, b)
-		if n == 0 {
-			return
+		info, err := st.Info(context.Background())
+		if err != nil {
+			tb.Fatalf("jobs stream: %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Errorf("%d messages left in the jobs stream 30 s after the last outcome", n)
-			return
+		if info.State.Msgs == 0 || time.Now().After(deadline) {
+			return info.State.Msgs
 		}
 		<-tick.C
 	}

@@ -157,25 +157,8 @@ func (r *hostileRig) wait(ids []string, timeout time.Duration) map[string]dispat
 // once, and that nothing else was, and that the worker is still connected.
 func (r *hostileRig) settle(ids []string) {
 	r.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := r.b.JS.Stream(ctx, r.b.Names.JobsStream)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	for {
-		info, err := st.Info(ctx)
-		if err != nil {
-			r.t.Fatalf("jobs stream: %v", err)
-		}
-		if info.State.Msgs == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			r.t.Fatalf("jobs stream still holds %d messages", info.State.Msgs)
-		case <-time.After(50 * time.Millisecond):
-		}
+	if n := jobsLeftAfter(r.t, r.b, 30*time.Second); n > 0 {
+		r.t.Fatalf("jobs stream still holds %d messages", n)
 	}
 	want := make(map[string]bool, len(ids))
 	for _, id := range ids {
