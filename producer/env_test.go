@@ -3,6 +3,7 @@ package producer_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"net/http/httptest"
 	"os"
 	"sync"
@@ -136,24 +137,46 @@ func (e *env) inboundAt(scene producer.Scene, target string, at time.Time) strin
 	return e.sim.Inbound(string(scene), target, at)
 }
 
+// connect returns a Publisher with the default Config on a new
+// connection to the env, and that connection.
+func (e *env) connect() (*producer.Publisher, jetstream.JetStream, *nats.Conn, error) {
+	nc, err := nats.Connect(e.natsURL)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	var pub *producer.Publisher
+	if err == nil {
+		pub, err = producer.NewPublisher(js, producer.Config{})
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	return pub, js, nc, nil
+}
+
 // publisher connects to the env and returns a Publisher with the default
 // Config; the connection closes at the test's end.
 func (e *env) publisher(t testing.TB) (*producer.Publisher, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(e.natsURL)
+	pub, js, nc, err := e.connect()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := producer.NewPublisher(js, producer.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return pub, js
+}
+
+// examplePublisher is publisher for an example, which has no testing.TB:
+// it connects as ExamplePublisher_PublishAndWait shows in full, and the
+// caller closes the connection.
+func (e *env) examplePublisher() (*producer.Publisher, *nats.Conn) {
+	pub, _, nc, err := e.connect()
+	if err != nil {
+		log.Fatal(err)
+	}
+	return pub, nc
 }
 
 // testCtx is a context bounded well inside the test timeout.

@@ -60,17 +60,9 @@ func ExamplePublisher_PublishAndWait() {
 
 // Publishing several jobs, then following their outcomes as they come.
 func ExamplePublisher_WatchOutcomes() {
-	env := sharedEnv() // test-only: a NATS server, the QQ simulator and a worker
-	nc, err := nats.Connect(env.natsURL)
-	if err != nil {
-		log.Fatal(err)
-	}
+	env := sharedEnv()                // test-only: a NATS server, the QQ simulator and a worker
+	pub, nc := env.examplePublisher() // test-only: connected as in ExamplePublisher_PublishAndWait
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	pub, err := producer.NewPublisher(js, producer.Config{})
-	if err != nil {
-		log.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -115,17 +107,9 @@ func ExamplePublisher_WatchOutcomes() {
 // An image sent to a group by URL: the worker uploads it through the
 // platform's /files endpoint and sends the message with its file_info.
 func ExampleMedia() {
-	env := sharedEnv() // test-only: a NATS server, the QQ simulator and a worker
-	nc, err := nats.Connect(env.natsURL)
-	if err != nil {
-		log.Fatal(err)
-	}
+	env := sharedEnv()                // test-only: a NATS server, the QQ simulator and a worker
+	pub, nc := env.examplePublisher() // test-only: connected as in ExamplePublisher_PublishAndWait
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	pub, err := producer.NewPublisher(js, producer.Config{})
-	if err != nil {
-		log.Fatal(err)
-	}
 
 	msg := producer.Media(producer.FileImage, "https://cdn.example.com/poster.png")
 	msg.Content = "tonight's poster" // optional; a group message without text gets " "
@@ -150,16 +134,8 @@ func ExampleWithFallback() {
 	env := sharedEnv()                       // test-only: a NATS server, the QQ simulator and a worker
 	receivedAt := time.Now().Add(-time.Hour) // test-only: a message arrived in GROUP_1 an hour ago
 	msgID := env.inboundAt(producer.Group, "GROUP_1", receivedAt)
-	nc, err := nats.Connect(env.natsURL)
-	if err != nil {
-		log.Fatal(err)
-	}
+	pub, nc := env.examplePublisher() // test-only: connected as in ExamplePublisher_PublishAndWait
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	pub, err := producer.NewPublisher(js, producer.Config{})
-	if err != nil {
-		log.Fatal(err)
-	}
 
 	job, err := producer.GroupReply("GROUP_1", producer.InboundMessage(msgID, receivedAt), producer.Text("sorry for the wait"),
 		producer.WithFallback(producer.FallbackActive))
