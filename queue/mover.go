@@ -147,7 +147,7 @@ func (m *Mover) Start(ctx context.Context) error {
 	m.sem = make(chan struct{}, m.cfg.Concurrency)
 	cc, err := cons.Consume(m.take, jetstream.PullMaxMessages(m.cfg.Concurrency),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			m.warnf(err, "pull fired deferred jobs")
+			m.warn.event(&m.log, err).Msg("pull fired deferred jobs")
 		}))
 	if err != nil {
 		m.cancel()
@@ -243,7 +243,7 @@ func (m *Mover) move(ctx context.Context, msg jetstream.Msg) {
 	cancel()
 	if err != nil {
 		wait := min(time.Second<<min(delivered-1, 16), m.cfg.BackoffMax)
-		m.warnf(err, "re-publish fired deferred job "+h.Get(HeaderJobID)+"; again in "+wait.String())
+		m.warn.event(&m.log, err).Str("job_id", h.Get(HeaderJobID)).Dur("again_in", wait).Msg("re-publish fired deferred job")
 		_ = msg.NakWithDelay(wait)
 		return
 	}
@@ -264,16 +264,10 @@ func (m *Mover) purgeRepeating(ctx context.Context, scheduler, jobID string) {
 		err = st.Purge(ctx, jetstream.WithPurgeSubject(scheduler))
 	}
 	if err != nil {
-		m.warnf(err, "purge repeating schedule "+scheduler)
+		m.warn.event(&m.log, err).Str("scheduler", scheduler).Msg("purge repeating schedule")
 		return
 	}
 	m.log.Warn().Str("scheduler", scheduler).Str("job_id", jobID).Msg("a repeating schedule fired in the deferred stream (no worker makes one): purged it; this copy is moved once")
-}
-
-func (m *Mover) warnf(err error, what string) {
-	if n, ok := m.warn.allow(time.Now()); ok {
-		m.log.Warn().Err(err).Int("suppressed", n).Msg(what)
-	}
 }
 
 // warnLimiter lets one warning through per period and counts the others.
@@ -297,4 +291,15 @@ func (w *warnLimiter) allow(now time.Time) (int, bool) {
 	n := w.suppressed
 	w.last, w.suppressed = now, 0
 	return n, true
+}
+
+// event returns a warning on log with err and the count left out, or nil
+// (on which every zerolog call does nothing) while the period lasts: the
+// fields are added only to a warning that is logged.
+func (w *warnLimiter) event(log *zerolog.Logger, err error) *zerolog.Event {
+	n, ok := w.allow(time.Now())
+	if !ok {
+		return nil
+	}
+	return log.Warn().Err(err).Int("suppressed", n)
 }

@@ -191,9 +191,7 @@ func (s *Sweeper) run(ctx context.Context) {
 	for {
 		res, err := s.Sweep(ctx)
 		if err != nil && ctx.Err() == nil {
-			if n, ok := s.warn.allow(time.Now()); ok {
-				s.log.Warn().Err(err).Int("suppressed", n).Msg("sweep the jobs stream")
-			}
+			s.warn.event(&s.log, err).Msg("sweep the jobs stream")
 		}
 		if res.Strays > 0 || res.Migrated > 0 {
 			s.log.Warn().Int("strays", res.Strays).Int("migrated", res.Migrated).
