@@ -174,7 +174,8 @@ func TestCluster(t *testing.T) {
 	writer, reader := js(servers[2]), js(servers[0])
 	// The meta leader is elected a moment after the routes connect; until
 	// then JetStream API requests go unanswered or answer 503. Each attempt
-	// is bounded, so the loop waits on the server's answers, not on a timer.
+	// is bounded, and a quick 503 is followed by a short pause, so the loop
+	// neither hangs nor spins against the forming cluster.
 	var err error
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -182,6 +183,10 @@ func TestCluster(t *testing.T) {
 		cancel()
 		if err == nil || ctx.Err() != nil || !(isJSNotReady(err) || errors.Is(err, context.DeadlineExceeded)) {
 			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	if err != nil {
