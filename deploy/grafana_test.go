@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -22,8 +21,6 @@ import (
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
 	"github.com/qqdispatch/qqdispatch/internal/worker"
 	"github.com/qqdispatch/qqdispatch/queue"
-	"github.com/qqdispatch/qqdispatch/ratelimit"
-	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 const (
@@ -248,57 +245,9 @@ func TestDashboardMetricsExist(t *testing.T) {
 
 	b := testbed.New(t, testbed.Options{})
 	var running atomic.Pointer[worker.Worker]
-	tel, err := telemetry.New(telemetry.Config{
+	tel, err := telemetry.New(worker.Telemetry(telemetry.Config{
 		Connected: b.Conn.IsConnected,
-		Trouble: func() error {
-			if w := running.Load(); w != nil {
-				return w.Trouble()
-			}
-			return nil
-		},
-		Held: func() int {
-			if w := running.Load(); w != nil {
-				return w.Held()
-			}
-			return 0
-		},
-		Partitions: func() int {
-			if w := running.Load(); w != nil {
-				return len(w.Partitions())
-			}
-			return 0
-		},
-		Scheduling: func() sched.Summary {
-			if w := running.Load(); w != nil {
-				return w.Summary()
-			}
-			return sched.Summary{}
-		},
-		Pacing: func() []ratelimit.PacingStat {
-			if w := running.Load(); w != nil {
-				return w.Pacing()
-			}
-			return nil
-		},
-		Members: func() int {
-			if w := running.Load(); w != nil {
-				return w.Members()
-			}
-			return 0
-		},
-		DLQ: func(ctx context.Context) (uint64, error) {
-			if w := running.Load(); w != nil {
-				return w.DLQMessages(ctx)
-			}
-			return 0, context.Canceled
-		},
-		Quotas: func(ctx context.Context) ([]ratelimit.QuotaStat, error) {
-			if w := running.Load(); w != nil {
-				return w.Quotas(ctx)
-			}
-			return nil, nil
-		},
-	})
+	}, &running))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,6 @@ import (
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
-	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 type serveOpts struct {
@@ -233,58 +232,10 @@ func (s *server) run(ctx context.Context) error {
 	}
 
 	var running atomic.Pointer[worker.Worker]
-	tel, err := telemetry.New(telemetry.Config{
+	tel, err := telemetry.New(worker.Telemetry(telemetry.Config{
 		Connected: func() bool { nc := s.conn.Load(); return nc != nil && nc.IsConnected() },
-		Trouble: func() error {
-			if w := running.Load(); w != nil {
-				return w.Trouble()
-			}
-			return nil
-		},
-		Version: versionString(),
-		Held: func() int {
-			if w := running.Load(); w != nil {
-				return w.Held()
-			}
-			return 0
-		},
-		Partitions: func() int {
-			if w := running.Load(); w != nil {
-				return len(w.Partitions())
-			}
-			return 0
-		},
-		Scheduling: func() sched.Summary {
-			if w := running.Load(); w != nil {
-				return w.Summary()
-			}
-			return sched.Summary{}
-		},
-		Pacing: func() []ratelimit.PacingStat {
-			if w := running.Load(); w != nil {
-				return w.Pacing()
-			}
-			return nil
-		},
-		Members: func() int {
-			if w := running.Load(); w != nil {
-				return w.Members()
-			}
-			return 0
-		},
-		DLQ: func(ctx context.Context) (uint64, error) {
-			if w := running.Load(); w != nil {
-				return w.DLQMessages(ctx)
-			}
-			return 0, errors.New("worker not started")
-		},
-		Quotas: func(ctx context.Context) ([]ratelimit.QuotaStat, error) {
-			if w := running.Load(); w != nil {
-				return w.Quotas(ctx)
-			}
-			return nil, nil
-		},
-	})
+		Version:   versionString(),
+	}, &running))
 	if err != nil {
 		return err
 	}

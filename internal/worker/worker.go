@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/telemetry"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
 	"github.com/qqdispatch/qqdispatch/sched"
@@ -462,6 +464,62 @@ func (w *Worker) Quotas(ctx context.Context) ([]ratelimit.QuotaStat, error) {
 		return nil, nil
 	}
 	return lim.Quotas(ctx)
+}
+
+// Telemetry returns cfg with its worker-reading fields (Trouble, Held,
+// Partitions, Scheduling, Pacing, Members, DLQ, Quotas) set to ask the
+// worker running holds, so the endpoints can serve before it is stored:
+// until then they read as idle, with no DLQ size.
+func Telemetry(cfg telemetry.Config, running *atomic.Pointer[Worker]) telemetry.Config {
+	cfg.Trouble = func() error {
+		if w := running.Load(); w != nil {
+			return w.Trouble()
+		}
+		return nil
+	}
+	cfg.Held = func() int {
+		if w := running.Load(); w != nil {
+			return w.Held()
+		}
+		return 0
+	}
+	cfg.Partitions = func() int {
+		if w := running.Load(); w != nil {
+			return len(w.Partitions())
+		}
+		return 0
+	}
+	cfg.Scheduling = func() sched.Summary {
+		if w := running.Load(); w != nil {
+			return w.Summary()
+		}
+		return sched.Summary{}
+	}
+	cfg.Pacing = func() []ratelimit.PacingStat {
+		if w := running.Load(); w != nil {
+			return w.Pacing()
+		}
+		return nil
+	}
+	cfg.Members = func() int {
+		if w := running.Load(); w != nil {
+			return w.Members()
+		}
+		return 0
+	}
+	cfg.DLQ = func(ctx context.Context) (uint64, error) {
+		if w := running.Load(); w != nil {
+			return w.DLQMessages(ctx)
+		}
+		return 0, errors.New("worker: not started")
+	}
+	cfg.Quotas = func(ctx context.Context) ([]ratelimit.QuotaStat, error) {
+		if w := running.Load(); w != nil {
+			return w.Quotas(ctx)
+		}
+		return nil, nil
+	}
+	return cfg
 }
 
 func (w *Worker) consumer() *queue.Consumer {
