@@ -490,3 +490,49 @@ func TestRecordRetriesAreBoundedAndLogged(t *testing.T) {
 		t.Errorf("%d retry warnings for %d tries; want one per 10 s:\n%s", lines, r.rec.calls, r.logs)
 	}
 }
+
+// finishingPeer is a Peers whose worker still has the job when asked, and
+// finishes it (the call answered, the job rejected) before the asker looks
+// again: the claim goes back to claimed and the outcome is stored.
+type finishingPeer struct {
+	ledger *memLedger
+	rec    *memRecorder
+}
+
+func (f finishingPeer) JobState(_ context.Context, _, jobID string, _ int) (dispatcher.PeerState, error) {
+	f.ledger.mu.Lock()
+	c := f.ledger.claims[jobID]
+	c.Phase = dispatcher.PhaseClaimed
+	f.ledger.claims[jobID] = c
+	f.ledger.mu.Unlock()
+	f.rec.mu.Lock()
+	f.rec.outs[jobID] = dispatcher.Outcome{V: 1, JobID: jobID, Status: dispatcher.StatusRejected, Scene: dispatcher.SceneGroup, Target: "g1"}
+	f.rec.mu.Unlock()
+	return dispatcher.PeerHasJob, nil
+}
+
+// TestPeerFinishesWhileAsked: a job whose call another worker marked, and
+// which that worker finishes while this one waits for it, is skipped as a
+// duplicate whatever phase the worker left its claim in: no second call.
+func TestPeerFinishesWhileAsked(t *testing.T) {
+	t.Parallel()
+	ledger, rec, send := newMemLedger(), newMemRecorder(), &countSender{}
+	if _, err := ledger.Claim(context.Background(), dispatcher.Claim{JobID: "j1", Phase: dispatcher.PhaseCalling, Owner: "other", Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{
+		Sender: send, Ledger: ledger, Recorder: rec, Clock: fastClock{}, Owner: "me",
+		Peers: finishingPeer{ledger: ledger, rec: rec},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &memDelivery{env: env("g1", groupJob("j1", "g1", "x"), 1)}
+	o, err := p.Handle(context.Background(), d)
+	if err != nil {
+		t.Fatalf("Handle: %v", err)
+	}
+	if o.Status != dispatcher.StatusRejected || send.total() != 0 || d.acks != 1 {
+		t.Fatalf("outcome %s after %d calls, %d acks; want the other worker's rejected outcome, no call", o.Status, send.total(), d.acks)
+	}
+}

@@ -680,24 +680,17 @@ func (r *run) conflictNote() string {
 func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err error) {
 	p := r.p
 	now := p.cfg.Clock.Now()
-	if c.Phase != PhaseDone && c.Phase != PhaseCalling {
-		// The stored outcome is the proof a job is done (the ledger is
-		// not told): look for it first.
-		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
-			r.log.Info().Str("status", string(stored.Status)).Msg("job already finished; skipping duplicate")
-			return true, stored, r.ack(ctx)
+	for {
+		// The stored outcome is the proof a job is done (the ledger is not
+		// told): look for it first, in every phase.
+		if done, o, err := r.doneBefore(ctx, c); done {
+			return true, o, err
 		}
-	}
-	for c.Phase == PhaseCalling {
-		// Its holder died (or lost the answer) during a call. If the outcome
-		// made it to the store, only the ledger lags behind.
-		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
-			c.Phase, c.Status, c.Updated = PhaseDone, stored.Status, now
-			sctx, cancel := storeCtx(ctx)
-			_, _ = p.cfg.Ledger.Update(sctx, c)
-			cancel()
-			return true, stored, r.ack(ctx)
+		if c.Phase != PhaseCalling {
+			break
 		}
+		// Its holder died (or lost the answer) during a call, and no
+		// outcome is stored.
 		if c.Owner == p.cfg.Owner && p.takeNotCalled(r.jobID, c.Attempts) {
 			// This process wrote that mark, or failed to undo it, and
 			// made no call: the job is merely claimed.
@@ -728,7 +721,7 @@ func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err 
 				o, err := r.handBack(fmt.Errorf("claim job: %w", err))
 				return true, o, err
 			}
-			c = nc
+			c = nc // the owner may have finished it meanwhile, in any phase
 			continue
 		case PeerNotCalled:
 			r.log.Info().Str("owner", c.Owner).Msg("the worker that marked this job's call made none; resuming it as claimed")
@@ -737,16 +730,6 @@ func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err 
 			r.resumed = true
 		}
 		break
-	}
-	if c.Phase == PhaseDone {
-		if stored, ok, lerr := p.cfg.Recorder.Lookup(ctx, r.jobID); lerr == nil && ok {
-			r.log.Info().Str("status", string(stored.Status)).Msg("job already finished; skipping duplicate")
-			return true, stored, r.ack(ctx)
-		}
-		// Done in the ledger but no outcome stored (it expired): nothing to
-		// redo, the job ran.
-		r.log.Info().Msg("job already finished; skipping duplicate")
-		return true, Outcome{JobID: r.jobID, Status: c.Status}, r.ack(ctx)
 	}
 	// claimed / deferred / calling: take it over.
 	c.Owner, c.Updated = p.cfg.Owner, now
@@ -773,6 +756,23 @@ func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err 
 		r.log.Warn().Int("msg_seq", c.MsgSeq).Msg("resuming a job whose worker stopped mid-call")
 	}
 	return false, Outcome{}, nil
+}
+
+// doneBefore ends the job, acking it, when it finished before: its outcome
+// is stored, or its claim c says done (written by older versions; the
+// outcome may have expired since). A failed lookup counts as not found.
+func (r *run) doneBefore(ctx context.Context, c Claim) (done bool, o Outcome, err error) {
+	stored, ok, lerr := r.p.cfg.Recorder.Lookup(ctx, r.jobID)
+	switch {
+	case lerr == nil && ok:
+		o = stored
+	case c.Phase == PhaseDone:
+		o = Outcome{JobID: r.jobID, Status: c.Status}
+	default:
+		return false, Outcome{}, nil
+	}
+	r.log.Info().Str("status", string(o.Status)).Msg("job already finished; skipping duplicate")
+	return true, o, r.ack(ctx)
 }
 
 // askOwner asks the worker that marked c calling what it knows of the job.
