@@ -57,7 +57,8 @@ func TestProvisionCluster(t *testing.T) {
 	cfg := Config{Partitions: 4, Replicas: 3}.WithDefaults()
 	// The meta leader is elected a moment after the routes connect; until
 	// then JetStream API requests go unanswered or answer 503. Each attempt
-	// is bounded, so the loop waits on the server's answers, not on a timer.
+	// is bounded, and a quick 503 is followed by a short pause, so the loop
+	// neither hangs nor spins against the forming cluster.
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err = Provision(actx, js, cfg)
@@ -65,6 +66,7 @@ func TestProvisionCluster(t *testing.T) {
 		if err == nil || ctx.Err() != nil || !(isJSNotReady(err) || errors.Is(err, context.DeadlineExceeded)) {
 			break
 		}
+		pause(ctx)
 	}
 	if err != nil {
 		t.Fatalf("Provision on the cluster: %v", err)
@@ -93,6 +95,7 @@ func TestProvisionCluster(t *testing.T) {
 		if info.Cluster != nil && info.Cluster.Leader != "" {
 			break
 		}
+		pause(ctx)
 	}
 	m := nextMsg(t, reader, 10*time.Second)
 	if m.Subject() != partitioned(cfg, "G1") || m.Headers().Get(HeaderJobID) != "clustered" {
@@ -109,6 +112,15 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// pause waits a moment between two questions to a forming cluster, or
+// until ctx ends (the next question then fails).
+func pause(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(20 * time.Millisecond):
+	}
 }
 
 func isJSNotReady(err error) bool {
