@@ -40,7 +40,11 @@ func TestKeeperRecreatesWhatVanished(t *testing.T) {
 		}
 	})
 	// The extra bucket does not exist yet: the keeper makes it.
-	<-extra
+	select {
+	case <-extra:
+	case <-ctx.Done():
+		t.Fatal("the keeper did not create the extra bucket")
+	}
 	if err := ts.js.DeleteKeyValue(ctx, cfg.OutcomeBucket); err != nil {
 		t.Fatal(err)
 	}
