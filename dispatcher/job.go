@@ -224,12 +224,14 @@ const conflictTag = 16
 // the job contract, "Job ids"): the id, "~" and the first 16 hex digits of
 // the job's Fingerprint. An id too long for the suffix is replaced by the
 // first 32 hex digits of its SHA-256.
-func ConflictID(id string, body []byte) string {
-	tag := Fingerprint(body)[:conflictTag]
+func ConflictID(id string, body []byte) string { return conflictID(id, Fingerprint(body)) }
+
+// conflictID is ConflictID of a body whose Fingerprint is fp.
+func conflictID(id, fp string) string {
 	if len(id)+1+conflictTag > MaxJobIDBytes {
 		id = sha256Hex([]byte(id))[:32]
 	}
-	return id + "~" + tag
+	return id + "~" + fp[:conflictTag]
 }
 
 // IdentifyJob names the job in env (j is nil when it did not decode): its

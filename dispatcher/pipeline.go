@@ -610,9 +610,8 @@ func (r *run) claimID(ctx context.Context, phase ClaimPhase) (c Claim, created, 
 	if err != nil || same {
 		return c, false, false, err
 	}
-	cid := ConflictID(r.jobID, r.env.Data)
-	r.requested, r.jobID = r.jobID, cid
-	r.log = p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
+	r.takeConflictID(r.jobID, fp)
+	cid := r.jobID
 	r.log.Warn().Msg("job id already names another job; the job goes under its conflict id")
 	want.JobID = cid
 	c, created, err = claim()
@@ -632,19 +631,25 @@ func (r *run) claimID(ctx context.Context, phase ClaimPhase) (c Claim, created, 
 func (r *run) bindOnly(ctx context.Context) (conflict bool, err error) {
 	fp := Fingerprint(r.env.Data)
 	same, err := r.sameJob(ctx, Claim{}, fp)
-	if err != nil || same {
-		if err == nil {
-			r.storeWent()
-		}
+	if err != nil {
 		return false, err
 	}
 	r.storeWent()
-	r.requested, r.jobID = r.jobID, ConflictID(r.jobID, r.env.Data)
-	r.log = r.p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
+	if same {
+		return false, nil
+	}
+	r.takeConflictID(r.jobID, fp)
 	if _, err := r.sameJob(ctx, Claim{}, fp); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// takeConflictID moves the job from id, which names another job, to its
+// ConflictID (fp is the body's Fingerprint); id is kept as requested.
+func (r *run) takeConflictID(id, fp string) {
+	r.requested, r.jobID = id, conflictID(id, fp)
+	r.log = r.p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
 }
 
 // sameJob reports whether the stored claim c is this job's (fingerprint
@@ -1712,8 +1717,7 @@ func (r *run) record(ctx context.Context, o Outcome) (Outcome, error) {
 		return Outcome{}, err
 	}
 	if r.job != nil && r.requested == "" && stored.Scene != "" && (stored.Scene != o.Scene || stored.Target != o.Target) {
-		r.requested, r.jobID = o.JobID, ConflictID(o.JobID, r.env.Data)
-		r.log = r.p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
+		r.takeConflictID(o.JobID, Fingerprint(r.env.Data))
 		r.log.Warn().Msg("the job's id has the outcome of another job; storing this job's under its conflict id")
 		o.JobID = r.jobID
 		note := fmt.Sprintf("job id %s already had the outcome of another job (its id binding had expired); this job's outcome is stored under %s", quote(r.requested), r.jobID)
