@@ -162,14 +162,13 @@ func (m *Mover) Start(ctx context.Context) error {
 // or before Start.
 func (m *Mover) Stop(ctx context.Context) error {
 	m.mu.Lock()
-	if m.stopped || !m.started {
-		m.stopped = true
-		m.mu.Unlock()
-		return nil
-	}
+	running := m.started && !m.stopped
 	m.stopped = true
 	cc := m.cc
 	m.mu.Unlock()
+	if !running {
+		return nil
+	}
 	cc.Stop()
 	done := make(chan struct{})
 	go func() {

@@ -170,13 +170,12 @@ func (s *Sweeper) Start(ctx context.Context) error {
 // twice or before Start.
 func (s *Sweeper) Stop(ctx context.Context) error {
 	s.mu.Lock()
-	if s.stopped || !s.started {
-		s.stopped = true
-		s.mu.Unlock()
-		return nil
-	}
+	running := s.started && !s.stopped
 	s.stopped = true
 	s.mu.Unlock()
+	if !running {
+		return nil
+	}
 	s.cancel()
 	select {
 	case <-s.done:
