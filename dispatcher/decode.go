@@ -624,20 +624,14 @@ func checkFileURL(field, s string) *InvalidJobError {
 	if !isHTTPURL(s) {
 		return invalid(field, "must be an http:// or https:// URL without spaces or control characters")
 	}
-	rest := s[strings.Index(s, "//")+2:]
-	authority := rest
-	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-		authority = rest[:i]
-	}
-	if authority == "" {
-		return invalid(field, "has no host")
-	}
-	if strings.Contains(authority, "@") {
-		return invalid(field, "must not carry user:password@ (the platform fetches the file; credentials would leave with the URL)")
-	}
 	u, err := url.Parse(s)
-	if err != nil || u.Host == "" {
+	switch {
+	case err != nil:
 		return invalid(field, "is not a valid URL (net/url cannot parse it)")
+	case u.User != nil:
+		return invalid(field, "must not carry user:password@ (the platform fetches the file; credentials would leave with the URL)")
+	case u.Host == "":
+		return invalid(field, "has no host")
 	}
 	return nil
 }
