@@ -70,6 +70,14 @@ func demand(span time.Duration, times float64, n *int, publish func(...*dispatch
 // use is how much of its limit a rule's calls used from from to to, by
 // when the simulator accepted them.
 func use(accepted []qqsim.Message, match func(qqsim.Message) bool, limit float64, from, to time.Time) float64 {
+	rate, _ := callRate(accepted, match, from, to)
+	return rate / limit
+}
+
+// callRate is how many calls a second the simulator accepted that match,
+// from the first to the last of those accepted in [from, to), and how
+// many there were; 0 with fewer than two.
+func callRate(accepted []qqsim.Message, match func(qqsim.Message) bool, from, to time.Time) (float64, int) {
 	var at []time.Time
 	for _, m := range accepted {
 		if match(m) && !m.At.Before(from) && m.At.Before(to) {
@@ -78,9 +86,9 @@ func use(accepted []qqsim.Message, match func(qqsim.Message) bool, limit float64
 	}
 	sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
 	if len(at) < 2 {
-		return 0
+		return 0, len(at)
 	}
-	return float64(len(at)-1) / at[len(at)-1].Sub(at[0]).Seconds() / limit
+	return float64(len(at)-1) / at[len(at)-1].Sub(at[0]).Seconds(), len(at)
 }
 
 // TestPacingThroughJitter: every call is delayed by a random 0–30 ms

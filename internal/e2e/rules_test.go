@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
 	"testing"
 	"time"
 
@@ -286,17 +285,7 @@ scenes:
 				to = last[tg]
 			}
 		}
-		var at []time.Time
-		for _, m := range accepted {
-			if match(m) && !m.At.Before(from) && !m.At.After(to) {
-				at = append(at, m.At)
-			}
-		}
-		sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
-		if len(at) < 2 {
-			return 0, len(at)
-		}
-		return float64(len(at)-1) / at[len(at)-1].Sub(at[0]).Seconds(), len(at)
+		return callRate(accepted, match, from, to.Add(1)) // to included
 	}
 	var out []keyRate
 	for _, k := range []struct {
