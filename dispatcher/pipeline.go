@@ -1197,7 +1197,11 @@ func (r *run) upload(ctx context.Context, key mediaKey) (*mediaFile, error) {
 		return nil, asSendError(err)
 	}
 	if u == nil || u.FileInfo == "" {
-		return nil, &SendError{Class: ClassTransient, Message: "the upload's answer has no file_info"}
+		se := &SendError{Class: ClassTransient, Message: "the upload's answer has no file_info"}
+		if u != nil {
+			se.TraceID = u.TraceID
+		}
+		return nil, se
 	}
 	f := newMediaFile(u, started)
 	p.media.put(key, f, p.cfg.Clock.Now())

@@ -60,8 +60,8 @@ var _ dispatcher.Uploader = (*Sender)(nil)
 
 // Upload uploads a file by URL to the scene's /files endpoint with
 // srv_send_msg false (it sends nothing; the pipeline sends the message
-// with the answer's file_info). An answer without a file_info is a
-// transient failure. An upload never leaves a message in doubt.
+// with the answer's file_info; the pipeline takes an answer without one
+// for a transient failure). An upload never leaves a message in doubt.
 func (s *Sender) Upload(ctx context.Context, scene dispatcher.Scene, target string, m dispatcher.MediaURL) (*dispatcher.Upload, error) {
 	body, err := json.Marshal(struct {
 		FileType   int    `json:"file_type"`
@@ -74,9 +74,6 @@ func (s *Sender) Upload(ctx context.Context, scene dispatcher.Scene, target stri
 	res, err := s.c.UploadFile(ctx, qqapi.Scene(scene), target, body)
 	if err != nil {
 		return nil, Convert(err)
-	}
-	if res.FileInfo == "" {
-		return nil, &dispatcher.SendError{Class: dispatcher.ClassTransient, Message: "the upload's answer has no file_info", TraceID: res.TraceID}
 	}
 	return &dispatcher.Upload{FileInfo: res.FileInfo, TTL: time.Duration(res.TTL) * time.Second, TraceID: res.TraceID}, nil
 }
