@@ -2,8 +2,6 @@ package producer
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -99,14 +97,13 @@ func prefixTag(prefix string) string {
 	}
 	var b strings.Builder
 	for i := 0; i < len(prefix) && b.Len() < maxTagName; i++ {
-		if c := prefix[i]; validName(string(c)) {
+		if c := prefix[i]; verbatimByte(c) {
 			b.WriteByte(c)
 		} else {
 			b.WriteByte('_')
 		}
 	}
-	sum := sha256.Sum256([]byte(prefix))
-	return b.String() + "_" + hex.EncodeToString(sum[:4])
+	return b.String() + "_" + sha256Hex([]byte(prefix))[:8]
 }
 
 // derivedNames are the names the workers derive from prefix.

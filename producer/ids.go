@@ -160,12 +160,16 @@ func outcomeKey(id string) string {
 	return "=" + base64.RawURLEncoding.EncodeToString([]byte(id))
 }
 
+// verbatim reports whether s is made only of [A-Za-z0-9_-].
 func verbatim(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !verbatimByte(s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+func verbatimByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }
