@@ -77,14 +77,9 @@ func (t *tuning) intervalLocked() (iv, late int64) {
 	n := float64(t.rate.Limit - t.rate.Burst + 1)
 	per := float64(t.rate.Per)
 	base := per / (n * (1 - t.headroom))
-	sp := t.path.get()
-	if t.shared != nil && t.shared.Late() > 0 {
-		// A fleet-wide bucket: every worker's calls share it.
-		sp = t.path.getFleet()
-	}
-	fixed := per + float64(t.rate.Slack(t.headroom)) + float64(sp)
+	fixed := per + float64(t.rate.Slack(t.headroom)) + float64(t.pathSpread())
 	l := 0.0
-	if t.shared != nil && t.shared.Late() > 0 {
+	if t.fleetWide() {
 		// What the policy's interval leaves beyond the spread (less the
 		// margin below), shared by the slot's lateness and the call's;
 		// at least the grace.
@@ -94,6 +89,19 @@ func (t *tuning) intervalLocked() (iv, late int64) {
 	need := (fixed + 2*l) / n
 	f := math.Max(base, need*(1+retuneAbove)) / t.factor
 	return int64(math.Min(f, float64(neverInterval))), int64(l)
+}
+
+// fleetWide reports whether t paces a fleet-wide bucket, which every
+// worker's calls share.
+func (t *tuning) fleetWide() bool { return t.shared != nil && t.shared.Late() > 0 }
+
+// pathSpread is the path spread t paces for: the fleet's for a fleet-wide
+// bucket, this worker's otherwise.
+func (t *tuning) pathSpread() time.Duration {
+	if t.fleetWide() {
+		return t.path.getFleet()
+	}
+	return t.path.get()
 }
 
 // interval is the interval in force.
@@ -175,10 +183,7 @@ func (l *Limiter) Pacing() []PacingStat {
 	for i := range l.scenes {
 		sr := &l.scenes[i]
 		for _, t := range sr.tunings {
-			sp := sr.path.get()
-			if t.shared != nil && t.shared.Late() > 0 {
-				sp = sr.path.getFleet()
-			}
+			sp := t.pathSpread()
 			t.mu.Lock()
 			st := PacingStat{Scene: sr.scene, Rule: t.rule, Interval: time.Duration(t.iv), Factor: t.factor, Spread: sp,
 				Policy: time.Duration(intervalOf(rate.Limit(t.rate.Every(t.headroom))))}
