@@ -1778,9 +1778,10 @@ func (r *run) retryStore(ctx context.Context, what string, op func(context.Conte
 		if errors.Is(err, ErrUnstorable) {
 			return err
 		}
-		r.storeFailed(r.p.cfg.Clock.Now(), err)
-		if ok, unlogged := r.p.warns.allow(what, r.p.cfg.Clock.Now()); ok {
-			r.log.Warn().Err(err).Int("try", try).Int("unlogged", unlogged).Msg(what + " failed; retrying")
+		now := r.p.cfg.Clock.Now()
+		r.storeFailed(now, err)
+		if ok, held := r.p.warns.allow(what, now); ok {
+			r.log.Warn().Err(err).Int("try", try).Int("not_logged", held).Msg(what + " failed; retrying")
 		}
 		select {
 		case <-ctx.Done():
