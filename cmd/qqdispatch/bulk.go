@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -372,21 +373,12 @@ func statusCounts(counts map[dispatcher.Status]int) string {
 	}
 	var other []string
 	for s, n := range counts {
-		if n > 0 && !containsStatus(statusOrder, s) {
+		if n > 0 && !slices.Contains(statusOrder, s) {
 			other = append(other, fmt.Sprintf("%s %d", s, n))
 		}
 	}
 	sort.Strings(other)
 	return strings.Join(append(parts, other...), ", ")
-}
-
-func containsStatus(list []dispatcher.Status, s dispatcher.Status) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // printOutcomeSummary prints the count by status and the jobs that did not

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,7 +104,7 @@ func dlqStatuses() []dispatcher.Status {
 	return out
 }
 
-func dlqStatus(s dispatcher.Status) bool { return containsStatus(dlqStatuses(), s) }
+func dlqStatus(s dispatcher.Status) bool { return slices.Contains(dlqStatuses(), s) }
 
 func dlqStatusList() string {
 	var names []string
