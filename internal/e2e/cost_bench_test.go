@@ -60,8 +60,7 @@ func BenchmarkJobCost(b *testing.B) {
 		countJobs   = 2000
 	)
 	for range b.N {
-		bed := testbed.New(b, testbed.Options{Rules: testbed.LenientRules(), Names: costNames(partitions)})
-		ctx := context.Background()
+		bed := testbed.New(b, testbed.Options{Rules: testbed.LenientRules(), Names: queue.Config{Partitions: partitions}})
 
 		// (b) plain HTTP loop.
 		httpRate := plainHTTP(b, bed, jobs, groups, concurrency)
@@ -138,15 +137,12 @@ func BenchmarkJobCost(b *testing.B) {
 		if len(tr.otherSubjects) > 0 {
 			b.Logf("other requests by subject: %v", tr.otherSubjects)
 		}
-		_ = ctx
 	}
 }
 
 // workerInbox is the inbox prefix of the measured worker's connection, so
 // the tap can tell its requests from everyone else's.
 const workerInbox = "_WRK"
-
-func costNames(partitions int) queue.Config { return queue.Config{Partitions: partitions} }
 
 // plainHTTP posts n group messages to the simulator from conc goroutines
 // and returns calls per second.
