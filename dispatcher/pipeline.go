@@ -987,14 +987,6 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			}
 		}
 		permit, err := r.leave(ctx)
-		if ClassOf(err) == ClassConfiguration {
-			// The sender could not prepare: the access token was refused.
-			if p.cfg.Observer != nil {
-				p.cfg.Observer.Attempt(j.Scene, err, 0)
-			}
-			r.configAnswer(asSendError(err), &probe)
-			continue
-		}
 		if err != nil {
 			return Outcome{}, err
 		}
