@@ -599,25 +599,26 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// Each existing stream is read once: a stream of another prefix's
+	// deployment is never rewritten to ours, and a jobs stream that allows
+	// message schedules keeps them.
 	jobs := jobsStreamConfig(cfg)
-	switch st, err := js.Stream(ctx, cfg.JobsStream); {
-	case err == nil:
-		if st.CachedInfo().Config.AllowMsgSchedules {
-			jobs = legacyJobsStreamConfig(cfg)
-		}
-	case !errors.Is(err, jetstream.ErrStreamNotFound):
-		return &ProvisionError{Resource: "stream " + cfg.JobsStream, Err: err}
-	}
-	// A stream of another prefix's deployment is never rewritten to ours.
 	for _, name := range []string{cfg.JobsStream, cfg.DeferredStream, cfg.DLQStream} {
 		st, err := js.Stream(ctx, name)
 		if err != nil {
+			if name == cfg.JobsStream && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				return &ProvisionError{Resource: "stream " + name, Err: err}
+			}
 			continue // missing (created below) or unreadable (the create says why)
 		}
-		for _, subj := range st.CachedInfo().Config.Subjects {
+		have := st.CachedInfo().Config
+		for _, subj := range have.Subjects {
 			if !strings.HasPrefix(subj, cfg.Prefix+".") {
 				return &PrefixConflictError{Stream: name, Subject: subj, Prefix: cfg.Prefix}
 			}
+		}
+		if name == cfg.JobsStream && have.AllowMsgSchedules {
+			jobs = legacyJobsStreamConfig(cfg)
 		}
 	}
 	for _, sc := range []jetstream.StreamConfig{jobs, deferredStreamConfig(cfg), dlqStreamConfig(cfg), advisoryStreamConfig(cfg)} {
