@@ -32,10 +32,8 @@ var _ dispatcher.Preparer = (*Sender)(nil)
 // cached one is missing or in its refresh window, so that the call after
 // it does not wait for the token endpoint.
 func (s *Sender) Prepare(ctx context.Context) error {
-	if _, err := s.c.Tokens().Token(ctx); err != nil {
-		return Convert(err) // classified: a refused app secret pauses sending
-	}
-	return nil
+	_, err := s.c.Tokens().Token(ctx)
+	return err // the pipeline leaves errors to the call (dispatcher.Preparer)
 }
 
 // Send calls the scene's send endpoint with body as given. Its result and
