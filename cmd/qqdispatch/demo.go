@@ -202,7 +202,8 @@ type demoRun struct {
 	delays     []time.Duration // publish -> outcome of sent replies
 	replyOther int             // replies that ended otherwise
 	lastReply  string
-	problems   []string
+	problems   int    // outcomes not delivered, and notes
+	lastProb   string // the last of them
 }
 
 // demoNames are the names of the demo's streams and buckets: the default
@@ -353,7 +354,7 @@ func (d *demoRun) record(o dispatcher.Outcome) {
 			d.bcSent++
 		} else {
 			d.bcOther++
-			d.problems = append(d.problems, fmt.Sprintf("%s: %s %s", o.JobID, o.Status, o.Reason))
+			d.problem(fmt.Sprintf("%s: %s %s", o.JobID, o.Status, o.Reason))
 		}
 		if d.bcFirst.IsZero() {
 			d.bcFirst = o.Finished
@@ -366,7 +367,7 @@ func (d *demoRun) record(o dispatcher.Outcome) {
 		}
 		if !o.Status.Delivered() {
 			d.replyOther++
-			d.problems = append(d.problems, fmt.Sprintf("%s: %s %s", o.JobID, o.Status, o.Reason))
+			d.problem(fmt.Sprintf("%s: %s %s", o.JobID, o.Status, o.Reason))
 			return
 		}
 		delay := max(o.Finished.Sub(at), 0)
@@ -378,7 +379,13 @@ func (d *demoRun) record(o dispatcher.Outcome) {
 func (d *demoRun) note(s string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.problems = append(d.problems, s)
+	d.problem(s)
+}
+
+// problem counts one problem and keeps it as the last; d.mu is held.
+func (d *demoRun) problem(s string) {
+	d.problems++
+	d.lastProb = s
 }
 
 // demoCounts is a snapshot of the tallies.
@@ -395,7 +402,7 @@ func (d *demoRun) counts() demoCounts {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := demoCounts{bcSent: d.bcSent, bcOther: d.bcOther, replies: len(d.delays), replyOther: d.replyOther,
-		lastReply: d.lastReply, problems: len(d.problems)}
+		lastReply: d.lastReply, problems: d.problems, lastProblem: d.lastProb}
 	if span := d.bcLast.Sub(d.bcFirst); d.bcSent > 1 && span > 0 {
 		c.bcRate = float64(d.bcSent-1) / span.Minutes()
 	}
@@ -403,9 +410,6 @@ func (d *demoRun) counts() demoCounts {
 		s := slices.Clone(d.delays)
 		slices.Sort(s)
 		c.p50, c.p99, c.worst = s[n/2], s[min(n-1, n*99/100)], s[n-1]
-	}
-	if len(d.problems) > 0 {
-		c.lastProblem = d.problems[len(d.problems)-1]
 	}
 	return c
 }
