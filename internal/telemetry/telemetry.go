@@ -30,8 +30,9 @@ const (
 	// ConfigErrorWindowDefault is how long a configuration-class answer
 	// keeps the worker unready.
 	ConfigErrorWindowDefault = 5 * time.Minute
-	// DLQTimeoutDefault bounds how long a scrape waits for the DLQ's size.
-	DLQTimeoutDefault = 2 * time.Second
+	// ScrapeTimeoutDefault bounds how long a scrape waits for each of the
+	// DLQ's size and the quotas.
+	ScrapeTimeoutDefault = 2 * time.Second
 	// Namespace prefixes every qqdispatch metric name.
 	Namespace = "qqdispatch"
 )
@@ -73,18 +74,18 @@ type Config struct {
 	// fixed partitions). Default: nil, exported as 0.
 	Members func() int
 	// DLQ reports the entries on the DLQ stream; it is called once per
-	// scrape, with a context that ends after DLQTimeout. On an error the
+	// scrape, with a context that ends after ScrapeTimeout. On an error the
 	// scrape leaves qqdispatch_dlq_messages out. Default: nil, exported as
 	// nothing.
 	DLQ func(ctx context.Context) (uint64, error)
 	// Quotas reports the policy's period quotas (ratelimit.Limiter.Quotas);
 	// it is called once per scrape, with a context that ends after
-	// DLQTimeout, for qqdispatch_quota_*. Default: nil, exported as
+	// ScrapeTimeout, for qqdispatch_quota_*. Default: nil, exported as
 	// nothing.
 	Quotas func(ctx context.Context) ([]ratelimit.QuotaStat, error)
-	// DLQTimeout bounds the DLQ call of a scrape. Default DLQTimeoutDefault
-	// (2s).
-	DLQTimeout time.Duration
+	// ScrapeTimeout bounds each of a scrape's DLQ and Quotas calls.
+	// Default ScrapeTimeoutDefault (2s).
+	ScrapeTimeout time.Duration
 }
 
 // Telemetry collects a worker's metrics and answers its health probes. It
@@ -115,11 +116,11 @@ func New(cfg Config) (*Telemetry, error) {
 	if cfg.ConfigErrorWindow < 0 {
 		return nil, fmt.Errorf("telemetry: Config.ConfigErrorWindow must not be negative, got %s", cfg.ConfigErrorWindow)
 	}
-	if cfg.DLQTimeout == 0 {
-		cfg.DLQTimeout = DLQTimeoutDefault
+	if cfg.ScrapeTimeout == 0 {
+		cfg.ScrapeTimeout = ScrapeTimeoutDefault
 	}
-	if cfg.DLQTimeout < 0 {
-		return nil, fmt.Errorf("telemetry: Config.DLQTimeout must not be negative, got %s", cfg.DLQTimeout)
+	if cfg.ScrapeTimeout < 0 {
+		return nil, fmt.Errorf("telemetry: Config.ScrapeTimeout must not be negative, got %s", cfg.ScrapeTimeout)
 	}
 	if cfg.Version == "" {
 		cfg.Version = "unknown"
@@ -186,12 +187,12 @@ func New(cfg Config) (*Telemetry, error) {
 	parts := gauge("partitions_owned", "Partitions this worker consumes.", cfg.Partitions)
 	members := gauge("fleet_members", "Live workers in the fleet as this worker last read the members bucket, itself "+
 		"included; 0 for a worker on fixed partitions.", cfg.Members)
-	dlq := &dlqCollector{size: cfg.DLQ, timeout: cfg.DLQTimeout,
+	dlq := &dlqCollector{size: cfg.DLQ, timeout: cfg.ScrapeTimeout,
 		desc: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "dlq_messages"),
 			"Entries on the DLQ stream, read from JetStream at scrape time: the same on every worker of a fleet.", nil, nil)}
 	waiting := newWaitingCollector(cfg.Scheduling)
 	pacing := newPacingCollector(cfg.Pacing)
-	quotas := newQuotaCollector(cfg.Quotas, cfg.DLQTimeout)
+	quotas := newQuotaCollector(cfg.Quotas, cfg.ScrapeTimeout)
 	for _, c := range []prometheus.Collector{
 		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, members, dlq, waiting, pacing, quotas,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

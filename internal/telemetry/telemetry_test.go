@@ -258,7 +258,7 @@ func TestPacingMetrics(t *testing.T) {
 }
 
 // TestFleetAndDLQMetrics: the fleet's size and the DLQ's are read at
-// scrape time; a DLQ that cannot be read (or takes longer than DLQTimeout)
+// scrape time; a DLQ that cannot be read (or takes longer than ScrapeTimeout)
 // is left out, not reported empty.
 func TestFleetAndDLQMetrics(t *testing.T) {
 	t.Parallel()
@@ -273,7 +273,7 @@ func TestFleetAndDLQMetrics(t *testing.T) {
 			}
 			return 42, nil
 		},
-		DLQTimeout: 50 * time.Millisecond,
+		ScrapeTimeout: 50 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -294,14 +294,14 @@ func TestFleetAndDLQMetrics(t *testing.T) {
 		t.Errorf("after a member left and the DLQ stopped answering:\n%s", grepLines(body, "qqdispatch_"))
 	}
 
-	// The call is bounded by DLQTimeout: a DLQ that does not answer
+	// The call is bounded by ScrapeTimeout: a DLQ that does not answer
 	// leaves the series out instead of holding the scrape.
 	slow, err := telemetry.New(telemetry.Config{
 		DLQ: func(ctx context.Context) (uint64, error) {
 			<-ctx.Done()
 			return 0, ctx.Err()
 		},
-		DLQTimeout: 20 * time.Millisecond,
+		ScrapeTimeout: 20 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -311,8 +311,8 @@ func TestFleetAndDLQMetrics(t *testing.T) {
 	if _, body := get(t, slowSrv.URL+"/metrics"); strings.Contains(body, "qqdispatch_dlq_messages ") || !strings.Contains(body, "qqdispatch_fleet_members 0\n") {
 		t.Errorf("with a DLQ that does not answer:\n%s", grepLines(body, "qqdispatch_"))
 	}
-	if _, err := telemetry.New(telemetry.Config{DLQTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "DLQTimeout") {
-		t.Errorf("a negative DLQTimeout: err = %v, want one naming DLQTimeout", err)
+	if _, err := telemetry.New(telemetry.Config{ScrapeTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "ScrapeTimeout") {
+		t.Errorf("a negative ScrapeTimeout: err = %v, want one naming ScrapeTimeout", err)
 	}
 }
 
