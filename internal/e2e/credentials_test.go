@@ -71,12 +71,7 @@ func TestWrongSecretPausesSending(t *testing.T) {
 
 	// The secret is right again: everything goes, once.
 	b.Sim.SetAppSecret(testbed.AppSecret)
-	outs := b.Outcomes(ids, 2*time.Minute)
-	for _, id := range ids {
-		if o := outs[id]; o.Status != dispatcher.StatusSent {
-			t.Errorf("job %s: %s (%s)", id, o.Status, o.Reason)
-		}
-	}
+	allSent(t, b.Outcomes(ids, 2*time.Minute))
 	seen := map[string]int{}
 	for _, m := range b.Sim.Accepted() {
 		seen[string(m.Body)]++

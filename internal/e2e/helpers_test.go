@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
-	"github.com/qqdispatch/qqdispatch/queue"
+	"maps"
+	"slices"
 	"testing"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/queue"
 )
 
 func contentOf(t testing.TB, body json.RawMessage) string {
@@ -18,3 +22,13 @@ func contentOf(t testing.TB, body json.RawMessage) string {
 }
 
 func dlqFilter(jobID string) queue.DLQFilter { return queue.DLQFilter{JobID: jobID} }
+
+// allSent fails the test for every outcome in outs that is not sent.
+func allSent(t testing.TB, outs map[string]dispatcher.Outcome) {
+	t.Helper()
+	for _, id := range slices.Sorted(maps.Keys(outs)) {
+		if o := outs[id]; o.Status != dispatcher.StatusSent {
+			t.Errorf("job %s: %s (%s)", id, o.Status, o.Reason)
+		}
+	}
+}

@@ -106,12 +106,7 @@ func TestPacingThroughJitter(t *testing.T) {
 		jobs = append(jobs, testbed.Job(fmt.Sprintf("pj-%03d", i), dispatcher.SceneChannel, "pc1", fmt.Sprintf("channel %d", i), "", time.Time{}))
 	}
 	ids := b.Publish(jobs...)
-	outs := b.Outcomes(ids, 2*time.Minute)
-	for _, id := range ids {
-		if o := outs[id]; o.Status != dispatcher.StatusSent {
-			t.Errorf("job %s: %s (%s)", id, o.Status, o.Reason)
-		}
-	}
+	allSent(t, b.Outcomes(ids, 2*time.Minute))
 	if v := b.Sim.Violations(); v != 0 {
 		t.Errorf("the simulator counted %d calls over the limit by arrival: %v", v, b.Sim.Rejections())
 	}

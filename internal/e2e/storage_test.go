@@ -193,11 +193,7 @@ func TestOutcomeBucketDeletedMidRun(t *testing.T) {
 	for _, j := range all[len(first):] {
 		later = append(later, j.ID)
 	}
-	for id, o := range sb.Outcomes(later, 2*time.Minute) {
-		if o.Status != dispatcher.StatusSent {
-			t.Errorf("job %s: %s (%s)", id, o.Status, o.Reason)
-		}
-	}
+	allSent(t, sb.Outcomes(later, 2*time.Minute))
 	sb.sentOnce(t, all)
 	sb.noDLQ(t)
 }
@@ -273,11 +269,7 @@ func TestStorageFullThenRaised(t *testing.T) {
 	if _, err := sb.JS.UpdateStream(ctx, full); err != nil {
 		t.Fatal(err)
 	}
-	for id, o := range sb.Outcomes(ids, 2*time.Minute) {
-		if o.Status != dispatcher.StatusSent {
-			t.Errorf("job %s: %s (%s)", id, o.Status, o.Reason)
-		}
-	}
+	allSent(t, sb.Outcomes(ids, 2*time.Minute))
 	sb.ready(t, "readiness to come back once writes go through")
 	sb.sentOnce(t, append(sb.replyJobs("sf0", 3), jobs...))
 	sb.noDLQ(t)
@@ -329,11 +321,7 @@ func TestNATSRestartRestoresMembers(t *testing.T) {
 	sb.ready(t, "readiness after the restart")
 
 	later := sb.replyJobs("nr2", 30)
-	for id, o := range sb.Outcomes(sb.Publish(later...), time.Minute) {
-		if o.Status != dispatcher.StatusSent {
-			t.Errorf("job %s: %s (%s)", id, o.Status, o.Reason)
-		}
-	}
+	allSent(t, sb.Outcomes(sb.Publish(later...), time.Minute))
 	sb.sentOnce(t, append(first, later...))
 	sb.noDLQ(t)
 	if err := sb.w.Trouble(); err != nil {
@@ -356,11 +344,7 @@ func TestPartitionConsumerDeletedMidRun(t *testing.T) {
 		}
 	}
 	later := sb.replyJobs("cd2", 60)
-	for id, o := range sb.Outcomes(sb.Publish(later...), time.Minute) {
-		if o.Status != dispatcher.StatusSent {
-			t.Errorf("job %s: %s (%s)", id, o.Status, o.Reason)
-		}
-	}
+	allSent(t, sb.Outcomes(sb.Publish(later...), time.Minute))
 	sb.sentOnce(t, append(first, later...))
 	sb.noDLQ(t)
 }
