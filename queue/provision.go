@@ -204,33 +204,28 @@ func (c Config) Validate() error {
 	if err := validSubjectTokens(c.Prefix); err != nil {
 		return bad("Prefix", "%v", err)
 	}
-	streams := []struct{ field, v string }{
-		{"JobsStream", c.JobsStream}, {"DeferredStream", c.DeferredStream}, {"DLQStream", c.DLQStream},
-		{"AdvisoryStream", c.AdvisoryStream},
-	}
-	for i, s := range streams {
-		if !validName(s.v) {
-			return bad(s.field, "%q is not a valid stream name (letters, digits, '-' and '_' only)", s.v)
-		}
-		for _, o := range streams[:i] {
-			if o.v == s.v {
-				return bad(s.field, "must differ from %s (%q)", o.field, o.v)
+	type named struct{ field, v string }
+	// distinct checks that each name is valid and differs from the others.
+	distinct := func(kind string, names ...named) error {
+		for i, n := range names {
+			if !validName(n.v) {
+				return bad(n.field, "%q is not a valid %s name (letters, digits, '-' and '_' only)", n.v, kind)
+			}
+			for _, o := range names[:i] {
+				if o.v == n.v {
+					return bad(n.field, "must differ from %s (%q)", o.field, o.v)
+				}
 			}
 		}
+		return nil
 	}
-	buckets := []struct{ field, v string }{
-		{"OutcomeBucket", c.OutcomeBucket}, {"LedgerBucket", c.LedgerBucket},
-		{"MembersBucket", c.MembersBucket}, {"QuotaBucket", c.QuotaBucket},
+	if err := distinct("stream", named{"JobsStream", c.JobsStream}, named{"DeferredStream", c.DeferredStream},
+		named{"DLQStream", c.DLQStream}, named{"AdvisoryStream", c.AdvisoryStream}); err != nil {
+		return err
 	}
-	for i, b := range buckets {
-		if !validName(b.v) {
-			return bad(b.field, "%q is not a valid bucket name (letters, digits, '-' and '_' only)", b.v)
-		}
-		for _, o := range buckets[:i] {
-			if o.v == b.v {
-				return bad(b.field, "must differ from %s (%q)", o.field, o.v)
-			}
-		}
+	if err := distinct("bucket", named{"OutcomeBucket", c.OutcomeBucket}, named{"LedgerBucket", c.LedgerBucket},
+		named{"MembersBucket", c.MembersBucket}, named{"QuotaBucket", c.QuotaBucket}); err != nil {
+		return err
 	}
 	if c.Partitions < 1 || c.Partitions > MaxPartitions {
 		return bad("Partitions", "must be between 1 and %d, got %d", MaxPartitions, c.Partitions)
