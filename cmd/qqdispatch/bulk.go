@@ -39,6 +39,7 @@ type bulkJob struct {
 	failed    string // why it was not published; "" when it was
 	duplicate bool   // the stream had it already (within its duplicate window)
 	out       *dispatcher.Outcome
+	key, ckey string // outcome bucket keys of its id and its conflict id, set by followOutcomes
 }
 
 func (j *bulkJob) published() bool { return j.failed == "" }
@@ -237,8 +238,9 @@ func followOutcomes(ctx context.Context, kv jetstream.KeyValue, watcher jetstrea
 			continue
 		}
 		total++
-		own[queue.EncodeKey(j.pj.id)] = append(own[queue.EncodeKey(j.pj.id)], j)
-		conflict[queue.EncodeKey(j.pj.conflictID())] = append(conflict[queue.EncodeKey(j.pj.conflictID())], j)
+		j.key, j.ckey = queue.EncodeKey(j.pj.id), queue.EncodeKey(j.pj.conflictID())
+		own[j.key] = append(own[j.key], j)
+		conflict[j.ckey] = append(conflict[j.ckey], j)
 	}
 	done := 0
 	counts := map[dispatcher.Status]int{}
@@ -262,7 +264,7 @@ func followOutcomes(ctx context.Context, kv jetstream.KeyValue, watcher jetstrea
 		var keys []string
 		for _, j := range jobs {
 			if j.published() && j.out == nil {
-				keys = append(keys, queue.EncodeKey(j.pj.id), queue.EncodeKey(j.pj.conflictID()))
+				keys = append(keys, j.key, j.ckey)
 			}
 		}
 		return keys
