@@ -341,6 +341,7 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 			t.Errorf("serve log lacks %s", want)
 		}
 	}
+	withUnit := regexp.MustCompile(`^[0-9.]+(ns|µs|ms|s|m|h)`)
 	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
 		var fields map[string]any
 		if err := json.Unmarshal([]byte(line), &fields); err != nil {
@@ -358,7 +359,7 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 		}
 		for _, k := range []string{"grace", "took"} {
 			if v, ok := fields[k]; ok {
-				if d, isText := v.(string); !isText || !regexp.MustCompile(`^[0-9.]+(ns|µs|ms|s|m|h)`).MatchString(d) {
+				if d, isText := v.(string); !isText || !withUnit.MatchString(d) {
 					t.Errorf("log field %s = %v, want a duration with its unit: %s", k, v, line)
 				}
 			}
