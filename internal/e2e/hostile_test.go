@@ -733,14 +733,5 @@ func TestHostileFlood(t *testing.T) {
 	for _, id := range goodIDs {
 		goodOuts[id] = outs[id]
 	}
-	checkGoodSent(t, goodOuts)
-}
-
-func checkGoodSent(t *testing.T, outs map[string]dispatcher.Outcome) {
-	t.Helper()
-	for id, o := range outs {
-		if o.Status != dispatcher.StatusSent {
-			t.Errorf("good job %s: %s (%s)", id, o.Status, o.Reason)
-		}
-	}
+	allSent(t, goodOuts)
 }
