@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -126,102 +124,6 @@ func TestStartHonoursContext(t *testing.T) {
 		t.Fatalf("Start with a cancelled context: %v", err)
 	}
 	t.Cleanup(func() { _ = e.Stop(context.Background()) })
-}
-
-// TestCluster forms a three-node in-process JetStream cluster and checks
-// that it serves a replicated stream: a message published through one
-// member is read through another.
-func TestCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster formation takes a few seconds")
-	}
-	t.Parallel()
-	ctx := testCtx(t)
-	// JetStream clustering needs every member to list the routes, so the
-	// route ports are picked first.
-	names := []string{"n1", "n2", "n3"}
-	ports := make([]int, len(names))
-	routes := make([]string, len(names))
-	for i := range names {
-		ports[i] = freePort(t)
-		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i])
-	}
-	var servers []*Server
-	for i, name := range names {
-		e, err := New(Config{
-			Port: RandomPort, StoreDir: t.TempDir(), ServerName: name,
-			Cluster: ClusterConfig{Name: "qq", Port: ports[i], Routes: routes},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = e.Stop(context.Background()) })
-		servers = append(servers, e)
-	}
-
-	js := func(e *Server) jetstream.JetStream {
-		nc, err := e.Connect()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, _ := jetstream.New(nc)
-		return js
-	}
-	writer, reader := js(servers[2]), js(servers[0])
-	// The meta leader is elected a moment after the routes connect; until
-	// then JetStream API requests go unanswered or answer 503. Each attempt
-	// is bounded, and a quick 503 is followed by a short pause, so the loop
-	// neither hangs nor spins against the forming cluster.
-	var err error
-	for {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err = writer.CreateStream(actx, jetstream.StreamConfig{Name: "R3", Subjects: []string{"r3.>"}, Replicas: 3})
-		cancel()
-		if err == nil || ctx.Err() != nil || !(isJSNotReady(err) || errors.Is(err, context.DeadlineExceeded)) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	if err != nil {
-		t.Fatalf("create an R3 stream on the cluster: %v", err)
-	}
-	if _, err := writer.Publish(ctx, "r3.hello", []byte("replicated")); err != nil {
-		t.Fatal(err)
-	}
-	st, err := reader.Stream(ctx, "R3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := st.CachedInfo().Config.Replicas; got != 3 {
-		t.Errorf("stream replicas %d, want 3", got)
-	}
-	m, err := st.GetLastMsgForSubject(ctx, "r3.hello")
-	if err != nil || string(m.Data) != "replicated" {
-		t.Fatalf("read through another member: %v %v", m, err)
-	}
-}
-
-// freePort asks the OS for a free TCP port on the loopback interface.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func isJSNotReady(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.Code == 503 || errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // syncWriter serialises writes from the server's goroutines.

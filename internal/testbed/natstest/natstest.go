@@ -1,0 +1,93 @@
+// Package natstest forms in-process JetStream clusters for tests, and waits
+// out the moment such a cluster answers "not ready". It is imported only by
+// tests; it needs nothing of qqdispatch but package natsserver, so the
+// tests of natsserver and queue share it.
+package natstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/natsserver"
+)
+
+// Cluster starts one embedded JetStream server per name, routed to each
+// other as cluster "qq", each in its own t.TempDir(), and stops them when
+// the test ends. JetStream clustering needs every member to list the
+// routes, so the route ports are picked first.
+func Cluster(ctx context.Context, t testing.TB, names ...string) []*natsserver.Server {
+	t.Helper()
+	ports := make([]int, len(names))
+	routes := make([]string, len(names))
+	for i := range names {
+		ports[i] = freePort(t)
+		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i])
+	}
+	servers := make([]*natsserver.Server, 0, len(names))
+	for i, name := range names {
+		e, err := natsserver.New(natsserver.Config{
+			Port: natsserver.RandomPort, StoreDir: t.TempDir(), ServerName: name,
+			Cluster: natsserver.ClusterConfig{Name: "qq", Port: ports[i], Routes: routes},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.Stop(context.Background()) })
+		servers = append(servers, e)
+	}
+	return servers
+}
+
+// UntilReady runs try until it succeeds, fails otherwise than NotReady, or
+// ctx ends, and returns its last error. The meta leader is elected a
+// moment after the routes connect; until then JetStream API requests go
+// unanswered or answer 503. Each attempt is bounded by two seconds, and a
+// quick refusal is followed by a short pause, so the wait neither hangs
+// nor spins against the forming cluster.
+func UntilReady(ctx context.Context, try func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := try(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !(NotReady(err) || errors.Is(err, context.DeadlineExceeded)) {
+			return err
+		}
+		Pause(ctx)
+	}
+}
+
+// NotReady reports whether err is a cluster's "not ready yet" answer.
+func NotReady(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503 || errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// Pause waits a moment between two questions to a forming cluster, or
+// until ctx ends (the next question then fails).
+func Pause(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(20 * time.Millisecond):
+	}
+}
+
+// freePort asks the OS for a free TCP port on the loopback interface.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
