@@ -29,9 +29,10 @@ type spread struct {
 
 	mu     sync.Mutex
 	ring   [spreadSamples]int64
-	n      int // samples in ring
-	next   int // where the next sample goes
-	fresh  int // samples since the estimate was computed
+	sorted [spreadSamples]int64 // scratch for the percentiles
+	n      int                  // samples in ring
+	next   int                  // where the next sample goes
+	fresh  int                  // samples since the estimate was computed
 	lo, hi int64
 	// peers are the other workers' percentiles (valid when peerOK).
 	peerLo, peerHi int64
@@ -75,7 +76,8 @@ func (s *spread) add(d time.Duration) bool {
 		return false
 	}
 	s.fresh = 0
-	v := slices.Clone(s.ring[:s.n])
+	v := s.sorted[:s.n]
+	copy(v, s.ring[:s.n])
 	slices.Sort(v)
 	s.lo, s.hi = v[s.n/100], v[s.n-1-s.n/100]
 	old := s.value.Swap(s.hi - s.lo)
