@@ -100,6 +100,9 @@ type Consumer struct {
 	cfg ConsumerConfig
 	js  jetstream.JetStream
 	log zerolog.Logger
+	// warn passes one warning per 5 s of the partitions' failing
+	// re-creations, whichever partitions they come from.
+	warn *warnLimiter
 
 	mu       sync.Mutex
 	s        *sched.Scheduler
@@ -185,6 +188,7 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) 
 		stopping: make(map[int]*partition),
 		kick:     make(chan struct{}, 1),
 		loopDone: make(chan struct{}),
+		warn:     &warnLimiter{every: 5 * time.Second},
 	}
 	if cfg.Logger != nil {
 		c.log = *cfg.Logger

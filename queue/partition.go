@@ -197,7 +197,9 @@ func (p *partition) loop() {
 // recreate re-creates the partition's consumer after a pull found no
 // responder, once the jobs stream exists (the Keeper re-creates a stream
 // that vanished), and rewinds it. It waits FetchWait between tries and
-// reports false when the partition stops first.
+// reports false when the partition stops first. Its failures are logged
+// through the Consumer's warnLimiter: every partition fails at once when
+// the jobs stream is gone.
 func (p *partition) recreate() bool {
 	c := p.c
 	for {
@@ -218,13 +220,13 @@ func (p *partition) recreate() bool {
 		}
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			cancel()
-			p.log.Warn().Err(err).Msg("the partition's pulls get no answer")
+			c.warn.event(&p.log, err).Msg("the partition's pulls get no answer")
 			continue
 		}
 		cons, err := c.ensureConsumer(ctx, p.n)
 		cancel()
 		if err != nil {
-			p.log.Warn().Err(err).Msg("re-create the partition's consumer")
+			c.warn.event(&p.log, err).Msg("re-create the partition's consumer")
 			continue
 		}
 		p.log.Warn().Msg("the partition's consumer was gone; re-created it")
