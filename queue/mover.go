@@ -255,7 +255,8 @@ func (m *Mover) move(ctx context.Context, msg jetstream.Msg) {
 // purgeRepeating removes a repeating schedule from the deferred stream.
 func (m *Mover) purgeRepeating(ctx context.Context, scheduler, jobID string) {
 	if !strings.HasPrefix(scheduler, deferSchedulePrefix(m.cfg.Names)) {
-		m.log.Warn().Str("scheduler", scheduler).Str("job_id", jobID).Msg("fired deferred job from a repeating schedule outside the schedule subjects")
+		// Not purged, so it fires again at its own pace: rate-limited.
+		m.warn.event(&m.log, nil).Str("scheduler", scheduler).Str("job_id", jobID).Msg("fired deferred job from a repeating schedule outside the schedule subjects")
 		return
 	}
 	st, err := m.js.Stream(ctx, m.cfg.Names.DeferredStream)
