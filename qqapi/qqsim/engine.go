@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"sort"
 	"strconv"
 	"time"
 )
@@ -293,14 +294,7 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 		case PerEndpoint:
 			k.key = c.scene + "/" + c.endpoint
 		}
-		from := now.Add(-r.Window)
-		n := 0
-		for _, t := range s.rateLogs[k] {
-			if t.After(from) && !t.After(now) {
-				n++
-			}
-		}
-		if n >= r.Limit {
+		if maxWindowWith(s.rateLogs[k], now, r.Window) > r.Limit {
 			return fx, &verdict{r.Name, r.Code, r.HTTPStatus,
 				fmt.Sprintf("rate limit %s of %d per %s exceeded", r.Name, r.Limit, r.Window)}
 		}
@@ -309,12 +303,14 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 	return fx, nil
 }
 
-// admit checks a call against the rules and, if it passes, records it with
-// all bookkeeping, atomically. Plain uploads return a zero Message.
-func (s *Sim) admit(c *call, trace string, pendingAudit bool) (Message, *verdict) {
+// admit checks a call arriving at now against the rules and, if it passes,
+// records it with all bookkeeping, atomically. Plain uploads return a zero
+// Message. Calls may be admitted out of their arrival order (their drawn
+// delays differ): rate rules keep their times sorted and check every window
+// the new arrival falls in.
+func (s *Sim) admit(c *call, trace string, pendingAudit bool, now time.Time) (Message, *verdict) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
 	fx, v := s.checkLocked(c, now)
 	if v != nil {
 		s.rejectLocked(v, c.scene, c.target, c.endpoint, c.anchorID(), c.msgSeq, now, trace)
@@ -329,15 +325,11 @@ func (s *Sim) admit(c *call, trace string, pendingAudit bool) (Message, *verdict
 		}
 		s.guildChannels[k][c.target] = true
 	}
+	// A later call may arrive (be counted) before now by up to the largest
+	// delay the faults draw: keep the times its windows can reach.
+	lag := s.faults.Latency + s.faults.Jitter
 	for _, k := range fx.rates {
-		from := now.Add(-s.rules.Rates[k.rule].Window)
-		kept := s.rateLogs[k][:0]
-		for _, t := range s.rateLogs[k] {
-			if t.After(from) {
-				kept = append(kept, t)
-			}
-		}
-		s.rateLogs[k] = append(kept, now)
+		s.rateLogs[k] = insertTime(s.rateLogs[k], now, now.Add(-s.rules.Rates[k.rule].Window-lag))
 	}
 	if c.endpoint == EndpointFiles {
 		n := s.ids.Add(1)
@@ -401,4 +393,44 @@ func (s *Sim) rejectLocked(v *verdict, scene, target, endpoint, msgID string, se
 		Scene: scene, Target: target, Endpoint: endpoint,
 		MsgID: msgID, MsgSeq: seq, At: now, TraceID: trace,
 	})
+}
+
+// maxWindowWith is the most arrivals in any window (x−w, x] that contains
+// at, counting at itself, over times sorted ascending.
+func maxWindowWith(times []time.Time, at time.Time, w time.Duration) int {
+	// The windows containing at end at at or at a later arrival before
+	// at+w; each holds at and the arrivals in (x−w, x].
+	best := 0
+	lo := 0
+	for _, x := range append([]time.Time{at}, laterWithin(times, at, w)...) {
+		for lo < len(times) && !times[lo].After(x.Add(-w)) {
+			lo++
+		}
+		hi := sort.Search(len(times), func(i int) bool { return times[i].After(x) })
+		best = max(best, hi-lo+1)
+	}
+	return best
+}
+
+// laterWithin is the arrivals after at and before at+w, of times sorted
+// ascending.
+func laterWithin(times []time.Time, at time.Time, w time.Duration) []time.Time {
+	i := sort.Search(len(times), func(i int) bool { return times[i].After(at) })
+	j := sort.Search(len(times), func(j int) bool { return !times[j].Before(at.Add(w)) })
+	if i >= j {
+		return nil
+	}
+	return times[i:j]
+}
+
+// insertTime adds at to times (sorted ascending) in order, dropping the
+// times not after keepFrom.
+func insertTime(times []time.Time, at, keepFrom time.Time) []time.Time {
+	drop := sort.Search(len(times), func(i int) bool { return times[i].After(keepFrom) })
+	times = times[drop:]
+	i := sort.Search(len(times), func(i int) bool { return times[i].After(at) })
+	times = append(times, time.Time{})
+	copy(times[i+1:], times[i:])
+	times[i] = at
+	return times
 }

@@ -71,6 +71,20 @@ func TestLatency(t *testing.T) {
 	}
 }
 
+// TestLatencyIsTheArrival: a call counts at its receipt plus the drawn
+// latency (the modelled path), not when the simulator's own timer fired.
+func TestLatencyIsTheArrival(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withRules(bareRules()))
+	const lat = 20 * time.Millisecond
+	b.sim.SetFaults(qqsim.Faults{Latency: lat})
+	mustOK(t, b.send(qqsim.SceneGroup, "g", activeBody(qqsim.SceneGroup)), "delayed send")
+	acc := b.sim.Accepted()
+	if len(acc) != 1 || !acc[0].At.Equal(t0.Add(lat)) {
+		t.Fatalf("accepted %+v, want one at %v (the fake clock's now plus the latency)", acc, t0.Add(lat))
+	}
+}
+
 func TestLatencyHonoursCancellation(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withRules(bareRules()))

@@ -181,8 +181,15 @@ func wait(ctx context.Context, d time.Duration) bool {
 
 // handleSend serves one send or upload endpoint. Order: count the call,
 // faults (transient, latency), auth, scripts, validation, rules, answer.
+//
+// The rules count a call at its arrival: when the handler received it plus
+// the Latency and Jitter drawn for it, the modelled path. The real wait only
+// holds the answer back; a timer that fires late on a busy host is not part
+// of the path, and counting at its firing would bunch arrivals the client
+// never bunched.
 func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		received := s.now()
 		trace := traceOf(r)
 		target := r.PathValue("target")
 		body, readErr := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
@@ -251,7 +258,7 @@ func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 			return
 		}
 		pending := scripted && sc.Action == ActionPendingAudit
-		m, v := s.admit(c, trace, pending)
+		m, v := s.admit(c, trace, pending, received.Add(delay))
 		if v != nil {
 			writeError(w, v.status, v.code, v.message, trace)
 			return

@@ -163,7 +163,7 @@ type Message struct {
 	// MsgSeq is the effective msg_seq for c2c and group (1 when absent),
 	// 0 for channel and dm.
 	MsgSeq  int       `json:"msg_seq"`
-	At      time.Time `json:"at"`                 // acceptance time on the Sim's clock
+	At      time.Time `json:"at"`                 // arrival on the Sim's clock: receipt plus the drawn Latency and Jitter
 	ID      string    `json:"id,omitempty"`       // QQ message id; empty while pending audit
 	AuditID string    `json:"audit_id,omitempty"` // set when accepted as pending audit
 }
