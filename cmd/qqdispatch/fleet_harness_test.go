@@ -252,7 +252,9 @@ type fleet struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	pub     *queue.Publisher
-	sim     *qqsim.Sim
+	sim     *qqsim.Sim // nil with SimProcess
+	view    simView    // sim, or the simulator process
+	simURL  string     // with SimProcess: where the workers send
 	tap     *tap
 	policy  string // policy file for the workers; "" runs them with --no-rules
 	args    []string
@@ -271,6 +273,11 @@ type fleetOptions struct {
 	Latency time.Duration
 	// Args are extra serve flags for every worker.
 	Args []string
+	// SimProcess runs the simulator as its own process (`qqdispatch
+	// sim`), the workers calling it directly with no tap in between: an
+	// observer of arrivals that the test process's load cannot bunch
+	// (see startSimProcess). Read it through fleet.view.
+	SimProcess bool
 }
 
 // fleetPartitions is the partition count of the fleet tests: serve's
@@ -293,12 +300,18 @@ func newFleet(t testing.TB, o fleetOptions) *fleet {
 			t.Fatal(err)
 		}
 	}
-	sim, err := qqsim.New(qqsim.Config{AppID: testbed.AppID, AppSecret: testbed.AppSecret, Rules: rules, Faults: qqsim.Faults{Latency: o.Latency}})
-	if err != nil {
-		t.Fatal(err)
+	if o.SimProcess {
+		rs := startSimProcess(t, rules, o.Latency, f.logDir)
+		f.view, f.simURL = rs, rs.base
+		f.tap = &tap{names: f.names} // records nothing: no worker calls through it
+	} else {
+		sim, err := qqsim.New(qqsim.Config{AppID: testbed.AppID, AppSecret: testbed.AppSecret, Rules: rules, Faults: qqsim.Faults{Latency: o.Latency}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.sim, f.view = sim, sim
+		f.tap = &tap{inner: sim.Handler(), names: f.names}
 	}
-	f.sim = sim
-	f.tap = &tap{inner: sim.Handler(), names: f.names}
 	f.cluster = startCluster(t)
 
 	nc, err := nats.Connect(f.cluster.urls(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
@@ -351,7 +364,10 @@ func (f *fleet) startWorker(id string) *fleetWorker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := f.tap.server(t, id)
+	base := f.simURL
+	if base == "" {
+		base = f.tap.server(t, id)
+	}
 	args := []string{"serve",
 		"--nats-url", f.cluster.urls(),
 		"--replicas", "3",
@@ -947,7 +963,7 @@ func checkInDoubt(t testing.TB, names queue.Config, calls []tapCall, jobs map[st
 // checkViolations asserts the simulator saw no rule violation, and
 // explains any: the rejected call, and what the simulator accepted for the
 // same target in the rule's window before it.
-func checkViolations(t testing.TB, sim *qqsim.Sim, calls []tapCall) {
+func checkViolations(t testing.TB, sim simView, calls []tapCall) {
 	t.Helper()
 	v := sim.Violations()
 	if v == 0 {

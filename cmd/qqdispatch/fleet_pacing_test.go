@@ -36,6 +36,8 @@ type fleetPacingRun struct {
 // C2C and group scenes; passive replies to 250 users and 250 groups are
 // published at twice what the buckets allow (200/s a scene) for 30 s, and
 // one worker is SIGKILLed after 15 s. It waits for every job's outcome.
+// The simulator runs as its own process, so that what it counts by arrival
+// is what the workers sent, not the test process's own scheduling.
 func runFleetPacing(tb testing.TB) fleetPacingRun {
 	const (
 		perScene = 250
@@ -44,7 +46,7 @@ func runFleetPacing(tb testing.TB) fleetPacingRun {
 		killAt   = 15 * time.Second
 		pubs     = 4
 	)
-	f := newFleet(tb, fleetOptions{Policy: fleetPacingPolicy, Latency: 2 * time.Millisecond})
+	f := newFleet(tb, fleetOptions{Policy: fleetPacingPolicy, Latency: 2 * time.Millisecond, SimProcess: true})
 	ow := f.watchOutcomes()
 	for _, id := range []string{"w1", "w2", "w3"} {
 		f.startWorker(id)
@@ -72,7 +74,7 @@ func runFleetPacing(tb testing.TB) fleetPacingRun {
 			var anchor string
 			for r := range per {
 				if r%budget == 0 {
-					anchor = f.sim.Inbound(string(sc), x.id, now)
+					anchor = f.view.Inbound(string(sc), x.id, now)
 				}
 				id := fmt.Sprintf("fp-%s-%02d", x.id, r)
 				j := testbed.Job(id, sc, x.id, contentFor(x.id, r), anchor, now)
@@ -160,7 +162,7 @@ func runFleetPacing(tb testing.TB) fleetPacingRun {
 	// call until publishing stopped (demand exceeds the bucket throughout:
 	// the backlog grows; after, partitions run dry one by one).
 	byScene := map[dispatcher.Scene][]time.Time{}
-	for _, m := range f.sim.Accepted() {
+	for _, m := range f.view.Accepted() {
 		byScene[dispatcher.Scene(m.Scene)] = append(byScene[dispatcher.Scene(m.Scene)], m.At)
 	}
 	for sc, times := range byScene {
@@ -176,8 +178,8 @@ func runFleetPacing(tb testing.TB) fleetPacingRun {
 		run.span[sc] = to.Sub(from)
 		run.use[sc] = float64(n-1) / to.Sub(from).Seconds() / 100
 	}
-	run.violations = f.sim.Violations()
-	checkViolations(tb, f.sim, f.tap.snapshot())
+	run.violations = f.view.Violations()
+	checkViolations(tb, f.view, f.tap.snapshot())
 	return run
 }
 
