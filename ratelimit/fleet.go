@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
+
+	"github.com/qqdispatch/qqdispatch/internal/kvkey"
 )
 
 // Defaults of FleetOptions.
@@ -136,7 +138,7 @@ func NewFleetBuckets(kv jetstream.KeyValue, opts FleetOptions) (*FleetBuckets, e
 		opts.KeyPrefix = FleetKeyPrefixDefault
 	}
 	for _, tok := range strings.Split(opts.KeyPrefix, ".") {
-		if tok == "" || !verbatimToken(tok) {
+		if tok == "" || !kvkey.Verbatim(tok) {
 			return nil, fmt.Errorf("ratelimit: FleetOptions.KeyPrefix %q: want dot-separated tokens of [-_a-zA-Z0-9]", opts.KeyPrefix)
 		}
 	}
@@ -185,13 +187,13 @@ func NewFleetBuckets(kv jetstream.KeyValue, opts FleetOptions) (*FleetBuckets, e
 }
 
 // Key is the KV key of the shared bucket called name: KeyPrefix, then each
-// dot-separated token of name encoded by EncodeKeyToken, for example
+// dot-separated token of name encoded by kvkey.Encode, for example
 // "rate.bot.mybot.group.active". Encoded tokens never contain a dot, so
 // distinct names get distinct keys.
 func (f *FleetBuckets) Key(name string) string {
 	toks := strings.Split(name, ".")
 	for i, t := range toks {
-		toks[i] = EncodeKeyToken(t)
+		toks[i] = kvkey.Encode(t)
 	}
 	return f.prefix + "." + strings.Join(toks, ".")
 }

@@ -862,9 +862,14 @@ func TestFleetOptionsAndKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]string{
-		"bot.b1.group.active": "rate.bot.b1.group.active",
-		"endpoint.send.c2c":   "rate.endpoint.send.c2c",
-		"bot.a b.dm.active":   "rate.bot.=YSBi.dm.active",
+		// Pinned to the bytes earlier versions wrote: an upgraded fleet
+		// must find its calendars.
+		"bot.b1.group.active":        "rate.bot.b1.group.active",
+		"bot.102030405.group.active": "rate.bot.102030405.group.active",
+		"endpoint.send.c2c":          "rate.endpoint.send.c2c",
+		"endpoint.files.group":       "rate.endpoint.files.group",
+		"bot.a b.dm.active":          "rate.bot.=YSBi.dm.active",
+		"bot..c2c.active":            "rate.bot.=.c2c.active",
 	} {
 		if got := f.Key(name); got != want {
 			t.Errorf("Key(%q) = %q, want %q", name, got, want)

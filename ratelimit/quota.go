@@ -2,7 +2,6 @@ package ratelimit
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/kvkey"
 )
 
 // Defaults of QuotaBucketConfig.
@@ -97,32 +97,11 @@ type QuotaRef struct {
 }
 
 // QuotaKey is the KV key of a count:
-// q.<scene>.<kind>.<scope>.<id>.<period>, the id encoded by EncodeKeyToken
-// and the period written 2006-01-02 (day) or 2006-01 (month) in the policy's
-// zone.
+// q.<scene>.<kind>.<scope>.<id>.<period>, the id encoded by kvkey.Encode
+// (the key encoding of every KV key qqdispatch stores) and the period
+// written 2006-01-02 (day) or 2006-01 (month) in the policy's zone.
 func QuotaKey(scene dispatcher.Scene, kind dispatcher.Kind, scope QuotaScope, id, period string) string {
-	return "q." + string(scene) + "." + string(kind) + "." + string(scope) + "." + EncodeKeyToken(id) + "." + period
-}
-
-// EncodeKeyToken makes an id safe as one KV key token (KV keys allow only
-// [-/_=.a-zA-Z0-9]): verbatim when it is made of [A-Za-z0-9_-] only, else
-// "=" + base64url without padding. Verbatim tokens never contain "=", so
-// the two forms cannot collide.
-func EncodeKeyToken(id string) string {
-	if id != "" && verbatimToken(id) {
-		return id
-	}
-	return "=" + base64.RawURLEncoding.EncodeToString([]byte(id))
-}
-
-func verbatimToken(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
+	return "q." + string(scene) + "." + string(kind) + "." + string(scope) + "." + kvkey.Encode(id) + "." + period
 }
 
 // periodOf returns the label of the period containing t, and when the next

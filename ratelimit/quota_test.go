@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -289,21 +290,29 @@ func TestUsageRejectsBadRefs(t *testing.T) {
 	}
 }
 
+// TestQuotaKeys pins quota keys to the bytes earlier versions wrote: a
+// fleet upgraded in the middle of a period must find its counts.
 func TestQuotaKeys(t *testing.T) {
 	t.Parallel()
-	for id, want := range map[string]string{
-		"ABC_def-123": "ABC_def-123",
-		"a.b":         "=YS5i",
-		"":            "=",
-		"=x":          "=PXg",
-		"群":           "=576k",
+	for _, tc := range []struct {
+		scene      dispatcher.Scene
+		kind       dispatcher.Kind
+		scope      QuotaScope
+		id, period string
+		want       string
+	}{
+		{dispatcher.SceneDM, dispatcher.KindActive, ScopeTarget, "u.1", "2026-03-10", "q.dm.active.target.=dS4x.2026-03-10"},
+		{dispatcher.SceneGroup, dispatcher.KindActive, ScopeTarget, "E4F1A0C2B3D4", "2026-03", "q.group.active.target.E4F1A0C2B3D4.2026-03"},
+		{dispatcher.SceneChannel, dispatcher.KindActive, ScopeGuild, "C9B1 x/y", "2026-03-10", "q.channel.active.guild.=QzlCMSB4L3k.2026-03-10"},
+		{dispatcher.SceneC2C, KindAny, ScopeBot, "", "2026-03", "q.c2c.any.bot.=.2026-03"},
+		{dispatcher.SceneGroup, dispatcher.KindPassive, ScopeTarget, "群聊", "2026-03-10", "q.group.passive.target.=576k6IGK.2026-03-10"},
+		// The longest target (dispatcher.MaxTargetBytes) of 3-byte runes.
+		{dispatcher.SceneGroup, dispatcher.KindActive, ScopeTarget, strings.Repeat("群", 42), "2026-03",
+			"q.group.active.target.=" + strings.Repeat("576k", 42) + ".2026-03"},
 	} {
-		if got := EncodeKeyToken(id); got != want {
-			t.Errorf("EncodeKeyToken(%q) = %q, want %q", id, got, want)
+		if got := QuotaKey(tc.scene, tc.kind, tc.scope, tc.id, tc.period); got != tc.want {
+			t.Errorf("QuotaKey(%s, %s, %s, %q, %s) = %q, want %q", tc.scene, tc.kind, tc.scope, tc.id, tc.period, got, tc.want)
 		}
-	}
-	if k := QuotaKey(dispatcher.SceneDM, dispatcher.KindActive, ScopeTarget, "u.1", "2026-03-10"); k != "q.dm.active.target.=dS4x.2026-03-10" {
-		t.Errorf("QuotaKey = %q", k)
 	}
 }
 
