@@ -59,12 +59,8 @@ func pairKey(anchor string, seq int) string {
 func seqKey(anchor string) string { return "seq." + EncodeKey(anchor) }
 
 // maxCASRounds bounds the compare-and-set retries of one call, so a
-// pathological hot key yields an error instead of spinning.
+// pathological hot key yields ErrLedgerContention instead of spinning.
 const maxCASRounds = 100
-
-// ErrLedgerContention is returned when a compare-and-set loop lost
-// maxCASRounds races in a row; the caller may retry later.
-var ErrLedgerContention = errors.New("queue: ledger entry too contended")
 
 // Claim creates the job's entry atomically. When one exists it returns the
 // stored claim and dispatcher.ErrClaimExists.
@@ -80,25 +76,24 @@ func (l *Ledger) Claim(ctx context.Context, c dispatcher.Claim) (dispatcher.Clai
 		return dispatcher.Claim{}, err
 	}
 	key := jobKey(c.JobID)
-	for range maxCASRounds {
-		rev, err := l.kv.Create(ctx, key, val)
-		if err == nil {
-			c.Revision = rev
-			return c, nil
+	var stored dispatcher.Claim
+	found := false
+	e, _, err := swap(ctx, l.kv, key, maxCASRounds, &kvEntry{}, func(cur kvEntry) ([]byte, error) {
+		if found = cur.rev != 0; !found {
+			return val, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return dispatcher.Claim{}, fmt.Errorf("queue: ledger claim %s: %w", c.JobID, err)
-		}
-		stored, err := l.get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // deleted or expired in between: try to create again
-		}
-		if err != nil {
-			return dispatcher.Claim{}, err
-		}
+		var derr error
+		stored, derr = decodeClaim(key, cur)
+		return nil, derr
+	})
+	if err != nil {
+		return dispatcher.Claim{}, err
+	}
+	if found {
 		return stored, dispatcher.ErrClaimExists
 	}
-	return dispatcher.Claim{}, ErrLedgerContention
+	c.Revision = e.rev
+	return c, nil
 }
 
 // Get returns the job's claim; the error wraps jetstream.ErrKeyNotFound when
@@ -112,11 +107,15 @@ func (l *Ledger) get(ctx context.Context, key string) (dispatcher.Claim, error) 
 	if err != nil {
 		return dispatcher.Claim{}, fmt.Errorf("queue: ledger get %s: %w", key, err)
 	}
+	return decodeClaim(key, kvEntry{val: e.Value(), rev: e.Revision()})
+}
+
+func decodeClaim(key string, e kvEntry) (dispatcher.Claim, error) {
 	var c dispatcher.Claim
-	if err := json.Unmarshal(e.Value(), &c); err != nil {
+	if err := json.Unmarshal(e.val, &c); err != nil {
 		return dispatcher.Claim{}, fmt.Errorf("queue: ledger entry %s is corrupt: %w", key, err)
 	}
-	c.Revision = e.Revision()
+	c.Revision = e.rev
 	return c, nil
 }
 
@@ -136,7 +135,7 @@ func (l *Ledger) Update(ctx context.Context, c dispatcher.Claim) (dispatcher.Cla
 	}
 	rev, err := l.kv.Update(ctx, jobKey(c.JobID), val, c.Revision)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		if isCASLoss(err) {
 			return dispatcher.Claim{}, fmt.Errorf("%w: job %s at revision %d", dispatcher.ErrClaimConflict, c.JobID, c.Revision)
 		}
 		return dispatcher.Claim{}, fmt.Errorf("queue: ledger update %s: %w", c.JobID, err)
@@ -166,31 +165,26 @@ func (l *Ledger) BindID(ctx context.Context, jobID, fingerprint string) (string,
 	if err != nil {
 		return "", err
 	}
-	key := bindKey(jobID)
-	for range maxCASRounds {
-		_, err := l.kv.Create(ctx, key, val)
-		if err == nil {
-			return fingerprint, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return "", fmt.Errorf("queue: bind job id %s: %w", jobID, err)
-		}
-		e, err := l.kv.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // expired in between: bind again
-		}
-		if err != nil {
-			return "", fmt.Errorf("queue: read binding of job id %s: %w", jobID, err)
+	bound := fingerprint
+	_, _, err = swap(ctx, l.kv, bindKey(jobID), maxCASRounds, &kvEntry{}, func(cur kvEntry) ([]byte, error) {
+		if cur.rev == 0 {
+			bound = fingerprint
+			return val, nil
 		}
 		var b idBinding
-		if err := json.Unmarshal(e.Value(), &b); err != nil || b.Fingerprint == "" {
+		if err := json.Unmarshal(cur.val, &b); err != nil || b.Fingerprint == "" {
 			// Not written by BindID: nobody can prove the id is theirs,
 			// and an error here would hand the job back forever.
-			return corruptBinding, nil
+			bound = corruptBinding
+		} else {
+			bound = b.Fingerprint
 		}
-		return b.Fingerprint, nil
+		return nil, nil
+	})
+	if err != nil {
+		return "", err
 	}
-	return "", ErrLedgerContention
+	return bound, nil
 }
 
 // Forget deletes the job's entry so the job can be claimed again (DLQ
@@ -302,89 +296,58 @@ func (l *Ledger) pairHolder(ctx context.Context, anchor string, seq int) (string
 // allocating. A job the counter already has gets its seq back at no cost.
 func (l *Ledger) bumpCount(ctx context.Context, anchor string, seq int, jobID string, budget int) (int, error) {
 	key := seqKey(anchor)
-	for range maxCASRounds {
-		cur, rev, err := l.readSeqs(ctx, key)
+	var took int
+	_, _, err := swap(ctx, l.kv, key, maxCASRounds, nil, func(e kvEntry) ([]byte, error) {
+		cur, err := decodeSeqs(key, e)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		if had, ok := cur.Jobs[jobID]; ok && (seq == 0 || seq == had) {
-			return had, nil
+			took = had
+			return nil, nil
 		}
 		if budget > 0 && cur.Count >= budget {
-			return 0, fmt.Errorf("%w: %s has %d of %d replies", dispatcher.ErrReplyBudget, anchor, cur.Count, budget)
+			return nil, fmt.Errorf("%w: %s has %d of %d replies", dispatcher.ErrReplyBudget, anchor, cur.Count, budget)
 		}
-		take := seq
-		if take == 0 {
-			take = cur.Max + 1
+		took = seq
+		if took == 0 {
+			took = cur.Max + 1
 		}
-		next := anchorSeqs{Count: cur.Count + 1, Max: max(cur.Max, take), Jobs: make(map[string]int, len(cur.Jobs)+1)}
+		next := anchorSeqs{Count: cur.Count + 1, Max: max(cur.Max, took), Jobs: make(map[string]int, len(cur.Jobs)+1)}
 		for j, s := range cur.Jobs {
 			next.Jobs[j] = s
 		}
-		next.Jobs[jobID] = take
-		if err := l.writeSeqs(ctx, key, next, rev); err != nil {
-			if isCASLoss(err) {
-				continue
-			}
-			return 0, err
-		}
-		return take, nil
-	}
-	return 0, ErrLedgerContention
+		next.Jobs[jobID] = took
+		return json.Marshal(next)
+	})
+	return took, err
 }
 
 // giveBack removes jobID's pair from the anchor's count, best effort.
 func (l *Ledger) giveBack(ctx context.Context, anchor, jobID string) {
 	key := seqKey(anchor)
-	for range maxCASRounds {
-		cur, rev, err := l.readSeqs(ctx, key)
-		if err != nil || rev == 0 || cur.Count == 0 {
-			return
+	_, _, _ = swap(ctx, l.kv, key, maxCASRounds, nil, func(e kvEntry) ([]byte, error) {
+		cur, err := decodeSeqs(key, e)
+		if err != nil || e.rev == 0 || cur.Count == 0 {
+			return nil, err
 		}
 		if _, ok := cur.Jobs[jobID]; !ok {
-			return
+			return nil, nil
 		}
 		delete(cur.Jobs, jobID)
 		cur.Count--
-		if err := l.writeSeqs(ctx, key, cur, rev); err == nil || !isCASLoss(err) {
-			return
-		}
-	}
+		return json.Marshal(cur)
+	})
 }
 
-// readSeqs returns the anchor's counter and its revision (0: none yet).
-func (l *Ledger) readSeqs(ctx context.Context, key string) (anchorSeqs, uint64, error) {
+// decodeSeqs decodes an anchor's counter; a missing one is empty.
+func decodeSeqs(key string, e kvEntry) (anchorSeqs, error) {
 	var cur anchorSeqs
-	e, err := l.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return cur, 0, nil
+	if e.rev == 0 {
+		return cur, nil
 	}
-	if err != nil {
-		return cur, 0, fmt.Errorf("queue: ledger get %s: %w", key, err)
+	if err := json.Unmarshal(e.val, &cur); err != nil {
+		return cur, fmt.Errorf("queue: ledger entry %s is corrupt: %w", key, err)
 	}
-	if err := json.Unmarshal(e.Value(), &cur); err != nil {
-		return cur, 0, fmt.Errorf("queue: ledger entry %s is corrupt: %w", key, err)
-	}
-	return cur, e.Revision(), nil
-}
-
-// writeSeqs creates (rev 0) or compare-and-sets the counter.
-func (l *Ledger) writeSeqs(ctx context.Context, key string, v anchorSeqs, rev uint64) error {
-	val, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if rev == 0 {
-		_, err = l.kv.Create(ctx, key, val)
-	} else {
-		_, err = l.kv.Update(ctx, key, val, rev)
-	}
-	if err != nil && !isCASLoss(err) {
-		return fmt.Errorf("queue: ledger write %s: %w", key, err)
-	}
-	return err
-}
-
-func isCASLoss(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+	return cur, nil
 }

@@ -94,37 +94,28 @@ func (r *Recorder) Record(ctx context.Context, o dispatcher.Outcome, env dispatc
 	if err != nil {
 		return dispatcher.Outcome{}, err
 	}
-	key := EncodeKey(o.JobID)
 	var (
 		stored  dispatcher.Outcome
-		rev     uint64
 		created time.Time
+		found   bool
 	)
-	for i := 0; ; i++ {
-		if i == maxCASRounds {
-			return dispatcher.Outcome{}, ErrLedgerContention
+	e, _, err := swap(ctx, r.kv, EncodeKey(o.JobID), maxCASRounds, &kvEntry{}, func(cur kvEntry) ([]byte, error) {
+		if found = cur.rev != 0; !found {
+			return val, nil
 		}
-		rev, err = r.kv.Create(ctx, key, val)
-		if err == nil {
-			stored, created = o, r.cfg.Now()
-			break
+		if err := json.Unmarshal(cur.val, &stored); err != nil {
+			return nil, fmt.Errorf("queue: stored outcome of %s is corrupt: %w", o.JobID, err)
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return dispatcher.Outcome{}, fmt.Errorf("queue: record outcome of %s: %w", o.JobID, unstorable(err))
-		}
-		e, gerr := r.kv.Get(ctx, key)
-		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
-			continue // deleted in between (a replay): try again
-		}
-		if gerr != nil {
-			return dispatcher.Outcome{}, fmt.Errorf("queue: read outcome of %s: %w", o.JobID, gerr)
-		}
-		if err := json.Unmarshal(e.Value(), &stored); err != nil {
-			return dispatcher.Outcome{}, fmt.Errorf("queue: stored outcome of %s is corrupt: %w", o.JobID, err)
-		}
-		rev, created = e.Revision(), e.Created()
-		break
+		created = cur.created
+		return nil, nil
+	})
+	if err != nil {
+		return dispatcher.Outcome{}, unstorable(err)
 	}
+	if !found {
+		stored, created = o, r.cfg.Now()
+	}
+	rev := e.rev
 	if stored.Status.Delivered() {
 		return stored, nil
 	}
