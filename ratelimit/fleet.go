@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
@@ -103,13 +102,13 @@ func (s *FleetStats) add(o FleetStats) {
 }
 
 // FleetBuckets makes the per-bot and per-endpoint buckets fleet-wide: each
-// bucket's state is one JetStream KV key shared by every worker, and
+// bucket's state is one key of a SlotStore shared by every worker, and
 // workers lease slots from it in batches (GCRA slot leasing; see
 // docs/policy.md, "Fleet-wide buckets"). Pass its Bucket method as
 // Config.SharedBuckets. One FleetBuckets per process (per KV bucket) is
 // enough: limiters built on it share its leases.
 type FleetBuckets struct {
-	kv     jetstream.KeyValue
+	store  SlotStore
 	opts   FleetOptions
 	now    func() time.Time
 	clock  Clock
@@ -127,12 +126,12 @@ type fleetID struct {
 }
 
 // NewFleetBuckets validates opts, fills its defaults and returns the
-// factory of fleet-wide buckets stored in kv. kv is typically the quota
-// bucket (ProvisionQuotas): it is shared by every worker of the bot,
-// replicated and durable, which the bucket states need too.
-func NewFleetBuckets(kv jetstream.KeyValue, opts FleetOptions) (*FleetBuckets, error) {
-	if kv == nil {
-		return nil, errors.New("ratelimit: NewFleetBuckets: no KV bucket")
+// factory of fleet-wide buckets kept in store: typically queue.SlotStore
+// over the quota bucket (queue.ProvisionQuotas), which is shared by every
+// worker of the bot, replicated and durable, as the bucket states need.
+func NewFleetBuckets(store SlotStore, opts FleetOptions) (*FleetBuckets, error) {
+	if store == nil {
+		return nil, errors.New("ratelimit: NewFleetBuckets: no slot store")
 	}
 	if opts.KeyPrefix == "" {
 		opts.KeyPrefix = FleetKeyPrefixDefault
@@ -165,7 +164,7 @@ func NewFleetBuckets(kv jetstream.KeyValue, opts FleetOptions) (*FleetBuckets, e
 	if opts.MaxLease < 0 {
 		return nil, fmt.Errorf("ratelimit: FleetOptions.MaxLease must not be negative, got %d", opts.MaxLease)
 	}
-	f := &FleetBuckets{kv: kv, opts: opts, prefix: opts.KeyPrefix, buckets: make(map[fleetID]*fleetBucket)}
+	f := &FleetBuckets{store: store, opts: opts, prefix: opts.KeyPrefix, buckets: make(map[fleetID]*fleetBucket)}
 	f.clock = opts.Clock
 	if f.clock == nil {
 		if opts.Now != nil {
@@ -339,8 +338,9 @@ type fleetBucket struct {
 
 	// Owned by the lease in flight (b.flight), handed over through mu.
 	runs   []fleetRun // the key's value as last read or written
+	val    []byte     // the same, as stored
 	rev    uint64     // its revision; 0: create the key
-	cached bool       // runs and rev are worth trying without a read
+	cached bool       // val and rev are worth trying without a read
 	// contended: the last lease lost a compare-and-set, so the next one
 	// reads first rather than try a write that likely fails too.
 	contended bool
@@ -623,54 +623,39 @@ func (b *fleetBucket) lease(at int64, k int, interval, tol int64) (slots []int64
 			b.lead += (max(rt, 0) - b.lead) / 4
 		}
 	}()
-	kv := b.f.kv
 	if b.contended {
 		b.cached = false
 	}
-	b.contended = false
-	for range casRetries {
-		if !b.cached {
-			st.KVOps++
-			e, err := kv.Get(ctx, b.key)
-			switch {
-			case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
-				b.runs, b.rev = nil, 0
-			case err != nil:
-				return nil, st, fmt.Errorf("ratelimit: read fleet bucket %s: %w", b.key, err)
-			default:
-				runs, perr := parseRuns(e.Value())
-				if perr != nil {
-					return nil, st, fmt.Errorf("ratelimit: fleet bucket %s: %w", b.key, perr)
-				}
-				b.runs, b.rev = runs, e.Revision()
-			}
-			b.cached = true
-		}
-		now := b.f.now().UnixNano()
-		slots, runs := leaseRuns(b.runs, max(at, now+b.lead), now, interval, tol, k)
-		val := formatRuns(runs)
-		st.KVOps++
-		var rev uint64
-		if b.rev == 0 {
-			rev, err = kv.Create(ctx, b.key, val)
-		} else {
-			rev, err = kv.Update(ctx, b.key, val, b.rev)
-		}
-		if err == nil {
-			b.runs, b.rev = runs, rev
-			return slots, st, nil
-		}
-		b.cached = false
-		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return nil, st, fmt.Errorf("ratelimit: write fleet bucket %s: %w", b.key, err)
-		}
-		st.CASConflicts++
-		b.contended = true
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, st, fmt.Errorf("ratelimit: lease from fleet bucket %s: %w", b.key, cerr)
-		}
+	var cur []byte
+	var rev uint64
+	if b.cached {
+		cur, rev = b.val, b.rev
 	}
-	return nil, st, fmt.Errorf("ratelimit: lease from fleet bucket %s: %w after %d attempts", b.key, errCASConflict, casRetries)
+	var (
+		runs []fleetRun
+		val  []byte
+	)
+	written, trips, lost, err := b.f.store.Swap(ctx, b.key, cur, rev, func(cur []byte, rev uint64) ([]byte, error) {
+		read, err := parseRuns(cur)
+		if err != nil {
+			return nil, err
+		}
+		b.runs, b.rev = read, rev
+		now := b.f.now().UnixNano()
+		slots, runs = leaseRuns(read, max(at, now+b.lead), now, interval, tol, k)
+		val = formatRuns(runs)
+		return val, nil
+	})
+	st.KVOps, st.CASConflicts = int64(trips), int64(lost)
+	// The next lease reads first after a lost race: a write over what
+	// this one saw would likely lose too.
+	b.contended = lost > 0
+	if err != nil {
+		b.cached = false
+		return nil, st, fmt.Errorf("ratelimit: lease from fleet bucket %s: %w", b.key, err)
+	}
+	b.runs, b.val, b.rev, b.cached = runs, val, written, true
+	return slots, st, nil
 }
 
 // fleetRun is a stretch of a bucket's time that leases have taken: slots

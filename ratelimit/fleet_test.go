@@ -19,6 +19,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/queue"
 )
 
 // simClock is virtual time for concurrent tests: it stands still while any
@@ -109,24 +110,13 @@ func fleetWorkers(t testing.TB, connect func() jetstream.JetStream, n int, opts 
 	t.Helper()
 	out := make([]*FleetBuckets, n)
 	for i := range out {
-		f, err := NewFleetBuckets(provisionTB(t, connect()), opts)
+		f, err := NewFleetBuckets(queue.NewSlotStore(provision(t, connect())), opts)
 		if err != nil {
 			t.Fatalf("NewFleetBuckets: %v", err)
 		}
 		out[i] = f
 	}
 	return out
-}
-
-func provisionTB(t testing.TB, js jetstream.JetStream) jetstream.KeyValue {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := ProvisionQuotas(ctx, js, QuotaBucketConfig{})
-	if err != nil {
-		t.Fatalf("ProvisionQuotas: %v", err)
-	}
-	return kv
 }
 
 // startJSTB is startJS in a temporary directory, for benchmarks too.
@@ -708,7 +698,7 @@ func TestFleetKVUnavailable(t *testing.T) {
 	var logs syncBuffer
 	logger := zerolog.New(&logs)
 	opts := FleetOptions{Clock: clk, Timeout: 300 * time.Millisecond, Logger: &logger}
-	f, err := NewFleetBuckets(provision(t, js), opts)
+	f, err := NewFleetBuckets(queue.NewSlotStore(provision(t, js)), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -765,7 +755,7 @@ func TestFleetKVUnavailable(t *testing.T) {
 		t.Errorf("no recovery logged:\n%s", logs.b.String())
 	}
 	// A worker that starts now reads the state the restart kept.
-	f2, err := NewFleetBuckets(provision(t, js), FleetOptions{Clock: clk})
+	f2, err := NewFleetBuckets(queue.NewSlotStore(provision(t, js)), FleetOptions{Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -838,7 +828,7 @@ func TestFleetOptionsAndKeys(t *testing.T) {
 	connect := startJSTB(t)
 	kv := provision(t, connect())
 	if _, err := NewFleetBuckets(nil, FleetOptions{}); err == nil {
-		t.Error("nil KV accepted")
+		t.Error("nil store accepted")
 	}
 	for _, tc := range []struct {
 		opts  FleetOptions
@@ -852,12 +842,12 @@ func TestFleetOptionsAndKeys(t *testing.T) {
 		{FleetOptions{KeyPrefix: "a b"}, "KeyPrefix"},
 		{FleetOptions{KeyPrefix: "a..b"}, "KeyPrefix"},
 	} {
-		_, err := NewFleetBuckets(kv, tc.opts)
+		_, err := NewFleetBuckets(queue.NewSlotStore(kv), tc.opts)
 		if err == nil || !strings.Contains(err.Error(), "FleetOptions."+tc.field) {
 			t.Errorf("%+v: error %v, want one naming FleetOptions.%s", tc.opts, err, tc.field)
 		}
 	}
-	f, err := NewFleetBuckets(kv, FleetOptions{})
+	f, err := NewFleetBuckets(queue.NewSlotStore(kv), FleetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

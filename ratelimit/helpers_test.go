@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/queue"
 )
 
 // fakeClock is a Clock moved by hand. In auto mode After moves the clock
@@ -207,11 +208,12 @@ func startJS(t testing.TB, dir string) (*server.Server, func() jetstream.JetStre
 	return s, connect
 }
 
-func provision(t *testing.T, js jetstream.JetStream) jetstream.KeyValue {
+// provision creates the quota bucket, as a worker does.
+func provision(t testing.TB, js jetstream.JetStream) jetstream.KeyValue {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := ProvisionQuotas(ctx, js, QuotaBucketConfig{})
+	kv, err := queue.ProvisionQuotas(ctx, js, queue.QuotaBucketConfig{})
 	if err != nil {
 		t.Fatalf("ProvisionQuotas: %v", err)
 	}

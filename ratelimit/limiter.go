@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
@@ -39,11 +38,11 @@ type Config struct {
 	// Policy holds every rule. Default: DefaultPolicy(). It is validated
 	// (Policy.Validate) and copied.
 	Policy *Policy
-	// KV is the bucket of the period quotas (see ProvisionQuotas), shared
-	// by every worker. Default nil: quotas are counted in this process's
-	// memory, which is neither shared nor durable — for tests and
-	// development only.
-	KV jetstream.KeyValue
+	// Quotas keeps the period quota counts, shared by every worker
+	// (queue.QuotaStore, in the quota KV bucket). Default nil: quotas are
+	// counted in this process's memory, which is neither shared nor
+	// durable — for tests and development only.
+	Quotas QuotaStore
 	// BotID names the bot in per-bot quota keys and shared buckets; workers
 	// of one bot must agree on it. Default BotIDDefault ("bot").
 	BotID string
@@ -76,8 +75,7 @@ type Limiter struct {
 	botID  string
 	now    func() time.Time
 	clock  Clock
-	store  kvStore
-	kv     jetstream.KeyValue
+	store  QuotaStore
 	log    zerolog.Logger
 
 	storeTimeout  time.Duration
@@ -215,7 +213,7 @@ func New(cfg Config) (*Limiter, error) {
 		botID:         cfg.BotID,
 		now:           cfg.Now,
 		clock:         cfg.Clock,
-		kv:            cfg.KV,
+		store:         cfg.Quotas,
 		storeTimeout:  cfg.StoreTimeout,
 		sweepInterval: cfg.SweepInterval,
 	}
@@ -224,9 +222,7 @@ func New(cfg Config) (*Limiter, error) {
 	} else {
 		l.log = zerolog.Nop()
 	}
-	if cfg.KV != nil {
-		l.store = jsStore{kv: cfg.KV}
-	} else {
+	if l.store == nil {
 		l.store = newMemStore(cfg.Now)
 	}
 	if err := l.compile(cfg.SharedBuckets); err != nil {
@@ -1062,14 +1058,12 @@ func (l *Limiter) sweep() int {
 	return n
 }
 
-// Start checks the quota bucket is reachable and starts the janitor that
+// Start checks the quota store is reachable and starts the janitor that
 // evicts idle buckets every SweepInterval. Without Start, buckets are still
 // evicted as new targets arrive, a few at a time.
 func (l *Limiter) Start(ctx context.Context) error {
-	if l.kv != nil {
-		if _, err := l.kv.Status(ctx); err != nil {
-			return fmt.Errorf("ratelimit: quota bucket: %w", err)
-		}
+	if err := l.store.Check(ctx); err != nil {
+		return fmt.Errorf("ratelimit: quota store: %w", err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/queue"
 )
 
 // forEachStore runs body against a limiter with memory quotas and one with
@@ -26,7 +27,7 @@ func forEachStore(t *testing.T, policy string, start time.Time, body func(t *tes
 			cfg := Config{Policy: mustPolicy(t, policy), Clock: clk, BotID: "testbot"}
 			if store == "jetstream" {
 				_, connect := startJS(t, t.TempDir())
-				cfg.KV = provision(t, connect())
+				cfg.Quotas = queue.NewQuotaStore(provision(t, connect()))
 			}
 			l, err := New(cfg)
 			if err != nil {
@@ -326,7 +327,7 @@ func TestQuotaConcurrentWorkersNeverOverspend(t *testing.T) {
 	clk := newFakeClock(t0)
 	var limiters []*Limiter
 	for range workers {
-		l, err := New(Config{Policy: policy, KV: provision(t, connect()), Clock: clk})
+		l, err := New(Config{Policy: policy, Quotas: queue.NewQuotaStore(provision(t, connect())), Clock: clk})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -376,7 +377,7 @@ func TestQuotasSurviveRestarts(t *testing.T) {
 	s, connect := startJS(t, dir)
 	clk := newFakeClock(t0)
 	newLimiter := func(kv jetstream.KeyValue) *Limiter {
-		l, err := New(Config{KV: kv, Clock: clk, BotID: "testbot"})
+		l, err := New(Config{Quotas: queue.NewQuotaStore(kv), Clock: clk, BotID: "testbot"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -403,38 +404,6 @@ func TestQuotasSurviveRestarts(t *testing.T) {
 	}
 	if err := l3.Stop(testCtx(t)); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestProvisionQuotas(t *testing.T) {
-	t.Parallel()
-	_, connect := startJS(t, t.TempDir())
-	js := connect()
-	ctx := testCtx(t)
-	kv := provision(t, js)
-	if _, err := ProvisionQuotas(ctx, js, QuotaBucketConfig{}); err != nil {
-		t.Fatalf("second ProvisionQuotas: %v", err)
-	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Bucket() != QuotaBucketDefault || st.History() != 1 || st.TTL() != QuotaTTLDefault {
-		t.Errorf("bucket %s history %d ttl %s", st.Bucket(), st.History(), st.TTL())
-	}
-	// An operator's change (a longer TTL) is left alone.
-	if _, err := js.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: QuotaBucketDefault, History: 1, TTL: 60 * 24 * time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	kv, err = ProvisionQuotas(ctx, js, QuotaBucketConfig{})
-	if err != nil {
-		t.Fatalf("ProvisionQuotas over a changed bucket: %v", err)
-	}
-	if st, _ := kv.Status(ctx); st.TTL() != 60*24*time.Hour {
-		t.Errorf("TTL %s: the operator's setting was overwritten", st.TTL())
-	}
-	if _, err := ProvisionQuotas(ctx, js, QuotaBucketConfig{Bucket: "short", TTL: 24 * time.Hour}); err == nil {
-		t.Error("a TTL shorter than a month was accepted")
 	}
 }
 

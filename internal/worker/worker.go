@@ -179,27 +179,27 @@ func (w *Worker) Start(ctx context.Context) error {
 	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler = w.cfg.Sender, ledger, rec, sched
 	kc := queue.KeeperConfig{Names: names, Every: w.cfg.KeepEvery, Logger: &w.log}
 	if rc := w.cfg.Rules; rc != nil {
-		qc := ratelimit.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas}
+		qc := queue.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas}
 		if qc.Bucket == "" {
 			qc.Bucket = names.QuotaBucket
 		}
-		kv, err := ratelimit.ProvisionQuotas(ctx, w.js, qc)
+		kv, err := queue.ProvisionQuotas(ctx, w.js, qc)
 		if err != nil {
 			return err
 		}
 		kc.Extra = map[string]func(context.Context) error{
 			"KV_" + kv.Bucket(): func(ctx context.Context) error {
-				_, err := ratelimit.ProvisionQuotas(ctx, w.js, qc)
+				_, err := queue.ProvisionQuotas(ctx, w.js, qc)
 				return err
 			},
 		}
 		// Per-bot and per-endpoint rates are shared by the whole fleet:
 		// workers lease time slots from one calendar per bucket in KV.
-		fleet, err := ratelimit.NewFleetBuckets(kv, ratelimit.FleetOptions{Clock: rc.Clock, Logger: &w.log})
+		fleet, err := ratelimit.NewFleetBuckets(queue.NewSlotStore(kv), ratelimit.FleetOptions{Clock: rc.Clock, Logger: &w.log})
 		if err != nil {
 			return err
 		}
-		lim, err := ratelimit.New(ratelimit.Config{Policy: rc.Policy, KV: kv, BotID: rc.BotID, Clock: rc.Clock,
+		lim, err := ratelimit.New(ratelimit.Config{Policy: rc.Policy, Quotas: queue.NewQuotaStore(kv), BotID: rc.BotID, Clock: rc.Clock,
 			SharedBuckets: fleet.Bucket, Logger: &w.log})
 		if err != nil {
 			return err
