@@ -26,7 +26,8 @@ const (
 	OutcomeBucketDefault  = "qqdispatch_outcomes"
 	LedgerBucketDefault   = "qqdispatch_ledger"
 	// QuotaBucketDefault is the default prefix's bucket of period quotas
-	// and fleet rate calendars (package ratelimit keeps them).
+	// and fleet rate calendars (ProvisionQuotas; QuotaStore and SlotStore
+	// keep them for package ratelimit).
 	QuotaBucketDefault     = "qqdispatch_quota"
 	PartitionsDefault      = 32
 	ReplicasDefault        = 1
