@@ -550,3 +550,52 @@ scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 	}
 	t.Logf("%d calls, %d late wake-ups, %.1f calls/s", len(times), clk.late, float64(len(times)-1)/times[len(times)-1].Sub(times[0]).Seconds())
 }
+
+// A call that wakes later than a fast fleet bucket allows after its slot
+// (the endpoint's 100 a second) but within what a slow one allows (the
+// bot's 60 a minute) takes the fast bucket's next slot and keeps the slow
+// one's: it leaves a moment later, not an interval of the slow bucket
+// later, and the slow bucket's next call is an interval after it.
+func TestFleetLateWakeupKeepsSlowSlot(t *testing.T) {
+	t.Parallel()
+	connect := startJSTB(t)
+	clk := newFakeClock(t0)
+	f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
+	l, err := New(Config{Clock: clk, BotID: "slow", SharedBuckets: f.Bucket, Policy: mustPolicy(t, `extends: none
+pacing: {spread: 1s, measure: false}
+endpoints: {send: {limit: 100, per: 1s}}
+scenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := l.Acquire(ctx, activeJob(dispatcher.SceneGroup, "G1"), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := p.At()
+	if d := slot.Sub(clk.Now()); d > 0 {
+		clk.Advance(d)
+	}
+	clk.Advance(50 * time.Millisecond) // the call's goroutine wakes 50ms late
+	done := make(chan error, 1)
+	go func() { done <- p.Depart(ctx) }()
+	// It may wait for the endpoint's next slot: a moment, not a second.
+	for _, d := range clk.settle(t, done, 1) {
+		if d > 20*time.Millisecond {
+			t.Fatalf("the late call waited %s more, want at most about the endpoint's interval", d)
+		}
+	}
+	left := clk.Now()
+	if late := left.Sub(slot); late > 70*time.Millisecond {
+		t.Fatalf("the call left %s after its slot, want about 50ms", late)
+	}
+	p2, err := l.Acquire(ctx, activeJob(dispatcher.SceneGroup, "G2"), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Release()
+	if gap, iv := p2.At().Sub(slot), interval(60, time.Minute); gap > iv+iv/10 {
+		t.Fatalf("the next call's slot is %s after the late one's, want about an interval (%s): the slot was wasted", gap, iv)
+	}
+}

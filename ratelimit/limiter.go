@@ -702,53 +702,21 @@ func (p *permit) Rule() string  { return p.rule }
 // Depart waits until the permit's instant, then lets the call leave once
 // every bucket's departures allow it, recording the departure in each
 // (see leave). On an error the tokens are given back.
-//
-// A call that would leave later than a fleet bucket allows after its
-// instant (SharedBucket.Late: the worker woke late) gives its tokens back
-// and takes new ones, for another worker's call may be due an interval
-// after the slot it held.
 func (p *permit) Depart(ctx context.Context) error {
 	if p.done {
 		return nil
 	}
 	p.done = true
-	for {
-		if err := p.l.sleepUntil(ctx, p.t); err != nil {
-			release(p.plan, p.holds, p.l.now().UnixNano())
-			return err
-		}
-		at, err := p.l.leave(ctx, p.plan, p.holds, p.deadline)
-		if err == nil {
-			p.departed = at
-			return nil
-		}
-		if !errors.Is(err, errSlotPassed) {
-			return err
-		}
-		np, err := p.l.reacquire(ctx, p.plan, p.sr, p.target, p.deadline)
-		if err != nil {
-			return err
-		}
-		p.holds, p.t, p.rule = np.holds, np.t, np.rule
+	if err := p.l.sleepUntil(ctx, p.t); err != nil {
+		release(p.plan, p.holds, p.l.now().UnixNano())
+		return err
 	}
-}
-
-// errSlotPassed says a call woke too late for a fleet slot it held.
-var errSlotPassed = errors.New("ratelimit: the call's slot has passed")
-
-// reacquire takes new tokens for a call whose slot passed, waiting out a
-// NotYetError.
-func (l *Limiter) reacquire(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) (*permit, error) {
-	for {
-		np, err := l.acquire(ctx, plan, sr, target, deadline)
-		var ny *dispatcher.NotYetError
-		if !errors.As(err, &ny) {
-			return np, err
-		}
-		if err := l.sleepUntil(ctx, ny.At.UnixNano()); err != nil {
-			return nil, err
-		}
+	at, err := p.l.leave(ctx, p.plan, p.holds, p.target, p.deadline)
+	if err != nil {
+		return err
 	}
+	p.departed = at
+	return nil
 }
 
 // Answered learns from the platform's answer to the call that departed on
@@ -835,19 +803,42 @@ func (l *Limiter) sleepUntil(ctx context.Context, t int64) error {
 // departures allow it, recording its departure in each. A bucket that
 // refuses says when it would allow one; the call waits until then with its
 // tokens (it takes no new ones) and asks again.
-func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, deadline time.Time) (int64, error) {
+//
+// A call that would leave later than a fleet bucket allows after its slot
+// (SharedBucket.Late: the worker woke late) gives that slot back and takes
+// the bucket's next one, for another worker's call may be due an interval
+// after the slot it held. It keeps its other buckets' slots while they
+// allow the wait: a fast bucket's next slot is a moment away, a slow one's
+// (60 a minute) a second, which giving it up for the fast one's sake would
+// waste.
+func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, target string, deadline time.Time) (int64, error) {
 	for {
 		now := l.now().UnixNano()
+		wait, why := int64(0), ""
 		for i, s := range plan {
 			if s.shared == nil {
 				continue
 			}
 			if late := s.shared.Late(); late > 0 && now > holds[i].slot+int64(late) {
-				release(plan, holds, now)
-				return 0, errSlotPassed
+				holds[i].cancel()
+				holds[i] = s.take(target, now, now)
+				if holds[i].slot > wait {
+					wait, why = holds[i].slot, s.rule
+				}
 			}
 		}
-		n, retry, why := 0, int64(0), ""
+		if wait > now {
+			if err := expired(why, wait, deadline); err != nil {
+				release(plan, holds, now)
+				return 0, err
+			}
+			if err := l.sleepUntil(ctx, wait); err != nil {
+				release(plan, holds, l.now().UnixNano())
+				return 0, err
+			}
+			continue
+		}
+		n, retry := 0, int64(0)
 		for ; n < len(plan); n++ {
 			if r, ok := plan[n].depart(&holds[n], now); !ok {
 				retry, why = max(r, now+int64(time.Microsecond)), plan[n].rule

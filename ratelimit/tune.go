@@ -32,7 +32,10 @@ import (
 // FleetOptions.Grace: a slow bucket (60 a minute) lets a call that woke a
 // little late still use its slot, a fast one (100 a second) does not. The
 // policy's headroom stays a floor: a spread and lateness that fit in the
-// time it leaves (beyond the slack) cost nothing.
+// time it leaves (beyond the slack) cost nothing. The lateness is at least
+// lateShare of per, so that a slow bucket's call that woke late (a busy
+// CPU, a GC pause: tens of milliseconds) still uses its slot; giving it up
+// costs a whole interval.
 //
 // A rate-limit answer for a call that this bucket's pace set cuts the rate
 // by rateCut (multiplicative decrease, down to minFactor), and the rate
@@ -60,6 +63,10 @@ const (
 	minFactor = 0.5
 	// retuneAbove is the relative change of interval worth applying.
 	retuneAbove = 0.002
+	// lateShare is the least lateness of a fleet bucket's calls, as a
+	// share of the rule's window (see intervalLocked): 5 ms for a
+	// second, 300 ms for a minute.
+	lateShare = 0.005
 )
 
 // newTuning is the tuning of a bucket built at the policy's interval; call
@@ -83,7 +90,11 @@ func (t *tuning) intervalLocked() (iv, late int64) {
 		// What the policy's interval leaves beyond the spread (less the
 		// margin below), shared by the slot's lateness and the call's;
 		// at least the grace.
-		l = math.Max(t.grace, (n*base/(1+retuneAbove)-fixed)/2)
+		// And at least lateShare of the window: a call that woke late
+		// then keeps its slot rather than wasting it and waiting an
+		// interval for the next (a second, for 60 a minute); the interval
+		// pays 2·lateShare for it.
+		l = math.Max(t.grace, math.Max((n*base/(1+retuneAbove)-fixed)/2, per*lateShare))
 		l = math.Min(l, base/2)
 	}
 	need := (fixed + 2*l) / n

@@ -137,3 +137,49 @@ scenes: {group: {active: {rate: {per_target: {limit: 5, per: 1s}, per_bot: {limi
 		t.Errorf("without peers the bot's bucket is at %s, want %s", back.Shared[0].Interval, own.Shared[0].Interval)
 	}
 }
+
+// lateOnly is a fleet-wide bucket as tuning sees it: only Late matters.
+type lateOnly struct {
+	SharedBucket
+	late time.Duration
+}
+
+func (b lateOnly) Late() time.Duration { return b.late }
+
+// A fleet bucket's calls may leave at least lateShare of the window after
+// their slot, however much of the interval the spread takes: a slow
+// bucket's call that woke tens of milliseconds late keeps its slot instead
+// of waiting a whole interval for the next. The interval pays for it.
+func TestFleetLatenessShareOfWindow(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		rate     Rate
+		spread   time.Duration
+		wantLate time.Duration
+	}{
+		// 60 a minute with a rough path (1 s spread): the interval has no
+		// room left, yet a call may be 300 ms late.
+		{"minute, rough path", Rate{Limit: 60, Per: time.Minute, Burst: 1}, time.Second, 300 * time.Millisecond},
+		{"minute, calm path", Rate{Limit: 60, Per: time.Minute, Burst: 1}, 0, 300 * time.Millisecond},
+		// 100 a second: the share is the grace.
+		{"second", Rate{Limit: 100, Per: time.Second, Burst: 1}, 30 * time.Millisecond, 5 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tu := newTuning("r", tc.rate, HeadroomDefault, newSpread(tc.spread, false))
+			tu.shared, tu.grace = lateOnly{late: FleetGraceDefault}, float64(FleetGraceDefault)
+			iv, late := tu.intervalLocked()
+			if base := tc.rate.Per / time.Duration(tc.rate.Limit); time.Duration(late) < tc.wantLate || time.Duration(late) > base/2 {
+				t.Errorf("late %s, want at least %s and at most half of %s", time.Duration(late), tc.wantLate, base)
+			}
+			// N calls, each up to 2·late after its slot, still span the
+			// window plus the spread and slack.
+			n := float64(tc.rate.Limit - tc.rate.Burst + 1)
+			need := float64(tc.rate.Per+tc.rate.Slack(HeadroomDefault)+tc.spread) + 2*float64(late)
+			if float64(iv)*n < need {
+				t.Errorf("interval %s: %d calls span %s, want at least %s", time.Duration(iv), int(n),
+					time.Duration(float64(iv)*n), time.Duration(need))
+			}
+		})
+	}
+}
