@@ -929,6 +929,11 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 	var (
 		media *mediaFile // the uploaded file the message carries
 		key   mediaKey
+		// ranOut: a file_info ran out before its message left, and no
+		// call went since. The file is uploaded again once; running out
+		// again counts as a failed attempt, so a platform whose ttl is
+		// always shorter than the wait cannot keep the job uploading.
+		ranOut bool
 	)
 	if j.Media != nil {
 		key = mediaKey{scene: j.Scene, target: j.Target, fileType: j.Media.FileType, url: j.Media.URL}
@@ -955,7 +960,20 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			probe = true
 			r.log.Info().Msg("probing whether the platform accepts the app's configuration again")
 		}
-		if j.Media != nil && !media.usable(p.cfg.Clock.Now()) {
+		if media != nil && !media.usable(p.cfg.Clock.Now()) {
+			p.media.drop(key, media)
+			media = nil
+			if ranOut {
+				se := &SendError{Class: ClassTransient, Message: "the media upload's file_info ran out again before the message could leave"}
+				r.log.Warn().Str("class", se.Class.String()).Err(se).Msg("media upload failed")
+				if o, done, err := r.retry(ctx, se, st, true, horizon); done || err != nil {
+					return o, err
+				}
+				continue
+			}
+			ranOut = true
+		}
+		if j.Media != nil && media == nil {
 			media = p.media.get(key, p.cfg.Clock.Now())
 		}
 		if j.Media != nil && media == nil {
@@ -992,15 +1010,14 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		}
 		if media != nil && !media.usable(p.cfg.Clock.Now()) {
 			// The file_info ran out while the call waited for its
-			// instant: no call goes; the file is uploaded again.
-			p.media.drop(key, media)
-			media = nil
-			if cerr := r.markClaimed(ctx); cerr != nil {
-				p.noteNotCalled(r.jobID, r.claim.Attempts)
-				return Outcome{}, cerr
+			// instant: no call goes (the loop's top uploads again), and
+			// the claim no longer counts it.
+			if err := r.unmark(ctx); err != nil {
+				return Outcome{}, err
 			}
 			continue
 		}
+		ranOut = false
 		if r.attempts == 0 && p.cfg.Observer != nil && !r.env.Published.IsZero() {
 			// Published is the server's wall clock, so the delay is
 			// measured on the wall clock too, whatever p.cfg.Clock says.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"sync/atomic"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/qqsend"
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
 	"github.com/qqdispatch/qqdispatch/internal/worker"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
@@ -247,5 +249,75 @@ func TestMediaUploadFailures(t *testing.T) {
 		if lerr != nil || n != 1 {
 			t.Fatalf("dlq %s: %d entries, %v; want 1", id, n, lerr)
 		}
+	}
+}
+
+// shortLived is the Bed's sender whose uploads answer ttl; with clk set,
+// each message's last step before its call (Prepare) moves the clock
+// past that ttl.
+type shortLived struct {
+	*qqsend.Sender
+	ttl time.Duration
+	clk *jumpClock
+}
+
+func (s shortLived) Upload(ctx context.Context, scene dispatcher.Scene, target string, m dispatcher.MediaURL) (*dispatcher.Upload, error) {
+	u, err := s.Sender.Upload(ctx, scene, target, m)
+	if u != nil {
+		u.TTL = s.ttl
+	}
+	return u, err
+}
+
+func (s shortLived) Prepare(ctx context.Context) error {
+	if s.clk != nil {
+		s.clk.Jump(2 * s.ttl)
+	}
+	return s.Sender.Prepare(ctx)
+}
+
+// TestMediaRunOutIsBounded: a file_info that runs out before its message
+// leaves (at once, or while the message waits for its instant) is
+// uploaded again once; when the fresh one runs out too, that counts as a
+// failed attempt (transient), so a platform whose ttl is always too short
+// ends the job failed after MaxAttempts instead of uploading for ever. No
+// message goes out with a file_info thought stale.
+func TestMediaRunOutIsBounded(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		ttl   time.Duration
+		jumps bool
+	}{
+		{"at once", time.Nanosecond, false},
+		{"while waiting to leave", time.Minute, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			clk := newJumpClock(time.Date(2026, 11, 26, 12, 0, 0, 0, cst))
+			b, cfg := mediaBed(t, mediaPolicy, clk)
+			cfg.Pipeline.MaxAttempts = 3
+			s := shortLived{Sender: qqsend.New(b.Client), ttl: tc.ttl}
+			if tc.jumps {
+				s.clk = clk
+			}
+			cfg.Sender = s
+			b.StartWorker(cfg)
+
+			ids := b.Publish(mediaJob("run-out", dispatcher.SceneGroup, "g-run-out",
+				`{"msg_type":7,"content":"never","media":{"file_type":1,"url":"https://img.example/c.png"}}`))
+			o := b.Outcomes(ids, 30*time.Second)[ids[0]]
+			if o.Status != dispatcher.StatusFailed || !strings.Contains(o.Reason, "gave up after 3 failed attempts") {
+				t.Fatalf("outcome %+v, want failed after 3 attempts", o)
+			}
+			if o.Attempts != 0 {
+				t.Errorf("%d message attempts, want 0", o.Attempts)
+			}
+			// One upload, its one free upload again, then one per failed
+			// attempt.
+			if st := b.Sim.Stats(); st.Uploads != 1+3 || st.Accepted != 0 {
+				t.Fatalf("stats %+v: want 4 uploads and no message accepted", st)
+			}
+		})
 	}
 }
