@@ -44,19 +44,22 @@ type bulkJob struct {
 
 func (j *bulkJob) published() bool { return j.failed == "" }
 
-func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, data []byte) error {
-	lines, err := splitLines(data)
+func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, lines io.Reader) error {
+	var jobs []*bulkJob
+	nth := occurrences()
+	err := eachLine(lines, dispatcher.DefaultMaxJobBytes, func(n int, text []byte, over bool) {
+		j := &bulkJob{line: n}
+		if over {
+			j.failed = errJobTooLarge.Error()
+		} else if pj, err := prepareJob(names, bytes.Clone(text), nth); err != nil {
+			j.failed = err.Error()
+		} else {
+			j.pj = pj
+		}
+		jobs = append(jobs, j)
+	})
 	if err != nil {
 		return fmt.Errorf("file %s: %w", o.file, err)
-	}
-	jobs := make([]*bulkJob, len(lines))
-	nth := occurrences()
-	for i, ln := range lines {
-		j := &bulkJob{line: ln.n}
-		if j.pj, err = prepareJob(names, ln.text, nth); err != nil {
-			j.failed = err.Error()
-		}
-		jobs[i] = j
 	}
 	var ids *os.File
 	if o.idsFile != "" {
@@ -427,30 +430,66 @@ func printOutcomeSummary(w io.Writer, jobs []*bulkJob) int {
 	return len(bad)
 }
 
-type numberedLine struct {
-	n    int
-	text []byte
+// jobSpace is the white space a job read from a file may have around it:
+// a .json file, or a line of a JSON Lines file, is read no further than
+// the size limit of a job and jobSpace more.
+const jobSpace = 4 << 10
+
+// errJobTooLarge says a job read from a file is over the size limit of a
+// job (the worker's decoder ends a larger one invalid).
+var errJobTooLarge = fmt.Errorf("over the %d-byte size limit of a job (the worker refuses a larger one)", dispatcher.DefaultMaxJobBytes)
+
+// readJob reads the one job of a .json file, no further than a job may be
+// long.
+func readJob(r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, dispatcher.DefaultMaxJobBytes+jobSpace+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > dispatcher.DefaultMaxJobBytes+jobSpace || len(bytes.TrimSpace(data)) > dispatcher.DefaultMaxJobBytes {
+		return nil, errJobTooLarge
+	}
+	return data, nil
 }
 
-// splitLines returns the non-blank lines of a JSON Lines document with their
-// line numbers.
-func splitLines(data []byte) ([]numberedLine, error) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	var out []numberedLine
-	n := 0
-	for sc.Scan() {
-		n++
-		t := bytes.TrimSpace(sc.Bytes())
-		if len(t) == 0 {
-			continue
+// eachLine calls fn with each non-blank line of a JSON Lines document,
+// less the white space around it, and its line number, reading one line
+// at a time. A line is held only up to max bytes and jobSpace more: for a
+// longer one fn gets over (and no text), and the rest of it is read past,
+// not kept. text is valid only until fn returns.
+func eachLine(r io.Reader, max int, fn func(n int, text []byte, over bool)) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf []byte
+	for n := 1; ; n++ {
+		buf = buf[:0]
+		over := false
+		var err error
+		for {
+			var frag []byte
+			frag, err = br.ReadSlice('\n')
+			if !over && len(buf)+len(frag) > max+jobSpace {
+				over, buf = true, buf[:0]
+			}
+			if !over {
+				buf = append(buf, frag...)
+			}
+			if !errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
 		}
-		out = append(out, numberedLine{n: n, text: bytes.Clone(t)})
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+		switch text := bytes.TrimSpace(buf); {
+		case over || len(text) > max:
+			fn(n, nil, true)
+		case len(text) > 0:
+			fn(n, text, false)
+		}
+		if err != nil {
+			return nil
+		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("line %d: %w", n+1, err)
-	}
-	return out, nil
 }
 
 // progress shows how far a long task is on stderr: on a terminal one line

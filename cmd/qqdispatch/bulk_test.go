@@ -52,8 +52,9 @@ func simAccepted(t *testing.T, simURL string) int {
 // TestSendBulkWait: `send --file jobs.jsonl --wait` publishes every good
 // line, prints the job ids (and writes them to --ids-file), follows the
 // jobs to their outcomes with progress lines, ends with a count by status
-// and the jobs not delivered, and exits 1 because one line was invalid
-// and one job expired (a reply whose window had closed). Lines without
+// and the jobs not delivered, and exits 1 because one line was invalid,
+// one was over the size limit of a job (8 MiB, read past one line at a
+// time) and one job expired (a reply whose window had closed). Lines without
 // "id" get ids derived from their content, the worker's own for a reply
 // with msg_seq, so running the same file again publishes nothing new,
 // sends nothing twice and reports the same outcomes. (--no-rules keeps the
@@ -81,7 +82,8 @@ func TestSendBulkWait(t *testing.T) {
 		`{"v":1,"id":"bulk-given","scene":"dm","target":"d1","message":{"content":"dm"}}`,
 		late,
 		``,
-		`{"v":1,"scene":"dm","target":"d1","message":{}}`, // invalid
+		`{"v":1,"scene":"dm","target":"d1","message":{}}`,                                               // invalid
+		`{"v":1,"scene":"dm","target":"d1","message":{"content":"` + strings.Repeat("x", 8<<20) + `"}}`, // over the size limit
 	}
 	dir := t.TempDir()
 	file, idsFile := filepath.Join(dir, "jobs.jsonl"), filepath.Join(dir, "ids.txt")
@@ -118,11 +120,11 @@ func TestSendBulkWait(t *testing.T) {
 		if b, err := os.ReadFile(idsFile); err != nil || string(b) != r.stdout {
 			t.Fatalf("run %d: --ids-file holds %q (%v), want stdout %q", run, b, err, r.stdout)
 		}
-		published := "published 6, duplicates 0, failed 1 (of 7 lines with a job)"
+		published := "published 6, duplicates 0, failed 2 (of 8 lines with a job)"
 		if run == 2 {
-			published = "published 0, duplicates 6, failed 1 (of 7 lines with a job)" // the stream's window
+			published = "published 0, duplicates 6, failed 2 (of 8 lines with a job)" // the stream's window
 		}
-		for _, want := range []string{published, "line 8: invalid job: message", "outcomes: sent 5, expired 1 (of 6 published jobs)\n"} {
+		for _, want := range []string{published, "line 8: invalid job: message", "line 9: over the 65536-byte size limit of a job", "outcomes: sent 5, expired 1 (of 6 published jobs)\n"} {
 			if !strings.Contains(r.stderr, want) {
 				t.Errorf("run %d: stderr lacks %q\n%s", run, want, r)
 			}

@@ -5,15 +5,19 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
 
 // binary is the qqdispatch binary TestMain builds for the process tests
@@ -321,21 +325,50 @@ func TestRedactURLs(t *testing.T) {
 	}
 }
 
-func TestSplitLines(t *testing.T) {
+// TestEachLine: lines come one at a time, numbered from 1, without the
+// white space around them; blank lines are skipped; a line over the limit
+// is reported by its number without its text, and one far over it (here
+// 256 MiB, never held in memory) does not stop the lines after it.
+func TestEachLine(t *testing.T) {
 	t.Parallel()
-	got, err := splitLines([]byte("{\"a\":1}\n\n  \n{\"b\":2}\r\n{\"c\":3}"))
-	if err != nil {
-		t.Fatal(err)
+	type line struct {
+		n    int
+		text string
+		over bool
 	}
-	want := []int{1, 4, 5}
-	if len(got) != len(want) {
-		t.Fatalf("got %d lines, want %d", len(got), len(want))
-	}
-	for i, l := range got {
-		if l.n != want[i] {
-			t.Errorf("line %d numbered %d, want %d", i, l.n, want[i])
+	read := func(r io.Reader, max int) []line {
+		t.Helper()
+		var got []line
+		err := eachLine(r, max, func(n int, text []byte, over bool) {
+			got = append(got, line{n, string(text), over})
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
+		return got
 	}
+	got := read(strings.NewReader("{\"a\":1}\n\n  \n {\"b\":2}\r\n"+strings.Repeat("x", 21)+"\n"+strings.Repeat("y", 20)+"\n{\"c\":3}"), 20)
+	want := []line{{1, `{"a":1}`, false}, {4, `{"b":2}`, false}, {5, "", true}, {6, strings.Repeat("y", 20), false}, {7, `{"c":3}`, false}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+
+	huge := io.MultiReader(strings.NewReader("{\"a\":1}\n"), io.LimitReader(byteReader('x'), 256<<20), strings.NewReader("\n{\"b\":2}\n"))
+	got = read(huge, dispatcher.DefaultMaxJobBytes)
+	want = []line{{1, `{"a":1}`, false}, {2, "", true}, {3, `{"b":2}`, false}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("with a 256 MiB line: got %+v\nwant %+v", got, want)
+	}
+}
+
+// byteReader reads as an endless run of one byte.
+type byteReader byte
+
+func (b byteReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
 }
 
 // TestProgress: on a terminal the bar is redrawn in place with the counts

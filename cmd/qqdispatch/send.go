@@ -108,6 +108,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 
 	var (
 		data  []byte
+		lines io.Reader // a JSON Lines file, read one line at a time
 		bulk  bool
 		label string
 	)
@@ -121,12 +122,21 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 		if o.idsFile != "" && !bulk {
 			return usagef(c.name, "--ids-file goes with a JSON Lines --file (.jsonl, .ndjson or -); one job's id is printed on stdout")
 		}
-		if o.file == "-" {
-			data, err = io.ReadAll(cl.stdin)
-		} else {
-			data, err = os.ReadFile(o.file)
+		in := cl.stdin
+		if o.file != "-" {
+			f, err := os.Open(o.file)
+			if err != nil {
+				return fmt.Errorf("--file: %w", err)
+			}
+			defer f.Close()
+			in = f
 		}
-		if err != nil {
+		if bulk {
+			lines = in
+		} else if data, err = readJob(in); err != nil {
+			if errors.Is(err, errJobTooLarge) {
+				return fmt.Errorf("file %s: %w", o.file, err)
+			}
 			return fmt.Errorf("--file: %w", err)
 		}
 		label = o.file
@@ -143,7 +153,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	if bulk {
-		return sendBulk(ctx, cl, &o, names, data)
+		return sendBulk(ctx, cl, &o, names, lines)
 	}
 	pj, err := prepareJob(names, data, occurrences())
 	if err != nil {

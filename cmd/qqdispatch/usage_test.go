@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/qqdispatch/qqdispatch/natsserver"
@@ -83,6 +84,8 @@ func TestRuntimeErrorsSpeakTheUsersTerms(t *testing.T) {
 	dir := t.TempDir()
 	jobs := filepath.Join(dir, "jobs.jsonl")
 	writeFile(t, jobs, `{"v":1,"scene":"group","target":"g1","message":{"msg_type":0,"content":"hi"}}`+"\n")
+	big := filepath.Join(dir, "big.json")
+	writeFile(t, big, `{"v":1,"scene":"group","target":"g1","message":{"msg_type":0,"content":"`+strings.Repeat("x", 8<<20)+`"}}`)
 	cases := []struct {
 		name string
 		args []string
@@ -93,6 +96,7 @@ func TestRuntimeErrorsSpeakTheUsersTerms(t *testing.T) {
 		{"send without the stream", []string{"send", "--nats-url", u, "--scene", "group", "--target", "g1", "--content", "hi"}, []string{"stream QQDISPATCH_JOBS", "qqdispatch serve"}},
 		{"bulk send without the stream", []string{"send", "--nats-url", u, "--file", jobs}, []string{"stream QQDISPATCH_JOBS", "qqdispatch serve"}},
 		{"a missing file", []string{"send", "--nats-url", u, "--file", filepath.Join(dir, "none.jsonl")}, []string{"--file", "none.jsonl"}},
+		{"a job file over the size limit", []string{"send", "--nats-url", u, "--file", big}, []string{"file " + big + ": over the 65536-byte size limit of a job"}},
 		{"a missing policy file", []string{"serve", "--policy", filepath.Join(dir, "none.yaml"), "--http-listen", "", "--data-dir", dir}, []string{"--policy: read policy file", "none.yaml"}},
 	}
 	for _, tc := range cases {
