@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -193,18 +194,38 @@ type demoRun struct {
 	wg     sync.WaitGroup
 
 	mu         sync.Mutex
-	bcSent     int                  // broadcast jobs sent
-	bcOther    int                  // broadcast jobs that ended otherwise
-	bcFirst    time.Time            // first broadcast outcome
-	bcLast     time.Time            // last broadcast outcome
-	replies    map[string]time.Time // reply job id -> when published
-	replyScene map[string]string
-	delays     []time.Duration // publish -> outcome of sent replies
-	replyOther int             // replies that ended otherwise
+	bcSent     int               // broadcast jobs sent
+	bcOther    int               // broadcast jobs that ended otherwise
+	bcFirst    time.Time         // first broadcast outcome
+	bcLast     time.Time         // last broadcast outcome
+	pending    map[int]demoReply // replies published and still without an outcome, by number
+	oldest     int               // the lowest reply number pending may hold
+	replySent  int               // replies sent
+	delays     []time.Duration   // publish -> outcome of the last demoDelaySample sent replies
+	delayNext  int               // where the next delay goes once delays is full
+	worst      time.Duration     // the longest delay of all
+	replyOther int               // replies that ended otherwise
 	lastReply  string
 	problems   int    // outcomes not delivered, and notes
 	lastProb   string // the last of them
 }
+
+// demoReply is a reply the demo follows to its outcome.
+type demoReply struct {
+	at    time.Time // published
+	scene string
+}
+
+// The demo runs for as long as it is let: what it keeps per reply is
+// bounded.
+const (
+	// demoPendingMax bounds the replies followed at once: past it the
+	// oldest is given up (noted as a problem; its outcome is not counted).
+	demoPendingMax = 4096
+	// demoDelaySample is how many of the latest replies' delays p50 and
+	// p99 are taken from.
+	demoDelaySample = 1000
+)
 
 // demoNames are the names of the demo's streams and buckets: the default
 // prefix's, on a server of its own.
@@ -237,7 +258,7 @@ func startDemo(ctx context.Context, natsURL string, srv *server, o demoOpts) (*d
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	d := &demoRun{o: o, nc: nc, js: js, srv: srv, natsURL: natsURL, start: time.Now(), cancel: cancel,
-		replies: map[string]time.Time{}, replyScene: map[string]string{}}
+		pending: map[int]demoReply{}, oldest: 1}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -297,10 +318,7 @@ func (d *demoRun) reply(ctx context.Context) {
 			job["guild_id"] = guild
 		}
 		data, _ := json.Marshal(job)
-		d.mu.Lock()
-		d.replies[id] = time.Now()
-		d.replyScene[id] = string(scene)
-		d.mu.Unlock()
+		d.published(n, string(scene), time.Now())
 		if _, err := d.js.Publish(ctx, queue.SendSubject(demoNames(), string(scene), target), data); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -361,19 +379,46 @@ func (d *demoRun) record(o dispatcher.Outcome) {
 		}
 		d.bcLast = o.Finished
 	case strings.HasPrefix(o.JobID, demoReplyPrefix):
-		at, ok := d.replies[o.JobID]
+		n, err := strconv.Atoi(strings.TrimPrefix(o.JobID, demoReplyPrefix))
+		if err != nil {
+			return
+		}
+		r, ok := d.pending[n]
 		if !ok {
 			return
 		}
+		delete(d.pending, n)
 		if !o.Status.Delivered() {
 			d.replyOther++
 			d.problem(fmt.Sprintf("%s: %s %s", o.JobID, o.Status, o.Reason))
 			return
 		}
-		delay := max(o.Finished.Sub(at), 0)
-		d.delays = append(d.delays, delay)
-		d.lastReply = d.replyScene[o.JobID] + " " + ms(delay)
+		delay := max(o.Finished.Sub(r.at), 0)
+		d.replySent++
+		d.worst = max(d.worst, delay)
+		if len(d.delays) < demoDelaySample {
+			d.delays = append(d.delays, delay)
+		} else {
+			d.delays[d.delayNext] = delay
+			d.delayNext = (d.delayNext + 1) % demoDelaySample
+		}
+		d.lastReply = r.scene + " " + ms(delay)
 	}
+}
+
+// published follows reply n, published at at, to its outcome, giving up
+// the oldest replies still without one beyond demoPendingMax.
+func (d *demoRun) published(n int, scene string, at time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(d.pending) >= demoPendingMax && d.oldest < n {
+		if _, ok := d.pending[d.oldest]; ok {
+			delete(d.pending, d.oldest)
+			d.problem(fmt.Sprintf("%s%d: no outcome before %d later replies; not followed further", demoReplyPrefix, d.oldest, demoPendingMax))
+		}
+		d.oldest++
+	}
+	d.pending[n] = demoReply{at: at, scene: scene}
 }
 
 func (d *demoRun) note(s string) {
@@ -393,7 +438,8 @@ type demoCounts struct {
 	bcSent, bcOther        int
 	bcRate                 float64 // broadcast messages a minute, first to last outcome
 	replies, replyOther    int
-	p50, p99, worst        time.Duration
+	p50, p99               time.Duration // of the last demoDelaySample replies
+	worst                  time.Duration
 	lastReply, lastProblem string
 	problems               int
 }
@@ -401,15 +447,15 @@ type demoCounts struct {
 func (d *demoRun) counts() demoCounts {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	c := demoCounts{bcSent: d.bcSent, bcOther: d.bcOther, replies: len(d.delays), replyOther: d.replyOther,
-		lastReply: d.lastReply, problems: d.problems, lastProblem: d.lastProb}
+	c := demoCounts{bcSent: d.bcSent, bcOther: d.bcOther, replies: d.replySent, replyOther: d.replyOther,
+		worst: d.worst, lastReply: d.lastReply, problems: d.problems, lastProblem: d.lastProb}
 	if span := d.bcLast.Sub(d.bcFirst); d.bcSent > 1 && span > 0 {
 		c.bcRate = float64(d.bcSent-1) / span.Minutes()
 	}
 	if n := len(d.delays); n > 0 {
 		s := slices.Clone(d.delays)
 		slices.Sort(s)
-		c.p50, c.p99, c.worst = s[n/2], s[min(n-1, n*99/100)], s[n-1]
+		c.p50, c.p99 = s[n/2], s[min(n-1, n*99/100)]
 	}
 	return c
 }
