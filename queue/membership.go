@@ -98,11 +98,10 @@ type Membership struct {
 	watcher jetstream.KeyWatcher // the current watch, stopped to restart it
 
 	// Heartbeat failures: since when they fail (zero while they go
-	// through), the last error, how many were not logged.
+	// through), the last error, and their warnings' limiter.
 	failSince time.Time
 	failLast  error
-	failHeld  int
-	failLog   time.Time
+	failWarn  *warnLimiter
 }
 
 // NewMembership validates cfg.
@@ -130,7 +129,7 @@ func NewMembership(js jetstream.JetStream, cfg MembershipConfig) (*Membership, e
 	if cfg.TTL < time.Second {
 		return nil, fmt.Errorf("queue: MembershipConfig.TTL must be at least 1s, got %s", cfg.TTL)
 	}
-	m := &Membership{cfg: cfg, js: js, kick: make(chan struct{}, 1)}
+	m := &Membership{cfg: cfg, js: js, kick: make(chan struct{}, 1), failWarn: &warnLimiter{every: heartbeatWarnEvery}}
 	if cfg.Logger != nil {
 		m.log = *cfg.Logger
 	} else {
@@ -375,7 +374,7 @@ func (m *Membership) restore(ctx context.Context, err error) bool {
 }
 
 // heartbeatWarnEvery is how often failing heartbeats are logged; the
-// failures in between are counted.
+// failures in between are counted (not_logged).
 const heartbeatWarnEvery = 30 * time.Second
 
 // noteHeartbeat records a heartbeat's result for Trouble and logs
@@ -391,19 +390,14 @@ func (m *Membership) noteHeartbeat(ctx context.Context, err error) {
 		if !m.failSince.IsZero() {
 			m.log.Info().Dur("failed_for", now.Sub(m.failSince)).Msg("fleet heartbeats go through again")
 		}
-		m.failSince, m.failLast, m.failHeld = time.Time{}, nil, 0
+		m.failSince, m.failLast = time.Time{}, nil
 		return
 	}
 	if m.failSince.IsZero() {
 		m.failSince = now
 	}
 	m.failLast = err
-	if now.Sub(m.failLog) < heartbeatWarnEvery {
-		m.failHeld++
-		return
-	}
-	m.log.Warn().Err(err).Dur("failing_for", now.Sub(m.failSince)).Int("not_logged", m.failHeld).Msg("fleet heartbeat failed")
-	m.failLog, m.failHeld = now, 0
+	m.failWarn.event(&m.log, err).Dur("failing_for", now.Sub(m.failSince)).Msg("fleet heartbeat failed")
 }
 
 // Trouble is nil while heartbeats go through; else since when they fail

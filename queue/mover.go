@@ -293,13 +293,14 @@ func (w *warnLimiter) allow(now time.Time) (int, bool) {
 	return n, true
 }
 
-// event returns a warning on log with err and the count left out, or nil
-// (on which every zerolog call does nothing) while the period lasts: the
-// fields are added only to a warning that is logged.
+// event returns a warning on log with err and the count left out
+// (not_logged, as everywhere), or nil (on which every zerolog call does
+// nothing) while the period lasts: the fields are added only to a warning
+// that is logged.
 func (w *warnLimiter) event(log *zerolog.Logger, err error) *zerolog.Event {
 	n, ok := w.allow(time.Now())
 	if !ok {
 		return nil
 	}
-	return log.Warn().Err(err).Int("suppressed", n)
+	return log.Warn().Err(err).Int("not_logged", n)
 }
