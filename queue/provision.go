@@ -591,9 +591,18 @@ func (e *ProvisionError) Unwrap() error { return e.Err }
 // keeps them (and roll-ups): the server cannot turn them off. Provision
 // still succeeds; CheckJobsStream says so, and what to do.
 func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+	_, err := ProvisionJobs(ctx, js, cfg)
+	return err
+}
+
+// ProvisionJobs is Provision returning the jobs stream as it left it (its
+// CachedInfo is the server's answer to the update), so that a caller
+// going on to check it (CheckJobsStream) or sweep it (SweeperConfig.Jobs)
+// need not ask for its info again.
+func ProvisionJobs(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Each existing stream is read once: a stream of another prefix's
 	// deployment is never rewritten to ours, and a jobs stream that allows
@@ -603,31 +612,36 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		st, err := js.Stream(ctx, name)
 		if err != nil {
 			if name == cfg.JobsStream && !errors.Is(err, jetstream.ErrStreamNotFound) {
-				return &ProvisionError{Resource: "stream " + name, Err: err}
+				return nil, &ProvisionError{Resource: "stream " + name, Err: err}
 			}
 			continue // missing (created below) or unreadable (the create says why)
 		}
 		have := st.CachedInfo().Config
 		for _, subj := range have.Subjects {
 			if !strings.HasPrefix(subj, cfg.Prefix+".") {
-				return &PrefixConflictError{Stream: name, Subject: subj, Prefix: cfg.Prefix}
+				return nil, &PrefixConflictError{Stream: name, Subject: subj, Prefix: cfg.Prefix}
 			}
 		}
 		if name == cfg.JobsStream && have.AllowMsgSchedules {
 			jobs = legacyJobsStreamConfig(cfg)
 		}
 	}
+	var jobsStream jetstream.Stream
 	for _, sc := range []jetstream.StreamConfig{jobs, deferredStreamConfig(cfg), dlqStreamConfig(cfg), advisoryStreamConfig(cfg)} {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return &ProvisionError{Resource: "stream " + sc.Name, Err: err}
+		st, err := js.CreateOrUpdateStream(ctx, sc)
+		if err != nil {
+			return nil, &ProvisionError{Resource: "stream " + sc.Name, Err: err}
+		}
+		if sc.Name == cfg.JobsStream {
+			jobsStream = st
 		}
 	}
 	for _, kc := range []jetstream.KeyValueConfig{outcomeBucketConfig(cfg), ledgerBucketConfig(cfg)} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
-			return &ProvisionError{Resource: "bucket " + kc.Bucket, Err: err}
+			return nil, &ProvisionError{Resource: "bucket " + kc.Bucket, Err: err}
 		}
 	}
-	return nil
+	return jobsStream, nil
 }
 
 // ErrPrefixConflict matches every *PrefixConflictError with errors.Is.
@@ -713,24 +727,21 @@ func (e *LegacyStreamError) Error() string {
 // Is makes errors.Is(err, ErrLegacyJobsStream) true.
 func (e *LegacyStreamError) Is(target error) bool { return target == ErrLegacyJobsStream }
 
-// CheckJobsStream returns a *LegacyStreamError when the jobs stream allows
-// message schedules or roll-ups (made by an older version), nil when it
-// refuses them, or the error reading it.
-func CheckJobsStream(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+// CheckJobsStream returns a *LegacyStreamError when jobs, the jobs stream
+// as last read (ProvisionJobs returns it; js.Stream reads it), allows
+// message schedules or roll-ups (made by an older version), and nil when
+// it refuses them.
+func CheckJobsStream(ctx context.Context, jobs jetstream.Stream, cfg Config) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
-	st, err := js.Stream(ctx, cfg.JobsStream)
-	if err != nil {
-		return fmt.Errorf("queue: check stream %s: %w", cfg.JobsStream, err)
-	}
-	info := st.CachedInfo()
+	info := jobs.CachedInfo()
 	if !info.Config.AllowMsgSchedules && !info.Config.AllowRollup {
 		return nil
 	}
 	e := &LegacyStreamError{Stream: cfg.JobsStream}
-	if counts, err := subjectCounts(ctx, st, cfg.Prefix+".sched.>"); err == nil {
+	if counts, err := subjectCounts(ctx, jobs, cfg.Prefix+".sched.>"); err == nil {
 		for _, n := range counts {
 			e.Schedules += int(n)
 		}

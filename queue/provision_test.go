@@ -131,7 +131,7 @@ func TestProvisionIsIdempotent(t *testing.T) {
 	if want := []string{"qqbot.send.*.*"}; !reflect.DeepEqual(jc.Subjects, want) {
 		t.Errorf("jobs stream subjects %q, want %q", jc.Subjects, want)
 	}
-	if err := CheckJobsStream(ctx, ts.js, cfg); err != nil {
+	if err := CheckJobsStream(ctx, jobsStream(t, ts.js, cfg), cfg); err != nil {
 		t.Errorf("CheckJobsStream on a new stream: %v", err)
 	}
 	fc := infos[cfg.DeferredStream].Config
@@ -262,7 +262,7 @@ func TestProvisionKeepsAnOlderJobsStream(t *testing.T) {
 		t.Errorf("%d messages after Provision, want the job and the schedule", n)
 	}
 	var le *LegacyStreamError
-	if err := CheckJobsStream(ctx, ts.js, cfg); !errors.As(err, &le) || !errors.Is(err, ErrLegacyJobsStream) || le.Schedules != 1 ||
+	if err := CheckJobsStream(ctx, jobsStream(t, ts.js, cfg), cfg); !errors.As(err, &le) || !errors.Is(err, ErrLegacyJobsStream) || le.Schedules != 1 ||
 		!strings.Contains(err.Error(), "nats stream rm "+cfg.JobsStream) {
 		t.Errorf("CheckJobsStream: %v", err)
 	}
@@ -274,7 +274,7 @@ func TestProvisionKeepsAnOlderJobsStream(t *testing.T) {
 	if err := Provision(ctx, ts.js, cfg); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckJobsStream(ctx, ts.js, cfg); err != nil {
+	if err := CheckJobsStream(ctx, jobsStream(t, ts.js, cfg), cfg); err != nil {
 		t.Errorf("re-created stream: %v", err)
 	}
 }
@@ -517,4 +517,14 @@ func TestResolveNamesKeepsLegacyStreams(t *testing.T) {
 	if err := Provision(ctx, ts.js, o); !errors.Is(err, ErrPrefixConflict) {
 		t.Errorf("Provision of prefix other on %s: %v, want ErrPrefixConflict", JobsStreamDefault, err)
 	}
+}
+
+// jobsStream reads the jobs stream, for CheckJobsStream.
+func jobsStream(t *testing.T, js jetstream.JetStream, cfg Config) jetstream.Stream {
+	t.Helper()
+	st, err := js.Stream(testCtx(t), cfg.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

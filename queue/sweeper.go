@@ -49,6 +49,11 @@ type SweeperConfig struct {
 	// Logger receives what each sweep did, and failures (at most one per
 	// 5 s). Default: none.
 	Logger *zerolog.Logger
+	// Jobs is the jobs stream as the caller just read it (ProvisionJobs
+	// returns it): Start takes it as the proof that the stream exists and
+	// the first sweep works from it, so a worker's start asks the server
+	// for its info once. Default: Start reads it.
+	Jobs jetstream.Stream
 }
 
 // SweepResult counts what one sweep did.
@@ -157,12 +162,16 @@ func (s *Sweeper) Start(ctx context.Context) error {
 	if s.stopped {
 		return errors.New("queue: Sweeper stopped")
 	}
-	if _, err := s.js.Stream(ctx, s.cfg.Names.JobsStream); err != nil {
-		return fmt.Errorf("queue: sweeper: stream %s (run Provision first): %w", s.cfg.Names.JobsStream, err)
+	st := s.cfg.Jobs
+	if st == nil {
+		var err error
+		if st, err = s.js.Stream(ctx, s.cfg.Names.JobsStream); err != nil {
+			return fmt.Errorf("queue: sweeper: stream %s (run Provision first): %w", s.cfg.Names.JobsStream, err)
+		}
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel, s.done, s.started = cancel, make(chan struct{}), true
-	go s.run(rctx)
+	go s.run(rctx, st)
 	return nil
 }
 
@@ -185,10 +194,21 @@ func (s *Sweeper) Stop(ctx context.Context) error {
 	}
 }
 
-func (s *Sweeper) run(ctx context.Context) {
+// run sweeps until ctx ends, the first time with first, the jobs stream
+// as Start found it.
+func (s *Sweeper) run(ctx context.Context, first jetstream.Stream) {
 	defer close(s.done)
 	for {
-		res, err := s.Sweep(ctx)
+		var (
+			res SweepResult
+			err error
+		)
+		if first != nil {
+			res, err = s.sweep(ctx, first)
+			first = nil
+		} else {
+			res, err = s.Sweep(ctx)
+		}
 		if err != nil && ctx.Err() == nil {
 			s.warn.event(&s.log, err).Msg("sweep the jobs stream")
 		}
@@ -211,11 +231,16 @@ func (s *Sweeper) run(ctx context.Context) {
 // Sweep runs one sweep now: it ends up to Max stray messages and migrates
 // old schedules (see Sweeper).
 func (s *Sweeper) Sweep(ctx context.Context) (SweepResult, error) {
-	var res SweepResult
 	st, err := s.js.Stream(ctx, s.cfg.Names.JobsStream)
 	if err != nil {
-		return res, fmt.Errorf("stream %s: %w", s.cfg.Names.JobsStream, err)
+		return SweepResult{}, fmt.Errorf("stream %s: %w", s.cfg.Names.JobsStream, err)
 	}
+	return s.sweep(ctx, st)
+}
+
+// sweep is Sweep with the jobs stream as read.
+func (s *Sweeper) sweep(ctx context.Context, st jetstream.Stream) (SweepResult, error) {
+	var res SweepResult
 	if err := s.sweepStrays(ctx, st, &res); err != nil {
 		return res, err
 	}

@@ -152,10 +152,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Lock()
 	w.names = names
 	w.mu.Unlock()
-	if err := queue.Provision(ctx, w.js, names); err != nil {
+	// The jobs stream's info is read once, by Provision; the check and
+	// the Sweeper work from its answer.
+	jobs, err := queue.ProvisionJobs(ctx, w.js, names)
+	if err != nil {
 		return err
 	}
-	if err := queue.CheckJobsStream(ctx, w.js, names); errors.Is(err, queue.ErrLegacyJobsStream) {
+	if err := queue.CheckJobsStream(ctx, jobs, names); errors.Is(err, queue.ErrLegacyJobsStream) {
 		w.log.Warn().Err(err).Msg("the jobs stream lets producers roll it up and schedule jobs")
 	} else if err != nil {
 		return err
@@ -265,7 +268,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sweep, err := queue.NewSweeper(w.js, queue.SweeperConfig{Names: names, Handler: w.proc, Logger: &w.log})
+	sweep, err := queue.NewSweeper(w.js, queue.SweeperConfig{Names: names, Handler: w.proc, Logger: &w.log, Jobs: jobs})
 	if err != nil {
 		return err
 	}
