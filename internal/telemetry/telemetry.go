@@ -33,6 +33,9 @@ const (
 	// ScrapeTimeoutDefault bounds how long a scrape waits for each of the
 	// DLQ's size and the quotas.
 	ScrapeTimeoutDefault = 2 * time.Second
+	// ScrapeRefreshDefault is how long the DLQ's size and the quotas, once
+	// read, serve the scrapes that follow.
+	ScrapeRefreshDefault = 5 * time.Second
 	// Namespace prefixes every qqdispatch metric name.
 	Namespace = "qqdispatch"
 )
@@ -86,6 +89,12 @@ type Config struct {
 	// ScrapeTimeout bounds each of a scrape's DLQ and Quotas calls.
 	// Default ScrapeTimeoutDefault (2s).
 	ScrapeTimeout time.Duration
+	// ScrapeRefresh is how long the answers of DLQ and Quotas (JetStream
+	// reads) serve the scrapes after the one that asked: each is called at
+	// most once per ScrapeRefresh however often /metrics is scraped, so a
+	// scrape storm does not load NATS, and their series may be that much
+	// behind. Default ScrapeRefreshDefault (5s).
+	ScrapeRefresh time.Duration
 }
 
 // Telemetry collects a worker's metrics and answers its health probes. It
@@ -121,6 +130,12 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	if cfg.ScrapeTimeout < 0 {
 		return nil, fmt.Errorf("telemetry: Config.ScrapeTimeout must not be negative, got %s", cfg.ScrapeTimeout)
+	}
+	if cfg.ScrapeRefresh == 0 {
+		cfg.ScrapeRefresh = ScrapeRefreshDefault
+	}
+	if cfg.ScrapeRefresh < 0 {
+		return nil, fmt.Errorf("telemetry: Config.ScrapeRefresh must not be negative, got %s", cfg.ScrapeRefresh)
 	}
 	if cfg.Version == "" {
 		cfg.Version = "unknown"
@@ -187,12 +202,13 @@ func New(cfg Config) (*Telemetry, error) {
 	parts := gauge("partitions_owned", "Partitions this worker consumes.", cfg.Partitions)
 	members := gauge("fleet_members", "Live workers in the fleet as this worker last read the members bucket, itself "+
 		"included; 0 for a worker on fixed partitions.", cfg.Members)
-	dlq := &dlqCollector{size: cfg.DLQ, timeout: cfg.ScrapeTimeout,
+	dlq := &dlqCollector{size: newScrapeCache(cfg.DLQ, cfg),
 		desc: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "dlq_messages"),
-			"Entries on the DLQ stream, read from JetStream at scrape time: the same on every worker of a fleet.", nil, nil)}
+			"Entries on the DLQ stream, read from JetStream by a scrape at most every "+cfg.ScrapeRefresh.String()+
+				" (the scrapes in between get the last reading): the same on every worker of a fleet.", nil, nil)}
 	waiting := newWaitingCollector(cfg.Scheduling)
 	pacing := newPacingCollector(cfg.Pacing)
-	quotas := newQuotaCollector(cfg.Quotas, cfg.ScrapeTimeout)
+	quotas := newQuotaCollector(newScrapeCache(cfg.Quotas, cfg), cfg.ScrapeRefresh)
 	for _, c := range []prometheus.Collector{
 		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, members, dlq, waiting, pacing, quotas,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -328,11 +344,43 @@ func writeText(w http.ResponseWriter, status int, line string) {
 	_, _ = fmt.Fprintln(w, line)
 }
 
-// dlqCollector exports the DLQ stream's size, asked for at scrape time.
+// scrapeCache is a reading from JetStream that scrapes share: a scrape
+// reads it (within ScrapeTimeout) when the last reading is ScrapeRefresh
+// old, else takes the last one, failures included. Scrapes that come
+// while it reads wait for that reading.
+type scrapeCache[T any] struct {
+	read             func(context.Context) (T, error) // nil: nothing to read
+	timeout, refresh time.Duration
+	now              func() time.Time
+
+	mu  sync.Mutex
+	at  time.Time // of the last reading; zero before the first
+	val T
+	err error
+}
+
+func newScrapeCache[T any](read func(context.Context) (T, error), cfg Config) *scrapeCache[T] {
+	return &scrapeCache[T]{read: read, timeout: cfg.ScrapeTimeout, refresh: cfg.ScrapeRefresh, now: cfg.Now}
+}
+
+// get returns the current reading. There must be something to read.
+func (c *scrapeCache[T]) get() (T, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := c.now(); c.at.IsZero() || now.Sub(c.at) >= c.refresh || now.Before(c.at) {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		c.val, c.err = c.read(ctx)
+		cancel()
+		c.at = c.now()
+	}
+	return c.val, c.err
+}
+
+// dlqCollector exports the DLQ stream's size, read at scrape time at most
+// once per ScrapeRefresh.
 type dlqCollector struct {
-	size    func(context.Context) (uint64, error)
-	timeout time.Duration
-	desc    *prometheus.Desc
+	size *scrapeCache[uint64]
+	desc *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -342,35 +390,34 @@ func (c *dlqCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 // left out rather than reported as 0: an empty DLQ and an unknown one are
 // different things on a dashboard.
 func (c *dlqCollector) Collect(ch chan<- prometheus.Metric) {
-	if c.size == nil {
+	if c.size.read == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	n, err := c.size(ctx)
+	n, err := c.size.get()
 	if err != nil {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
 }
 
-// quotaCollector exports the policy's period quotas, read at scrape time:
-// the units this worker took per rule, and for per-bot quotas the current
-// period's count and limit (shared by the fleet). Labels are the policy's
-// rules, never targets.
+// quotaCollector exports the policy's period quotas, read at scrape time
+// at most once per ScrapeRefresh: the units this worker took per rule,
+// and for per-bot quotas the current period's count and limit (shared by
+// the fleet). Labels are the policy's rules, never targets.
 type quotaCollector struct {
-	quotas             func(context.Context) ([]ratelimit.QuotaStat, error)
-	timeout            time.Duration
+	quotas             *scrapeCache[[]ratelimit.QuotaStat]
 	taken, used, limit *prometheus.Desc
 }
 
-func newQuotaCollector(quotas func(context.Context) ([]ratelimit.QuotaStat, error), timeout time.Duration) *quotaCollector {
+func newQuotaCollector(quotas *scrapeCache[[]ratelimit.QuotaStat], refresh time.Duration) *quotaCollector {
 	labels := []string{"scene", "rule"}
-	return &quotaCollector{quotas: quotas, timeout: timeout,
+	return &quotaCollector{quotas: quotas,
 		taken: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "quota_taken_total"),
-			"Period quota units this worker took, by scene and policy rule, every target together (refunds not subtracted).", labels, nil),
+			"Period quota units this worker took, by scene and policy rule, every target together (refunds not subtracted); "+
+				"read at most every "+refresh.String()+".", labels, nil),
 		used: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "quota_used"),
-			"Units of a per-bot period quota used in the current period, read from JetStream at scrape time (fleet-wide).", labels, nil),
+			"Units of a per-bot period quota used in the current period, read from JetStream by a scrape at most every "+
+				refresh.String()+" (the scrapes in between get the last reading; fleet-wide).", labels, nil),
 		limit: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "quota_limit"),
 			"The limit of a per-bot period quota per period.", labels, nil),
 	}
@@ -386,12 +433,10 @@ func (c *quotaCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector. A per-bot count that cannot be
 // read is left out, not reported as 0.
 func (c *quotaCollector) Collect(ch chan<- prometheus.Metric) {
-	if c.quotas == nil {
+	if c.quotas.read == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	stats, err := c.quotas(ctx)
+	stats, err := c.quotas.get()
 	for _, q := range stats {
 		sc := sceneLabel(q.Scene)
 		ch <- prometheus.MustNewConstMetric(c.taken, prometheus.CounterValue, float64(q.Taken), sc, q.Rule)

@@ -258,14 +258,17 @@ func TestPacingMetrics(t *testing.T) {
 }
 
 // TestFleetAndDLQMetrics: the fleet's size and the DLQ's are read at
-// scrape time; a DLQ that cannot be read (or takes longer than ScrapeTimeout)
-// is left out, not reported empty.
+// scrape time (the DLQ's at most once per ScrapeRefresh); a DLQ that
+// cannot be read (or takes longer than ScrapeTimeout) is left out, not
+// reported empty.
 func TestFleetAndDLQMetrics(t *testing.T) {
 	t.Parallel()
 	var members atomic.Int64
 	members.Store(3)
 	var dlqErr atomic.Pointer[error]
+	clk := &clock{now: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)}
 	tel, err := telemetry.New(telemetry.Config{
+		Now:     clk.Now,
 		Members: func() int { return int(members.Load()) },
 		DLQ: func(ctx context.Context) (uint64, error) {
 			if e := dlqErr.Load(); e != nil {
@@ -289,6 +292,7 @@ func TestFleetAndDLQMetrics(t *testing.T) {
 	members.Store(1)
 	e := errors.New("stream info: timeout")
 	dlqErr.Store(&e)
+	clk.Add(telemetry.ScrapeRefreshDefault)
 	_, body = get(t, srv.URL+"/metrics")
 	if !strings.Contains(body, "qqdispatch_fleet_members 1\n") || strings.Contains(body, "qqdispatch_dlq_messages ") {
 		t.Errorf("after a member left and the DLQ stopped answering:\n%s", grepLines(body, "qqdispatch_"))
@@ -313,6 +317,71 @@ func TestFleetAndDLQMetrics(t *testing.T) {
 	}
 	if _, err := telemetry.New(telemetry.Config{ScrapeTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "ScrapeTimeout") {
 		t.Errorf("a negative ScrapeTimeout: err = %v, want one naming ScrapeTimeout", err)
+	}
+}
+
+// TestScrapeReadsAreShared: however many scrapes come, at once or one
+// after another, the DLQ's size and the quotas (JetStream reads) are read
+// once per ScrapeRefresh; the scrapes in between get the last reading,
+// and the help says how old it may be.
+func TestScrapeReadsAreShared(t *testing.T) {
+	t.Parallel()
+	var dlqReads, quotaReads atomic.Int64
+	clk := &clock{now: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)}
+	tel, err := telemetry.New(telemetry.Config{
+		Now: clk.Now,
+		DLQ: func(ctx context.Context) (uint64, error) {
+			return uint64(dlqReads.Add(1)), nil
+		},
+		Quotas: func(ctx context.Context) ([]ratelimit.QuotaStat, error) {
+			n := quotaReads.Add(1)
+			return []ratelimit.QuotaStat{{Scene: dispatcher.SceneGroup, Rule: "group.active.quota.per_bot.day", PerBot: true, Used: int(n), Limit: 100}}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(tel.Handler())
+	t.Cleanup(srv.Close)
+
+	const scrapes = 20
+	bodies := make(chan string, scrapes)
+	for range scrapes {
+		go func() {
+			resp, err := http.Get(srv.URL + "/metrics")
+			if err != nil {
+				bodies <- err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			bodies <- string(b)
+		}()
+	}
+	for range scrapes {
+		if body := <-bodies; !strings.Contains(body, "qqdispatch_dlq_messages 1\n") ||
+			!strings.Contains(body, `qqdispatch_quota_used{rule="group.active.quota.per_bot.day",scene="group"} 1`+"\n") {
+			t.Fatalf("a scrape did not get the first reading:\n%s", grepLines(body, "qqdispatch_"))
+		}
+	}
+	if d, q := dlqReads.Load(), quotaReads.Load(); d != 1 || q != 1 {
+		t.Fatalf("%d scrapes read the DLQ %d times and the quotas %d times, want once each", scrapes, d, q)
+	}
+	clk.Add(telemetry.ScrapeRefreshDefault - time.Millisecond)
+	get(t, srv.URL+"/metrics")
+	if d := dlqReads.Load(); d != 1 {
+		t.Fatalf("read the DLQ again %s after the first reading", telemetry.ScrapeRefreshDefault-time.Millisecond)
+	}
+	clk.Add(time.Millisecond)
+	_, body := get(t, srv.URL+"/metrics")
+	if d, q := dlqReads.Load(), quotaReads.Load(); d != 2 || q != 2 || !strings.Contains(body, "qqdispatch_dlq_messages 2\n") {
+		t.Fatalf("after ScrapeRefresh: %d DLQ reads, %d quota reads, want 2 each:\n%s", d, q, grepLines(body, "qqdispatch_dlq"))
+	}
+	if !strings.Contains(body, "# HELP qqdispatch_dlq_messages Entries on the DLQ stream, read from JetStream by a scrape at most every 5s") {
+		t.Errorf("the DLQ's help does not say how old it may be:\n%s", grepLines(body, "HELP qqdispatch_dlq"))
+	}
+	if _, err := telemetry.New(telemetry.Config{ScrapeRefresh: -time.Second}); err == nil || !strings.Contains(err.Error(), "ScrapeRefresh") {
+		t.Errorf("a negative ScrapeRefresh: err = %v, want one naming ScrapeRefresh", err)
 	}
 }
 
