@@ -470,24 +470,92 @@ func TestRecordRefusedForGood(t *testing.T) {
 	}
 }
 
-// TestRecordRetriesAreBoundedAndLogged: storage trouble is retried until
-// RecordTimeout, logged at most once per interval with a count, and then
-// the job is handed back.
+// stepClock is a clock on which waiting takes no time: After moves it
+// forward by d and fires at once.
+type stepClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *stepClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *stepClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	c.now = c.now.Add(max(d, 0))
+	ch := make(chan time.Time, 1)
+	ch <- c.now
+	c.mu.Unlock()
+	return ch
+}
+
+// TestRecordRetriesAreBoundedAndLogged: storage trouble is retried with
+// back-off until RecordTimeout has passed on the Clock, then the job is
+// handed back; the failures are logged at most once per 10 s of the Clock,
+// each line counting the tries left out since the one before. The clock
+// moves only when the pipeline waits, so the test does not depend on how
+// fast the machine runs.
 func TestRecordRetriesAreBoundedAndLogged(t *testing.T) {
 	t.Parallel()
-	r := newRig(t)
-	r.rec.refuse = func(dispatcher.Outcome) (error, error) { return errors.New("nats: timeout"), nil }
+	const (
+		timeout   = time.Minute
+		warnEvery = 10 * time.Second // storeWarnEvery
+	)
+	clk := &stepClock{now: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)}
+	rec := newMemRecorder()
+	rec.refuse = func(dispatcher.Outcome) (error, error) { return errors.New("nats: timeout"), nil }
+	var logs bytes.Buffer
+	log := zerolog.New(&lockedWriter{w: &logs})
+	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{
+		Sender: &countSender{}, Ledger: newMemLedger(), Recorder: rec, Clock: clk, Logger: &log, RecordTimeout: timeout,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := clk.Now()
 	d := &memDelivery{env: env("g1", []byte(`{"v":1}`), 1, dispatcher.HeaderMsgID, "down-1")}
-	_, err := r.p.Handle(context.Background(), d)
+	_, err = p.Handle(context.Background(), d)
 	if !errors.Is(err, dispatcher.ErrHandedBack) || d.releases != 1 || d.acks != 0 {
 		t.Fatalf("Handle: %v, %d releases, %d acks; want handed back after RecordTimeout", err, d.releases, d.acks)
 	}
-	if r.rec.calls < 10 {
-		t.Errorf("Record tried %d times in RecordTimeout", r.rec.calls)
+	// Bounded: the tries stop once RecordTimeout has passed on the clock,
+	// and go on until then (the back-off waits at most 7.5 s).
+	if took := clk.Now().Sub(start); took < timeout || took >= timeout+warnEvery {
+		t.Errorf("the tries stopped after %s on the clock, want once RecordTimeout (%s) had passed", took, timeout)
 	}
-	lines := strings.Count(r.logs.String(), "record outcome failed; retrying")
-	if lines < 1 || lines > 2 {
-		t.Errorf("%d retry warnings for %d tries; want one per 10 s:\n%s", lines, r.rec.calls, r.logs)
+	if rec.calls < int(timeout/(7500*time.Millisecond)) {
+		t.Errorf("Record tried %d times in %s", rec.calls, timeout)
+	}
+	// Logged: at most once per 10 s, each line with the tries left out.
+	var lines []struct {
+		Try       int `json:"try"`
+		NotLogged int `json:"not_logged"`
+	}
+	for _, ln := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if !strings.Contains(ln, "record outcome failed; retrying") {
+			continue
+		}
+		var l struct {
+			Try       int `json:"try"`
+			NotLogged int `json:"not_logged"`
+		}
+		if err := json.Unmarshal([]byte(ln), &l); err != nil {
+			t.Fatalf("log line %q: %v", ln, err)
+		}
+		lines = append(lines, l)
+	}
+	if n := len(lines); n < 2 || n > 1+int(timeout/warnEvery) {
+		t.Fatalf("%d retry warnings for %d tries in %s; want one per 10 s at most:\n%s", n, rec.calls, timeout, logs.String())
+	}
+	prev := 0
+	for _, l := range lines {
+		if l.NotLogged != l.Try-prev-1 {
+			t.Errorf("the warning of try %d counts %d not logged, want %d (since try %d)", l.Try, l.NotLogged, l.Try-prev-1, prev)
+		}
+		prev = l.Try
 	}
 }
 

@@ -119,10 +119,10 @@ type ProcessorConfig struct {
 	// InDoubt is the policy for jobs that may have been delivered without the
 	// platform being able to dedupe a resend. Default InDoubtReport.
 	InDoubt InDoubtPolicy
-	// RecordTimeout bounds how long the pipeline keeps trying to store a
-	// decided outcome (e.g. across a NATS outage) before giving the message
-	// back; a job given back after its call ran ends in doubt. Default
-	// RecordTimeoutDefault (10m).
+	// RecordTimeout bounds how long (on the Clock) the pipeline keeps
+	// trying to store a decided outcome (e.g. across a NATS outage) before
+	// giving the message back; a job given back after its call ran ends in
+	// doubt. Default RecordTimeoutDefault (10m).
 	RecordTimeout time.Duration
 	// Clock is the time source. Default: the wall clock.
 	Clock Clock
@@ -1652,10 +1652,12 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 	// outcome is stored.
 	r.d.Proceed()
 	o.Finished = p.cfg.Clock.Now()
-	// Storing the outcome outlives shutdown: the job is decided.
+	// Storing the outcome outlives shutdown: the job is decided. Its
+	// retries end after RecordTimeout on the Clock (the context's deadline
+	// is the wall clock's safety net).
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.RecordTimeout)
 	defer cancel()
-	stored, err := r.record(rctx, o)
+	stored, err := r.record(rctx, o, p.cfg.Clock.Now().Add(p.cfg.RecordTimeout))
 	if err != nil {
 		return r.handBack(fmt.Errorf("record outcome: %w", err))
 	}
@@ -1687,8 +1689,9 @@ func (r *run) finish(ctx context.Context, o Outcome) (Outcome, error) {
 const maxLeanReason = 1024
 
 // record stores o with the Recorder and returns the outcome stored for the
-// job (o, or the one stored before). Storage trouble is retried until ctx
-// ends (RecordTimeout); an error means the job goes back to the queue.
+// job (o, or the one stored before). Storage trouble is retried until
+// until (RecordTimeout) or ctx ends; an error means the job goes back to
+// the queue.
 //
 // A write the store refuses for good (ErrUnstorable) is not retried: an
 // outcome refused whole is stored again without its meta and with a
@@ -1700,10 +1703,10 @@ const maxLeanReason = 1024
 // job's (its scene or target differ: the id's binding expired, see
 // IDBinder, while its outcome was kept), the job's outcome goes under its
 // ConflictID instead.
-func (r *run) record(ctx context.Context, o Outcome) (Outcome, error) {
+func (r *run) record(ctx context.Context, o Outcome, until time.Time) (Outcome, error) {
 	var stored Outcome
 	store := func(o Outcome) error {
-		return r.retryStore(ctx, "record outcome", func(actx context.Context) error {
+		return r.retryStore(ctx, "record outcome", until, func(actx context.Context) error {
 			s, err := r.p.cfg.Recorder.Record(actx, o, r.env)
 			if s.JobID != "" {
 				stored = s
@@ -1739,7 +1742,7 @@ func (r *run) record(ctx context.Context, o Outcome) (Outcome, error) {
 		} else {
 			o.Reason += "; " + note
 		}
-		return r.record(ctx, o)
+		return r.record(ctx, o, until)
 	}
 	return stored, nil
 }
@@ -1768,13 +1771,13 @@ func (r *run) ack(ctx context.Context) error {
 const storeWarnEvery = 10 * time.Second
 
 // retryStore runs op, a storage write (what names it in logs), until it
-// succeeds, the store refuses it for good (ErrUnstorable), or ctx ends,
-// riding out a NATS reconnect: it backs off from 100ms to 5s between
-// tries, and each try gets StoreTimeout, so one request lost with a server
-// does not use up the whole budget. Failures are logged at most once per
-// storeWarnEvery for each kind of write across the processor, with how many
-// were left out.
-func (r *run) retryStore(ctx context.Context, what string, op func(context.Context) error) error {
+// succeeds, the store refuses it for good (ErrUnstorable), the Clock
+// reaches until or ctx ends, riding out a NATS reconnect: it backs off
+// from 100ms to 5s between tries (the last one at until), and each try
+// gets StoreTimeout, so one request lost with a server does not use up the
+// whole budget. Failures are logged at most once per storeWarnEvery for
+// each kind of write across the processor, with how many were left out.
+func (r *run) retryStore(ctx context.Context, what string, until time.Time, op func(context.Context) error) error {
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
 	for try := 1; ; try++ {
 		actx, cancel := context.WithTimeout(ctx, StoreTimeout)
@@ -1792,10 +1795,13 @@ func (r *run) retryStore(ctx context.Context, what string, op func(context.Conte
 		if ok, held := r.p.warns.allow(what, now); ok {
 			r.log.Warn().Err(err).Int("try", try).Int("not_logged", held).Msg(what + " failed; retrying")
 		}
+		if !now.Before(until) {
+			return fmt.Errorf("%w after %d tries (last error: %w)", context.DeadlineExceeded, try, err)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w after %d tries (last error: %w)", ctx.Err(), try, err)
-		case <-r.p.cfg.Clock.After(bo.NextBackOff()):
+		case <-r.p.cfg.Clock.After(min(bo.NextBackOff(), until.Sub(now))):
 		}
 	}
 }
