@@ -702,21 +702,51 @@ func (p *permit) Rule() string  { return p.rule }
 // Depart waits until the permit's instant, then lets the call leave once
 // every bucket's departures allow it, recording the departure in each
 // (see leave). On an error the tokens are given back.
+//
+// A call whose fleet slots passed, and could not be taken again one by one
+// (see leave), gives every token back and takes new ones for one instant.
 func (p *permit) Depart(ctx context.Context) error {
 	if p.done {
 		return nil
 	}
 	p.done = true
-	if err := p.l.sleepUntil(ctx, p.t); err != nil {
-		release(p.plan, p.holds, p.l.now().UnixNano())
-		return err
+	for {
+		if err := p.l.sleepUntil(ctx, p.t); err != nil {
+			release(p.plan, p.holds, p.l.now().UnixNano())
+			return err
+		}
+		at, err := p.l.leave(ctx, p.plan, p.holds, p.target, p.deadline)
+		if err == nil {
+			p.departed = at
+			return nil
+		}
+		if !errors.Is(err, errSlotPassed) {
+			return err
+		}
+		np, err := p.l.reacquire(ctx, p.plan, p.sr, p.target, p.deadline)
+		if err != nil {
+			return err
+		}
+		p.holds, p.t, p.rule = np.holds, np.t, np.rule
 	}
-	at, err := p.l.leave(ctx, p.plan, p.holds, p.target, p.deadline)
-	if err != nil {
-		return err
+}
+
+// errSlotPassed says a call woke too late for a fleet slot it held.
+var errSlotPassed = errors.New("ratelimit: the call's slot has passed")
+
+// reacquire takes new tokens for a call whose slot passed, waiting out a
+// NotYetError.
+func (l *Limiter) reacquire(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) (*permit, error) {
+	for {
+		np, err := l.acquire(ctx, plan, sr, target, deadline)
+		var ny *dispatcher.NotYetError
+		if !errors.As(err, &ny) {
+			return np, err
+		}
+		if err := l.sleepUntil(ctx, ny.At.UnixNano()); err != nil {
+			return nil, err
+		}
 	}
-	p.departed = at
-	return nil
 }
 
 // Answered learns from the platform's answer to the call that departed on
@@ -807,10 +837,12 @@ func (l *Limiter) sleepUntil(ctx context.Context, t int64) error {
 // A call that would leave later than a fleet bucket allows after its slot
 // (SharedBucket.Late: the worker woke late) gives that slot back and takes
 // the bucket's next one, for another worker's call may be due an interval
-// after the slot it held. It keeps its other buckets' slots while they
-// allow the wait: a fast bucket's next slot is a moment away, a slow one's
-// (60 a minute) a second, which giving it up for the fast one's sake would
-// waste.
+// after the slot it held. It keeps its other buckets' slots if they allow
+// the wait: a fast bucket's next slot is a moment away, a slow one's (60 a
+// minute) a second, which giving it up for the fast one's sake would
+// waste. If they do not, it gives every slot up (errSlotPassed) and the
+// permit takes new ones for one instant: re-taking them one by one could
+// chase each other's slots.
 func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, target string, deadline time.Time) (int64, error) {
 	for {
 		now := l.now().UnixNano()
@@ -822,9 +854,18 @@ func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, target s
 			if late := s.shared.Late(); late > 0 && now > holds[i].slot+int64(late) {
 				holds[i].cancel()
 				holds[i] = s.take(target, now, now)
-				if holds[i].slot > wait {
-					wait, why = holds[i].slot, s.rule
+				if at := max(holds[i].slot, now); at > wait {
+					wait, why = at, s.rule
 				}
+			}
+		}
+		for i, s := range plan {
+			if s.shared == nil || wait == 0 {
+				continue
+			}
+			if late := s.shared.Late(); late > 0 && wait > holds[i].slot+int64(late) {
+				release(plan, holds, now)
+				return 0, errSlotPassed
 			}
 		}
 		if wait > now {
