@@ -43,7 +43,7 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 	c.String(&appID, "app-id", "QQSIM_APP_ID", "102030405", "the app `id` the simulator accepts")
 	c.String(&rulesFile, "rules", "QQSIM_RULES", "", "YAML `file` of qqsim.Rules (default: the platform's newest rules)")
 	c.Float(&transient, "transient-rate", "QQSIM_TRANSIENT_RATE", 0, "share (0..1) of send calls answered HTTP 500")
-	c.Duration(&latency, "latency", "QQSIM_LATENCY", 0, "added to every send call")
+	c.Duration(&latency, "latency", "QQSIM_LATENCY", 0, "added to every send call, before the rules count it (a network path)")
 	c.EnvOnly("QQSIM_APP_SECRET", "the app secret the simulator accepts (default \"sim-secret\")")
 	pos, err := c.parse(args, cl.env, cl.stdout)
 	if err != nil {

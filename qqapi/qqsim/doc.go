@@ -56,7 +56,9 @@
 //
 // Faults act before everything (nothing is recorded): a seeded share of
 // calls answers HTTP 500, and Latency+Jitter delays every call, giving up
-// silently when the client does. Scripts are consulted after auth: they can
+// silently when the client does. The delay models the network path: rules
+// count a call at its receipt plus the delay drawn for it (Message.At), not
+// when the wait ends, which on a busy host may be later. Scripts are consulted after auth: they can
 // answer anything, hang, accept and then drop the connection (the client
 // sees an error, the message is recorded: the "in doubt" case), or accept as
 // pending audit.
