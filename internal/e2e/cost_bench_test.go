@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +36,11 @@ import (
 //   - plain-js: the same number of messages consumed from a stream of their
 //     own and acked, with nats.go's Consume.
 //
+// The drain's CPU time, allocations and bytes allocated per job are the
+// whole process's (the worker, the embedded nats-server and the simulator
+// run in it): on a busy machine they move less than the rates do, the
+// allocations hardly at all.
+//
 // Then, with the same worker: publish→call delay (before the publish to the
 // simulator's acceptance) for jobs published at half the pipeline's rate
 // for 3 s (p50, p99), and the worker connection's traffic for 2,000 jobs,
@@ -44,6 +51,10 @@ import (
 // fire-and-forget messages per job (acks without a reply, progress acks).
 //
 //	go test ./internal/e2e -run '^$' -bench JobCost -benchtime 1x
+//
+// QQDISPATCH_BENCH_PROFILE=prefix writes a CPU profile of the drain
+// (prefix.cpu) and the allocations made during it (prefix.allocs, a
+// difference against prefix.allocs.base: go tool pprof -diff_base).
 func BenchmarkJobCost(b *testing.B) {
 	jobs := 20000
 	if s := os.Getenv("QQDISPATCH_BENCH_JOBS"); s != "" {
@@ -87,8 +98,17 @@ func BenchmarkJobCost(b *testing.B) {
 		}
 		before := wnc.Stats()
 		simBefore := len(bed.Sim.Accepted())
+		stopProfile := profileDrain(b)
+		var ms0, ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms0)
+		cpuBefore := processCPU()
 		bed.StartWorker(cfg)
 		drained := waitDrained(b, bed, 10*time.Minute)
+		cpuPerJob := (processCPU() - cpuBefore) / time.Duration(jobs)
+		runtime.ReadMemStats(&ms1)
+		allocsPerJob := float64(ms1.Mallocs-ms0.Mallocs) / float64(jobs)
+		bytesPerJob := float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(jobs)
+		stopProfile()
 		after := wnc.Stats()
 		acc := bed.Sim.Accepted()[simBefore:]
 		if len(acc) != jobs {
@@ -119,6 +139,9 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(jsRate, "plain-js-msgs/s")
 		b.ReportMetric(pipeRate/httpRate, "pipeline/http")
 		b.ReportMetric(pipeRate/jsRate, "pipeline/js")
+		b.ReportMetric(float64(cpuPerJob.Nanoseconds())/1000, "cpu-µs/job")
+		b.ReportMetric(allocsPerJob, "allocs/job")
+		b.ReportMetric(bytesPerJob, "B/job")
 		b.ReportMetric(float64(p50.Microseconds())/1000, "half-load-p50-ms")
 		b.ReportMetric(float64(p99.Microseconds())/1000, "half-load-p99-ms")
 		b.ReportMetric(float64(after.OutMsgs-before.OutMsgs)/float64(jobs), "out-msgs/job")
@@ -130,8 +153,8 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(tr.per(tr.pulls, countJobs), "pulls/job")
 		b.ReportMetric(tr.per(tr.async, countJobs), "fire-and-forget/job")
 		b.Logf("%d jobs over %d groups, %d slots, %d partitions: pipeline %.0f jobs/s, plain HTTP %.0f/s, plain JetStream %.0f/s; "+
-			"half load (%.0f/s): p50 %s p99 %s; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
-			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, pipeRate/2, p50, p99,
+			"CPU per job (the process: worker, nats-server, simulator) %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
+			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, cpuPerJob, allocsPerJob, bytesPerJob, pipeRate/2, p50, p99,
 			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
 			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
 		if len(tr.otherSubjects) > 0 {
@@ -257,6 +280,40 @@ func plainJetStream(b *testing.B, bed *testbed.Bed, n int) float64 {
 		b.Fatalf("plain JetStream: %d of %d consumed", got.Load(), n)
 	}
 	return float64(n) / time.Since(start).Seconds()
+}
+
+// profileDrain starts the drain's profiles when QQDISPATCH_BENCH_PROFILE
+// names a file prefix, and returns what stops them.
+func profileDrain(b *testing.B) (stop func()) {
+	b.Helper()
+	prefix := os.Getenv("QQDISPATCH_BENCH_PROFILE")
+	if prefix == "" {
+		return func() {}
+	}
+	writeAllocs := func(name string) {
+		f, err := os.Create(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		runtime.GC()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	writeAllocs(prefix + ".allocs.base")
+	cpu, err := os.Create(prefix + ".cpu")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = cpu.Close()
+		writeAllocs(prefix + ".allocs")
+	}
 }
 
 // waitDrained polls the jobs stream until it holds no message and returns
