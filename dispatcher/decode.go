@@ -70,6 +70,11 @@ func (o DecodeOptions) withDefaults() DecodeOptions {
 	return o
 }
 
+// sameAs reports whether o and p decode every job alike.
+func (o DecodeOptions) sameAs(p DecodeOptions) bool {
+	return o.withDefaults() == p.withDefaults()
+}
+
 func invalid(field, format string, args ...any) *InvalidJobError {
 	return &InvalidJobError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
@@ -665,10 +670,13 @@ func diagnoseJSON(data []byte) *InvalidJobError {
 // level, "message." inside the message). It scans instead of using a
 // json.Decoder: a job is decoded on every delivery, and this allocates little.
 func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
-	bad := invalid(strings.TrimSuffix(prefix, "."), "is not a valid JSON object")
+	// Built only when it is returned: a valid job must not pay for it.
+	bad := func() *InvalidJobError {
+		return invalid(strings.TrimSuffix(prefix, "."), "is not a valid JSON object")
+	}
 	i := skipSpace(raw, 0)
 	if i >= len(raw) || raw[i] != '{' {
-		return nil, bad
+		return nil, bad()
 	}
 	out := make([]member, 0, 12)
 	var seen map[string]bool
@@ -680,20 +688,20 @@ func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
 		kstart := i
 		end := skipString(raw, i)
 		if end < 0 {
-			return nil, bad
+			return nil, bad()
 		}
 		key, ok := unquote(raw[i:end])
 		if !ok {
-			return nil, bad
+			return nil, bad()
 		}
 		i = skipSpace(raw, end)
 		if i >= len(raw) || raw[i] != ':' {
-			return nil, bad
+			return nil, bad()
 		}
 		i = skipSpace(raw, i+1)
 		vend := skipValue(raw, i)
 		if vend < 0 {
-			return nil, bad
+			return nil, bad()
 		}
 		if isDuplicate(out, &seen, key) {
 			return nil, invalid(prefix+truncate(key), "duplicate field (it appears more than once; JSON parsers disagree on which copy wins)")
@@ -701,7 +709,7 @@ func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
 		out = append(out, member{key: key, raw: raw[i:vend:vend], start: kstart, at: i})
 		i = skipSpace(raw, vend)
 		if i >= len(raw) {
-			return nil, bad
+			return nil, bad()
 		}
 		switch raw[i] {
 		case '}':
@@ -709,7 +717,7 @@ func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
 		case ',':
 			i = skipSpace(raw, i+1)
 		default:
-			return nil, bad
+			return nil, bad()
 		}
 	}
 }

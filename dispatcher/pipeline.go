@@ -379,7 +379,7 @@ type run struct {
 
 func (r *run) handle(ctx context.Context) (Outcome, error) {
 	p := r.p
-	job, derr := Decode(r.env.Subject, r.env.Data, p.cfg.Decode)
+	job, derr := r.decode()
 	id := IdentifyJob(job, r.env)
 	if derr == nil && id.Err != nil {
 		derr = id.Err
@@ -469,6 +469,16 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		return r.stopped(ctx, err)
 	}
 	return r.finish(ctx, o)
+}
+
+// decode decodes the job, or takes the decoding its delivery carries.
+func (r *run) decode() (*Job, error) {
+	if pd, ok := r.d.(Predecoded); ok {
+		if opts, job, err := pd.Decoded(); opts.sameAs(r.p.cfg.Decode) && (job != nil || err != nil) {
+			return job, err
+		}
+	}
+	return Decode(r.env.Subject, r.env.Data, r.p.cfg.Decode)
 }
 
 // deliver takes the job from its deadline to its outcome: reply budget,

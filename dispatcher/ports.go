@@ -183,6 +183,15 @@ type Pauser interface {
 	Pause(ctx context.Context, d time.Duration, rule string) error
 }
 
+// Predecoded is a Delivery that carries its job already decoded (the queue
+// decodes every job to schedule it): the pipeline takes that instead of
+// decoding the envelope a second time, when it was decoded with the same
+// options. Decoded returns what Decode returned for the envelope and the
+// options it was given; the job must not be modified by anyone else.
+type Predecoded interface {
+	Decoded() (opts DecodeOptions, job *Job, err error)
+}
+
 // Limiter enforces the platform's rules before a call (package ratelimit).
 type Limiter interface {
 	// Deadline is the end of the job's reply window; zero when it has none.

@@ -297,7 +297,8 @@ func TestItemOfInvalid(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			it := c.itemOf(tt.env)
+			job, err := dispatcher.Decode(tt.env.Subject, tt.env.Data, c.cfg.Decode)
+			it := c.itemOf(tt.env, job, err)
 			if it.Invalid != tt.invalid {
 				t.Errorf("Invalid = %v, want %v", it.Invalid, tt.invalid)
 			}

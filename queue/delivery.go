@@ -18,6 +18,10 @@ type delivery struct {
 	p    *partition
 	env  dispatcher.Envelope
 	item *sched.Item
+	// job and jobErr are env decoded with the consumer's options, handed
+	// to the pipeline once (Decoded) so it does not decode it again.
+	job    *dispatcher.Job
+	jobErr error
 
 	// Guarded by c.mu.
 	msg    jetstream.Msg // the latest delivery of the message (a reset delivers it again)
@@ -31,11 +35,20 @@ type delivery struct {
 }
 
 var (
-	_ dispatcher.Delivery = (*delivery)(nil)
-	_ dispatcher.Pauser   = (*delivery)(nil)
+	_ dispatcher.Delivery   = (*delivery)(nil)
+	_ dispatcher.Pauser     = (*delivery)(nil)
+	_ dispatcher.Predecoded = (*delivery)(nil)
 )
 
 func (d *delivery) Envelope() dispatcher.Envelope { return d.env }
+
+// Decoded hands the job decoded on arrival to its one handler, and lets go
+// of it: later calls return neither job nor error.
+func (d *delivery) Decoded() (dispatcher.DecodeOptions, *dispatcher.Job, error) {
+	job, err := d.job, d.jobErr
+	d.job, d.jobErr = nil, nil
+	return d.c.cfg.Decode, job, err
+}
 
 func (d *delivery) current() jetstream.Msg {
 	d.c.mu.Lock()

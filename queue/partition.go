@@ -252,9 +252,10 @@ func (p *partition) arrive(msg jetstream.Msg) {
 		// order: what arrives now must not run ahead of what was lost.
 		return
 	}
-	it := c.itemOf(env)
+	job, jobErr := dispatcher.Decode(env.Subject, env.Data, c.cfg.Decode)
+	it := c.itemOf(env, job, jobErr)
 	it.Partition = p.n
-	d := &delivery{c: c, p: p, env: env, item: it, msg: msg}
+	d := &delivery{c: c, p: p, env: env, item: it, msg: msg, job: job, jobErr: jobErr}
 	it.Ref = d
 	now := time.Now()
 	c.mu.Lock()
@@ -279,9 +280,9 @@ func (p *partition) arrive(msg jetstream.Msg) {
 	}
 }
 
-// itemOf decodes what the scheduler needs to know of a job.
-func (c *Consumer) itemOf(env dispatcher.Envelope) *sched.Item {
-	job, err := dispatcher.Decode(env.Subject, env.Data, c.cfg.Decode)
+// itemOf is what the scheduler needs to know of a job: env decoded to job
+// or err with c.cfg.Decode.
+func (c *Consumer) itemOf(env dispatcher.Envelope, job *dispatcher.Job, err error) *sched.Item {
 	id := dispatcher.IdentifyJob(job, env)
 	it := &sched.Item{Seq: env.Seq, JobID: id.ID}
 	if err != nil || id.Err != nil {
