@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -120,6 +121,14 @@ type Consumer struct {
 	kick     chan struct{}
 	loopDone chan struct{}
 	inflight sync.WaitGroup // jobs and partition loops
+
+	// Runners are the goroutines that run jobs. One that finished its job
+	// waits for the next instead of exiting, so a job does not pay for a
+	// new goroutine and for growing its stack again; at most Concurrency
+	// wait at once, and they exit when the consumer stops.
+	work        chan *delivery // unbuffered: taken only by a waiting runner
+	idleRunners atomic.Int32
+	runners     sync.WaitGroup
 }
 
 // NewConsumer validates cfg and returns a Consumer that has not started.
@@ -188,6 +197,7 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) 
 		stopping: make(map[int]*partition),
 		kick:     make(chan struct{}, 1),
 		loopDone: make(chan struct{}),
+		work:     make(chan *delivery),
 		warn:     &warnLimiter{every: 5 * time.Second},
 	}
 	if cfg.Logger != nil {
@@ -359,6 +369,7 @@ func (c *Consumer) Stop(ctx context.Context) error {
 		c.runStop()
 		c.inflight.Wait()
 		<-c.loopDone
+		c.runners.Wait()
 		close(done)
 	}()
 	select {
@@ -427,7 +438,12 @@ func (c *Consumer) loop() {
 				continue
 			}
 			c.inflight.Add(1)
-			go c.run(d)
+			select {
+			case c.work <- d:
+			default:
+				c.runners.Add(1)
+				go c.runner(d)
+			}
 		}
 		c.mu.Unlock()
 		next := time.Hour
@@ -446,6 +462,26 @@ func (c *Consumer) loop() {
 			case <-timer.C:
 			default:
 			}
+		}
+	}
+}
+
+// runner runs d, then the jobs the dispatch loop hands it, until the
+// consumer stops or enough other runners wait.
+func (c *Consumer) runner(d *delivery) {
+	defer c.runners.Done()
+	for {
+		c.run(d)
+		if c.idleRunners.Add(1) > int32(c.cfg.Concurrency) {
+			c.idleRunners.Add(-1)
+			return
+		}
+		select {
+		case d = <-c.work:
+			c.idleRunners.Add(-1)
+		case <-c.runCtx.Done():
+			c.idleRunners.Add(-1)
+			return
 		}
 	}
 }
