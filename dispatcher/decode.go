@@ -46,6 +46,22 @@ var msgTypeNames = map[int64]string{
 // topFields are the wire fields of contract version 1, in documentation order.
 var topFields = []string{"v", "id", "scene", "target", "guild_id", "message", "received_at", "not_after", "on_quota", "fallback", "meta"}
 
+// knownKeys are the field names of jobs and of the messages they carry: a
+// key among them is given as this string, not a new copy, on every decode.
+// A key with an escape is never among them (JSON names do not need one).
+var knownKeys = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range topFields {
+		m[k] = k
+	}
+	for _, k := range []string{"msg_type", "content", "msg_id", "event_id", "msg_seq", "is_wakeup",
+		"markdown", "keyboard", "ark", "embed", "message_reference", "image", "media",
+		"file_type", "url", "file_info", "srv_send_msg"} {
+		m[k] = k
+	}
+	return m
+}()
+
 // timestampRE is the RFC 3339 shape the contract accepts; the same pattern is
 // in schema/job.schema.json. time.Parse then checks the ranges.
 var timestampRE = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`)
@@ -690,9 +706,11 @@ func objectMembers(raw []byte, prefix string) ([]member, *InvalidJobError) {
 		if end < 0 {
 			return nil, bad()
 		}
-		key, ok := unquote(raw[i:end])
+		key, ok := knownKeys[string(raw[i+1:end-1])] // a lookup that does not copy
 		if !ok {
-			return nil, bad()
+			if key, ok = unquote(raw[i:end]); !ok {
+				return nil, bad()
+			}
 		}
 		i = skipSpace(raw, end)
 		if i >= len(raw) || raw[i] != ':' {

@@ -87,6 +87,9 @@ func (e *SendError) Unwrap() error { return e.Err }
 // ClassOf returns the class of err: the class of the first *SendError in its
 // chain, else ClassUnknown.
 func ClassOf(err error) ErrorClass {
+	if err == nil {
+		return ClassUnknown // as errors.As says, without its allocation
+	}
 	var se *SendError
 	if errors.As(err, &se) {
 		return se.Class

@@ -352,6 +352,10 @@ type run struct {
 
 	job   *Job
 	jobID string
+	// scene and target are the decoded job's, for log lines; empty when
+	// it did not decode.
+	scene  Scene
+	target string
 	// requested is, when the job's id named another job, the id it
 	// carried; jobID is then its ConflictID.
 	requested  string
@@ -385,7 +389,10 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		derr = id.Err
 	}
 	r.jobID = id.ID
-	r.log = p.log.With().Str("job_id", r.jobID).Logger()
+	if derr == nil {
+		r.scene, r.target = job.Scene, job.Target
+	}
+	r.setLogger()
 	if err := r.passStoreGate(ctx); err != nil {
 		return r.handBack(err)
 	}
@@ -433,7 +440,6 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 	if conflict && id.Given() {
 		return r.finish(ctx, r.outcome(StatusRejected, r.conflictNote()+": not sent"))
 	}
-	r.log = r.log.With().Str("scene", string(job.Scene)).Str("target", job.Target).Logger()
 
 	// A job already being handled by this process (its message came back
 	// while we still hold it) is left to the running handler.
@@ -659,7 +665,21 @@ func (r *run) bindOnly(ctx context.Context) (conflict bool, err error) {
 // ConflictID (fp is the body's Fingerprint); id is kept as requested.
 func (r *run) takeConflictID(id, fp string) {
 	r.requested, r.jobID = id, conflictID(id, fp)
-	r.log = r.p.log.With().Str("job_id", r.jobID).Str("requested_id", r.requested).Logger()
+	r.setLogger()
+}
+
+// setLogger gives the run's log lines the job's id (and the one it
+// requested, when it took its conflict id), scene and target, in one
+// With: this runs for every job.
+func (r *run) setLogger() {
+	c := r.p.log.With().Str("job_id", r.jobID)
+	if r.requested != "" {
+		c = c.Str("requested_id", r.requested)
+	}
+	if r.scene != "" {
+		c = c.Str("scene", string(r.scene)).Str("target", r.target)
+	}
+	r.log = c.Logger()
 }
 
 // sameJob reports whether the stored claim c is this job's (fingerprint
@@ -926,10 +946,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 	if horizon.IsZero() {
 		horizon = r.start.Add(p.cfg.MaxJobDuration)
 	}
-	st := &tries{
-		failBO: newBackoff(p.cfg.BackoffInitial, p.cfg.BackoffMax),
-		rateBO: newBackoff(p.cfg.RateLimitBackoff, p.cfg.BackoffMax),
-	}
+	st := &tries{cfg: &p.cfg}
 	probe := false // this job's call is the configuration gate's probe
 	defer func() {
 		if probe {
@@ -1088,10 +1105,28 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 }
 
 // tries is the retry state of one job's calls, uploads and sends alike.
+// Its back-offs are made when first needed: most jobs never retry.
 type tries struct {
+	cfg                       *ProcessorConfig
 	failures                  int
 	retriedOnce, tokenRetried bool
 	failBO, rateBO            *backoff.ExponentialBackOff
+}
+
+// failWait is the next back-off after a failure.
+func (st *tries) failWait() time.Duration {
+	if st.failBO == nil {
+		st.failBO = newBackoff(st.cfg.BackoffInitial, st.cfg.BackoffMax)
+	}
+	return st.failBO.NextBackOff()
+}
+
+// rateWait is the next back-off after a rate-limit answer.
+func (st *tries) rateWait() time.Duration {
+	if st.rateBO == nil {
+		st.rateBO = newBackoff(st.cfg.RateLimitBackoff, st.cfg.BackoffMax)
+	}
+	return st.rateBO.NextBackOff()
 }
 
 // retry decides, from se's class (judge), whether the job ends, and
@@ -1156,7 +1191,7 @@ func (r *run) judge(se *SendError, st *tries, upload bool) (o Outcome, done bool
 		return r.rejected("the platform already has a reply with this (msg_id, msg_seq): duplicate", se), true, 0
 	case ClassRateLimited:
 		// Does not spend an attempt.
-		wait = st.rateBO.NextBackOff()
+		wait = st.rateWait()
 	case ClassQuotaExhausted:
 		return r.outcomeFor(StatusQuotaExceeded, "the platform answered the "+what+" that the period quota is used up", se), true, 0
 	case ClassPassiveExpired:
@@ -1173,20 +1208,20 @@ func (r *run) judge(se *SendError, st *tries, upload bool) (o Outcome, done bool
 		}
 		st.tokenRetried = true
 		st.failures++
-		wait = st.failBO.NextBackOff()
+		wait = st.failWait()
 	case ClassRetryOnce:
 		if st.retriedOnce {
 			return r.rejected("the platform refused the "+what+" twice", se), true, 0
 		}
 		st.retriedOnce = true
 		st.failures++
-		wait = st.failBO.NextBackOff()
+		wait = st.failWait()
 	case ClassTransient, ClassSession, ClassUnknown:
 		if !upload && se.Unanswered && !r.dedupable() && p.cfg.InDoubt == InDoubtReport {
 			return r.outcomeFor(StatusInDoubt, "the call got no answer and the platform cannot dedupe a resend; it may or may not have been delivered (in-doubt policy: report)", se), true, 0
 		}
 		st.failures++
-		wait = st.failBO.NextBackOff()
+		wait = st.failWait()
 	default:
 		return r.rejected("the platform refused the "+what+" permanently", se), true, 0
 	}
@@ -1788,7 +1823,7 @@ const storeWarnEvery = 10 * time.Second
 // whole budget. Failures are logged at most once per storeWarnEvery for
 // each kind of write across the processor, with how many were left out.
 func (r *run) retryStore(ctx context.Context, what string, until time.Time, op func(context.Context) error) error {
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	var bo *backoff.ExponentialBackOff // made at the first failure: most writes go through
 	for try := 1; ; try++ {
 		actx, cancel := context.WithTimeout(ctx, StoreTimeout)
 		err := op(actx)
@@ -1802,6 +1837,9 @@ func (r *run) retryStore(ctx context.Context, what string, until time.Time, op f
 		}
 		now := r.p.cfg.Clock.Now()
 		r.storeFailed(now, err)
+		if bo == nil {
+			bo = newBackoff(100*time.Millisecond, 5*time.Second)
+		}
 		if ok, held := r.p.warns.allow(what, now); ok {
 			r.log.Warn().Err(err).Int("try", try).Int("not_logged", held).Msg(what + " failed; retrying")
 		}

@@ -392,34 +392,40 @@ func PartitionOf(cfg Config, scene, target string) int {
 // giving back {prefix}.send.{scene}.{target}. Subjects of another form are
 // returned unchanged.
 func OriginalSubject(cfg Config, stored string) string {
-	cfg = cfg.WithDefaults()
+	if cfg.Prefix == "" {
+		cfg.Prefix = PrefixDefault
+	}
 	scene, target, ok := parseSendSubject(cfg, stored)
 	if !ok {
 		return stored
 	}
-	return cfg.Prefix + ".send." + scene + "." + target
+	// The stored subject up to its target: no copy for every delivery.
+	return stored[:len(cfg.Prefix)+len(".send.")+len(scene)+len(".")+len(target)]
 }
 
-// parseSendSubject splits {prefix}.send.{scene}.{target}[.{partition}].
+// parseSendSubject splits {prefix}.send.{scene}.{target}[.{partition}]. It
+// runs on every delivery, so it cuts the subject instead of splitting it.
 func parseSendSubject(cfg Config, subject string) (scene, target string, ok bool) {
-	rest, found := strings.CutPrefix(subject, cfg.Prefix+".send.")
+	rest, found := strings.CutPrefix(subject, cfg.Prefix)
 	if !found {
 		return "", "", false
 	}
-	toks := strings.Split(rest, ".")
-	switch len(toks) {
-	case 2:
-	case 3:
-		if _, err := strconv.Atoi(toks[2]); err != nil {
+	if rest, found = strings.CutPrefix(rest, ".send."); !found {
+		return "", "", false
+	}
+	if scene, rest, found = strings.Cut(rest, "."); !found {
+		return "", "", false
+	}
+	target, part, partitioned := strings.Cut(rest, ".")
+	if partitioned {
+		if _, err := strconv.Atoi(part); err != nil {
 			return "", "", false
 		}
-	default:
+	}
+	if !validToken(scene) || !validToken(target) {
 		return "", "", false
 	}
-	if !validToken(toks[0]) || !validToken(toks[1]) {
-		return "", "", false
-	}
-	return toks[0], toks[1], true
+	return scene, target, true
 }
 
 // jobsStreamConfig is the work-queue stream of jobs. The subject transform

@@ -371,11 +371,28 @@ func TestOriginalSubject(t *testing.T) {
 		{"acme.qq.dlq.group.G1", "acme.qq.dlq.group.G1"},
 		{"other.send.group.G1.3", "other.send.group.G1.3"},
 		{"acme.qq.send.group", "acme.qq.send.group"},
+		{"acme.qq.send.group.G1.7.8", "acme.qq.send.group.G1.7.8"}, // a token too many
+		{"acme.qq.send.group..7", "acme.qq.send.group..7"},         // an empty target
+		{"acme.qq.send..G1.7", "acme.qq.send..G1.7"},               // an empty scene
+		{"acme.qq.send.group.*.7", "acme.qq.send.group.*.7"},       // a wildcard target
+		{"acme.qqx.send.group.G1.7", "acme.qqx.send.group.G1.7"},   // another prefix
 	}
 	for _, tt := range tests {
 		if got := OriginalSubject(cfg, tt.in); got != tt.want {
 			t.Errorf("OriginalSubject(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+	// An unset prefix is the default one.
+	if got, want := OriginalSubject(Config{}, "qqbot.send.c2c.U1.3"), "qqbot.send.c2c.U1"; got != want {
+		t.Errorf("OriginalSubject(default prefix) = %q, want %q", got, want)
+	}
+}
+
+// OriginalSubject runs on every delivery: it must not allocate.
+func TestOriginalSubjectAllocates(t *testing.T) {
+	cfg := Config{Prefix: "acme.qq"}
+	if n := testing.AllocsPerRun(100, func() { _ = OriginalSubject(cfg, "acme.qq.send.group.G1.7") }); n != 0 {
+		t.Errorf("OriginalSubject allocates %.0f times, want 0", n)
 	}
 }
 
