@@ -158,12 +158,16 @@ func CheckResponse(resp *http.Response, body []byte) error {
 	if resp == nil {
 		return &APIError{Class: ClassUnknown, Message: "no response"}
 	}
+	status := resp.StatusCode
+	success := status >= 200 && status <= 299
+	if success && !mayHaveCode(body) {
+		return nil // the usual answer: not parsed twice
+	}
 	code, msg, traceID, auditID, ok := ParseErrorBody(body)
 	if h := resp.Header.Get(traceHeader); h != "" {
 		traceID = h
 	}
-	status := resp.StatusCode
-	if !ok && status >= 200 && status <= 299 {
+	if !ok && success {
 		return nil
 	}
 	if msg == "" && !ok {
@@ -177,6 +181,24 @@ func CheckResponse(resp *http.Response, body []byte) error {
 		AuditID:    auditID,
 		Class:      Classify(status, code),
 	}
+}
+
+// mayHaveCode reports whether b could carry a "code" or "err_code" member
+// as ParseErrorBody reads them: encoding/json matches names without regard
+// to case, and a name may be escaped, so it looks for "code" in any case
+// and for any backslash. No: b has no code for ParseErrorBody.
+func mayHaveCode(b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			return true
+		case 'c', 'C':
+			if i+4 <= len(b) && (b[i+1]|0x20) == 'o' && (b[i+2]|0x20) == 'd' && (b[i+3]|0x20) == 'e' {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ParseErrorBody reads a platform error body

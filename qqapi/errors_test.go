@@ -143,6 +143,11 @@ func TestCheckResponse(t *testing.T) {
 		{name: "401 no body", status: 401, class: ClassToken, msg: "Unauthorized"},
 		{name: "trace from body", status: 400, body: `{"code":50006,"trace_id":"bt"}`, class: ClassMalformed, code: 50006, trace: "bt"},
 		{name: "trace header wins", status: 400, header: "ht", body: `{"code":50006,"trace_id":"bt"}`, class: ClassMalformed, code: 50006, trace: "ht"},
+		{name: "200 code in capitals", status: 200, body: `{"CODE":40034005,"Message":"expired"}`,
+			class: ClassPassiveExpired, code: 40034005, msg: "expired"},
+		{name: "200 escaped code", status: 200, body: `{"err_\u0063ode":40034005}`,
+			class: ClassPassiveExpired, code: 40034005},
+		{name: "200 code in a value only", status: 200, body: `{"id":"code","timestamp":1}`, wantNil: true},
 		{name: "msg field", status: 400, body: `{"code":304003,"msg":"url not allowed"}`, class: ClassContentRejected, code: 304003, msg: "url not allowed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
