@@ -325,9 +325,11 @@ func (s *Sim) admit(c *call, trace string, pendingAudit bool, now time.Time) (Me
 		}
 		s.guildChannels[k][c.target] = true
 	}
-	// A later call may arrive (be counted) before now by up to the largest
-	// delay the faults draw: keep the times its windows can reach.
-	lag := s.faults.Latency + s.faults.Jitter
+	// A call admitted later may have arrived before now: by the delay the
+	// faults draw, and by however long its handler took to get here (a
+	// busy host; a test clock moved meanwhile). Keep the times its windows
+	// can reach, with a wide margin for the latter.
+	lag := s.faults.Latency + s.faults.Jitter + admitLag
 	for _, k := range fx.rates {
 		s.rateLogs[k] = insertTime(s.rateLogs[k], now, now.Add(-s.rules.Rates[k.rule].Window-lag))
 	}
@@ -394,6 +396,10 @@ func (s *Sim) rejectLocked(v *verdict, scene, target, endpoint, msgID string, se
 		MsgID: msgID, MsgSeq: seq, At: now, TraceID: trace,
 	})
 }
+
+// admitLag bounds how long after its arrival a call is admitted, for
+// keeping the rate rules' times (see admit).
+const admitLag = time.Minute
 
 // maxWindowWith is the most arrivals in any window (x−w, x] that contains
 // at, counting at itself, over times sorted ascending.
