@@ -406,9 +406,13 @@ const admitLag = time.Minute
 func maxWindowWith(times []time.Time, at time.Time, w time.Duration) int {
 	// The windows containing at end at at or at a later arrival before
 	// at+w; each holds at and the arrivals in (x−w, x].
-	best := 0
-	lo := 0
-	for _, x := range append([]time.Time{at}, laterWithin(times, at, w)...) {
+	later := laterWithin(times, at, w)
+	best, lo := 0, 0
+	for k := -1; k < len(later); k++ {
+		x := at
+		if k >= 0 {
+			x = later[k]
+		}
 		for lo < len(times) && !times[lo].After(x.Add(-w)) {
 			lo++
 		}
