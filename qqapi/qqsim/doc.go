@@ -10,15 +10,32 @@
 // send is checked and recorded under that mutex in one step, so concurrent
 // senders can never slip past a limit.
 //
+// # Many bots
+//
+// A Sim serves any number of bots (apps): Config.AppID is the default bot,
+// Config.Bots are more, and AddBot adds one while the Sim runs. The token
+// endpoint issues each app its own tokens; a token is bound to its app, so
+// a call whose X-Union-Appid names another app is refused (11241). Every
+// rule below counts per bot, as the platform does: rate windows, quotas
+// (PerBot means that bot, PerTarget that bot and target, PerEndpoint that
+// bot's endpoint), inbound messages (a reply anchors only to a message sent
+// to its own bot), reply budgets, msg_seq dedupe and issued file_infos, so
+// two bots never share a count. The rules themselves, faults, scripts and
+// channel registrations are shared (Script.Bot narrows a script to one
+// bot). Accepted messages and rejections carry the bot's app id; BotReport
+// (Bots, Bot) has each bot's counters, and the control surface takes
+// ?bot=APPID.
+//
 // # The rules model
 //
 // Every number lives in Rules (DefaultRules holds the newest numbers of
 // qq-platform.md). A send is checked in this order; the first rule that
 // refuses it answers, and a refused send changes no counter:
 //
-//  1. auth: Authorization "QQBot <token>" with a live token and
-//     X-Union-Appid equal to the app id. Failures answer HTTP 401 with 11245
-//     (legacy "Bot" scheme), 11241 (app id header) or 11244 (token).
+//  1. auth: Authorization "QQBot <token>" with a live token, and
+//     X-Union-Appid naming the app the token was issued to. Failures answer
+//     HTTP 401 with 11245 (legacy "Bot" scheme), 11241 (app id header
+//     missing, unknown, or not the token's app) or 11244 (token).
 //  2. malformed: the body must be a JSON object shaped like the platform
 //     expects (msg_type and its companion field for c2c/group, integer
 //     msg_seq; one of content/embed/ark/image/markdown and no
@@ -28,9 +45,10 @@
 //     upload of the same scene issued, within Config.FileTTL (1h) of that
 //     upload on the Sim's clock (answered with the malformed code).
 //  4. bad_anchor, passive_window: a send with msg_id (or else event_id) is
-//     passive. The id must come from Inbound for the same scene and target,
-//     and the send must arrive no later than the scene's PassiveWindow after
-//     the inbound time (the edge itself is accepted).
+//     passive. The id must come from Inbound (InboundFor) to the same bot,
+//     for the same scene and target, and the send must arrive no later than
+//     the scene's PassiveWindow after the inbound time (the edge itself is
+//     accepted).
 //  5. dedupe: for c2c and group, a (msg_id, msg_seq) pair already accepted
 //     (missing msg_seq means 1) answers 40054005. A correct sender sees this
 //     only when retrying a send that was delivered, so it is counted under
@@ -68,6 +86,20 @@
 // new token is issued and the old one stays valid until it expires.
 //
 // The HTTP control surface under /_sim/ (messages, rejections, stats,
-// inbound, channels, script, faults, rules, reset) mirrors the Go API so a
-// simulator running as a separate process can be driven and checked.
+// inbound, channels, script, faults, rules, reset, bots) mirrors the Go API
+// so a simulator running as a separate process can be driven and checked:
+//
+//	GET  /_sim/messages[?scene=&target=&bot=]  accepted messages
+//	GET  /_sim/rejections[?bot=]               RejectionsReport
+//	GET  /_sim/stats[?bot=]                    Stats
+//	GET  /_sim/bots                            []BotReport, default bot first
+//	GET  /_sim/bots/{app_id}                   BotReport
+//	POST /_sim/bots {"app_id","app_secret"}    AddBot (409 if served)
+//	POST /_sim/inbound {"scene","target"[,"at"][,"bot"]}  {"msg_id"}
+//	POST /_sim/channels, POST /_sim/script, GET|PUT /_sim/faults,
+//	GET /_sim/rules, POST /_sim/reset
+//
+// A ?bot= or "bot" naming no bot the Sim serves answers 404 (400 for
+// inbound), so a mistyped filter never reads as a clean report. Without a
+// bot, reports cover every bot and inbound goes to the default bot.
 package qqsim

@@ -208,14 +208,15 @@ type effects struct {
 }
 
 // checkLocked applies the rules in order (anchor/window, dedupe, budget,
-// active-allowed, quotas, rates) and returns the first refusal, or the
-// updates to make if the call is accepted. It changes nothing.
-func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
+// active-allowed, quotas, rates) to bot b's call and returns the first
+// refusal, or the updates to make to b's counters if the call is accepted.
+// It changes nothing.
+func (s *Sim) checkLocked(b *bot, c *call, now time.Time) (effects, *verdict) {
 	var fx effects
 	sr := s.rules.scene(c.scene)
 	codes := s.rules.Codes
 	if c.message && c.fileInfo != "" {
-		f, ok := s.files[c.fileInfo]
+		f, ok := b.files[c.fileInfo]
 		switch {
 		case !ok || f.scene != c.scene:
 			return fx, &verdict{RuleFileInfo, codes.Malformed, 400,
@@ -227,7 +228,7 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 	}
 	if c.message && c.kind == KindPassive {
 		id := c.anchorID()
-		in, ok := s.inbound[id]
+		in, ok := b.inbound[id]
 		if !ok || in.scene != c.scene || in.target != c.target {
 			return fx, &verdict{RuleBadAnchor, codes.BadAnchor, 400,
 				fmt.Sprintf("msg_id/event_id %q is not a message from this %s target", id, c.scene)}
@@ -236,11 +237,11 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 			return fx, &verdict{RulePassiveWindow, codes.PassiveWindow, 400,
 				fmt.Sprintf("reply window of %s after the inbound message has passed", sr.PassiveWindow)}
 		}
-		if hasSeq(c.scene) && s.seen[seqKey{id, c.msgSeq}] {
+		if hasSeq(c.scene) && b.seen[seqKey{id, c.msgSeq}] {
 			return fx, &verdict{RuleDedupe, codes.Dedupe, 400,
 				fmt.Sprintf("message deduplicated: msg_seq %d was already sent for this msg_id", c.msgSeq)}
 		}
-		if sr.ReplyBudget > 0 && s.replies[id] >= sr.ReplyBudget {
+		if sr.ReplyBudget > 0 && b.replies[id] >= sr.ReplyBudget {
 			return fx, &verdict{RuleReplyBudget, codes.ReplyBudget, 400,
 				fmt.Sprintf("reply budget of %d per msg_id used up", sr.ReplyBudget)}
 		}
@@ -264,7 +265,7 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 				guild = "channel:" + c.target
 			}
 			k := quotaKey{i, guild, period}
-			used := s.guildChannels[k]
+			used := b.guildChannels[k]
 			if !used[c.target] {
 				if len(used) >= q.Limit {
 					return fx, refuse
@@ -276,7 +277,7 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 			if q.Per == PerTarget {
 				k.key = c.scene + "/" + c.target
 			}
-			if s.quotaCounts[k] >= q.Limit {
+			if b.quotaCounts[k] >= q.Limit {
 				return fx, refuse
 			}
 			fx.quotas = append(fx.quotas, k)
@@ -294,7 +295,7 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 		case PerEndpoint:
 			k.key = c.scene + "/" + c.endpoint
 		}
-		if maxWindowWith(s.rateLogs[k], now, r.Window) > r.Limit {
+		if maxWindowWith(b.rateLogs[k], now, r.Window) > r.Limit {
 			return fx, &verdict{r.Name, r.Code, r.HTTPStatus,
 				fmt.Sprintf("rate limit %s of %d per %s exceeded", r.Name, r.Limit, r.Window)}
 		}
@@ -303,27 +304,27 @@ func (s *Sim) checkLocked(c *call, now time.Time) (effects, *verdict) {
 	return fx, nil
 }
 
-// admit checks a call arriving at now against the rules and, if it passes,
-// records it with all bookkeeping, atomically. Plain uploads return a zero
+// admit checks bot b's call arriving at now against the rules and, if it
+// passes, records it with all bookkeeping, atomically. Plain uploads return a zero
 // Message. Calls may be admitted out of their arrival order (their drawn
 // delays differ): rate rules keep their times sorted and check every window
 // the new arrival falls in.
-func (s *Sim) admit(c *call, trace string, pendingAudit bool, now time.Time) (Message, *verdict) {
+func (s *Sim) admit(b *bot, c *call, trace string, pendingAudit bool, now time.Time) (Message, *verdict) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fx, v := s.checkLocked(c, now)
+	fx, v := s.checkLocked(b, c, now)
 	if v != nil {
-		s.rejectLocked(v, c.scene, c.target, c.endpoint, c.anchorID(), c.msgSeq, now, trace)
+		s.rejectLocked(b, b.appID, v, c.scene, c.target, c.endpoint, c.anchorID(), c.msgSeq, now, trace)
 		return Message{}, v
 	}
 	for _, k := range fx.quotas {
-		s.quotaCounts[k]++
+		b.quotaCounts[k]++
 	}
 	for _, k := range fx.guilds {
-		if s.guildChannels[k] == nil {
-			s.guildChannels[k] = map[string]bool{}
+		if b.guildChannels[k] == nil {
+			b.guildChannels[k] = map[string]bool{}
 		}
-		s.guildChannels[k][c.target] = true
+		b.guildChannels[k][c.target] = true
 	}
 	// A call admitted later may have arrived before now: by the delay the
 	// faults draw, and by however long its handler took to get here (a
@@ -331,35 +332,37 @@ func (s *Sim) admit(c *call, trace string, pendingAudit bool, now time.Time) (Me
 	// can reach, with a wide margin for the latter.
 	lag := s.faults.Latency + s.faults.Jitter + admitLag
 	for _, k := range fx.rates {
-		s.rateLogs[k] = insertTime(s.rateLogs[k], now, now.Add(-s.rules.Rates[k.rule].Window-lag))
+		b.rateLogs[k] = insertTime(b.rateLogs[k], now, now.Add(-s.rules.Rates[k.rule].Window-lag))
 	}
 	if c.endpoint == EndpointFiles {
 		n := s.ids.Add(1)
 		c.fileUUID = fmt.Sprintf("sim-file-%d", n)
 		c.fileInfo = fmt.Sprintf("sim-file-info-%s-%d", c.scene, n)
-		if len(s.files) >= max(maxIssuedFiles, s.filesSweepAt) {
-			for k, f := range s.files {
+		if len(b.files) >= max(maxIssuedFiles, b.filesSweepAt) {
+			for k, f := range b.files {
 				if !now.Before(f.expires) {
-					delete(s.files, k)
+					delete(b.files, k)
 				}
 			}
-			s.filesSweepAt = 2 * len(s.files)
+			b.filesSweepAt = 2 * len(b.files)
 		}
-		s.files[c.fileInfo] = issuedFile{scene: c.scene, expires: now.Add(s.fileTTL)}
+		b.files[c.fileInfo] = issuedFile{scene: c.scene, expires: now.Add(s.fileTTL)}
 	}
 	if !c.message {
 		s.st.Uploads++
+		b.st.Uploads++
 		return Message{}, nil
 	}
 	if c.kind == KindPassive {
 		id := c.anchorID()
-		s.replies[id]++
+		b.replies[id]++
 		if hasSeq(c.scene) {
-			s.seen[seqKey{id, c.msgSeq}] = true
+			b.seen[seqKey{id, c.msgSeq}] = true
 		}
 	}
 	m := Message{
 		Seq:      int64(len(s.accepted) + 1),
+		AppID:    b.appID,
 		Scene:    c.scene,
 		Target:   c.target,
 		Endpoint: c.endpoint,
@@ -377,21 +380,28 @@ func (s *Sim) admit(c *call, trace string, pendingAudit bool, now time.Time) (Me
 	}
 	s.accepted = append(s.accepted, m)
 	s.st.Accepted++
+	b.st.Accepted++
 	return m, nil
 }
 
-// reject records a refusal that happened before admit (auth, validation).
-func (s *Sim) reject(v *verdict, scene, target, endpoint, trace string) {
+// reject records a refusal that happened before admit (auth, validation)
+// of a call from bot b with app id appID (see callerLocked; b is nil for an
+// app the Sim does not serve).
+func (s *Sim) reject(b *bot, appID string, v *verdict, scene, target, endpoint, trace string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.rejectLocked(v, scene, target, endpoint, "", 0, s.now(), trace)
+	s.rejectLocked(b, appID, v, scene, target, endpoint, "", 0, s.now(), trace)
 }
 
-func (s *Sim) rejectLocked(v *verdict, scene, target, endpoint, msgID string, seq int, now time.Time, trace string) {
+func (s *Sim) rejectLocked(b *bot, appID string, v *verdict, scene, target, endpoint, msgID string, seq int, now time.Time, trace string) {
 	s.rejections[v.rule]++
 	s.st.Rejected++
+	if b != nil {
+		b.rejections[v.rule]++
+		b.st.Rejected++
+	}
 	s.rejectionLog = append(s.rejectionLog, Rejection{
-		Rule: v.rule, Code: v.code, HTTPStatus: v.status,
+		Rule: v.rule, AppID: appID, Code: v.code, HTTPStatus: v.status,
 		Scene: scene, Target: target, Endpoint: endpoint,
 		MsgID: msgID, MsgSeq: seq, At: now, TraceID: trace,
 	})

@@ -82,9 +82,14 @@ func (s *Sim) handleToken(w http.ResponseWriter, r *http.Request) {
 	err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req)
 	s.mu.Lock()
 	s.tokenRequests++
-	secret := s.appSecret
+	b := s.bots[req.AppID]
+	var secret string
+	if b != nil {
+		b.tokenRequests++
+		secret = b.secret
+	}
 	s.mu.Unlock()
-	if err != nil || req.AppID != s.appID ||
+	if err != nil || b == nil ||
 		subtle.ConstantTimeCompare([]byte(req.ClientSecret), []byte(secret)) != 1 {
 		// The platform answers credential errors with HTTP 200.
 		writeJSON(w, http.StatusOK, struct {
@@ -94,58 +99,85 @@ func (s *Sim) handleToken(w http.ResponseWriter, r *http.Request) {
 		}{CodeBadCredentials, "invalid appid or secret", traceOf(r)})
 		return
 	}
-	token, left := s.issueToken()
+	token, left := s.issueToken(b)
 	writeJSON(w, http.StatusOK, map[string]string{
 		"access_token": token,
 		"expires_in":   strconv.FormatInt(int64(left/time.Second), 10), // a string, like the platform
 	})
 }
 
-// issueToken returns the current token and its remaining life, minting a new
-// one when there is none or the current one is within its grace period. Older
-// tokens stay valid until their own expiry.
-func (s *Sim) issueToken() (string, time.Duration) {
+// issueToken returns b's current token and its remaining life, minting a
+// new one when there is none or the current one is within its grace period.
+// Older tokens stay valid until their own expiry.
+func (s *Sim) issueToken(b *bot) (string, time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	if exp, ok := s.tokens[s.current]; ok && exp.Sub(now) > s.tokenGrace {
-		return s.current, exp.Sub(now)
+	if t, ok := s.tokens[b.current]; ok && t.expires.Sub(now) > s.tokenGrace {
+		return b.current, t.expires.Sub(now)
 	}
-	for t, exp := range s.tokens {
-		if !now.Before(exp) {
-			delete(s.tokens, t)
+	for tok, t := range s.tokens {
+		if !now.Before(t.expires) {
+			delete(s.tokens, tok)
 		}
 	}
-	s.current = rand.Text()
-	s.tokens[s.current] = now.Add(s.tokenTTL)
-	return s.current, s.tokenTTL
+	b.current = rand.Text()
+	s.tokens[b.current] = issuedToken{bot: b, expires: now.Add(s.tokenTTL)}
+	return b.current, s.tokenTTL
 }
 
-// checkAuth checks the headers: legacy scheme, then app id, then token.
-// Every failure answers HTTP 401.
-func (s *Sim) checkAuth(r *http.Request) *verdict {
+// creds are a call's credentials as its headers carry them.
+type creds struct {
+	scheme, token, appID string
+}
+
+func credsOf(r *http.Request) creds {
 	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	if scheme == "Bot" {
-		return &verdict{RuleAuth, CodeLegacyAuth, http.StatusUnauthorized, "Authorization: Bot is disabled, use QQBot"}
+	return creds{scheme, token, r.Header.Get("X-Union-Appid")}
+}
+
+// callerLocked is the bot a call comes from, for counting: its token's,
+// else its X-Union-Appid's (nil for none the Sim serves), and that app id.
+func (s *Sim) callerLocked(cr creds) (*bot, string) {
+	if t, ok := s.tokens[cr.token]; ok {
+		return t.bot, t.bot.appID
 	}
-	if r.Header.Get("X-Union-Appid") != s.appID {
-		return &verdict{RuleAuth, CodeAppIDMismatch, http.StatusUnauthorized, "X-Union-Appid is missing or does not match the token's app"}
+	return s.bots[cr.appID], cr.appID
+}
+
+// checkAuth checks the credentials: legacy scheme, then app id, then token,
+// then that the token is the app's. It returns the authenticated bot; every
+// failure answers HTTP 401.
+func (s *Sim) checkAuth(cr creds) (*bot, *verdict) {
+	if cr.scheme == "Bot" {
+		return nil, &verdict{RuleAuth, CodeLegacyAuth, http.StatusUnauthorized, "Authorization: Bot is disabled, use QQBot"}
 	}
 	s.mu.Lock()
-	exp, ok := s.tokens[token]
-	valid := ok && s.now().Before(exp)
+	b := s.bots[cr.appID]
+	t, ok := s.tokens[cr.token]
+	valid := ok && s.now().Before(t.expires)
 	s.mu.Unlock()
-	if scheme != "QQBot" || !valid {
-		return &verdict{RuleAuth, CodeTokenInvalid, http.StatusUnauthorized, "access token is missing, unknown or expired"}
+	switch {
+	case b == nil:
+		return nil, &verdict{RuleAuth, CodeAppIDMismatch, http.StatusUnauthorized, "X-Union-Appid is missing or names no app of the simulator"}
+	case cr.scheme != "QQBot" || !valid:
+		return nil, &verdict{RuleAuth, CodeTokenInvalid, http.StatusUnauthorized, "access token is missing, unknown or expired"}
+	case t.bot != b:
+		return nil, &verdict{RuleAuth, CodeAppIDMismatch, http.StatusUnauthorized, "X-Union-Appid does not match the token's app"}
 	}
-	return nil
+	return b, nil
 }
 
-// drawFault counts the call and decides its injected fault and delay.
-func (s *Sim) drawFault() (transient, withCode bool, delay time.Duration) {
+// drawFault counts the call for its bot (see callerLocked), which it
+// returns, and decides its injected fault and delay.
+func (s *Sim) drawFault(cr creds) (caller *bot, callerID string, transient, withCode bool, delay time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	caller, callerID = s.callerLocked(cr)
 	s.st.Calls++
+	if caller != nil {
+		caller.st.Calls++
+	}
 	f := s.faults
 	if f.TransientRate > 0 && s.rng.Float64() < f.TransientRate {
 		transient = true
@@ -155,13 +187,25 @@ func (s *Sim) drawFault() (transient, withCode bool, delay time.Duration) {
 	if f.Jitter > 0 {
 		delay += time.Duration(s.rng.Int64N(int64(f.Jitter)))
 	}
-	return transient, withCode, delay
+	return caller, callerID, transient, withCode, delay
 }
 
-func (s *Sim) countFault() {
+// countFault counts a faulted call, or with cancelled one the client gave
+// up on, for the Sim and for b (nil: no bot).
+func (s *Sim) countFault(b *bot, cancelled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.st.Faulted++
+	count := func(st *Stats) {
+		if cancelled {
+			st.Cancelled++
+		} else {
+			st.Faulted++
+		}
+	}
+	count(&s.st)
+	if b != nil {
+		count(&b.st)
+	}
 }
 
 // wait waits d in real time; false when ctx ended first.
@@ -194,15 +238,14 @@ func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 		target := r.PathValue("target")
 		body, readErr := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 
-		transient, withCode, delay := s.drawFault()
+		cr := credsOf(r)
+		caller, callerID, transient, withCode, delay := s.drawFault(cr)
 		if !wait(r.Context(), delay) || readErr != nil {
-			s.mu.Lock()
-			s.st.Cancelled++
-			s.mu.Unlock()
+			s.countFault(caller, true)
 			return
 		}
 		if transient {
-			s.countFault()
+			s.countFault(caller, false)
 			if withCode {
 				writeError(w, http.StatusInternalServerError, CodeTransient, "internal error, try again", trace)
 			} else {
@@ -212,17 +255,18 @@ func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 			}
 			return
 		}
-		if v := s.checkAuth(r); v != nil {
-			s.reject(v, scene, target, endpoint, trace)
+		b, v := s.checkAuth(cr)
+		if v != nil {
+			s.reject(caller, callerID, v, scene, target, endpoint, trace)
 			writeError(w, v.status, v.code, v.message, trace)
 			return
 		}
 
-		sc, scripted := s.takeScript(scene, target, endpoint)
+		sc, scripted := s.takeScript(b.appID, scene, target, endpoint)
 		if scripted {
 			switch sc.Action {
 			case ActionAnswer:
-				s.countFault()
+				s.countFault(b, false)
 				status := sc.HTTPStatus
 				if status == 0 {
 					status = http.StatusBadRequest
@@ -240,7 +284,7 @@ func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 				}
 				return
 			case ActionHang:
-				s.countFault()
+				s.countFault(b, false)
 				<-r.Context().Done()
 				return
 			}
@@ -253,12 +297,12 @@ func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 		}
 		if c == nil {
 			v := &verdict{RuleMalformed, s.rules.Codes.Malformed, http.StatusBadRequest, "malformed request: " + problem}
-			s.reject(v, scene, target, endpoint, trace)
+			s.reject(b, b.appID, v, scene, target, endpoint, trace)
 			writeError(w, v.status, v.code, v.message, trace)
 			return
 		}
 		pending := scripted && sc.Action == ActionPendingAudit
-		m, v := s.admit(c, trace, pending, received.Add(delay))
+		m, v := s.admit(b, c, trace, pending, received.Add(delay))
 		if v != nil {
 			writeError(w, v.status, v.code, v.message, trace)
 			return
@@ -283,7 +327,7 @@ func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 				"data": map[string]any{"message_audit": map[string]string{"audit_id": m.AuditID}},
 			})
 		default:
-			s.answerSuccess(w, c, m)
+			s.answerSuccess(w, b, c, m)
 		}
 	}
 }
@@ -300,7 +344,7 @@ func dropConnection(w http.ResponseWriter) {
 	panic(http.ErrAbortHandler)
 }
 
-func (s *Sim) answerSuccess(w http.ResponseWriter, c *call, m Message) {
+func (s *Sim) answerSuccess(w http.ResponseWriter, b *bot, c *call, m Message) {
 	now := m.At.In(s.rules.Location)
 	if c.endpoint == EndpointFiles {
 		out := map[string]any{
@@ -335,7 +379,7 @@ func (s *Sim) answerSuccess(w http.ResponseWriter, c *call, m Message) {
 			"guild_id":   guildID,
 			"content":    c.content,
 			"timestamp":  now.Format(time.RFC3339),
-			"author":     map[string]any{"id": s.appID, "username": "qqsim", "bot": true},
+			"author":     map[string]any{"id": b.appID, "username": "qqsim", "bot": true},
 		})
 	}
 }

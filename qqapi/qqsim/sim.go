@@ -39,11 +39,18 @@ func configErr(field, problem string) error { return &ConfigError{Field: field, 
 
 // Config configures a Sim.
 type Config struct {
-	// AppID is the bot's app id: the token endpoint and the X-Union-Appid
-	// header must carry it. Required.
+	// AppID is the default bot's app id: the token endpoint and the
+	// X-Union-Appid header of its calls carry it, and Inbound and
+	// SetAppSecret act on it. Required, unless Bots is given and AppID and
+	// AppSecret are both empty: then Bots[0] is the default bot.
 	AppID string
-	// AppSecret is the client secret the token endpoint accepts. Required.
+	// AppSecret is the client secret the token endpoint accepts for AppID.
+	// Required with AppID.
 	AppSecret string
+	// Bots are more apps served beside AppID, each with its own secret,
+	// tokens and count of every rule (see Bot). App ids are unique. AddBot
+	// adds more while the Sim runs. Default none.
+	Bots []Bot
 	// TokenTTL is an access token's lifetime. Default DefaultTokenTTL (7200s).
 	TokenTTL time.Duration
 	// TokenGrace is the end of a token's life during which asking for a
@@ -118,6 +125,7 @@ const (
 // authentication, first queued first; the first one matching a call is
 // spent by it (whether or not the rules then accept the send).
 type Script struct {
+	Bot      string `json:"bot,omitempty"`      // app id; "" = any bot
 	Scene    string `json:"scene,omitempty"`    // "" = any scene
 	Target   string `json:"target,omitempty"`   // "" = any target
 	Endpoint string `json:"endpoint,omitempty"` // EndpointMessages, EndpointFiles, "" = any
@@ -144,15 +152,17 @@ func (sc Script) validate() error {
 	return nil
 }
 
-func (sc Script) matches(scene, target, endpoint string) bool {
-	return (sc.Scene == "" || sc.Scene == scene) &&
+func (sc Script) matches(appID, scene, target, endpoint string) bool {
+	return (sc.Bot == "" || sc.Bot == appID) &&
+		(sc.Scene == "" || sc.Scene == scene) &&
 		(sc.Target == "" || sc.Target == target) &&
 		(sc.Endpoint == "" || sc.Endpoint == endpoint)
 }
 
 // Message is one accepted message.
 type Message struct {
-	Seq      int64           `json:"seq"` // 1, 2, ... in acceptance order (restarts after Reset)
+	Seq      int64           `json:"seq"`    // 1, 2, ... in acceptance order, over all bots (restarts after Reset)
+	AppID    string          `json:"app_id"` // the bot that sent it
 	Scene    string          `json:"scene"`
 	Target   string          `json:"target"`
 	Endpoint string          `json:"endpoint"` // EndpointMessages, or EndpointFiles for srv_send_msg uploads
@@ -170,7 +180,10 @@ type Message struct {
 
 // Rejection is one call refused by a rule.
 type Rejection struct {
-	Rule       string    `json:"rule"`
+	Rule string `json:"rule"`
+	// AppID is the bot the call came from: its token's app when the Sim
+	// issued that token, else the X-Union-Appid it carried ("" if none).
+	AppID      string    `json:"app_id,omitempty"`
 	Code       int       `json:"code"`
 	HTTPStatus int       `json:"http_status"`
 	Scene      string    `json:"scene"`
@@ -182,7 +195,8 @@ type Rejection struct {
 	TraceID    string    `json:"trace_id"`
 }
 
-// Stats are the Sim's counters.
+// Stats are the Sim's counters, or one bot's (BotReport): a call counts
+// for the bot of its token, else of its X-Union-Appid.
 type Stats struct {
 	Calls         int `json:"calls"`          // send and upload calls received
 	Accepted      int `json:"accepted"`       // accepted messages
@@ -191,12 +205,11 @@ type Stats struct {
 	Violations    int `json:"violations"`     // rejections except dedupe
 	Faulted       int `json:"faulted"`        // transient faults and scripted answer/hang
 	Cancelled     int `json:"cancelled"`      // calls the client gave up on during Latency
-	TokenRequests int `json:"token_requests"` // calls to the token endpoint
+	TokenRequests int `json:"token_requests"` // calls to the token endpoint (a bot's: those naming its app id)
 }
 
 // Sim is a QQ Bot OpenAPI simulator. It is safe for concurrent use.
 type Sim struct {
-	appID, appSecret     string
 	tokenTTL, tokenGrace time.Duration
 	fileTTL              time.Duration
 	now                  func() time.Time
@@ -205,28 +218,27 @@ type Sim struct {
 	ids                  atomic.Uint64 // message, trace, file and inbound ids: never reset
 
 	mu sync.Mutex
-	// tokens: kept across Reset.
-	tokens        map[string]time.Time // token -> expiry
-	current       string
+	// bots and tokens: kept across Reset.
+	bots          map[string]*bot // app id -> bot
+	order         []*bot          // bots in the order added; order[0] is the default bot
+	tokens        map[string]issuedToken
 	tokenRequests int
 	channels      map[string]string // channel -> guild: kept across Reset
 	faults        Faults
 	rng           *rand.Rand
 
-	// everything below is forgotten by Reset.
-	st            Stats
-	accepted      []Message
-	rejections    map[string]int
-	rejectionLog  []Rejection
-	scripts       []Script
-	inbound       map[string]anchor // inbound id -> where and when it arrived
-	replies       map[string]int    // inbound id -> accepted replies
-	seen          map[seqKey]bool   // accepted (inbound id, msg_seq) of c2c/group
-	quotaCounts   map[quotaKey]int  // accepted messages per quota rule, key and period
-	guildChannels map[quotaKey]map[string]bool
-	rateLogs      map[rateKey][]time.Time // accepted timestamps per rate rule and key
-	files         map[string]issuedFile   // file_info -> the upload that issued it
-	filesSweepAt  int                     // files' size that triggers the next sweep (see maxIssuedFiles)
+	// everything below is forgotten by Reset; each bot's rule state too.
+	st           Stats // all bots, and calls no bot claims
+	accepted     []Message
+	rejections   map[string]int
+	rejectionLog []Rejection
+	scripts      []Script
+}
+
+// issuedToken is an access token and the bot it was issued to.
+type issuedToken struct {
+	bot     *bot
+	expires time.Time
 }
 
 // issuedFile is an upload's file_info as the Sim issued it.
@@ -257,11 +269,26 @@ type rateKey struct {
 
 // New validates cfg, fills its defaults and returns a Sim.
 func New(cfg Config) (*Sim, error) {
-	if cfg.AppID == "" {
-		return nil, configErr("AppID", "is required")
+	bots := cfg.Bots
+	if cfg.AppID != "" || cfg.AppSecret != "" || len(cfg.Bots) == 0 {
+		if cfg.AppID == "" {
+			return nil, configErr("AppID", "is required")
+		}
+		if cfg.AppSecret == "" {
+			return nil, configErr("AppSecret", "is required")
+		}
+		bots = append([]Bot{{AppID: cfg.AppID, AppSecret: cfg.AppSecret}}, cfg.Bots...)
 	}
-	if cfg.AppSecret == "" {
-		return nil, configErr("AppSecret", "is required")
+	seen := make(map[string]bool, len(bots))
+	for i, b := range bots {
+		field := fmt.Sprintf("Bots[%d]", i-(len(bots)-len(cfg.Bots)))
+		if err := b.validate(); err != nil {
+			return nil, configErr(field+"."+err.Field, err.Problem)
+		}
+		if seen[b.AppID] {
+			return nil, configErr(field+".AppID", fmt.Sprintf("%q is already served", b.AppID))
+		}
+		seen[b.AppID] = true
 	}
 	if cfg.TokenTTL < 0 {
 		return nil, configErr("TokenTTL", "must not be negative")
@@ -296,17 +323,19 @@ func New(cfg Config) (*Sim, error) {
 		return nil, err
 	}
 	s := &Sim{
-		appID:     cfg.AppID,
-		appSecret: cfg.AppSecret,
-		tokenTTL:  cfg.TokenTTL,
+		tokenTTL: cfg.TokenTTL,
 		// A grace longer than the lifetime would renew on every request;
 		// that is what it means, so it is allowed.
 		tokenGrace: cfg.TokenGrace,
 		fileTTL:    cfg.FileTTL,
 		now:        cfg.Now,
 		rules:      rules,
-		tokens:     map[string]time.Time{},
+		bots:       make(map[string]*bot, len(bots)),
+		tokens:     map[string]issuedToken{},
 		channels:   map[string]string{},
+	}
+	for _, b := range bots {
+		s.addBotLocked(b)
 	}
 	s.setFaultsLocked(cfg.Faults)
 	s.resetLocked()
@@ -327,16 +356,21 @@ func (s *Sim) Rules() Rules {
 func (s *Sim) Handler() http.Handler { return s.handler }
 
 // Inbound registers a user message or event arriving at `at` (the zero time
-// means now) in scene from target, and returns its id, usable as the msg_id
-// or event_id of replies to the same scene and target.
+// means now) in scene from target, to the default bot, and returns its id,
+// usable as the msg_id or event_id of that bot's replies to the same scene
+// and target. InboundFor does the same for any bot.
 func (s *Sim) Inbound(scene, target string, at time.Time) (msgID string) {
-	id := fmt.Sprintf("sim-in-%d", s.ids.Add(1))
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.inboundLocked(s.order[0], scene, target, at)
+}
+
+func (s *Sim) inboundLocked(b *bot, scene, target string, at time.Time) string {
+	id := fmt.Sprintf("sim-in-%d", s.ids.Add(1))
 	if at.IsZero() {
 		at = s.now()
 	}
-	s.inbound[id] = anchor{scene: scene, target: target, at: at}
+	b.inbound[id] = anchor{scene: scene, target: target, at: at}
 	return id
 }
 
@@ -349,14 +383,16 @@ func (s *Sim) RegisterChannel(channelID, guildID string) {
 	s.channels[channelID] = guildID
 }
 
-// Accepted returns every accepted message in acceptance order.
+// Accepted returns every accepted message of every bot in acceptance order
+// (Message.AppID tells the bot).
 func (s *Sim) Accepted() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Message(nil), s.accepted...)
 }
 
-// Rejections returns rejection counts by rule name.
+// Rejections returns rejection counts by rule name, of all bots (a bot's
+// own are in its BotReport).
 func (s *Sim) Rejections() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -367,15 +403,17 @@ func (s *Sim) Rejections() map[string]int {
 	return out
 }
 
-// RejectionLog returns every rejection in order.
+// RejectionLog returns every rejection of every bot in order
+// (Rejection.AppID tells the bot).
 func (s *Sim) RejectionLog() []Rejection {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Rejection(nil), s.rejectionLog...)
 }
 
-// Violations is the number of rejections except dedupe answers: a correct
-// sender gets none. Faults and scripted answers are not rejections.
+// Violations is the number of rejections except dedupe answers, of all
+// bots: a correct sender gets none. Faults and scripted answers are not
+// rejections. A bot's own are in its BotReport.
 func (s *Sim) Violations() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -400,13 +438,14 @@ func (s *Sim) Stats() Stats {
 	return st
 }
 
-// SetAppSecret changes the client secret the token endpoint accepts, as an
-// operator resetting the app's secret in the QQ console does. Tokens
-// issued before stay valid until they expire.
+// SetAppSecret changes the client secret the token endpoint accepts for
+// the default bot, as an operator resetting the app's secret in the QQ
+// console does. Tokens issued before stay valid until they expire.
+// SetBotSecret does the same for any bot.
 func (s *Sim) SetAppSecret(secret string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.appSecret = secret
+	s.order[0].secret = secret
 }
 
 // SetFaults replaces the faults and reseeds the random source with f.Seed.
@@ -452,7 +491,8 @@ func (s *Sim) Script(sc Script) {
 }
 
 // Reset forgets accepted messages, rejections, scripts, inbound messages,
-// issued file_infos and all counters. Tokens, channel registrations and faults stay.
+// issued file_infos and all counters, of every bot. Bots, tokens, channel
+// registrations and faults stay.
 func (s *Sim) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -465,22 +505,18 @@ func (s *Sim) resetLocked() {
 	s.rejections = map[string]int{}
 	s.rejectionLog = nil
 	s.scripts = nil
-	s.inbound = map[string]anchor{}
-	s.replies = map[string]int{}
-	s.seen = map[seqKey]bool{}
-	s.quotaCounts = map[quotaKey]int{}
-	s.guildChannels = map[quotaKey]map[string]bool{}
-	s.rateLogs = map[rateKey][]time.Time{}
-	s.files, s.filesSweepAt = map[string]issuedFile{}, 0
+	for _, b := range s.order {
+		b.reset()
+	}
 }
 
 // takeScript spends one call of the first script matching the call.
-func (s *Sim) takeScript(scene, target, endpoint string) (Script, bool) {
+func (s *Sim) takeScript(appID, scene, target, endpoint string) (Script, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range s.scripts {
 		sc := &s.scripts[i]
-		if !sc.matches(scene, target, endpoint) {
+		if !sc.matches(appID, scene, target, endpoint) {
 			continue
 		}
 		out := *sc
