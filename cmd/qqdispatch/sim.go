@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -20,31 +21,38 @@ const simDefaultSecret = "sim-secret"
 const simDesc = `
 Run the QQ Bot OpenAPI simulator as an HTTP server: the token endpoint, the send and upload endpoints, with the
 platform's rules enforced (reply windows, reply budgets, rates, quotas), optional faults, and a control surface
-under /_sim/ (messages, rejections, stats, inbound, channels, script, faults, rules, reset).
+under /_sim/ (messages, rejections, stats, inbound, channels, script, faults, rules, reset, bots).
 
 It prints its base URL and the environment to point 'qqdispatch serve' at it. Passive replies need an inbound
-message id the simulator knows: POST /_sim/inbound {"scene":"group","target":"G1"} returns one.`
+message id the simulator knows: POST /_sim/inbound {"scene":"group","target":"G1"} returns one.
+
+It serves the bot --app-id (secret QQSIM_APP_SECRET) and, with --bots-file, more bots, each with its own tokens and
+its own count of every rule. The file has one bot a line, its app id and its secret separated by spaces; blank lines
+and lines starting with # are ignored. POST /_sim/bots {"app_id":"...","app_secret":"..."} adds a bot while it runs;
+GET /_sim/bots reports each bot, and ?bot=APP_ID narrows /_sim/messages, /_sim/rejections and /_sim/stats.`
 
 const simExamples = `
 qqdispatch sim
 qqdispatch sim --listen 127.0.0.1:8089 --transient-rate 0.3 --latency 50ms
 qqdispatch sim --rules ./sim-rules.yaml
+qqdispatch sim --bots-file ./sim-bots.txt         # lines like: 102030406 secret-of-that-bot
 curl -s -XPOST http://127.0.0.1:8089/_sim/inbound -d '{"scene":"group","target":"G1"}'
 curl -s http://127.0.0.1:8089/_sim/stats`
 
 func cmdSim(ctx context.Context, cl *cli, args []string) error {
 	var (
-		listen, appID, rulesFile string
-		transient                float64
-		latency                  time.Duration
+		listen, appID, rulesFile, botsFile string
+		transient                          float64
+		latency                            time.Duration
 	)
 	c := newCommand("sim", "qqdispatch sim [flags]", simDesc, simExamples)
 	c.String(&listen, "listen", "QQSIM_LISTEN", "127.0.0.1:8089", "listen `host:port` (port 0 picks a free one)")
-	c.String(&appID, "app-id", "QQSIM_APP_ID", "102030405", "the app `id` the simulator accepts")
+	c.String(&appID, "app-id", "QQSIM_APP_ID", "102030405", "the default bot's app `id`")
 	c.String(&rulesFile, "rules", "QQSIM_RULES", "", "YAML `file` of qqsim.Rules (default: the platform's newest rules)")
+	c.String(&botsFile, "bots-file", "QQSIM_BOTS_FILE", "", "`file` of more bots to serve, one \"APP_ID SECRET\" a line")
 	c.Float(&transient, "transient-rate", "QQSIM_TRANSIENT_RATE", 0, "share (0..1) of send calls answered HTTP 500")
 	c.Duration(&latency, "latency", "QQSIM_LATENCY", 0, "added to every send call, before the rules count it (a network path)")
-	c.EnvOnly("QQSIM_APP_SECRET", "the app secret the simulator accepts (default \"sim-secret\")")
+	c.EnvOnly("QQSIM_APP_SECRET", "the default bot's app secret (default \"sim-secret\")")
 	pos, err := c.parse(args, cl.env, cl.stdout)
 	if err != nil {
 		return err
@@ -68,7 +76,13 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 			return fmt.Errorf("--rules %s: %w", rulesFile, err)
 		}
 	}
-	sim, err := qqsim.New(qqsim.Config{AppID: appID, AppSecret: secret, Rules: rules,
+	var bots []qqsim.Bot
+	if botsFile != "" {
+		if bots, err = readBotsFile(botsFile, appID); err != nil {
+			return err
+		}
+	}
+	sim, err := qqsim.New(qqsim.Config{AppID: appID, AppSecret: secret, Bots: bots, Rules: rules,
 		Faults: qqsim.Faults{TransientRate: transient, Latency: latency}})
 	if err != nil {
 		var ce *qqsim.ConfigError
@@ -99,6 +113,9 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 		"  export QQ_APP_ID=%s\n  %s\n  export QQ_API_BASE=%s\n  export QQ_TOKEN_URL=%s/app/getAppAccessToken\n"+
 		"  qqdispatch serve\n\nControl surface: %s/_sim/stats, /_sim/messages, /_sim/rejections, POST /_sim/inbound\n",
 		base, appID, secretLine, base, base, base)
+	if len(bots) > 0 {
+		fmt.Fprintf(cl.stdout, "Serving %d more bots from %s: %s/_sim/bots\n", len(bots), botsFile, base)
+	}
 
 	select {
 	case err := <-done:
@@ -112,4 +129,40 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 	}
 	<-done
 	return nil
+}
+
+// readBotsFile reads --bots-file: one bot a line, "APP_ID SECRET" separated
+// by spaces or tabs; blank lines and lines starting with # are skipped. An
+// app id twice, or defaultApp (the --app-id bot), is an error. Errors name
+// the line, never its content: it holds a secret.
+func readBotsFile(path, defaultApp string) ([]qqsim.Bot, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--bots-file: %w", err)
+	}
+	var bots []qqsim.Bot
+	seen := map[string]int{defaultApp: 0}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return nil, fmt.Errorf("--bots-file %s line %d: want an app id and a secret separated by spaces, got %d fields", path, i+1, len(f))
+		}
+		if prev, dup := seen[f[0]]; dup {
+			where := "by --app-id"
+			if prev > 0 {
+				where = fmt.Sprintf("on line %d", prev)
+			}
+			return nil, fmt.Errorf("--bots-file %s line %d: app id %s is already served %s", path, i+1, f[0], where)
+		}
+		seen[f[0]] = i + 1
+		bots = append(bots, qqsim.Bot{AppID: f[0], AppSecret: f[1]})
+	}
+	if len(bots) == 0 {
+		return nil, fmt.Errorf("--bots-file %s: no bots (want lines of an app id and a secret)", path)
+	}
+	return bots, nil
 }
