@@ -403,6 +403,18 @@ func (b *fleetBucket) Undepart(now time.Time) {
 	b.dep.undepart(now.UnixNano())
 }
 
+// Fresh is the slot a one-slot lease for a call at at would get, as far as
+// the calendar last seen tells (see freshener): free time on the bucket's
+// calendar, past the slots this worker holds, and no earlier than its
+// departures allow.
+func (b *fleetBucket) Fresh(at time.Time) time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.f.now().UnixNano()
+	lo := max(at.UnixNano(), b.dep.tat-b.tol-b.slack)
+	return time.Unix(0, b.estimateLocked(lo, now))
+}
+
 // giveBack returns a handed-out slot to the pool, unless its time has
 // passed (then it is wasted).
 func (b *fleetBucket) giveBack(slot int64) {

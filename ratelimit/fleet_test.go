@@ -1022,3 +1022,71 @@ scenes: {group: {active: {rate: {per_target: {limit: 20, per: 1m}, per_bot: {lim
 		})
 	}
 }
+
+// Two fleet buckets of one rate on a call (the endpoint's 100 a second and
+// a bot-wide 100 a second), whose pooled slots sit half an interval apart:
+// a path spread stretches the interval past twice the lateness, so no
+// pooled slot of one is within its lateness of one of the other, and
+// rounds of takes never agree. The limiter then leases a fresh slot of
+// each for one instant, past their pools. (It used to spin for ever,
+// leasing a slot a round.)
+func TestFleetSameRateGridsAgree(t *testing.T) {
+	t.Parallel()
+	connect := startJSTB(t)
+	clk := newFakeClock(t0)
+	f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
+	l, err := New(Config{Clock: clk, BotID: "twin", SharedBuckets: f.Bucket, Policy: mustPolicy(t, `extends: none
+pacing: {spread: 100ms, measure: false}
+endpoints: {send: {limit: 100, per: 1s}}
+scenes: {group: {active: {rate: {per_bot: {limit: 100, per: 1s}}}}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	every := rate.Limit((&Rate{Limit: 100, Per: time.Second, Burst: 1}).Every(HeadroomDefault))
+	endpoint := mustBucket(t, f, "endpoint.send.group", every, 1)
+	bot := mustBucket(t, f, "bot.twin.group.active", every, 1)
+	iv := l.Pace(dispatcher.SceneGroup, dispatcher.KindActive).Shared[0].Interval
+	if late := endpoint.Late(); 2*late >= iv {
+		t.Fatalf("interval %s, lateness %s: want an interval over twice the lateness for this test", iv, late)
+	}
+	// Pool four slots of each, the bot's grid half an interval after the
+	// endpoint's.
+	var cancels []func()
+	for _, p := range []struct {
+		b  SharedBucket
+		at time.Time
+	}{{endpoint, t0}, {bot, t0.Add(iv / 2)}} {
+		for j := range 4 {
+			at := p.at.Add(time.Duration(j) * iv)
+			s, cancel := p.b.Take(at)
+			if !s.Equal(at) {
+				t.Fatalf("slot %d +%s, want +%s", j, s.Sub(t0), at.Sub(t0))
+			}
+			cancels = append(cancels, cancel)
+		}
+	}
+	for _, c := range cancels {
+		c()
+	}
+	if st := f.Stats(); st.Pooled != 8 {
+		t.Fatalf("want 8 slots pooled: %+v", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 3 {
+		leases := f.Stats().Leases
+		p, err := l.Acquire(ctx, activeJob(dispatcher.SceneGroup, fmt.Sprint("G", i)), time.Time{})
+		if err != nil {
+			t.Fatalf("call %d: %v (the rounds of takes never agreed)", i, err)
+		}
+		if n := f.Stats().Leases - leases; n > 6 {
+			t.Errorf("call %d took %d leases", i, n)
+		}
+		if d := p.At().Sub(clk.Now()); d > 0 {
+			clk.Advance(d)
+		}
+		if err := p.Depart(ctx); err != nil {
+			t.Fatalf("call %d: depart: %v", i, err)
+		}
+	}
+}

@@ -616,6 +616,7 @@ func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, targ
 	// by which rule. The next round asks no earlier, so it makes progress
 	// even against a bucket whose Next is more hopeful than its Take.
 	floor, floorWhy := int64(0), ""
+	rounds := 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -674,10 +675,48 @@ func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, targ
 			// be for the same instant, or a bucket would see its calls
 			// bunched. Give them back and plan again.
 			release(plan, holds, now)
+			if rounds++; rounds >= 2 {
+				floor = fresh(plan, floor)
+			}
 			continue
 		}
 		return &permit{l: l, plan: plan, holds: holds, t: t, rule: why, deadline: deadline, sr: sr, target: target}, nil
 	}
+}
+
+// freshener is a shared bucket whose slots lie on a grid of its own (a
+// fleet bucket's leased slots, an interval apart). Two such buckets on one
+// call can have grids that never come within their lateness of one
+// instant, and then no round of takes agrees: Fresh is the earliest
+// instant at or after at for which the bucket would lease a new slot
+// (free time on its calendar, past its pooled slots), where every such
+// bucket can give a slot at once.
+type freshener interface {
+	Fresh(at time.Time) time.Time
+}
+
+// fresh is the earliest instant from floor on at which every shared
+// bucket of plan with a grid of its own could give a new slot (see
+// freshener), for a call whose rounds of takes keep missing each other.
+// The pooled slots before it go to other calls or are wasted; it happens
+// when two buckets of one rate hold grids about half an interval apart.
+func fresh(plan []step, floor int64) int64 {
+	// Each answer is free time from then on as far as the bucket knows,
+	// so the latest of them suits all; a second pass checks.
+	for range 2 {
+		moved := false
+		for _, s := range plan {
+			if f, ok := s.shared.(freshener); ok {
+				if n := f.Fresh(time.Unix(0, floor)).UnixNano(); n > floor {
+					floor, moved = n, true
+				}
+			}
+		}
+		if !moved {
+			break
+		}
+	}
+	return floor
 }
 
 // permit is one call's tokens, all for the instant t.
