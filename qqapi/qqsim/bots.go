@@ -18,25 +18,37 @@ var (
 // Bot is one app the simulator serves: the token endpoint issues tokens for
 // AppID to whoever presents AppSecret, and every rule counts its calls
 // apart from other bots' (rates, quotas, reply windows, msg_seq dedupe,
-// issued file_infos). Rules, faults and channel registrations are shared.
+// issued file_infos). Faults, scripts and channel registrations are shared.
 type Bot struct {
 	// AppID is the bot's app id: no spaces, unique among the Sim's bots.
 	// Required.
 	AppID string `json:"app_id"`
 	// AppSecret is the client secret the token endpoint accepts. Required.
 	AppSecret string `json:"app_secret"`
+	// Rules are this bot's own rules, e.g. an uncertified bot's lower rates,
+	// read like Config.Rules (the zero Rules means DefaultRules()). Default
+	// nil: the Sim's rules (Config.Rules).
+	Rules *Rules `json:"rules,omitempty"`
 }
 
-func (b Bot) validate() *ConfigError {
+// prepare validates b and returns the rules it is held to: its own,
+// normalized, or def. Errors are *ConfigError with fields relative to b.
+func (b Bot) prepare(def *Rules) (*Rules, error) {
 	switch {
 	case b.AppID == "":
-		return &ConfigError{Field: "AppID", Problem: "is required"}
+		return nil, configErr("AppID", "is required")
 	case strings.ContainsFunc(b.AppID, isSpace):
-		return &ConfigError{Field: "AppID", Problem: fmt.Sprintf("%q has spaces", b.AppID)}
+		return nil, configErr("AppID", fmt.Sprintf("%q has spaces", b.AppID))
 	case b.AppSecret == "":
-		return &ConfigError{Field: "AppSecret", Problem: "is required"}
+		return nil, configErr("AppSecret", "is required")
+	case b.Rules == nil:
+		return def, nil
 	}
-	return nil
+	r, err := normalizeRules(*b.Rules)
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
 
 func isSpace(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' }
@@ -54,6 +66,7 @@ type BotReport struct {
 // Reset. Guarded by Sim.mu.
 type bot struct {
 	appID, secret string
+	rules         *Rules // normalized; the Sim's unless the bot has its own
 	current       string // the token issued last
 	tokenRequests int
 
@@ -91,30 +104,48 @@ func (b *bot) report() BotReport {
 	return r
 }
 
-func (s *Sim) addBotLocked(cfg Bot) *bot {
-	b := &bot{appID: cfg.AppID, secret: cfg.AppSecret}
+func (s *Sim) addBotLocked(cfg Bot, rules *Rules) *bot {
+	b := &bot{appID: cfg.AppID, secret: cfg.AppSecret, rules: rules}
 	b.reset()
 	s.bots[b.appID] = b
 	s.order = append(s.order, b)
 	return b
 }
 
-// AddBot starts serving another bot while the Sim runs: from now on the
-// token endpoint issues its tokens and its calls are accepted. It returns a
-// *ConfigError for an empty or spaced app id or an empty secret, and
-// ErrBotExists for an app id already served.
+// AddBot starts serving another bot, held to the Sim's rules, while the
+// Sim runs: from now on the token endpoint issues its tokens and its calls
+// are accepted. It returns a *ConfigError for an empty or spaced app id or
+// an empty secret, and ErrBotExists for an app id already served.
 func (s *Sim) AddBot(appID, secret string) error {
-	cfg := Bot{AppID: appID, AppSecret: secret}
-	if err := cfg.validate(); err != nil {
+	return s.AddBotConfig(Bot{AppID: appID, AppSecret: secret})
+}
+
+// AddBotConfig is AddBot for a bot that may have rules of its own. A
+// *ConfigError names the field of b that is wrong ("Rules.Rates[0].Limit").
+func (s *Sim) AddBotConfig(b Bot) error {
+	rules, err := b.prepare(&s.rules)
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.bots[appID] != nil {
-		return fmt.Errorf("%w: %q", ErrBotExists, appID)
+	if s.bots[b.AppID] != nil {
+		return fmt.Errorf("%w: %q", ErrBotExists, b.AppID)
 	}
-	s.addBotLocked(cfg)
+	s.addBotLocked(b, rules)
 	return nil
+}
+
+// BotRules returns the rules a bot is held to (defaults filled; the slices
+// are copies), or ErrUnknownBot for an app id not served.
+func (s *Sim) BotRules(appID string) (Rules, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.bots[appID]
+	if b == nil {
+		return Rules{}, fmt.Errorf("%w: %q", ErrUnknownBot, appID)
+	}
+	return b.rules.clone(), nil
 }
 
 // SetBotSecret changes the client secret the token endpoint accepts for a

@@ -495,3 +495,72 @@ func TestConfigBots(t *testing.T) {
 		}
 	}
 }
+
+// TestBotOwnRules: a bot with rules of its own (an uncertified bot's lower
+// rate) is held to them, and the others to the Sim's.
+func TestBotOwnRules(t *testing.T) {
+	t.Parallel()
+	rate := func(limit int) *qqsim.Rules {
+		r := bareRules()
+		r.Rates = []qqsim.RateRule{{Name: "group_per_bot", Scene: qqsim.SceneGroup, Per: qqsim.PerBot, Limit: limit, Window: time.Minute}}
+		r.Group.ActiveAllowed = limit > 1
+		return &r
+	}
+	b, conns := setupBots(t, func(c *qqsim.Config) {
+		c.Rules = *rate(3)
+		c.Bots[0].Rules = rate(2) // appB
+	})
+	// appC is added over HTTP with rules that forbid group actives.
+	cRules, err := json.Marshal(rate(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := b.do("POST", "/_sim/bots", fmt.Sprintf(`{"app_id":"4040404","app_secret":"s4","rules":%s}`, cRules), nil); a.status != 200 {
+		t.Fatalf("POST /_sim/bots with rules: %d %s", a.status, a.raw)
+	}
+	conns["4040404"] = b.connect("4040404", "s4")
+	for _, tc := range []struct {
+		app     string
+		allowed int
+		code    int // of the refusal after them
+	}{
+		{appID, 3, qqsim.DefaultRateCode},
+		{appB, 2, qqsim.DefaultRateCode},
+		{appC, 3, qqsim.DefaultRateCode}, // no rules of its own: the Sim's
+		{"4040404", 0, qqsim.DefaultActiveNotAllowedCode},
+	} {
+		for i := range tc.allowed {
+			mustOK(t, conns[tc.app].send(qqsim.SceneGroup, fmt.Sprint("g", i), activeBody(qqsim.SceneGroup)), fmt.Sprintf("%s send %d", tc.app, i+1))
+		}
+		a := conns[tc.app].send(qqsim.SceneGroup, "gx", activeBody(qqsim.SceneGroup))
+		if a.code != tc.code {
+			t.Errorf("%s: send %d answered %d %s, want code %d", tc.app, tc.allowed+1, a.status, a.raw, tc.code)
+		}
+		got, err := b.sim.BotRules(tc.app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gotJ := string(b.getJSON("/_sim/rules?bot=" + tc.app)); gotJ != mustMarshal(t, got) {
+			t.Errorf("rules?bot=%s: %s, want %s", tc.app, gotJ, mustMarshal(t, got))
+		}
+	}
+	if got := b.sim.Rules().Rates[0].Limit; got != 3 {
+		t.Errorf("the Sim's rules: limit %d, want 3", got)
+	}
+	if a := b.do("GET", "/_sim/rules?bot=999", "", nil); a.status != http.StatusNotFound {
+		t.Errorf("rules of an unknown bot: %d", a.status)
+	}
+
+	// A bot's bad rules are named by their field.
+	bad := bareRules()
+	bad.Rates = []qqsim.RateRule{{Name: "r", Per: qqsim.PerBot, Limit: 0, Window: time.Second}}
+	_, err = qqsim.New(qqsim.Config{AppID: "a", AppSecret: "s", Bots: []qqsim.Bot{{AppID: "b", AppSecret: "t", Rules: &bad}}})
+	var ce *qqsim.ConfigError
+	if !errors.As(err, &ce) || ce.Field != "Bots[0].Rules.Rates[0].Limit" {
+		t.Errorf("New with a bot's bad rules: %v", err)
+	}
+	err = b.sim.AddBotConfig(qqsim.Bot{AppID: "5050505", AppSecret: "s5", Rules: &bad})
+	if !errors.As(err, &ce) || ce.Field != "Rules.Rates[0].Limit" {
+		t.Errorf("AddBotConfig with bad rules: %v", err)
+	}
+}

@@ -97,7 +97,7 @@ func (s *Sim) controlRoutes(mux *http.ServeMux) {
 		if !decodeControl(w, r, &req) {
 			return
 		}
-		switch err := s.AddBot(req.AppID, req.AppSecret); {
+		switch err := s.AddBotConfig(req); {
 		case errors.Is(err, ErrBotExists):
 			writeError(w, http.StatusConflict, 0, err.Error(), traceOf(r))
 		case err != nil:
@@ -178,7 +178,17 @@ func (s *Sim) controlRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, s.Faults())
 	})
 	mux.HandleFunc("GET /_sim/rules", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, s.Rules())
+		bot := r.URL.Query().Get("bot")
+		if bot == "" {
+			writeJSON(w, http.StatusOK, s.Rules())
+			return
+		}
+		rules, err := s.BotRules(bot)
+		if err != nil {
+			writeError(w, http.StatusNotFound, 0, err.Error(), traceOf(r))
+			return
+		}
+		writeJSON(w, http.StatusOK, rules)
 	})
 	mux.HandleFunc("POST /_sim/reset", func(w http.ResponseWriter, r *http.Request) {
 		s.Reset()

@@ -20,9 +20,10 @@
 // (PerBot means that bot, PerTarget that bot and target, PerEndpoint that
 // bot's endpoint), inbound messages (a reply anchors only to a message sent
 // to its own bot), reply budgets, msg_seq dedupe and issued file_infos, so
-// two bots never share a count. The rules themselves, faults, scripts and
-// channel registrations are shared (Script.Bot narrows a script to one
-// bot). Accepted messages and rejections carry the bot's app id; BotReport
+// two bots never share a count. A bot is held to the Sim's rules unless it
+// has its own (Bot.Rules: an uncertified bot's lower rates, say); faults,
+// scripts and channel registrations are shared (Script.Bot narrows a
+// script to one bot). Accepted messages and rejections carry the bot's app id; BotReport
 // (Bots, Bot) has each bot's counters, and the control surface takes
 // ?bot=APPID.
 //
@@ -94,10 +95,10 @@
 //	GET  /_sim/stats[?bot=]                    Stats
 //	GET  /_sim/bots                            []BotReport, default bot first
 //	GET  /_sim/bots/{app_id}                   BotReport
-//	POST /_sim/bots {"app_id","app_secret"}    AddBot (409 if served)
+//	POST /_sim/bots {"app_id","app_secret"[,"rules"]}  AddBotConfig (409 if served)
 //	POST /_sim/inbound {"scene","target"[,"at"][,"bot"]}  {"msg_id"}
 //	POST /_sim/channels, POST /_sim/script, GET|PUT /_sim/faults,
-//	GET /_sim/rules, POST /_sim/reset
+//	GET /_sim/rules[?bot=], POST /_sim/reset
 //
 // A ?bot= or "bot" naming no bot the Sim serves answers 404 (400 for
 // inbound), so a mistyped filter never reads as a clean report. Without a

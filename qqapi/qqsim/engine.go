@@ -213,8 +213,9 @@ type effects struct {
 // It changes nothing.
 func (s *Sim) checkLocked(b *bot, c *call, now time.Time) (effects, *verdict) {
 	var fx effects
-	sr := s.rules.scene(c.scene)
-	codes := s.rules.Codes
+	rules := b.rules
+	sr := rules.scene(c.scene)
+	codes := rules.Codes
 	if c.message && c.fileInfo != "" {
 		f, ok := b.files[c.fileInfo]
 		switch {
@@ -250,12 +251,12 @@ func (s *Sim) checkLocked(b *bot, c *call, now time.Time) (effects, *verdict) {
 		return fx, &verdict{RuleActiveNotAllowed, codes.ActiveNotAllowed, 400,
 			"active messages are not allowed in scene " + c.scene}
 	}
-	for i := range s.rules.Quotas {
-		q := &s.rules.Quotas[i]
+	for i := range rules.Quotas {
+		q := &rules.Quotas[i]
 		if !q.matches(c) {
 			continue
 		}
-		period := periodKey(now, q.Period, s.rules.Location)
+		period := periodKey(now, q.Period, rules.Location)
 		refuse := &verdict{q.Name, q.Code, q.HTTPStatus,
 			fmt.Sprintf("quota %s of %d per %s per %s used up", q.Name, q.Limit, q.Per, q.Period)}
 		switch q.Per {
@@ -283,8 +284,8 @@ func (s *Sim) checkLocked(b *bot, c *call, now time.Time) (effects, *verdict) {
 			fx.quotas = append(fx.quotas, k)
 		}
 	}
-	for i := range s.rules.Rates {
-		r := &s.rules.Rates[i]
+	for i := range rules.Rates {
+		r := &rules.Rates[i]
 		if !r.matches(c) {
 			continue
 		}
@@ -332,7 +333,7 @@ func (s *Sim) admit(b *bot, c *call, trace string, pendingAudit bool, now time.T
 	// can reach, with a wide margin for the latter.
 	lag := s.faults.Latency + s.faults.Jitter + admitLag
 	for _, k := range fx.rates {
-		b.rateLogs[k] = insertTime(b.rateLogs[k], now, now.Add(-s.rules.Rates[k.rule].Window-lag))
+		b.rateLogs[k] = insertTime(b.rateLogs[k], now, now.Add(-b.rules.Rates[k.rule].Window-lag))
 	}
 	if c.endpoint == EndpointFiles {
 		n := s.ids.Add(1)

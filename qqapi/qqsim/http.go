@@ -296,7 +296,7 @@ func (s *Sim) handleSend(scene, endpoint string) http.HandlerFunc {
 			c, problem = parseCall(scene, target, endpoint, body)
 		}
 		if c == nil {
-			v := &verdict{RuleMalformed, s.rules.Codes.Malformed, http.StatusBadRequest, "malformed request: " + problem}
+			v := &verdict{RuleMalformed, b.rules.Codes.Malformed, http.StatusBadRequest, "malformed request: " + problem}
 			s.reject(b, b.appID, v, scene, target, endpoint, trace)
 			writeError(w, v.status, v.code, v.message, trace)
 			return
@@ -345,7 +345,7 @@ func dropConnection(w http.ResponseWriter) {
 }
 
 func (s *Sim) answerSuccess(w http.ResponseWriter, b *bot, c *call, m Message) {
-	now := m.At.In(s.rules.Location)
+	now := m.At.In(b.rules.Location)
 	if c.endpoint == EndpointFiles {
 		out := map[string]any{
 			"file_uuid": c.fileUUID,

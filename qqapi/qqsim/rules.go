@@ -186,6 +186,13 @@ func DefaultRules() Rules {
 	}
 }
 
+// clone is a copy of r that shares no slices with it.
+func (r Rules) clone() Rules {
+	r.Rates = append([]RateRule(nil), r.Rates...)
+	r.Quotas = append([]QuotaRule(nil), r.Quotas...)
+	return r
+}
+
 // scene returns the rules of a scene name (nil for an unknown one).
 func (r *Rules) scene(name string) *SceneRules {
 	switch name {

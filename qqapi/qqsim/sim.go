@@ -64,9 +64,10 @@ type Config struct {
 	// Now is the clock all bookkeeping uses (tokens, windows, rates,
 	// quotas). Default time.Now. Latency faults wait in real time.
 	Now func() time.Time
-	// Rules are the platform rules to enforce. The zero Rules means
-	// DefaultRules(); zero fields of a non-zero Rules take the documented
-	// field defaults (codes, Location), lists are used as given.
+	// Rules are the platform rules to enforce, for every bot without rules
+	// of its own (Bot.Rules). The zero Rules means DefaultRules(); zero
+	// fields of a non-zero Rules take the documented field defaults (codes,
+	// Location), lists are used as given.
 	Rules Rules
 	// Faults are injected from the start. Default none.
 	Faults Faults
@@ -279,17 +280,6 @@ func New(cfg Config) (*Sim, error) {
 		}
 		bots = append([]Bot{{AppID: cfg.AppID, AppSecret: cfg.AppSecret}}, cfg.Bots...)
 	}
-	seen := make(map[string]bool, len(bots))
-	for i, b := range bots {
-		field := fmt.Sprintf("Bots[%d]", i-(len(bots)-len(cfg.Bots)))
-		if err := b.validate(); err != nil {
-			return nil, configErr(field+"."+err.Field, err.Problem)
-		}
-		if seen[b.AppID] {
-			return nil, configErr(field+".AppID", fmt.Sprintf("%q is already served", b.AppID))
-		}
-		seen[b.AppID] = true
-	}
 	if cfg.TokenTTL < 0 {
 		return nil, configErr("TokenTTL", "must not be negative")
 	}
@@ -311,16 +301,28 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	rules := cfg.Rules
-	if reflect.ValueOf(rules).IsZero() {
-		rules = DefaultRules()
-	}
-	rules, err := rules.normalized()
+	rules, err := normalizeRules(cfg.Rules)
 	if err != nil {
 		return nil, err
 	}
 	if err := cfg.Faults.validate(); err != nil {
 		return nil, err
+	}
+	botRules := make([]*Rules, len(bots))
+	seen := make(map[string]bool, len(bots))
+	for i, b := range bots {
+		field := fmt.Sprintf("Bots[%d]", i-(len(bots)-len(cfg.Bots)))
+		if botRules[i], err = b.prepare(&rules); err != nil {
+			var ce *ConfigError
+			if errors.As(err, &ce) {
+				err = configErr(field+"."+ce.Field, ce.Problem)
+			}
+			return nil, err
+		}
+		if seen[b.AppID] {
+			return nil, configErr(field+".AppID", fmt.Sprintf("%q is already served", b.AppID))
+		}
+		seen[b.AppID] = true
 	}
 	s := &Sim{
 		tokenTTL: cfg.TokenTTL,
@@ -334,8 +336,11 @@ func New(cfg Config) (*Sim, error) {
 		tokens:     map[string]issuedToken{},
 		channels:   map[string]string{},
 	}
-	for _, b := range bots {
-		s.addBotLocked(b)
+	for i, b := range bots {
+		if botRules[i] == &rules {
+			botRules[i] = &s.rules
+		}
+		s.addBotLocked(b, botRules[i])
 	}
 	s.setFaultsLocked(cfg.Faults)
 	s.resetLocked()
@@ -343,12 +348,16 @@ func New(cfg Config) (*Sim, error) {
 	return s, nil
 }
 
-// Rules returns the rules in force (defaults filled). The slices are copies.
-func (s *Sim) Rules() Rules {
-	r := s.rules
-	r.Rates = append([]RateRule(nil), r.Rates...)
-	r.Quotas = append([]QuotaRule(nil), r.Quotas...)
-	return r
+// Rules returns the rules in force for every bot without rules of its own
+// (defaults filled). The slices are copies. BotRules has a bot's.
+func (s *Sim) Rules() Rules { return s.rules.clone() }
+
+// normalizeRules is r with defaults filled; the zero Rules is DefaultRules().
+func normalizeRules(r Rules) (Rules, error) {
+	if reflect.ValueOf(r).IsZero() {
+		r = DefaultRules()
+	}
+	return r.normalized()
 }
 
 // Handler is the whole HTTP surface: the token endpoint, the send and upload
