@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,8 +30,9 @@ It prints its base URL and the environment to point 'qqdispatch serve' at it. Pa
 message id the simulator knows: POST /_sim/inbound {"scene":"group","target":"G1"} returns one.
 
 It serves the bot --app-id (secret QQSIM_APP_SECRET) and, with --bots-file, more bots, each with its own tokens and
-its own count of every rule. The file has one bot a line, its app id and its secret separated by spaces; blank lines
-and lines starting with # are ignored. POST /_sim/bots {"app_id":"...","app_secret":"..."} adds a bot while it runs;
+its own count of every rule. The file has one bot a line: its app id, its secret and optionally a YAML file of its own
+rules (like --rules; relative to the file's folder), separated by spaces; blank lines and lines starting with # are
+ignored. POST /_sim/bots {"app_id":"...","app_secret":"..."} adds a bot while it runs;
 GET /_sim/bots reports each bot, and ?bot=APP_ID narrows /_sim/messages, /_sim/rejections and /_sim/stats.`
 
 const simExamples = `
@@ -49,7 +53,7 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 	c.String(&listen, "listen", "QQSIM_LISTEN", "127.0.0.1:8089", "listen `host:port` (port 0 picks a free one)")
 	c.String(&appID, "app-id", "QQSIM_APP_ID", "102030405", "the default bot's app `id`")
 	c.String(&rulesFile, "rules", "QQSIM_RULES", "", "YAML `file` of qqsim.Rules (default: the platform's newest rules)")
-	c.String(&botsFile, "bots-file", "QQSIM_BOTS_FILE", "", "`file` of more bots to serve, one \"APP_ID SECRET\" a line")
+	c.String(&botsFile, "bots-file", "QQSIM_BOTS_FILE", "", "`file` of more bots to serve, one \"APP_ID SECRET [RULES_FILE]\" a line")
 	c.Float(&transient, "transient-rate", "QQSIM_TRANSIENT_RATE", 0, "share (0..1) of send calls answered HTTP 500")
 	c.Duration(&latency, "latency", "QQSIM_LATENCY", 0, "added to every send call, before the rules count it (a network path)")
 	c.EnvOnly("QQSIM_APP_SECRET", "the default bot's app secret (default \"sim-secret\")")
@@ -66,19 +70,16 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 	}
 	var rules qqsim.Rules
 	if rulesFile != "" {
-		b, err := os.ReadFile(rulesFile)
-		if err != nil {
+		if err := readRulesFile(rulesFile, &rules); err != nil {
 			return fmt.Errorf("--rules: %w", err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		dec.KnownFields(true)
-		if err := dec.Decode(&rules); err != nil {
-			return fmt.Errorf("--rules %s: %w", rulesFile, err)
-		}
 	}
-	var bots []qqsim.Bot
+	var (
+		bots     []qqsim.Bot
+		botLines []int
+	)
 	if botsFile != "" {
-		if bots, err = readBotsFile(botsFile, appID); err != nil {
+		if bots, botLines, err = readBotsFile(botsFile, appID); err != nil {
 			return err
 		}
 	}
@@ -92,6 +93,10 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 				return usagef(c.name, "--transient-rate %s", ce.Problem)
 			case "Faults.Latency":
 				return usagef(c.name, "--latency %s", ce.Problem)
+			}
+			if m := botField.FindStringSubmatch(ce.Field); m != nil {
+				i, _ := strconv.Atoi(m[1])
+				return fmt.Errorf("--bots-file %s line %d: its rules: %s %s", botsFile, botLines[i], m[2], ce.Problem)
 			}
 		}
 		return fmt.Errorf("simulator: %w", err)
@@ -131,16 +136,35 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 	return nil
 }
 
-// readBotsFile reads --bots-file: one bot a line, "APP_ID SECRET" separated
-// by spaces or tabs; blank lines and lines starting with # are skipped. An
-// app id twice, or defaultApp (the --app-id bot), is an error. Errors name
-// the line, never its content: it holds a secret.
-func readBotsFile(path, defaultApp string) ([]qqsim.Bot, error) {
+// botField matches the fields of qqsim.Config.Bots in a *qqsim.ConfigError.
+var botField = regexp.MustCompile(`^Bots\[(\d+)\]\.Rules\.(.*)$`)
+
+// readRulesFile decodes a YAML file of qqsim.Rules into r; unknown keys are
+// errors. Errors start with the path.
+func readRulesFile(path string, r *qqsim.Rules) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--bots-file: %w", err)
+		return err
 	}
-	var bots []qqsim.Bot
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(r); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// readBotsFile reads --bots-file: one bot a line, "APP_ID SECRET" and
+// optionally a YAML file of the bot's own rules (relative to the bots
+// file's folder), separated by spaces or tabs; blank lines and lines
+// starting with # are skipped. An app id twice, or defaultApp (the --app-id
+// bot), is an error. Errors name the line, never its content: it holds a
+// secret. lines[i] is the line of bots[i].
+func readBotsFile(path, defaultApp string) (bots []qqsim.Bot, lines []int, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--bots-file: %w", err)
+	}
 	seen := map[string]int{defaultApp: 0}
 	for i, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
@@ -148,21 +172,32 @@ func readBotsFile(path, defaultApp string) ([]qqsim.Bot, error) {
 			continue
 		}
 		f := strings.Fields(line)
-		if len(f) != 2 {
-			return nil, fmt.Errorf("--bots-file %s line %d: want an app id and a secret separated by spaces, got %d fields", path, i+1, len(f))
+		if len(f) != 2 && len(f) != 3 {
+			return nil, nil, fmt.Errorf("--bots-file %s line %d: want an app id, a secret and optionally a rules file, separated by spaces; got %d fields", path, i+1, len(f))
 		}
 		if prev, dup := seen[f[0]]; dup {
 			where := "by --app-id"
 			if prev > 0 {
 				where = fmt.Sprintf("on line %d", prev)
 			}
-			return nil, fmt.Errorf("--bots-file %s line %d: app id %s is already served %s", path, i+1, f[0], where)
+			return nil, nil, fmt.Errorf("--bots-file %s line %d: app id %s is already served %s", path, i+1, f[0], where)
 		}
 		seen[f[0]] = i + 1
-		bots = append(bots, qqsim.Bot{AppID: f[0], AppSecret: f[1]})
+		bot := qqsim.Bot{AppID: f[0], AppSecret: f[1]}
+		if len(f) == 3 {
+			rulesPath := f[2]
+			if !filepath.IsAbs(rulesPath) {
+				rulesPath = filepath.Join(filepath.Dir(path), rulesPath)
+			}
+			bot.Rules = new(qqsim.Rules)
+			if err := readRulesFile(rulesPath, bot.Rules); err != nil {
+				return nil, nil, fmt.Errorf("--bots-file %s line %d: rules: %w", path, i+1, err)
+			}
+		}
+		bots, lines = append(bots, bot), append(lines, i+1)
 	}
 	if len(bots) == 0 {
-		return nil, fmt.Errorf("--bots-file %s: no bots (want lines of an app id and a secret)", path)
+		return nil, nil, fmt.Errorf("--bots-file %s: no bots (want lines of an app id and a secret)", path)
 	}
-	return bots, nil
+	return bots, lines, nil
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 )
 
@@ -72,13 +74,24 @@ func startSimCLI(t *testing.T, env map[string]string, until string, args ...stri
 // each with its own token, and listed by /_sim/bots.
 func TestSimBotsFile(t *testing.T) {
 	t.Parallel()
-	file := writeBotsFile(t, "# bots of the fleet test\n\n7000001 secret-one\n7000002\tsecret-two\n  7000003   secret-three  \n")
+	file := writeBotsFile(t, "# bots of the fleet test\n\n7000001 secret-one\n7000002\tsecret-two\n  7000003   secret-three  \n"+
+		"7000004 secret-four no-groups.yaml\n")
+	// The last bot's own rules, beside the file: no group actives.
+	noGroups := qqsim.DefaultRules()
+	noGroups.Group.ActiveAllowed = false
+	y, err := yaml.Marshal(noGroups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(file), "no-groups.yaml"), y, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	base, printed := startSimCLI(t, map[string]string{"QQSIM_APP_SECRET": "default-secret"}, "Serving ",
 		"--app-id", "7000000", "--bots-file", file)
-	if !strings.Contains(printed, "export QQ_APP_ID=7000000") || !strings.Contains(printed, "Serving 3 more bots from "+file) {
+	if !strings.Contains(printed, "export QQ_APP_ID=7000000") || !strings.Contains(printed, "Serving 4 more bots from "+file) {
 		t.Errorf("printed:\n%s", printed)
 	}
-	for _, secret := range []string{"default-secret", "secret-one", "secret-two", "secret-three"} {
+	for _, secret := range []string{"default-secret", "secret-one", "secret-two", "secret-three", "secret-four"} {
 		if strings.Contains(printed, secret) {
 			t.Errorf("printed a secret:\n%s", printed)
 		}
@@ -101,8 +114,12 @@ func TestSimBotsFile(t *testing.T) {
 		return out
 	}
 	tokens := map[string]string{}
-	for _, tc := range []struct{ app, secret string }{
-		{"7000000", "default-secret"}, {"7000001", "secret-one"}, {"7000002", "secret-two"}, {"7000003", "secret-three"},
+	for _, tc := range []struct {
+		app, secret string
+		code        int // of the group active; 0: accepted
+	}{
+		{"7000000", "default-secret", 0}, {"7000001", "secret-one", 0}, {"7000002", "secret-two", 0}, {"7000003", "secret-three", 0},
+		{"7000004", "secret-four", qqsim.DefaultActiveNotAllowedCode},
 	} {
 		tok, _ := post("/app/getAppAccessToken", nil, fmt.Sprintf(`{"appId":%q,"clientSecret":%q}`, tc.app, tc.secret))["access_token"].(string)
 		if tok == "" {
@@ -110,8 +127,8 @@ func TestSimBotsFile(t *testing.T) {
 		}
 		tokens[tc.app] = tok
 		ans := post("/v2/groups/g/messages", http.Header{"Authorization": {"QQBot " + tok}, "X-Union-Appid": {tc.app}}, `{"msg_type":0,"content":"hi"}`)
-		if ans["id"] == nil {
-			t.Errorf("%s: send answered %v", tc.app, ans)
+		if code, _ := ans["code"].(float64); int(code) != tc.code || (tc.code == 0) != (ans["id"] != nil) {
+			t.Errorf("%s: send answered %v, want code %d", tc.app, ans, tc.code)
 		}
 	}
 	ans := post("/v2/groups/g/messages", http.Header{"Authorization": {"QQBot " + tokens["7000001"]}, "X-Union-Appid": {"7000002"}}, `{"msg_type":0,"content":"hi"}`)
@@ -132,7 +149,7 @@ func TestSimBotsFile(t *testing.T) {
 	for _, r := range reports {
 		got = append(got, fmt.Sprintf("%s:%d", r.AppID, r.Accepted))
 	}
-	if want := "[7000000:1 7000001:1 7000002:1 7000003:1]"; fmt.Sprint(got) != want {
+	if want := "[7000000:1 7000001:1 7000002:1 7000003:1 7000004:0]"; fmt.Sprint(got) != want {
 		t.Errorf("/_sim/bots: %v, want %s", got, want)
 	}
 }
@@ -146,14 +163,21 @@ func TestSimBotsFileErrors(t *testing.T) {
 		want          []string
 	}{
 		{"one field", "7000001 s1\n7000002\n", []string{"line 2", "got 1 fields"}},
-		{"three fields", "7000001 s1 extra-secret\n", []string{"line 1", "got 3 fields"}},
+		{"four fields", "7000001 s1 r.yaml extra-secret\n", []string{"line 1", "got 4 fields"}},
+		{"no rules file", "7000001 s1\n7000002 s2 no-such.yaml\n", []string{"line 2", "rules:", "no-such.yaml"}},
+		{"bad rules", "7000001 s1\n7000002 s2 bad.yaml\n", []string{"line 2", "its rules: Rates[0].Limit must be positive"}},
 		{"app id twice", "7000001 s1\n\n7000001 s2\n", []string{"line 3", "7000001 is already served on line 1"}},
 		{"the --app-id bot", "# c\n102030405 s1\n", []string{"line 2", "102030405 is already served by --app-id"}},
 		{"no bots", "# nothing\n\n", []string{"no bots"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			r := runCLI(t, nil, "sim", "--listen", "127.0.0.1:0", "--bots-file", writeBotsFile(t, tc.content))
+			file := writeBotsFile(t, tc.content)
+			bad := "rates:\n  - {name: r, per: bot, limit: 0, window: 1s}\n"
+			if err := os.WriteFile(filepath.Join(filepath.Dir(file), "bad.yaml"), []byte(bad), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := runCLI(t, nil, "sim", "--listen", "127.0.0.1:0", "--bots-file", file)
 			oneErrorLine(t, r, 1, append([]string{"--bots-file"}, tc.want...)...)
 			for _, secret := range []string{"s1", "s2", "extra-secret"} {
 				if strings.Contains(r.stderr, " "+secret) {
