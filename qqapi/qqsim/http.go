@@ -190,8 +190,8 @@ func (s *Sim) drawFault(cr creds) (caller *bot, callerID string, transient, with
 	return caller, callerID, transient, withCode, delay
 }
 
-// countFault counts a faulted call, or with cancelled one the client gave
-// up on, for the Sim and for b (nil: no bot).
+// countFault counts a faulted call (with cancelled: a call the client gave
+// up on) for the Sim and for b (nil: no bot the Sim serves).
 func (s *Sim) countFault(b *bot, cancelled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
