@@ -100,8 +100,12 @@ type MediaURL struct {
 // Job is one send job (contract version 1). Producers publish it as JSON on
 // {prefix}.send.{scene}.{target}.
 type Job struct {
-	V        int             `json:"v"`
-	ID       string          `json:"id,omitempty"`
+	V  int    `json:"v"`
+	ID string `json:"id,omitempty"`
+	// Bot is the app id of the bot that sends the job, from the subject
+	// ({prefix}.send.{scene}@{bot}.{target}); empty for the default bot
+	// ({prefix}.send.{scene}.{target}). The body may repeat it.
+	Bot      string          `json:"bot,omitempty"`
 	Scene    Scene           `json:"scene"`
 	Target   string          `json:"target"`
 	GuildID  string          `json:"guild_id,omitempty"`
