@@ -53,9 +53,10 @@ const MediaCacheSizeDefault = 4096
 const mediaMarginMax = 5 * time.Minute
 
 // mediaKey is what one upload is good for: a file, by URL and type, for
-// one target of one scene. A Processor sends for one bot (its Sender
-// holds one bot's credentials), so its cache is that bot's.
+// one target of one scene, uploaded by one bot (the platform holds a
+// file_info for the bot that uploaded it; "" is the default bot).
 type mediaKey struct {
+	bot      string
 	scene    Scene
 	target   string
 	fileType FileType

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +26,8 @@ const (
 	MaxJobDurationDefault   = 15 * time.Minute
 	RateLimitBackoffDefault = time.Second
 	RecordTimeoutDefault    = 10 * time.Minute
+	BotGraceDefault         = 30 * time.Second
+	BotRecheckDefault       = time.Second
 	// StoreTimeout bounds one ledger or outcome write.
 	StoreTimeout = 10 * time.Second
 )
@@ -146,6 +150,23 @@ type ProcessorConfig struct {
 	// Default StorePauseDefault (1s); StorePauseMax default
 	// StorePauseMaxDefault (30s).
 	StorePause, StorePauseMax time.Duration
+	// Bots gives the Sender of every bot other than the default one: a
+	// job whose subject names a bot (Job.Bot) sends through it, under
+	// that bot's own configuration gate and media cache. Optional:
+	// without it such jobs end rejected after BotGrace.
+	Bots Bots
+	// BotGrace is how long a job for a bot that Bots does not know waits
+	// for it to be registered, counted from the job's publish (from when
+	// this worker took it if the publish time is unknown), so that a bot
+	// added a moment before its first job is not refused. Then the job
+	// ends rejected, its reason naming the bot. Default BotGraceDefault
+	// (30s).
+	BotGrace time.Duration
+	// BotRecheck is how often a job whose bot is paused (or not known
+	// yet) asks Bots again. The job waits without a worker slot
+	// (Pauser), never ends for it, and goes once the bot resumes.
+	// Default BotRecheckDefault (1s).
+	BotRecheck time.Duration
 	// MediaCacheSize bounds the file_info cache of media uploaded by URL
 	// (entries, one per file and target). Zero means MediaCacheSizeDefault
 	// (4096); negative turns the cache off (every job uploads).
@@ -178,9 +199,10 @@ type Processor struct {
 
 	// warns rate-limits the warnings of retried storage writes.
 	warns *logLimiter
-	// gate pauses every call while the platform refuses the app's
-	// configuration.
-	gate *pauseGate
+	// gates pause a bot's calls while the platform refuses its
+	// configuration: one gate per bot ("" is the default bot), made at
+	// its first call (see gateFor).
+	gates sync.Map // bot → *pauseGate
 	// store pauses new jobs while storage writes fail.
 	store *pauseGate
 	// media caches the file_info of media uploaded by URL.
@@ -267,6 +289,8 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		{"ConfigPauseMax", &cfg.ConfigPauseMax, ConfigPauseMaxDefault},
 		{"StorePause", &cfg.StorePause, StorePauseDefault},
 		{"StorePauseMax", &cfg.StorePauseMax, StorePauseMaxDefault},
+		{"BotGrace", &cfg.BotGrace, BotGraceDefault},
+		{"BotRecheck", &cfg.BotRecheck, BotRecheckDefault},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -298,7 +322,6 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		cfg.MediaCacheSize = MediaCacheSizeDefault
 	}
 	p := &Processor{cfg: cfg, inflight: make(map[string]struct{}), warns: newLogLimiter(storeWarnEvery),
-		gate:  newPauseGate(cfg.ConfigPause, cfg.ConfigPauseMax),
 		store: newPauseGate(cfg.StorePause, cfg.StorePauseMax),
 		media: newMediaCache(cfg.MediaCacheSize)}
 	if cfg.Logger != nil {
@@ -379,6 +402,9 @@ type run struct {
 	// gone says why a passive reply can no longer go as a reply (its
 	// window is gone, or its budget is used up); empty while it can.
 	gone string
+	// sender and gate are the job's bot's (resolveBot).
+	sender Sender
+	gate   *pauseGate
 }
 
 func (r *run) handle(ctx context.Context) (Outcome, error) {
@@ -467,6 +493,11 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 			return r.finish(ctx, r.outcome(StatusInvalid, err.Error()))
 		}
 	}
+	if o, done, err := r.resolveBot(ctx); err != nil {
+		return r.stopped(ctx, err)
+	} else if done {
+		return r.finish(ctx, o)
+	}
 	o, err := r.deliver(ctx)
 	if err == nil && r.gone != "" && job.Fallback == FallbackActive {
 		o, err = r.fallBack(ctx, o)
@@ -475,6 +506,102 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		return r.stopped(ctx, err)
 	}
 	return r.finish(ctx, o)
+}
+
+// Rules a job of a bot that cannot send waits for (Pauser's rule,
+// status's WAITING table).
+const (
+	RuleBotPaused  = "bot.paused"  // the bot is paused in the registry
+	RuleBotUnknown = "bot.unknown" // the bot is not registered (yet): see BotGrace
+)
+
+// resolveBot finds the Sender and the configuration gate of the job's bot,
+// waiting while the bot is paused, or unknown within BotGrace. done is
+// true with the job's outcome (rejected: the bot stayed unknown); an error
+// (ErrHandedBack) says the job stopped waiting.
+func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) {
+	p := r.p
+	bot := r.job.Bot
+	if bot == "" {
+		r.sender, r.gate = p.cfg.Sender, p.gateFor("")
+		return Outcome{}, false, nil
+	}
+	graceEnd := r.start.Add(p.cfg.BotGrace)
+	if !r.env.Published.IsZero() {
+		// Published is the server's wall clock: the grace left is
+		// measured on it, and counted down on the Clock.
+		graceEnd = r.start.Add(p.cfg.BotGrace - max(time.Since(r.env.Published), 0))
+	}
+	logged := false
+	for {
+		var s Sender
+		err := error(&BotError{Bot: bot, Err: ErrUnknownBot})
+		if p.cfg.Bots != nil {
+			s, err = p.cfg.Bots.Sender(bot)
+		}
+		if err == nil && s != nil {
+			r.sender, r.gate = s, p.gateFor(bot)
+			if logged {
+				r.log.Info().Str("bot", bot).Msg("the job's bot may send: the job goes on")
+			}
+			return Outcome{}, false, nil
+		}
+		now := p.cfg.Clock.Now()
+		wait, rule := p.cfg.BotRecheck, RuleBotPaused
+		if err == nil || errors.Is(err, ErrUnknownBot) {
+			if !now.Before(graceEnd) {
+				return r.outcome(StatusRejected, fmt.Sprintf("bot %s is not registered with this fleet (waited %s for it; register it with `qqdispatch bots add`)",
+					quote(bot), p.cfg.BotGrace)), true, nil
+			}
+			wait, rule = min(wait, graceEnd.Sub(now)), RuleBotUnknown
+		}
+		if !logged {
+			logged = true
+			r.log.Info().Str("bot", bot).Str("rule", rule).AnErr("why", err).Msg("the job's bot cannot send now; the job waits")
+		}
+		if err := r.wait(ctx, wait, rule); err != nil {
+			return Outcome{}, false, err
+		}
+	}
+}
+
+// gateFor is bot's configuration gate ("" is the default bot's).
+func (p *Processor) gateFor(bot string) *pauseGate {
+	if g, ok := p.gates.Load(bot); ok {
+		return g.(*pauseGate)
+	}
+	g, _ := p.gates.LoadOrStore(bot, newPauseGate(p.cfg.ConfigPause, p.cfg.ConfigPauseMax))
+	return g.(*pauseGate)
+}
+
+// BotPause is one bot whose calls wait because the platform refused its
+// configuration (bad app id or secret, or a bot that may not send).
+type BotPause struct {
+	Bot   string // "" is the default bot
+	Since time.Time
+	Err   error // the last refusal
+}
+
+// ConfigPaused lists the bots whose calls wait for the platform to accept
+// their configuration again, by bot; the other bots keep sending.
+func (p *Processor) ConfigPaused() []BotPause {
+	var out []BotPause
+	p.gates.Range(func(k, v any) bool {
+		if closed, since, last := v.(*pauseGate).state(); closed {
+			out = append(out, BotPause{Bot: k.(string), Since: since, Err: last})
+		}
+		return true
+	})
+	slices.SortFunc(out, func(a, b BotPause) int { return strings.Compare(a.Bot, b.Bot) })
+	return out
+}
+
+// ForgetBot drops what the processor keeps for bot (its configuration
+// gate), once the bot is removed; a job for it meets a fresh gate.
+func (p *Processor) ForgetBot(bot string) {
+	if bot != "" {
+		p.gates.Delete(bot)
+	}
 }
 
 // decode decodes the job, or takes the decoding its delivery carries.
@@ -947,10 +1074,10 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		horizon = r.start.Add(p.cfg.MaxJobDuration)
 	}
 	st := &tries{cfg: &p.cfg}
-	probe := false // this job's call is the configuration gate's probe
+	probe := false // this job's call is its bot's configuration gate's probe
 	defer func() {
 		if probe {
-			p.gate.release()
+			r.gate.release()
 		}
 	}()
 	var (
@@ -963,7 +1090,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		ranOut bool
 	)
 	if j.Media != nil {
-		key = mediaKey{scene: j.Scene, target: j.Target, fileType: j.Media.FileType, url: j.Media.URL}
+		key = mediaKey{bot: j.Bot, scene: j.Scene, target: j.Target, fileType: j.Media.FileType, url: j.Media.URL}
 	}
 
 	for {
@@ -977,7 +1104,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		// wait here (the worker slot given back); the time does not count
 		// against the job.
 		gateAt := p.cfg.Clock.Now()
-		if d, pr := p.gate.enter(gateAt); d > 0 {
+		if d, pr := r.gate.enter(gateAt); d > 0 {
 			if err := r.wait(ctx, d, RuleConfiguration); err != nil {
 				return Outcome{}, err
 			}
@@ -1054,7 +1181,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		callStart := p.cfg.Clock.Now()
 		// The call is not cut short by shutdown: a call abandoned midway is
 		// the in-doubt case we exist to avoid.
-		res, err := p.cfg.Sender.Send(context.WithoutCancel(ctx), j.Scene, j.Target, body)
+		res, err := r.sender.Send(context.WithoutCancel(ctx), j.Scene, j.Target, body)
 		r.markFresh = false
 		took := p.cfg.Clock.Now().Sub(callStart)
 		class := ClassOf(err)
@@ -1236,7 +1363,7 @@ func (r *run) judge(se *SendError, st *tries, upload bool) (o Outcome, done bool
 // other errors (a limit, shutdown) stop the job.
 func (r *run) upload(ctx context.Context, key mediaKey) (*mediaFile, error) {
 	p := r.p
-	up, ok := p.cfg.Sender.(Uploader)
+	up, ok := r.sender.(Uploader)
 	if !ok {
 		return nil, &SendError{Class: ClassPermanent, Message: errNoUploader.Error(), Err: errNoUploader}
 	}
@@ -1270,11 +1397,11 @@ func (r *run) gateAfter(err error, probe *bool) {
 	p := r.p
 	switch {
 	case answered(err):
-		if p.gate.open() {
-			p.log.Info().Msg("the platform accepts the app's configuration again: sending resumes")
+		if r.gate.open() {
+			p.log.Info().Str("bot", r.job.Bot).Msg("the platform accepts the app's configuration again: sending resumes")
 		}
 	case *probe:
-		p.gate.release() // no answer: the next call probes
+		r.gate.release() // no answer: the next call probes
 	}
 	*probe = false
 }
@@ -1286,9 +1413,9 @@ func (r *run) configAnswer(se *SendError, probe *bool) {
 	was := *probe
 	*probe = false
 	now := p.cfg.Clock.Now()
-	pause := p.gate.fail(now, se)
-	if ok, held := p.warns.allow("configuration", now); ok || was {
-		r.log.Error().Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Dur("pause", pause).
+	pause := r.gate.fail(now, se)
+	if ok, held := p.warns.allow("configuration "+r.job.Bot, now); ok || was {
+		r.log.Error().Str("bot", r.job.Bot).Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Dur("pause", pause).
 			Int("not_logged", held).Err(se).
 			Msg("the platform refused the app's configuration (app id, secret or permission): sending pauses; jobs wait, none fails for it")
 	}
@@ -1354,7 +1481,7 @@ func (r *run) leave(ctx context.Context) (Permit, error) {
 			return nil, err
 		}
 	}
-	if pr, ok := p.cfg.Sender.(Preparer); ok {
+	if pr, ok := r.sender.(Preparer); ok {
 		_ = pr.Prepare(ctx) // a failure shows again in the call
 	}
 	if !r.markFresh {
@@ -1519,6 +1646,7 @@ func (r *run) calls() int {
 // job's outcome (rule errors) or a hand-back (shutdown, storage trouble).
 func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
 	var le *LimitError
+	var be *BotError
 	switch {
 	case errors.As(err, &le):
 		if le.Status == StatusQuotaExceeded && r.job.OnQuota == QuotaDefer && r.p.cfg.Scheduler != nil && !le.RetryAt.IsZero() {
@@ -1529,6 +1657,16 @@ func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
 		}
 		o := r.outcome(le.Status, le.Reason)
 		return r.finish(ctx, o)
+	case errors.As(err, &be):
+		// The bot went away during the job (removed from the registry
+		// while its limiter was asked): the job comes back and asks
+		// again (resolveBot).
+		_ = r.unmark(context.WithoutCancel(ctx))
+		if rerr := r.d.Release(r.p.cfg.BotRecheck); rerr != nil {
+			r.log.Warn().Err(rerr).Msg("release message")
+		}
+		r.log.Info().Err(err).Msg("the job's bot went away during the job; handed back")
+		return Outcome{JobID: r.jobID}, fmt.Errorf("%w: %w", ErrHandedBack, err)
 	case errors.Is(err, ErrPairTaken):
 		o := r.outcome(StatusRejected, "another job already holds this (msg_id, msg_seq): duplicate reply, not sent")
 		o.Code = 40054005

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -313,3 +314,38 @@ const (
 
 // ErrPeerGone says the worker asked is not there.
 var ErrPeerGone = errors.New("dispatcher: no such worker")
+
+// Bots gives the pipeline the Sender of a job's bot, for a worker that
+// sends for many bots (Job.Bot). The default bot (Job.Bot empty) always
+// sends through ProcessorConfig.Sender.
+//
+// Sender returns the bot's Sender (it may also be an Uploader and a
+// Preparer, as ProcessorConfig.Sender may). A bot that cannot send now is
+// a *BotError: ErrUnknownBot when the bot is not registered (or was
+// removed), ErrBotPaused while it is paused. The pipeline waits on either
+// (see ProcessorConfig.BotGrace), and asks again every BotRecheck; any
+// other error is waited on like a pause. A bot whose credentials cannot
+// be read is better given a Sender whose calls fail with a
+// ClassConfiguration error: the bot then pauses alone (its own
+// configuration gate) and readiness says so.
+type Bots interface {
+	Sender(bot string) (Sender, error)
+}
+
+// Bot errors (BotError.Err).
+var (
+	ErrUnknownBot = errors.New("dispatcher: no such bot")
+	ErrBotPaused  = errors.New("dispatcher: the bot is paused")
+)
+
+// BotError says the job's bot cannot send now, and why (Err:
+// ErrUnknownBot, ErrBotPaused or a cause of its own).
+type BotError struct {
+	Bot string
+	Err error
+}
+
+func (e *BotError) Error() string { return fmt.Sprintf("bot %q: %v", e.Bot, e.Err) }
+
+// Unwrap returns Err.
+func (e *BotError) Unwrap() error { return e.Err }
