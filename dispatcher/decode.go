@@ -44,7 +44,7 @@ var msgTypeNames = map[int64]string{
 }
 
 // topFields are the wire fields of contract version 1, in documentation order.
-var topFields = []string{"v", "id", "scene", "target", "guild_id", "message", "received_at", "not_after", "on_quota", "fallback", "meta"}
+var topFields = []string{"v", "id", "bot", "scene", "target", "guild_id", "message", "received_at", "not_after", "on_quota", "fallback", "meta"}
 
 // knownKeys are the field names of jobs and of the messages they carry: a
 // key among them is given as this string, not a new copy, on every decode.
@@ -95,33 +95,110 @@ func invalid(field, format string, args ...any) *InvalidJobError {
 	return &InvalidJobError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
-// ParseSubject splits a job subject, {prefix}.send.{scene}.{target}, into its
-// scene and target. An empty prefix means DefaultPrefix. Errors are
-// *InvalidJobError with Field "subject".
-func ParseSubject(prefix, subject string) (Scene, string, error) {
+// MaxBotBytes caps a bot's app id, the {bot} of a job subject.
+const MaxBotBytes = 64
+
+// Subject is what a job subject says: the scene, the bot (empty for the
+// default bot) and the target.
+//
+// The grammar: {prefix}.send.{scene}.{target} for the default bot, and
+// {prefix}.send.{scene}@{bot}.{target} for a named bot, bot being its app
+// id: 1 to MaxBotBytes bytes of [0-9A-Za-z_-]. The bot rides in the scene
+// token, so {prefix}.send.*.* still matches every job subject.
+type Subject struct {
+	Scene  Scene
+	Bot    string
+	Target string
+}
+
+// SceneToken is the subject token that carries the scene and the bot:
+// "group" for the default bot, "group@1024" for bot 1024.
+func SceneToken(scene Scene, bot string) string {
+	if bot == "" {
+		return string(scene)
+	}
+	return string(scene) + "@" + bot
+}
+
+// Token is s's scene token (SceneToken).
+func (s Subject) Token() string { return SceneToken(s.Scene, s.Bot) }
+
+// String is the job subject of s under prefix (empty: DefaultPrefix).
+func (s Subject) String(prefix string) string {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return prefix + ".send." + s.Token() + "." + s.Target
+}
+
+// ParseSceneToken splits a scene token, {scene} or {scene}@{bot}. Errors
+// are *InvalidJobError with Field "subject".
+func ParseSceneToken(tok string) (Scene, string, error) {
+	scene, bot, named := strings.Cut(tok, "@")
+	if !Scene(scene).Valid() {
+		return "", "", invalid("subject", "unknown scene %s in subject (want c2c, group, channel or dm, then @ and the bot's app id for a bot other than the default one)", quote(scene))
+	}
+	if named {
+		if err := CheckBot("subject", bot); err != nil {
+			err.Reason = "subject bot " + err.Reason
+			return "", "", err
+		}
+	}
+	return Scene(scene), bot, nil
+}
+
+// CheckBot applies the rules for a bot's app id: 1 to MaxBotBytes bytes of
+// [0-9A-Za-z_-]. field names it in the error.
+func CheckBot(field, bot string) *InvalidJobError {
+	if bot == "" {
+		return invalid(field, "must not be empty (the bot's app id)")
+	}
+	if len(bot) > MaxBotBytes {
+		return invalid(field, "is %d bytes, over the %d-byte limit for a bot's app id", len(bot), MaxBotBytes)
+	}
+	for i := 0; i < len(bot); i++ {
+		if c := bot[i]; !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_' || c == '-') {
+			return invalid(field, "%s contains %q at byte %d; a bot's app id is made of 0-9, A-Z, a-z, '_' and '-'", quote(bot), rune(c), i)
+		}
+	}
+	return nil
+}
+
+// ParseJobSubject splits a job subject, {prefix}.send.{scene}.{target} or
+// {prefix}.send.{scene}@{bot}.{target} (see Subject). An empty prefix means
+// DefaultPrefix. Errors are *InvalidJobError with Field "subject".
+func ParseJobSubject(prefix, subject string) (Subject, error) {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
 	head := prefix + ".send."
 	if !strings.HasPrefix(subject, head) {
-		return "", "", invalid("subject", "subject %s does not start with %q (want %s{scene}.{target})", quote(subject), head, head)
+		return Subject{}, invalid("subject", "subject %s does not start with %q (want %s{scene}.{target} or %s{scene}@{bot}.{target})", quote(subject), head, head, head)
 	}
 	parts := strings.Split(subject[len(head):], ".")
 	if len(parts) != 2 {
-		return "", "", invalid("subject", "subject %s has %d tokens after %q, want 2 ({scene}.{target})", quote(subject), len(parts), head)
+		return Subject{}, invalid("subject", "subject %s has %d tokens after %q, want 2 ({scene}.{target} or {scene}@{bot}.{target})", quote(subject), len(parts), head)
 	}
-	scene, target := Scene(parts[0]), parts[1]
-	if !scene.Valid() {
-		return "", "", invalid("subject", "unknown scene %s in subject (want c2c, group, channel or dm)", quote(string(scene)))
+	scene, bot, err := ParseSceneToken(parts[0])
+	if err != nil {
+		return Subject{}, err
 	}
+	target := parts[1]
 	if target == "" {
-		return "", "", invalid("subject", "subject %s has an empty target", quote(subject))
+		return Subject{}, invalid("subject", "subject %s has an empty target", quote(subject))
 	}
 	if err := checkToken("subject", target); err != nil {
 		err.Reason = "subject target " + err.Reason
-		return "", "", err
+		return Subject{}, err
 	}
-	return scene, target, nil
+	return Subject{Scene: scene, Bot: bot, Target: target}, nil
+}
+
+// ParseSubject is ParseJobSubject without the bot: the scene and target of
+// a job subject of either form.
+func ParseSubject(prefix, subject string) (Scene, string, error) {
+	s, err := ParseJobSubject(prefix, subject)
+	return s.Scene, s.Target, err
 }
 
 // Decode strictly decodes and validates one job published on subject. It
@@ -185,6 +262,13 @@ func Decode(subject string, data []byte, opts DecodeOptions) (*Job, error) {
 			return nil, invalid("id", "must not be empty (omit it and the dispatcher derives the job id)")
 		}
 	}
+	bodyBot, hasBot := "", false
+	if raw, ok := fields["bot"]; ok {
+		if bodyBot, ierr = jsonString("bot", raw); ierr != nil {
+			return nil, ierr
+		}
+		hasBot = true
+	}
 	for _, f := range []struct {
 		name string
 		dst  *string
@@ -246,11 +330,20 @@ func Decode(subject string, data []byte, opts DecodeOptions) (*Job, error) {
 		j.Meta = raw
 	}
 
-	scene, target, serr := ParseSubject(opts.Prefix, subject)
+	subj, serr := ParseJobSubject(opts.Prefix, subject)
 	if serr != nil {
 		return nil, serr
 	}
-	info, ierr := j.check(&subjectParts{scene: scene, target: target})
+	switch {
+	case subj.Bot == "" && bodyBot != "":
+		return nil, invalid("bot", "body bot %s, but the subject is the default bot's ({scene}.{target}, no @{bot}); publish on {scene}@{bot}.{target} for another bot, or leave bot out", quote(bodyBot))
+	case subj.Bot != "" && !hasBot:
+		return nil, invalid("bot", "missing: the body must repeat the subject's bot (\"bot\": %q), as it repeats scene and target", subj.Bot)
+	case subj.Bot != "" && bodyBot != subj.Bot:
+		return nil, invalid("bot", "body bot %s differs from the subject's bot %q; they must match, or a producer could bypass subject permissions", quote(bodyBot), subj.Bot)
+	}
+	j.Bot = subj.Bot
+	info, ierr := j.check(&subjectParts{scene: subj.Scene, target: subj.Target})
 	if ierr != nil {
 		return nil, ierr
 	}
@@ -325,6 +418,11 @@ func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 	}
 	if j.ID != "" {
 		if err := CheckID("id", j.ID); err != nil {
+			return messageInfo{}, err
+		}
+	}
+	if j.Bot != "" {
+		if err := CheckBot("bot", j.Bot); err != nil {
 			return messageInfo{}, err
 		}
 	}

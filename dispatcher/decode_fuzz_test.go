@@ -28,6 +28,10 @@ func FuzzDecode(f *testing.F) {
 			f.Add(c.subject, []byte(c.body))
 		}
 	}
+	f.Add("qqbot.send.c2c@1024.U1", []byte(`{"v":1,"bot":"1024","scene":"c2c","target":"U1","message":{"msg_type":0,"content":"x"}}`))
+	f.Add("qqbot.send.c2c@1024.U1", []byte(`{"v":1,"bot":"2048","scene":"c2c","target":"U1","message":{"msg_type":0,"content":"x"}}`))
+	f.Add("qqbot.send.c2c.U1", []byte(`{"v":1,"bot":"","scene":"c2c","target":"U1","message":{"msg_type":0,"content":"x"}}`))
+	f.Add("qqbot.send.c2c@@.U1", []byte(`{"v":1,"bot":"@","scene":"c2c","target":"U1","message":{"msg_type":0,"content":"x"}}`))
 	opts := dispatcher.DecodeOptions{}
 	f.Fuzz(func(t *testing.T, subject string, data []byte) {
 		j, err := dispatcher.Decode(subject, data, opts)
@@ -43,6 +47,13 @@ func FuzzDecode(f *testing.F) {
 		}
 		if err := j.Validate(opts); err != nil {
 			t.Fatalf("Decode accepted a job Validate refuses: %v\n%q", err, data)
+		}
+		subj, err := dispatcher.ParseJobSubject("", subject)
+		if err != nil || subj.Bot != j.Bot || subj.Scene != j.Scene || subj.Target != j.Target || subj.String("") != subject {
+			t.Fatalf("job of bot %q, %s, %q from subject %q parsed as %+v, %v", j.Bot, j.Scene, j.Target, subject, subj, err)
+		}
+		if j.Bot != "" && dispatcher.CheckBot("bot", j.Bot) != nil {
+			t.Fatalf("accepted bot %q breaks the rules", j.Bot)
 		}
 		var msg map[string]json.RawMessage
 		if err := json.Unmarshal(j.Message, &msg); err != nil {
@@ -103,6 +114,8 @@ func FuzzIdentity(f *testing.F) {
 	}
 	f.Add("qqbot.send.group."+long, "", []byte(`{"v":1,"scene":"group","target":"`+long+`","message":{}}`), uint64(1))
 	f.Add("qqbot.send.group.g1", "", []byte(`{"v":1,"id":"`+long+`"}`), uint64(1))
+	f.Add("qqbot.send.group@1024.g1", "Nats-Msg-Id: m1", []byte(`{"v":1,"bot":"1024","scene":"group","target":"g1","message":{"msg_type":0,"content":"x"}}`), uint64(2))
+	f.Add("qqbot.send.group@1024.g1", "", []byte(`{"v":1,"scene":"group","target":"g1","message":{"msg_type":0,"content":"x"}}`), uint64(2))
 	f.Add("qqbot.send.group.g1", "", []byte(`{"id":"`+strings.Repeat("群", 100)+`","v":1}`), uint64(1))
 
 	f.Fuzz(func(t *testing.T, subject, headers string, data []byte, seq uint64) {

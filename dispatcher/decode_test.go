@@ -21,6 +21,9 @@ const (
 	sChan  = "qqbot.send.channel.CH1"
 	sDM    = "qqbot.send.dm.DMG1"
 	recv   = `"received_at":"2026-05-01T12:00:00+08:00"`
+	// bot64 is a bot app id of the longest length and every kind of
+	// character allowed.
+	bot64 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
 )
 
 // validCase is a job Decode must accept. The body is "{" + head + ","message":" + msg + "}",
@@ -138,6 +141,35 @@ var validCases = []validCase{
 		kind: dispatcher.KindActive},
 	{name: "message first, v last", subject: sC2C,
 		head: `"scene":"c2c","target":"U1","v":1`, msg: `{"msg_type":0,"content":"x"}`, kind: dispatcher.KindActive},
+	{name: "named bot repeats its app id", subject: "qqbot.send.group@1024.G1",
+		head: `"v":1,"id":"o-1","bot":"1024","scene":"group","target":"G1"`, msg: `{"msg_type":0,"content":"hi"}`, kind: dispatcher.KindActive,
+		check: func(t *testing.T, j *dispatcher.Job) {
+			if j.Bot != "1024" || j.Scene != dispatcher.SceneGroup || j.Target != "G1" {
+				t.Errorf("bot %q scene %q target %q", j.Bot, j.Scene, j.Target)
+			}
+		}},
+	{name: "named bot of 64 characters, passive dm", subject: "qqbot.send.dm@" + bot64 + ".DMG1",
+		head: `"v":1,"bot":"` + bot64 + `","scene":"dm","target":"DMG1",` + recv, msg: `{"content":"x","msg_id":"M1"}`,
+		kind: dispatcher.KindPassive, msgID: "M1",
+		check: func(t *testing.T, j *dispatcher.Job) {
+			if j.Bot != bot64 {
+				t.Errorf("bot %q", j.Bot)
+			}
+		}},
+	{name: "default bot with an empty body bot", subject: sC2C,
+		head: `"v":1,"bot":"","scene":"c2c","target":"U1"`, msg: `{"msg_type":0,"content":"x"}`, kind: dispatcher.KindActive,
+		check: func(t *testing.T, j *dispatcher.Job) {
+			if j.Bot != "" {
+				t.Errorf("bot %q, want the default bot", j.Bot)
+			}
+		}},
+	{name: "default bot has no Bot", subject: sGroup,
+		head: `"v":1,"scene":"group","target":"G1"`, msg: `{"msg_type":0,"content":"x"}`, kind: dispatcher.KindActive,
+		check: func(t *testing.T, j *dispatcher.Job) {
+			if j.Bot != "" {
+				t.Errorf("bot %q, want the default bot", j.Bot)
+			}
+		}},
 }
 
 func TestDecodeValid(t *testing.T) {
@@ -248,7 +280,7 @@ var invalidCases = []invalidCase{
 		field: "target", reason: "duplicate field", outside: byDup},
 
 	// Version and field names.
-	{name: "unknown field", subject: sC2C, body: c2c(`"priority":1`, text), field: "priority", reason: "unknown field (contract v1 fields: v, id, scene"},
+	{name: "unknown field", subject: sC2C, body: c2c(`"priority":1`, text), field: "priority", reason: "unknown field (contract v1 fields: v, id, bot, scene"},
 	{name: "wrong case field", subject: sC2C, body: `{"v":1,"Scene":"c2c","target":"U1","message":` + text + `}`,
 		field: "Scene", reason: `names are case-sensitive, did you mean "scene"?`},
 	{name: "v missing", subject: sC2C, body: `{"scene":"c2c","target":"U1","message":` + text + `}`, field: "v", reason: `missing: set "v": 1`},
@@ -263,6 +295,20 @@ var invalidCases = []invalidCase{
 	{name: "subject too few tokens", subject: "qqbot.send.c2c", body: c2c("", text), field: "subject", reason: "has 1 tokens after", outside: bySubject},
 	{name: "subject empty target", subject: "qqbot.send.c2c.", body: c2c("", text), field: "subject", reason: "has an empty target", outside: bySubject},
 	{name: "subject unknown scene", subject: "qqbot.send.guild.U1", body: c2c("", text), field: "subject", reason: `unknown scene "guild" in subject`, outside: bySubject},
+	{name: "subject bot with a dot-free but bad character", subject: "qqbot.send.c2c@10:24.U1", body: c2c("", text), field: "subject", reason: `subject bot "10:24" contains ':' at byte 2`, outside: bySubject},
+	{name: "subject bot empty", subject: "qqbot.send.c2c@.U1", body: c2c("", text), field: "subject", reason: "subject bot must not be empty", outside: bySubject},
+	{name: "subject bot too long", subject: "qqbot.send.c2c@" + bot64 + "x.U1", body: c2c(`"bot":"1"`, text), field: "subject", reason: "subject bot is 65 bytes, over the 64-byte limit", outside: bySubject},
+	{name: "subject bot wildcard", subject: "qqbot.send.c2c@*.U1", body: c2c("", text), field: "subject", reason: "subject bot \"*\" contains '*'", outside: bySubject},
+	{name: "subject two bots", subject: "qqbot.send.c2c@1@2.U1", body: c2c(`"bot":"1"`, text), field: "subject", reason: "contains '@' at byte 1", outside: bySubject},
+	{name: "subject unknown scene with a bot", subject: "qqbot.send.guild@1024.U1", body: c2c(`"bot":"1024"`, text), field: "subject", reason: `unknown scene "guild" in subject`, outside: bySubject},
+	{name: "bot missing on a named-bot subject", subject: "qqbot.send.c2c@1024.U1", body: c2c("", text), field: "bot", reason: `missing: the body must repeat the subject's bot ("bot": "1024")`, outside: bySubject},
+	{name: "bot differs from the subject's", subject: "qqbot.send.c2c@1024.U1", body: c2c(`"bot":"2048"`, text), field: "bot", reason: `body bot "2048" differs from the subject's bot "1024"`, outside: bySubject},
+	{name: "bot empty on a named-bot subject", subject: "qqbot.send.c2c@1024.U1", body: c2c(`"bot":""`, text), field: "bot", reason: `body bot "" differs from the subject's bot "1024"`, outside: bySubject},
+	{name: "bot on a default-bot subject", subject: sC2C, body: c2c(`"bot":"1024"`, text), field: "bot", reason: `body bot "1024", but the subject is the default bot's`, outside: bySubject},
+	{name: "bot number", subject: "qqbot.send.c2c@1024.U1", body: c2c(`"bot":1024`, text), field: "bot", reason: "must be a string, got number"},
+	{name: "bot null", subject: sC2C, body: c2c(`"bot":null`, text), field: "bot", reason: "must be a string, got null"},
+	{name: "bot with a bad character", subject: sC2C, body: c2c(`"bot":"a.b"`, text), field: "bot", reason: `body bot "a.b", but the subject is the default bot's`},
+	{name: "Bot misspelt", subject: sC2C, body: c2c(`"Bot":"1"`, text), field: "Bot", reason: `did you mean "bot"?`},
 	{name: "subject target with a wildcard", subject: "qqbot.send.c2c.U*", body: c2c("", text), field: "subject", reason: "subject target contains '*'", outside: bySubject},
 	{name: "scene differs from subject", subject: "qqbot.send.group.U1", body: c2c("", text), field: "scene",
 		reason: `body scene "c2c" differs from the subject's scene "group"`, outside: bySubject},
@@ -442,15 +488,62 @@ func TestParseSubject(t *testing.T) {
 		{"", "qqbot.send.group.G1", dispatcher.SceneGroup, "G1"},
 		{"qqbot", "qqbot.send.dm.123", dispatcher.SceneDM, "123"},
 		{"a.b", "a.b.send.channel.9", dispatcher.SceneChannel, "9"},
+		{"", "qqbot.send.group@1024.G1", dispatcher.SceneGroup, "G1"},
 	} {
 		scene, target, err := dispatcher.ParseSubject(c.prefix, c.subject)
 		if err != nil || scene != c.scene || target != c.target {
 			t.Errorf("ParseSubject(%q, %q) = %q, %q, %v", c.prefix, c.subject, scene, target, err)
 		}
 	}
-	for _, s := range []string{"", "qqbot", "qqbot.send", "qqbot.recv.c2c.U", "qqbotx.send.c2c.U", "qqbot.send.c2c", "qqbot.send..U", "qqbot.send.C2C.U", "qqbot.send.c2c.>"} {
+	for _, s := range []string{"", "qqbot", "qqbot.send", "qqbot.recv.c2c.U", "qqbotx.send.c2c.U", "qqbot.send.c2c", "qqbot.send..U", "qqbot.send.C2C.U", "qqbot.send.c2c.>",
+		"qqbot.send.c2c@.U", "qqbot.send.c2c@*.U", "qqbot.send.@1.U", "qqbot.send.c2c@a@b.U", "qqbot.send.c2c@a b.U"} {
 		if _, _, err := dispatcher.ParseSubject("qqbot", s); !errors.Is(err, dispatcher.ErrInvalidJob) {
 			t.Errorf("ParseSubject(%q) = %v, want an invalid-job error", s, err)
+		}
+	}
+}
+
+func TestParseJobSubject(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		prefix, subject string
+		want            dispatcher.Subject
+	}{
+		{"", "qqbot.send.group.G1", dispatcher.Subject{Scene: dispatcher.SceneGroup, Target: "G1"}},
+		{"", "qqbot.send.group@1024.G1", dispatcher.Subject{Scene: dispatcher.SceneGroup, Bot: "1024", Target: "G1"}},
+		{"a.b", "a.b.send.c2c@app_1-x.U@1", dispatcher.Subject{Scene: dispatcher.SceneC2C, Bot: "app_1-x", Target: "U@1"}},
+		{"", "qqbot.send.dm@" + bot64 + ".D", dispatcher.Subject{Scene: dispatcher.SceneDM, Bot: bot64, Target: "D"}},
+	} {
+		got, err := dispatcher.ParseJobSubject(c.prefix, c.subject)
+		if err != nil || got != c.want {
+			t.Errorf("ParseJobSubject(%q, %q) = %+v, %v; want %+v", c.prefix, c.subject, got, err, c.want)
+			continue
+		}
+		if back := got.String(c.prefix); back != c.subject {
+			t.Errorf("Subject.String(%q) = %q, want %q", c.prefix, back, c.subject)
+		}
+	}
+	for _, c := range []struct {
+		scene dispatcher.Scene
+		bot   string
+		want  string
+	}{{dispatcher.SceneC2C, "", "c2c"}, {dispatcher.SceneChannel, "1024", "channel@1024"}} {
+		if got := dispatcher.SceneToken(c.scene, c.bot); got != c.want {
+			t.Errorf("SceneToken(%q, %q) = %q, want %q", c.scene, c.bot, got, c.want)
+		}
+	}
+}
+
+func TestCheckBot(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"1", "1024", bot64, "a-b_C"} {
+		if err := dispatcher.CheckBot("bot", ok); err != nil {
+			t.Errorf("CheckBot(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", bot64 + "x", "a.b", "a*", "a>", "a b", "a@b", "群", "a/b", "a=b"} {
+		if err := dispatcher.CheckBot("bot", bad); err == nil || err.Field != "bot" {
+			t.Errorf("CheckBot(%q) = %v, want an error naming bot", bad, err)
 		}
 	}
 }
@@ -468,6 +561,11 @@ func TestValidateGoBuilt(t *testing.T) {
 	ok := base()
 	if err := ok.Validate(dispatcher.DecodeOptions{}); err != nil {
 		t.Fatalf("Validate: %v", err)
+	}
+	okBot := base()
+	okBot.Bot = bot64
+	if err := okBot.Validate(dispatcher.DecodeOptions{}); err != nil {
+		t.Fatalf("Validate with a bot: %v", err)
 	}
 	okDerived := base()
 	okDerived.MsgID, okDerived.MsgSeq = "M", 3
@@ -500,6 +598,8 @@ func TestValidateGoBuilt(t *testing.T) {
 		{"on_quota", func(j *dispatcher.Job) { j.OnQuota = "retry" }, dispatcher.DecodeOptions{}, "on_quota", `unknown policy "retry"`},
 		{"id control", func(j *dispatcher.Job) { j.ID = "a\x7f" }, dispatcher.DecodeOptions{}, "id", "contains U+007F"},
 		{"id not UTF-8", func(j *dispatcher.Job) { j.ID = "a\xff" }, dispatcher.DecodeOptions{}, "id", "is not valid UTF-8"},
+		{"bot with a dot", func(j *dispatcher.Job) { j.Bot = "10.24" }, dispatcher.DecodeOptions{}, "bot", `"10.24" contains '.' at byte 2`},
+		{"bot too long", func(j *dispatcher.Job) { j.Bot = bot64 + "x" }, dispatcher.DecodeOptions{}, "bot", "over the 64-byte limit"},
 		{"encoded too large", func(j *dispatcher.Job) {}, dispatcher.DecodeOptions{MaxBodyBytes: 100}, "", "encoded job is 139 bytes, over the 100-byte cap"},
 	} {
 		j := base()

@@ -324,6 +324,16 @@ func TestDerivedIDsFitTheRules(t *testing.T) {
 	if !strings.HasPrefix(id, "reply-c2c-") || !strings.HasSuffix(id, "-3") || dispatcher.CheckID("id", id) != nil {
 		t.Errorf("derived reply id %q (%d bytes) breaks the id rules", id, len(id))
 	}
+	bot := strings.Repeat("b", dispatcher.MaxBotBytes)
+	j.Bot = bot
+	data, _ = json.Marshal(j)
+	if job, err = dispatcher.Decode("qqbot.send.c2c@"+bot+"."+target, data, dispatcher.DecodeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	id = dispatcher.JobIdentity(job, dispatcher.Envelope{Data: data})
+	if !strings.HasPrefix(id, "reply-c2c@"+bot+"-") || !strings.HasSuffix(id, "-3") || dispatcher.CheckID("id", id) != nil {
+		t.Errorf("derived reply id of a bot %q (%d bytes) breaks the id rules", id, len(id))
+	}
 	for _, id := range []string{"x", strings.Repeat("é", dispatcher.MaxJobIDBytes/2), strings.Repeat("y", dispatcher.MaxJobIDBytes)} {
 		c := dispatcher.ConflictID(id, data)
 		if err := dispatcher.CheckID("id", c); err != nil || c == id || c != dispatcher.ConflictID(id, data) {
@@ -384,6 +394,69 @@ func TestHandleIDConflict(t *testing.T) {
 	}
 	if got := r.rec.outs["order-42"]; got.Target != "ATT2" {
 		t.Errorf("the first job's outcome changed: %+v", got)
+	}
+}
+
+// botJob is a group job of bot (empty: the default bot) and its envelope.
+func botJob(bot, id, target, content string, seq uint64) dispatcher.Envelope {
+	data := groupJob(id, target, content)
+	subject := "qqbot.send.group." + target
+	if bot != "" {
+		data = append([]byte(`{"bot":`+jsonQuote(bot)+`,`), data[1:]...)
+		subject = "qqbot.send.group@" + bot + "." + target
+	}
+	return dispatcher.Envelope{Subject: subject, Data: data, Header: map[string][]string{}, Seq: seq}
+}
+
+// TestHandleIDAcrossBots: an id's binding covers the bot (the body
+// repeats it), so a producer of one bot cannot suppress another bot's job
+// by using its id with the same message: the second bot's job is another
+// job, rejected under its conflict id, never taken for a duplicate. Ids
+// the dispatcher derives include the bot, so two bots' replies to one
+// message are two jobs, both sent.
+func TestHandleIDAcrossBots(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	first, _ := r.handle(t, botJob("1024", "order-42", "G1", "same", 1))
+	if first.Status != dispatcher.StatusSent || first.JobID != "order-42" {
+		t.Fatalf("bot 1024's job: %+v", first)
+	}
+	for i, bot := range []string{"2048", ""} {
+		e := botJob(bot, "order-42", "G1", "same", uint64(2+i))
+		o, _ := r.handle(t, e)
+		cid := dispatcher.ConflictID("order-42", e.Data)
+		if o.Status != dispatcher.StatusRejected || o.JobID != cid {
+			t.Errorf("bot %q reusing bot 1024's id with the same message: %+v; want rejected under %s", bot, o, cid)
+		}
+	}
+	if n := r.send.calls["G1"]; n != 1 {
+		t.Errorf("%d calls to G1, want bot 1024's only", n)
+	}
+	// Bot 1024 again, the same job: a duplicate, not sent twice.
+	if dup, _ := r.handle(t, botJob("1024", "order-42", "G1", "same", 9)); dup.JobID != "order-42" || r.send.calls["G1"] != 1 {
+		t.Errorf("repeat of bot 1024's job: %+v, %d calls", dup, r.send.calls["G1"])
+	}
+
+	// Derived ids: the same reply (msg_id M1, msg_seq 1) from two bots.
+	now := time.Now().UTC().Format(time.RFC3339)
+	ids := map[string]bool{}
+	for i, bot := range []string{"", "1024", "2048"} {
+		j := &dispatcher.Job{V: 1, Bot: bot, Scene: dispatcher.SceneGroup, Target: "G2",
+			Message: json.RawMessage(`{"msg_type":0,"content":"hi","msg_id":"M1","msg_seq":1}`)}
+		data, _ := json.Marshal(j)
+		data = []byte(strings.Replace(string(data), `"message"`, `"received_at":"`+now+`","message"`, 1))
+		subject := "qqbot.send." + dispatcher.SceneToken(dispatcher.SceneGroup, bot) + ".G2"
+		o, _ := r.handle(t, dispatcher.Envelope{Subject: subject, Data: data, Header: map[string][]string{}, Seq: uint64(20 + i)})
+		if o.Status != dispatcher.StatusSent {
+			t.Errorf("bot %q's reply: %+v", bot, o)
+		}
+		ids[o.JobID] = true
+	}
+	if len(ids) != 3 || !ids["reply-group-G2-M1-1"] || !ids["reply-group@1024-G2-M1-1"] {
+		t.Errorf("derived ids %v; want one per bot, the default bot's unchanged", ids)
+	}
+	if n := r.send.calls["G2"]; n != 3 {
+		t.Errorf("%d calls to G2, want one per bot", n)
 	}
 }
 

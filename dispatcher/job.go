@@ -98,13 +98,16 @@ type MediaURL struct {
 }
 
 // Job is one send job (contract version 1). Producers publish it as JSON on
-// {prefix}.send.{scene}.{target}.
+// {prefix}.send.{scene}.{target} (the default bot) or
+// {prefix}.send.{scene}@{bot}.{target} (see Subject).
 type Job struct {
 	V  int    `json:"v"`
 	ID string `json:"id,omitempty"`
 	// Bot is the app id of the bot that sends the job, from the subject
 	// ({prefix}.send.{scene}@{bot}.{target}); empty for the default bot
-	// ({prefix}.send.{scene}.{target}). The body may repeat it.
+	// ({prefix}.send.{scene}.{target}). The body must repeat a named bot,
+	// as it repeats scene and target: the job's fingerprint, which binds
+	// its id, then covers the bot too.
 	Bot      string          `json:"bot,omitempty"`
 	Scene    Scene           `json:"scene"`
 	Target   string          `json:"target"`
@@ -216,8 +219,10 @@ func CheckID(field, id string) *InvalidJobError {
 func InvalidIDKey(id string) string { return "invalid-id-" + sha256Hex([]byte(id)) }
 
 // Fingerprint identifies a job's content: the SHA-256 of its body, in 64
-// lowercase hex digits. The body repeats the subject's scene and target, so
-// two jobs with one fingerprint go to the same place with the same message.
+// lowercase hex digits. The body repeats the subject's scene, target and
+// bot (Decode refuses a job whose body does not), so two jobs with one
+// fingerprint go to the same place from the same bot with the same
+// message.
 func Fingerprint(body []byte) string { return sha256Hex(body) }
 
 // conflictTag is how many hex digits of the fingerprint a conflict id
@@ -244,7 +249,9 @@ func conflictID(id, fp string) string {
 // read if the body is a JSON object with one string "id". Without an id,
 // a passive reply with msg_seq is "reply-{scene}-{target}-{anchor}-{seq}"
 // (the target and anchor replaced by 32 hex digits of their SHA-256 when
-// that is too long), any other job "seq-" and its stream sequence.
+// that is too long), where {scene} is the subject's scene token
+// (SceneToken: "group", or "group@1024" for bot 1024's jobs, so two bots'
+// replies are two jobs); any other job is "seq-" and its stream sequence.
 func IdentifyJob(j *Job, env Envelope) Identity {
 	var (
 		given  string
@@ -273,9 +280,10 @@ func IdentifyJob(j *Job, env Envelope) Identity {
 	}
 	if j != nil && j.Kind() == KindPassive && j.MsgSeq > 0 {
 		seq := strconv.Itoa(j.MsgSeq)
-		id := "reply-" + string(j.Scene) + "-" + j.Target + "-" + j.Anchor() + "-" + seq
+		scene := SceneToken(j.Scene, j.Bot)
+		id := "reply-" + scene + "-" + j.Target + "-" + j.Anchor() + "-" + seq
 		if len(id) > MaxJobIDBytes {
-			id = "reply-" + string(j.Scene) + "-" + sha256Hex([]byte(j.Target + "\n" + j.Anchor()))[:32] + "-" + seq
+			id = "reply-" + scene + "-" + sha256Hex([]byte(j.Target + "\n" + j.Anchor()))[:32] + "-" + seq
 		}
 		return Identity{ID: id, Source: IDDerived}
 	}
