@@ -28,7 +28,10 @@ const (
 	// QuotaBucketDefault is the default prefix's bucket of period quotas
 	// and fleet rate calendars (ProvisionQuotas; QuotaStore and SlotStore
 	// keep them for package ratelimit).
-	QuotaBucketDefault     = "qqdispatch_quota"
+	QuotaBucketDefault = "qqdispatch_quota"
+	// BotsBucketDefault is the default prefix's bucket of the bot registry
+	// (ProvisionBots, BotStore).
+	BotsBucketDefault      = "qqdispatch_bots"
 	PartitionsDefault      = 32
 	ReplicasDefault        = 1
 	DuplicateWindowDefault = 2 * time.Minute
@@ -86,6 +89,10 @@ type Config struct {
 	// QuotaBucket is the KV bucket of period quotas and fleet-wide rate
 	// calendars. Default "qqdispatch_quota".
 	QuotaBucket string
+	// BotsBucket is the KV bucket of the bot registry: one entry per app
+	// id, written by `qqdispatch bots` (ProvisionBots, BotStore). Default
+	// "qqdispatch_bots".
+	BotsBucket string
 	// Partitions is the number of partitions the jobs stream maps (scene,
 	// target) into; each has its own consumer. Changing it on a live stream
 	// re-maps targets, so in-flight ordering is only kept within the old or
@@ -137,6 +144,7 @@ func (c Config) WithDefaults() Config {
 	setStr(&c.LedgerBucket, "qqdispatch"+low+"_ledger")
 	setStr(&c.MembersBucket, "qqdispatch"+low+"_members")
 	setStr(&c.QuotaBucket, "qqdispatch"+low+"_quota")
+	setStr(&c.BotsBucket, "qqdispatch"+low+"_bots")
 	if c.Partitions == 0 {
 		c.Partitions = PartitionsDefault
 	}
@@ -225,7 +233,8 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := distinct("bucket", named{"OutcomeBucket", c.OutcomeBucket}, named{"LedgerBucket", c.LedgerBucket},
-		named{"MembersBucket", c.MembersBucket}, named{"QuotaBucket", c.QuotaBucket}); err != nil {
+		named{"MembersBucket", c.MembersBucket}, named{"QuotaBucket", c.QuotaBucket},
+		named{"BotsBucket", c.BotsBucket}); err != nil {
 		return err
 	}
 	if c.Partitions < 1 || c.Partitions > MaxPartitions {
@@ -675,7 +684,8 @@ func (e *PrefixConflictError) Is(target error) bool { return target == ErrPrefix
 // than the default made by a version before the names were derived has its
 // jobs in QQDISPATCH_JOBS and the other default-named resources: when that
 // stream exists and serves cfg's prefix, those names are kept, so no queued
-// job is left behind in a stream nobody reads.
+// job is left behind in a stream nobody reads. BotsBucket is derived from
+// the prefix either way: no version before the names were derived had one.
 func ResolveNames(ctx context.Context, js jetstream.JetStream, cfg Config) (Config, error) {
 	if PrefixTag(cfg.WithDefaults().Prefix) == "" || cfg.JobsStream != "" {
 		return cfg.WithDefaults(), nil
