@@ -21,9 +21,14 @@ func ProvisionBots(ctx context.Context, js jetstream.JetStream, names Config) (j
 	if err != nil {
 		return nil, err
 	}
-	kv, err := js.CreateKeyValue(ctx, botsBucketConfig(names))
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		kv, err = js.KeyValue(ctx, names.BotsBucket)
+	// Opened first, so that an operator allowed to write the bucket but
+	// not to create streams can use it once it exists.
+	kv, err := js.KeyValue(ctx, names.BotsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, botsBucketConfig(names))
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, names.BotsBucket)
+		}
 	}
 	if err != nil {
 		return nil, &ProvisionError{Resource: "bucket " + names.BotsBucket, Err: err}

@@ -85,7 +85,7 @@ func TestDocsFlagDefaults(t *testing.T) {
 	row := regexp.MustCompile("(?m)^\\| `(--[a-z-]+)` \\| `[A-Z_]+` \\| ([^|]*) \\|")
 	single := regexp.MustCompile("^`([^`]*)`$")
 	for _, sec := range []struct{ heading, cmd string }{
-		{"### NATS connection (serve, send, outcome, dlq, status)", "send"},
+		{"### NATS connection (serve, send, outcome, dlq, bots, status)", "send"},
 		{"## `serve`", "serve"}, {"## `status`", "status"}, {"## `sim`", "sim"}, {"## `demo`", "demo"},
 	} {
 		defaults := helpDefaults(t, sec.cmd)

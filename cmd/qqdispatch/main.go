@@ -1,7 +1,7 @@
 // Command qqdispatch is the queue-backed outbound message dispatcher for QQ
 // bots: one binary that runs a worker (serve), publishes jobs (send), reads
-// outcomes (outcome), administers the dead-letter queue (dlq), shows the
-// fleet (status) and runs the QQ OpenAPI simulator (sim). Run `qqdispatch
+// outcomes (outcome), administers the dead-letter queue (dlq), manages the
+// bot registry (bots), shows the fleet (status) and runs the QQ OpenAPI simulator (sim). Run `qqdispatch
 // help` for the commands and docs/cli.md for the whole reference.
 package main
 
@@ -48,6 +48,7 @@ func commands() []commandInfo {
 		{"send", "publish a job, or many from a JSON Lines file; --wait prints its outcome", cmdSend},
 		{"outcome", "print a job's outcome; --watch waits for it", cmdOutcome},
 		{"dlq", "list, show, replay and purge the dead-letter queue", cmdDLQ},
+		{"bots", "manage the bot registry: add, ls, pause, resume and rm bots", cmdBots},
 		{"status", "show the fleet: members, partition owners, backlog and lag; --watch keeps it live", cmdStatus},
 		{"sim", "run the QQ OpenAPI simulator as an HTTP server", cmdSim},
 		{"demo", "run a worker on the simulator with a broadcast and live replies, and watch it", cmdDemo},
@@ -140,7 +141,7 @@ func exitCode(err error, stderr io.Writer) int {
 // (flag, file, stream, bucket); the package names add nothing to that and
 // are left out of what the user reads.
 func internalPackages() []string {
-	return []string{"queue", "ratelimit", "dispatcher", "qqapi", "qqsim", "qqsend", "worker", "sched", "telemetry", "producer", "natsserver"}
+	return []string{"queue", "ratelimit", "dispatcher", "qqapi", "qqsim", "qqsend", "worker", "sched", "telemetry", "producer", "natsserver", "registry", "botstore"}
 }
 
 // userText is err as one line for the user: without the package names

@@ -140,7 +140,7 @@ func oneErrorLine(t *testing.T, r result, code int, wants ...string) {
 // packagePrefix finds a message, or a wrapped part of one, that starts
 // with one of this module's package names ("qqdispatch: queue: ...",
 // "...: ratelimit: read policy"); "held by the worker: waiting" is prose.
-var packagePrefix = regexp.MustCompile(`(: |; |\()(queue|ratelimit|dispatcher|qqapi|qqsim|qqsend|worker|sched|telemetry|producer|natsserver): `)
+var packagePrefix = regexp.MustCompile(`(: |; |\()(queue|ratelimit|dispatcher|qqapi|qqsim|qqsend|worker|sched|telemetry|producer|natsserver|registry|botstore): `)
 
 func TestHelp(t *testing.T) {
 	t.Parallel()
@@ -148,7 +148,7 @@ func TestHelp(t *testing.T) {
 		args []string
 		want []string // in stdout
 	}{
-		{[]string{"help"}, []string{"serve", "send", "outcome", "dlq", "sim", "version"}},
+		{[]string{"help"}, []string{"serve", "send", "outcome", "dlq", "bots", "sim", "version"}},
 		{[]string{"--help"}, []string{"Usage: qqdispatch <command>"}},
 		{[]string{"serve", "--help"}, []string{"Usage: qqdispatch serve", "env NATS_URL", "env QQ_APP_ID", "QQ_APP_SECRET", "env QQDISPATCH_POLICY", "--no-rules", "--ready-file", "env QQDISPATCH_HTTP_LISTEN", "NATS_PASSWORD"}},
 		{[]string{"help", "serve"}, []string{"Usage: qqdispatch serve"}},
@@ -159,6 +159,12 @@ func TestHelp(t *testing.T) {
 		{[]string{"dlq", "show", "--help"}, []string{"Usage: qqdispatch dlq show SEQ"}},
 		{[]string{"dlq", "replay", "--help"}, []string{"Usage: qqdispatch dlq replay", "--all"}},
 		{[]string{"dlq", "purge", "--help"}, []string{"Usage: qqdispatch dlq purge", "--yes"}},
+		{[]string{"bots", "--help"}, []string{"Usage: qqdispatch bots", "pause", "the secret itself is never"}},
+		{[]string{"bots", "add", "--help"}, []string{"Usage: qqdispatch bots add", "env QQDISPATCH_BOTS_SECRET_ENV", "--replace", "NATS_PASSWORD"}},
+		{[]string{"bots", "ls", "--help"}, []string{"Usage: qqdispatch bots ls", "env QQDISPATCH_BOTS_JSON"}},
+		{[]string{"bots", "pause", "--help"}, []string{"Usage: qqdispatch bots pause ID"}},
+		{[]string{"bots", "resume", "--help"}, []string{"Usage: qqdispatch bots resume ID"}},
+		{[]string{"bots", "rm", "--help"}, []string{"Usage: qqdispatch bots rm ID"}},
 		{[]string{"sim", "--help"}, []string{"Usage: qqdispatch sim", "env QQSIM_LISTEN", "QQSIM_APP_SECRET"}},
 		{[]string{"version", "--help"}, []string{"Usage: qqdispatch version"}},
 	}
@@ -419,7 +425,7 @@ func TestDocsListEveryFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range [][]string{{"serve"}, {"send"}, {"outcome"}, {"dlq", "ls"}, {"dlq", "show"}, {"dlq", "replay"}, {"dlq", "purge"}, {"status"}, {"sim"}, {"demo"}} {
+	for _, cmd := range [][]string{{"serve"}, {"send"}, {"outcome"}, {"dlq", "ls"}, {"dlq", "show"}, {"dlq", "replay"}, {"dlq", "purge"}, {"bots", "add"}, {"bots", "ls"}, {"bots", "pause"}, {"bots", "resume"}, {"bots", "rm"}, {"status"}, {"sim"}, {"demo"}} {
 		r := runCLI(t, nil, append(cmd, "--help")...)
 		for _, line := range strings.Split(r.stdout, "\n") {
 			f := strings.Fields(line)
