@@ -216,7 +216,7 @@ func newRig(t testing.TB) *rig {
 	r := &rig{ledger: newMemLedger(), rec: newMemRecorder(), send: &countSender{}, logs: &bytes.Buffer{}}
 	log := zerolog.New(&lockedWriter{w: r.logs})
 	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{
-		Sender: r.send, Ledger: r.ledger, Recorder: r.rec, Clock: fastClock{}, Logger: &log,
+		Sender: r.send, Bots: everyBot{r.send}, Ledger: r.ledger, Recorder: r.rec, Clock: fastClock{}, Logger: &log,
 		RecordTimeout: time.Second,
 	})
 	if err != nil {
@@ -225,6 +225,12 @@ func newRig(t testing.TB) *rig {
 	r.p = p
 	return r
 }
+
+// everyBot is a dispatcher.Bots that knows every bot: all send through
+// one Sender.
+type everyBot struct{ s dispatcher.Sender }
+
+func (b everyBot) Sender(string) (dispatcher.Sender, error) { return b.s, nil }
 
 type lockedWriter struct {
 	mu sync.Mutex
@@ -397,8 +403,8 @@ func TestHandleIDConflict(t *testing.T) {
 	}
 }
 
-// botJob is a group job of bot (empty: the default bot) and its envelope.
-func botJob(bot, id, target, content string, seq uint64) dispatcher.Envelope {
+// namedBotJob is a group job of bot (empty: the default bot) and its envelope.
+func namedBotJob(bot, id, target, content string, seq uint64) dispatcher.Envelope {
 	data := groupJob(id, target, content)
 	subject := "qqbot.send.group." + target
 	if bot != "" {
@@ -417,12 +423,12 @@ func botJob(bot, id, target, content string, seq uint64) dispatcher.Envelope {
 func TestHandleIDAcrossBots(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
-	first, _ := r.handle(t, botJob("1024", "order-42", "G1", "same", 1))
+	first, _ := r.handle(t, namedBotJob("1024", "order-42", "G1", "same", 1))
 	if first.Status != dispatcher.StatusSent || first.JobID != "order-42" {
 		t.Fatalf("bot 1024's job: %+v", first)
 	}
 	for i, bot := range []string{"2048", ""} {
-		e := botJob(bot, "order-42", "G1", "same", uint64(2+i))
+		e := namedBotJob(bot, "order-42", "G1", "same", uint64(2+i))
 		o, _ := r.handle(t, e)
 		cid := dispatcher.ConflictID("order-42", e.Data)
 		if o.Status != dispatcher.StatusRejected || o.JobID != cid {
@@ -433,7 +439,7 @@ func TestHandleIDAcrossBots(t *testing.T) {
 		t.Errorf("%d calls to G1, want bot 1024's only", n)
 	}
 	// Bot 1024 again, the same job: a duplicate, not sent twice.
-	if dup, _ := r.handle(t, botJob("1024", "order-42", "G1", "same", 9)); dup.JobID != "order-42" || r.send.calls["G1"] != 1 {
+	if dup, _ := r.handle(t, namedBotJob("1024", "order-42", "G1", "same", 9)); dup.JobID != "order-42" || r.send.calls["G1"] != 1 {
 		t.Errorf("repeat of bot 1024's job: %+v, %d calls", dup, r.send.calls["G1"])
 	}
 
