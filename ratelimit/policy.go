@@ -318,12 +318,19 @@ func LoadPolicy(path string) (Policy, error) {
 // document whose top level says `extends: none` starts from an empty policy
 // instead (only zone, headroom, cooldown and pacing keep their defaults). Errors are
 // *PolicyError values (joined when there are several) naming the key path.
-func ParsePolicy(b []byte) (Policy, error) {
+func ParsePolicy(b []byte) (Policy, error) { return MergePolicy(DefaultPolicy(), b) }
+
+// MergePolicy reads a policy document merged over base instead of the
+// shipped policy, as ParsePolicy does over DefaultPolicy: a bot's own
+// rules over the policy of the worker that serves it. `extends:
+// defaults` means base; `extends: none` starts from the empty policy.
+// base is not changed.
+func MergePolicy(base Policy, b []byte) (Policy, error) {
 	var head struct {
 		Extends string `yaml:"extends"`
 	}
 	_ = yaml.Unmarshal(b, &head) // syntax errors are reported by parsePolicy
-	base := DefaultPolicy()
+	base = base.Clone()
 	switch head.Extends {
 	case "", "defaults":
 	case "none":

@@ -328,3 +328,44 @@ func TestRateEveryNeverExceedsTheWindow(t *testing.T) {
 	}
 	_ = dispatcher.KindActive
 }
+
+// MergePolicy lays a bot's document over a worker's policy: what the
+// document writes replaces the base's value, the base's own changes stay,
+// and the base itself is left as it was.
+func TestMergePolicy(t *testing.T) {
+	t.Parallel()
+	base, err := ParsePolicy([]byte("scenes: {group: {active: {rate: {per_bot: {limit: 40, per: 1m}}}}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name             string
+		doc              string
+		groupBot, c2cBot int // per_bot limits after the merge
+		c2cAllowed       bool
+		err              bool
+	}{
+		{"empty", "", 40, 10, false, false},
+		{"uncertified c2c, actives allowed", "scenes: {c2c: {active: {allowed: true, rate: {per_bot: {limit: 5, per: 1s}}}}}", 40, 5, true, false},
+		{"lower group rate", "scenes: {group: {active: {rate: {per_bot: {limit: 30, per: 1m}}}}}", 30, 10, false, false},
+		{"invalid", "scenes: {group: {active: {rate: {per_bot: {limit: -1, per: 1m}}}}}", 0, 0, false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := MergePolicy(base, []byte(c.doc))
+			if (err != nil) != c.err {
+				t.Fatalf("MergePolicy: %v, want error %v", err, c.err)
+			}
+			if c.err {
+				return
+			}
+			s := &p.Scenes
+			if s.Group.Active.Rate.PerBot.Limit != c.groupBot || s.C2C.Active.Rate.PerBot.Limit != c.c2cBot || s.C2C.Active.IsAllowed() != c.c2cAllowed {
+				t.Fatalf("group per_bot %d, c2c per_bot %d, c2c allowed %v; want %d, %d, %v", s.Group.Active.Rate.PerBot.Limit,
+					s.C2C.Active.Rate.PerBot.Limit, s.C2C.Active.IsAllowed(), c.groupBot, c.c2cBot, c.c2cAllowed)
+			}
+		})
+	}
+	if base.Scenes.C2C.Active.Rate.PerBot.Limit != 10 || base.Scenes.Group.Active.Rate.PerBot.Limit != 40 || base.Scenes.C2C.Active.IsAllowed() {
+		t.Fatal("MergePolicy changed its base")
+	}
+}
