@@ -290,7 +290,7 @@ func (c *Consumer) itemOf(env dispatcher.Envelope, job *dispatcher.Job, err erro
 		it.Invalid = true
 		return it
 	}
-	it.Scene, it.Target, it.Kind = job.Scene, job.Target, job.Kind()
+	it.Scene, it.Target, it.Kind, it.Bot = job.Scene, job.Target, job.Kind(), job.Bot
 	if job.NotAfter != nil {
 		it.Deadline = *job.NotAfter
 	}

@@ -100,8 +100,12 @@ type Item struct {
 	Scene     dispatcher.Scene
 	Target    string
 	Kind      dispatcher.Kind
-	Deadline  time.Time // end of the reply window or not_after; zero: none
-	JobID     string
+	// Bot is the job's bot ("" the default bot): each bot has lanes of its
+	// own, so one bot's waiting jobs (paused, refused credentials) never
+	// hold another bot's jobs to the same target.
+	Bot      string
+	Deadline time.Time // end of the reply window or not_after; zero: none
+	JobID    string
 	// Invalid marks a job that fails the contract: it runs at once, in no
 	// lane, to end with its outcome.
 	Invalid bool
@@ -183,6 +187,7 @@ type Scheduler struct {
 }
 
 type laneKey struct {
+	bot    string
 	scene  dispatcher.Scene
 	target string
 	kind   dispatcher.Kind
@@ -330,7 +335,7 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		s.held++
 		return Decision{Action: Hold}
 	}
-	key := laneKey{it.Scene, it.Target, it.Kind}
+	key := laneKey{it.Bot, it.Scene, it.Target, it.Kind}
 	l := s.lanes[key]
 	if l == nil {
 		l = newLane(key, it.Partition, s.group(groupKey{it.Scene, it.Kind}))
@@ -435,7 +440,9 @@ func (s *Scheduler) estimate(l *lane, it *Item, pos int, now int64) (int64, stri
 
 // forecast asks the rules when l's target may make its next call.
 func (s *Scheduler) forecast(l *lane, now int64) (int64, string) {
-	if s.cfg.Rules == nil {
+	if s.cfg.Rules == nil || l.key.bot != "" {
+		// Rules are the default bot's; another bot's own limiter holds
+		// its calls (the pipeline pauses for it).
 		return now, ""
 	}
 	d, rule := s.cfg.Rules.Forecast(l.key.scene, l.key.target, l.key.kind)

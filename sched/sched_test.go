@@ -54,7 +54,7 @@ func (r *fakeRules) Forecast(sc dispatcher.Scene, target string, k dispatcher.Ki
 		return c.Sub(now), "cooldown.target"
 	}
 	p := r.paces[groupKey{sc, k}]
-	if last, ok := r.last[laneKey{sc, target, k}]; ok && p.TargetInterval > 0 {
+	if last, ok := r.last[laneKey{scene: sc, target: target, kind: k}]; ok && p.TargetInterval > 0 {
 		if at := last.Add(p.TargetInterval); at.After(now) {
 			return at.Sub(now), p.TargetRule
 		}
@@ -63,7 +63,7 @@ func (r *fakeRules) Forecast(sc dispatcher.Scene, target string, k dispatcher.Ki
 }
 
 func (r *fakeRules) called(it *Item, at time.Time) {
-	r.last[laneKey{it.Scene, it.Target, it.Kind}] = at
+	r.last[laneKey{it.Bot, it.Scene, it.Target, it.Kind}] = at
 }
 
 func newSched(t *testing.T, cfg Config) *Scheduler {
@@ -451,5 +451,25 @@ func TestGates(t *testing.T) {
 	st, _ = s.Next(t0)
 	if len(st) < 10 || len(st) > 12 {
 		t.Errorf("started %d of 100 ready replies, want the 11 their endpoint serves within Lead", len(st))
+	}
+}
+
+// Each bot has lanes of its own: a job of one bot to a target does not
+// wait behind another bot's running job to the same target.
+func TestLanesPerBot(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8})
+	var j jobs
+	a := j.item(c2c, "u1", passive)
+	a.Bot = "A"
+	def := j.item(c2c, "u1", passive)
+	b := j.item(c2c, "u1", passive)
+	b.Bot = "B"
+	for _, it := range []*Item{a, def, b} {
+		s.Add(it, t0)
+	}
+	st, _ := s.Next(t0)
+	if got := ids(st); len(got) != 3 {
+		t.Fatalf("started %v, want all three jobs at once (one lane per bot)", got)
 	}
 }
