@@ -565,6 +565,27 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 	}
 }
 
+// refreshBot asks Bots again for the job's bot's Sender and gate after a
+// configuration pause: the bot's registry entry may have been mended (a
+// new secret), which gives it a new Sender and an open gate. A bot that
+// cannot send now stops the job with its *BotError (see stopped).
+func (r *run) refreshBot() error {
+	bot := r.job.Bot
+	if bot == "" || r.p.cfg.Bots == nil {
+		return nil
+	}
+	s, err := r.p.cfg.Bots.Sender(bot)
+	if err != nil {
+		var be *BotError
+		if !errors.As(err, &be) {
+			err = &BotError{Bot: bot, Err: err}
+		}
+		return err
+	}
+	r.sender, r.gate = s, r.p.gateFor(bot)
+	return nil
+}
+
 // gateFor is bot's configuration gate ("" is the default bot's).
 func (p *Processor) gateFor(bot string) *pauseGate {
 	if g, ok := p.gates.Load(bot); ok {
@@ -1109,6 +1130,9 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 				return Outcome{}, err
 			}
 			horizon = horizon.Add(p.cfg.Clock.Now().Sub(gateAt))
+			if err := r.refreshBot(); err != nil {
+				return Outcome{}, err
+			}
 			continue
 		} else if pr {
 			probe = true

@@ -35,6 +35,12 @@ type Config struct {
 	// Rules enforce the platform's rules before each call; nil enforces
 	// none (tests of the pipeline alone).
 	Rules *RulesConfig
+	// Bots, when set, are the registered bots the worker sends for besides
+	// the default bot (Sender): a job naming a bot in its subject goes
+	// through that bot's own client and limiter, built at its first job
+	// (see BotsConfig). Optional: without it such jobs end rejected after
+	// Pipeline.BotGrace.
+	Bots *BotsConfig
 	// Pipeline tunes the per-job pipeline; its Sender, Ledger, Recorder,
 	// Scheduler, Limiter and Logger are filled in by the worker.
 	Pipeline dispatcher.ProcessorConfig
@@ -63,7 +69,8 @@ type Config struct {
 type RulesConfig struct {
 	// Policy holds the rules. Default ratelimit.DefaultPolicy().
 	Policy *ratelimit.Policy
-	// BotID names the bot in shared quota keys. Default "bot".
+	// BotID names the default bot in shared quota keys. Default "bot".
+	// A registered bot's limiter uses its app id.
 	BotID string
 	// QuotaBucket is the KV bucket of period quotas and fleet rate
 	// calendars. Default: Names.QuotaBucket (derived from the prefix).
@@ -80,8 +87,11 @@ type Worker struct {
 	proc *dispatcher.Processor
 	cons *queue.Consumer
 	lim  *ratelimit.Limiter
-	mem  *queue.Membership
-	peer *nats.Subscription
+	bots *botRuntime // nil without Config.Bots
+	// stopBots ends the bots' registry follower and waits for it.
+	stopBots context.CancelFunc
+	mem      *queue.Membership
+	peer     *nats.Subscription
 	// mover puts fired deferred jobs back on the jobs stream; sweep ends
 	// the jobs stream's messages no partition consumer can be given.
 	mover *queue.Mover
@@ -180,6 +190,13 @@ func (w *Worker) Start(ctx context.Context) error {
 		pc.Owner = w.cfg.WorkerID
 	}
 	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler = w.cfg.Sender, ledger, rec, sched
+	var bots *botRuntime
+	if w.cfg.Bots != nil {
+		if bots, err = newBotRuntime(*w.cfg.Bots, w.log); err != nil {
+			return err
+		}
+		pc.Bots = bots
+	}
 	kc := queue.KeeperConfig{Names: names, Every: w.cfg.KeepEvery, Logger: &w.log}
 	if rc := w.cfg.Rules; rc != nil {
 		qc := queue.QuotaBucketConfig{Bucket: rc.QuotaBucket, Replicas: names.Replicas}
@@ -214,6 +231,27 @@ func (w *Worker) Start(ctx context.Context) error {
 		w.lim = lim
 		w.mu.Unlock()
 		pc.Limiter = lim
+		if bots != nil {
+			// Each registered bot has a limiter of its own: its policy
+			// over the worker's, its app id in the fleet's buckets and
+			// quota keys.
+			bots.policy = rc.Policy
+			if bots.policy == nil {
+				p := ratelimit.DefaultPolicy()
+				bots.policy = &p
+			}
+			bots.newLimiter = func(botID string, p *ratelimit.Policy) (*ratelimit.Limiter, error) {
+				l, err := ratelimit.New(ratelimit.Config{Policy: p, Quotas: queue.NewQuotaStore(kv), BotID: botID, Clock: rc.Clock,
+					SharedBuckets: fleet.Bucket, Logger: &w.log})
+				if err != nil {
+					return nil, err
+				}
+				sctx, cancel := context.WithTimeout(context.Background(), dispatcher.StoreTimeout)
+				defer cancel()
+				return l, l.Start(sctx)
+			}
+			pc.Limiter = &botLimiter{def: lim, bots: bots}
+		}
 	}
 	pc.Decode.Prefix = names.Prefix
 	if pc.Logger == nil {
@@ -227,6 +265,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Lock()
 	w.proc = proc
 	w.mu.Unlock()
+	if bots != nil {
+		bots.forget = proc.ForgetBot
+	}
 	cc := w.cfg.Consumer
 	cc.Names, cc.Handler = names, w.proc
 	cc.Decode = pc.Decode
@@ -307,6 +348,18 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.keep.Start(ctx); err != nil {
 		return err
 	}
+	if bots != nil {
+		// Drop the runtime of bots whose registry entry changes or goes.
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		w.mu.Lock()
+		w.bots, w.stopBots = bots, func() { cancel(); <-done }
+		w.mu.Unlock()
+		go func() {
+			defer close(done)
+			bots.follow(fctx)
+		}()
+	}
 	w.log.Info().Ints("partitions", w.cons.Partitions()).Str("worker_id", w.proc.Owner()).Msg("worker started")
 	return nil
 }
@@ -342,6 +395,10 @@ func (w *Worker) Stop(ctx context.Context) error {
 	if w.lim != nil {
 		err = errors.Join(err, w.lim.Stop(ctx))
 	}
+	if w.bots != nil {
+		w.stopBots()
+		err = errors.Join(err, w.bots.close(ctx))
+	}
 	w.log.Info().Dur("took", time.Since(start)).AnErr("error", err).Msg("worker stopped")
 	return err
 }
@@ -364,6 +421,19 @@ func (w *Worker) Trouble() error {
 		errs = append(errs, mem.Trouble())
 	}
 	return errors.Join(errs...)
+}
+
+// ConfigPaused lists the bots whose calls wait because the platform
+// refuses their configuration (credentials), by bot ("" is the default
+// bot); the other bots keep sending.
+func (w *Worker) ConfigPaused() []dispatcher.BotPause {
+	w.mu.Lock()
+	proc := w.proc
+	w.mu.Unlock()
+	if proc == nil {
+		return nil
+	}
+	return proc.ConfigPaused()
 }
 
 // Summary is what the worker's scheduler holds, runs and parks, and why.

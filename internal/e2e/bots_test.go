@@ -1,0 +1,303 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/qqsend"
+	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/internal/worker"
+	"github.com/qqdispatch/qqdispatch/qqapi"
+	"github.com/qqdispatch/qqdispatch/ratelimit"
+)
+
+// Many bots through one worker (issue 11, items 2 and 4): each registered
+// bot sends with its own token and limiter, pauses alone, waits while
+// paused, and an unknown bot's job ends rejected after the grace.
+
+// memBotSource is a worker.BotSource in memory, as the registry would be.
+type memBotSource struct {
+	mu      sync.Mutex
+	bots    map[string]worker.Bot
+	changed chan struct{}
+}
+
+func newMemBotSource(bots ...worker.Bot) *memBotSource {
+	s := &memBotSource{bots: map[string]worker.Bot{}, changed: make(chan struct{})}
+	for _, b := range bots {
+		s.bots[b.AppID] = b
+	}
+	return s
+}
+
+func (s *memBotSource) Bot(appID string) (worker.Bot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.bots[appID]
+	return b, ok
+}
+
+func (s *memBotSource) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+func (s *memBotSource) set(b worker.Bot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bots[b.AppID] = b
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// botBed is a Bed whose simulator knows bots A and B (secrets secretA and
+// secretB) besides the default one, and a worker configuration that
+// serves the bots of src with the platform's rules.
+type botBed struct {
+	*testbed.Bed
+	src *memBotSource
+	env map[string]string
+	cfg worker.Config
+}
+
+func newBotBed(t *testing.T, src *memBotSource) *botBed {
+	t.Helper()
+	policy := ratelimit.DefaultPolicy()
+	b := &botBed{Bed: testbed.New(t, testbed.Options{Rules: testbed.SimRules(policy)}), src: src,
+		env: map[string]string{"BOT_A_SECRET": "secretA"}}
+	for _, id := range []string{"A", "B"} {
+		if err := b.Sim.AddBot(id, "secret"+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.cfg = b.WorkerConfig()
+	b.cfg.Rules = &worker.RulesConfig{Policy: &policy, BotID: testbed.AppID}
+	b.cfg.Pipeline.ConfigPause = 50 * time.Millisecond
+	b.cfg.Pipeline.ConfigPauseMax = 200 * time.Millisecond
+	b.cfg.Pipeline.BotRecheck = 50 * time.Millisecond
+	b.cfg.Bots = &worker.BotsConfig{
+		Source: src,
+		Getenv: func(k string) string { return b.env[k] },
+		Connect: func(appID, secret string) (dispatcher.Sender, error) {
+			c, err := qqapi.New(qqapi.Config{AppID: appID, AppSecret: secret, BaseURL: b.SimURL, TokenURL: b.SimURL + "/app/getAppAccessToken"})
+			if err != nil {
+				return nil, err
+			}
+			return qqsend.New(c), nil
+		},
+	}
+	return b
+}
+
+// secretFile writes secret to a file of its own and returns its path.
+func secretFile(t *testing.T, secret string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// publishFor publishes an active group job of bot ("" the default bot) on
+// the bot's subject, content naming the bot, and returns its id.
+func (b *botBed) publishFor(t *testing.T, bot, id, target string) string {
+	t.Helper()
+	job := testbed.Job(id, dispatcher.SceneGroup, target, "from "+bot+" "+id, "", time.Time{})
+	if bot == "" {
+		return b.Publish(job)[0]
+	}
+	job.Bot = bot
+	data, err := json.Marshal(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := b.Names.Prefix + ".send." + string(job.Scene) + "@" + bot + "." + target
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.JS.Publish(ctx, subject, data, jetstream.WithMsgID(id)); err != nil {
+		t.Fatalf("publish %s: %v", id, err)
+	}
+	return id
+}
+
+// sentBy counts the simulator's accepted messages per app id, checking
+// each went out with the token of the bot its content names.
+func (b *botBed) sentBy(t *testing.T) map[string]int {
+	t.Helper()
+	n := map[string]int{}
+	for _, m := range b.Sim.Accepted() {
+		n[m.AppID]++
+		var body struct {
+			Content string `json:"content"`
+		}
+		_ = json.Unmarshal(m.Body, &body)
+		bot, _, _ := strings.Cut(strings.TrimPrefix(body.Content, "from "), " ")
+		if want := map[string]string{"": testbed.AppID}[bot]; want == "" && bot != m.AppID || want != "" && want != m.AppID {
+			t.Errorf("message %q went out as bot %s", body.Content, m.AppID)
+		}
+	}
+	return n
+}
+
+// dlqEmpty fails the test if the DLQ holds an entry.
+func dlqEmpty(t *testing.T, w *worker.Worker) {
+	t.Helper()
+	if n, err := w.DLQMessages(context.Background()); err != nil || n != 0 {
+		t.Fatalf("DLQ holds %d entries (%v), want none", n, err)
+	}
+}
+
+// waitingFor reports whether the worker holds or parks jobs waiting for
+// rule.
+func waitingFor(w *worker.Worker, rule string) bool {
+	for _, wt := range w.Summary().Waiting {
+		if wt.Rule == rule && wt.Held+wt.Parked > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Two bots and the default one through one worker: every job is sent by
+// its own bot (the simulator attributes each message to the token it came
+// with), a secret read from an environment variable or from a file, and no
+// rule of any bot is broken.
+func TestBotsSendWithTheirOwnTokens(t *testing.T) {
+	t.Parallel()
+	src := newMemBotSource(worker.Bot{AppID: "A", SecretEnv: "BOT_A_SECRET"}, worker.Bot{AppID: "B", SecretFile: secretFile(t, "secretB")})
+	b := newBotBed(t, src)
+	b.StartWorker(b.cfg)
+	var ids []string
+	for i := range 3 {
+		for _, bot := range []string{"", "A", "B"} {
+			ids = append(ids, b.publishFor(t, bot, fmt.Sprintf("own-%s-%d", bot, i), fmt.Sprintf("g%d", i)))
+		}
+	}
+	allSent(t, b.Outcomes(ids, time.Minute))
+	got := b.sentBy(t)
+	if got[testbed.AppID] != 3 || got["A"] != 3 || got["B"] != 3 {
+		t.Fatalf("messages per bot %v, want 3 each from %s, A and B", got, testbed.AppID)
+	}
+	for _, r := range b.Sim.Bots() {
+		if r.Violations != 0 {
+			t.Errorf("bot %s broke %d rules: %v", r.AppID, r.Violations, r.Rejections)
+		}
+	}
+}
+
+// A bot whose secret the platform refuses pauses alone: the other bot and
+// the default bot keep sending, the paused bot's jobs wait (no outcome,
+// nothing on the DLQ) and readiness can name it; once its registry entry
+// is mended (a new secret source), its jobs are sent.
+func TestBotWithBadSecretPausesAlone(t *testing.T) {
+	t.Parallel()
+	src := newMemBotSource(worker.Bot{AppID: "A", SecretEnv: "BOT_A_WRONG"}, worker.Bot{AppID: "B", SecretFile: secretFile(t, "secretB")})
+	b := newBotBed(t, src)
+	b.env["BOT_A_WRONG"] = "not-the-secret"
+	w := b.StartWorker(b.cfg)
+	var aIDs, others []string
+	for i := range 2 {
+		aIDs = append(aIDs, b.publishFor(t, "A", fmt.Sprintf("bad-A-%d", i), fmt.Sprintf("g%d", i)))
+		others = append(others, b.publishFor(t, "B", fmt.Sprintf("bad-B-%d", i), fmt.Sprintf("g%d", i)),
+			b.publishFor(t, "", fmt.Sprintf("bad-def-%d", i), fmt.Sprintf("g%d", i)))
+	}
+	allSent(t, b.Outcomes(others, time.Minute))
+	waitFor(t, "bot A to pause", 30*time.Second, func() bool {
+		p := w.ConfigPaused()
+		return len(p) == 1 && p[0].Bot == "A"
+	})
+	for _, id := range aIDs {
+		if _, ok, err := b.Rec.Lookup(context.Background(), id); err != nil || ok {
+			t.Fatalf("bot A's job %s has an outcome (%v) while its secret is refused", id, err)
+		}
+	}
+	dlqEmpty(t, w)
+	if n := b.sentBy(t)["A"]; n != 0 {
+		t.Fatalf("bot A sent %d messages with a refused secret", n)
+	}
+
+	src.set(worker.Bot{AppID: "A", SecretFile: secretFile(t, "secretA")})
+	allSent(t, b.Outcomes(aIDs, time.Minute))
+	if got := b.sentBy(t); got["A"] != 2 {
+		t.Fatalf("messages per bot %v, want 2 from A after its secret was mended", got)
+	}
+	if p := w.ConfigPaused(); len(p) != 0 {
+		t.Fatalf("paused bots %v after A was mended, want none", p)
+	}
+	dlqEmpty(t, w)
+}
+
+// A paused bot's jobs wait (rule bot.paused), never reach the DLQ, and are
+// sent once the bot resumes; the other bot is not held up meanwhile.
+func TestPausedBotJobsWaitAndGoAfterResume(t *testing.T) {
+	t.Parallel()
+	src := newMemBotSource(worker.Bot{AppID: "A", SecretEnv: "BOT_A_SECRET", Paused: true}, worker.Bot{AppID: "B", SecretFile: secretFile(t, "secretB")})
+	b := newBotBed(t, src)
+	w := b.StartWorker(b.cfg)
+	aIDs := []string{b.publishFor(t, "A", "paused-A-0", "g0"), b.publishFor(t, "A", "paused-A-1", "g1")}
+	allSent(t, b.Outcomes([]string{b.publishFor(t, "B", "paused-B-0", "g0")}, time.Minute))
+	waitFor(t, "bot A's jobs to wait for bot.paused", 30*time.Second, func() bool { return waitingFor(w, dispatcher.RuleBotPaused) })
+	for _, id := range aIDs {
+		if _, ok, err := b.Rec.Lookup(context.Background(), id); err != nil || ok {
+			t.Fatalf("paused bot A's job %s has an outcome (%v)", id, err)
+		}
+	}
+	dlqEmpty(t, w)
+
+	src.set(worker.Bot{AppID: "A", SecretEnv: "BOT_A_SECRET"})
+	allSent(t, b.Outcomes(aIDs, time.Minute))
+	if got := b.sentBy(t); got["A"] != 2 || got["B"] != 1 {
+		t.Fatalf("messages per bot %v, want 2 from A, 1 from B", got)
+	}
+	dlqEmpty(t, w)
+}
+
+// A job for a bot nobody registered ends rejected once the grace is over,
+// its reason naming the bot; a bot registered while its first job waits
+// (within the grace) gets it sent.
+func TestUnknownBotGraceEndToEnd(t *testing.T) {
+	t.Parallel()
+	t.Run("rejected after the grace", func(t *testing.T) {
+		t.Parallel()
+		b := newBotBed(t, newMemBotSource())
+		b.cfg.Pipeline.BotGrace = 300 * time.Millisecond
+		b.StartWorker(b.cfg)
+		id := b.publishFor(t, "nobody", "unknown-0", "g0")
+		o := b.Outcomes([]string{id}, time.Minute)[id]
+		if o.Status != dispatcher.StatusRejected || !strings.Contains(o.Reason, `bot "nobody" is not registered`) {
+			t.Fatalf("outcome %s (%s), want rejected naming bot nobody", o.Status, o.Reason)
+		}
+		if n := b.Sim.Stats().Calls; n != 0 {
+			t.Fatalf("%d calls reached the platform for an unknown bot", n)
+		}
+	})
+	t.Run("added while running", func(t *testing.T) {
+		t.Parallel()
+		src := newMemBotSource()
+		b := newBotBed(t, src)
+		w := b.StartWorker(b.cfg)
+		if err := b.Sim.AddBot("C", "secretC"); err != nil {
+			t.Fatal(err)
+		}
+		id := b.publishFor(t, "C", "added-0", "g0")
+		waitFor(t, "the job to wait for its bot", 30*time.Second, func() bool { return waitingFor(w, dispatcher.RuleBotUnknown) })
+		src.set(worker.Bot{AppID: "C", SecretFile: secretFile(t, "secretC")})
+		allSent(t, b.Outcomes([]string{id}, time.Minute))
+		if got := b.sentBy(t); got["C"] != 1 {
+			t.Fatalf("messages per bot %v, want 1 from C", got)
+		}
+		dlqEmpty(t, w)
+	})
+}

@@ -1,0 +1,363 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/ratelimit"
+)
+
+// Bot is one registered bot as the worker serves it: the fields of a
+// registry entry (registry.Bot) the worker needs.
+type Bot struct {
+	AppID string
+	// SecretFile or SecretEnv says where the worker reads the bot's app
+	// secret: a file on this machine, or an environment variable of this
+	// process. The secret is never logged.
+	SecretFile, SecretEnv string
+	// Policy, when not empty, is a policy document laid over the worker's
+	// policy (ratelimit.MergePolicy): the bot's own rules.
+	Policy string
+	// Paused bots' jobs wait.
+	Paused bool
+}
+
+// BotSource is the registry the worker serves bots from
+// (registry.Registry, adapted by the binary).
+type BotSource interface {
+	// Bot returns the registered bot appID, paused or not.
+	Bot(appID string) (Bot, bool)
+	// Changed returns a channel closed at the next change of the
+	// registry (take it before reading).
+	Changed() <-chan struct{}
+}
+
+// BotsConfig configures the bots a worker sends for besides its default
+// bot (Config.Sender): the ones its BotSource registers.
+type BotsConfig struct {
+	// Source lists the bots. Required.
+	Source BotSource
+	// Connect builds a bot's Sender from its app id and secret (the
+	// binary: a QQ API client with its own token source; with the
+	// in-process simulator it also registers the bot there). Required.
+	Connect func(appID, secret string) (dispatcher.Sender, error)
+	// Getenv reads the environment variable a bot's SecretEnv names.
+	// Default os.Getenv.
+	Getenv func(string) string
+	// DefaultAppID is the default bot's app id, if it has one: a job that
+	// names it is the default bot's. Optional.
+	DefaultAppID string
+}
+
+// botRuntime is what the worker keeps per registered bot: its Sender and
+// its limiter, built at the bot's first job, dropped when its registry
+// entry changes (the next job builds them again) or goes. It is the
+// pipeline's dispatcher.Bots.
+type botRuntime struct {
+	cfg BotsConfig
+	log zerolog.Logger
+	// policy is the worker's policy (nil: no rules); newLimiter builds a
+	// started limiter for a bot with its policy.
+	policy     *ratelimit.Policy
+	newLimiter func(botID string, p *ratelimit.Policy) (*ratelimit.Limiter, error)
+	// forget tells the pipeline a bot was dropped.
+	forget func(bot string)
+
+	mu     sync.Mutex
+	bots   map[string]*botEntry
+	closed bool
+}
+
+// botEntry is one bot's runtime, for the registry entry it was built from.
+type botEntry struct {
+	spec   Bot
+	sender dispatcher.Sender
+	lim    *ratelimit.Limiter // nil without rules
+}
+
+var _ dispatcher.Bots = (*botRuntime)(nil)
+
+func newBotRuntime(cfg BotsConfig, log zerolog.Logger) (*botRuntime, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("worker: BotsConfig.Source is required")
+	}
+	if cfg.Connect == nil {
+		return nil, errors.New("worker: BotsConfig.Connect is required")
+	}
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
+	return &botRuntime{cfg: cfg, log: log, bots: map[string]*botEntry{}}, nil
+}
+
+// isDefault reports whether bot is the default bot.
+func (b *botRuntime) isDefault(bot string) bool {
+	return bot == "" || bot == b.cfg.DefaultAppID
+}
+
+// Sender is the bot's Sender (dispatcher.Bots).
+func (b *botRuntime) Sender(bot string) (dispatcher.Sender, error) {
+	e, err := b.entry(bot)
+	if err != nil {
+		return nil, err
+	}
+	return e.sender, nil
+}
+
+// limiter is the bot's limiter; nil and a *dispatcher.BotError when the
+// bot cannot send now.
+func (b *botRuntime) limiter(bot string) (*ratelimit.Limiter, error) {
+	e, err := b.entry(bot)
+	if err != nil {
+		return nil, err
+	}
+	return e.lim, nil
+}
+
+// entry is the bot's runtime for its current registry entry, built now if
+// it has none or its entry changed.
+func (b *botRuntime) entry(bot string) (*botEntry, error) {
+	spec, ok := b.cfg.Source.Bot(bot)
+	if !ok {
+		b.drop(bot)
+		return nil, &dispatcher.BotError{Bot: bot, Err: dispatcher.ErrUnknownBot}
+	}
+	if spec.Paused {
+		return nil, &dispatcher.BotError{Bot: bot, Err: dispatcher.ErrBotPaused}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, &dispatcher.BotError{Bot: bot, Err: errors.New("the worker is stopping")}
+	}
+	if e, ok := b.bots[bot]; ok && e.spec == spec {
+		return e, nil
+	}
+	e, err := b.build(spec)
+	if err != nil {
+		return nil, &dispatcher.BotError{Bot: bot, Err: err}
+	}
+	if old := b.bots[bot]; old != nil {
+		b.retire(bot, old)
+	}
+	b.bots[bot] = e
+	b.log.Info().Str("bot", bot).Str("secret", spec.secretSource()).Bool("own_policy", spec.Policy != "").Msg("serving bot")
+	return e, nil
+}
+
+// build makes a bot's Sender and limiter. A secret that cannot be read, or
+// a policy that does not merge, gives a Sender whose calls fail with a
+// configuration error: the bot's jobs wait at its configuration gate (it
+// pauses alone, and readiness names it) until its entry is mended.
+func (b *botRuntime) build(spec Bot) (*botEntry, error) {
+	e := &botEntry{spec: spec}
+	policy := b.policy
+	var trouble string
+	if b.policy != nil && spec.Policy != "" {
+		p, err := ratelimit.MergePolicy(*b.policy, []byte(spec.Policy))
+		if err != nil {
+			trouble = "its policy does not apply over the worker's: " + strings.ReplaceAll(err.Error(), "\n", "; ")
+		}
+		policy = &p
+	}
+	secret, err := b.secret(spec)
+	if err != nil && trouble == "" {
+		trouble = err.Error()
+	}
+	if trouble == "" {
+		if e.sender, err = b.cfg.Connect(spec.AppID, secret); err != nil {
+			trouble = "its client cannot be built: " + err.Error()
+		}
+	}
+	if trouble != "" {
+		b.log.Error().Str("bot", spec.AppID).Str("why", trouble).Msg("the bot cannot send; its jobs wait until its registry entry is mended")
+		e.sender, policy = refusedSender{msg: "bot " + spec.AppID + ": " + trouble}, b.policy
+	}
+	if b.newLimiter != nil {
+		lim, err := b.newLimiter(spec.AppID, policy)
+		if err != nil {
+			return nil, err
+		}
+		e.lim = lim
+	}
+	return e, nil
+}
+
+// secret reads the bot's app secret from its file or environment
+// variable. Errors name where it was looked for, never what was found.
+func (b *botRuntime) secret(spec Bot) (string, error) {
+	var s string
+	switch {
+	case spec.SecretFile != "":
+		raw, err := os.ReadFile(spec.SecretFile)
+		if err != nil {
+			return "", fmt.Errorf("its secret file cannot be read: %w", err)
+		}
+		s = string(raw)
+	case spec.SecretEnv != "":
+		s = b.cfg.Getenv(spec.SecretEnv)
+	}
+	if s = strings.TrimSpace(s); s == "" {
+		return "", fmt.Errorf("no secret in %s on this worker", spec.secretSource())
+	}
+	return s, nil
+}
+
+func (s Bot) secretSource() string {
+	if s.SecretFile != "" {
+		return "file " + s.SecretFile
+	}
+	return "env " + s.SecretEnv
+}
+
+// drop forgets bot, removed from the registry.
+func (b *botRuntime) drop(bot string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e := b.bots[bot]; e != nil {
+		delete(b.bots, bot)
+		b.retire(bot, e)
+		b.log.Info().Str("bot", bot).Msg("bot removed from the registry: no longer served")
+	}
+}
+
+// retire stops a bot's old runtime (its limiter's janitor; calls holding
+// its permits finish unharmed) and forgets the bot's gate. b.mu is held.
+func (b *botRuntime) retire(bot string, e *botEntry) {
+	if e.lim != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.lim.Stop(ctx) // the janitor ends at once
+	}
+	if b.forget != nil {
+		b.forget(bot)
+	}
+}
+
+// follow drops the runtime of every bot whose registry entry changed or
+// went, at each change of the registry, until ctx ends: the next job of a
+// changed bot builds it again from its new entry.
+func (b *botRuntime) follow(ctx context.Context) {
+	for {
+		ch := b.cfg.Source.Changed()
+		b.mu.Lock()
+		var stale []string
+		for bot, e := range b.bots {
+			if spec, ok := b.cfg.Source.Bot(bot); !ok || spec != e.spec {
+				stale = append(stale, bot)
+			}
+		}
+		b.mu.Unlock()
+		for _, bot := range stale {
+			b.drop(bot)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+	}
+}
+
+// close stops every bot's limiter.
+func (b *botRuntime) close(ctx context.Context) error {
+	b.mu.Lock()
+	b.closed = true
+	bots := b.bots
+	b.bots = map[string]*botEntry{}
+	b.mu.Unlock()
+	var errs []error
+	for _, e := range bots {
+		if e.lim != nil {
+			errs = append(errs, e.lim.Stop(ctx))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// refusedSender is the Sender of a bot that cannot send (no secret, a
+// policy that does not apply): every call fails with a configuration
+// error, so its jobs wait at its configuration gate.
+type refusedSender struct{ msg string }
+
+func (s refusedSender) Send(context.Context, dispatcher.Scene, string, json.RawMessage) (*dispatcher.SendResult, error) {
+	return nil, &dispatcher.SendError{Class: dispatcher.ClassConfiguration, HTTPStatus: 401, Message: s.msg}
+}
+
+// botLimiter routes each job to its bot's limiter: the default bot's for
+// the default bot, the bot's own (its policy, its BotID) for the others.
+// A job whose bot cannot send now fails Reserve and Acquire with a
+// *dispatcher.BotError (the pipeline hands the job back to ask again).
+type botLimiter struct {
+	def  *ratelimit.Limiter
+	bots *botRuntime
+}
+
+var (
+	_ dispatcher.Limiter       = (*botLimiter)(nil)
+	_ dispatcher.UploadLimiter = (*botLimiter)(nil)
+)
+
+func (l *botLimiter) pick(job *dispatcher.Job) (*ratelimit.Limiter, error) {
+	if l.bots.isDefault(job.Bot) {
+		return l.def, nil
+	}
+	return l.bots.limiter(job.Bot)
+}
+
+// Deadline is the job's reply window end under its bot's rules (the
+// default bot's while its bot cannot send).
+func (l *botLimiter) Deadline(job *dispatcher.Job) time.Time {
+	if lim, err := l.pick(job); err == nil {
+		return lim.Deadline(job)
+	}
+	return l.def.Deadline(job)
+}
+
+// ReplyBudget is the job's reply budget under its bot's rules.
+func (l *botLimiter) ReplyBudget(job *dispatcher.Job) int {
+	if lim, err := l.pick(job); err == nil {
+		return lim.ReplyBudget(job)
+	}
+	return l.def.ReplyBudget(job)
+}
+
+// Reserve takes the job's quotas from its bot's limiter.
+func (l *botLimiter) Reserve(ctx context.Context, job *dispatcher.Job) (dispatcher.Reservation, error) {
+	lim, err := l.pick(job)
+	if err != nil {
+		return nil, err
+	}
+	return lim.Reserve(ctx, job)
+}
+
+// Acquire takes the call's tokens from its bot's limiter.
+func (l *botLimiter) Acquire(ctx context.Context, job *dispatcher.Job, deadline time.Time) (dispatcher.Permit, error) {
+	lim, err := l.pick(job)
+	if err != nil {
+		return nil, err
+	}
+	return lim.Acquire(ctx, job, deadline)
+}
+
+// Feedback tells the job's bot's limiter how the platform answered.
+func (l *botLimiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) {
+	if lim, err := l.pick(job); err == nil {
+		lim.Feedback(job, class)
+	}
+}
+
+// WaitFiles paces uploads on the default bot's files bucket: the upload
+// port names no bot (see docs/many-bots.md, what is left).
+func (l *botLimiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadline time.Time) error {
+	return l.def.WaitFiles(ctx, scene, deadline)
+}
