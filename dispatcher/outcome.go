@@ -28,6 +28,9 @@ type Outcome struct {
 	V      int    `json:"v"`
 	JobID  string `json:"job_id"`
 	Status Status `json:"status"`
+	// Bot is the app id of the job's bot, from its subject; empty for the
+	// default bot (and in outcomes stored before there were bots).
+	Bot    string `json:"bot,omitempty"`
 	Scene  Scene  `json:"scene,omitempty"`
 	Target string `json:"target,omitempty"`
 

@@ -47,7 +47,9 @@ func NewDLQ(ctx context.Context, js jetstream.JetStream, cfg Config) (*DLQ, erro
 // DLQEntry is one job on the DLQ.
 type DLQEntry struct {
 	Seq             uint64            // DLQ stream sequence
-	Subject         string            // DLQ subject, {prefix}.dlq.{scene}.{target}
+	Subject         string            // DLQ subject, {prefix}.dlq.{scene}.{target} or {prefix}.dlq.{scene}@{bot}.{target}
+	Scene           dispatcher.Scene  // the job's scene, from Subject; "" on {prefix}.dlq.invalid
+	Bot             string            // the job's bot, from Subject; "" for the default bot
 	JobID           string            // Qqdispatch-Job-Id
 	Status          dispatcher.Status // Qqdispatch-Status
 	Reason          string            // Qqdispatch-Reason
@@ -70,7 +72,9 @@ type DLQEntry struct {
 
 // DLQFilter selects DLQ entries. Zero fields match everything.
 type DLQFilter struct {
-	Scene  string // a scene, or "invalid" for jobs whose scene/target were unusable
+	Scene string // a scene, or "invalid" for jobs whose scene/target were unusable
+	// Bot selects one bot's entries by its app id; "" selects every bot's.
+	Bot    string
 	Target string
 	JobID  string
 	Status dispatcher.Status
@@ -92,6 +96,14 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 			return "", fmt.Errorf("queue: DLQFilter.%s %q is not a subject token", t.name, t.v)
 		}
 	}
+	if f.Bot != "" {
+		if err := dispatcher.CheckBot("bot", f.Bot); err != nil {
+			return "", fmt.Errorf("queue: DLQFilter.Bot: %s", err.Reason)
+		}
+	}
+	if strings.Contains(f.Scene, "@") {
+		return "", fmt.Errorf("queue: DLQFilter.Scene %q names a bot; set the scene alone, and Bot", f.Scene)
+	}
 	base := cfg.Prefix + ".dlq."
 	switch {
 	case f.Scene == "invalid":
@@ -99,9 +111,11 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 	case f.Scene == "" && f.Target == "":
 		return base + ">", nil
 	}
-	scene, target := f.Scene, f.Target
-	if scene == "" {
-		scene = "*"
+	// A token cannot be matched in part: without a bot the scene token is
+	// a wildcard, and the scene is matched per entry (match).
+	scene, target := "*", f.Target
+	if f.Scene != "" && f.Bot != "" {
+		scene = dispatcher.SceneToken(dispatcher.Scene(f.Scene), f.Bot)
 	}
 	if target == "" {
 		target = "*"
@@ -110,7 +124,8 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 }
 
 func (f DLQFilter) match(e DLQEntry) bool {
-	return (f.JobID == "" || e.JobID == f.JobID) && (f.Status == "" || e.Status == f.Status)
+	return (f.JobID == "" || e.JobID == f.JobID) && (f.Status == "" || e.Status == f.Status) && (f.Bot == "" || e.Bot == f.Bot) &&
+		(f.Scene == "" || f.Scene == "invalid" || string(e.Scene) == f.Scene)
 }
 
 // List returns the entries matching f, oldest first, without their data.
@@ -195,6 +210,13 @@ func entryFrom(subject string, seq uint64, ts time.Time, h nats.Header) DLQEntry
 		TraceID:         h.Get(HeaderTraceID),
 		OriginalSubject: h.Get(HeaderOriginalSubject),
 		Truncated:       h.Get(HeaderTruncated),
+	}
+	// {prefix}.dlq.{scene}.{target}: the scene token is the last but one.
+	if i := strings.LastIndexByte(subject, '.'); i > 0 {
+		tok := subject[strings.LastIndexByte(subject[:i], '.')+1 : i]
+		if scene, bot, ok := splitSceneToken(tok); ok {
+			e.Scene, e.Bot = scene, bot
+		}
 	}
 	e.OriginalSize, _ = strconv.Atoi(h.Get(HeaderOriginalSize))
 	e.Code, _ = strconv.Atoi(h.Get(HeaderCode))

@@ -32,10 +32,13 @@ func setupDLQ(t *testing.T) dlqBundle {
 	return dlqBundle{recorderBundle: rb, dlq: d, ledger: l}
 }
 
-// fail records a non-delivered outcome for a job published to scene/target.
+// fail records a non-delivered outcome for a job published to scene/target;
+// scene is the subject's scene token (group@1024 for bot 1024). The outcome
+// does not name the bot: the recorder takes it from the subject.
 func (b dlqBundle) fail(t *testing.T, jobID, scene, target string, status dispatcher.Status) {
 	t.Helper()
-	o := dispatcher.Outcome{JobID: jobID, Status: status, Scene: dispatcher.Scene(scene), Target: target, Reason: "r-" + jobID, Code: 11}
+	sc, _, _ := strings.Cut(scene, "@")
+	o := dispatcher.Outcome{JobID: jobID, Status: status, Scene: dispatcher.Scene(sc), Target: target, Reason: "r-" + jobID, Code: 11}
 	if _, err := b.rec.Record(testCtx(t), o, jobEnvelope(b.cfg, scene, target)); err != nil {
 		t.Fatal(err)
 	}
@@ -62,20 +65,28 @@ func TestDLQListAndGet(t *testing.T) {
 	b.fail(t, "b", "group", "G2", dispatcher.StatusFailed)
 	b.fail(t, "c", "c2c", "U1", dispatcher.StatusExpired)
 	b.fail(t, "d", "group", "G1", dispatcher.StatusFailed)
+	b.fail(t, "e", "group@1024", "G1", dispatcher.StatusFailed)
+	b.fail(t, "f", "c2c@2048", "U1", dispatcher.StatusRejected)
 
 	tests := []struct {
 		name   string
 		filter DLQFilter
 		want   string
 	}{
-		{"all", DLQFilter{}, "[a b c d]"},
-		{"scene", DLQFilter{Scene: "group"}, "[a b d]"},
-		{"target", DLQFilter{Target: "G1"}, "[a d]"},
-		{"scene+target", DLQFilter{Scene: "c2c", Target: "U1"}, "[c]"},
-		{"status", DLQFilter{Status: dispatcher.StatusFailed}, "[b d]"},
+		{"all", DLQFilter{}, "[a b c d e f]"},
+		{"scene, every bot", DLQFilter{Scene: "group"}, "[a b d e]"},
+		{"target, every bot", DLQFilter{Target: "G1"}, "[a d e]"},
+		{"scene+target", DLQFilter{Scene: "c2c", Target: "U1"}, "[c f]"},
+		{"status", DLQFilter{Status: dispatcher.StatusFailed}, "[b d e]"},
 		{"job", DLQFilter{JobID: "c"}, "[c]"},
 		{"limit", DLQFilter{Limit: 2}, "[a b]"},
 		{"none", DLQFilter{Scene: "dm"}, "[]"},
+		{"bot", DLQFilter{Bot: "1024"}, "[e]"},
+		{"bot+scene", DLQFilter{Bot: "1024", Scene: "group"}, "[e]"},
+		{"bot+scene+target", DLQFilter{Bot: "2048", Scene: "c2c", Target: "U1"}, "[f]"},
+		{"bot+target", DLQFilter{Bot: "2048", Target: "U1"}, "[f]"},
+		{"bot, other scene", DLQFilter{Bot: "1024", Scene: "c2c"}, "[]"},
+		{"bot+status+limit", DLQFilter{Bot: "2048", Status: dispatcher.StatusRejected, Limit: 1}, "[f]"},
 	}
 	for _, tt := range tests {
 		got, err := b.dlq.List(ctx, tt.filter)
@@ -86,13 +97,26 @@ func TestDLQListAndGet(t *testing.T) {
 			t.Errorf("%s: %s, want %s", tt.name, s, tt.want)
 		}
 	}
-	if _, err := b.dlq.List(ctx, DLQFilter{Target: "a.b"}); err == nil {
-		t.Error("a filter with '.' was accepted")
+	for _, f := range []DLQFilter{{Target: "a.b"}, {Bot: "a.b"}, {Bot: "1024", Scene: "group@1024"}, {Scene: "group@1024"}} {
+		if _, err := b.dlq.List(ctx, f); err == nil {
+			t.Errorf("filter %+v was accepted", f)
+		}
+	}
+	bot, _ := b.dlq.List(ctx, DLQFilter{JobID: "e"})
+	if e := bot[0]; e.Bot != "1024" || e.Scene != dispatcher.SceneGroup || e.Subject != b.cfg.Prefix+".dlq.group@1024.G1" ||
+		e.OriginalSubject != SendSubject(b.cfg, "group@1024", "G1") {
+		t.Errorf("bot 1024's entry %+v", e)
+	}
+	if o, ok, _ := b.rec.Lookup(ctx, "e"); !ok || o.Bot != "1024" {
+		t.Errorf("bot 1024's outcome %+v: want it to name the bot of its subject", o)
+	}
+	if o, ok, _ := b.rec.Lookup(ctx, "a"); !ok || o.Bot != "" {
+		t.Errorf("the default bot's outcome %+v names a bot", o)
 	}
 
 	all, _ := b.dlq.List(ctx, DLQFilter{JobID: "b"})
 	e := all[0]
-	if e.Status != dispatcher.StatusFailed || e.Reason != "r-b" || e.Code != 11 || e.Subject != b.cfg.Prefix+".dlq.group.G2" ||
+	if e.Status != dispatcher.StatusFailed || e.Reason != "r-b" || e.Code != 11 || e.Subject != b.cfg.Prefix+".dlq.group.G2" || e.Bot != "" || e.Scene != dispatcher.SceneGroup ||
 		e.OriginalSubject != SendSubject(b.cfg, "group", "G2") || e.Time.IsZero() || e.FailedAt.IsZero() || e.Data != nil {
 		t.Errorf("listed entry %+v", e)
 	}

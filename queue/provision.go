@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
 
 // Defaults for Config.
@@ -311,10 +312,25 @@ func validToken(tok string) bool {
 }
 
 // SendSubject is the subject producers publish a job to:
-// {prefix}.send.{scene}.{target}.
+// {prefix}.send.{scene}.{target}. scene is the subject's scene token:
+// the scene for the default bot, or {scene}@{bot} for a named bot (see
+// dispatcher.SceneToken and JobSubject).
 func SendSubject(cfg Config, scene, target string) string {
 	return cfg.WithDefaults().Prefix + ".send." + scene + "." + target
 }
+
+// JobSubject is the subject of job j: {prefix}.send.{scene}.{target} for
+// the default bot, {prefix}.send.{scene}@{bot}.{target} for bot j.Bot.
+func JobSubject(cfg Config, j *dispatcher.Job) string {
+	return SendSubject(cfg, dispatcher.SceneToken(j.Scene, j.Bot), j.Target)
+}
+
+// Scene tokens.
+//
+// Every helper below that takes or returns a "scene" of a subject means its
+// scene token, {scene} or {scene}@{bot}: the jobs stream's one transform,
+// its partitions, the deferred and DLQ subjects all carry the token as it
+// is, so a bot's jobs keep their bot wherever they go.
 
 // sendWildcard is the jobs stream's producer subject, {prefix}.send.*.*.
 func sendWildcard(cfg Config) string { return cfg.Prefix + ".send.*.*" }
@@ -388,7 +404,9 @@ func PartitionSubject(cfg Config, p int) string {
 
 // PartitionOf computes the partition the server maps (scene, target) to:
 // FNV-1a 32 of scene+target modulo Partitions, as the server's partition()
-// transform function does.
+// transform function does. scene is the whole scene token: the server
+// hashes {scene}@{bot} of a named bot's subject, so a bot's targets spread
+// over the partitions on their own.
 func PartitionOf(cfg Config, scene, target string) int {
 	cfg = cfg.WithDefaults()
 	h := fnv.New32a()
@@ -398,7 +416,8 @@ func PartitionOf(cfg Config, scene, target string) int {
 }
 
 // OriginalSubject strips the partition token from a stored job subject,
-// giving back {prefix}.send.{scene}.{target}. Subjects of another form are
+// giving back {prefix}.send.{scene}.{target} (the scene token with its bot,
+// if any). Subjects of another form are
 // returned unchanged.
 func OriginalSubject(cfg Config, stored string) string {
 	if cfg.Prefix == "" {
@@ -412,8 +431,10 @@ func OriginalSubject(cfg Config, stored string) string {
 	return stored[:len(cfg.Prefix)+len(".send.")+len(scene)+len(".")+len(target)]
 }
 
-// parseSendSubject splits {prefix}.send.{scene}.{target}[.{partition}]. It
-// runs on every delivery, so it cuts the subject instead of splitting it.
+// parseSendSubject splits {prefix}.send.{scene}.{target}[.{partition}];
+// scene is the scene token ({scene} or {scene}@{bot}, not checked further:
+// see splitSceneToken). It runs on every delivery, so it cuts the subject
+// instead of splitting it.
 func parseSendSubject(cfg Config, subject string) (scene, target string, ok bool) {
 	rest, found := strings.CutPrefix(subject, cfg.Prefix)
 	if !found {
@@ -846,4 +867,24 @@ func compareVersion(a, b [3]int) int {
 		}
 	}
 	return 0
+}
+
+// splitSceneToken splits a scene token into its scene and bot; ok is false
+// when it is not a known scene, optionally followed by @ and a valid bot.
+func splitSceneToken(tok string) (scene dispatcher.Scene, bot string, ok bool) {
+	scene, bot, err := dispatcher.ParseSceneToken(tok)
+	return scene, bot, err == nil
+}
+
+// BotOfSubject is the bot a job subject names ({prefix}.send.{scene}@{bot}.{target},
+// stored with its partition or not); "" for the default bot's subjects and
+// for subjects that are not job subjects.
+func BotOfSubject(cfg Config, subject string) string {
+	cfg = cfg.WithDefaults()
+	tok, _, ok := parseSendSubject(cfg, subject)
+	if !ok {
+		return ""
+	}
+	_, bot, _ := splitSceneToken(tok)
+	return bot
 }

@@ -315,18 +315,22 @@ func TestPartitionMapping(t *testing.T) {
 		t.Fatal(err)
 	}
 	const targets = 200
-	for round := range 2 {
+	// Round 2 publishes for bot B1 ({scene}@{bot}): the server hashes the
+	// whole scene token, and so must PartitionOf.
+	tokens := []string{"group", "group", "group@B1"}
+	for round, tok := range tokens {
 		for i := range targets {
-			subj := SendSubject(cfg, "group", "T"+strconv.Itoa(i))
+			subj := SendSubject(cfg, tok, "T"+strconv.Itoa(i))
 			if _, err := pub.PublishRaw(ctx, subj, []byte(`{}`), nats.Header{nats.MsgIdHdr: []string{fmt.Sprint(round, "-", i)}}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	cons := jobsReader(t, ts.js, cfg)
-	seen := map[string]int{} // target -> partition
+	seen := map[string]int{} // scene token and target -> partition
 	used := map[int]bool{}
-	for range 2 * targets {
+	moved := 0 // targets whose bot form is in another partition than the default form
+	for range len(tokens) * targets {
 		m := nextMsg(t, cons, 5*time.Second)
 		scene, target, ok := parseSendSubject(cfg, m.Subject())
 		if !ok {
@@ -336,10 +340,16 @@ func TestPartitionMapping(t *testing.T) {
 		if want := PartitionOf(cfg, scene, target); p != want {
 			t.Errorf("%s stored in partition %d, PartitionOf says %d", target, p, want)
 		}
-		if prev, ok := seen[target]; ok && prev != p {
-			t.Errorf("%s moved from partition %d to %d", target, prev, p)
+		if prev, ok := seen[scene+"."+target]; ok && prev != p {
+			t.Errorf("%s.%s moved from partition %d to %d", scene, target, prev, p)
 		}
-		seen[target] = p
+		seen[scene+"."+target] = p
+		if bot := BotOfSubject(cfg, m.Subject()); bot != map[bool]string{true: "B1"}[scene == "group@B1"] {
+			t.Errorf("BotOfSubject(%q) = %q", m.Subject(), bot)
+		}
+		if scene == "group@B1" && PartitionOf(cfg, "group", target) != p {
+			moved++
+		}
 		used[p] = true
 		if got := OriginalSubject(cfg, m.Subject()); got != SendSubject(cfg, scene, target) {
 			t.Errorf("OriginalSubject(%q) = %q", m.Subject(), got)
@@ -352,6 +362,9 @@ func TestPartitionMapping(t *testing.T) {
 		if !used[p] {
 			t.Errorf("partition %d never used by %d targets", p, targets)
 		}
+	}
+	if moved == 0 {
+		t.Errorf("every bot B1 target is in its default-bot partition: the bot is not hashed")
 	}
 	// A partition consumer's filter matches exactly its jobs.
 	for p := range cfg.Partitions {

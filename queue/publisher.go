@@ -58,7 +58,8 @@ func NewJobID() string {
 }
 
 // Publish validates job and publishes it on {prefix}.send.{scene}.{target}
-// with Nats-Msg-Id = DedupeID(job id, body). A job without an id gets a
+// ({prefix}.send.{scene}@{bot}.{target} when job.Bot names a bot) with
+// Nats-Msg-Id = DedupeID(job id, body). A job without an id gets a
 // fresh one, set on job; a job without a version gets the current contract
 // version.
 func (p *Publisher) Publish(ctx context.Context, job *dispatcher.Job) (PublishResult, error) {
@@ -86,7 +87,7 @@ func (p *Publisher) prepare(job *dispatcher.Job) (*nats.Msg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode job %s: %w", job.ID, err)
 	}
-	msg := &nats.Msg{Subject: SendSubject(p.cfg, string(job.Scene), job.Target), Header: nats.Header{}, Data: data}
+	msg := &nats.Msg{Subject: JobSubject(p.cfg, job), Header: nats.Header{}, Data: data}
 	msg.Header.Set(nats.MsgIdHdr, DedupeID(job.ID, data))
 	return msg, nil
 }
@@ -140,8 +141,8 @@ func (p *Publisher) publish(ctx context.Context, msg *nats.Msg, jobID string) (P
 // When the id already names another job (see the job contract, "Job
 // ids"), the outcome under the id is that job's; the job's own goes under
 // its conflict id (dispatcher.ConflictID), which is watched too. An outcome
-// under the id for another scene or target is not returned: the wait goes
-// on for the one under the conflict id.
+// under the id for another bot, scene or target is not returned: the wait
+// goes on for the one under the conflict id.
 func (p *Publisher) PublishAndWait(ctx context.Context, job *dispatcher.Job) (dispatcher.Outcome, error) {
 	msg, err := p.prepare(job)
 	if err != nil {
@@ -177,7 +178,7 @@ func (p *Publisher) PublishAndWait(ctx context.Context, job *dispatcher.Job) (di
 		switch {
 		case r.err != nil:
 			return dispatcher.Outcome{}, r.err
-		case r.conflict || r.o.Scene == "" || (r.o.Scene == job.Scene && r.o.Target == job.Target):
+		case r.conflict || r.o.Scene == "" || (r.o.Bot == job.Bot && r.o.Scene == job.Scene && r.o.Target == job.Target):
 			return r.o, nil
 		}
 		// Another job's outcome under the id: this one's comes under the

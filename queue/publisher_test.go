@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +73,37 @@ func TestPublisherGeneratesID(t *testing.T) {
 	}
 	if r.Subject != SendSubject(cfg, "group", "G1") || r.Stream != cfg.JobsStream {
 		t.Errorf("result %+v", r)
+	}
+}
+
+// TestPublisherBot: a job of a named bot goes on {prefix}.send.{scene}@{bot}.{target}
+// with the bot in its body, and the worker decodes it as that bot's.
+func TestPublisherBot(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := provisioned(t, cfg)
+	pub, _ := NewPublisher(ts.js, cfg)
+	job := testJob("bot-1")
+	job.Bot = "1024"
+	r, err := pub.Publish(testCtx(t), job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := cfg.Prefix + ".send.group@1024.G1"; r.Subject != want || JobSubject(cfg, job) != want {
+		t.Errorf("published on %q, want %q", r.Subject, want)
+	}
+	m := nextMsg(t, jobsReader(t, ts.js, cfg), 5*time.Second)
+	got, err := dispatcher.Decode(OriginalSubject(cfg, m.Subject()), m.Data(), dispatcher.DecodeOptions{Prefix: cfg.Prefix})
+	if err != nil || got.Bot != "1024" {
+		t.Errorf("worker decodes %s as %+v, %v", m.Data(), got, err)
+	}
+	if p := PartitionOf(cfg, "group@1024", "G1"); !strings.HasSuffix(m.Subject(), "."+strconv.Itoa(p)) {
+		t.Errorf("stored as %q, PartitionOf says partition %d", m.Subject(), p)
+	}
+	job = testJob("bot-2")
+	job.Bot = "a.b"
+	if _, err := pub.Publish(testCtx(t), job); !errors.Is(err, dispatcher.ErrInvalidJob) {
+		t.Errorf("bot %q: %v, want an invalid job", job.Bot, err)
 	}
 }
 

@@ -90,6 +90,11 @@ func (r *Recorder) Record(ctx context.Context, o dispatcher.Outcome, env dispatc
 	if o.Finished.IsZero() {
 		o.Finished = r.cfg.Now().UTC()
 	}
+	if o.Bot == "" && o.Scene != "" {
+		// The job's bot is its subject's (Decode checked the body repeats
+		// it), so an outcome names it even when its maker did not.
+		o.Bot = BotOfSubject(r.cfg, env.Subject)
+	}
 	val, err := json.Marshal(o)
 	if err != nil {
 		return dispatcher.Outcome{}, err
@@ -131,12 +136,13 @@ func (r *Recorder) Record(ctx context.Context, o dispatcher.Outcome, env dispatc
 }
 
 // DLQSubject is where a job of (scene, target) goes on the DLQ:
-// {prefix}.dlq.{scene}.{target}, or {prefix}.dlq.invalid when scene is not
-// a known scene or target not a valid target (a subject token of at most
-// dispatcher.MaxTargetBytes bytes).
+// {prefix}.dlq.{scene}.{target}, scene being the scene token ({scene} or
+// {scene}@{bot}), or {prefix}.dlq.invalid when scene is not a known scene
+// (with a valid bot, if any) or target not a valid target (a subject token
+// of at most dispatcher.MaxTargetBytes bytes).
 func DLQSubject(cfg Config, scene, target string) string {
 	cfg = cfg.WithDefaults()
-	if !dispatcher.Scene(scene).Valid() || !validToken(target) || len(target) > dispatcher.MaxTargetBytes {
+	if _, _, ok := splitSceneToken(scene); !ok || !validToken(target) || len(target) > dispatcher.MaxTargetBytes {
 		return cfg.Prefix + ".dlq.invalid"
 	}
 	return cfg.Prefix + ".dlq." + scene + "." + target
@@ -147,8 +153,12 @@ func DLQSubject(cfg Config, scene, target string) string {
 // none can pass for the platform's code or trace id. An entry that would
 // not fit the server's maximum message size is cut to fit (truncate).
 func (r *Recorder) putDLQ(ctx context.Context, o dispatcher.Outcome, rev uint64, env dispatcher.Envelope) error {
-	scene, target := string(o.Scene), o.Target
-	if scene == "" || target == "" {
+	bot := o.Bot
+	if bot == "" {
+		bot = BotOfSubject(r.cfg, env.Subject)
+	}
+	scene, target := dispatcher.SceneToken(o.Scene, bot), o.Target
+	if o.Scene == "" || target == "" {
 		if s, t, ok := parseSendSubject(r.cfg, env.Subject); ok {
 			scene, target = s, t
 		}

@@ -62,10 +62,18 @@ func failedOutcome(jobID string) dispatcher.Outcome {
 	}
 }
 
+// jobEnvelope is a job as delivered from {prefix}.send.{scene}.{target};
+// scene is the subject's scene token (group@1024 for bot 1024), which the
+// body repeats as its scene and bot.
 func jobEnvelope(cfg Config, scene, target string) dispatcher.Envelope {
+	bodyScene, bot, named := strings.Cut(scene, "@")
+	head := `{"v":1,`
+	if named {
+		head += `"bot":"` + bot + `",`
+	}
 	return dispatcher.Envelope{
 		Subject: SendSubject(cfg, scene, target) + ".5", // as stored: with its partition
-		Data:    []byte(`{"v":1,"scene":"` + scene + `","target":"` + target + `","message":{"content":"hi"}}`),
+		Data:    []byte(head + `"scene":"` + bodyScene + `","target":"` + target + `","message":{"content":"hi"}}`),
 		Header: nats.Header{
 			"X-Producer":  []string{"svc-a"},
 			nats.MsgIdHdr: []string{"orig-id"},
@@ -405,6 +413,11 @@ func TestDLQSubjectBoundsTarget(t *testing.T) {
 		{"group", strings.Repeat("t", dispatcher.MaxTargetBytes+1), cfg.Prefix + ".dlq.invalid"},
 		{"group", "a.b", cfg.Prefix + ".dlq.invalid"},
 		{"fax", "G1", cfg.Prefix + ".dlq.invalid"},
+		{"group@1024", "G1", cfg.Prefix + ".dlq.group@1024.G1"},
+		{"group@", "G1", cfg.Prefix + ".dlq.invalid"},
+		{"group@a:b", "G1", cfg.Prefix + ".dlq.invalid"},
+		{"fax@1024", "G1", cfg.Prefix + ".dlq.invalid"},
+		{"group@" + strings.Repeat("b", dispatcher.MaxBotBytes+1), "G1", cfg.Prefix + ".dlq.invalid"},
 	} {
 		if got := DLQSubject(cfg, c.scene, c.target); got != c.want {
 			t.Errorf("DLQSubject(%q, %.20q…) = %.40q, want %.40q", c.scene, c.target, got, c.want)

@@ -237,6 +237,38 @@ func waitFired(t *testing.T, js jetstream.JetStream, cfg Config) {
 }
 
 // TestRescheduleReplaces: a new schedule for a job replaces its pending one.
+// TestScheduleKeepsTheBot: a named bot's deferred job fires back on its
+// bot's subject ({scene}@{bot}), in the partition the server gives it,
+// and the worker decodes it as that bot's.
+func TestScheduleKeepsTheBot(t *testing.T) {
+	t.Parallel()
+	b := setupScheduler(t, true)
+	ctx := testCtx(t)
+	pub, _ := NewPublisher(b.ts.js, b.cfg)
+	job := testJob("defer-bot")
+	job.Bot = "1024"
+	if _, err := pub.Publish(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	reader := jobsReader(t, b.ts.js, b.cfg)
+	m := nextMsg(t, reader, 5*time.Second)
+	if err := m.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	env := envelopeOf(t, b.cfg, m)
+	if err := b.s.Schedule(ctx, env, "defer-bot", time.Now().Add(-time.Minute), ""); err != nil {
+		t.Fatal(err)
+	}
+	fired := nextMsg(t, reader, 10*time.Second)
+	want := fmt.Sprintf("%s.%d", SendSubject(b.cfg, "group@1024", "G1"), PartitionOf(b.cfg, "group@1024", "G1"))
+	if fired.Subject() != want || fired.Headers().Get(HeaderJobID) != "defer-bot" {
+		t.Errorf("fired on %q (%v), want %q", fired.Subject(), fired.Headers(), want)
+	}
+	if j, err := dispatcher.Decode(OriginalSubject(b.cfg, fired.Subject()), fired.Data(), dispatcher.DecodeOptions{Prefix: b.cfg.Prefix}); err != nil || j.Bot != "1024" {
+		t.Errorf("fired job decodes as %+v, %v", j, err)
+	}
+}
+
 func TestRescheduleReplaces(t *testing.T) {
 	t.Parallel()
 	b := setupScheduler(t, true)
