@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
@@ -30,7 +31,9 @@ import (
 	"github.com/qqdispatch/qqdispatch/qqapi"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
+	"github.com/qqdispatch/qqdispatch/queue/botstore"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
+	"github.com/qqdispatch/qqdispatch/registry"
 )
 
 type serveOpts struct {
@@ -69,6 +72,11 @@ With no --nats-url it starts an embedded JetStream server (data in --data-dir, l
 producers can publish). With --sim, or with no QQ credentials at all, it starts the QQ OpenAPI simulator in-process
 and sends there: nothing reaches QQ. SIGINT or SIGTERM stops taking jobs, lets calls in flight finish (or hands
 their jobs back) within --shutdown-grace, and exits 0.
+
+Besides the default bot (QQ_APP_ID), it sends for every bot of the registry (qqdispatch bots add; the bots bucket
+of --prefix), followed without a restart: a job on {prefix}.send.{scene}@{app_id}.{target} goes as that bot, with
+the secret the worker reads from the file or environment variable its entry names (with --sim the simulator is
+given the bot and that secret).
 
 HTTP (--http-listen): /metrics (Prometheus), /healthz (200 while running), /readyz (200 when the worker runs, NATS
 is connected and the QQ API has not answered with a configuration error in the last 5 minutes).`
@@ -259,12 +267,20 @@ func (s *server) run(ctx context.Context) error {
 		s.log.Warn().Msg("--no-rules: no platform rules are enforced before calls (testing aid)")
 	}
 	names := queue.Config{Prefix: o.nats.prefix, Partitions: o.partitions, Replicas: o.replicas}
+	bots, err := s.startRegistry(ctx, nc, names)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	w, err := worker.New(worker.Config{
 		Conn:     nc,
 		WorkerID: o.workerID,
 		Names:    names,
 		Sender:   qqsend.New(client),
 		Rules:    rules,
+		Bots:     bots,
 		Pipeline: dispatcher.ProcessorConfig{
 			Owner:       o.workerID,
 			MaxAttempts: o.maxAtt,
@@ -552,6 +568,65 @@ func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
 	}
 	s.onStop(nc.Close)
 	return nc, s.embedded.ClientURL(), nil
+}
+
+// startRegistry starts the bot registry (the bots bucket of the prefix;
+// a bucket not made yet is an empty registry, followed until it appears)
+// and returns how the worker serves its bots: each with a QQ API client of
+// its own, or, with the in-process simulator, registered there with the
+// secret the worker reads for it.
+func (s *server) startRegistry(ctx context.Context, nc *nats.Conn, names queue.Config) (*worker.BotsConfig, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("bot registry: %w", err)
+	}
+	if names, err = queue.ResolveNames(ctx, js, names); err != nil {
+		return nil, err
+	}
+	store, err := botstore.New(js, botstore.Config{Names: names})
+	if err != nil {
+		return nil, fmt.Errorf("bot registry: %w", err)
+	}
+	reg, err := registry.New(registry.Config{Store: store, Logger: &s.log})
+	if err != nil {
+		return nil, fmt.Errorf("bot registry: %w", err)
+	}
+	if err := reg.Start(ctx); err != nil {
+		return nil, fmt.Errorf("bot registry (bucket %s): %w", store.Bucket(), err)
+	}
+	s.onStop(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = reg.Stop(ctx)
+	})
+	if n := len(reg.Bots()); n > 0 {
+		s.log.Info().Int("bots", n).Str("bucket", store.Bucket()).Msg("serving the registered bots besides the default bot")
+	}
+	cfg := &worker.BotsConfig{Source: worker.RegistrySource(reg), Getenv: s.cl.env}
+	if s.sim == nil {
+		cfg.DefaultAppID = s.o.appID // a job naming it is the default bot's
+	}
+	base, tokenURL := s.o.apiBase, s.o.tokenURL
+	if s.sim != nil {
+		base, tokenURL = s.simURL, s.simURL+"/app/getAppAccessToken"
+	}
+	cfg.Connect = func(appID, secret string) (dispatcher.Sender, error) {
+		if s.sim != nil {
+			// The simulator serves the bot with the secret the worker
+			// read for it, as QQ would with the app's.
+			if err := s.sim.AddBot(appID, secret); err != nil {
+				if serr := s.sim.SetBotSecret(appID, secret); serr != nil {
+					return nil, fmt.Errorf("simulator: %w", err)
+				}
+			}
+		}
+		c, err := qqapi.New(qqapi.Config{AppID: appID, AppSecret: secret, BaseURL: base, TokenURL: tokenURL})
+		if err != nil {
+			return nil, err
+		}
+		return qqsend.New(c), nil
+	}
+	return cfg, nil
 }
 
 // botID names the bot in shared quota keys: its app id.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
+	"github.com/qqdispatch/qqdispatch/registry"
 )
 
 // Bot is one registered bot as the worker serves it: the fields of a
@@ -361,3 +362,18 @@ func (l *botLimiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) 
 func (l *botLimiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadline time.Time) error {
 	return l.def.WaitFiles(ctx, scene, deadline)
 }
+
+// RegistrySource is the BotSource of a started bot registry.
+func RegistrySource(r *registry.Registry) BotSource { return registrySource{r} }
+
+type registrySource struct{ r *registry.Registry }
+
+func (s registrySource) Bot(appID string) (Bot, bool) {
+	b, ok := s.r.Bot(appID)
+	if !ok {
+		return Bot{}, false
+	}
+	return Bot{AppID: b.AppID, SecretFile: b.SecretFile, SecretEnv: b.SecretEnv, Policy: b.Policy, Paused: b.Paused}, true
+}
+
+func (s registrySource) Changed() <-chan struct{} { return s.r.Changed() }

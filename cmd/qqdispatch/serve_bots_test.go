@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/qqdispatch/qqdispatch/dispatcher"
+)
+
+// serve --sim finds the bots of the registry (the prefix's bots bucket),
+// registered after it started: it reads a bot's secret from the variable
+// its entry names, registers the bot with the in-process simulator, and
+// sends the bot's jobs as that bot; the default bot still sends as before.
+func TestServeSendsForRegisteredBots(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"BOT_X_SECRET": "x-secret-from-env"}
+	s := startServe(t, env, "--sim")
+	u := s.NATSURL
+	if r := runCLI(t, nil, "bots", "add", "--nats-url", u, "--app-id", "botX", "--secret-env", "BOT_X_SECRET"); r.code != 0 {
+		t.Fatalf("bots add:\n%s", r)
+	}
+	nc, err := nats.Connect(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	job := `{"v":1,"id":"bot-job","bot":"botX","scene":"group","target":"g1","message":{"msg_type":0,"content":"from botX"}}`
+	if _, err := js.Publish(ctx, "qqbot.send.group@botX.g1", []byte(job)); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, nil, "send", "--nats-url", u, "--scene", "group", "--target", "g1", "--content", "from the default bot", "--id", "default-job", "--wait", "--timeout", "30s")
+	if o := decodeOutcome(t, r); r.code != 0 || o.Status != dispatcher.StatusSent {
+		t.Fatalf("default bot's job:\n%s", r)
+	}
+	r = runCLI(t, nil, "outcome", "bot-job", "--nats-url", u, "--watch", "--timeout", "30s")
+	if o := decodeOutcome(t, r); r.code != 0 || o.Status != dispatcher.StatusSent {
+		t.Fatalf("botX's job:\n%s", r)
+	}
+	resp, err := http.Get(s.SimURL + "/_sim/messages?bot=botX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var msgs []struct {
+		AppID string          `json:"app_id"`
+		Body  json.RawMessage `json:"body"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&msgs); err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 || msgs[0].AppID != "botX" || contentOf(msgs[0].Body) != "from botX" {
+		t.Fatalf("the simulator has %d messages from botX (%+v), want its one job", len(msgs), msgs)
+	}
+}
