@@ -42,6 +42,13 @@ type Config struct {
 	// MaxJobBytes caps an encoded job; the workers end a larger one invalid.
 	// Default 65536, their default.
 	MaxJobBytes int
+	// Bot, when set, is the app id of the one bot this Publisher publishes
+	// for: a job without a Bot is given it (set on the job, as an id is),
+	// and a job of another bot is refused (*InvalidJobError, field bot).
+	// Such a producer needs permission to publish only on its bot's four
+	// subjects ({prefix}.send.{scene}@{bot}.*). Default "": each job goes
+	// for its own Bot, the default bot when it has none.
+	Bot string
 }
 
 // withDefaults fills Prefix and MaxJobBytes and checks c; the names stay
@@ -69,6 +76,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxJobBytes < 0 {
 		return c, bad("MaxJobBytes", "must be positive, got %d", c.MaxJobBytes)
+	}
+	if c.Bot != "" {
+		if err := checkBot("Bot", c.Bot); err != nil {
+			return c, bad("Bot", "%s", err.Reason)
+		}
 	}
 	return c, nil
 }

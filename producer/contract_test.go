@@ -75,6 +75,11 @@ func contractJobs(t *testing.T) map[string]*producer.Job {
 		"channel reply fallback":    b(producer.ChannelReply("CH1", "GUILD1", in, producer.Text("hi"), producer.WithFallback(producer.FallbackActive))),
 		"dm reply fallback none":    b(producer.DMReply("DMG1", ev, producer.Text("hi"), producer.WithFallback(producer.FallbackNone))),
 		"active fallback none":      b(producer.GroupActive("G1", producer.Text("hi"), producer.WithFallback(producer.FallbackNone))),
+		"bot group active":          b(producer.GroupActive("G1", producer.Text("hi"), producer.WithBot("1024"), producer.WithID("order-42"))),
+		"bot c2c reply seq":         b(producer.C2CReply("U1", in, producer.Text("hi"), producer.WithMsgSeq(2), producer.WithBot("app_1-X"))),
+		"longest bot long derived":  b(producer.C2CReply(long, producer.InboundMessage(anchor, received), producer.Text("hi"), producer.WithBot(strings.Repeat("b", producer.MaxBotBytes)), producer.WithMsgSeq(producer.MaxMsgSeq))),
+		"bot channel reply":         b(producer.ChannelReply("CH1", "GUILD1", in, producer.Text("hi"), producer.WithBot("1024"))),
+		"bot dm active":             b(producer.DMActive("DMG1", producer.Text("hi"), producer.WithBot("1024"))),
 	}
 }
 
@@ -92,7 +97,7 @@ func TestPublishedJobsAreWhatTheWorkerExpects(t *testing.T) {
 				t.Errorf("%s: %v", name, err)
 				continue
 			}
-			if want := queue.SendSubject(names, string(job.Scene), job.Target); msg.Subject != want || res.Subject != want {
+			if want := queue.SendSubject(names, dispatcher.SceneToken(dispatcher.Scene(job.Scene), job.Bot), job.Target); msg.Subject != want || res.Subject != want {
 				t.Errorf("%s: subject %q, the worker's %q", name, msg.Subject, want)
 			}
 			dj, err := dispatcher.Decode(msg.Subject, msg.Data, dispatcher.DecodeOptions{Prefix: names.Prefix})
@@ -103,7 +108,7 @@ func TestPublishedJobsAreWhatTheWorkerExpects(t *testing.T) {
 			if err := dj.Validate(dispatcher.DecodeOptions{}); err != nil {
 				t.Errorf("%s: dispatcher Validate: %v", name, err)
 			}
-			if string(dj.Scene) != string(job.Scene) || dj.Target != job.Target || dj.GuildID != job.GuildID ||
+			if dj.Bot != job.Bot || res.Bot != job.Bot || string(dj.Scene) != string(job.Scene) || dj.Target != job.Target || dj.GuildID != job.GuildID ||
 				dj.MsgID != job.Inbound.MsgID || dj.EventID != job.Inbound.EventID || dj.MsgSeq != job.MsgSeq || dj.Wakeup != job.Wakeup ||
 				string(dj.OnQuota) != string(job.OnQuota) || string(dj.Fallback) != string(job.Fallback) {
 				t.Errorf("%s: the worker reads %+v", name, dj)
@@ -352,6 +357,12 @@ func TestRefusedLikeTheWorker(t *testing.T) {
 		{"unknown fallback", func() (*producer.Job, error) {
 			return producer.GroupReply("G", in, producer.Text("x"), producer.WithFallback("always"))
 		}, `{"v":1,"scene":"group","target":"G","message":{"msg_type":0,"content":"x","msg_id":"MSG_1"},` + rcv + `,"fallback":"always"}`, "fallback"},
+		{"bot with a dot", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Text("x"), producer.WithBot("10.24"))
+		}, `{"v":1,"bot":"10.24","scene":"group","target":"G","message":{"msg_type":0,"content":"x"}}`, "bot"},
+		{"bot too long", func() (*producer.Job, error) {
+			return producer.GroupActive("G", producer.Text("x"), producer.WithBot(strings.Repeat("b", 65)))
+		}, `{"v":1,"bot":"` + strings.Repeat("b", 65) + `","scene":"group","target":"G","message":{"msg_type":0,"content":"x"}}`, "bot"},
 		{"content not a string", func() (*producer.Job, error) {
 			return producer.DMActive("D", producer.Message{Extra: map[string]any{"content": 1}})
 		}, `{"v":1,"scene":"dm","target":"D","message":{"content":1}}`, "message.content"},

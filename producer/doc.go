@@ -31,6 +31,16 @@
 // target instead, under the worker's rules for active messages, and its
 // Outcome's Fallback says "active".
 //
+// Bots. One fleet can send for many bots. A job is the default bot's (the
+// workers' QQ_APP_ID) unless WithBot names another by its app id; it then
+// goes on {prefix}.send.{scene}@{bot}.{target} with "bot" in its body, and
+// its Outcome's Bot names the bot. A producer that always sends for one
+// bot sets Config.Bot: its jobs get that bot, jobs of other bots are
+// refused, and it needs permission to publish on that bot's four subjects
+// only. Keep to one form per bot: jobs to one target are ordered per
+// subject, so a default bot's jobs published both with and without its app
+// id are two lanes with no order between them.
+//
 // Every job ends with one Outcome, kept for 7 days in the outcome bucket
 // under the job's id; Lookup reads one, Wait and WatchOutcomes wait for
 // them.

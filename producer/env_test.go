@@ -89,7 +89,8 @@ func startEnv() (_ *env, err error) {
 	}
 	stops = append(stops, func() { _ = ns.Stop(context.Background()) })
 
-	sim, err := qqsim.New(qqsim.Config{AppID: testbed.AppID, AppSecret: testbed.AppSecret, Rules: testbed.LenientRules()})
+	sim, err := qqsim.New(qqsim.Config{AppID: testbed.AppID, AppSecret: testbed.AppSecret, Rules: testbed.LenientRules(),
+		Bots: []qqsim.Bot{{AppID: testBot, AppSecret: testBotSecret}}})
 	if err != nil {
 		return nil, err
 	}
@@ -110,6 +111,17 @@ func startEnv() (_ *env, err error) {
 		Names:    queue.Config{Partitions: 4},
 		Sender:   qqsend.New(client),
 		Pipeline: dispatcher.ProcessorConfig{BackoffInitial: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond},
+		Bots: &worker.BotsConfig{
+			Source: oneBot{worker.Bot{AppID: testBot, SecretEnv: "TEST_BOT_SECRET"}},
+			Connect: func(appID, secret string) (dispatcher.Sender, error) {
+				c, err := qqapi.New(qqapi.Config{AppID: appID, AppSecret: secret, BaseURL: hs.URL, TokenURL: hs.URL + "/app/getAppAccessToken"})
+				if err != nil {
+					return nil, err
+				}
+				return qqsend.New(c), nil
+			},
+			Getenv: func(string) string { return testBotSecret },
+		},
 		Consumer: queue.ConsumerConfig{Concurrency: 32, MaxHeld: 256, FetchWait: 200 * time.Millisecond, AckWait: 3 * time.Second},
 	})
 	if err != nil {
@@ -125,6 +137,19 @@ func startEnv() (_ *env, err error) {
 	})
 	return &env{natsURL: ns.ClientURL(), sim: sim, stop: stop}, nil
 }
+
+// The env's worker sends for the default bot (testbed.AppID) and for
+// testBot, a bot of its registry.
+const (
+	testBot       = "1024"
+	testBotSecret = "secret-of-1024"
+)
+
+// oneBot is a registry of one bot that never changes.
+type oneBot struct{ b worker.Bot }
+
+func (o oneBot) Bot(appID string) (worker.Bot, bool) { return o.b, appID == o.b.AppID }
+func (o oneBot) Changed() <-chan struct{}            { return nil }
 
 // inbound registers a user message from target with the simulator, as if
 // it had just arrived, and returns its id for a reply.

@@ -185,3 +185,37 @@ func ExampleGroupActive_invalid() {
 	// target
 	// producer: invalid job: target: contains '.' at byte 5; it cannot contain whitespace, control characters, '.', '*' or '>' (it is a NATS subject token)
 }
+
+// A job sent by another bot than the workers' default one: the bot rides
+// in the subject, {prefix}.send.{scene}@{bot}.{target}, and the body
+// repeats it. A producer that always sends for one bot sets Config.Bot
+// instead, and needs permission to publish on that bot's subjects only.
+func ExampleWithBot() {
+	job, err := producer.GroupActive("GROUP_1", producer.Text("hello from bot 1024"), producer.WithBot("1024"), producer.WithID("news-1"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	body, err := job.MarshalJSON()
+	if err != nil {
+		log.Fatal(err)
+	}
+	env := sharedEnv() // test-only: a NATS server, the QQ simulator and a worker that sends for bot 1024 too
+	nc, err := nats.Connect(env.natsURL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Fatal(err)
+	}
+	pub, err := producer.NewPublisher(js, producer.Config{Bot: "1024"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(pub.Subject(producer.Group, "GROUP_1"))
+	fmt.Println(string(body))
+	// Output:
+	// qqbot.send.group@1024.GROUP_1
+	// {"v":1,"id":"news-1","bot":"1024","scene":"group","target":"GROUP_1","message":{"msg_type":0,"content":"hello from bot 1024"}}
+}

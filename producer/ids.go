@@ -23,7 +23,35 @@ const (
 	MaxMetaBytes = 4 << 10
 	// MaxMsgSeq is the largest msg_seq.
 	MaxMsgSeq = 1<<31 - 1
+	// MaxBotBytes caps a bot's app id (Job.Bot).
+	MaxBotBytes = 64
 )
+
+// checkBot applies the rules for a bot's app id: 1 to 64 bytes of
+// [0-9A-Za-z_-] (it rides in the subject's scene token, {scene}@{bot}).
+func checkBot(field, bot string) *InvalidJobError {
+	if bot == "" {
+		return invalid(field, "must not be empty (the bot's app id)")
+	}
+	if len(bot) > MaxBotBytes {
+		return invalid(field, "is %d bytes, over the %d-byte limit for a bot's app id", len(bot), MaxBotBytes)
+	}
+	for i := 0; i < len(bot); i++ {
+		if !verbatimByte(bot[i]) {
+			return invalid(field, "%q contains %q at byte %d; a bot's app id is made of 0-9, A-Z, a-z, '_' and '-'", truncate(bot), rune(bot[i]), i)
+		}
+	}
+	return nil
+}
+
+// sceneToken is the subject token of scene for bot: the scene for the
+// default bot (""), {scene}@{bot} for another.
+func sceneToken(scene Scene, bot string) string {
+	if bot == "" {
+		return string(scene)
+	}
+	return string(scene) + "@" + bot
+}
 
 // NewJobID returns a random 128-bit job id in 32 hex digits.
 func NewJobID() string {
@@ -108,14 +136,16 @@ func indexRune(s string, bad func(rune) bool) (int, rune) {
 
 // replyID is the id the dispatcher derives for a passive reply that sets
 // msg_seq and carries no id: "reply-{scene}-{target}-{anchor}-{msg_seq}",
+// {scene} being the subject's scene token ({scene}@{bot} for a named bot),
 // with target and anchor replaced by 32 hex digits of the SHA-256 of
 // "{target}\n{anchor}" when the id would exceed MaxJobIDBytes. The
 // producer puts it in the body, so a job published again gets the same id.
-func replyID(scene Scene, target, anchor string, seq int) string {
+func replyID(scene Scene, bot, target, anchor string, seq int) string {
 	s := strconv.Itoa(seq)
-	id := "reply-" + string(scene) + "-" + target + "-" + anchor + "-" + s
+	tok := sceneToken(scene, bot)
+	id := "reply-" + tok + "-" + target + "-" + anchor + "-" + s
 	if len(id) > MaxJobIDBytes {
-		id = "reply-" + string(scene) + "-" + sha256Hex([]byte(target + "\n" + anchor))[:32] + "-" + s
+		id = "reply-" + tok + "-" + sha256Hex([]byte(target + "\n" + anchor))[:32] + "-" + s
 	}
 	return id
 }

@@ -151,6 +151,12 @@ type Job struct {
 	// when no WithID is given: for a reply with WithMsgSeq, the id the
 	// worker would derive for it; else a random one (NewJobID).
 	ID string
+	// Bot is the app id of the bot that sends the job; empty for the
+	// default bot (the workers' QQ_APP_ID). A job of a named bot goes on
+	// {prefix}.send.{scene}@{bot}.{target} with "bot" in its body. Set it
+	// with WithBot, or publish through a Publisher whose Config.Bot names
+	// the bot.
+	Bot string
 	// Scene and Target say where the message goes; Target is the user
 	// openid, group openid, channel id or DM guild id.
 	Scene  Scene
@@ -194,6 +200,18 @@ func WithID(id string) Option {
 			return err
 		}
 		j.ID = id
+		return nil
+	}
+}
+
+// WithBot makes the job one of the bot with app id appID (1 to 64
+// characters of 0-9, A-Z, a-z, '_' and '-'), instead of the default bot.
+func WithBot(appID string) Option {
+	return func(j *Job) error {
+		if err := checkBot("bot", appID); err != nil {
+			return err
+		}
+		j.Bot = appID
 		return nil
 	}
 }
@@ -305,7 +323,7 @@ func (j *Job) defaultID() string {
 	case j.ID != "":
 		return j.ID
 	case j.Passive() && j.MsgSeq > 0:
-		return replyID(j.Scene, j.Target, j.Inbound.anchor(), j.MsgSeq)
+		return replyID(j.Scene, j.Bot, j.Target, j.Inbound.anchor(), j.MsgSeq)
 	default:
 		return NewJobID()
 	}
@@ -336,6 +354,11 @@ func (j *Job) check() (json.RawMessage, *InvalidJobError) {
 func (j *Job) checkJob() *InvalidJobError {
 	if j.ID != "" {
 		if err := checkID("id", j.ID); err != nil {
+			return err
+		}
+	}
+	if j.Bot != "" {
+		if err := checkBot("bot", j.Bot); err != nil {
 			return err
 		}
 	}
@@ -690,6 +713,7 @@ func msgType(m Message, objects, extra map[string]json.RawMessage) (int64, *Inva
 type wireJob struct {
 	V          int             `json:"v"`
 	ID         string          `json:"id,omitempty"`
+	Bot        string          `json:"bot,omitempty"`
 	Scene      Scene           `json:"scene"`
 	Target     string          `json:"target"`
 	GuildID    string          `json:"guild_id,omitempty"`
@@ -718,7 +742,7 @@ func (j *Job) MarshalJSON() ([]byte, error) {
 // encode is the job's JSON body around msg, its checked and encoded
 // message (check).
 func (j *Job) encode(msg json.RawMessage) ([]byte, error) {
-	w := wireJob{V: ContractVersion, ID: j.ID, Scene: j.Scene, Target: j.Target, GuildID: j.GuildID,
+	w := wireJob{V: ContractVersion, ID: j.ID, Bot: j.Bot, Scene: j.Scene, Target: j.Target, GuildID: j.GuildID,
 		Message: msg, NotAfter: timestamp(j.NotAfter), OnQuota: j.OnQuota, Fallback: j.Fallback, Meta: compact(j.Meta)}
 	if j.Passive() {
 		w.ReceivedAt = timestamp(j.Inbound.ReceivedAt)

@@ -37,6 +37,8 @@ type Outcome struct {
 	// ConflictID.
 	JobID  string `json:"job_id"`
 	Status Status `json:"status"`
+	// Bot is the app id of the job's bot; empty for the default bot.
+	Bot    string `json:"bot,omitempty"`
 	Scene  Scene  `json:"scene,omitempty"`
 	Target string `json:"target,omitempty"`
 	// MessageID is QQ's id of the message sent.

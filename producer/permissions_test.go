@@ -2,9 +2,11 @@ package producer_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,14 +19,11 @@ import (
 	"github.com/qqdispatch/qqdispatch/queue"
 )
 
-// TestProducerPermissions: everything the package does works as the
-// producer user of deploy/nats, which may publish jobs and read and watch
-// outcomes and nothing else. The admin user stands in for a worker.
-func TestProducerPermissions(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a server from deploy/nats")
-	}
-	const producerPW, adminPW = "producer-pw-31", "admin-pw-47"
+// deployServer starts a standalone server from deploy/nats with the given
+// passwords; edit, when set, may change its options first (add users).
+// It returns the server's URL.
+func deployServer(t *testing.T, producerPW, adminPW string, edit func(*server.Options)) string {
+	t.Helper()
 	for k, v := range map[string]string{
 		"NATS_SERVER_NAME": "producer-test", "NATS_ROUTE_PASSWORD": "route",
 		"NATS_ROUTE_1": "nats-route://route:route@127.0.0.1:1", "NATS_ROUTE_2": "nats-route://route:route@127.0.0.1:2",
@@ -40,6 +39,9 @@ func TestProducerPermissions(t *testing.T) {
 	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
 	opts.Cluster, opts.Routes = server.ClusterOpts{}, nil // standalone
 	opts.StoreDir, opts.NoSigs, opts.NoLog = t.TempDir(), true, true
+	if edit != nil {
+		edit(opts)
+	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +51,18 @@ func TestProducerPermissions(t *testing.T) {
 	if !srv.ReadyForConnections(10 * time.Second) {
 		t.Fatal("the server from deploy/nats is not ready")
 	}
-	url := "nats://127.0.0.1:" + strconv.Itoa(srv.Addr().(*net.TCPAddr).Port)
+	return "nats://127.0.0.1:" + strconv.Itoa(srv.Addr().(*net.TCPAddr).Port)
+}
+
+// TestProducerPermissions: everything the package does works as the
+// producer user of deploy/nats, which may publish jobs and read and watch
+// outcomes and nothing else. The admin user stands in for a worker.
+func TestProducerPermissions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server from deploy/nats")
+	}
+	const producerPW, adminPW = "producer-pw-31", "admin-pw-47"
+	url := deployServer(t, producerPW, adminPW, nil)
 	ctx := testCtx(t)
 
 	denied := make(chan error, 16)
@@ -137,5 +150,119 @@ func TestProducerPermissions(t *testing.T) {
 	case err := <-denied:
 		t.Errorf("the server refused the producer something: %v", err)
 	default:
+	}
+}
+
+// TestBotProducerPermissions: the producer user of deploy/nats with its
+// jobs line replaced by one bot's four subjects, as accounts.conf shows,
+// publishes that bot's jobs through a Publisher with Config.Bot and reads
+// their outcomes, and cannot publish the default bot's or another bot's.
+func TestBotProducerPermissions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server from deploy/nats")
+	}
+	const adminPW, botPW = "admin-pw-48", "bot-pw-1024"
+	botSubjects := []string{"qqbot.send.c2c@1024.*", "qqbot.send.group@1024.*", "qqbot.send.channel@1024.*", "qqbot.send.dm@1024.*"}
+	url := deployServer(t, "producer-pw-32", adminPW, func(o *server.Options) {
+		for _, u := range o.Users {
+			if u.Username != "producer" {
+				continue
+			}
+			perms := &server.Permissions{Publish: &server.SubjectPermission{}, Subscribe: u.Permissions.Subscribe}
+			for _, s := range u.Permissions.Publish.Allow {
+				if s == "qqbot.send.*.*" {
+					perms.Publish.Allow = append(perms.Publish.Allow, botSubjects...)
+				} else {
+					perms.Publish.Allow = append(perms.Publish.Allow, s)
+				}
+			}
+			if len(perms.Publish.Allow) != len(u.Permissions.Publish.Allow)+3 {
+				t.Fatalf("the producer of deploy/nats has no \"qqbot.send.*.*\" line: %v", u.Permissions.Publish.Allow)
+			}
+			o.Users = append(o.Users, &server.User{Username: "bot1024", Password: botPW, Account: u.Account, Permissions: perms})
+			return
+		}
+		t.Fatal("deploy/nats has no producer user")
+	})
+	ctx := testCtx(t)
+	denied := make(chan error, 16)
+	connect := func(user, pw string) (*nats.Conn, jetstream.JetStream) {
+		nc, err := nats.Connect(url, nats.UserInfo(user, pw), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case denied <- err:
+			default:
+			}
+		}))
+		if err != nil {
+			t.Fatalf("connect as %s: %v", user, err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		return nc, js
+	}
+	_, admin := connect("admin", adminPW)
+	bnc, bjs := connect("bot1024", botPW)
+	names := queue.Config{Partitions: 1}.WithDefaults()
+	if err := queue.Provision(ctx, admin, names); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := queue.NewRecorder(ctx, admin, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := admin.CreateOrUpdateConsumer(ctx, names.JobsStream, jetstream.ConsumerConfig{
+		Durable: "bot-reader", FilterSubject: names.Prefix + ".send.*.*.*", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := producer.NewPublisher(bjs, producer.Config{Bot: "1024"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m, err := reader.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Errorf("no job reached the stream: %v", err)
+			return
+		}
+		env := dispatcher.Envelope{Subject: m.Subject(), Data: m.Data(), Header: m.Headers()}
+		job, err := dispatcher.Decode(queue.OriginalSubject(names, m.Subject()), m.Data(), dispatcher.DecodeOptions{})
+		if err != nil || job.Bot != "1024" {
+			t.Errorf("decode: %+v, %v", job, err)
+			return
+		}
+		o := dispatcher.Outcome{JobID: dispatcher.JobIdentity(job, env), Status: dispatcher.StatusSent, Scene: job.Scene, Target: job.Target, MessageID: "m1"}
+		if _, err := rec.Record(context.Background(), o, env); err != nil {
+			t.Errorf("record: %v", err)
+		}
+		_ = m.Ack()
+	}()
+	job, _ := producer.GroupActive("G1", producer.Text("x"))
+	if out, err := pub.PublishAndWait(ctx, job); err != nil || out.Status != producer.StatusSent || out.Bot != "1024" {
+		t.Errorf("bot 1024's producer: publish and wait: %+v, %v", out, err)
+	}
+	<-done
+	select {
+	case err := <-denied:
+		t.Fatalf("the server refused bot 1024's producer its own job: %v", err)
+	default:
+	}
+	for _, subject := range []string{"qqbot.send.group.G1", "qqbot.send.group@2048.G1", "qqbot.send.group@10245.G1"} {
+		if err := bnc.Publish(subject, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := bnc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-denied:
+			if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(err.Error(), "Permissions Violation") {
+				t.Errorf("publish on %s: %v, want a permissions violation", subject, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("bot 1024's producer published on %s", subject)
+		}
 	}
 }

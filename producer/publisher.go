@@ -44,7 +44,8 @@ type PublishResult struct {
 	// already names another job (see the job contract, "Job ids"). It is
 	// also the publish's Nats-Msg-Id.
 	ConflictID string
-	// Scene and Target are the job's.
+	// Bot, Scene and Target are the job's (Bot "" for the default bot).
+	Bot    string
 	Scene  Scene
 	Target string
 	// Subject is the subject the job was published on.
@@ -59,9 +60,17 @@ type PublishResult struct {
 }
 
 // Subject is the subject a job for scene and target is published on:
-// {Prefix}.send.{scene}.{target}.
+// {Prefix}.send.{scene}.{target}, or {Prefix}.send.{scene}@{bot}.{target}
+// when Config.Bot names the publisher's bot. BotSubject names another bot.
 func (p *Publisher) Subject(scene Scene, target string) string {
-	return p.cfg.Prefix + ".send." + string(scene) + "." + target
+	return p.BotSubject(p.cfg.Bot, scene, target)
+}
+
+// BotSubject is the subject of bot's jobs for scene and target:
+// {Prefix}.send.{scene}@{bot}.{target}, or {Prefix}.send.{scene}.{target}
+// for the default bot (bot "").
+func (p *Publisher) BotSubject(bot string, scene Scene, target string) string {
+	return p.cfg.Prefix + ".send." + sceneToken(scene, bot) + "." + target
 }
 
 // Publish checks job, gives it an id if it has none (set on job: see
@@ -81,6 +90,9 @@ func (p *Publisher) prepare(job *Job) (*nats.Msg, PublishResult, error) {
 	if job == nil {
 		return nil, PublishResult{}, invalid("", "nil job")
 	}
+	if err := p.ownBot(job); err != nil {
+		return nil, PublishResult{}, err
+	}
 	body, ierr := job.check() // once: MarshalJSON would check again
 	if ierr != nil {
 		return nil, PublishResult{}, ierr
@@ -93,11 +105,28 @@ func (p *Publisher) prepare(job *Job) (*nats.Msg, PublishResult, error) {
 	if len(data) > p.cfg.MaxJobBytes {
 		return nil, PublishResult{}, invalid("", "encoded job is %d bytes, over the %d-byte cap", len(data), p.cfg.MaxJobBytes)
 	}
-	res := PublishResult{JobID: job.ID, ConflictID: conflictID(job.ID, data), Scene: job.Scene, Target: job.Target,
-		Subject: p.Subject(job.Scene, job.Target)}
+	res := PublishResult{JobID: job.ID, ConflictID: conflictID(job.ID, data), Bot: job.Bot, Scene: job.Scene, Target: job.Target,
+		Subject: p.BotSubject(job.Bot, job.Scene, job.Target)}
 	msg := &nats.Msg{Subject: res.Subject, Header: nats.Header{}, Data: data}
 	msg.Header.Set(nats.MsgIdHdr, res.ConflictID)
 	return msg, res, nil
+}
+
+// ownBot gives a job without a bot the publisher's (Config.Bot), with the
+// id a reply with msg_seq derives for it, and refuses a job of another
+// bot.
+func (p *Publisher) ownBot(job *Job) *InvalidJobError {
+	switch bot := p.cfg.Bot; {
+	case bot == "" || job.Bot == bot:
+		return nil
+	case job.Bot != "":
+		return invalid("bot", "the job is bot %q's, and this Publisher publishes for bot %q only (Config.Bot)", truncate(job.Bot), bot)
+	}
+	job.Bot = p.cfg.Bot
+	if job.Passive() && job.MsgSeq > 0 && job.ID == replyID(job.Scene, "", job.Target, job.Inbound.anchor(), job.MsgSeq) {
+		job.ID = replyID(job.Scene, job.Bot, job.Target, job.Inbound.anchor(), job.MsgSeq)
+	}
+	return nil
 }
 
 func (p *Publisher) publish(ctx context.Context, msg *nats.Msg, res PublishResult) (PublishResult, error) {
@@ -119,8 +148,8 @@ func (p *Publisher) publish(ctx context.Context, msg *nats.Msg, res PublishResul
 //
 // When the id already names another job, that job's outcome is under the
 // id and this job's under its ConflictID: PublishAndWait watches both, and
-// takes the one under the id only when it is for this job's scene and
-// target.
+// takes the one under the id only when it is for this job's bot, scene
+// and target.
 func (p *Publisher) PublishAndWait(ctx context.Context, job *Job) (Outcome, error) {
 	msg, res, err := p.prepare(job)
 	if err != nil {
@@ -191,13 +220,13 @@ func (p *Publisher) await(ctx context.Context, w *OutcomeWatch, res PublishResul
 
 // owns reports whether o is the outcome of the job res names: the one
 // under its conflict id, or the one under its id when it is for the job's
-// scene and target (or names none: a job that did not decode).
+// bot, scene and target (or names none: a job that did not decode).
 func (r PublishResult) owns(o Outcome) bool {
 	switch o.JobID {
 	case r.ConflictID:
 		return true
 	case r.JobID:
-		return o.Scene == "" || o.Scene == r.Scene && o.Target == r.Target
+		return o.Scene == "" || o.Bot == r.Bot && o.Scene == r.Scene && o.Target == r.Target
 	}
 	return false
 }
@@ -222,7 +251,7 @@ func (p *Publisher) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 }
 
 // Lookup returns the outcome stored under jobID, if there is one. Check
-// that its Scene and Target are your job's: if not, another job took the
+// that its Bot, Scene and Target are your job's: if not, another job took the
 // id first, and yours is under its ConflictID.
 func (p *Publisher) Lookup(ctx context.Context, jobID string) (Outcome, bool, error) {
 	if err := checkID("job id", jobID); err != nil {

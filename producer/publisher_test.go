@@ -416,3 +416,112 @@ func TestNamesFollowThePrefix(t *testing.T) {
 		t.Error("published to a stream other than the one named")
 	}
 }
+
+// TestBotJobs: a job of a named bot goes on its bot's subject and is sent
+// by that bot; the same id and message for the default bot is another job
+// (rejected under its conflict id, not sent), and PublishAndWait returns
+// each job's own outcome. A Publisher for one bot (Config.Bot) gives its
+// bot to jobs without one and refuses jobs of other bots.
+func TestBotJobs(t *testing.T) {
+	t.Parallel()
+	e := sharedEnv()
+	pub, js := e.publisher(t)
+	ctx := testCtx(t)
+	target, id := uniq("G"), uniq("bot-id")
+	job, err := producer.GroupActive(target, producer.Text("from 1024"), producer.WithBot(testBot), producer.WithID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pub.PublishAndWait(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Status != producer.StatusSent || out.JobID != id || out.Bot != testBot || out.Target != target {
+		t.Errorf("bot %s's job: %+v", testBot, out)
+	}
+	sentBy := func() []string {
+		var apps []string
+		for _, m := range e.sim.Accepted() {
+			if m.Target == target {
+				apps = append(apps, m.AppID)
+			}
+		}
+		return apps
+	}
+	if apps := sentBy(); len(apps) != 1 || apps[0] != testBot {
+		t.Errorf("the simulator got %s's message from %v, want one from bot %s", target, apps, testBot)
+	}
+
+	// The default bot, the same id and message: another job.
+	def, _ := producer.GroupActive(target, producer.Text("from 1024"), producer.WithID(id))
+	o, err := pub.PublishAndWait(ctx, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Status != producer.StatusRejected || o.Bot != "" || !strings.HasPrefix(o.JobID, id+"~") {
+		t.Errorf("the default bot's job reusing bot %s's id: %+v, want its own rejected outcome", testBot, o)
+	}
+	if apps := sentBy(); len(apps) != 1 {
+		t.Errorf("the simulator got %d messages for %s, want 1", len(apps), target)
+	}
+
+	// A Publisher for one bot.
+	own, err := producer.NewPublisher(js, producer.Config{Bot: testBot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := own.Subject(producer.C2C, "U1"), "qqbot.send.c2c@"+testBot+".U1"; got != want {
+		t.Errorf("Subject = %q, want %q", got, want)
+	}
+	if got := pub.BotSubject(testBot, producer.DM, "D1"); got != "qqbot.send.dm@"+testBot+".D1" {
+		t.Errorf("BotSubject = %q", got)
+	}
+	plain, _ := producer.GroupActive(uniq("G"), producer.Text("hi"))
+	res, err := own.Publish(ctx, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Bot != testBot || plain.Bot != testBot || res.Subject != "qqbot.send.group@"+testBot+"."+plain.Target {
+		t.Errorf("published %+v (job bot %q), want it on bot %s's subject", res, plain.Bot, testBot)
+	}
+	if o, err := own.Wait(ctx, res); err != nil || o.Status != producer.StatusSent || o.Bot != testBot {
+		t.Errorf("Wait: %+v, %v", o, err)
+	}
+	other, _ := producer.GroupActive(uniq("G"), producer.Text("hi"), producer.WithBot("2048"))
+	var ie *producer.InvalidJobError
+	if _, err := own.Publish(ctx, other); !errors.As(err, &ie) || ie.Field != "bot" {
+		t.Errorf("bot 2048's job through bot %s's Publisher: %v, want an *InvalidJobError for bot", testBot, err)
+	}
+}
+
+// TestBotConfig: Config.Bot and WithBot take an app id only; a reply with
+// msg_seq published for a bot gets the id the worker derives for that bot.
+func TestBotConfig(t *testing.T) {
+	t.Parallel()
+	_, js := sharedEnv().publisher(t)
+	var ce *producer.ConfigError
+	for _, bot := range []string{"a.b", "a*", "a b", strings.Repeat("b", producer.MaxBotBytes+1)} {
+		if _, err := producer.NewPublisher(js, producer.Config{Bot: bot}); !errors.As(err, &ce) || ce.Field != "Bot" {
+			t.Errorf("Config.Bot %q: %v, want a *ConfigError for Bot", bot, err)
+		}
+		var ie *producer.InvalidJobError
+		if _, err := producer.GroupActive("G", producer.Text("x"), producer.WithBot(bot)); !errors.As(err, &ie) || ie.Field != "bot" {
+			t.Errorf("WithBot(%q): %v, want an *InvalidJobError for bot", bot, err)
+		}
+	}
+	if _, err := producer.GroupActive("G", producer.Text("x"), producer.WithBot("")); err == nil {
+		t.Error("WithBot(\"\") accepted")
+	}
+	in := producer.InboundMessage("M1", time.Now())
+	reply, _ := producer.GroupReply("G1", in, producer.Text("hi"), producer.WithMsgSeq(2))
+	if reply.ID != "reply-group-G1-M1-2" {
+		t.Fatalf("default bot's derived id %q", reply.ID)
+	}
+	_, res, err := producer.Prepare(producer.Config{Bot: testBot}, reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "reply-group@" + testBot + "-G1-M1-2"; res.JobID != want || reply.ID != want {
+		t.Errorf("the reply's id for bot %s: %q (job %q), want %q", testBot, res.JobID, reply.ID, want)
+	}
+}
