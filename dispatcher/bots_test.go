@@ -135,8 +135,8 @@ func TestBotsPickTheSender(t *testing.T) {
 		want *countSender
 	}{{"", r.def}, {"A", r.a}, {"B", r.b}, {"A", r.a}} {
 		before := c.want.total()
-		if o := r.handle(t, botJob(t, c.bot, "j-"+c.bot+time.Now().String(), "g1", false)); o.Status != dispatcher.StatusSent {
-			t.Fatalf("bot %q: outcome %s (%s), want sent", c.bot, o.Status, o.Reason)
+		if o := r.handle(t, botJob(t, c.bot, "j-"+c.bot+time.Now().String(), "g1", false)); o.Status != dispatcher.StatusSent || o.Bot != c.bot {
+			t.Fatalf("bot %q: outcome %s (%s) of bot %q, want sent, of the job's bot", c.bot, o.Status, o.Reason, o.Bot)
 		}
 		if c.want.total() != before+1 {
 			t.Fatalf("bot %q: its sender made %d calls, want %d", c.bot, c.want.total(), before+1)

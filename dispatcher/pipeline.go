@@ -176,9 +176,11 @@ type ProcessorConfig struct {
 // Observer receives pipeline events, e.g. to export metrics. Calls must not
 // block.
 type Observer interface {
-	// Attempt reports one API call: err is nil when it succeeded, else a
-	// *SendError (or another error, classified ClassUnknown).
-	Attempt(scene Scene, err error, took time.Duration)
+	// Attempt reports one API call of bot ("" the default bot): err is
+	// nil when it succeeded, else a *SendError (or another error,
+	// classified ClassUnknown).
+	Attempt(bot string, scene Scene, err error, took time.Duration)
+	// Outcome reports a job's outcome; o.Bot is its bot.
 	Outcome(o Outcome, took time.Duration)
 	// Departed reports a job's first call leaving, delay after the job
 	// was published.
@@ -444,7 +446,7 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		}
 		o := r.outcome(StatusInvalid, reason)
 		if job != nil {
-			o.Scene, o.Target = job.Scene, job.Target
+			o.Bot, o.Scene, o.Target = job.Bot, job.Scene, job.Target
 		} else if sc, tg, err := ParseSubject(prefixOf(p.cfg.Decode), r.env.Subject); err == nil {
 			o.Scene, o.Target = sc, tg
 		}
@@ -1213,7 +1215,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			permit.Answered(err, wireOf(res, err))
 		}
 		if p.cfg.Observer != nil {
-			p.cfg.Observer.Attempt(j.Scene, err, took)
+			p.cfg.Observer.Attempt(j.Bot, j.Scene, err, took)
 		}
 		if p.cfg.Limiter != nil {
 			p.cfg.Limiter.Feedback(j, class)
@@ -1823,7 +1825,7 @@ func (r *run) notCharged(o Outcome) bool {
 func (r *run) outcome(s Status, reason string) Outcome {
 	o := Outcome{V: ContractVersion, JobID: r.jobID, Status: s, Reason: reason, Attempts: r.calls(), MsgSeq: r.claim.MsgSeq}
 	if r.job != nil {
-		o.Scene, o.Target, o.Meta = r.job.Scene, r.job.Target, r.job.Meta
+		o.Bot, o.Scene, o.Target, o.Meta = r.job.Bot, r.job.Scene, r.job.Target, r.job.Meta
 		if o.MsgSeq == 0 && r.job.Kind() == KindPassive {
 			o.MsgSeq = r.job.MsgSeq
 		}

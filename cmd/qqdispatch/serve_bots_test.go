@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,5 +63,15 @@ func TestServeSendsForRegisteredBots(t *testing.T) {
 	}
 	if len(msgs) != 1 || msgs[0].AppID != "botX" || contentOf(msgs[0].Body) != "from botX" {
 		t.Fatalf("the simulator has %d messages from botX (%+v), want its one job", len(msgs), msgs)
+	}
+	_, metrics := httpGet(t, s.HTTPURL+"/metrics")
+	for _, want := range []string{
+		`qqdispatch_jobs_finished_total{bot="botX",scene="group",status="sent"} 1`,
+		`qqdispatch_send_attempts_total{bot="botX",class="ok",scene="group"} 1`,
+		`qqdispatch_jobs_finished_total{bot="default",scene="group",status="sent"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

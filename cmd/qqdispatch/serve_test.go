@@ -314,9 +314,9 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 	}
 	_, metrics := httpGet(t, s.HTTPURL+"/metrics")
 	for _, want := range []string{
-		`qqdispatch_jobs_finished_total{scene="group",status="sent"}`,
-		`qqdispatch_jobs_finished_total{scene="group",status="invalid"} 2`,
-		`qqdispatch_send_attempts_total{class="ok",scene="group"}`,
+		`qqdispatch_jobs_finished_total{bot="default",scene="group",status="sent"}`,
+		`qqdispatch_jobs_finished_total{bot="default",scene="group",status="invalid"} 2`,
+		`qqdispatch_send_attempts_total{bot="default",class="ok",scene="group"}`,
 		`qqdispatch_ready 1`,
 		`qqdispatch_fleet_members 1`,
 		`qqdispatch_dlq_messages `, // read from the DLQ stream at scrape time

@@ -47,6 +47,16 @@ func (s *memBotSource) Bot(appID string) (worker.Bot, bool) {
 	return b, ok
 }
 
+func (s *memBotSource) Bots() []worker.Bot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []worker.Bot
+	for _, b := range s.bots {
+		out = append(out, b)
+	}
+	return out
+}
+
 func (s *memBotSource) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -218,6 +228,9 @@ func TestBotWithBadSecretPausesAlone(t *testing.T) {
 		p := w.ConfigPaused()
 		return len(p) == 1 && p[0].Bot == "A"
 	})
+	if bw := w.BotsWaiting(); len(bw) != 1 || !strings.HasPrefix(bw[0], "A (the platform refuses its configuration") {
+		t.Errorf("bots waiting %q, want A for its configuration", bw)
+	}
 	for _, id := range aIDs {
 		if _, ok, err := b.Rec.Lookup(context.Background(), id); err != nil || ok {
 			t.Fatalf("bot A's job %s has an outcome (%v) while its secret is refused", id, err)
@@ -249,6 +262,9 @@ func TestPausedBotJobsWaitAndGoAfterResume(t *testing.T) {
 	aIDs := []string{b.publishFor(t, "A", "paused-A-0", "g0"), b.publishFor(t, "A", "paused-A-1", "g1")}
 	allSent(t, b.Outcomes([]string{b.publishFor(t, "B", "paused-B-0", "g0")}, time.Minute))
 	waitFor(t, "bot A's jobs to wait for bot.paused", 30*time.Second, func() bool { return waitingFor(w, dispatcher.RuleBotPaused) })
+	if bw := w.BotsWaiting(); len(bw) != 1 || bw[0] != "A (paused in the registry)" {
+		t.Errorf("bots waiting %q, want A, paused", bw)
+	}
 	for _, id := range aIDs {
 		if _, ok, err := b.Rec.Lookup(context.Background(), id); err != nil || ok {
 			t.Fatalf("paused bot A's job %s has an outcome (%v)", id, err)

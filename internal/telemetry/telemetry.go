@@ -3,9 +3,10 @@
 // feeds it, and the /metrics, /healthz and /readyz endpoints.
 //
 // Labels are kept to a small, fixed set of values (scene, status, error
-// class, and the reason a job waits: a rule of the policy or one of the
-// scheduler's few words), so the number of series does not grow with
-// traffic: no target, job id or message content ever becomes a label.
+// class, the reason a job waits: a rule of the policy or one of the
+// scheduler's few words, and the bot: one of the bots the worker serves),
+// so the number of series does not grow with traffic: no target, job id,
+// unregistered bot name or message content ever becomes a label.
 package telemetry
 
 import (
@@ -38,6 +39,10 @@ const (
 	ScrapeRefreshDefault = 5 * time.Second
 	// Namespace prefixes every qqdispatch metric name.
 	Namespace = "qqdispatch"
+	// BotDefault labels the default bot's series; BotUnregistered a bot
+	// the worker does not serve (see Config.BotLabel).
+	BotDefault      = "default"
+	BotUnregistered = "unregistered"
 )
 
 // Config configures a Telemetry.
@@ -86,6 +91,17 @@ type Config struct {
 	// ScrapeTimeout, for qqdispatch_quota_*. Default: nil, exported as
 	// nothing.
 	Quotas func(ctx context.Context) ([]ratelimit.QuotaStat, error)
+	// BotLabel is the value of the bot label of a job's bot (its app id;
+	// "" is the default bot, always labelled "default"): the worker
+	// answers the app id of a registered bot and BotUnregistered for any
+	// other, so the label is bounded by the number of bots, not by what
+	// producers write in subjects. Default: nil, every bot but the
+	// default one labelled BotUnregistered.
+	BotLabel func(bot string) string
+	// BotsWaiting lists the bots whose jobs wait now, each with why (e.g.
+	// "102030 (paused in the registry)"): /readyz still answers 200 (the
+	// other bots send) and says them in its line. Default: nil, none.
+	BotsWaiting func() []string
 	// ScrapeTimeout bounds each of a scrape's DLQ and Quotas calls.
 	// Default ScrapeTimeoutDefault (2s).
 	ScrapeTimeout time.Duration
@@ -146,12 +162,12 @@ func New(cfg Config) (*Telemetry, error) {
 	t := &Telemetry{cfg: cfg, reg: prometheus.NewRegistry()}
 	t.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "jobs_finished_total",
-		Help: "Jobs that reached a terminal outcome, by scene and outcome status.",
-	}, []string{"scene", "status"})
+		Help: "Jobs that reached a terminal outcome, by bot, scene and outcome status.",
+	}, []string{"bot", "scene", "status"})
 	t.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "send_attempts_total",
-		Help: "Calls to the QQ send endpoints, by scene and error class (\"ok\" for a call that succeeded).",
-	}, []string{"scene", "class"})
+		Help: "Calls to the QQ send endpoints, by bot, scene and error class (\"ok\" for a call that succeeded).",
+	}, []string{"bot", "scene", "class"})
 	t.callDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: Namespace, Name: "send_duration_seconds",
 		Help:    "Duration of one call to a QQ send endpoint, by scene.",
@@ -221,8 +237,8 @@ func New(cfg Config) (*Telemetry, error) {
 	// Series that exist before the first job, so rates and alerts work
 	// from the start.
 	for _, sc := range dispatcher.Scenes {
-		t.attempts.WithLabelValues(string(sc), "ok")
-		t.jobs.WithLabelValues(string(sc), string(dispatcher.StatusSent))
+		t.attempts.WithLabelValues(BotDefault, string(sc), "ok")
+		t.jobs.WithLabelValues(BotDefault, string(sc), string(dispatcher.StatusSent))
 	}
 	return t, nil
 }
@@ -231,16 +247,21 @@ func New(cfg Config) (*Telemetry, error) {
 func (t *Telemetry) Registry() *prometheus.Registry { return t.reg }
 
 // Attempt records one call to a send endpoint: class "ok" for a call that
-// succeeded, else the error's class.
-func (t *Telemetry) Attempt(scene dispatcher.Scene, err error, took time.Duration) {
+// succeeded, else the error's class. A configuration answer makes the
+// worker unready only for the default bot: another bot pauses alone (see
+// Config.BotsWaiting).
+func (t *Telemetry) Attempt(bot string, scene dispatcher.Scene, err error, took time.Duration) {
 	sc := sceneLabel(scene)
 	cl := "ok"
 	class := dispatcher.ClassOf(err)
 	if err != nil {
 		cl = class.String()
 	}
-	t.attempts.WithLabelValues(sc, cl).Inc()
+	t.attempts.WithLabelValues(t.botLabel(bot), sc, cl).Inc()
 	t.callDur.WithLabelValues(sc).Observe(took.Seconds())
+	if bot != "" {
+		return
+	}
 	switch {
 	case class == dispatcher.ClassConfiguration:
 		t.ConfigurationProblem()
@@ -256,8 +277,22 @@ func (t *Telemetry) Attempt(scene dispatcher.Scene, err error, took time.Duratio
 // Outcome records a job's terminal outcome.
 func (t *Telemetry) Outcome(o dispatcher.Outcome, took time.Duration) {
 	st := statusLabel(o.Status)
-	t.jobs.WithLabelValues(sceneLabel(o.Scene), st).Inc()
+	t.jobs.WithLabelValues(t.botLabel(o.Bot), sceneLabel(o.Scene), st).Inc()
 	t.jobDur.WithLabelValues(st).Observe(took.Seconds())
+}
+
+// botLabel is the bot label of bot (see Config.BotLabel).
+func (t *Telemetry) botLabel(bot string) string {
+	switch {
+	case bot == "":
+		return BotDefault
+	case t.cfg.BotLabel == nil:
+		return BotUnregistered
+	}
+	if l := t.cfg.BotLabel(bot); l != "" {
+		return l
+	}
+	return BotUnregistered
 }
 
 // Departed records the delay from a job's publish to its first call.
@@ -307,6 +342,11 @@ func (t *Telemetry) Ready() (bool, string) {
 	if !last.IsZero() {
 		if ago := t.cfg.Now().Sub(last); ago < t.cfg.ConfigErrorWindow {
 			return false, fmt.Sprintf("the QQ API answered with a configuration error (bad credentials or setup) %s ago", ago.Round(time.Second))
+		}
+	}
+	if t.cfg.BotsWaiting != nil {
+		if w := t.cfg.BotsWaiting(); len(w) > 0 {
+			return true, "ok; bots waiting: " + strings.ReplaceAll(strings.Join(w, ", "), "\n", "; ")
 		}
 	}
 	return true, "ok"

@@ -77,9 +77,9 @@ func TestNewRejectsNegativeWindow(t *testing.T) {
 func TestMetricsCountAttemptsAndOutcomes(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.tel.Attempt(dispatcher.SceneGroup, nil, 20*time.Millisecond)
-	b.tel.Attempt(dispatcher.SceneGroup, &dispatcher.SendError{Class: dispatcher.ClassTransient}, 30*time.Millisecond)
-	b.tel.Attempt(dispatcher.SceneGroup, &dispatcher.SendError{Class: dispatcher.ClassTransient}, 30*time.Millisecond)
+	b.tel.Attempt("", dispatcher.SceneGroup, nil, 20*time.Millisecond)
+	b.tel.Attempt("", dispatcher.SceneGroup, &dispatcher.SendError{Class: dispatcher.ClassTransient}, 30*time.Millisecond)
+	b.tel.Attempt("", dispatcher.SceneGroup, &dispatcher.SendError{Class: dispatcher.ClassTransient}, 30*time.Millisecond)
 	b.tel.Outcome(dispatcher.Outcome{JobID: "secret-job-id", Scene: dispatcher.SceneGroup, Target: "TARGET-OPENID",
 		Status: dispatcher.StatusSent, Meta: []byte(`{"x":"META-VALUE"}`)}, time.Second)
 	b.tel.Outcome(dispatcher.Outcome{JobID: "j2", Status: dispatcher.StatusInvalid}, time.Millisecond)
@@ -89,11 +89,11 @@ func TestMetricsCountAttemptsAndOutcomes(t *testing.T) {
 	}
 	body := metrics(t, b)
 	for _, want := range []string{
-		`qqdispatch_send_attempts_total{class="transient",scene="group"} 2`,
-		`qqdispatch_send_attempts_total{class="ok",scene="group"} 1`,
-		`qqdispatch_send_attempts_total{class="ok",scene="dm"} 0`,
-		`qqdispatch_jobs_finished_total{scene="group",status="sent"} 1`,
-		`qqdispatch_jobs_finished_total{scene="unknown",status="invalid"} 1`,
+		`qqdispatch_send_attempts_total{bot="default",class="transient",scene="group"} 2`,
+		`qqdispatch_send_attempts_total{bot="default",class="ok",scene="group"} 1`,
+		`qqdispatch_send_attempts_total{bot="default",class="ok",scene="dm"} 0`,
+		`qqdispatch_jobs_finished_total{bot="default",scene="group",status="sent"} 1`,
+		`qqdispatch_jobs_finished_total{bot="default",scene="unknown",status="invalid"} 1`,
 		`qqdispatch_send_duration_seconds_count{scene="group"} 3`,
 		`qqdispatch_job_duration_seconds_count{status="sent"} 1`,
 		`qqdispatch_build_info{version="v-test"} 1`,
@@ -140,7 +140,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	b.connected.Store(true)
 
-	b.tel.Attempt(dispatcher.SceneC2C, &dispatcher.SendError{Class: dispatcher.ClassConfiguration}, time.Millisecond)
+	b.tel.Attempt("", dispatcher.SceneC2C, &dispatcher.SendError{Class: dispatcher.ClassConfiguration}, time.Millisecond)
 	check("/readyz", 503, "configuration error")
 	b.clk.Add(telemetry.ConfigErrorWindowDefault - time.Second)
 	check("/readyz", 503, "configuration error")
@@ -394,4 +394,53 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// The bot label: "default" for the default bot, the app id of a bot the
+// worker serves, "unregistered" for any other name a subject carried (so
+// producers cannot grow the series). A registered bot's configuration
+// answer leaves the worker ready: /readyz names the bots that wait.
+func TestBotLabelAndWaitingBots(t *testing.T) {
+	t.Parallel()
+	var waiting atomic.Value
+	waiting.Store([]string(nil))
+	tel, err := telemetry.New(telemetry.Config{Connected: func() bool { return true },
+		BotLabel: func(bot string) string {
+			if bot == "102030" {
+				return bot
+			}
+			return ""
+		},
+		BotsWaiting: func() []string { return waiting.Load().([]string) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(tel.Handler())
+	t.Cleanup(srv.Close)
+	tel.SetStarted(true)
+	tel.Attempt("102030", dispatcher.SceneGroup, nil, time.Millisecond)
+	tel.Attempt("102030", dispatcher.SceneGroup, &dispatcher.SendError{Class: dispatcher.ClassConfiguration}, time.Millisecond)
+	tel.Outcome(dispatcher.Outcome{Bot: "102030", Scene: dispatcher.SceneGroup, Status: dispatcher.StatusSent}, time.Millisecond)
+	tel.Outcome(dispatcher.Outcome{Bot: "made-up-by-a-producer", Scene: dispatcher.SceneGroup, Status: dispatcher.StatusRejected}, time.Millisecond)
+	_, body := get(t, srv.URL+"/metrics")
+	for _, want := range []string{
+		`qqdispatch_send_attempts_total{bot="102030",class="ok",scene="group"} 1`,
+		`qqdispatch_send_attempts_total{bot="102030",class="configuration",scene="group"} 1`,
+		`qqdispatch_jobs_finished_total{bot="102030",scene="group",status="sent"} 1`,
+		`qqdispatch_jobs_finished_total{bot="unregistered",scene="group",status="rejected"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(body, "made-up-by-a-producer") {
+		t.Error("/metrics carries a bot name no one registered")
+	}
+	if ok, why := tel.Ready(); !ok || why != "ok" {
+		t.Fatalf("Ready = %v %q after a registered bot's configuration answer, want ready", ok, why)
+	}
+	waiting.Store([]string{"102030 (credentials refused)"})
+	if code, body := get(t, srv.URL+"/readyz"); code != 200 || !strings.Contains(body, "bots waiting: 102030 (credentials refused)") {
+		t.Fatalf("/readyz = %d %q, want 200 naming the waiting bot", code, body)
+	}
 }

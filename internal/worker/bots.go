@@ -37,6 +37,8 @@ type Bot struct {
 type BotSource interface {
 	// Bot returns the registered bot appID, paused or not.
 	Bot(appID string) (Bot, bool)
+	// Bots returns every registered bot.
+	Bots() []Bot
 	// Changed returns a channel closed at the next change of the
 	// registry (take it before reading).
 	Changed() <-chan struct{}
@@ -373,7 +375,20 @@ func (s registrySource) Bot(appID string) (Bot, bool) {
 	if !ok {
 		return Bot{}, false
 	}
-	return Bot{AppID: b.AppID, SecretFile: b.SecretFile, SecretEnv: b.SecretEnv, Policy: b.Policy, Paused: b.Paused}, true
+	return botOf(b), true
+}
+
+func (s registrySource) Bots() []Bot {
+	rb := s.r.Bots()
+	out := make([]Bot, len(rb))
+	for i, b := range rb {
+		out[i] = botOf(b)
+	}
+	return out
+}
+
+func botOf(b registry.Bot) Bot {
+	return Bot{AppID: b.AppID, SecretFile: b.SecretFile, SecretEnv: b.SecretEnv, Policy: b.Policy, Paused: b.Paused}
 }
 
 func (s registrySource) Changed() <-chan struct{} { return s.r.Changed() }

@@ -436,6 +436,41 @@ func (w *Worker) ConfigPaused() []dispatcher.BotPause {
 	return proc.ConfigPaused()
 }
 
+// BotLabel is the metrics label of bot: its app id when the worker serves
+// it (registered, paused or not), "" otherwise (telemetry.Config.BotLabel).
+func (w *Worker) BotLabel(bot string) string {
+	if w.cfg.Bots == nil {
+		return ""
+	}
+	if bot == w.cfg.Bots.DefaultAppID {
+		return telemetry.BotDefault
+	}
+	if _, ok := w.cfg.Bots.Source.Bot(bot); ok {
+		return bot
+	}
+	return ""
+}
+
+// BotsWaiting lists the registered bots whose jobs wait now, each with
+// why: paused in the registry, or credentials refused (its configuration
+// gate closed; the default bot's shows as unreadiness instead).
+func (w *Worker) BotsWaiting() []string {
+	var out []string
+	if w.cfg.Bots != nil {
+		for _, b := range w.cfg.Bots.Source.Bots() {
+			if b.Paused {
+				out = append(out, b.AppID+" (paused in the registry)")
+			}
+		}
+	}
+	for _, p := range w.ConfigPaused() {
+		if p.Bot != "" {
+			out = append(out, p.Bot+" (the platform refuses its configuration: "+p.Err.Error()+")")
+		}
+	}
+	return out
+}
+
 // Summary is what the worker's scheduler holds, runs and parks, and why.
 func (w *Worker) Summary() sched.Summary {
 	if c := w.consumer(); c != nil {
@@ -540,7 +575,8 @@ func (w *Worker) Quotas(ctx context.Context) ([]ratelimit.QuotaStat, error) {
 }
 
 // Telemetry returns cfg with its worker-reading fields (Trouble, Held,
-// Partitions, Scheduling, Pacing, Members, DLQ, Quotas) set to ask the
+// Partitions, Scheduling, Pacing, Members, DLQ, Quotas, BotLabel,
+// BotsWaiting) set to ask the
 // worker running holds, so the endpoints can serve before it is stored:
 // until then they read as idle, with no DLQ size.
 func Telemetry(cfg telemetry.Config, running *atomic.Pointer[Worker]) telemetry.Config {
@@ -585,6 +621,18 @@ func Telemetry(cfg telemetry.Config, running *atomic.Pointer[Worker]) telemetry.
 			return w.DLQMessages(ctx)
 		}
 		return 0, errors.New("worker: not started")
+	}
+	cfg.BotLabel = func(bot string) string {
+		if w := running.Load(); w != nil {
+			return w.BotLabel(bot)
+		}
+		return ""
+	}
+	cfg.BotsWaiting = func() []string {
+		if w := running.Load(); w != nil {
+			return w.BotsWaiting()
+		}
+		return nil
 	}
 	cfg.Quotas = func(ctx context.Context) ([]ratelimit.QuotaStat, error) {
 		if w := running.Load(); w != nil {
