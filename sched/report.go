@@ -144,9 +144,11 @@ func (s *Scheduler) Summary(now time.Time) Summary {
 // Where is what the scheduler knows of one job.
 type Where struct {
 	// State is "running", "paused", "held" or "parked".
-	State string           `json:"state"`
-	Rule  string           `json:"rule,omitempty"`
-	Until time.Time        `json:"until,omitzero"`
+	State string    `json:"state"`
+	Rule  string    `json:"rule,omitempty"`
+	Until time.Time `json:"until,omitzero"`
+	// Bot is the job's bot; "" the default bot.
+	Bot   string           `json:"bot,omitempty"`
 	Scene dispatcher.Scene `json:"scene"`
 	Kind  dispatcher.Kind  `json:"kind"`
 	// Partition is the job's partition.
@@ -159,7 +161,7 @@ type Where struct {
 func (s *Scheduler) Find(id string) (Where, bool) {
 	h := idHash(id)
 	for _, l := range s.lanes {
-		base := Where{Scene: l.key.scene, Kind: l.key.kind, Partition: l.part}
+		base := Where{Bot: l.key.bot, Scene: l.key.scene, Kind: l.key.kind, Partition: l.part}
 		if b := l.busy; b != nil && b.JobID == id {
 			w := base
 			w.State = "running"

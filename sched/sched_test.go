@@ -473,3 +473,20 @@ func TestLanesPerBot(t *testing.T) {
 		t.Fatalf("started %v, want all three jobs at once (one lane per bot)", got)
 	}
 }
+
+// Find names the bot of the job it finds.
+func TestFindNamesTheBot(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 1})
+	var j jobs
+	for _, bot := range []string{"", "1024"} {
+		it := j.item(c2c, "u1", active)
+		it.Bot = bot
+		s.Add(it, t0)
+	}
+	for id, bot := range map[string]string{"job-1": "", "job-2": "1024"} {
+		if w, ok := s.Find(id); !ok || w.Bot != bot || w.Scene != c2c {
+			t.Errorf("Find(%s) = %+v, %v; want bot %q", id, w, ok, bot)
+		}
+	}
+}

@@ -21,7 +21,8 @@ import (
 
 const dlqDesc = `
 Administer the dead-letter queue: every job whose outcome is not sent or pending_audit is stored on the DLQ stream
-(QQDISPATCH_DLQ, subjects {prefix}.dlq.{scene}.{target}, kept 30 days) with headers saying why.
+(QQDISPATCH_DLQ, subjects {prefix}.dlq.{scene}.{target}, {prefix}.dlq.{scene}@{bot}.{target} for a named bot's
+jobs, kept 30 days) with headers saying why. --bot APPID selects one bot's entries.
 
 Subcommands:
   ls       list entries: seq, time, job id, status, code, reason
@@ -34,6 +35,7 @@ qqdispatch dlq ls --status failed --limit 20
 qqdispatch dlq show 42
 qqdispatch dlq replay 42
 qqdispatch dlq replay --all --scene group --status failed
+qqdispatch dlq ls --bot 1024
 qqdispatch dlq purge --status invalid --yes`
 
 func cmdDLQ(ctx context.Context, cl *cli, args []string) error {
@@ -60,6 +62,7 @@ func cmdDLQ(ctx context.Context, cl *cli, args []string) error {
 // dlqFlags are the connection and filter flags of the dlq subcommands.
 type dlqFlags struct {
 	nats          natsFlags
+	bot           string
 	scene, target string
 	status, jobID string
 	limit         int
@@ -72,6 +75,7 @@ func (f *dlqFlags) register(c *command, filters bool) {
 	if !filters {
 		return
 	}
+	c.String(&f.bot, "bot", "QQDISPATCH_DLQ_BOT", "", "only entries of the bot with this `APPID` (default: every bot's)")
 	c.String(&f.scene, "scene", "QQDISPATCH_DLQ_SCENE", "", "only entries of this `scene` (c2c, group, channel, dm, or invalid for unusable subjects)")
 	c.String(&f.target, "target", "QQDISPATCH_DLQ_TARGET", "", "only entries for this `target`")
 	c.String(&f.status, "status", "QQDISPATCH_DLQ_STATUS", "", "only entries with this outcome `status`: "+dlqStatusList())
@@ -83,13 +87,21 @@ func (f *dlqFlags) filter(c *command) (queue.DLQFilter, error) {
 	if f.scene != "" && f.scene != "invalid" && !dispatcher.Scene(f.scene).Valid() {
 		return queue.DLQFilter{}, usagef(c.name, "--scene: %q is not c2c, group, channel, dm or invalid", f.scene)
 	}
+	if f.bot != "" || c.isSet("bot") {
+		if err := dispatcher.CheckBot("--bot", f.bot); err != nil {
+			return queue.DLQFilter{}, usagef(c.name, "%s: %s", err.Field, err.Reason)
+		}
+		if f.scene == "invalid" {
+			return queue.DLQFilter{}, usagef(c.name, "--bot cannot go with --scene invalid: entries of unusable subjects name no bot")
+		}
+	}
 	if f.status != "" && !dlqStatus(dispatcher.Status(f.status)) {
 		return queue.DLQFilter{}, usagef(c.name, "--status: %q is not a status of a DLQ entry (%s)", f.status, dlqStatusList())
 	}
 	if f.limit < 0 {
 		return queue.DLQFilter{}, usagef(c.name, "--limit must not be negative")
 	}
-	return queue.DLQFilter{Scene: f.scene, Target: f.target, JobID: f.jobID, Status: dispatcher.Status(f.status), Limit: f.limit}, nil
+	return queue.DLQFilter{Bot: f.bot, Scene: f.scene, Target: f.target, JobID: f.jobID, Status: dispatcher.Status(f.status), Limit: f.limit}, nil
 }
 
 // dlqStatuses are the outcome statuses a DLQ entry can have: every one
@@ -149,8 +161,8 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 		asJSON bool
 	)
 	c := newCommand("dlq ls", "qqdispatch dlq ls [flags]",
-		"List DLQ entries, oldest first, as a table: seq, time, scene, target, job id, status, code, reason.",
-		"qqdispatch dlq ls\nqqdispatch dlq ls --scene group --status failed --limit 20\nqqdispatch dlq ls --json")
+		"List DLQ entries, oldest first, as a table: seq, time, bot (- for the default bot), scene, target, job id, status, code, reason.",
+		"qqdispatch dlq ls\nqqdispatch dlq ls --scene group --status failed --limit 20\nqqdispatch dlq ls --bot 1024\nqqdispatch dlq ls --json")
 	f.register(c, true)
 	c.Bool(&asJSON, "json", "QQDISPATCH_DLQ_JSON", false, "print one JSON object per entry instead of a table")
 	pos, err := f.parse(c, cl, args)
@@ -190,7 +202,7 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(cl.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tSCENE\tTARGET\tJOB ID\tSTATUS\tCODE\tREASON")
+	fmt.Fprintln(tw, "SEQ\tTIME\tBOT\tSCENE\tTARGET\tJOB ID\tSTATUS\tCODE\tREASON")
 	for _, e := range entries {
 		code := ""
 		if e.Code != 0 {
@@ -201,21 +213,23 @@ func dlqList(ctx context.Context, cl *cli, args []string) error {
 			reason = "[" + e.Truncated + " truncated] " + reason
 		}
 		scene, target := dlqPlace(f.nats.names(), e.Subject)
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), dash(scene), dash(clip(printable(target), 40)),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), dash(e.Bot), dash(scene), dash(clip(printable(target), 40)),
 			clip(printable(e.JobID), 80), e.Status, dash(code), clip(printable(reason), 100))
 	}
 	return tw.Flush()
 }
 
 // dlqPlace reads the scene and target from a DLQ subject,
-// {prefix}.dlq.{scene}.{target} (scene "invalid" for a job whose subject
-// was unusable).
+// {prefix}.dlq.{scene}.{target} or {prefix}.dlq.{scene}@{bot}.{target}
+// (scene "invalid" for a job whose subject was unusable); the bot is
+// DLQEntry.Bot.
 func dlqPlace(names queue.Config, subject string) (scene, target string) {
 	rest, ok := strings.CutPrefix(subject, names.Prefix+".dlq.")
 	if !ok {
 		return "", ""
 	}
 	scene, target, _ = strings.Cut(rest, ".")
+	scene, _, _ = strings.Cut(scene, "@")
 	return scene, target
 }
 
@@ -224,6 +238,9 @@ func entryJSON(names queue.Config, e queue.DLQEntry) map[string]any {
 	m := map[string]any{
 		"seq": e.Seq, "time": e.Time.UTC(), "subject": e.Subject, "scene": scene, "target": target, "job_id": e.JobID,
 		"status": e.Status, "reason": e.Reason, "attempts": e.Attempts, "original_subject": e.OriginalSubject,
+	}
+	if e.Bot != "" {
+		m["bot"] = e.Bot
 	}
 	if e.Code != 0 {
 		m["code"] = e.Code

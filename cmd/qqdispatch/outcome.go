@@ -20,7 +20,7 @@ import (
 const outcomeDesc = `
 Print the stored outcome of a job as JSON. Outcomes live in the JetStream KV bucket qqdispatch_outcomes, keyed by
 job id, for 7 days. A job without an outcome is looked for in the ledger and by asking the live workers, and the
-command prints where it is instead: {"job_id", "status", "rule", "until", "worker", "scene", "kind", "partition",
+command prints where it is instead: {"job_id", "status", "rule", "until", "worker", "bot", "scene", "kind", "partition",
 "note"} with status "queued" (no worker has taken it yet, or the id is unknown), "waiting" (for a rule until a
 time: parked, paused, held, or deferred to the next quota period) or "running"; it then exits 1 with one line on
 stderr, so exit 0 means finished. With --watch it waits for the outcome.`
@@ -131,6 +131,7 @@ type jobWhere struct {
 	Until time.Time `json:"until,omitzero"`
 	// Worker is the worker that holds, runs or parked it.
 	Worker    string `json:"worker,omitempty"`
+	Bot       string `json:"bot,omitempty"`
 	Scene     string `json:"scene,omitempty"`
 	Kind      string `json:"kind,omitempty"`
 	Partition *int   `json:"partition,omitempty"`
@@ -291,7 +292,7 @@ func fromAnswers(id string, answers []peerAnswer) *jobWhere {
 		return &jobWhere{JobID: id, Status: jobRunning, Worker: has}
 	}
 	p := best.Partition
-	w := &jobWhere{JobID: id, Worker: worker, Scene: string(best.Scene), Kind: string(best.Kind), Partition: &p,
+	w := &jobWhere{JobID: id, Worker: worker, Bot: best.Bot, Scene: string(best.Scene), Kind: string(best.Kind), Partition: &p,
 		Rule: best.Rule, Until: best.Until}
 	switch best.State {
 	case "running":

@@ -22,7 +22,8 @@ import (
 type sendOpts struct {
 	nats natsFlags
 
-	scene, target, content   string
+	bot, scene, target       string
+	content                  string
 	msgType                  int
 	msgID, eventID, received string
 	guildID, id, notAfter    string
@@ -35,12 +36,13 @@ type sendOpts struct {
 }
 
 // jobFlags are the flags that describe one job; --file replaces them all.
-var jobFlags = []string{"scene", "target", "content", "msg-type", "msg-id", "event-id", "received-at", "guild-id", "id", "not-after", "on-quota", "meta", "message"}
+var jobFlags = []string{"bot", "scene", "target", "content", "msg-type", "msg-id", "event-id", "received-at", "guild-id", "id", "not-after", "on-quota", "meta", "message"}
 
 const sendDesc = `
 Publish one send job to NATS JetStream, built from flags or read from a JSON file, or many jobs from a JSON Lines
 file (one job per line). A job is passive (a reply) when it has --msg-id or --event-id; then --received-at is
-required.
+required. --bot APPID makes the job that bot's instead of the default bot's: it goes on
+{prefix}.send.{scene}@{APPID}.{target} with "bot" in its body (a job read from a file names its bot in its "bot").
 
 The job is checked against the job contract (docs/job-contract.md) before it is published; an invalid one is not
 published and the error names the field (for a job built from flags, the flag). The job id (--id, or the file's
@@ -61,6 +63,7 @@ outcome is not delivered, or --timeout passed first; 2 a mistake on the command 
 
 const sendExamples = `
 qqdispatch send --scene group --target GROUP_OPENID --content "hello" --wait
+qqdispatch send --bot 1024 --scene group --target GROUP_OPENID --content "hello from bot 1024"
 qqdispatch send --scene c2c --target USER_OPENID --content "pong" --msg-id INBOUND_MSG_ID --received-at now
 qqdispatch send --scene channel --target CHANNEL_ID --guild-id GUILD_ID --content "build finished" --id build-4711
 qqdispatch send --scene group --target GROUP_OPENID --message '{"msg_type":2,"content":" ","markdown":{"content":"**hi**"}}'
@@ -72,6 +75,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	var o sendOpts
 	c := newCommand("send", "qqdispatch send (--scene S --target T --content TEXT | --file FILE) [flags]", sendDesc, sendExamples)
 	o.nats.register(c, defaultNATSURL, "NATS server `URLs`, comma-separated")
+	c.String(&o.bot, "bot", "QQDISPATCH_SEND_BOT", "", "the `APPID` of the bot that sends the job (default: the workers' default bot)")
 	c.String(&o.scene, "scene", "QQDISPATCH_SEND_SCENE", "", "`scene`: c2c, group, channel or dm")
 	c.String(&o.target, "target", "QQDISPATCH_SEND_TARGET", "", "user openid, group openid, channel id or DM guild `id`")
 	c.String(&o.content, "content", "QQDISPATCH_SEND_CONTENT", "", "message `text`")
@@ -272,10 +276,10 @@ func waitOwn(ctx context.Context, pj preparedJob, own, conflict *queue.OutcomeWa
 }
 
 // owns reports whether o, found under the job's id, is this job's: one
-// for its scene and target (an outcome without them is an invalid job's,
-// under the id it named).
+// for its bot, scene and target (an outcome without them is an invalid
+// job's, under the id it named).
 func (p preparedJob) owns(o dispatcher.Outcome) bool {
-	return o.Scene == "" || (o.Scene == p.scene && o.Target == p.target)
+	return o.Scene == "" || (o.Bot == p.bot && o.Scene == p.scene && o.Target == p.target)
 }
 
 // jobFromFlags builds the job's JSON from the flags and checks it against
@@ -290,6 +294,11 @@ func (o *sendOpts) jobFromFlags(c *command, names queue.Config) ([]byte, error) 
 	scene := dispatcher.Scene(o.scene)
 	if !scene.Valid() {
 		return nil, usagef(c.name, "--scene: %q is not c2c, group, channel or dm", o.scene)
+	}
+	if c.isSet("bot") {
+		if err := dispatcher.CheckBot("--bot", o.bot); err != nil {
+			return nil, usagef(c.name, "%s", err.Field+": "+err.Reason)
+		}
 	}
 	switch dispatcher.QuotaPolicy(o.onQuota) {
 	case "", dispatcher.QuotaFail, dispatcher.QuotaDefer:
@@ -324,7 +333,7 @@ func (o *sendOpts) jobFromFlags(c *command, names queue.Config) ([]byte, error) 
 		}
 		msg, _ = json.Marshal(body)
 	}
-	job := dispatcher.Job{V: dispatcher.ContractVersion, ID: o.id, Scene: scene, Target: o.target, GuildID: o.guildID,
+	job := dispatcher.Job{V: dispatcher.ContractVersion, ID: o.id, Bot: o.bot, Scene: scene, Target: o.target, GuildID: o.guildID,
 		Message: msg, OnQuota: dispatcher.QuotaPolicy(o.onQuota)}
 	var err error
 	if job.Received, err = parseTimeFlag(c, "received-at", o.received); err != nil {
@@ -361,7 +370,7 @@ func (o *sendOpts) jobFromFlags(c *command, names queue.Config) ([]byte, error) 
 // of the flag behind the field.
 func (o *sendOpts) flagError(e *dispatcher.InvalidJobError) string {
 	flagOf := map[string]string{
-		"id": "--id", "scene": "--scene", "target": "--target", "guild_id": "--guild-id", "received_at": "--received-at",
+		"id": "--id", "bot": "--bot", "scene": "--scene", "target": "--target", "guild_id": "--guild-id", "received_at": "--received-at",
 		"not_after": "--not-after", "on_quota": "--on-quota", "meta": "--meta",
 	}
 	if o.message == "" {
@@ -421,6 +430,7 @@ const (
 type preparedJob struct {
 	id      string
 	source  idSource
+	bot     string
 	scene   dispatcher.Scene
 	target  string
 	subject string
@@ -453,6 +463,7 @@ func (p preparedJob) conflictID() string { return dispatcher.ConflictID(p.id, p.
 func prepareJob(names queue.Config, data []byte, nth func(data []byte) int) (preparedJob, error) {
 	data = bytes.TrimSpace(data)
 	var head struct {
+		Bot    json.RawMessage `json:"bot"`
 		Scene  json.RawMessage `json:"scene"`
 		Target json.RawMessage `json:"target"`
 	}
@@ -465,8 +476,12 @@ func prepareJob(names queue.Config, data []byte, nth func(data []byte) int) (pre
 		if json.Unmarshal(head.Target, &target) != nil || target == "" {
 			return preparedJob{}, &dispatcher.InvalidJobError{Field: "target", Reason: "is required"}
 		}
-		subject = queue.SendSubject(names, scene, target)
-		if _, _, err := dispatcher.ParseSubject(names.Prefix, subject); err != nil {
+		var bot string
+		if len(head.Bot) > 0 && json.Unmarshal(head.Bot, &bot) != nil {
+			return preparedJob{}, &dispatcher.InvalidJobError{Field: "bot", Reason: "must be a string: the app id of the bot that sends the job"}
+		}
+		subject = queue.SendSubject(names, dispatcher.SceneToken(dispatcher.Scene(scene), bot), target)
+		if _, err := dispatcher.ParseJobSubject(names.Prefix, subject); err != nil {
 			// Scene or target cannot be a subject token: let the contract
 			// name the field rather than the subject built from it.
 			var j dispatcher.Job
@@ -482,7 +497,7 @@ func prepareJob(names queue.Config, data []byte, nth func(data []byte) int) (pre
 	if err != nil {
 		return preparedJob{}, err
 	}
-	p := preparedJob{id: job.ID, source: idFromBody, scene: job.Scene, target: job.Target, subject: subject, data: data}
+	p := preparedJob{id: job.ID, source: idFromBody, bot: job.Bot, scene: job.Scene, target: job.Target, subject: subject, data: data}
 	if p.id == "" {
 		p.id, p.source = derivedID(job, data, nth(data)), idDerived
 	}
@@ -498,7 +513,8 @@ const derivedIDPrefix = "content-"
 // worker's ledger skips it for 24 hours).
 //
 // A passive reply that sets msg_seq gets the id the worker itself derives
-// for it (dispatcher.IdentifyJob: reply-{scene}-{target}-{anchor}-{seq}).
+// for it (dispatcher.IdentifyJob: reply-{scene}-{target}-{anchor}-{seq},
+// {scene} with its @{bot} for a named bot's job).
 // Any other job gets "content-", 32 hex digits of the SHA-256 of its bytes
 // and, for the nth identical line of a file (n > 1), "-n": a file that
 // holds one job twice sends it twice, once per line, on every run alike.

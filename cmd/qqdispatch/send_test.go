@@ -1,11 +1,19 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/queue"
 )
 
 // TestSendIDReuse: `send --wait` of a job whose id another job already
@@ -49,5 +57,100 @@ func TestSendIDReuse(t *testing.T) {
 	}
 	if o := outcome(again); o.Status != dispatcher.StatusSent || o.JobID != "reuse-1" {
 		t.Errorf("the same job again: outcome %+v, want the first one's", o)
+	}
+}
+
+// TestSendBotAndDLQByBot: `send --bot` publishes the job on its bot's
+// subject with the bot in its body, a job read from a file names its bot
+// in "bot"; `outcome` shows the bot of the outcome; `dlq ls --bot` lists
+// that bot's entries only, and `dlq ls` has a bot column.
+func TestSendBotAndDLQByBot(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	u := b.NATS.ClientURL()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := b.JS.CreateOrUpdateConsumer(ctx, b.Names.JobsStream, jetstream.ConsumerConfig{
+		Durable: "test-reader", FilterSubject: b.Names.Prefix + ".send.*.*.*", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() (dispatcher.Envelope, *dispatcher.Job) {
+		t.Helper()
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("no job on the stream: %v", err)
+		}
+		_ = m.Ack()
+		env := dispatcher.Envelope{Subject: m.Subject(), Data: m.Data(), Header: m.Headers()}
+		job, err := dispatcher.Decode(queue.OriginalSubject(b.Names, m.Subject()), m.Data(), dispatcher.DecodeOptions{})
+		if err != nil {
+			t.Fatalf("the worker cannot decode %s: %v", m.Data(), err)
+		}
+		return env, job
+	}
+
+	r := runCLI(t, nil, "send", "--nats-url", u, "--bot", "1024", "--scene", "group", "--target", "G1", "--content", "hi", "--id", "bot-job-1")
+	if r.code != 0 {
+		t.Fatalf("send --bot:\n%s", r)
+	}
+	env, job := next()
+	if want := "qqbot.send.group@1024.G1"; queue.OriginalSubject(b.Names, env.Subject) != want || job.Bot != "1024" || job.ID != "bot-job-1" {
+		t.Fatalf("send --bot published %s on %s, want bot 1024's job on %s", env.Data, env.Subject, want)
+	}
+	failed := func(env dispatcher.Envelope, job *dispatcher.Job) {
+		t.Helper()
+		o := dispatcher.Outcome{V: 1, JobID: dispatcher.JobIdentity(job, env), Status: dispatcher.StatusFailed, Scene: job.Scene, Target: job.Target, Reason: "test"}
+		if _, err := b.Rec.Record(ctx, o, env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failed(env, job)
+
+	file := filepath.Join(t.TempDir(), "jobs.jsonl")
+	lines := `{"v":1,"id":"file-bot","bot":"2048","scene":"c2c","target":"U1","message":{"msg_type":0,"content":"x"}}` + "\n" +
+		`{"v":1,"id":"file-default","scene":"c2c","target":"U1","message":{"msg_type":0,"content":"x"}}` + "\n"
+	if err := os.WriteFile(file, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLI(t, nil, "send", "--nats-url", u, "--file", file); r.code != 0 {
+		t.Fatalf("send --file:\n%s", r)
+	}
+	for _, want := range []struct{ bot, subject string }{{"2048", "qqbot.send.c2c@2048.U1"}, {"", "qqbot.send.c2c.U1"}} {
+		env, job := next()
+		if queue.OriginalSubject(b.Names, env.Subject) != want.subject || job.Bot != want.bot {
+			t.Errorf("a file's job on %s as bot %q, want %s", env.Subject, job.Bot, want.subject)
+		}
+		failed(env, job)
+	}
+
+	r = runCLI(t, nil, "outcome", "bot-job-1", "--nats-url", u)
+	var o dispatcher.Outcome
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &o) != nil || o.Bot != "1024" || !strings.Contains(r.stdout, `"bot": "1024"`) {
+		t.Errorf("outcome of bot 1024's job:\n%s", r)
+	}
+	r = runCLI(t, nil, "dlq", "ls", "--nats-url", u, "--bot", "1024")
+	if r.code != 0 || !strings.Contains(r.stdout, "bot-job-1") || strings.Contains(r.stdout, "file-") {
+		t.Errorf("dlq ls --bot 1024: want bot 1024's entry only\n%s", r)
+	}
+	r = runCLI(t, nil, "dlq", "ls", "--nats-url", u)
+	rows := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(rows) != 4 || !strings.HasPrefix(strings.Join(strings.Fields(rows[0])[:4], " "), "SEQ TIME BOT SCENE") {
+		t.Fatalf("dlq ls: want a header with a BOT column and three entries\n%s", r)
+	}
+	for _, want := range []struct{ job, bot string }{{"bot-job-1", "1024"}, {"file-bot", "2048"}, {"file-default", "-"}} {
+		found := false
+		for _, row := range rows[1:] {
+			f := strings.Fields(row)
+			found = found || len(f) > 5 && f[5] == want.job && f[2] == want.bot
+		}
+		if !found {
+			t.Errorf("dlq ls: no row of %s with bot %s\n%s", want.job, want.bot, r.stdout)
+		}
+	}
+	r = runCLI(t, nil, "dlq", "ls", "--json", "--nats-url", u, "--bot", "2048", "--scene", "c2c")
+	var row map[string]any
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &row) != nil || row["bot"] != "2048" || row["scene"] != "c2c" || row["job_id"] != "file-bot" {
+		t.Errorf("dlq ls --json --bot 2048 --scene c2c:\n%s", r)
 	}
 }
