@@ -149,6 +149,7 @@ const (
 type oneBot struct{ b worker.Bot }
 
 func (o oneBot) Bot(appID string) (worker.Bot, bool) { return o.b, appID == o.b.AppID }
+func (o oneBot) Bots() []worker.Bot                  { return []worker.Bot{o.b} }
 func (o oneBot) Changed() <-chan struct{}            { return nil }
 
 // inbound registers a user message from target with the simulator, as if
