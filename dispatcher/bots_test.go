@@ -349,3 +349,43 @@ func TestBotGoneDuringTheJob(t *testing.T) {
 		t.Fatalf("storage trouble after a bot went away: %v", err)
 	}
 }
+
+// filesLimiter paces uploads per job (JobUploadLimiter): it notes the bot
+// of each upload it was asked for and refuses it as the bot's gone.
+type filesLimiter struct {
+	botLimiter
+	mu   sync.Mutex
+	bots []string
+}
+
+func (l *filesLimiter) Reserve(context.Context, *dispatcher.Job) (dispatcher.Reservation, error) {
+	return nil, nil
+}
+
+func (l *filesLimiter) WaitJobFiles(_ context.Context, j *dispatcher.Job, _ time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.bots = append(l.bots, j.Bot)
+	return &dispatcher.BotError{Bot: j.Bot, Err: dispatcher.ErrUnknownBot}
+}
+
+// A job's upload is paced by a JobUploadLimiter with the job itself, so
+// each bot's uploads draw on its own files bucket.
+func TestUploadsPacedPerJob(t *testing.T) {
+	t.Parallel()
+	send := &countSender{}
+	bots := &memBots{senders: map[string]dispatcher.Sender{"A": send}, paused: map[string]bool{}}
+	lim := &filesLimiter{}
+	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: &countSender{}, Bots: bots, Ledger: newMemLedger(),
+		Recorder: newMemRecorder(), Limiter: lim, Clock: fastClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := botJob(t, "A", "m1", "g1", true)
+	if _, err := p.Handle(t.Context(), d); !errors.Is(err, dispatcher.ErrHandedBack) {
+		t.Fatalf("Handle = %v, want handed back (the limiter said the bot is gone)", err)
+	}
+	if len(lim.bots) != 1 || lim.bots[0] != "A" || send.uploads != 0 {
+		t.Fatalf("uploads paced for bots %q, %d made; want A's one, paced first", lim.bots, send.uploads)
+	}
+}

@@ -44,6 +44,14 @@ type UploadLimiter interface {
 	WaitFiles(ctx context.Context, scene Scene, deadline time.Time) error
 }
 
+// JobUploadLimiter is a Limiter that paces uploads per job, e.g. on the
+// files bucket of the job's bot (Job.Bot). The pipeline prefers it to
+// UploadLimiter; its errors are those of WaitFiles, or a *BotError when
+// the job's bot cannot send now.
+type JobUploadLimiter interface {
+	WaitJobFiles(ctx context.Context, job *Job, deadline time.Time) error
+}
+
 // MediaCacheSizeDefault is the default ProcessorConfig.MediaCacheSize.
 const MediaCacheSizeDefault = 4096
 

@@ -1393,7 +1393,12 @@ func (r *run) upload(ctx context.Context, key mediaKey) (*mediaFile, error) {
 	if !ok {
 		return nil, &SendError{Class: ClassPermanent, Message: errNoUploader.Error(), Err: errNoUploader}
 	}
-	if lim, ok := p.cfg.Limiter.(UploadLimiter); ok {
+	switch lim := p.cfg.Limiter.(type) {
+	case JobUploadLimiter:
+		if err := lim.WaitJobFiles(ctx, r.job, r.deadline); err != nil {
+			return nil, err
+		}
+	case UploadLimiter:
 		if err := lim.WaitFiles(ctx, r.job.Scene, r.deadline); err != nil {
 			return nil, err
 		}

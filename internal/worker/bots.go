@@ -307,7 +307,7 @@ type botLimiter struct {
 
 var (
 	_ dispatcher.Limiter       = (*botLimiter)(nil)
-	_ dispatcher.UploadLimiter = (*botLimiter)(nil)
+	_ dispatcher.JobUploadLimiter = (*botLimiter)(nil)
 )
 
 func (l *botLimiter) pick(job *dispatcher.Job) (*ratelimit.Limiter, error) {
@@ -359,10 +359,13 @@ func (l *botLimiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) 
 	}
 }
 
-// WaitFiles paces uploads on the default bot's files bucket: the upload
-// port names no bot (see docs/many-bots.md, what is left).
-func (l *botLimiter) WaitFiles(ctx context.Context, scene dispatcher.Scene, deadline time.Time) error {
-	return l.def.WaitFiles(ctx, scene, deadline)
+// WaitJobFiles paces the job's upload on its bot's files bucket.
+func (l *botLimiter) WaitJobFiles(ctx context.Context, job *dispatcher.Job, deadline time.Time) error {
+	lim, err := l.pick(job)
+	if err != nil {
+		return err
+	}
+	return lim.WaitFiles(ctx, job.Scene, deadline)
 }
 
 // RegistrySource is the BotSource of a started bot registry.
