@@ -271,6 +271,21 @@ func (b *botRuntime) follow(ctx context.Context) {
 	}
 }
 
+// eachLimiter calls f with the limiter of every bot built now.
+func (b *botRuntime) eachLimiter(f func(*ratelimit.Limiter)) {
+	b.mu.Lock()
+	lims := make([]*ratelimit.Limiter, 0, len(b.bots))
+	for _, e := range b.bots {
+		if e.lim != nil {
+			lims = append(lims, e.lim)
+		}
+	}
+	b.mu.Unlock()
+	for _, l := range lims {
+		f(l)
+	}
+}
+
 // close stops every bot's limiter.
 func (b *botRuntime) close(ctx context.Context) error {
 	b.mu.Lock()

@@ -497,6 +497,16 @@ func (w *Worker) sharePaths(m *queue.Member) {
 		}
 	}
 	lim.SetFleetPaths(peers)
+	if bots := w.botRuntime(); bots != nil {
+		// The bots' calls take the same paths.
+		bots.eachLimiter(func(l *ratelimit.Limiter) { l.SetFleetPaths(peers) })
+	}
+}
+
+func (w *Worker) botRuntime() *botRuntime {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.bots
 }
 
 // Pacing is how the worker's rate limiter spaces each rule's calls now
