@@ -64,10 +64,42 @@ func TestServeSendsForRegisteredBots(t *testing.T) {
 	if len(msgs) != 1 || msgs[0].AppID != "botX" || contentOf(msgs[0].Body) != "from botX" {
 		t.Fatalf("the simulator has %d messages from botX (%+v), want its one job", len(msgs), msgs)
 	}
+
+	// Paused with `bots pause`: its job waits, readiness names the bot,
+	// nothing reaches the DLQ; `bots resume` sends it.
+	if r := runCLI(t, nil, "bots", "pause", "botX", "--nats-url", u); r.code != 0 {
+		t.Fatalf("bots pause:\n%s", r)
+	}
+	waitFor(t, "/readyz to name botX as paused", 30*time.Second, func() bool {
+		code, body := httpGet(t, s.HTTPURL+"/readyz")
+		return code == 200 && strings.Contains(body, "bots waiting: botX (paused in the registry)")
+	})
+	paused := `{"v":1,"id":"paused-job","bot":"botX","scene":"group","target":"g2","message":{"msg_type":0,"content":"while paused"}}`
+	if _, err := js.Publish(ctx, "qqbot.send.group@botX.g2", []byte(paused)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "botX's job to wait for bot.paused", 30*time.Second, func() bool {
+		_, m := httpGet(t, s.HTTPURL+"/metrics")
+		return strings.Contains(m, `reason="bot.paused"`)
+	})
+	if r := runCLI(t, nil, "outcome", "paused-job", "--nats-url", u); r.code == 0 {
+		t.Fatalf("a paused bot's job has an outcome:\n%s", r)
+	}
+	if rows := dlqRows(t, u); len(rows) != 0 {
+		t.Fatalf("DLQ has %d entries while botX is paused, want none", len(rows))
+	}
+	if r := runCLI(t, nil, "bots", "resume", "botX", "--nats-url", u); r.code != 0 {
+		t.Fatalf("bots resume:\n%s", r)
+	}
+	r = runCLI(t, nil, "outcome", "paused-job", "--nats-url", u, "--watch", "--timeout", "30s")
+	if o := decodeOutcome(t, r); r.code != 0 || o.Status != dispatcher.StatusSent || o.Bot != "botX" {
+		t.Fatalf("botX's job after resume:\n%s", r)
+	}
+
 	_, metrics := httpGet(t, s.HTTPURL+"/metrics")
 	for _, want := range []string{
-		`qqdispatch_jobs_finished_total{bot="botX",scene="group",status="sent"} 1`,
-		`qqdispatch_send_attempts_total{bot="botX",class="ok",scene="group"} 1`,
+		`qqdispatch_jobs_finished_total{bot="botX",scene="group",status="sent"} 2`,
+		`qqdispatch_send_attempts_total{bot="botX",class="ok",scene="group"} 2`,
 		`qqdispatch_jobs_finished_total{bot="default",scene="group",status="sent"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {
