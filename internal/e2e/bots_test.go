@@ -18,6 +18,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
 	"github.com/qqdispatch/qqdispatch/internal/worker"
 	"github.com/qqdispatch/qqdispatch/qqapi"
+	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
 )
 
@@ -316,4 +317,73 @@ func TestUnknownBotGraceEndToEnd(t *testing.T) {
 		}
 		dlqEmpty(t, w)
 	})
+}
+
+// Each bot has quotas of its own: with one group active per group and
+// day, the default bot and bots A and B each send one message to the same
+// group and the second ends quota_exceeded; bot C, whose registry entry
+// raises the quota to two (its policy over the worker's), sends both. The
+// simulator, counting per bot with each bot's numbers, sees no violation.
+func TestBotsHaveQuotasOfTheirOwn(t *testing.T) {
+	t.Parallel()
+	policy, err := ratelimit.ParsePolicy([]byte("scenes: {group: {active: {quota: {per_target: {day: 1}}}}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const cDoc = "scenes: {group: {active: {quota: {per_target: {day: 2}}}}}"
+	cPolicy, err := ratelimit.MergePolicy(policy, []byte(cDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := newMemBotSource(worker.Bot{AppID: "A", SecretEnv: "BOT_A_SECRET"}, worker.Bot{AppID: "B", SecretFile: secretFile(t, "secretB")},
+		worker.Bot{AppID: "C", SecretFile: secretFile(t, "secretC"), Policy: cDoc})
+	b := &botBed{Bed: testbed.New(t, testbed.Options{Rules: testbed.SimRules(policy)}), src: src, env: map[string]string{"BOT_A_SECRET": "secretA"}}
+	for _, id := range []string{"A", "B"} {
+		if err := b.Sim.AddBot(id, "secret"+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cRules := testbed.SimRules(cPolicy)
+	if err := b.Sim.AddBotConfig(qqsim.Bot{AppID: "C", AppSecret: "secretC", Rules: &cRules}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.WorkerConfig()
+	cfg.Rules = &worker.RulesConfig{Policy: &policy, BotID: testbed.AppID}
+	cfg.Bots = &worker.BotsConfig{Source: src, Getenv: func(k string) string { return b.env[k] },
+		Connect: func(appID, secret string) (dispatcher.Sender, error) {
+			c, err := qqapi.New(qqapi.Config{AppID: appID, AppSecret: secret, BaseURL: b.SimURL, TokenURL: b.SimURL + "/app/getAppAccessToken"})
+			if err != nil {
+				return nil, err
+			}
+			return qqsend.New(c), nil
+		}}
+	b.StartWorker(cfg)
+	ids := map[string][]string{}
+	for i := range 2 {
+		for _, bot := range []string{"", "A", "B", "C"} {
+			ids[bot] = append(ids[bot], b.publishFor(t, bot, fmt.Sprintf("quota-%s-%d", bot, i), "g0"))
+		}
+	}
+	var all []string
+	for _, l := range ids {
+		all = append(all, l...)
+	}
+	outs := b.Outcomes(all, time.Minute)
+	for bot, want := range map[string][]dispatcher.Status{
+		"":  {dispatcher.StatusSent, dispatcher.StatusQuotaExceeded},
+		"A": {dispatcher.StatusSent, dispatcher.StatusQuotaExceeded},
+		"B": {dispatcher.StatusSent, dispatcher.StatusQuotaExceeded},
+		"C": {dispatcher.StatusSent, dispatcher.StatusSent},
+	} {
+		for i, id := range ids[bot] {
+			if o := outs[id]; o.Status != want[i] {
+				t.Errorf("bot %q job %d: %s (%s), want %s", bot, i, o.Status, o.Reason, want[i])
+			}
+		}
+	}
+	for _, r := range b.Sim.Bots() {
+		if r.Violations != 0 {
+			t.Errorf("bot %s broke %d rules: %v", r.AppID, r.Violations, r.Rejections)
+		}
+	}
 }

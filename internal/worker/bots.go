@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
@@ -300,6 +301,42 @@ func (b *botRuntime) close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// botQuotas keeps a registered bot's period quota counts under keys of
+// its own ("b.{app id}." before ratelimit's key), so that two bots'
+// per-target and per-guild quotas never mix: the platform counts them per
+// bot. (The default bot keeps the keys it always had.)
+type botQuotas struct {
+	ratelimit.QuotaStore
+	bot string
+}
+
+func (q botQuotas) key(k string) string { return "b." + q.bot + "." + k }
+
+// Get reads the bot's key.
+func (q botQuotas) Get(ctx context.Context, key string) ([]byte, bool, error) {
+	return q.QuotaStore.Get(ctx, q.key(key))
+}
+
+// Modify changes the bot's key.
+func (q botQuotas) Modify(ctx context.Context, key string, change func(cur []byte, found bool) ([]byte, error)) error {
+	return q.QuotaStore.Modify(ctx, q.key(key), change)
+}
+
+// botBuckets names a registered bot's fleet-wide buckets after the bot:
+// its per-bot buckets already are ("bot.{app id}..."), its endpoint
+// buckets become "bot.{app id}.endpoint...", since the platform limits
+// each bot's calls to an endpoint apart from other bots'. (The default
+// bot keeps the names it always had.)
+func botBuckets(f ratelimit.SharedBucketFactory, bot string) ratelimit.SharedBucketFactory {
+	own := "bot." + bot + "."
+	return func(name string, every rate.Limit, burst int, slack time.Duration) (ratelimit.SharedBucket, error) {
+		if !strings.HasPrefix(name, own) {
+			name = own + name
+		}
+		return f(name, every, burst, slack)
+	}
 }
 
 // refusedSender is the Sender of a bot that cannot send (no secret, a

@@ -234,15 +234,15 @@ func (w *Worker) Start(ctx context.Context) error {
 		if bots != nil {
 			// Each registered bot has a limiter of its own: its policy
 			// over the worker's, its app id in the fleet's buckets and
-			// quota keys.
+			// quota keys (botBuckets, botQuotas).
 			bots.policy = rc.Policy
 			if bots.policy == nil {
 				p := ratelimit.DefaultPolicy()
 				bots.policy = &p
 			}
 			bots.newLimiter = func(botID string, p *ratelimit.Policy) (*ratelimit.Limiter, error) {
-				l, err := ratelimit.New(ratelimit.Config{Policy: p, Quotas: queue.NewQuotaStore(kv), BotID: botID, Clock: rc.Clock,
-					SharedBuckets: fleet.Bucket, Logger: &w.log})
+				l, err := ratelimit.New(ratelimit.Config{Policy: p, Quotas: botQuotas{queue.NewQuotaStore(kv), botID},
+					BotID: botID, Clock: rc.Clock, SharedBuckets: botBuckets(fleet.Bucket, botID), Logger: &w.log})
 				if err != nil {
 					return nil, err
 				}
