@@ -104,7 +104,7 @@ func newBotRig(t *testing.T, withBots bool) *botRig {
 		ledger: newMemLedger()}
 	r.bots = &memBots{senders: map[string]dispatcher.Sender{"A": r.a, "B": r.b}, paused: map[string]bool{}}
 	cfg := dispatcher.ProcessorConfig{Sender: r.def, Ledger: r.ledger, Recorder: newMemRecorder(), Clock: r.clock,
-		BotGrace: 10 * time.Second}
+		BotGrace: 10 * time.Second, BotHold: time.Hour}
 	if withBots {
 		cfg.Bots = r.bots
 	}
@@ -388,4 +388,82 @@ func TestUploadsPacedPerJob(t *testing.T) {
 	if len(lim.bots) != 1 || lim.bots[0] != "A" || send.uploads != 0 {
 		t.Fatalf("uploads paced for bots %q, %d made; want A's one, paced first", lim.bots, send.uploads)
 	}
+}
+
+// A bot paused for longer than BotHold: its jobs stop waiting in the
+// worker and go back to JetStream, for a delay that grows with the pause
+// (half of it, within [BotRecheck, BotParkMax]); an unknown bot's jobs
+// come back no later than the grace's end.
+func TestLongBotWaitsPark(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name   string
+		paused bool
+		waited time.Duration // how long the bot has been waiting when the job comes
+		age    time.Duration // how long ago the job was published (0: unknown)
+		back   time.Duration // the job's release delay; 0: it waits in the worker
+	}{
+		{"paused a moment", true, 2 * time.Second, 0, 0},
+		{"paused past the hold", true, 6 * time.Second, 0, 3 * time.Second},
+		{"paused long", true, 10 * time.Minute, 0, 30 * time.Second},
+		{"unknown past the hold", false, 6 * time.Second, 0, 3 * time.Second},
+		{"unknown near the grace's end", false, 6 * time.Second, 19 * time.Second, time.Second},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			clock := &stepClock{now: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
+			bots := &memBots{senders: map[string]dispatcher.Sender{}, paused: map[string]bool{}}
+			if c.paused {
+				bots.set("A", &countSender{}, true)
+			}
+			p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: &countSender{}, Bots: bots, Ledger: newMemLedger(),
+				Recorder: newMemRecorder(), Clock: clock, BotGrace: 20 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A first job finds the bot waiting, then the clock moves on.
+			first := botJob(t, "A", "first", "g0", false)
+			ctx, cancel := context.WithCancel(t.Context())
+			first.onPause = func(int) { clock.After(c.waited); cancel() }
+			if _, err := p.Handle(ctx, first); !errors.Is(err, dispatcher.ErrHandedBack) {
+				t.Fatalf("first job: %v, want handed back on its cancelled context", err)
+			}
+
+			released := make(chan time.Duration, 1)
+			d := &releaseDelivery{botDelivery: botJob(t, "A", "j1", "g1", false), released: released}
+			if c.age > 0 {
+				d.env.Published = time.Now().Add(-c.age)
+			}
+			d.onPause = func(int) { clock.After(time.Second) }
+			_, err = p.Handle(t.Context(), d)
+			switch {
+			case c.back == 0:
+				if len(d.rules) == 0 {
+					t.Fatalf("the job did not wait in the worker (Handle: %v)", err)
+				}
+			default:
+				if !errors.Is(err, dispatcher.ErrHandedBack) || len(d.rules) != 0 {
+					t.Fatalf("Handle = %v after %d pauses, want handed back at once", err, len(d.rules))
+				}
+				// The publish age is measured on the wall clock.
+				if got := <-released; got > c.back || got < c.back-100*time.Millisecond {
+					t.Fatalf("released for %s, want %s", got, c.back)
+				}
+			}
+		})
+	}
+}
+
+// releaseDelivery is a botDelivery that reports its release delay.
+type releaseDelivery struct {
+	*botDelivery
+	released chan time.Duration
+}
+
+func (d *releaseDelivery) Release(after time.Duration) error {
+	select {
+	case d.released <- after:
+	default:
+	}
+	return d.botDelivery.Release(after)
 }

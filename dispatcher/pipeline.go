@@ -28,6 +28,8 @@ const (
 	RecordTimeoutDefault    = 10 * time.Minute
 	BotGraceDefault         = 30 * time.Second
 	BotRecheckDefault       = time.Second
+	BotHoldDefault          = 5 * time.Second
+	BotParkMaxDefault       = 30 * time.Second
 	// StoreTimeout bounds one ledger or outcome write.
 	StoreTimeout = 10 * time.Second
 )
@@ -167,6 +169,15 @@ type ProcessorConfig struct {
 	// (Pauser), never ends for it, and goes once the bot resumes.
 	// Default BotRecheckDefault (1s).
 	BotRecheck time.Duration
+	// BotHold is how long a bot may be paused (or unknown) before its
+	// jobs stop holding worker room: after it, a job of that bot goes
+	// back to JetStream instead of waiting in the worker, and comes back
+	// after a delay that grows with the pause (half of it, at least
+	// BotRecheck, at most BotParkMax), so a paused bot's backlog never
+	// fills the worker and other bots' jobs keep coming. Once the bot
+	// resumes, its jobs go within that delay. Default BotHoldDefault
+	// (5s); BotParkMax default BotParkMaxDefault (30s).
+	BotHold, BotParkMax time.Duration
 	// MediaCacheSize bounds the file_info cache of media uploaded by URL
 	// (entries, one per file and target). Zero means MediaCacheSizeDefault
 	// (4096); negative turns the cache off (every job uploads).
@@ -205,6 +216,9 @@ type Processor struct {
 	// configuration: one gate per bot ("" is the default bot), made at
 	// its first call (see gateFor).
 	gates sync.Map // bot → *pauseGate
+	// botWaits holds, per bot that cannot send now (paused or unknown),
+	// when a job first found it so (see BotHold).
+	botWaits sync.Map // bot → time.Time
 	// store pauses new jobs while storage writes fail.
 	store *pauseGate
 	// media caches the file_info of media uploaded by URL.
@@ -293,6 +307,8 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		{"StorePauseMax", &cfg.StorePauseMax, StorePauseMaxDefault},
 		{"BotGrace", &cfg.BotGrace, BotGraceDefault},
 		{"BotRecheck", &cfg.BotRecheck, BotRecheckDefault},
+		{"BotHold", &cfg.BotHold, BotHoldDefault},
+		{"BotParkMax", &cfg.BotParkMax, BotParkMaxDefault},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -543,6 +559,7 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 		}
 		if err == nil && s != nil {
 			r.sender, r.gate = s, p.gateFor(bot)
+			p.botWaits.Delete(bot)
 			if logged {
 				r.log.Info().Str("bot", bot).Msg("the job's bot may send: the job goes on")
 			}
@@ -561,11 +578,34 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 			logged = true
 			r.log.Info().Str("bot", bot).Str("rule", rule).AnErr("why", err).Msg("the job's bot cannot send now; the job waits")
 		}
+		since, _ := p.botWaits.LoadOrStore(bot, now)
+		if waited := now.Sub(since.(time.Time)); waited >= p.cfg.BotHold {
+			// A long wait: the job waits in JetStream, not in the worker.
+			back := min(max(waited/2, p.cfg.BotRecheck), p.cfg.BotParkMax)
+			if rule == RuleBotUnknown {
+				back = min(back, graceEnd.Sub(now))
+			}
+			return Outcome{}, false, &botParked{rule: rule, after: back, err: err}
+		}
 		if err := r.wait(ctx, wait, rule); err != nil {
 			return Outcome{}, false, err
 		}
 	}
 }
+
+// botParked stops a job whose bot has not been able to send for BotHold:
+// the job goes back to JetStream for after (see stopped).
+type botParked struct {
+	rule  string
+	after time.Duration
+	err   error
+}
+
+func (e *botParked) Error() string {
+	return fmt.Sprintf("waiting for %s, back in %s: %v", e.rule, e.after, e.err)
+}
+
+func (e *botParked) Unwrap() error { return e.err }
 
 // refreshBot asks Bots again for the job's bot's Sender and gate after a
 // configuration pause: the bot's registry entry may have been mended (a
@@ -620,10 +660,12 @@ func (p *Processor) ConfigPaused() []BotPause {
 }
 
 // ForgetBot drops what the processor keeps for bot (its configuration
-// gate), once the bot is removed; a job for it meets a fresh gate.
+// gate, how long it has been waiting), once its registry entry changes or
+// goes; a job for it meets a fresh gate.
 func (p *Processor) ForgetBot(bot string) {
 	if bot != "" {
 		p.gates.Delete(bot)
+		p.botWaits.Delete(bot)
 	}
 }
 
@@ -1678,7 +1720,15 @@ func (r *run) calls() int {
 func (r *run) stopped(ctx context.Context, err error) (Outcome, error) {
 	var le *LimitError
 	var be *BotError
+	var bp *botParked
 	switch {
+	case errors.As(err, &bp):
+		_ = r.unmark(context.WithoutCancel(ctx))
+		if rerr := r.d.Release(bp.after); rerr != nil {
+			r.log.Warn().Err(rerr).Msg("release message")
+		}
+		r.log.Debug().Str("rule", bp.rule).Dur("back_in", bp.after).Msg("the job's bot still cannot send; the job waits in JetStream")
+		return Outcome{JobID: r.jobID}, fmt.Errorf("%w: %w", ErrHandedBack, err)
 	case errors.As(err, &le):
 		if le.Status == StatusQuotaExceeded && r.job.OnQuota == QuotaDefer && r.p.cfg.Scheduler != nil && !le.RetryAt.IsZero() {
 			if r.deadline.IsZero() || le.RetryAt.Before(r.deadline) {

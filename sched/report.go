@@ -44,13 +44,15 @@ type Summary struct {
 // microsecond per lane: call it about once a second, not per job.
 func (s *Scheduler) Summary(now time.Time) Summary {
 	n := now.UnixNano()
+	// Every bot's groups of a scene and kind are counted together.
 	type key struct {
-		g    *group
-		rule string
+		scene dispatcher.Scene
+		kind  dispatcher.Kind
+		rule  string
 	}
 	acc := map[key]*Waiting{}
 	entry := func(g *group, rule string) *Waiting {
-		k := key{g, rule}
+		k := key{g.key.scene, g.key.kind, rule}
 		w := acc[k]
 		if w == nil {
 			w = &Waiting{Scene: g.key.scene, Kind: g.key.kind, Rule: rule}

@@ -193,9 +193,14 @@ type laneKey struct {
 	kind   dispatcher.Kind
 }
 
+// groupKey names a group: one scene and kind of one bot ("" the default
+// bot). Each bot has groups of its own, so that its pacing and its waits
+// never hold another bot's jobs, and groups take turns (best): bots share
+// the slots fairly.
 type groupKey struct {
 	scene dispatcher.Scene
 	kind  dispatcher.Kind
+	bot   string
 }
 
 // ErrInvalidConfig matches every error of New.
@@ -250,7 +255,7 @@ func New(cfg Config) (*Scheduler, error) {
 	// Groups in a fixed order: replies first, then by scene.
 	for _, k := range []dispatcher.Kind{dispatcher.KindPassive, dispatcher.KindActive} {
 		for _, sc := range dispatcher.Scenes {
-			s.group(groupKey{sc, k})
+			s.group(groupKey{scene: sc, kind: k})
 		}
 	}
 	return s, nil
@@ -285,7 +290,9 @@ const repaceEvery = int64(time.Second)
 // cap from it.
 func (s *Scheduler) repace(g *group, now int64) {
 	g.pacedAt = now
-	if s.cfg.Rules != nil {
+	if s.cfg.Rules != nil && g.key.bot == "" {
+		// Rules are the default bot's; another bot's own limiter paces
+		// its calls (the pipeline pauses for it).
 		g.pace = s.cfg.Rules.Pace(g.key.scene, g.key.kind)
 	}
 	g.iv, g.ivRule = 0, ""
@@ -338,7 +345,7 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 	key := laneKey{it.Bot, it.Scene, it.Target, it.Kind}
 	l := s.lanes[key]
 	if l == nil {
-		l = newLane(key, it.Partition, s.group(groupKey{it.Scene, it.Kind}))
+		l = newLane(key, it.Partition, s.group(groupKey{it.Scene, it.Kind, it.Bot}))
 		s.lanes[key] = l
 		parts := s.byPart[it.Partition]
 		if parts == nil {

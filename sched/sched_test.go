@@ -36,16 +36,16 @@ func newFakeRules() *fakeRules {
 	r := &fakeRules{now: func() time.Time { return t0 }, paces: map[groupKey]dispatcher.Pace{}, last: map[laneKey]time.Time{}, cool: map[string]time.Time{}}
 	for _, sc := range dispatcher.Scenes {
 		for _, k := range []dispatcher.Kind{active, passive} {
-			r.paces[groupKey{sc, k}] = dispatcher.Pace{Shared: []dispatcher.SharedRate{ep(sc)}}
+			r.paces[groupKey{scene: sc, kind: k}] = dispatcher.Pace{Shared: []dispatcher.SharedRate{ep(sc)}}
 		}
 	}
-	r.paces[groupKey{grp, active}] = dispatcher.Pace{TargetInterval: 3 * time.Second, TargetRule: "group.active.rate.per_target",
+	r.paces[groupKey{scene: grp, kind: active}] = dispatcher.Pace{TargetInterval: 3 * time.Second, TargetRule: "group.active.rate.per_target",
 		Shared: []dispatcher.SharedRate{{Name: "bot.group.active", Rule: "group.active.rate.per_bot", Interval: time.Second}, ep(grp)}}
 	return r
 }
 
 func (r *fakeRules) Pace(sc dispatcher.Scene, k dispatcher.Kind) dispatcher.Pace {
-	return r.paces[groupKey{sc, k}]
+	return r.paces[groupKey{scene: sc, kind: k}]
 }
 
 func (r *fakeRules) Forecast(sc dispatcher.Scene, target string, k dispatcher.Kind) (time.Duration, string) {
@@ -53,7 +53,7 @@ func (r *fakeRules) Forecast(sc dispatcher.Scene, target string, k dispatcher.Ki
 	if c := r.cool[target]; c.After(now) {
 		return c.Sub(now), "cooldown.target"
 	}
-	p := r.paces[groupKey{sc, k}]
+	p := r.paces[groupKey{scene: sc, kind: k}]
 	if last, ok := r.last[laneKey{scene: sc, target: target, kind: k}]; ok && p.TargetInterval > 0 {
 		if at := last.Add(p.TargetInterval); at.After(now) {
 			return at.Sub(now), p.TargetRule
@@ -488,5 +488,38 @@ func TestFindNamesTheBot(t *testing.T) {
 		if w, ok := s.Find(id); !ok || w.Bot != bot || w.Scene != c2c {
 			t.Errorf("Find(%s) = %+v, %v; want bot %q", id, w, ok, bot)
 		}
+	}
+}
+
+// Each bot has groups of its own: the default bot's pacing (its per-bot
+// rate, 1/s for group actives here, of which a few seconds' worth start
+// ahead) never holds another bot's jobs back, whose own limiter paces
+// them.
+func TestGroupsPerBot(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 16, ActiveSlots: 16, Rules: newFakeRules()})
+	var j jobs
+	var def []*Item
+	for i := range 8 {
+		def = append(def, j.item(grp, fmt.Sprintf("g%d", i), active))
+	}
+	a1, a2 := j.item(grp, "a1", active), j.item(grp, "a2", active)
+	a1.Bot, a2.Bot = "A", "A"
+	for _, it := range append(def, a1, a2) {
+		s.Add(it, t0)
+	}
+	st, _ := s.Next(t0)
+	started := map[uint64]bool{}
+	for _, id := range ids(st) {
+		started[id] = true
+	}
+	n := 0
+	for _, it := range def {
+		if started[it.Seq] {
+			n++
+		}
+	}
+	if !started[a1.Seq] || !started[a2.Seq] || n == len(def) {
+		t.Fatalf("started %v: bot A's both %v, and %d of the default bot's 8; want A's both and the default bot's paced", ids(st), []uint64{a1.Seq, a2.Seq}, n)
 	}
 }

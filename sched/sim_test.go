@@ -244,7 +244,7 @@ func TestSimBroadcastAndReplies(t *testing.T) {
 func TestSimSharedBucketPlansObservedPace(t *testing.T) {
 	t.Parallel()
 	m := newSimulation(t, Config{Slots: 64})
-	m.rules.paces[groupKey{grp, active}] = dispatcher.Pace{Shared: []dispatcher.SharedRate{
+	m.rules.paces[groupKey{scene: grp, kind: active}] = dispatcher.Pace{Shared: []dispatcher.SharedRate{
 		{Name: "bot.group.active", Rule: "group.active.rate.per_bot", Interval: time.Second}}}
 	m.s = newSched(t, Config{Slots: 64, Rules: m.rules})
 	// The other workers take two of every three slots: ours are the
@@ -325,13 +325,13 @@ func TestSimParkedJobsFollowThePace(t *testing.T) {
 	m.returnLate = 15 * time.Millisecond
 	slow := dispatcher.Pace{Shared: []dispatcher.SharedRate{{Name: "bot.group.active", Rule: "group.active.rate.per_bot", Interval: 55 * time.Millisecond}}}
 	fast := dispatcher.Pace{Shared: []dispatcher.SharedRate{{Name: "bot.group.active", Rule: "group.active.rate.per_bot", Interval: 51 * time.Millisecond}}}
-	m.rules.paces[groupKey{grp, active}] = slow
+	m.rules.paces[groupKey{scene: grp, kind: active}] = slow
 	var j jobs
 	for i := range 1800 { // 60 a second for 30 s
 		m.publish(j.item(grp, fmt.Sprintf("g%d", i%50), active), t0.Add(time.Duration(i)*time.Second/60))
 	}
 	m.run(t0.Add(5 * time.Second))
-	m.rules.paces[groupKey{grp, active}] = fast
+	m.rules.paces[groupKey{scene: grp, kind: active}] = fast
 	m.run(t0.Add(30 * time.Second))
 	from, to := t0.Add(10*time.Second), t0.Add(30*time.Second)
 	n := 0

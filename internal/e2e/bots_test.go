@@ -387,3 +387,30 @@ func TestBotsHaveQuotasOfTheirOwn(t *testing.T) {
 		}
 	}
 }
+
+// A paused bot's backlog does not fill the worker: with room for 8 jobs
+// and 24 of a paused bot ahead of them, another bot's jobs are still sent
+// (the paused bot's jobs go back to JetStream after BotHold, and its
+// groups never gate another bot's).
+func TestPausedBotBacklogLeavesRoom(t *testing.T) {
+	t.Parallel()
+	src := newMemBotSource(worker.Bot{AppID: "A", SecretEnv: "BOT_A_SECRET", Paused: true}, worker.Bot{AppID: "B", SecretFile: secretFile(t, "secretB")})
+	b := newBotBed(t, src)
+	b.cfg.Consumer.Concurrency, b.cfg.Consumer.MaxHeld = 4, 8
+	w := b.StartWorker(b.cfg)
+	var aIDs []string
+	for i := range 24 {
+		aIDs = append(aIDs, b.publishFor(t, "A", fmt.Sprintf("backlog-A-%d", i), fmt.Sprintf("g%d", i)))
+	}
+	waitFor(t, "bot A's jobs to wait for bot.paused", 30*time.Second, func() bool { return waitingFor(w, dispatcher.RuleBotPaused) })
+	start := time.Now()
+	bIDs := []string{b.publishFor(t, "B", "backlog-B-0", "g0"), b.publishFor(t, "B", "backlog-B-1", "g1")}
+	allSent(t, b.Outcomes(bIDs, 30*time.Second))
+	t.Logf("bot B's jobs sent %s after publish, behind %d jobs of paused bot A", time.Since(start).Round(time.Millisecond), len(aIDs))
+	dlqEmpty(t, w)
+	for _, id := range aIDs {
+		if _, ok, err := b.Rec.Lookup(context.Background(), id); err != nil || ok {
+			t.Fatalf("paused bot A's job %s has an outcome (%v)", id, err)
+		}
+	}
+}

@@ -358,7 +358,7 @@ type botLimiter struct {
 }
 
 var (
-	_ dispatcher.Limiter       = (*botLimiter)(nil)
+	_ dispatcher.Limiter          = (*botLimiter)(nil)
 	_ dispatcher.JobUploadLimiter = (*botLimiter)(nil)
 )
 
