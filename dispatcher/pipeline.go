@@ -561,7 +561,7 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 			r.sender, r.gate = s, p.gateFor(bot)
 			p.botWaits.Delete(bot)
 			if logged {
-				r.log.Info().Str("bot", bot).Msg("the job's bot may send: the job goes on")
+				r.log.Debug().Str("bot", bot).Msg("the job's bot may send: the job goes on")
 			}
 			return Outcome{}, false, nil
 		}
@@ -575,8 +575,13 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 			wait, rule = min(wait, graceEnd.Sub(now)), RuleBotUnknown
 		}
 		if !logged {
+			// One line per bot every storeWarnEvery: a paused bot's
+			// backlog comes back again and again.
 			logged = true
-			r.log.Info().Str("bot", bot).Str("rule", rule).AnErr("why", err).Msg("the job's bot cannot send now; the job waits")
+			if ok, held := p.warns.allow("bot "+bot, now); ok {
+				r.log.Info().Str("bot", bot).Str("rule", rule).AnErr("why", err).Int("not_logged", held).
+					Msg("the job's bot cannot send now; its jobs wait")
+			}
 		}
 		since, _ := p.botWaits.LoadOrStore(bot, now)
 		if waited := now.Sub(since.(time.Time)); waited >= p.cfg.BotHold {
@@ -2089,7 +2094,7 @@ func newLogLimiter(every time.Duration) *logLimiter {
 
 // allow reports whether a line of kind may be written at now, and if so
 // how many were held back since the last one. Kinds are a few fixed
-// names, so the maps stay small.
+// names, some per bot, so the maps stay small.
 func (l *logLimiter) allow(kind string, now time.Time) (ok bool, held int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

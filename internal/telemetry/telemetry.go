@@ -346,11 +346,18 @@ func (t *Telemetry) Ready() (bool, string) {
 	}
 	if t.cfg.BotsWaiting != nil {
 		if w := t.cfg.BotsWaiting(); len(w) > 0 {
-			return true, "ok; bots waiting: " + strings.ReplaceAll(strings.Join(w, ", "), "\n", "; ")
+			more := ""
+			if len(w) > maxBotsWaiting {
+				w, more = w[:maxBotsWaiting], fmt.Sprintf(" and %d more", len(w)-maxBotsWaiting)
+			}
+			return true, "ok; bots waiting: " + strings.ReplaceAll(strings.Join(w, ", "), "\n", "; ") + more
 		}
 	}
 	return true, "ok"
 }
+
+// maxBotsWaiting bounds the bots /readyz names; the others are counted.
+const maxBotsWaiting = 10
 
 func (t *Telemetry) connected() bool {
 	return t.cfg.Connected != nil && t.cfg.Connected()

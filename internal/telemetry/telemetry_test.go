@@ -3,6 +3,7 @@ package telemetry_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -442,5 +443,13 @@ func TestBotLabelAndWaitingBots(t *testing.T) {
 	waiting.Store([]string{"102030 (credentials refused)"})
 	if code, body := get(t, srv.URL+"/readyz"); code != 200 || !strings.Contains(body, "bots waiting: 102030 (credentials refused)") {
 		t.Fatalf("/readyz = %d %q, want 200 naming the waiting bot", code, body)
+	}
+	many := make([]string, 25)
+	for i := range many {
+		many[i] = fmt.Sprintf("bot%02d (paused in the registry)", i)
+	}
+	waiting.Store(many)
+	if _, why := tel.Ready(); !strings.Contains(why, "bot09 (paused in the registry) and 15 more") || strings.Contains(why, "bot10") {
+		t.Fatalf("Ready says %q, want ten bots named and 15 counted", why)
 	}
 }
