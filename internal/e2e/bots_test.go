@@ -189,6 +189,7 @@ func TestBotsSendWithTheirOwnTokens(t *testing.T) {
 	t.Parallel()
 	src := newMemBotSource(worker.Bot{AppID: "A", SecretEnv: "BOT_A_SECRET"}, worker.Bot{AppID: "B", SecretFile: secretFile(t, "secretB")})
 	b := newBotBed(t, src)
+	b.cfg.Bots.DefaultAppID = testbed.AppID
 	b.StartWorker(b.cfg)
 	var ids []string
 	for i := range 3 {
@@ -196,10 +197,12 @@ func TestBotsSendWithTheirOwnTokens(t *testing.T) {
 			ids = append(ids, b.publishFor(t, bot, fmt.Sprintf("own-%s-%d", bot, i), fmt.Sprintf("g%d", i)))
 		}
 	}
+	// A job may name the default bot by its app id.
+	ids = append(ids, b.publishFor(t, testbed.AppID, "own-named-default", "g9"))
 	allSent(t, b.Outcomes(ids, time.Minute))
 	got := b.sentBy(t)
-	if got[testbed.AppID] != 3 || got["A"] != 3 || got["B"] != 3 {
-		t.Fatalf("messages per bot %v, want 3 each from %s, A and B", got, testbed.AppID)
+	if got[testbed.AppID] != 4 || got["A"] != 3 || got["B"] != 3 {
+		t.Fatalf("messages per bot %v, want 4 from %s (one naming it), 3 each from A and B", got, testbed.AppID)
 	}
 	for _, r := range b.Sim.Bots() {
 		if r.Violations != 0 {

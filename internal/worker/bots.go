@@ -75,6 +75,9 @@ type botRuntime struct {
 	newLimiter func(botID string, p *ratelimit.Policy) (*ratelimit.Limiter, error)
 	// forget tells the pipeline a bot was dropped.
 	forget func(bot string)
+	// def is the default bot's Sender (Config.Sender), for jobs that name
+	// its app id.
+	def dispatcher.Sender
 
 	mu     sync.Mutex
 	bots   map[string]*botEntry
@@ -110,6 +113,9 @@ func (b *botRuntime) isDefault(bot string) bool {
 
 // Sender is the bot's Sender (dispatcher.Bots).
 func (b *botRuntime) Sender(bot string) (dispatcher.Sender, error) {
+	if b.isDefault(bot) {
+		return b.def, nil
+	}
 	e, err := b.entry(bot)
 	if err != nil {
 		return nil, err

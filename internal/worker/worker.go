@@ -195,6 +195,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		if bots, err = newBotRuntime(*w.cfg.Bots, w.log); err != nil {
 			return err
 		}
+		bots.def = w.cfg.Sender
 		pc.Bots = bots
 	}
 	kc := queue.KeeperConfig{Names: names, Every: w.cfg.KeepEvery, Logger: &w.log}
