@@ -10,6 +10,8 @@ import (
 
 // Waiting is what waits in one group for one reason.
 type Waiting struct {
+	// Bot is the jobs' bot; empty for the default bot.
+	Bot   string           `json:"bot,omitempty"`
 	Scene dispatcher.Scene `json:"scene"`
 	Kind  dispatcher.Kind  `json:"kind"`
 	// Rule is what the jobs wait for: a policy rule (e.g.
@@ -38,25 +40,24 @@ type Summary struct {
 	OldestReady time.Duration `json:"oldest_ready_ns,omitempty"`
 }
 
-// Summary counts what waits, by group and reason. Parked jobs are counted
-// as they come and go; their instants, and the held jobs, are read from
-// the lanes (a few words each, not every parked job), so it costs about a
-// microsecond per lane: call it about once a second, not per job.
+// Summary counts what waits, by group (bot, scene and kind) and reason.
+// Parked jobs are counted as they come and go; their instants, and the
+// held jobs, are read from the lanes (a few words each, not every parked
+// job), so it costs about a microsecond per lane: call it about once a
+// second, not per job.
 func (s *Scheduler) Summary(now time.Time) Summary {
 	n := now.UnixNano()
-	// Every bot's groups of a scene and kind are counted together.
-	type key struct {
-		scene dispatcher.Scene
-		kind  dispatcher.Kind
-		rule  string
-	}
-	acc := map[key]*Waiting{}
+	acc := map[groupKey]map[string]*Waiting{}
 	entry := func(g *group, rule string) *Waiting {
-		k := key{g.key.scene, g.key.kind, rule}
-		w := acc[k]
+		byRule := acc[g.key]
+		if byRule == nil {
+			byRule = map[string]*Waiting{}
+			acc[g.key] = byRule
+		}
+		w := byRule[rule]
 		if w == nil {
-			w = &Waiting{Scene: g.key.scene, Kind: g.key.kind, Rule: rule}
-			acc[k] = w
+			w = &Waiting{Bot: g.key.bot, Scene: g.key.scene, Kind: g.key.kind, Rule: rule}
+			byRule[rule] = w
 		}
 		return w
 	}
@@ -132,13 +133,15 @@ func (s *Scheduler) Summary(now time.Time) Summary {
 	if oldest > 0 && oldest < n {
 		sum.OldestReady = time.Duration(n - oldest)
 	}
-	for _, w := range acc {
-		if w.Held+w.Parked > 0 {
-			sum.Waiting = append(sum.Waiting, *w)
+	for _, byRule := range acc {
+		for _, w := range byRule {
+			if w.Held+w.Parked > 0 {
+				sum.Waiting = append(sum.Waiting, *w)
+			}
 		}
 	}
 	slices.SortFunc(sum.Waiting, func(a, b Waiting) int {
-		return cmp.Or(cmp.Compare(a.Scene, b.Scene), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Rule, b.Rule))
+		return cmp.Or(cmp.Compare(a.Scene, b.Scene), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Rule, b.Rule), cmp.Compare(a.Bot, b.Bot))
 	})
 	return sum
 }
@@ -191,4 +194,63 @@ func (s *Scheduler) Find(id string) (Where, bool) {
 		}
 	}
 	return Where{}, false
+}
+
+// OtherBots names the rows Fold makes of the bots it does not keep.
+const OtherBots = "(other bots)"
+
+// Fold keeps the Waiting rows of the default bot and of the bots (at
+// most bots) with the most jobs waiting, and sums the other bots' rows
+// into rows of OtherBots, by scene, kind and rule: a summary that travels
+// in every heartbeat stays small however many bots wait.
+func (s Summary) Fold(bots int) Summary {
+	count := map[string]int{}
+	for _, w := range s.Waiting {
+		if w.Bot != "" {
+			count[w.Bot] += w.Held + w.Parked
+		}
+	}
+	if len(count) <= bots {
+		return s
+	}
+	names := make([]string, 0, len(count))
+	for b := range count {
+		names = append(names, b)
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Or(cmp.Compare(count[b], count[a]), cmp.Compare(a, b)) })
+	keep := map[string]bool{}
+	for _, b := range names[:bots] {
+		keep[b] = true
+	}
+	type key struct {
+		scene dispatcher.Scene
+		kind  dispatcher.Kind
+		rule  string
+	}
+	var out []Waiting
+	folded := map[key]int{}
+	for _, w := range s.Waiting {
+		if w.Bot == "" || keep[w.Bot] {
+			out = append(out, w)
+			continue
+		}
+		k := key{w.Scene, w.Kind, w.Rule}
+		i, ok := folded[k]
+		if !ok {
+			i = len(out)
+			folded[k] = i
+			out = append(out, Waiting{Bot: OtherBots, Scene: w.Scene, Kind: w.Kind, Rule: w.Rule})
+		}
+		o := &out[i]
+		o.Held += w.Held
+		o.Parked += w.Parked
+		if !w.Next.IsZero() && (o.Next.IsZero() || w.Next.Before(o.Next)) {
+			o.Next = w.Next
+		}
+		if w.Last.After(o.Last) {
+			o.Last = w.Last
+		}
+	}
+	s.Waiting = out
+	return s
 }

@@ -523,3 +523,21 @@ func TestGroupsPerBot(t *testing.T) {
 		t.Fatalf("started %v: bot A's both %v, and %d of the default bot's 8; want A's both and the default bot's paced", ids(st), []uint64{a1.Seq, a2.Seq}, n)
 	}
 }
+
+// Fold keeps the default bot's rows and the busiest bots', and sums the
+// others by scene, kind and rule.
+func TestSummaryFold(t *testing.T) {
+	t.Parallel()
+	w := func(bot, rule string, held int) Waiting {
+		return Waiting{Bot: bot, Scene: grp, Kind: active, Rule: rule, Held: held}
+	}
+	sum := Summary{Waiting: []Waiting{w("", "slot", 9), w("A", "bot.paused", 5), w("B", "bot.paused", 1), w("C", "bot.paused", 2), w("C", "slot", 1)}}
+	got := sum.Fold(1).Waiting
+	want := []Waiting{w("", "slot", 9), w("A", "bot.paused", 5), w(OtherBots, "bot.paused", 3), w(OtherBots, "slot", 1)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Fold(1) = %+v, want %+v", got, want)
+	}
+	if got := sum.Fold(3).Waiting; len(got) != len(sum.Waiting) {
+		t.Fatalf("Fold(3) of three bots changed the rows: %+v", got)
+	}
+}

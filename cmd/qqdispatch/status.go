@@ -73,6 +73,10 @@ type statusMember struct {
 // over the live members' scheduling reports, plus the jobs deferred to a
 // later period in message schedules.
 type statusWaiting struct {
+	// Bot is the jobs' bot: empty for the default bot, and for deferred
+	// jobs (their schedules do not say); sched.OtherBots for the bots a
+	// heartbeat sums.
+	Bot   string `json:"bot,omitempty"`
 	Scene string `json:"scene"`
 	Kind  string `json:"kind,omitempty"`
 	// Rule is what the jobs wait for: a policy rule,
@@ -142,11 +146,13 @@ type statusTotals struct {
 
 // fleetStatus is everything `status` prints.
 type fleetStatus struct {
-	At         time.Time         `json:"at"`
-	Stream     string            `json:"stream"`
-	MemberTTL  float64           `json:"member_ttl_seconds,omitempty"`
-	Members    []statusMember    `json:"members"`
-	Waiting    []statusWaiting   `json:"waiting"`
+	At        time.Time       `json:"at"`
+	Stream    string          `json:"stream"`
+	MemberTTL float64         `json:"member_ttl_seconds,omitempty"`
+	Members   []statusMember  `json:"members"`
+	Waiting   []statusWaiting `json:"waiting"`
+	// Bot is the bot the Waiting rows were narrowed to (status --bot).
+	Bot        string            `json:"bot,omitempty"`
 	Partitions []statusPartition `json:"partitions"`
 	Totals     statusTotals      `json:"totals"`
 	Problems   []string          `json:"problems"`
@@ -159,6 +165,7 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 		watch    bool
 		interval time.Duration
 		timeout  time.Duration
+		bot      string
 	)
 	c := newCommand("status", "qqdispatch status [flags]", statusDesc, statusExamples)
 	nf.register(c, defaultNATSURL, "NATS server `URLs`, comma-separated")
@@ -166,6 +173,7 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 	c.Bool(&watch, "watch", "QQDISPATCH_STATUS_WATCH", false, "refresh every --interval until interrupted: in place on a terminal, else a new block each time")
 	c.Duration(&interval, "interval", "QQDISPATCH_STATUS_INTERVAL", 2*time.Second, "with --watch, how often to refresh")
 	c.Duration(&timeout, "timeout", "QQDISPATCH_STATUS_TIMEOUT", 10*time.Second, "give up after this long (with --watch: per refresh)")
+	c.String(&bot, "bot", "QQDISPATCH_STATUS_BOT", "", "show only what waits for the bot with this app `id` (its scheduling rows; deferred jobs do not say their bot)")
 	pos, err := c.parse(args, cl.env, cl.stdout)
 	if err != nil {
 		return err
@@ -200,6 +208,9 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 		st, err := collectStatus(ctx, js, names, time.Now)
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, fmt.Errorf("no complete answer from NATS within --timeout %s: %w", timeout, err)
+		}
+		if err == nil && bot != "" {
+			st.onlyBot(bot)
 		}
 		return st, err
 	}
@@ -518,12 +529,12 @@ func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, 
 // addWaiting sums what the members' schedulers report waiting, by scene,
 // kind and rule, adds the deferred jobs, and fills the totals.
 func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Deferred) {
-	type key struct{ scene, kind, rule string }
+	type key struct{ bot, scene, kind, rule string }
 	acc := map[key]*statusWaiting{}
 	row := func(k key) *statusWaiting {
 		w := acc[k]
 		if w == nil {
-			w = &statusWaiting{Scene: k.scene, Kind: k.kind, Rule: k.rule}
+			w = &statusWaiting{Bot: k.bot, Scene: k.scene, Kind: k.kind, Rule: k.rule}
 			acc[k] = w
 		}
 		return w
@@ -550,7 +561,7 @@ func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Defer
 		tot.Parked += sc.Parked
 		oldest = max(oldest, sc.OldestReady)
 		for _, wt := range sc.Waiting {
-			w := row(key{string(wt.Scene), string(wt.Kind), wt.Rule})
+			w := row(key{wt.Bot, string(wt.Scene), string(wt.Kind), wt.Rule})
 			w.Held += wt.Held
 			w.Parked += wt.Parked
 			span(w, wt.Next, wt.Last)
@@ -561,7 +572,7 @@ func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Defer
 		if rule == "" {
 			rule = deferredRule
 		}
-		w := row(key{d.Scene, ruleKind(rule), rule})
+		w := row(key{"", d.Scene, ruleKind(rule), rule})
 		w.Deferred += d.Jobs
 		span(w, d.Next, d.Last)
 		tot.Deferred += d.Jobs
@@ -575,8 +586,14 @@ func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Defer
 		st.Waiting = append(st.Waiting, *w)
 	}
 	slices.SortFunc(st.Waiting, func(a, b statusWaiting) int {
-		return cmp.Or(cmp.Compare(a.Scene, b.Scene), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Rule, b.Rule))
+		return cmp.Or(cmp.Compare(a.Scene, b.Scene), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Rule, b.Rule), cmp.Compare(a.Bot, b.Bot))
 	})
+}
+
+// onlyBot keeps the Waiting rows of bot (status --bot).
+func (st *fleetStatus) onlyBot(bot string) {
+	st.Bot = bot
+	st.Waiting = slices.DeleteFunc(st.Waiting, func(w statusWaiting) bool { return w.Bot != bot })
 }
 
 // ruleKind reads the kind from a policy rule, {scene}.{kind}.…; "" when it
@@ -640,15 +657,31 @@ func writeStatusMembers(b *strings.Builder, st *fleetStatus) {
 	_ = tw.Flush()
 }
 
-// writeStatusWaiting writes what waits, by scene, kind and rule.
+// writeStatusWaiting writes what waits, by scene, kind and rule, and by
+// bot when a row names one (BOT: "-" for the default bot).
 func writeStatusWaiting(b *strings.Builder, st *fleetStatus) {
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENE\tKIND\tWAITING FOR\tHELD\tPARKED\tDEFERRED\tNEXT\tLAST")
+	bots := st.Bot != "" || slices.ContainsFunc(st.Waiting, func(w statusWaiting) bool { return w.Bot != "" })
+	col := func(w statusWaiting) string {
+		if !bots {
+			return ""
+		}
+		return dash(w.Bot) + "\t"
+	}
+	head := "SCENE\tKIND\tWAITING FOR\tHELD\tPARKED\tDEFERRED\tNEXT\tLAST"
+	if bots {
+		head = "BOT\t" + head
+	}
+	fmt.Fprintln(tw, head)
 	if len(st.Waiting) == 0 {
-		fmt.Fprintln(tw, "(nothing waits)\t\t\t\t\t\t\t")
+		none := "(nothing waits)"
+		if st.Bot != "" {
+			none = "(nothing waits for bot " + st.Bot + ")"
+		}
+		fmt.Fprintln(tw, none+strings.Repeat("\t", strings.Count(head, "\t")))
 	}
 	for _, wt := range st.Waiting {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", dash(wt.Scene), dash(wt.Kind), wt.Rule, wt.Held, wt.Parked, wt.Deferred,
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", col(wt), dash(wt.Scene), dash(wt.Kind), wt.Rule, wt.Held, wt.Parked, wt.Deferred,
 			relTime(wt.Next, st.At), relTime(wt.Last, st.At))
 	}
 	_ = tw.Flush()

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -540,5 +541,58 @@ func TestStatusAfterNATSRestart(t *testing.T) {
 	// serve stops while its server still runs (cleanups run last-in first-out).
 	if code := s.stop(t); code != 0 {
 		t.Errorf("serve exited %d:\n%s", code, s.stderr)
+	}
+}
+
+// TestStatusWaitingPerBot: the WAITING table gets a BOT column once a row
+// names a bot ("-" the default bot), rows of one bot are summed over the
+// members, and --bot keeps that bot's rows only.
+func TestStatusWaitingPerBot(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	wt := func(bot, rule string, held int) sched.Waiting {
+		return sched.Waiting{Bot: bot, Scene: dispatcher.SceneGroup, Kind: dispatcher.KindActive, Rule: rule, Held: held}
+	}
+	members := []queue.Member{
+		{ID: "a", Seen: now, Scheduling: &sched.Summary{Waiting: []sched.Waiting{wt("", "slot", 1), wt("102030", dispatcher.RuleBotPaused, 5)}}},
+		{ID: "b", Seen: now, Scheduling: &sched.Summary{Waiting: []sched.Waiting{wt("102030", dispatcher.RuleBotPaused, 2), wt("405060", "slot", 3)}}},
+	}
+	build := func() *fleetStatus {
+		st := buildStatus(queue.Config{Partitions: 2}.WithDefaults(), members, 6*time.Second, map[int]*jetstream.ConsumerInfo{}, nil, now)
+		st.addWaiting(members, nil)
+		return st
+	}
+	print := func(st *fleetStatus) string {
+		var b bytes.Buffer
+		if err := printStatus(&b, st); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	row := regexp.MustCompile(`(?m)^(\S+)\s+group\s+active\s+(\S+)\s+(\d+)\s`)
+	rows := func(out string) []string {
+		var got []string
+		for _, m := range row.FindAllStringSubmatch(out, -1) {
+			got = append(got, m[1]+" "+m[2]+" "+m[3])
+		}
+		return got
+	}
+	all := print(build())
+	if !strings.Contains(all, "BOT") {
+		t.Errorf("no BOT column:\n%s", all)
+	}
+	if got, want := rows(all), []string{"102030 bot.paused 7", "- slot 1", "405060 slot 3"}; !slices.Equal(got, want) {
+		t.Errorf("rows %q, want %q:\n%s", got, want, all)
+	}
+	st := build()
+	st.onlyBot("102030")
+	one := print(st)
+	if got, want := rows(one), []string{"102030 bot.paused 7"}; !slices.Equal(got, want) {
+		t.Errorf("--bot 102030 rows %q, want %q:\n%s", got, want, one)
+	}
+	st = build()
+	st.onlyBot("nobody")
+	if out := print(st); !strings.Contains(out, "(nothing waits for bot nobody)") {
+		t.Errorf("--bot nobody:\n%s", out)
 	}
 }

@@ -79,6 +79,9 @@ type RulesConfig struct {
 	Clock ratelimit.Clock
 }
 
+// heartbeatBots is how many bots a heartbeat's scheduling report names.
+const heartbeatBots = 20
+
 // Worker is one running qqdispatch worker.
 type Worker struct {
 	cfg  Config
@@ -289,7 +292,9 @@ func (w *Worker) Start(ctx context.Context) error {
 			Report: func(m *queue.Member) {
 				c := w.consumer()
 				m.Releasing = c.Releasing()
-				sum := c.Summary()
+				// The heartbeat names the bots with the most jobs
+				// waiting; the others are summed (sched.OtherBots).
+				sum := c.Summary().Fold(heartbeatBots)
 				m.Scheduling = &sum
 				w.sharePaths(m)
 			},
