@@ -460,6 +460,10 @@ func TestDeployPermissions(t *testing.T) {
 			_, err := wjs.CreateStream(ctx, jetstream.StreamConfig{Name: "FORGED", Subjects: []string{"forged.>"}})
 			return err
 		}},
+		{"write the bot registry", "$KV.qqdispatch_bots.forged", func(ctx context.Context) error {
+			_, err := wjs.Publish(ctx, "$KV.qqdispatch_bots.forged", []byte(`{"app_id":"forged"}`))
+			return err
+		}},
 		{"read the producers' replies", "_INBOX.>", func(ctx context.Context) error {
 			sub, err := wc.SubscribeSync("_INBOX.>")
 			if err != nil {
