@@ -592,7 +592,7 @@ func (s *server) startRegistry(ctx context.Context, nc *nats.Conn, names queue.C
 		return nil, fmt.Errorf("bot registry: %w", err)
 	}
 	if err := reg.Start(ctx); err != nil {
-		return nil, fmt.Errorf("bot registry (bucket %s): %w", store.Bucket(), err)
+		return nil, fmt.Errorf("bot registry (bucket %s; the worker's NATS user must be allowed to read and watch it, see deploy/nats): %w", store.Bucket(), err)
 	}
 	s.onStop(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
