@@ -216,8 +216,9 @@ type Processor struct {
 	// configuration: one gate per bot ("" is the default bot), made at
 	// its first call (see gateFor).
 	gates sync.Map // bot → *pauseGate
-	// botWaits holds, per bot that cannot send now (paused or unknown),
-	// when a job first found it so (see BotHold).
+	// botWaits holds, per registered bot that cannot send now (paused),
+	// when a job first found it so (see BotHold). An unknown bot's jobs
+	// count from their own publish.
 	botWaits sync.Map // bot → time.Time
 	// store pauses new jobs while storage writes fail.
 	store *pauseGate
@@ -574,17 +575,23 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 			}
 			wait, rule = min(wait, graceEnd.Sub(now)), RuleBotUnknown
 		}
+		// What is kept per bot is kept for registered bots only: an
+		// unknown bot's name is whatever a producer wrote.
+		kind, since := "bots unknown", graceEnd.Add(-p.cfg.BotGrace) // its publish, on the Clock
+		if rule == RuleBotPaused {
+			first, _ := p.botWaits.LoadOrStore(bot, now)
+			kind, since = "bot "+bot, first.(time.Time)
+		}
 		if !logged {
 			// One line per bot every storeWarnEvery: a paused bot's
 			// backlog comes back again and again.
 			logged = true
-			if ok, held := p.warns.allow("bot "+bot, now); ok {
+			if ok, held := p.warns.allow(kind, now); ok {
 				r.log.Info().Str("bot", bot).Str("rule", rule).AnErr("why", err).Int("not_logged", held).
 					Msg("the job's bot cannot send now; its jobs wait")
 			}
 		}
-		since, _ := p.botWaits.LoadOrStore(bot, now)
-		if waited := now.Sub(since.(time.Time)); waited >= p.cfg.BotHold {
+		if waited := now.Sub(since); waited >= p.cfg.BotHold {
 			// A long wait: the job waits in JetStream, not in the worker.
 			back := min(max(waited/2, p.cfg.BotRecheck), p.cfg.BotParkMax)
 			if rule == RuleBotUnknown {
