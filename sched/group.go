@@ -28,6 +28,7 @@ type group struct {
 	rounds rounds
 	vt     int64 // round of the last job started
 
+	lanes    int        // lanes of the group
 	held     int        // held, not started
 	parked   int        // away
 	parkedBy [256]int32 // away, by rule (Scheduler.rules index)

@@ -44,6 +44,7 @@ type away struct {
 }
 
 func newLane(k laneKey, part int, g *group) *lane {
+	g.lanes++
 	return &lane{key: k, part: part, g: g, hidx: [2]int{-1, -1}}
 }
 

@@ -802,6 +802,7 @@ func (s *Scheduler) DropPartition(p int) []*Item {
 		}
 		l.held, l.away = nil, nil
 		l.detached = true
+		l.g.lanes--
 		delete(s.lanes, l.key)
 	}
 	delete(s.byPart, p)
@@ -852,6 +853,24 @@ func (s *Scheduler) sweep(now int64) {
 			s.settle(l, now)
 		}
 	}
+	s.dropIdleGroups()
+}
+
+// dropIdleGroups forgets the groups of bots other than the default one
+// that hold nothing (no lane, nothing paused or parked): a bot's groups
+// last as long as it has jobs here, so names from subjects (an unknown
+// bot's) do not pile up.
+func (s *Scheduler) dropIdleGroups() {
+	keep := s.order[:0]
+	for _, g := range s.order {
+		if g.key.bot != "" && g.lanes <= 0 && g.held == 0 && g.parked == 0 && len(g.paused.items) == 0 && len(g.resume.items) == 0 {
+			delete(s.groups, g.key)
+			continue
+		}
+		keep = append(keep, g)
+	}
+	clear(s.order[len(keep):])
+	s.order = keep
 }
 
 // forget removes an empty lane.
@@ -860,6 +879,7 @@ func (s *Scheduler) forget(l *lane) {
 	l.g.ready.drop(l)
 	if s.lanes[l.key] == l {
 		delete(s.lanes, l.key)
+		l.g.lanes--
 	}
 	if parts := s.byPart[l.part]; parts != nil {
 		delete(parts, l)

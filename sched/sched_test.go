@@ -541,3 +541,36 @@ func TestSummaryFold(t *testing.T) {
 		t.Fatalf("Fold(3) of three bots changed the rows: %+v", got)
 	}
 }
+
+// A bot's groups last as long as it has jobs here: once its last job is
+// done, the next sweep forgets them (a name from a subject, an unknown
+// bot's, does not stay).
+func TestIdleBotGroupsAreForgotten(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8})
+	var j jobs
+	it := j.item(grp, "g1", active)
+	it.Bot = "made-up"
+	s.Add(it, t0)
+	st, _ := s.Next(t0)
+	if len(st) != 1 {
+		t.Fatalf("started %v, want the bot's job", ids(st))
+	}
+	if _, ok := s.groups[groupKey{grp, active, "made-up"}]; !ok {
+		t.Fatal("no group for the bot while its job runs")
+	}
+	s.Done(it, true, t0)
+	later := t0.Add(time.Hour)
+	s.Next(later)
+	if _, ok := s.groups[groupKey{grp, active, "made-up"}]; ok {
+		t.Fatal("the bot's group is still there after its last job")
+	}
+	if _, ok := s.groups[groupKey{scene: grp, kind: active}]; !ok {
+		t.Fatal("the default bot's group was forgotten")
+	}
+	for _, g := range s.order {
+		if g.key.bot != "" {
+			t.Fatalf("s.order still lists %+v", g.key)
+		}
+	}
+}
