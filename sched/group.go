@@ -39,6 +39,13 @@ type group struct {
 	resume  itemHeap // paused jobs due, by priority
 
 	lastStart int64
+	ord       int // when it was made: its place in Scheduler.order, the last tie-break between groups
+
+	// A registered bot's group's place in the heaps of groups (groups.go).
+	dirty      bool
+	pidx, didx int   // index+1 in its pick heap and in the due heap; 0: not in it
+	pickD      int64 // deadline of the job it would start first (pick key)
+	dueAt      int64 // earliest of its waiting lanes' forecasts and paused jobs' until (due key)
 	// Observed pace of the group's slowest bucket for this worker, so a
 	// fleet-wide bucket shared with other workers is planned at this
 	// worker's share of it: the spacing of consecutive permits that the
@@ -78,12 +85,14 @@ type gateUse struct {
 	rule string
 }
 
-func newGroup(k groupKey) *group {
+// newGroup makes a group; changed is called at each change of its heaps.
+func newGroup(k groupKey, changed func(*group)) *group {
 	g := &group{key: k}
-	g.waiting = laneHeap{which: waitingHeap, less: func(a, b *lane) bool { return a.fc < b.fc }}
-	g.ready = laneHeap{which: readyHeap, less: func(a, b *lane) bool { return itemBefore(a.held[0], b.held[0]) }}
-	g.paused = itemHeap{less: func(a, b *Item) bool { return a.until < b.until }}
-	g.resume = itemHeap{less: itemBefore}
+	note := func() { changed(g) }
+	g.waiting = laneHeap{which: waitingHeap, less: func(a, b *lane) bool { return a.fc < b.fc }, changed: note}
+	g.ready = laneHeap{which: readyHeap, less: func(a, b *lane) bool { return itemBefore(a.held[0], b.held[0]) }, changed: note}
+	g.paused = itemHeap{less: func(a, b *Item) bool { return a.until < b.until }, changed: note}
+	g.resume = itemHeap{less: itemBefore, changed: note}
 	return g
 }
 

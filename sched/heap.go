@@ -9,6 +9,9 @@ type laneHeap struct {
 	lanes []*lane
 	less  func(a, b *lane) bool
 	which int // index into lane.hidx: each lane is in at most one heap of each kind
+	// changed, when set, is called after each add and drop that moves a
+	// lane (the group's place among groups may change with its top).
+	changed func()
 }
 
 func (h *laneHeap) Len() int           { return len(h.lanes) }
@@ -42,14 +45,22 @@ func (h *laneHeap) top() *lane {
 func (h *laneHeap) add(l *lane) {
 	if l.hidx[h.which] >= 0 {
 		heap.Fix(h, l.hidx[h.which])
-		return
+	} else {
+		heap.Push(h, l)
 	}
-	heap.Push(h, l)
+	h.note()
 }
 
 func (h *laneHeap) drop(l *lane) {
 	if i := l.hidx[h.which]; i >= 0 {
 		heap.Remove(h, i)
+		h.note()
+	}
+}
+
+func (h *laneHeap) note() {
+	if h.changed != nil {
+		h.changed()
 	}
 }
 
@@ -57,6 +68,8 @@ func (h *laneHeap) drop(l *lane) {
 type itemHeap struct {
 	items []*Item
 	less  func(a, b *Item) bool
+	// changed, when set, is called after each add and drop.
+	changed func()
 }
 
 func (h *itemHeap) Len() int           { return len(h.items) }
@@ -91,14 +104,22 @@ func (h *itemHeap) top() *Item {
 func (h *itemHeap) add(it *Item) {
 	if it.hidx > 0 {
 		heap.Fix(h, it.hidx-1)
-		return
+	} else {
+		heap.Push(h, it)
 	}
-	heap.Push(h, it)
+	h.note()
 }
 
 // drop takes it out of h if it is there.
 func (h *itemHeap) drop(it *Item) {
 	if i := it.hidx - 1; i >= 0 && i < len(h.items) && h.items[i] == it {
 		heap.Remove(h, i)
+		h.note()
+	}
+}
+
+func (h *itemHeap) note() {
+	if h.changed != nil {
+		h.changed()
 	}
 }

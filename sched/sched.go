@@ -175,6 +175,12 @@ type Scheduler struct {
 	byPart  map[int]map[*lane]struct{}
 	groups  map[groupKey]*group
 	order   []*group // stable iteration order
+	base    []*group // the default bot's groups, in order: walked (groups.go)
+	pick    [2]groupHeap
+	due     groupHeap
+	dirty   []*group
+	cands   []*group // best's candidates, kept to reuse
+	made    int      // groups made so far (group.ord)
 	gates   map[string]*gate
 	invalid []*Item // invalid jobs waiting for a slot
 
@@ -251,6 +257,7 @@ func New(cfg Config) (*Scheduler, error) {
 	}
 	s := &Scheduler{cfg: cfg, lanes: map[laneKey]*lane{}, byPart: map[int]map[*lane]struct{}{},
 		groups: map[groupKey]*group{}, gates: map[string]*gate{}, ruleIdx: map[string]uint8{}}
+	s.initGroupHeaps()
 	s.intern("")
 	// Groups in a fixed order: replies first, then by scene.
 	for _, k := range []dispatcher.Kind{dispatcher.KindPassive, dispatcher.KindActive} {
@@ -292,7 +299,9 @@ func (s *Scheduler) repace(g *group, now int64) {
 	g.pacedAt = now
 	if s.cfg.Rules != nil && g.key.bot == "" {
 		// Rules are the default bot's; another bot's own limiter paces
-		// its calls (the pipeline pauses for it).
+		// its calls (the pipeline pauses for it). So a bot group has no
+		// gates and is never gated: the heaps of groups rely on it
+		// (groups.go).
 		g.pace = s.cfg.Rules.Pace(g.key.scene, g.key.kind)
 	}
 	g.iv, g.ivRule = 0, ""
@@ -320,10 +329,15 @@ func (s *Scheduler) group(k groupKey) *group {
 	if g != nil {
 		return g
 	}
-	g = newGroup(k)
+	g = newGroup(k, s.markDirty)
+	s.made++
+	g.ord = s.made // order's order: groups dropped (dropIdleGroups) leave it as it was
 	s.repace(g, 0)
 	s.groups[k] = g
 	s.order = append(s.order, g)
+	if !g.isBotGroup() {
+		s.base = append(s.base, g)
+	}
 	return g
 }
 
@@ -490,19 +504,24 @@ func (s *Scheduler) Next(now time.Time) ([]Start, time.Time) {
 	n := now.UnixNano()
 	s.sweep(n)
 	lead := int64(s.cfg.Lead)
-	for _, g := range s.order {
+	for _, g := range s.base {
 		if n-g.pacedAt >= repaceEvery {
 			s.repace(g, n)
 		}
-		for l := g.waiting.top(); l != nil && l.fc <= n+lead; l = g.waiting.top() {
-			s.touch(l, n) // forecasts move (cool-downs): ask again
-			if l.hidx[waitingHeap] >= 0 {
-				break // still later than it was
-			}
+		s.promote(g, n, lead)
+	}
+	// Bot groups are never repaced (they have no pace of the scheduler's)
+	// and only those with something due are looked at.
+	for s.flush(); ; {
+		g := s.due.top()
+		if g == nil || g.dueAt > n+lead {
+			break
 		}
-		for it := g.paused.top(); it != nil && it.until <= n+lead; it = g.paused.top() {
-			g.paused.drop(it)
-			g.resume.add(it)
+		s.promote(g, n, lead)
+		s.markDirty(g)
+		s.flush()
+		if s.due.top() == g && g.dueAt <= n+lead {
+			break // a forecast that moved but is still due: as promote, ask again next time
 		}
 	}
 	var out []Start
@@ -536,6 +555,21 @@ func (s *Scheduler) Next(now time.Time) ([]Start, time.Time) {
 	return out, tm(s.wake(n))
 }
 
+// promote moves g's lanes whose forecast is due to its ready heap, and
+// its paused jobs due to its resume heap.
+func (s *Scheduler) promote(g *group, n, lead int64) {
+	for l := g.waiting.top(); l != nil && l.fc <= n+lead; l = g.waiting.top() {
+		s.touch(l, n) // forecasts move (cool-downs): ask again
+		if l.hidx[waitingHeap] >= 0 {
+			break // still later than it was
+		}
+	}
+	for it := g.paused.top(); it != nil && it.until <= n+lead; it = g.paused.top() {
+		g.paused.drop(it)
+		g.resume.add(it)
+	}
+}
+
 // best picks the group whose next job goes first: a resumed job before a
 // new one of the same group, replies before actives, then the earliest
 // deadline, then the group that started a job least recently.
@@ -545,7 +579,17 @@ func (s *Scheduler) best(now int64) (*group, bool) {
 		bResume   bool
 		bDeadline int64
 	)
-	for _, g := range s.order {
+	s.flush()
+	// The default bot's groups, then the first bot group of each kind (in
+	// order: ties go to the group made first).
+	cands := append(s.cands[:0], s.base...)
+	for i := range s.pick {
+		if g := s.pick[i].top(); g != nil {
+			cands = append(cands, g)
+		}
+	}
+	s.cands = cands
+	for _, g := range cands {
 		active := g.key.kind == dispatcher.KindActive
 		if active && s.activeRunning >= s.cfg.ActiveSlots {
 			continue
@@ -607,6 +651,7 @@ func (s *Scheduler) start(l *lane, now int64) *Item {
 	it.booked = true
 	s.touch(l, now)
 	g.noteStart(now)
+	s.markDirty(g) // touch did already; say so where lastStart moves
 	return it
 }
 
@@ -614,7 +659,11 @@ func (s *Scheduler) start(l *lane, now int64) *Item {
 func (s *Scheduler) wake(now int64) int64 {
 	w := int64(math.MaxInt64)
 	lead := int64(s.cfg.Lead)
-	for _, g := range s.order {
+	s.flush()
+	if g := s.due.top(); g != nil {
+		w = g.dueAt - lead // bot groups are never gated
+	}
+	for _, g := range s.base {
 		if l := g.waiting.top(); l != nil {
 			w = min(w, l.fc-lead)
 		}
