@@ -415,6 +415,19 @@ func (b *fleetBucket) Fresh(at time.Time) time.Time {
 	return time.Unix(0, b.estimateLocked(lo, now))
 }
 
+// Missed is freshener.Missed: a pooled slot still ahead of now, more than
+// the lateness and less than an interval before at. Slots other callers
+// took are not pooled, so contention alone is not a miss.
+func (b *fleetBucket) Missed(at time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.f.now().UnixNano()
+	b.sweepLocked(now)
+	a := at.UnixNano()
+	i, _ := b.findLocked(max(a, b.dep.tat-b.tol-b.slack))
+	return i > 0 && b.pool[i-1] > now && a-b.pool[i-1] < b.interval
+}
+
 // giveBack returns a handed-out slot to the pool, unless its time has
 // passed (then it is wasted).
 func (b *fleetBucket) giveBack(slot int64) {

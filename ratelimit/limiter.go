@@ -616,7 +616,7 @@ func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, targ
 	// by which rule. The next round asks no earlier, so it makes progress
 	// even against a bucket whose Next is more hopeful than its Take.
 	floor, floorWhy := int64(0), ""
-	rounds := 0
+	misses := 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -675,8 +675,15 @@ func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, targ
 			// be for the same instant, or a bucket would see its calls
 			// bunched. Give them back and plan again.
 			release(plan, holds, now)
-			if rounds++; rounds >= 2 {
-				floor = fresh(plan, floor)
+			// Rounds that miss because other callers took the tokens
+			// first are a busy moment: the next round finds others. Two
+			// in a row where a bucket passed over a free slot of its own
+			// only just too early for the instant are grids that never
+			// meet (see fresh).
+			if missedFree(plan, t) {
+				if misses++; misses == 2 {
+					floor, misses = fresh(plan, floor), 0
+				}
 			}
 			continue
 		}
@@ -693,6 +700,20 @@ func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, targ
 // bucket can give a slot at once.
 type freshener interface {
 	Fresh(at time.Time) time.Time
+	// Missed reports whether the bucket holds a free slot of its own
+	// that is too early for a call at at, by less than an interval.
+	Missed(at time.Time) bool
+}
+
+// missedFree reports whether a shared bucket of plan passed over a free
+// slot of its own for a call at t (see freshener).
+func missedFree(plan []step, t int64) bool {
+	for _, s := range plan {
+		if f, ok := s.shared.(freshener); ok && f.Missed(time.Unix(0, t)) {
+			return true
+		}
+	}
+	return false
 }
 
 // fresh is the earliest instant from floor on at which every shared
