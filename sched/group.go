@@ -20,10 +20,19 @@ type group struct {
 	pace    dispatcher.Pace
 	pacedAt int64 // when pace was read (repace)
 
-	gates  []gateUse
-	iv     int64  // the slowest shared interval (ns); 0: none
-	ivRule string // its rule
-	cap    int    // most held jobs: what the slowest bucket releases within Horizon, plus two
+	gates []gateUse
+	// frontier stands in for the gates a registered bot's group has not
+	// (it is never gated): the latest instant its limiter pushed one of
+	// its started jobs to on a shared bucket, plus that bucket's interval
+	// (Pause). Its jobs are planned from there (estimate), so a backlog
+	// beyond the horizon is parked, not started to wait in the worker.
+	frontier int64
+	// pending: a registered bot's group whose rules are not known here
+	// yet (repace; see pendingBotCap).
+	pending bool
+	iv      int64  // the slowest shared interval (ns); 0: none
+	ivRule  string // its rule
+	cap     int    // most held jobs: what the slowest bucket releases within Horizon, plus two
 
 	rounds rounds
 	vt     int64 // round of the last job started

@@ -10,10 +10,11 @@ import (
 // The default bot's groups (at most one per scene and kind) are few and
 // paced by the rules, so Next, best and wake look at each of them every
 // time. Registered bots' groups are as many as the bots with jobs (a
-// worker may serve a thousand), are never paced by the scheduler (their
-// limiters pause their jobs instead, see repace) and so never gated: the
-// scheduler keeps them in heaps instead, so a job started costs O(log
-// groups), not a walk over every bot's groups.
+// worker may serve a thousand) and never gated: their own rules plan and
+// park their jobs when known (BotRules), but their limiters space the
+// calls they start (see repace). The scheduler keeps them in heaps
+// instead, so a job started costs O(log groups), not a walk over every
+// bot's groups.
 //
 //   - pick (one heap per kind): the bot groups that have a job to start or
 //     resume, by best's order (earliest deadline, then the group that

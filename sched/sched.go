@@ -63,6 +63,21 @@ type Rules interface {
 	Forecast(scene dispatcher.Scene, target string, kind dispatcher.Kind) (time.Duration, string)
 }
 
+// BotRules are Rules that also know the rules of registered bots (a job's
+// Bot). A scheduler whose Rules implement it plans each bot's groups and
+// forecasts its lanes with that bot's own rules, so it parks a bot's jobs
+// due later in JetStream as it does the default bot's; without it, or
+// while RulesOf does not know the bot, another bot's jobs are neither
+// planned nor forecast here (its own limiter holds their calls in the
+// worker). A bot's groups are never gated either way (groups.go): its
+// limiter spaces the calls they start.
+type BotRules interface {
+	Rules
+	// RulesOf is bot's rules, false while they are not known. It is
+	// asked again at each repace (every second for a group).
+	RulesOf(bot string) (Rules, bool)
+}
+
 // Config configures a Scheduler.
 type Config struct {
 	// Slots is how many jobs may run at once. Required.
@@ -297,18 +312,23 @@ const repaceEvery = int64(time.Second)
 // cap from it.
 func (s *Scheduler) repace(g *group, now int64) {
 	g.pacedAt = now
-	if s.cfg.Rules != nil && g.key.bot == "" {
-		// Rules are the default bot's; another bot's own limiter paces
-		// its calls (the pipeline pauses for it). So a bot group has no
-		// gates and is never gated: the heaps of groups rely on it
-		// (groups.go).
-		g.pace = s.cfg.Rules.Pace(g.key.scene, g.key.kind)
+	r, pending := s.rulesOf(g.key.bot)
+	if r != nil {
+		g.pace = r.Pace(g.key.scene, g.key.kind)
 	}
+	g.pending = pending
 	g.iv, g.ivRule = 0, ""
 	g.gates = g.gates[:0]
 	for _, b := range g.pace.Shared {
 		if int64(b.Interval) > g.iv {
 			g.iv, g.ivRule = int64(b.Interval), b.Rule
+		}
+		if g.isBotGroup() {
+			// Its interval plans and parks its jobs, but it has no
+			// gates and is never gated: the heaps of groups rely on it
+			// (groups.go), and its own limiter spaces its calls (its
+			// frontier stands in for the gates when planning).
+			continue
 		}
 		gt := s.gates[b.Name]
 		if gt == nil {
@@ -317,11 +337,41 @@ func (s *Scheduler) repace(g *group, now int64) {
 		}
 		g.gates = append(g.gates, gateUse{gate: gt, iv: int64(b.Interval), rule: b.Rule})
 	}
-	if g.iv > 0 {
+	switch {
+	case g.pending:
+		g.cap = pendingBotCap
+	case g.iv > 0:
 		g.cap = int(s.cfg.Horizon/time.Duration(g.iv)) + 2
-	} else {
+	default:
 		g.cap = math.MaxInt
 	}
+}
+
+// pendingBotCap is the most jobs a registered bot's group keeps in the
+// worker while its rules are not known here yet (BotRules; its first job
+// builds its limiter): the rest park for repaceEvery, by when they are
+// known, so a bot's first burst (a broadcast) never fills the worker.
+const pendingBotCap = 8
+
+// RuleBotPending is what a registered bot's jobs parked while its rules
+// are not known here wait for (see pendingBotCap).
+const RuleBotPending = "bot.pending"
+
+// rulesOf is the rules of bot ("" the default bot), nil when they are not
+// known here; pending when they are not known yet but will be (the Rules
+// are BotRules: the bot's first job builds its limiter).
+func (s *Scheduler) rulesOf(bot string) (r Rules, pending bool) {
+	if s.cfg.Rules == nil || bot == "" {
+		return s.cfg.Rules, false
+	}
+	br, ok := s.cfg.Rules.(BotRules)
+	if !ok {
+		return nil, false
+	}
+	if r, ok := br.RulesOf(bot); ok && r != nil {
+		return r, false
+	}
+	return nil, true
 }
 
 func (s *Scheduler) group(k groupKey) *group {
@@ -372,6 +422,11 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		return Decision{Action: Duplicate, Existing: ex}
 	}
 	g := l.g
+	if g.isBotGroup() && n-g.pacedAt >= repaceEvery {
+		// Bot groups are not repaced by Next (groups.go): each asks
+		// again as its jobs come, so it learns its bot's rules.
+		s.repace(g, n)
+	}
 	returning := false
 	if i, ok := l.awayIndex(it.Seq); ok {
 		a := l.away[i]
@@ -395,10 +450,19 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		limit *= 2 // a job called back by its own estimate is not sent away lightly
 	}
 	est, rule := s.estimate(l, it, pos, n)
-	hold := !blocked && l.inMemory() < s.cfg.LaneWindow && g.held < limit && est <= n+int64(s.cfg.Horizon)
+	inGroup := g.held
+	if g.isBotGroup() {
+		// Never gated, its jobs start at once and wait in the worker
+		// for their permits (paused): they count against its cap too.
+		inGroup += g.paused.Len() + g.resume.Len()
+	}
+	hold := !blocked && l.inMemory() < s.cfg.LaneWindow && inGroup < limit && est <= n+int64(s.cfg.Horizon)
 	if !hold {
 		if blocked && rule == "" {
 			rule = "order"
+		}
+		if g.pending && rule == "" {
+			rule = RuleBotPending
 		}
 		// It comes back ReturnLead early, or an eighth of the wait when
 		// that is more: a plan for far ahead is less sure, and a job back
@@ -408,6 +472,9 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		if blocked {
 			// Not before the job it waits for.
 			until = max(until, l.away[0].until+int64(minPark))
+		}
+		if g.pending {
+			until = max(until, n+repaceEvery) // its rules are known by then
 		}
 		a := away{seq: it.Seq, until: until, round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern(rule)}
 		l.insertAway(a)
@@ -449,7 +516,7 @@ func (s *Scheduler) estimate(l *lane, it *Item, pos int, now int64) (int64, stri
 	}
 	if g.iv > 0 {
 		ahead := g.rounds.ahead(it.round, it.sub)
-		if gt := max(now, g.gateAt()) + ahead*g.rateIv(); gt > t {
+		if gt := max(now, g.gateAt(), g.frontier) + ahead*g.rateIv(); gt > t {
 			t, rule = gt, g.ivRule
 		}
 	}
@@ -461,12 +528,13 @@ func (s *Scheduler) estimate(l *lane, it *Item, pos int, now int64) (int64, stri
 
 // forecast asks the rules when l's target may make its next call.
 func (s *Scheduler) forecast(l *lane, now int64) (int64, string) {
-	if s.cfg.Rules == nil || l.key.bot != "" {
-		// Rules are the default bot's; another bot's own limiter holds
+	r, _ := s.rulesOf(l.key.bot)
+	if r == nil {
+		// A bot whose rules are not known here: its own limiter holds
 		// its calls (the pipeline pauses for it).
 		return now, ""
 	}
-	d, rule := s.cfg.Rules.Forecast(l.key.scene, l.key.target, l.key.kind)
+	d, rule := r.Forecast(l.key.scene, l.key.target, l.key.kind)
 	if d <= 0 {
 		return now, ""
 	}
@@ -730,6 +798,13 @@ func (s *Scheduler) Pause(it *Item, until time.Time, rule string, now time.Time)
 			// Its token is for until: the bucket is taken through then.
 			u.gate.virt = max(u.gate.virt, it.until+u.iv)
 			it.pushed = true
+		}
+	}
+	if g.isBotGroup() {
+		for _, b := range g.pace.Shared {
+			if b.Rule == rule {
+				g.frontier = max(g.frontier, it.until+int64(b.Interval))
+			}
 		}
 	}
 	if rule == g.ivRule && g.iv > 0 {

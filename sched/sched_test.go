@@ -574,3 +574,81 @@ func TestIdleBotGroupsAreForgotten(t *testing.T) {
 		}
 	}
 }
+
+// fakeBotRules are fakeRules for the default bot and, for the bots listed,
+// rules of their own (sched.BotRules).
+type fakeBotRules struct {
+	*fakeRules
+	bots map[string]*fakeRules
+}
+
+func (r fakeBotRules) RulesOf(bot string) (Rules, bool) {
+	b, ok := r.bots[bot]
+	return b, ok
+}
+
+// A bot whose rules are known is planned by them as the default bot is:
+// its backlog beyond what its buckets serve soon is parked, not held. One
+// whose rules are not known yet (its first jobs) keeps a few and parks the
+// rest until they are; without BotRules a bot is not planned here.
+func TestBotRulesPaceABotsGroups(t *testing.T) {
+	t.Parallel()
+	botRules := fakeBotRules{fakeRules: newFakeRules(), bots: map[string]*fakeRules{"A": newFakeRules()}}
+	for _, tc := range []struct {
+		name     string
+		rules    Rules
+		bot      string
+		maxHeld  int    // of the bot's 1,000 group actives
+		wantRule string // of the last one parked; "" when it is not
+	}{
+		{name: "known", rules: botRules, bot: "A", maxHeld: 4, wantRule: "group.active.rate.per_bot"},
+		{name: "not known yet", rules: botRules, bot: "B", maxHeld: pendingBotCap, wantRule: RuleBotPending},
+		{name: "no BotRules", rules: newFakeRules(), bot: "A", maxHeld: 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newSched(t, Config{Slots: 64, Rules: tc.rules})
+			var j jobs
+			for i := range 1000 {
+				it := j.item(grp, fmt.Sprintf("g%d", i), active)
+				it.Bot = tc.bot
+				s.Add(it, t0)
+			}
+			if s.Held() > tc.maxHeld {
+				t.Errorf("held %d of bot %s's 1,000 group actives, want at most %d", s.Held(), tc.bot, tc.maxHeld)
+			}
+			w, ok := s.Find("job-1000")
+			if got := w.Rule; !ok || (w.State == "parked") != (tc.wantRule != "") || got != tc.wantRule {
+				t.Errorf("Find(job-1000) = %+v, %v; want parked for %q (held when empty)", w, ok, tc.wantRule)
+			}
+		})
+	}
+}
+
+// A bot's group is never gated, so its started jobs wait in the worker
+// for their permits (paused); those permits push its frontier, and jobs
+// that come after them are planned from it: parked once it is beyond the
+// horizon, not started to wait in the worker too.
+func TestBotFrontierParksBehindPausedJobs(t *testing.T) {
+	t.Parallel()
+	rules := fakeBotRules{fakeRules: newFakeRules(), bots: map[string]*fakeRules{"A": newFakeRules()}}
+	s := newSched(t, Config{Slots: 64, Rules: rules})
+	var j jobs
+	started, slot := 0, t0 // the bot's limiter gives a 1/s bucket's next slot to each call
+	for i := range 50 {
+		it := j.item(grp, fmt.Sprintf("g%d", i), active)
+		it.Bot = "A"
+		if d := s.Add(it, t0); d.Action != Hold {
+			continue
+		}
+		st, _ := s.Next(t0)
+		for _, x := range st {
+			started++
+			s.Pause(x.Item, slot, "group.active.rate.per_bot", t0)
+			slot = slot.Add(time.Second)
+		}
+	}
+	if started > 4 {
+		t.Errorf("started %d of bot A's 50 group actives to wait in the worker for a 1/s bucket, want at most 4 (its horizon's worth)", started)
+	}
+}
