@@ -30,7 +30,8 @@ Subcommands:
   resume   serve a paused bot again
   rm       unregister a bot
 
-Workers do not serve registered bots yet: a worker still serves the one bot of QQ_APP_ID.`
+Every worker (qqdispatch serve) sends for the registered bots besides the default bot of QQ_APP_ID: a job on
+{prefix}.send.{scene}@{app_id}.{target} goes as that bot.`
 
 const botsExamples = `
 qqdispatch bots add --app-id 102003004 --secret-env BOT_102003004_SECRET
