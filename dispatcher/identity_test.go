@@ -466,6 +466,46 @@ func TestHandleIDAcrossBots(t *testing.T) {
 	}
 }
 
+// TestReplyAnchorsPerBot: the (msg_id, msg_seq) pairs and reply budgets
+// of two bots' replies to one message in one group are kept apart: the
+// ledger is asked about one anchor per bot, the default bot's unchanged.
+func TestReplyAnchorsPerBot(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	now := time.Now().UTC().Format(time.RFC3339)
+	for i, bot := range []string{"", "1024"} {
+		j := &dispatcher.Job{V: 1, Bot: bot, Scene: dispatcher.SceneGroup, Target: "G3",
+			Message: json.RawMessage(`{"msg_type":0,"content":"hi","msg_id":"M1"}`)}
+		data, _ := json.Marshal(j)
+		data = []byte(strings.Replace(string(data), `"message"`, `"received_at":"`+now+`","message"`, 1))
+		subject := "qqbot.send." + dispatcher.SceneToken(dispatcher.SceneGroup, bot) + ".G3"
+		if o, _ := r.handle(t, dispatcher.Envelope{Subject: subject, Data: data, Header: map[string][]string{}, Seq: uint64(30 + i)}); o.Status != dispatcher.StatusSent {
+			t.Fatalf("bot %q's reply: %+v", bot, o)
+		}
+	}
+	asked := map[string]bool{}
+	for _, k := range r.ledger.keys {
+		asked[k] = true
+	}
+	if !asked["group.G3.M1"] || !asked["group@1024.G3.M1"] {
+		t.Errorf("reply anchors asked %v; want group.G3.M1 and group@1024.G3.M1", r.ledger.keys)
+	}
+}
+
+// TestHandleOutcomeOfAnotherBotsJob: an expired binding whose outcome is
+// kept names another bot (same scene and target): the new job's outcome
+// goes under its conflict id, not lost under the other bot's.
+func TestHandleOutcomeOfAnotherBotsJob(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	r.rec.outs["old-2"] = dispatcher.Outcome{V: 1, JobID: "old-2", Status: dispatcher.StatusSent, Bot: "2048", Scene: dispatcher.SceneGroup, Target: "G4"}
+	e := namedBotJob("1024", "old-2", "G4", "new", 1)
+	o, _ := r.handle(t, e)
+	if cid := dispatcher.ConflictID("old-2", e.Data); o.Status != dispatcher.StatusSent || o.JobID != cid || o.Bot != "1024" {
+		t.Errorf("outcome %+v; want sent under %s", o, cid)
+	}
+}
+
 // TestHandleOutcomeOfAnotherJob: when the id's binding expired but its
 // outcome was kept, a new job with the id to another target is sent and its
 // outcome goes under its conflict id, not lost under the old one.

@@ -464,8 +464,8 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		o := r.outcome(StatusInvalid, reason)
 		if job != nil {
 			o.Bot, o.Scene, o.Target = job.Bot, job.Scene, job.Target
-		} else if sc, tg, err := ParseSubject(prefixOf(p.cfg.Decode), r.env.Subject); err == nil {
-			o.Scene, o.Target = sc, tg
+		} else if subj, err := ParseJobSubject(prefixOf(p.cfg.Decode), r.env.Subject); err == nil {
+			o.Bot, o.Scene, o.Target = subj.Bot, subj.Scene, subj.Target
 		}
 		return r.finish(ctx, o)
 	}
@@ -1127,7 +1127,7 @@ func (r *run) reserveReply(ctx context.Context) error {
 // pairAnchor names the platform's dedupe scope: replies to one msg_id (or
 // event_id) in one scene and target.
 func pairAnchor(j *Job) string {
-	return string(j.Scene) + "." + j.Target + "." + j.Anchor()
+	return SceneToken(j.Scene, j.Bot) + "." + j.Target + "." + j.Anchor()
 }
 
 // sendLoop calls the API until the job has an outcome. A non-nil error means
@@ -2008,7 +2008,7 @@ func (r *run) record(ctx context.Context, o Outcome, until time.Time) (Outcome, 
 	if err != nil {
 		return Outcome{}, err
 	}
-	if r.job != nil && r.requested == "" && stored.Scene != "" && (stored.Scene != o.Scene || stored.Target != o.Target) {
+	if r.job != nil && r.requested == "" && stored.Scene != "" && (stored.Bot != o.Bot || stored.Scene != o.Scene || stored.Target != o.Target) {
 		r.takeConflictID(o.JobID, Fingerprint(r.env.Data))
 		r.log.Warn().Msg("the job's id has the outcome of another job; storing this job's under its conflict id")
 		o.JobID = r.jobID
