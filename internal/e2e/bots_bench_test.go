@@ -79,12 +79,14 @@ func BenchmarkManyBots(b *testing.B) {
 		for p := range cfg.Partitions {
 			cfg.Partitions[p] = p
 		}
+		pool := qqapi.NewHTTPClient(0)
 		cfg.Bots = &worker.BotsConfig{
 			Source: src,
 			Getenv: func(k string) string { return secrets[k] },
-			// As serve builds a registered bot's Sender.
+			// As serve builds a registered bot's Sender: one connection
+			// pool for all.
 			Connect: func(appID, secret string) (dispatcher.Sender, error) {
-				c, err := qqapi.New(qqapi.Config{AppID: appID, AppSecret: secret, BaseURL: bed.SimURL, TokenURL: bed.SimURL + "/app/getAppAccessToken"})
+				c, err := qqapi.New(qqapi.Config{AppID: appID, AppSecret: secret, BaseURL: bed.SimURL, TokenURL: bed.SimURL + "/app/getAppAccessToken", HTTPClient: pool})
 				if err != nil {
 					return nil, err
 				}
