@@ -351,11 +351,39 @@ func parseAppID(c *command, pos []string) (string, error) {
 }
 
 func botsPause(ctx context.Context, cl *cli, args []string, pause bool) error {
-	var f botsFlags
 	name, verb, desc := "bots resume", "resumed", "Serve a paused bot again: its waiting jobs go."
 	if pause {
 		name, verb, desc = "bots pause", "paused", "Stop serving a bot: its jobs wait (they do not go to the DLQ) until `bots resume`."
 	}
+	return onBot(ctx, cl, args, name, desc, func(ctx context.Context, admin *registry.Admin, id string) error {
+		_, changed, err := admin.SetPaused(ctx, id, pause)
+		if err != nil {
+			return err
+		}
+		if !changed {
+			fmt.Fprintf(cl.stdout, "bot %s was %s already\n", id, verb)
+			return nil
+		}
+		fmt.Fprintf(cl.stdout, "bot %s %s\n", id, verb)
+		return nil
+	})
+}
+
+func botsRemove(ctx context.Context, cl *cli, args []string) error {
+	return onBot(ctx, cl, args, "bots rm", "Unregister a bot: workers stop serving it. Its jobs still queued are not removed.",
+		func(ctx context.Context, admin *registry.Admin, id string) error {
+			if err := admin.Remove(ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(cl.stdout, "bot %s removed\n", id)
+			return nil
+		})
+}
+
+// onBot runs the command name (pause, resume, rm: one app id and the
+// registry flags) as do, whose registry errors it words for the user.
+func onBot(ctx context.Context, cl *cli, args []string, name, desc string, do func(context.Context, *registry.Admin, string) error) error {
+	var f botsFlags
 	c := newCommand(name, "qqdispatch "+name+" ID [flags]", desc, "qqdispatch "+name+" 102003004")
 	f.register(c)
 	pos, err := f.parse(c, cl, args)
@@ -373,43 +401,9 @@ func botsPause(ctx context.Context, cl *cli, args []string, pause bool) error {
 		return err
 	}
 	defer closeConn()
-	_, changed, err := admin.SetPaused(ctx, id, pause)
-	if err != nil {
+	if err := do(ctx, admin, id); err != nil {
 		return botLookupError(id, bucket, err)
 	}
-	if !changed {
-		fmt.Fprintf(cl.stdout, "bot %s was %s already\n", id, verb)
-		return nil
-	}
-	fmt.Fprintf(cl.stdout, "bot %s %s\n", id, verb)
-	return nil
-}
-
-func botsRemove(ctx context.Context, cl *cli, args []string) error {
-	var f botsFlags
-	c := newCommand("bots rm", "qqdispatch bots rm ID [flags]",
-		"Unregister a bot: workers stop serving it. Its jobs still queued are not removed.",
-		"qqdispatch bots rm 102003004")
-	f.register(c)
-	pos, err := f.parse(c, cl, args)
-	if err != nil {
-		return err
-	}
-	id, err := parseAppID(c, pos)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
-	defer cancel()
-	admin, bucket, closeConn, err := f.open(ctx, c, false)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	if err := admin.Remove(ctx, id); err != nil {
-		return botLookupError(id, bucket, err)
-	}
-	fmt.Fprintf(cl.stdout, "bot %s removed\n", id)
 	return nil
 }
 
