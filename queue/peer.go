@@ -69,6 +69,11 @@ func ServePeer(nc *nats.Conn, cfg Config, worker string, answer func(jobID strin
 	if err != nil {
 		return nil, fmt.Errorf("queue: answer on %s: %w", WorkerSubject(cfg, worker), err)
 	}
+	// The server knows of the subscription once it has read it: until
+	// then a peer asking gets no responders and takes this worker for
+	// gone. Best effort: while disconnected, the subscription goes out
+	// with the reconnect.
+	_ = nc.FlushTimeout(5 * time.Second)
 	return sub, nil
 }
 
