@@ -16,6 +16,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
 	"github.com/qqdispatch/qqdispatch/registry"
+	"github.com/qqdispatch/qqdispatch/sched"
 )
 
 // Bot is one registered bot as the worker serves it: the fields of a
@@ -121,6 +122,18 @@ func (b *botRuntime) Sender(bot string) (dispatcher.Sender, error) {
 		return nil, err
 	}
 	return e.sender, nil
+}
+
+// built is the limiter of a bot whose runtime is built (by its first
+// job), or false: it builds nothing, so the scheduler may ask it.
+func (b *botRuntime) built(bot string) (*ratelimit.Limiter, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e, ok := b.bots[bot]
+	if !ok || e.lim == nil {
+		return nil, false
+	}
+	return e.lim, true
 }
 
 // limiter is the bot's limiter; nil and a *dispatcher.BotError when the
@@ -373,6 +386,29 @@ func (l *botLimiter) pick(job *dispatcher.Job) (*ratelimit.Limiter, error) {
 		return l.def, nil
 	}
 	return l.bots.limiter(job.Bot)
+}
+
+// schedRules are the scheduler's rules (sched.BotRules): the default
+// bot's limiter, and each registered bot's once built, so a bot's jobs
+// due later are parked in JetStream by its own pace rather than held in
+// the worker.
+type schedRules struct {
+	*ratelimit.Limiter // the default bot's
+	bots               *botRuntime
+}
+
+var _ sched.BotRules = schedRules{}
+
+// RulesOf is the limiter of bot once its first job built it.
+func (r schedRules) RulesOf(bot string) (sched.Rules, bool) {
+	if r.bots.isDefault(bot) {
+		return r.Limiter, true
+	}
+	lim, ok := r.bots.built(bot)
+	if !ok {
+		return nil, false
+	}
+	return lim, true
 }
 
 // Deadline is the job's reply window end under its bot's rules (the

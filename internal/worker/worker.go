@@ -278,6 +278,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if w.lim != nil {
 		cc.Rules = w.lim
 		cc.Deadline = w.lim.Deadline
+		if bots != nil {
+			cc.Rules = schedRules{Limiter: w.lim, bots: bots}
+		}
 	}
 	if cc.Logger == nil {
 		cc.Logger = &w.log
