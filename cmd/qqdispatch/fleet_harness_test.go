@@ -278,6 +278,10 @@ type fleetOptions struct {
 	// observer of arrivals that the test process's load cannot bunch
 	// (see startSimProcess). Read it through fleet.view.
 	SimProcess bool
+	// Bots are more bots the simulator serves besides testbed.AppID (its
+	// --bots-file), each with its own tokens and count of every rule
+	// (SimProcess only). Registering them with the fleet is the test's.
+	Bots []qqsim.Bot
 }
 
 // fleetPartitions is the partition count of the fleet tests: serve's
@@ -300,8 +304,11 @@ func newFleet(t testing.TB, o fleetOptions) *fleet {
 			t.Fatal(err)
 		}
 	}
+	if len(o.Bots) > 0 && !o.SimProcess {
+		t.Fatal("fleetOptions.Bots needs SimProcess")
+	}
 	if o.SimProcess {
-		rs := startSimProcess(t, rules, o.Latency, f.logDir)
+		rs := startSimProcess(t, rules, o.Latency, f.logDir, o.Bots)
 		f.view, f.simURL = rs, rs.base
 		f.tap = &tap{names: f.names} // records nothing: no worker calls through it
 	} else {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,7 +39,9 @@ type remoteSim struct {
 }
 
 // startSimProcess runs `qqdispatch sim` with rules as a child process on a
-// free port and returns it once it listens.
+// free port and returns it once it listens. bots are more bots it serves
+// besides testbed.AppID (--bots-file, written with mode 0600: it holds
+// their secrets), each with its own rules when Bot.Rules is set.
 //
 // The process observes arrivals on its own: the test process runs the NATS
 // cluster, and on a busy machine its goroutines (a tap, or the simulator
@@ -46,23 +49,43 @@ type remoteSim struct {
 // bunch although the workers spaced their calls. A simulator alone in a
 // process that mostly sleeps is woken promptly, as the platform would see
 // the calls.
-func startSimProcess(t testing.TB, rules qqsim.Rules, latency time.Duration, logDir string) *remoteSim {
+func startSimProcess(t testing.TB, rules qqsim.Rules, latency time.Duration, logDir string, bots []qqsim.Bot) *remoteSim {
 	t.Helper()
-	y, err := yaml.Marshal(rules)
-	if err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	writeYAML := func(name string, v any) string {
+		y, err := yaml.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, y, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
 	}
-	rulesPath := filepath.Join(t.TempDir(), "sim-rules.yaml")
-	if err := os.WriteFile(rulesPath, y, 0o600); err != nil {
-		t.Fatal(err)
+	rulesPath := writeYAML("sim-rules.yaml", rules)
+	args := []string{"sim", "--listen", "127.0.0.1:0", "--app-id", testbed.AppID, "--rules", rulesPath, "--latency", latency.String()}
+	if len(bots) > 0 {
+		var lines strings.Builder
+		for _, b := range bots {
+			fmt.Fprintf(&lines, "%s %s", b.AppID, b.AppSecret)
+			if b.Rules != nil {
+				fmt.Fprintf(&lines, " %s", writeYAML("rules-"+b.AppID+".yaml", *b.Rules))
+			}
+			lines.WriteString("\n")
+		}
+		botsPath := filepath.Join(dir, "sim-bots.txt")
+		if err := os.WriteFile(botsPath, []byte(lines.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--bots-file", botsPath)
 	}
 	logPath := filepath.Join(logDir, "sim.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, "sim", "--listen", "127.0.0.1:0", "--app-id", testbed.AppID,
-		"--rules", rulesPath, "--latency", latency.String())
+	cmd := exec.Command(binary, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "QQSIM_APP_SECRET=" + testbed.AppSecret}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -130,14 +153,44 @@ func (s *remoteSim) call(method, path string, body, v any) {
 }
 
 func (s *remoteSim) Inbound(scene, target string, at time.Time) string {
+	return s.InboundFor("", scene, target, at)
+}
+
+// InboundFor is an inbound message to bot ("" the default bot) from
+// scene/target at at: the msg_id its replies answer.
+func (s *remoteSim) InboundFor(bot, scene, target string, at time.Time) string {
 	var out struct {
 		MsgID string `json:"msg_id"`
 	}
-	s.call(http.MethodPost, "/_sim/inbound", map[string]any{"scene": scene, "target": target, "at": at}, &out)
+	s.call(http.MethodPost, "/_sim/inbound", map[string]any{"bot": bot, "scene": scene, "target": target, "at": at}, &out)
 	if out.MsgID == "" {
-		s.t.Fatalf("simulator: no msg_id for an inbound message of %s/%s", scene, target)
+		s.t.Fatalf("simulator: no msg_id for an inbound message of %s/%s (bot %q)", scene, target, bot)
 	}
 	return out.MsgID
+}
+
+// AddBot makes the simulator serve one more bot while it runs.
+func (s *remoteSim) AddBot(b qqsim.Bot) {
+	var out qqsim.BotReport
+	s.call(http.MethodPost, "/_sim/bots", b, &out)
+	if out.AppID != b.AppID {
+		s.t.Fatalf("simulator: added bot %s, it reports %q", b.AppID, out.AppID)
+	}
+}
+
+// BotRejections is the rejections report of one bot's calls: its counts
+// and violations by the rules it is held to.
+func (s *remoteSim) BotRejections(bot string) qqsim.RejectionsReport {
+	var out qqsim.RejectionsReport
+	s.call(http.MethodGet, "/_sim/rejections?bot="+url.QueryEscape(bot), nil, &out)
+	return out
+}
+
+// Bots reports every bot the simulator serves, the default bot first.
+func (s *remoteSim) Bots() []qqsim.BotReport {
+	var out []qqsim.BotReport
+	s.call(http.MethodGet, "/_sim/bots", nil, &out)
+	return out
 }
 
 func (s *remoteSim) Accepted() []qqsim.Message {
