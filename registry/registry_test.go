@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/qqdispatch/qqdispatch/natsserver"
+	"github.com/qqdispatch/qqdispatch/internal/testbed/natstest"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/queue/botstore"
 	"github.com/qqdispatch/qqdispatch/registry"
@@ -54,24 +54,9 @@ func setup(t *testing.T, noBucket bool) *testBundle {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	e, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = e.Stop(context.Background()) })
-	nc, err := e.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.JetStream(ctx, t)
 	b := &testBundle{ctx: ctx, js: js, names: queue.Config{Prefix: "regtest"}.WithDefaults(), logs: &syncBuffer{}}
+	var err error
 	if !noBucket {
 		if _, err := queue.ProvisionBots(ctx, js, b.names); err != nil {
 			t.Fatal(err)

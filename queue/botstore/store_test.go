@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/qqdispatch/qqdispatch/natsserver"
+	"github.com/qqdispatch/qqdispatch/internal/testbed/natstest"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/registry"
 )
@@ -19,23 +19,7 @@ func setup(t *testing.T, noBucket bool) (context.Context, jetstream.JetStream, *
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	e, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = e.Stop(context.Background()) })
-	nc, err := e.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.JetStream(ctx, t)
 	names := queue.Config{Prefix: "bstest"}
 	if !noBucket {
 		if _, err := queue.ProvisionBots(ctx, js, names); err != nil {
