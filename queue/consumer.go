@@ -84,6 +84,16 @@ type ConsumerConfig struct {
 	// partition p (it owns it or is releasing it): a new owner waits for
 	// it to let go. Default: nobody else does.
 	Others func(p int) bool
+	// Released, if set, is called when a partition given up (Assign) has
+	// finished releasing: its jobs finished or handed back, its pin given
+	// up. The membership announces it then, so the next owner, waiting on
+	// Others, need not wait for a heartbeat.
+	Released func(p int)
+	// Lease, if set, says until when this worker may start jobs of its
+	// partitions: past it (its heartbeats are late, and the others may
+	// take its partitions for a dead worker's) the consumer starts and
+	// resumes no job until the lease moves on. Default: no limit.
+	Lease func() time.Time
 	// Logger is the consumer's logger. Default: disabled.
 	Logger *zerolog.Logger
 
@@ -252,6 +262,9 @@ func (c *Consumer) Assign(ctx context.Context, partitions []int) error {
 					delete(c.stopping, n)
 				}
 				c.mu.Unlock()
+				if c.cfg.Released != nil {
+					c.cfg.Released(n)
+				}
 			}()
 		}
 	}
@@ -425,9 +438,25 @@ func (c *Consumer) loop() {
 	defer close(c.loopDone)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	fenced := false
 	for {
+		now := time.Now()
+		if lost := c.cfg.Lease != nil && now.After(c.cfg.Lease()); lost != fenced {
+			fenced = lost
+			if fenced {
+				c.log.Warn().Msg("fleet heartbeats are late: starting no job until one goes through (the others may take this worker's partitions)")
+			} else {
+				c.log.Info().Msg("fleet heartbeats go through: starting jobs again")
+			}
+		}
 		c.mu.Lock()
-		starts, wake := c.s.Next(time.Now())
+		var starts []sched.Start
+		var wake time.Time
+		if fenced {
+			wake = now.Add(leasePoll)
+		} else {
+			starts, wake = c.s.Next(now)
+		}
 		for _, st := range starts {
 			d := st.Item.Ref.(*delivery)
 			if st.Resume {
@@ -465,6 +494,9 @@ func (c *Consumer) loop() {
 		}
 	}
 }
+
+// leasePoll is how often a consumer whose lease ran out looks again.
+const leasePoll = 50 * time.Millisecond
 
 // runner runs d, then the jobs the dispatch loop hands it, until the
 // consumer stops or enough other runners wait.

@@ -88,6 +88,105 @@ func TestConsumerTakeoverRedeliversAtOnce(t *testing.T) {
 	h.checkSeen(t, "held-0", "held-1", "held-2")
 }
 
+// An unpinned partition is not a free one: while another live worker
+// announces it (a full owner whose pin lapsed, or one still releasing it),
+// a new owner waits, and takes it once the announcement is gone.
+func TestConsumerWaitsWhileAnotherAnnounces(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Partitions: 1}.WithDefaults()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, &dispatcher.Job{V: 1, ID: "announced-0", Scene: dispatcher.SceneGroup, Target: "g1",
+		Message: []byte(`{"msg_type":0,"content":"x"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	var announced atomic.Bool
+	announced.Store(true)
+	var asked atomic.Int64
+	askedThrice := make(chan struct{})
+	h := &orderHandler{done: make(chan struct{}), want: 1}
+	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond,
+		Others: func(int) bool {
+			if asked.Add(1) == 3 {
+				close(askedThrice)
+			}
+			return announced.Load()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	select {
+	case <-h.done:
+		t.Fatal("the partition was taken while another worker announced it")
+	case <-askedThrice:
+	case <-ctx.Done():
+		t.Fatal("the new owner never asked whether another worker announces the partition")
+	}
+	h.checkSeen(t)
+	announced.Store(false)
+	h.await(t, h.done, "the job did not come once the partition was free")
+	h.checkSeen(t, "announced-0")
+}
+
+// A worker whose lease ran out (its heartbeats are late: the others may
+// take its partitions for a dead worker's) starts no job it holds until the
+// lease moves on.
+func TestConsumerStartsNothingPastItsLease(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Partitions: 1}.WithDefaults()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lease atomic.Int64 // unix nanoseconds
+	lease.Store(time.Now().Add(-time.Second).UnixNano())
+	var looked atomic.Int64
+	h := &orderHandler{done: make(chan struct{}), want: 1}
+	var c *Consumer
+	lookedHolding := make(chan struct{})
+	c, err = NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond,
+		Lease: func() time.Time {
+			// Three looks at the lease while the job is held: each
+			// found it run out and started nothing.
+			if c.Held() == 1 && looked.Add(1) == 3 {
+				close(lookedHolding)
+			}
+			return time.Unix(0, lease.Load())
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	if _, err := pub.Publish(ctx, &dispatcher.Job{V: 1, ID: "leased-0", Scene: dispatcher.SceneGroup, Target: "g1",
+		Message: []byte(`{"msg_type":0,"content":"x"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.done:
+		t.Fatal("a job started past the worker's lease")
+	case <-lookedHolding:
+	case <-ctx.Done():
+		t.Fatal("the job was never held")
+	}
+	h.checkSeen(t)
+	lease.Store(time.Now().Add(time.Hour).UnixNano())
+	h.await(t, h.done, "the job did not start once the lease moved on")
+	h.checkSeen(t, "leased-0")
+}
+
 // orderHandler records the jobs it is given, in order; the first delivery
 // of handBackID is handed back without a release, so that it returns only
 // after its ack wait, as when a worker's release is lost.

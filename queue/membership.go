@@ -76,17 +76,29 @@ type MembershipConfig struct {
 
 // Membership announces this worker in a KV bucket with heartbeats, watches
 // the other members, and hands this worker its share of the partitions,
-// computed by AssignPartitions from the live member list. Exclusivity does
-// not depend on every worker agreeing at every instant: the partition
-// consumers are pinned by the server to one puller at a time.
+// computed by AssignPartitions from the live member list.
+//
+// Exclusivity does not depend on every worker agreeing at every instant. A
+// worker announces a partition before it takes it, reads the members again,
+// and its consumer takes the partition only once no other live member
+// announces it (owns it, or still releases it: see Others). Of two workers
+// that announce one partition at once, each reads the other's announcement
+// (each read follows its own write), so neither takes it until the
+// assignment, which both compute from the same members, gives it to one and
+// the other drops it. The server's pin is not enough alone: it lapses when
+// a full worker stops pulling, while that worker still runs the jobs it holds.
 type Membership struct {
 	cfg MembershipConfig
 	js  jetstream.JetStream
 	log zerolog.Logger
 	kv  jetstream.KeyValue
 
-	mu      sync.Mutex
-	self    Member
+	mu     sync.Mutex
+	self   Member
+	beatOK time.Time // when the last heartbeat that went through was sent
+	// lapsed is set when a heartbeat went through after the lease had run
+	// out: the others may have taken this worker's partitions meanwhile.
+	lapsed  bool
 	mine    []int
 	others  []Member // the other live members, as last read
 	started bool
@@ -95,7 +107,11 @@ type Membership struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	kick    chan struct{}
-	watcher jetstream.KeyWatcher // the current watch, stopped to restart it
+	beat    chan struct{} // heartbeat now: the record changed (Announce)
+	// dropping are partitions given up and not yet handed to the consumer
+	// to release: announced as releasing meanwhile.
+	dropping []int
+	watcher  jetstream.KeyWatcher // the current watch, stopped to restart it
 
 	// Heartbeat failures: since when they fail (zero while they go
 	// through), the last error, and their warnings' limiter.
@@ -129,7 +145,7 @@ func NewMembership(js jetstream.JetStream, cfg MembershipConfig) (*Membership, e
 	if cfg.TTL < time.Second {
 		return nil, fmt.Errorf("queue: MembershipConfig.TTL must be at least 1s, got %s", cfg.TTL)
 	}
-	m := &Membership{cfg: cfg, js: js, kick: make(chan struct{}, 1), failWarn: &warnLimiter{every: heartbeatWarnEvery}}
+	m := &Membership{cfg: cfg, js: js, kick: make(chan struct{}, 1), beat: make(chan struct{}, 1), failWarn: &warnLimiter{every: heartbeatWarnEvery}}
 	if cfg.Logger != nil {
 		m.log = *cfg.Logger
 	} else {
@@ -284,6 +300,13 @@ func (m *Membership) loop(ctx context.Context) {
 			}
 			m.noteHeartbeat(ctx, nil)
 		case <-m.kick:
+		case <-m.beat:
+			m.noteHeartbeat(ctx, m.heartbeat(ctx))
+			continue
+		}
+		if err := m.retake(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("fleet reassignment")
+			continue
 		}
 		if err := m.reconcile(ctx); err != nil && ctx.Err() == nil {
 			m.log.Warn().Err(err).Msg("fleet reassignment")
@@ -326,26 +349,93 @@ func (m *Membership) watch(ctx context.Context) {
 	}
 }
 
+// Announce asks for a heartbeat now rather than at the next tick: this
+// worker's record changed (a partition finished releasing, and its next
+// owner waits to see that).
+func (m *Membership) Announce() {
+	select {
+	case m.beat <- struct{}{}:
+	default:
+	}
+}
+
 func (m *Membership) heartbeat(ctx context.Context) error {
 	m.mu.Lock()
 	self := m.self
 	self.Leaving = m.leaving
+	dropping := slices.Clone(m.dropping)
 	m.mu.Unlock()
 	if m.cfg.Report != nil {
 		m.cfg.Report(&self)
+	}
+	if len(dropping) > 0 {
+		self.Releasing = slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(self.Releasing), dropping...))))
 	}
 	b, err := json.Marshal(self)
 	if err != nil {
 		return err
 	}
+	sent := time.Now()
 	_, err = m.kv.Put(ctx, m.cfg.WorkerID, b)
 	if err != nil && m.restore(ctx, err) {
+		sent = time.Now()
 		_, err = m.kv.Put(ctx, m.cfg.WorkerID, b)
 	}
 	if err != nil {
 		return fmt.Errorf("queue: heartbeat: %w", err)
 	}
+	m.mu.Lock()
+	if sent.After(m.beatOK) {
+		if !m.beatOK.IsZero() && sent.After(m.beatOK.Add(m.cfg.TTL-m.cfg.TTL/6)) {
+			m.lapsed = true
+		}
+		m.beatOK = sent
+	}
+	m.mu.Unlock()
 	return nil
+}
+
+// retake gives every partition up and lets reconcile take them again when
+// the lease lapsed: another worker may have taken them for a dead worker's
+// and reset them meanwhile, so what this worker holds is stale, and it must
+// wait, like any new owner, until no other member announces them.
+func (m *Membership) retake(ctx context.Context) error {
+	m.mu.Lock()
+	lapsed, mine := m.lapsed, m.mine
+	m.lapsed = false
+	m.mu.Unlock()
+	if !lapsed || len(mine) == 0 {
+		return nil
+	}
+	m.log.Warn().Ints("partitions", mine).Msg("fleet heartbeats were late: taking the partitions over afresh")
+	m.mu.Lock()
+	m.dropping = mine
+	m.self.Partitions = []int{}
+	m.mu.Unlock()
+	if err := m.cfg.OnAssign(ctx, []int{}); err != nil {
+		m.mu.Lock()
+		m.lapsed = true
+		m.mu.Unlock()
+		return err
+	}
+	m.mu.Lock()
+	m.dropping, m.mine = nil, []int{}
+	m.mu.Unlock()
+	return nil
+}
+
+// Lease is until when this worker may start jobs of its partitions. The
+// others take them once its record expires, TTL after the server stored
+// its last heartbeat, which was after the heartbeat was sent; a sixth of
+// TTL is kept for the jobs already on their way to a call. Zero before
+// the first heartbeat.
+func (m *Membership) Lease() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.beatOK.IsZero() {
+		return time.Time{}
+	}
+	return m.beatOK.Add(m.cfg.TTL - m.cfg.TTL/6)
 }
 
 // restore re-creates the members bucket when a write failed because it is
@@ -459,14 +549,55 @@ func (m *Membership) reconcile(ctx context.Context) error {
 		return nil
 	}
 	m.log.Info().Ints("partitions", mine).Int("members", len(ids)).Msg("fleet assignment changed")
-	if err := m.cfg.OnAssign(ctx, mine); err != nil {
-		return err
-	}
+	// Announce first (the partitions given up as releasing), then read the
+	// others again: the consumer takes a new partition only when no other
+	// member announces it in a read made after this announcement (see
+	// Membership).
 	m.mu.Lock()
-	m.mine = mine
+	var dropping []int
+	for _, p := range m.mine {
+		if !slices.Contains(mine, p) {
+			dropping = append(dropping, p)
+		}
+	}
+	m.dropping = dropping
 	m.self.Partitions = mine
 	m.mu.Unlock()
+	if err := m.heartbeat(ctx); err != nil {
+		return err
+	}
+	if err := m.readOthers(ctx); err != nil {
+		return err
+	}
+	err = m.cfg.OnAssign(ctx, mine)
+	m.mu.Lock()
+	m.dropping = nil // the consumer reports them now (Report)
+	if err == nil {
+		m.mine = mine
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	return m.heartbeat(ctx)
+}
+
+// readOthers reads the other live members again.
+func (m *Membership) readOthers(ctx context.Context) error {
+	members, err := ListMembers(ctx, m.kv)
+	if err != nil {
+		return err
+	}
+	others := make([]Member, 0, len(members))
+	for _, mb := range members {
+		if mb.ID != m.cfg.WorkerID {
+			others = append(others, mb)
+		}
+	}
+	m.mu.Lock()
+	m.others = others
+	m.mu.Unlock()
+	return nil
 }
 
 // ListMembers reads the live members from the members bucket, sorted by id.

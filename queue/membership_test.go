@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -57,5 +59,133 @@ func TestHeartbeatFailuresWarnRateLimited(t *testing.T) {
 	m.noteHeartbeat(ctx, boom)
 	if w := warnings(); len(w) != 2 || w[1]["not_logged"] != 4.0 {
 		t.Fatalf("warnings %v, want a second one with not_logged 4", w)
+	}
+}
+
+// TestMembershipAnnouncesBeforeTaking: a worker announces the partitions
+// it is given, and those it gives up as releasing, before its consumer
+// takes them (OnAssign), and reads the others again after that
+// announcement. So of two workers taking one partition at once, each sees
+// the other's claim (see Membership).
+func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Partitions: 4}.WithDefaults()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	kv, err := OpenMembers(ctx, ts.js, cfg.MembersBucket, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type assigned struct {
+		parts []int
+		rec   Member
+		err   error
+	}
+	start := func(id string) (*Membership, chan assigned) {
+		ch := make(chan assigned, 8)
+		m, err := NewMembership(ts.js, MembershipConfig{Names: cfg, WorkerID: id, OnAssign: func(ctx context.Context, parts []int) error {
+			a := assigned{parts: parts}
+			e, err := kv.Get(ctx, id)
+			if err == nil {
+				err = json.Unmarshal(e.Value(), &a.rec)
+			}
+			a.err = err
+			ch <- a
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Stop(context.Background()) })
+		return m, ch
+	}
+	next := func(ch chan assigned, who string) assigned {
+		t.Helper()
+		select {
+		case a := <-ch:
+			if a.err != nil {
+				t.Fatalf("%s: read own record in OnAssign: %v", who, a.err)
+			}
+			return a
+		case <-ctx.Done():
+			t.Fatalf("%s: no assignment", who)
+		}
+		return assigned{}
+	}
+
+	_, chA := start("a")
+	if a := next(chA, "a"); !slices.Equal(a.parts, []int{0, 1, 2, 3}) || !slices.Equal(a.rec.Partitions, a.parts) {
+		t.Fatalf("a alone: given %v, announced %v before taking them", a.parts, a.rec.Partitions)
+	}
+	b, chB := start("b")
+	gotB := next(chB, "b")
+	gotA := next(chA, "a")
+	if len(gotB.parts) != 2 || !slices.Equal(gotB.rec.Partitions, gotB.parts) {
+		t.Errorf("b: given %v, announced %v before taking them", gotB.parts, gotB.rec.Partitions)
+	}
+	if len(gotA.parts) != 2 || !slices.Equal(gotA.rec.Partitions, gotA.parts) || !slices.Equal(gotA.rec.Releasing, gotB.parts) {
+		t.Errorf("a: given %v, announced %v and releasing %v before letting %v go", gotA.parts, gotA.rec.Partitions, gotA.rec.Releasing, gotB.parts)
+	}
+	// a has let go (OnAssign returned; without a consumer nothing is
+	// left to release): b sees its partitions free once a's record says so.
+	for _, p := range gotB.parts {
+		for b.Others(p) {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("b: partition %d still announced by a", p)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// TestMembershipRetakesAfterLapse: a worker whose heartbeat went through
+// only after its lease ran out (the others may have taken its partitions
+// for a dead worker's meanwhile) gives its partitions up and takes them
+// again, waiting like any new owner.
+func TestMembershipRetakesAfterLapse(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Partitions: 4}.WithDefaults()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	assigned := make(chan []int, 8)
+	m, err := NewMembership(ts.js, MembershipConfig{Names: cfg, WorkerID: "a", TTL: time.Second,
+		OnAssign: func(_ context.Context, parts []int) error {
+			assigned <- parts
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Stop(context.Background()) })
+	next := func() []int {
+		t.Helper()
+		select {
+		case p := <-assigned:
+			return p
+		case <-ctx.Done():
+			t.Fatal("no assignment")
+		}
+		return nil
+	}
+	if p := next(); !slices.Equal(p, []int{0, 1, 2, 3}) {
+		t.Fatalf("first assignment %v", p)
+	}
+	// The last heartbeat that went through is moved back past the lease,
+	// as when heartbeats stall.
+	m.mu.Lock()
+	m.beatOK = m.beatOK.Add(-2 * time.Second)
+	m.mu.Unlock()
+	if p := next(); len(p) != 0 {
+		t.Fatalf("after the lapse: given %v, want nothing (given up)", p)
+	}
+	if p := next(); !slices.Equal(p, []int{0, 1, 2, 3}) {
+		t.Fatalf("after giving up: given %v, want all back", p)
 	}
 }

@@ -66,32 +66,36 @@ func (p *partition) start() {
 	}()
 }
 
-// takeOver waits until no other worker holds the partition, then resets
-// its consumer. It reports false when the partition stops first.
+// takeOver waits until no other live worker announces the partition (it
+// owns it or still releases it), or ReleaseWait has passed, then takes the
+// pin from whoever holds it and resets the consumer. It reports false when
+// the partition stops first.
+//
+// An unpinned partition is not a free one: the server drops the pin of a
+// worker that stopped pulling because it is full, and that worker still
+// runs the jobs it holds.
 func (p *partition) takeOver() bool {
 	c := p.c
 	start := time.Now()
 	for {
-		info, err := p.cons.Info(p.ctx)
-		if p.ctx.Err() != nil {
-			return false
-		}
-		if err == nil {
-			pinned := pinnedClient(info)
-			if pinned == "" {
-				break
+		others := c.cfg.Others != nil && c.cfg.Others(p.n)
+		waited := time.Since(start)
+		if !others || waited > c.cfg.ReleaseWait {
+			info, err := p.cons.Info(p.ctx)
+			if p.ctx.Err() != nil {
+				return false
 			}
-			others := c.cfg.Others != nil && c.cfg.Others(p.n)
-			if !others || time.Since(start) > c.cfg.ReleaseWait {
-				if others {
-					p.log.Warn().Dur("waited", time.Since(start)).Msg("previous owner did not release the partition; taking it")
-				} else {
-					p.log.Info().Msg("previous owner is gone; taking the partition")
+			if err == nil {
+				if pinnedClient(info) != "" {
+					if others {
+						p.log.Warn().Dur("waited", waited).Msg("previous owner did not release the partition; taking it")
+					} else {
+						p.log.Info().Msg("previous owner is gone; taking the partition")
+					}
+					p.unpin(p.ctx)
 				}
-				p.unpin(p.ctx)
 				break
 			}
-		} else {
 			p.log.Warn().Err(err).Msg("read partition consumer")
 		}
 		select {

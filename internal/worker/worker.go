@@ -309,6 +309,8 @@ func (w *Worker) Start(ctx context.Context) error {
 		w.mem = mem
 		w.mu.Unlock()
 		cc.Others = mem.Others
+		cc.Released = func(int) { mem.Announce() }
+		cc.Lease = mem.Lease
 	}
 	cons, err := queue.NewConsumer(w.js, cc)
 	if err != nil {
