@@ -77,6 +77,10 @@ type Config struct {
 	// calls; it is called once per scrape for qqdispatch_pacing_*.
 	// Default: nil, exported as nothing.
 	Pacing func() []ratelimit.PacingStat
+	// FleetSlots reports what the worker's fleet-wide buckets did with the
+	// slots they leased, for qqdispatch_fleet_slots_total. Default: nil,
+	// exported as nothing.
+	FleetSlots func() ratelimit.FleetStats
 	// Members reports how many live workers the fleet has as this worker
 	// last read the members bucket, itself included (0 for a worker on
 	// fixed partitions). Default: nil, exported as 0.
@@ -224,9 +228,13 @@ func New(cfg Config) (*Telemetry, error) {
 				" (the scrapes in between get the last reading): the same on every worker of a fleet.", nil, nil)}
 	waiting := newWaitingCollector(cfg.Scheduling)
 	pacing := newPacingCollector(cfg.Pacing)
+	slots := &slotsCollector{stats: cfg.FleetSlots, desc: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "fleet_slots_total"),
+		"Slots of the fleet-wide buckets (per bot, per endpoint) this worker leased from their calendars, by what "+
+			"became of them: used by a call, or wasted (passed unused, or its call left too late); every bucket together.",
+		[]string{"fate"}, nil)}
 	quotas := newQuotaCollector(newScrapeCache(cfg.Quotas, cfg), cfg.ScrapeRefresh)
 	for _, c := range []prometheus.Collector{
-		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, members, dlq, waiting, pacing, quotas,
+		t.jobs, t.attempts, t.callDur, t.jobDur, t.delay, build, ready, connected, held, parts, members, dlq, waiting, pacing, slots, quotas,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {
@@ -595,6 +603,27 @@ func (c *pacingCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.spread, prometheus.GaugeValue, p.Spread.Seconds(), sc)
 		}
 	}
+}
+
+// slotsCollector exports the fleet buckets' slot counts, read at scrape
+// time.
+type slotsCollector struct {
+	stats func() ratelimit.FleetStats
+	desc  *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c *slotsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *slotsCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.stats == nil {
+		return
+	}
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.LeasedSlots), "leased")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.UsedSlots), "used")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.WastedSlots), "wasted")
 }
 
 // reasonLabel keeps a rule fit for a label: the scheduler's reasons and

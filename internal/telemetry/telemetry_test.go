@@ -221,6 +221,34 @@ func TestSchedulingMetrics(t *testing.T) {
 	}
 }
 
+// TestFleetSlotsMetric: the fleet buckets' slots by fate, read at scrape
+// time; nothing without fleet buckets.
+func TestFleetSlotsMetric(t *testing.T) {
+	t.Parallel()
+	tel, err := telemetry.New(telemetry.Config{FleetSlots: func() ratelimit.FleetStats {
+		return ratelimit.FleetStats{LeasedSlots: 120, UsedSlots: 100, WastedSlots: 7}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(tel.Handler())
+	t.Cleanup(srv.Close)
+	_, body := get(t, srv.URL+"/metrics")
+	for _, want := range []string{
+		`qqdispatch_fleet_slots_total{fate="leased"} 120` + "\n",
+		`qqdispatch_fleet_slots_total{fate="used"} 100` + "\n",
+		`qqdispatch_fleet_slots_total{fate="wasted"} 7` + "\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(body, "fleet_slots"))
+		}
+	}
+	b := setup(t)
+	if _, body := get(t, b.srv.URL+"/metrics"); strings.Contains(body, "qqdispatch_fleet_slots_total{") {
+		t.Errorf("without FleetSlots:\n%s", grepLines(body, "fleet_slots"))
+	}
+}
+
 // TestPacingMetrics: each rule's interval and rate factor, and each
 // scene's spread once, as the limiter reports them at scrape time.
 func TestPacingMetrics(t *testing.T) {

@@ -90,7 +90,9 @@ type Worker struct {
 	proc *dispatcher.Processor
 	cons *queue.Consumer
 	lim  *ratelimit.Limiter
-	bots *botRuntime // nil without Config.Bots
+	// fleet holds the fleet-wide buckets of every bot's limiter.
+	fleet *ratelimit.FleetBuckets
+	bots  *botRuntime // nil without Config.Bots
 	// stopBots ends the bots' registry follower and waits for it.
 	stopBots context.CancelFunc
 	mem      *queue.Membership
@@ -232,7 +234,7 @@ func (w *Worker) Start(ctx context.Context) error {
 			return err
 		}
 		w.mu.Lock()
-		w.lim = lim
+		w.lim, w.fleet = lim, fleet
 		w.mu.Unlock()
 		pc.Limiter = lim
 		if bots != nil {
@@ -406,6 +408,11 @@ func (w *Worker) Stop(ctx context.Context) error {
 	if w.lim != nil {
 		err = errors.Join(err, w.lim.Stop(ctx))
 	}
+	if w.fleet != nil {
+		st := w.fleet.Stats()
+		w.log.Info().Int64("leased", st.LeasedSlots).Int64("used", st.UsedSlots).Int64("wasted", st.WastedSlots).
+			Int64("leases", st.Leases).Int64("conflicts", st.CASConflicts).Msg("fleet bucket slots")
+	}
 	if w.bots != nil {
 		w.stopBots()
 		err = errors.Join(err, w.bots.close(ctx))
@@ -520,6 +527,18 @@ func (w *Worker) botRuntime() *botRuntime {
 	return w.bots
 }
 
+// FleetSlots is what the worker's fleet-wide buckets (every bot's) did with
+// the slots they leased.
+func (w *Worker) FleetSlots() ratelimit.FleetStats {
+	w.mu.Lock()
+	f := w.fleet
+	w.mu.Unlock()
+	if f == nil {
+		return ratelimit.FleetStats{}
+	}
+	return f.Stats()
+}
+
 // Pacing is how the worker's rate limiter spaces each rule's calls now
 // (nil without rules, or before Start).
 func (w *Worker) Pacing() []ratelimit.PacingStat {
@@ -630,6 +649,12 @@ func Telemetry(cfg telemetry.Config, running *atomic.Pointer[Worker]) telemetry.
 			return w.Pacing()
 		}
 		return nil
+	}
+	cfg.FleetSlots = func() ratelimit.FleetStats {
+		if w := running.Load(); w != nil {
+			return w.FleetSlots()
+		}
+		return ratelimit.FleetStats{}
 	}
 	cfg.Members = func() int {
 		if w := running.Load(); w != nil {
