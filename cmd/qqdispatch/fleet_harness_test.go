@@ -61,10 +61,11 @@ func needFleet(t testing.TB) {
 // processes' whole logs (the test prints only their tails).
 const keepEnv = "QQDISPATCH_FLEET_KEEP"
 
-// keepLog copies a log file of a failed test to $QQDISPATCH_FLEET_KEEP.
+// keepLog copies a log file of a failed test, or of any benchmark (whose
+// workers log what their fleet buckets wasted), to $QQDISPATCH_FLEET_KEEP.
 func keepLog(t testing.TB, path string) {
 	dir := os.Getenv(keepEnv)
-	if dir == "" || !t.Failed() {
+	if _, bench := t.(*testing.B); dir == "" || !bench && !t.Failed() {
 		return
 	}
 	dst := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
@@ -407,6 +408,16 @@ func (f *fleet) startWorker(id string) *fleetWorker {
 	go func() { w.err = cmd.Wait(); logf.Close(); close(w.done) }()
 	f.workers[id] = w
 	t.Cleanup(func() {
+		_, bench := t.(*testing.B)
+		if bench {
+			// A benchmark's workers stop as in production, logging what
+			// their fleet buckets did (kept with keepLog).
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-w.done:
+			case <-time.After(10 * time.Second):
+			}
+		}
 		select {
 		case <-w.done:
 		default:
@@ -415,6 +426,8 @@ func (f *fleet) startWorker(id string) *fleetWorker {
 		}
 		if t.Failed() {
 			t.Logf("%s", logTail(logPath, 40))
+		}
+		if t.Failed() || bench {
 			keepLog(t, logPath)
 		}
 	})
