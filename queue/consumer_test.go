@@ -93,36 +93,20 @@ func TestConsumerTakeoverRedeliversAtOnce(t *testing.T) {
 // a new owner waits, and takes it once the announcement is gone.
 func TestConsumerWaitsWhileAnotherAnnounces(t *testing.T) {
 	t.Parallel()
-	cfg := Config{Partitions: 1}.WithDefaults()
-	ts := provisioned(t, cfg)
 	ctx := testCtx(t)
-	pub, err := NewPublisher(ts.js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(ctx, &dispatcher.Job{V: 1, ID: "announced-0", Scene: dispatcher.SceneGroup, Target: "g1",
-		Message: []byte(`{"msg_type":0,"content":"x"}`)}); err != nil {
-		t.Fatal(err)
-	}
 	var announced atomic.Bool
 	announced.Store(true)
 	var asked atomic.Int64
 	askedThrice := make(chan struct{})
 	h := &orderHandler{done: make(chan struct{}), want: 1}
-	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond,
+	_, publish := startOnePartition(t, ConsumerConfig{Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond,
 		Others: func(int) bool {
 			if asked.Add(1) == 3 {
 				close(askedThrice)
 			}
 			return announced.Load()
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(ctx, []int{0}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	publish("announced-0")
 	select {
 	case <-h.done:
 		t.Fatal("the partition was taken while another worker announced it")
@@ -141,39 +125,24 @@ func TestConsumerWaitsWhileAnotherAnnounces(t *testing.T) {
 // lease moves on.
 func TestConsumerStartsNothingPastItsLease(t *testing.T) {
 	t.Parallel()
-	cfg := Config{Partitions: 1}.WithDefaults()
-	ts := provisioned(t, cfg)
 	ctx := testCtx(t)
-	pub, err := NewPublisher(ts.js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var lease atomic.Int64 // unix nanoseconds
 	lease.Store(time.Now().Add(-time.Second).UnixNano())
 	var looked atomic.Int64
 	h := &orderHandler{done: make(chan struct{}), want: 1}
-	var c *Consumer
+	var cp atomic.Pointer[Consumer]
 	lookedHolding := make(chan struct{})
-	c, err = NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond,
+	c, publish := startOnePartition(t, ConsumerConfig{Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond,
 		Lease: func() time.Time {
 			// Three looks at the lease while the job is held: each
 			// found it run out and started nothing.
-			if c.Held() == 1 && looked.Add(1) == 3 {
+			if c := cp.Load(); c != nil && c.Held() == 1 && looked.Add(1) == 3 {
 				close(lookedHolding)
 			}
 			return time.Unix(0, lease.Load())
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(ctx, []int{0}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop(context.Background()) })
-	if _, err := pub.Publish(ctx, &dispatcher.Job{V: 1, ID: "leased-0", Scene: dispatcher.SceneGroup, Target: "g1",
-		Message: []byte(`{"msg_type":0,"content":"x"}`)}); err != nil {
-		t.Fatal(err)
-	}
+	cp.Store(c)
+	publish("leased-0")
 	select {
 	case <-h.done:
 		t.Fatal("a job started past the worker's lease")
@@ -235,6 +204,19 @@ type orderBed struct {
 
 func newOrderBed(t *testing.T, h Handler, drop ...func(jetstream.Msg) bool) orderBed {
 	t.Helper()
+	cc := ConsumerConfig{Handler: h, AckWait: time.Second, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second}
+	if len(drop) > 0 {
+		cc.dropDelivery = drop[0]
+	}
+	_, publish := startOnePartition(t, cc)
+	return orderBed{publish: publish}
+}
+
+// startOnePartition starts a consumer configured by cc on the only
+// partition of its own server, and returns it with a publisher of group
+// jobs to one target.
+func startOnePartition(t *testing.T, cc ConsumerConfig) (*Consumer, func(id string)) {
+	t.Helper()
 	cfg := Config{Partitions: 1}.WithDefaults()
 	ts := provisioned(t, cfg)
 	ctx := testCtx(t)
@@ -242,10 +224,7 @@ func newOrderBed(t *testing.T, h Handler, drop ...func(jetstream.Msg) bool) orde
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Second, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second}
-	if len(drop) > 0 {
-		cc.dropDelivery = drop[0]
-	}
+	cc.Names = cfg
 	c, err := NewConsumer(ts.js, cc)
 	if err != nil {
 		t.Fatal(err)
@@ -254,13 +233,13 @@ func newOrderBed(t *testing.T, h Handler, drop ...func(jetstream.Msg) bool) orde
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Stop(context.Background()) })
-	return orderBed{publish: func(id string) {
+	return c, func(id string) {
 		job := &dispatcher.Job{V: 1, ID: id, Scene: dispatcher.SceneGroup, Target: "g1",
 			Message: []byte(`{"msg_type":0,"content":"x"}`)}
 		if _, err := pub.Publish(ctx, job); err != nil {
 			t.Error(err)
 		}
-	}}
+	}
 }
 
 // await waits for ch, failing with what h handled so far.

@@ -78,6 +78,9 @@ func (p *partition) takeOver() bool {
 	c := p.c
 	start := time.Now()
 	for {
+		// Others reads the members as last seen (the membership re-reads
+		// them on every change), so asking often costs nothing.
+		poll := 20 * time.Millisecond
 		others := c.cfg.Others != nil && c.cfg.Others(p.n)
 		waited := time.Since(start)
 		if !others || waited > c.cfg.ReleaseWait {
@@ -97,11 +100,12 @@ func (p *partition) takeOver() bool {
 				break
 			}
 			p.log.Warn().Err(err).Msg("read partition consumer")
+			poll = 100 * time.Millisecond
 		}
 		select {
 		case <-p.ctx.Done():
 			return false
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(poll):
 		}
 	}
 	return p.reset("taken over")

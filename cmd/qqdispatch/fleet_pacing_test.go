@@ -179,6 +179,17 @@ func runFleetPacing(tb testing.TB) fleetPacingRun {
 				n++
 			}
 		}
+		// Arrivals second by second from the first: where the bucket went
+		// unused (the kill, the end of publishing) shows as a dip.
+		var perSecond []int
+		for _, at := range times {
+			k := int(at.Sub(times[0]) / time.Second)
+			for len(perSecond) <= k {
+				perSecond = append(perSecond, 0)
+			}
+			perSecond[k]++
+		}
+		tb.Logf("%s arrivals per second from the first: %v", sc, perSecond)
 		run.span[sc] = to.Sub(from)
 		run.use[sc] = float64(n-1) / to.Sub(from).Seconds() / 100
 	}
