@@ -438,15 +438,24 @@ func (c *Consumer) loop() {
 	defer close(c.loopDone)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	fenced := false
+	fenced, warned := false, false
 	for {
 		now := time.Now()
-		if lost := c.cfg.Lease != nil && now.After(c.cfg.Lease()); lost != fenced {
+		var lease time.Time
+		if c.cfg.Lease != nil {
+			lease = c.cfg.Lease()
+		}
+		if lost := c.cfg.Lease != nil && now.After(lease); lost != fenced {
 			fenced = lost
-			if fenced {
+			switch {
+			case fenced && !lease.IsZero():
+				// (Zero: not announced yet, as the membership starts
+				// after the consumer; it has no partitions.)
 				c.log.Warn().Msg("fleet heartbeats are late: starting no job until one goes through (the others may take this worker's partitions)")
-			} else {
+				warned = true
+			case !fenced && warned:
 				c.log.Info().Msg("fleet heartbeats go through: starting jobs again")
+				warned = false
 			}
 		}
 		c.mu.Lock()
