@@ -104,16 +104,11 @@ func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
 	}
 	next := func(ch chan assigned, who string) assigned {
 		t.Helper()
-		select {
-		case a := <-ch:
-			if a.err != nil {
-				t.Fatalf("%s: read own record in OnAssign: %v", who, a.err)
-			}
-			return a
-		case <-ctx.Done():
-			t.Fatalf("%s: no assignment", who)
+		a := receive(ctx, t, ch, who+": no assignment")
+		if a.err != nil {
+			t.Fatalf("%s: read own record in OnAssign: %v", who, a.err)
 		}
-		return assigned{}
+		return a
 	}
 
 	_, chA := start("a")
@@ -130,16 +125,43 @@ func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
 		t.Errorf("a: given %v, announced %v and releasing %v before letting %v go", gotA.parts, gotA.rec.Partitions, gotA.rec.Releasing, gotB.parts)
 	}
 	// a has let go (OnAssign returned; without a consumer nothing is
-	// left to release): b sees its partitions free once a's record says so.
+	// left to release): once a's record says so, b reads its partitions
+	// free.
+	w, err := kv.Watch(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = w.Stop() }()
+	for announced := true; announced; {
+		e := receive(ctx, t, w.Updates(), "a's record still announces b's partitions")
+		var rec Member
+		if e == nil || json.Unmarshal(e.Value(), &rec) != nil {
+			continue
+		}
+		announced = slices.ContainsFunc(gotB.parts, rec.announces)
+	}
+	if err := b.readOthers(ctx); err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range gotB.parts {
-		for b.Others(p) {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("b: partition %d still announced by a", p)
-			case <-time.After(10 * time.Millisecond):
-			}
+		if b.Others(p) {
+			t.Errorf("b: partition %d still announced by another member after a let it go", p)
 		}
 	}
+}
+
+// receive is the next value from ch, failing the test with what when ctx
+// ends first.
+func receive[T any](ctx context.Context, t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-ctx.Done():
+		t.Fatal(what)
+	}
+	var zero T
+	return zero
 }
 
 // TestMembershipRetakesAfterLapse: a worker whose heartbeat went through
@@ -166,13 +188,7 @@ func TestMembershipRetakesAfterLapse(t *testing.T) {
 	t.Cleanup(func() { _ = m.Stop(context.Background()) })
 	next := func() []int {
 		t.Helper()
-		select {
-		case p := <-assigned:
-			return p
-		case <-ctx.Done():
-			t.Fatal("no assignment")
-		}
-		return nil
+		return receive(ctx, t, assigned, "no assignment")
 	}
 	if p := next(); !slices.Equal(p, []int{0, 1, 2, 3}) {
 		t.Fatalf("first assignment %v", p)
