@@ -386,7 +386,7 @@ func (m *Membership) heartbeat(ctx context.Context) error {
 	}
 	m.mu.Lock()
 	if sent.After(m.beatOK) {
-		if !m.beatOK.IsZero() && sent.After(m.beatOK.Add(m.cfg.TTL-m.cfg.TTL/6)) {
+		if lease := m.leaseLocked(); !lease.IsZero() && sent.After(lease) {
 			m.lapsed = true
 		}
 		m.beatOK = sent
@@ -432,6 +432,10 @@ func (m *Membership) retake(ctx context.Context) error {
 func (m *Membership) Lease() time.Time {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.leaseLocked()
+}
+
+func (m *Membership) leaseLocked() time.Time {
 	if m.beatOK.IsZero() {
 		return time.Time{}
 	}
