@@ -80,9 +80,13 @@ type botRuntime struct {
 	// its app id.
 	def dispatcher.Sender
 
-	mu     sync.Mutex
-	bots   map[string]*botEntry
-	closed bool
+	mu   sync.Mutex
+	bots map[string]*botEntry
+	// building has a channel per bot whose runtime is being built, closed
+	// when the build ends: a build makes NATS round trips, so it runs
+	// outside mu, where it holds up only its own bot's jobs.
+	building map[string]chan struct{}
+	closed   bool
 }
 
 // botEntry is one bot's runtime, for the registry entry it was built from.
@@ -104,7 +108,7 @@ func newBotRuntime(cfg BotsConfig, log zerolog.Logger) (*botRuntime, error) {
 	if cfg.Getenv == nil {
 		cfg.Getenv = os.Getenv
 	}
-	return &botRuntime{cfg: cfg, log: log, bots: map[string]*botEntry{}}, nil
+	return &botRuntime{cfg: cfg, log: log, bots: map[string]*botEntry{}, building: map[string]chan struct{}{}}, nil
 }
 
 // isDefault reports whether bot is the default bot.
@@ -147,35 +151,63 @@ func (b *botRuntime) limiter(bot string) (*ratelimit.Limiter, error) {
 }
 
 // entry is the bot's runtime for its current registry entry, built now if
-// it has none or its entry changed.
+// it has none or its entry changed. One build per bot runs at a time, and
+// none holds b.mu: the scheduler and other bots' jobs go on meanwhile.
 func (b *botRuntime) entry(bot string) (*botEntry, error) {
-	spec, ok := b.cfg.Source.Bot(bot)
-	if !ok {
-		b.drop(bot)
-		return nil, &dispatcher.BotError{Bot: bot, Err: dispatcher.ErrUnknownBot}
-	}
-	if spec.Paused {
-		return nil, &dispatcher.BotError{Bot: bot, Err: dispatcher.ErrBotPaused}
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return nil, &dispatcher.BotError{Bot: bot, Err: errors.New("the worker is stopping")}
-	}
-	if e, ok := b.bots[bot]; ok && e.spec == spec {
+	for {
+		spec, ok := b.cfg.Source.Bot(bot)
+		if !ok {
+			b.drop(bot)
+			return nil, &dispatcher.BotError{Bot: bot, Err: dispatcher.ErrUnknownBot}
+		}
+		if spec.Paused {
+			return nil, &dispatcher.BotError{Bot: bot, Err: dispatcher.ErrBotPaused}
+		}
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return nil, &dispatcher.BotError{Bot: bot, Err: errStopping}
+		}
+		if e, ok := b.bots[bot]; ok && e.spec == spec {
+			b.mu.Unlock()
+			return e, nil
+		}
+		if wait, ok := b.building[bot]; ok {
+			b.mu.Unlock()
+			<-wait // then look again: the build may be of an older entry
+			continue
+		}
+		done := make(chan struct{})
+		b.building[bot] = done
+		b.mu.Unlock()
+
+		e, err := b.build(spec)
+
+		b.mu.Lock()
+		delete(b.building, bot)
+		close(done)
+		if err == nil && b.closed {
+			err = errStopping
+			b.mu.Unlock()
+			b.stopLimiter(e)
+			return nil, &dispatcher.BotError{Bot: bot, Err: err}
+		}
+		if err != nil {
+			b.mu.Unlock()
+			return nil, &dispatcher.BotError{Bot: bot, Err: err}
+		}
+		if old := b.bots[bot]; old != nil {
+			b.retire(bot, old)
+		}
+		b.bots[bot] = e
+		b.mu.Unlock()
+		b.log.Info().Str("bot", bot).Str("secret", spec.secretSource()).Bool("own_policy", spec.Policy != "").Msg("serving bot")
 		return e, nil
 	}
-	e, err := b.build(spec)
-	if err != nil {
-		return nil, &dispatcher.BotError{Bot: bot, Err: err}
-	}
-	if old := b.bots[bot]; old != nil {
-		b.retire(bot, old)
-	}
-	b.bots[bot] = e
-	b.log.Info().Str("bot", bot).Str("secret", spec.secretSource()).Bool("own_policy", spec.Policy != "").Msg("serving bot")
-	return e, nil
 }
+
+// errStopping is a bot's error while the worker stops.
+var errStopping = errors.New("the worker is stopping")
 
 // build makes a bot's Sender and limiter. A secret that cannot be read, or
 // a policy that does not merge, gives a Sender whose calls fail with a
@@ -256,13 +288,19 @@ func (b *botRuntime) drop(bot string) {
 // retire stops a bot's old runtime (its limiter's janitor; calls holding
 // its permits finish unharmed) and forgets the bot's gate. b.mu is held.
 func (b *botRuntime) retire(bot string, e *botEntry) {
+	b.stopLimiter(e)
+	if b.forget != nil {
+		b.forget(bot)
+	}
+}
+
+// stopLimiter stops a runtime's limiter (its janitor; calls holding its
+// permits finish unharmed).
+func (b *botRuntime) stopLimiter(e *botEntry) {
 	if e.lim != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = e.lim.Stop(ctx) // the janitor ends at once
-	}
-	if b.forget != nil {
-		b.forget(bot)
 	}
 }
 
