@@ -348,7 +348,11 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 			t.Errorf("log line is not JSON: %q", line)
 			continue
 		}
-		// Empty fields are left out; durations carry their unit.
+		// Each field once (a map would keep the last of two quietly);
+		// empty fields are left out; durations carry their unit.
+		if dup := repeatedKeys(line); len(dup) > 0 {
+			t.Errorf("log line repeats the fields %q: %s", dup, line)
+		}
 		for k, v := range fields {
 			if v == "" {
 				t.Errorf("log line has the empty field %q: %s", k, line)
@@ -368,6 +372,49 @@ func TestServeSendOutcomeDLQ(t *testing.T) {
 	for _, want := range []string{`"grace":"30s"`, `"took":"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("serve log lacks %s", want)
+		}
+	}
+}
+
+// repeatedKeys is the top-level keys that a JSON object line has more
+// than once.
+func repeatedKeys(line string) []string {
+	dec := json.NewDecoder(strings.NewReader(line))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	var dup []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return dup
+		}
+		k, _ := tok.(string)
+		if seen[k] {
+			dup = append(dup, k)
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return dup
+		}
+	}
+	return dup
+}
+
+func TestRepeatedKeys(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		line string
+		want []string
+	}{
+		{`{"a":1,"b":{"a":2},"c":[1,{"a":3}]}`, nil},
+		{`{"worker_id":"w","partitions":[0,1],"worker_id":"w","message":"worker started"}`, []string{"worker_id"}},
+		{`not json`, nil},
+	} {
+		if got := repeatedKeys(tc.line); strings.Join(got, ",") != strings.Join(tc.want, ",") {
+			t.Errorf("repeatedKeys(%s) = %q, want %q", tc.line, got, tc.want)
 		}
 	}
 }

@@ -373,7 +373,11 @@ func (w *Worker) Start(ctx context.Context) error {
 			bots.follow(fctx)
 		}()
 	}
-	w.log.Info().Ints("partitions", w.cons.Partitions()).Str("worker_id", w.proc.Owner()).Msg("worker started")
+	ev := w.log.Info().Ints("partitions", w.cons.Partitions())
+	if w.cfg.WorkerID == "" { // else w.log carries it already
+		ev = ev.Str("worker_id", w.proc.Owner())
+	}
+	ev.Msg("worker started")
 	return nil
 }
 
