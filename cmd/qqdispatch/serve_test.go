@@ -541,12 +541,31 @@ func TestSimCommand(t *testing.T) {
 func TestSimRulesFileErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	f := filepath.Join(dir, "rules.yaml")
-	if err := os.WriteFile(f, []byte("c2c:\n  passive_windw: 5m\n"), 0o600); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown key", "c2c:\n  passive_windw: 5m\n", []string{"--rules", "line 2: unknown key passive_windw"}},
+		{"unknown top key", "c2c: {}\nscenes: {}\nbogus: 1\n", []string{"line 2: unknown key scenes; line 3: unknown key bogus"}},
+		{"bad value", "c2c:\n  passive_window: soon\n", []string{"line 2: \"soon\" is not a duration (e.g. 30s, 5m)"}},
+		{"map expected", "c2c: 5\n", []string{"line 1: \"5\" is not a map of keys"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
+			if err := os.WriteFile(f, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := runCLI(t, nil, "sim", "--rules", f, "--listen", "127.0.0.1:0")
+			oneErrorLine(t, r, 1, tc.want...)
+			// The file's words, not Go's: no type names, no decoder prefix.
+			for _, leak := range []string{"qqsim.", "not found in type", "yaml: unmarshal errors", "time.Duration"} {
+				if strings.Contains(r.stderr, leak) {
+					t.Errorf("stderr %q speaks of %q", r.stderr, leak)
+				}
+			}
+		})
 	}
-	r := runCLI(t, nil, "sim", "--rules", f, "--listen", "127.0.0.1:0")
-	oneErrorLine(t, r, 1, "--rules", "passive_windw")
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }

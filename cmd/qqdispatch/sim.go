@@ -149,9 +149,55 @@ func readRulesFile(path string, r *qqsim.Rules) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(r); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", path, yamlText(err))
 	}
 	return nil
+}
+
+var (
+	yamlUnknownKey = regexp.MustCompile(`^line (\d+): field (.+) not found in type \S+$`)
+	yamlBadValue   = regexp.MustCompile("^line (\\d+): cannot unmarshal !!\\w+ `(.*)` into (\\S+)$")
+)
+
+// yamlText says a YAML file's type errors in the file's words ("line 2:
+// unknown key passive_windw", "line 3: \"soon\" is not a duration"),
+// without the decoder's prefix or Go type names such as
+// qqsim.SceneRules. Other errors (syntax) are returned as they are.
+func yamlText(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		if m := yamlUnknownKey.FindStringSubmatch(e); m != nil {
+			e = "line " + m[1] + ": unknown key " + m[2]
+		} else if m := yamlBadValue.FindStringSubmatch(e); m != nil {
+			e = fmt.Sprintf("line %s: %q is not %s", m[1], m[2], yamlWant(m[3]))
+		}
+		msgs = append(msgs, e)
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// yamlWant names what a value of the Go type typ is in a YAML file.
+func yamlWant(typ string) string {
+	switch {
+	case typ == "time.Duration":
+		return "a duration (e.g. 30s, 5m)"
+	case strings.HasPrefix(typ, "int"), strings.HasPrefix(typ, "uint"):
+		return "a whole number"
+	case strings.HasPrefix(typ, "float"):
+		return "a number"
+	case typ == "bool":
+		return "true or false"
+	case typ == "string":
+		return "text"
+	case strings.HasPrefix(typ, "[]"):
+		return "a list"
+	default: // a struct or a map
+		return "a map of keys"
+	}
 }
 
 // readBotsFile reads --bots-file: one bot a line, "APP_ID SECRET" and
