@@ -481,3 +481,31 @@ func TestBotLabelAndWaitingBots(t *testing.T) {
 		t.Fatalf("Ready says %q, want ten bots named and 15 counted", why)
 	}
 }
+
+// TestCallDelayHistogram: the delay from publish to first call is kept by
+// scene and kind, replies under kind="passive", in seconds; a delay
+// below zero (clocks apart) counts as none.
+func TestCallDelayHistogram(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.tel.Departed(dispatcher.SceneGroup, dispatcher.KindPassive, 30*time.Millisecond)
+	b.tel.Departed(dispatcher.SceneGroup, dispatcher.KindPassive, 2*time.Second)
+	b.tel.Departed(dispatcher.SceneC2C, dispatcher.KindActive, -time.Second)
+
+	_, body := get(t, b.srv.URL+"/metrics")
+	for _, want := range []string{
+		`qqdispatch_call_delay_seconds_bucket{kind="passive",scene="group",le="0.025"} 0` + "\n",
+		`qqdispatch_call_delay_seconds_bucket{kind="passive",scene="group",le="0.05"} 1` + "\n",
+		`qqdispatch_call_delay_seconds_bucket{kind="passive",scene="group",le="1"} 1` + "\n",
+		`qqdispatch_call_delay_seconds_bucket{kind="passive",scene="group",le="2.5"} 2` + "\n",
+		`qqdispatch_call_delay_seconds_sum{kind="passive",scene="group"} 2.03` + "\n",
+		`qqdispatch_call_delay_seconds_count{kind="passive",scene="group"} 2` + "\n",
+		`qqdispatch_call_delay_seconds_bucket{kind="active",scene="c2c",le="0.005"} 1` + "\n",
+		`qqdispatch_call_delay_seconds_sum{kind="active",scene="c2c"} 0` + "\n",
+		"# TYPE qqdispatch_call_delay_seconds histogram",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(body, "call_delay"))
+		}
+	}
+}
