@@ -281,6 +281,7 @@ func followOutcomes(ctx context.Context, kv jetstream.KeyValue, watcher jetstrea
 		go func() { lookups <- readOutcomes(ctx, kv, keys, results) }()
 	}
 	lookup()
+	paced := false // bar.from after the first lookup
 
 	bar.phase()
 	show := func(force bool) {
@@ -312,6 +313,17 @@ func followOutcomes(ctx context.Context, kv jetstream.KeyValue, watcher jetstrea
 			looking = false
 			if err != nil && ctx.Err() == nil {
 				return err
+			}
+			if !paced {
+				// The first lookup read what was stored before this
+				// wait (a re-run's finished jobs): all of it is in
+				// results by now; the pace counts from here.
+				for len(results) > 0 {
+					r := <-results
+					apply(r.key, r.out)
+				}
+				paced = true
+				bar.from(done)
 			}
 		case <-tick.C:
 			show(false)
@@ -501,7 +513,8 @@ type progress struct {
 	every time.Duration
 	now   func() time.Time
 
-	start time.Time // of the current phase
+	start time.Time // of the current phase, or of its pace's baseline (from)
+	base  int       // done at start: not part of the pace
 	last  time.Time // of the last drawing (tty) or line (not)
 	drawn bool      // tty: a bar is on the line
 }
@@ -515,6 +528,16 @@ func newProgress(w io.Writer, tty bool, every time.Duration, now func() time.Tim
 func (p *progress) phase() {
 	p.start = p.now()
 	p.last = p.start
+	p.base = 0
+}
+
+// from makes the estimate of the time left count the pace from now and
+// from n done: what was done before (outcomes already stored when a
+// re-run began to wait) took no time of this run and says nothing of the
+// pace of the rest.
+func (p *progress) from(n int) {
+	p.start = p.now()
+	p.base = n
 }
 
 // update shows n of total done; detail adds counts. Unless force, a
@@ -559,10 +582,10 @@ func (p *progress) update(label string, n, total int, detail string, force bool)
 
 // eta estimates the time left from the pace so far.
 func (p *progress) eta(now time.Time, n, total int) string {
-	if n <= 0 || n >= total {
+	if n-p.base <= 0 || n >= total {
 		return ""
 	}
-	left := time.Duration(float64(now.Sub(p.start)) / float64(n) * float64(total-n))
+	left := time.Duration(float64(now.Sub(p.start)) / float64(n-p.base) * float64(total-n))
 	return "about " + secs(left.Seconds()) + " left"
 }
 

@@ -415,6 +415,21 @@ func TestProgress(t *testing.T) {
 	if !strings.HasSuffix(out, "\n") {
 		t.Errorf("bar %q does not end its line", out)
 	}
+
+	// A re-run finds 90 of 100 outcomes stored at once: they say nothing
+	// of the pace; 1 more in the next 2 s leaves 9 for about 18 s.
+	plain.Reset()
+	p = newProgress(&plain, false, time.Second, clock)
+	p.phase()
+	now = now.Add(100 * time.Millisecond)
+	p.from(90)
+	now = now.Add(time.Second)
+	p.update("outcomes", 90, 100, "", false) // no pace yet: no estimate
+	now = now.Add(time.Second)
+	p.update("outcomes", 91, 100, "", false)
+	if got, want := plain.String(), "outcomes: 90/100\noutcomes: 91/100, about 18s left\n"; got != want {
+		t.Fatalf("after from(90): lines %q, want %q", got, want)
+	}
 }
 
 // TestDocsListEveryFlag keeps docs/cli.md in step with the code: every
