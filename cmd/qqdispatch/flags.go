@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -248,4 +249,18 @@ func (c *command) noArgs(pos []string) error {
 		return usagef(c.name, "unexpected argument %q", pos[0])
 	}
 	return nil
+}
+
+// listenPort checks a host:port flag (--nats-listen, --http-listen, sim's
+// --listen) before anything starts: a numeric port, 0 for a free one.
+func listenPort(cmd, flag, addr string) (host string, port int, err error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, usagef(cmd, "%s: %s", flag, err)
+	}
+	port, err = strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, usagef(cmd, "%s: %q is not a port", flag, portStr)
+	}
+	return host, port, nil
 }

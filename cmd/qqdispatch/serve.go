@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,6 +163,11 @@ func (o *serveOpts) check(c *command) error {
 	}
 	if o.grace <= 0 {
 		return usagef(c.name, "--shutdown-grace must be positive, got %s", o.grace)
+	}
+	if o.httpListen != "" {
+		if _, _, err := listenPort(c.name, "--http-listen", o.httpListen); err != nil {
+			return err
+		}
 	}
 	if o.noRules && o.policy != "" {
 		return usagef(c.name, "--policy and --no-rules contradict each other")
@@ -498,13 +502,9 @@ func (s *server) startHTTP(tel *telemetry.Telemetry) (string, error) {
 // A --data-dir another serve uses is refused before its store is opened.
 func (s *server) startEmbedded(ctx context.Context) error {
 	o := &s.o
-	host, portStr, err := net.SplitHostPort(o.natsListen)
+	host, port, err := listenPort(s.c.name, "--nats-listen", o.natsListen)
 	if err != nil {
-		return usagef(s.c.name, "--nats-listen: %s", err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil || port < 0 || port > 65535 {
-		return usagef(s.c.name, "--nats-listen: %q is not a port", portStr)
+		return err
 	}
 	if port == 0 {
 		port = natsserver.RandomPort

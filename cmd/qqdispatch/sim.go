@@ -64,6 +64,9 @@ func cmdSim(ctx context.Context, cl *cli, args []string) error {
 	if err := c.noArgs(pos); err != nil {
 		return err
 	}
+	if _, _, err := listenPort(c.name, "--listen", listen); err != nil {
+		return err
+	}
 	secret, secretFromEnv := cl.env("QQSIM_APP_SECRET"), true
 	if secret == "" {
 		secret, secretFromEnv = simDefaultSecret, false
