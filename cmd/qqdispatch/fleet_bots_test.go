@@ -69,7 +69,7 @@ type fleetBot struct {
 	appID, secret, secretFile string
 }
 
-func newFleetBot(t *testing.T, dir string, i int) fleetBot {
+func newFleetBot(t testing.TB, dir string, i int) fleetBot {
 	t.Helper()
 	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {
@@ -110,8 +110,9 @@ func newFleetBot(t *testing.T, dir string, i int) fleetBot {
 //
 // The broadcast is still in progress at the end (10,000 at 20/s): the test
 // waits for the replies only.
-func TestFleetManyBots(t *testing.T) {
-	needFleet(t)
+func TestFleetManyBots(t *testing.T) { fleetTest(t, testFleetManyBots) }
+
+func testFleetManyBots(t testing.TB) {
 	const (
 		nBots         = 50 // registered before the workers start
 		broadcast     = 10000
@@ -624,7 +625,7 @@ func TestFleetManyBots(t *testing.T) {
 // dlqEntries lists the DLQ's entries matching filter, asking again while
 // the cluster does not answer (a JetStream API request can go unanswered
 // for a moment on a loaded cluster).
-func dlqEntries(t *testing.T, dlq *queue.DLQ, filter queue.DLQFilter) []queue.DLQEntry {
+func dlqEntries(t testing.TB, dlq *queue.DLQ, filter queue.DLQFilter) []queue.DLQEntry {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -57,6 +57,62 @@ func needFleet(t testing.TB) {
 	}
 }
 
+// fleetTest runs a fleet test with a testing.TB that keeps its errors and
+// repeats them at the very end, after the processes' log tails: a CI log
+// shows only the end of a failed test's output, where the tails would
+// otherwise hide what failed.
+func fleetTest(t *testing.T, test func(t testing.TB)) {
+	needFleet(t)
+	l := &failLog{TB: t}
+	t.Cleanup(func() { // registered first, so it runs last
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if len(l.errs) > 0 {
+			t.Logf("%s failed, %d errors (repeated from above):\n%s", t.Name(), len(l.errs), strings.Join(l.errs, "\n"))
+		}
+	})
+	test(l)
+}
+
+// failLog is a testing.TB that also keeps what fails it.
+type failLog struct {
+	testing.TB
+	mu   sync.Mutex
+	errs []string
+}
+
+func (l *failLog) keep(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.errs) < 30 {
+		l.errs = append(l.errs, s)
+	}
+}
+
+func (l *failLog) Error(args ...any) {
+	l.TB.Helper()
+	l.keep(fmt.Sprint(args...))
+	l.TB.Error(args...)
+}
+
+func (l *failLog) Errorf(format string, args ...any) {
+	l.TB.Helper()
+	l.keep(fmt.Sprintf(format, args...))
+	l.TB.Errorf(format, args...)
+}
+
+func (l *failLog) Fatal(args ...any) {
+	l.TB.Helper()
+	l.keep(fmt.Sprint(args...))
+	l.TB.Fatal(args...)
+}
+
+func (l *failLog) Fatalf(format string, args ...any) {
+	l.TB.Helper()
+	l.keep(fmt.Sprintf(format, args...))
+	l.TB.Fatalf(format, args...)
+}
+
 // keepEnv names a directory where a failed fleet test leaves its
 // processes' whole logs (the test prints only their tails).
 const keepEnv = "QQDISPATCH_FLEET_KEEP"
@@ -1254,13 +1310,24 @@ func (f *fleet) checkDLQ(outs map[string]dispatcher.Outcome) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, err := queue.NewDLQ(ctx, f.js, f.names)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entries, err := d.List(ctx, queue.DLQFilter{})
-	if err != nil {
-		t.Fatal(err)
+	// A node restarted just before may still be electing the DLQ stream's
+	// leader (no responders): ask again until it answers.
+	var entries []queue.DLQEntry
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		d, err := queue.NewDLQ(ctx, f.js, f.names)
+		if err == nil {
+			entries, err = d.List(ctx, queue.DLQFilter{})
+		}
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("DLQ scan: %v", err)
+		case <-tick.C:
+		}
 	}
 	per := map[string]int{}
 	for _, e := range entries {

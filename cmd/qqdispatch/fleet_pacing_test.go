@@ -204,8 +204,9 @@ func runFleetPacing(tb testing.TB) fleetPacingRun {
 // over a limit; every job ends once, sent (passive replies the platform
 // dedupes by msg_seq). How much of the buckets the fleet used is
 // BenchmarkFleetPacing's.
-func TestFleetPacesAsOne(t *testing.T) {
-	needFleet(t)
+func TestFleetPacesAsOne(t *testing.T) { fleetTest(t, testFleetPacesAsOne) }
+
+func testFleetPacesAsOne(t testing.TB) {
 	r := runFleetPacing(t)
 	for sc, n := range r.worst {
 		if n > 100 {

@@ -62,8 +62,9 @@ scenes:
 // mid-run. Every job ends with exactly one outcome; the simulator, holding
 // the policy's numbers, sees no rule violation and no job twice; each
 // target's sent jobs arrive in publish order.
-func TestFleetChaos(t *testing.T) {
-	needFleet(t)
+func TestFleetChaos(t *testing.T) { fleetTest(t, testFleetChaos) }
+
+func testFleetChaos(t testing.TB) {
 	const targets, perTarget = 2000, 10
 	begin := time.Now()
 	f := newFleet(t, fleetOptions{Policy: chaosPolicy, Latency: 2 * time.Millisecond})
@@ -242,8 +243,9 @@ scenes:
 // Steady state: from 3 s after the first accepted message until publishing
 // stops. Demand exceeds the limit throughout, so the backlog never runs
 // dry in that window.
-func TestFleetBotLimit(t *testing.T) {
-	needFleet(t)
+func TestFleetBotLimit(t *testing.T) { fleetTest(t, testFleetBotLimit) }
+
+func testFleetBotLimit(t testing.TB) {
 	if achieved := runFleetBotLimit(t); achieved < 25 {
 		t.Errorf("achieved %.1f/s over the steady state: the fleet nearly stopped sending (limit 50/s)", achieved)
 	}
@@ -422,8 +424,9 @@ func runFleetBotLimit(t testing.TB) float64 {
 // partition, a fourth starts. It must deliver on each of its share of the
 // partitions within the takeover bound of its start, no partition may be
 // delivered by two workers at once, and no job may be sent twice.
-func TestFleetScaleOut(t *testing.T) {
-	needFleet(t)
+func TestFleetScaleOut(t *testing.T) { fleetTest(t, testFleetScaleOut) }
+
+func testFleetScaleOut(t testing.TB) {
 	f := newFleet(t, fleetOptions{Latency: 2 * time.Millisecond})
 	ow := f.watchOutcomes()
 	for _, id := range []string{"w1", "w2", "w3"} {
@@ -475,8 +478,9 @@ func TestFleetScaleOut(t *testing.T) {
 // reported, is 5 s). It also reports the fleet's keep-alive traffic in
 // the steady flow: heartbeats into the members bucket and InProgress acks
 // of held jobs, per worker per second.
-func TestFleetTakeover(t *testing.T) {
-	needFleet(t)
+func TestFleetTakeover(t *testing.T) { fleetTest(t, testFleetTakeover) }
+
+func testFleetTakeover(t testing.TB) {
 	const name = "defaults"
 	f := newFleet(t, fleetOptions{Latency: 100 * time.Millisecond})
 	ow := f.watchOutcomes()
@@ -582,7 +586,7 @@ func (f *fleet) waitDelivering(parts []int, since time.Time, who func(string) bo
 // once: split each partition's calls into runs of one worker, and every
 // run must end (its last call answered) before the next run's first call
 // starts.
-func checkExclusive(t *testing.T, calls []tapCall) {
+func checkExclusive(t testing.TB, calls []tapCall) {
 	t.Helper()
 	byPart := map[int][]tapCall{}
 	for _, c := range calls {

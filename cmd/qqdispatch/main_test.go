@@ -99,12 +99,12 @@ func envFunc(env map[string]string) func(string) string {
 }
 
 // runCLI runs the CLI in-process with env as its whole environment.
-func runCLI(t *testing.T, env map[string]string, args ...string) result {
+func runCLI(t testing.TB, env map[string]string, args ...string) result {
 	t.Helper()
 	return runCLIStdin(t, env, "", args...)
 }
 
-func runCLIStdin(t *testing.T, env map[string]string, stdin string, args ...string) result {
+func runCLIStdin(t testing.TB, env map[string]string, stdin string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
