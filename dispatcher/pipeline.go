@@ -375,9 +375,9 @@ func (p *Processor) Handle(ctx context.Context, d Delivery) (out Outcome, err er
 			r.log.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).Msg("panic while handling job")
 			out, err = r.finish(context.WithoutCancel(ctx), r.outcome(StatusFailed, fmt.Sprintf("internal error: panic: %v", v)))
 		}
-		if r.jobID != "" && r.registered {
+		if r.registered != "" {
 			p.mu.Lock()
-			delete(p.inflight, r.jobID)
+			delete(p.inflight, r.registered)
 			p.mu.Unlock()
 		}
 	}()
@@ -400,8 +400,10 @@ type run struct {
 	target string
 	// requested is, when the job's id named another job, the id it
 	// carried; jobID is then its ConflictID.
-	requested  string
-	registered bool
+	requested string
+	// registered is the id this run holds in the processor's inflight
+	// set; empty before it registers.
+	registered string
 	claim      Claim
 	resumed    bool // a previous holder may have called the API for this job
 	deadline   time.Time
@@ -478,25 +480,25 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 	if premark {
 		phase = PhaseCalling
 	}
+	// A job already being handled by this process (its message came back
+	// while we still hold it) is left to the running handler. The run
+	// registers before its claim is written: from the moment a "calling"
+	// mark of this process may stand in the ledger, a worker asking about
+	// it (PeerJob) hears that this process has the job, or (once the
+	// write failed) that it made no call, never "unknown".
+	if !r.register(r.jobID) {
+		return r.leaveToHandler()
+	}
 	c, created, conflict, err := r.claimID(ctx, phase)
 	if err != nil {
 		return r.handBack(fmt.Errorf("claim job: %w", err))
 	}
+	if !r.register(r.jobID) { // the job took its conflict id
+		return r.leaveToHandler()
+	}
 	if conflict && id.Given() {
 		return r.finish(ctx, r.outcome(StatusRejected, r.conflictNote()+": not sent"))
 	}
-
-	// A job already being handled by this process (its message came back
-	// while we still hold it) is left to the running handler.
-	p.mu.Lock()
-	if _, busy := p.inflight[r.jobID]; busy {
-		p.mu.Unlock()
-		r.log.Debug().Msg("duplicate delivery of a job in progress; leaving it to its handler")
-		return Outcome{JobID: r.jobID}, nil
-	}
-	p.inflight[r.jobID] = struct{}{}
-	r.registered = true
-	p.mu.Unlock()
 
 	if created {
 		r.claim, r.markFresh = c, premark
@@ -525,6 +527,32 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		return r.stopped(ctx, err)
 	}
 	return r.finish(ctx, o)
+}
+
+// register puts id in the processor's inflight set for this run, in place
+// of the id it held; false when another run of this process holds id.
+func (r *run) register(id string) bool {
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r.registered == id {
+		return true
+	}
+	if _, busy := p.inflight[id]; busy {
+		return false
+	}
+	if r.registered != "" {
+		delete(p.inflight, r.registered)
+	}
+	p.inflight[id] = struct{}{}
+	r.registered = id
+	return true
+}
+
+// leaveToHandler ends a run whose job another run of this process has.
+func (r *run) leaveToHandler() (Outcome, error) {
+	r.log.Debug().Msg("duplicate delivery of a job in progress; leaving it to its handler")
+	return Outcome{JobID: r.jobID}, nil
 }
 
 // Rules a job of a bot that cannot send waits for (Pauser's rule,
@@ -944,7 +972,8 @@ func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err 
 		// Another worker marked the call: ask it before taking the job for
 		// abandoned. A worker cut off from the fleet for a while (its
 		// partitions moved on) may still be finishing it.
-		switch r.askOwner(ctx, c) {
+		st, heard := r.askOwner(ctx, c)
+		switch st {
 		case PeerHasJob:
 			r.log.Info().Str("owner", c.Owner).Msg("the worker that marked this job's call still has it; waiting for it")
 			if err := r.wait(ctx, time.Second, "previous owner's call"); err != nil {
@@ -967,6 +996,7 @@ func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err 
 			c.Phase = PhaseClaimed
 		default:
 			r.resumed = true
+			r.log.Warn().Str("owner", c.Owner).Str("heard", heard).Msg("the worker that marked this job's call does not have it: taking the job for one stopped mid-call")
 		}
 		break
 	}
@@ -1017,25 +1047,26 @@ func (r *run) doneBefore(ctx context.Context, c Claim) (done bool, o Outcome, er
 // askOwner asks the worker that marked c calling what it knows of the job.
 // It answers PeerUnknown when that worker is gone or cannot be asked (three
 // tries, a few seconds): the job is then taken for abandoned mid-call.
-func (r *run) askOwner(ctx context.Context, c Claim) PeerState {
+// heard says what was heard, for the log.
+func (r *run) askOwner(ctx context.Context, c Claim) (st PeerState, heard string) {
 	for try := range 3 {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := r.p.cfg.Peers.JobState(actx, c.Owner, r.jobID, c.Attempts)
 		cancel()
 		switch {
 		case err == nil:
-			return st
+			return st, "it answered " + string(st)
 		case errors.Is(err, ErrPeerGone) || ctx.Err() != nil:
-			return PeerUnknown
+			return PeerUnknown, err.Error()
 		}
 		r.log.Debug().Err(err).Str("owner", c.Owner).Int("try", try+1).Msg("ask the worker that marked the call")
 		select {
 		case <-ctx.Done():
-			return PeerUnknown
+			return PeerUnknown, ctx.Err().Error()
 		case <-r.p.cfg.Clock.After(500 * time.Millisecond):
 		}
 	}
-	return PeerUnknown
+	return PeerUnknown, "no answer in three tries"
 }
 
 // PeerJob answers another worker's question about jobID (see Peers): this
@@ -1569,6 +1600,12 @@ func (r *run) leave(ctx context.Context) (Permit, error) {
 	if pr, ok := r.sender.(Preparer); ok {
 		_ = pr.Prepare(ctx) // a failure shows again in the call
 	}
+	if err := r.mayCall(); err != nil {
+		if permit != nil {
+			permit.Release()
+		}
+		return nil, err
+	}
 	if !r.markFresh {
 		start := p.cfg.Clock.Now()
 		if err := r.markCalling(ctx); err != nil {
@@ -1579,17 +1616,32 @@ func (r *run) leave(ctx context.Context) (Permit, error) {
 		}
 		p.learnMark(p.cfg.Clock.Now().Sub(start))
 	}
-	if permit == nil {
-		return nil, nil
+	err := error(nil)
+	if permit != nil {
+		err = permit.Depart(ctx)
 	}
-	if err := permit.Depart(ctx); err != nil {
-		// Marked, then stopped before the call: no call ran.
-		if cerr := r.markClaimed(ctx); cerr != nil {
-			p.noteNotCalled(r.jobID, r.claim.Attempts)
-		}
+	if err == nil {
+		// Depart may have waited (a fleet bucket out of reach).
+		err = r.mayCall()
+	}
+	if err != nil {
+		// Marked, then stopped before the call: no call ran, and the
+		// claim no longer counts one (unmark notes it here if it cannot).
+		_ = r.unmark(ctx)
 		return nil, err
 	}
 	return permit, nil
+}
+
+// mayCall asks a Fencer delivery whether this worker still holds the job's
+// partition; the error stops the job, handed back with no call.
+func (r *run) mayCall() error {
+	if f, ok := r.d.(Fencer); ok {
+		if err := f.MayCall(); err != nil {
+			return fmt.Errorf("%w: %w", ErrHandedBack, err)
+		}
+	}
+	return nil
 }
 
 // wireOf is the wire timing a Sender reported for a call.
@@ -1805,6 +1857,10 @@ func (r *run) handBack(cause error) (Outcome, error) {
 	if errors.Is(cause, ErrHandedBack) || errors.Is(cause, context.Canceled) {
 		if err := r.d.Release(0); err != nil {
 			r.log.Warn().Err(err).Msg("release message")
+		}
+		if errors.Is(cause, ErrHoldLapsed) {
+			r.log.Info().Msg("job handed back with no call: this worker's hold on its partition lapsed")
+			return Outcome{JobID: r.jobID}, cause
 		}
 		r.log.Info().Msg("job handed back on shutdown")
 		return Outcome{JobID: r.jobID}, ErrHandedBack

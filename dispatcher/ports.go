@@ -184,6 +184,21 @@ type Pauser interface {
 	Pause(ctx context.Context, d time.Duration, rule string) error
 }
 
+// Fencer is a Delivery whose worker can lose its hold on the job: its
+// fleet heartbeats went late, so the job's partition may already be
+// another worker's. The pipeline asks MayCall right before every API call
+// (after every wait: a job that started in time may have waited past the
+// hold); an error (ErrHoldLapsed) stops the job with no call made, handed
+// back for the partition's owner. Calls of one target never overlap two
+// workers.
+type Fencer interface {
+	MayCall() error
+}
+
+// ErrHoldLapsed says this worker's hold on a job's partition lapsed (see
+// Fencer): the job went back unfinished and uncalled.
+var ErrHoldLapsed = errors.New("dispatcher: this worker's hold on the job's partition lapsed")
+
 // Predecoded is a Delivery that carries its job already decoded (the queue
 // decodes every job to schedule it): the pipeline takes that instead of
 // decoding the envelope a second time, when it was decoded with the same

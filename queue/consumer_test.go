@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -154,6 +155,49 @@ func TestConsumerStartsNothingPastItsLease(t *testing.T) {
 	lease.Store(time.Now().Add(time.Hour).UnixNano())
 	h.await(t, h.done, "the job did not start once the lease moved on")
 	h.checkSeen(t, "leased-0")
+}
+
+// A job that started within the lease is told, when it is about to call,
+// that the lease has run out since (dispatcher.Fencer): the pipeline then
+// makes no call.
+func TestDeliveryFencedPastTheLease(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	var lease atomic.Int64 // unix nanoseconds
+	lease.Store(time.Now().Add(time.Hour).UnixNano())
+	answers := make(chan [2]error, 1)
+	h := handlerFunc(func(ctx context.Context, d dispatcher.Delivery) (dispatcher.Outcome, error) {
+		f, ok := d.(dispatcher.Fencer)
+		if !ok {
+			answers <- [2]error{errors.New("the delivery is no dispatcher.Fencer")}
+			return dispatcher.Outcome{}, d.Ack(ctx)
+		}
+		before := f.MayCall()
+		lease.Store(time.Now().Add(-time.Millisecond).UnixNano())
+		answers <- [2]error{before, f.MayCall()}
+		return dispatcher.Outcome{}, d.Ack(ctx)
+	})
+	_, publish := startOnePartition(t, ConsumerConfig{Handler: h, AckWait: time.Minute,
+		Lease: func() time.Time { return time.Unix(0, lease.Load()) }})
+	publish("fenced-0")
+	select {
+	case a := <-answers:
+		if a[0] != nil {
+			t.Fatalf("MayCall within the lease: %v, want nil", a[0])
+		}
+		if !errors.Is(a[1], dispatcher.ErrHoldLapsed) {
+			t.Fatalf("MayCall past the lease: %v, want ErrHoldLapsed", a[1])
+		}
+	case <-ctx.Done():
+		t.Fatal("the job was never run")
+	}
+}
+
+// handlerFunc is a Handler from a function.
+type handlerFunc func(ctx context.Context, d dispatcher.Delivery) (dispatcher.Outcome, error)
+
+func (f handlerFunc) Handle(ctx context.Context, d dispatcher.Delivery) (dispatcher.Outcome, error) {
+	return f(ctx, d)
 }
 
 // orderHandler records the jobs it is given, in order; the first delivery

@@ -38,9 +38,20 @@ var (
 	_ dispatcher.Delivery   = (*delivery)(nil)
 	_ dispatcher.Pauser     = (*delivery)(nil)
 	_ dispatcher.Predecoded = (*delivery)(nil)
+	_ dispatcher.Fencer     = (*delivery)(nil)
 )
 
 func (d *delivery) Envelope() dispatcher.Envelope { return d.env }
+
+// MayCall fails once the worker's lease (ConsumerConfig.Lease) has run
+// out: the job started in time, but its call would go out when the others
+// may have taken its partition.
+func (d *delivery) MayCall() error {
+	if lease := d.c.cfg.Lease; lease != nil && time.Now().After(lease()) {
+		return dispatcher.ErrHoldLapsed
+	}
+	return nil
+}
 
 // Decoded hands the job decoded on arrival to its one handler, and lets go
 // of it: later calls return neither job nor error.
