@@ -231,6 +231,14 @@ scenes:
         per_target: null
 `
 
+// loadedBotLimitPolicy is botLimitPolicy paced for the path of a loaded
+// machine, as TestFleetManyBots's flooded bot is (see floodSpread): under
+// CI's busy loops a worker stalled for 40 ms delayed the first calls of a
+// window, the later ones arrived on time, and a 50/s window has about 20 ms
+// of room (1 violation in 3 `.ci/run`s). The rule the simulator holds the
+// bot to is unchanged; the benchmark runs the shipped pacing.
+var loadedBotLimitPolicy = botLimitPolicy + fmt.Sprintf("pacing: {spread: %s, measure: false}\n", floodSpread)
+
 // TestFleetBotLimit: a bot-wide limit of 50/s, demand of about 150/s, and
 // the demand uneven: three hot targets and fifty cold ones, all in the
 // partitions of one worker but one partition of a second, none of the
@@ -246,7 +254,7 @@ scenes:
 func TestFleetBotLimit(t *testing.T) { fleetTest(t, testFleetBotLimit) }
 
 func testFleetBotLimit(t testing.TB) {
-	if achieved := runFleetBotLimit(t); achieved < 25 {
+	if achieved := runFleetBotLimit(t, loadedBotLimitPolicy); achieved < 25 {
 		t.Errorf("achieved %.1f/s over the steady state: the fleet nearly stopped sending (limit 50/s)", achieved)
 	}
 }
@@ -258,7 +266,7 @@ func testFleetBotLimit(t testing.TB) {
 func BenchmarkFleetBotLimit(b *testing.B) {
 	needFleet(b)
 	for range b.N {
-		achieved := runFleetBotLimit(b)
+		achieved := runFleetBotLimit(b, botLimitPolicy)
 		b.ReportMetric(achieved, "sent/s")
 		b.ReportMetric(100*achieved/50, "%limit")
 	}
@@ -266,13 +274,13 @@ func BenchmarkFleetBotLimit(b *testing.B) {
 
 // runFleetBotLimit runs the workload, checks what must hold however slow
 // the machine is, and returns the rate achieved in the steady state.
-func runFleetBotLimit(t testing.TB) float64 {
+func runFleetBotLimit(t testing.TB, policy string) float64 {
 	const (
 		limit    = 50
 		runFor   = 30 * time.Second
 		tickSize = 100 * time.Millisecond
 	)
-	f := newFleet(t, fleetOptions{Policy: botLimitPolicy, Latency: 2 * time.Millisecond})
+	f := newFleet(t, fleetOptions{Policy: policy, Latency: 2 * time.Millisecond})
 	for _, id := range []string{"w1", "w2", "w3"} {
 		f.startWorker(id)
 	}
