@@ -1616,7 +1616,7 @@ func (r *run) leave(ctx context.Context) (Permit, error) {
 		}
 		p.learnMark(p.cfg.Clock.Now().Sub(start))
 	}
-	err := error(nil)
+	var err error
 	if permit != nil {
 		err = permit.Depart(ctx)
 	}
