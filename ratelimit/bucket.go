@@ -34,10 +34,12 @@ type SharedBucket interface {
 	// Next is the earliest time, at or after at, at which one token could
 	// be taken. It takes nothing.
 	Next(at time.Time) time.Time
-	// Take takes one token for a call at or after at. slot is when the call
-	// may happen (slot >= at); cancel gives the token back when the call
-	// will not happen at slot (call it at most once).
-	Take(at time.Time) (slot time.Time, cancel func())
+	// Take takes one token for a call at or after at. call is when the call
+	// may happen (call >= at); by is the latest it may leave on the token,
+	// zero for any time (the bucket's own departures absorb a late call);
+	// cancel gives the token back when the call will not happen at call
+	// (call it at most once).
+	Take(at time.Time) (call, by time.Time, cancel func())
 	// Depart records that a call holding a token from Take leaves at now,
 	// if the departures recorded so far allow one then (ok). Otherwise it
 	// records nothing and returns the earliest time they would; the call
@@ -58,10 +60,12 @@ type SharedBucket interface {
 	// just now (its last departure within about two intervals): the bucket
 	// is what paces them.
 	Busy(now time.Time) bool
-	// Late is how late after the instant Take gave a call may still leave
-	// on its token; zero means any time (the bucket's own departures
-	// absorb a late call). A fleet bucket bounds it, for other workers'
-	// calls do not see this one's departures.
+	// Late is how late a slot may be used: Take may give a slot up to Late
+	// before at (the call then happens at at), and the call may leave up
+	// to twice Late after its slot (Take's by). Zero means any time (the
+	// bucket's own departures absorb a late call). A fleet bucket bounds
+	// it, for other workers' calls do not see this one's departures; the
+	// interval leaves room for twice it (see tuning).
 	Late() time.Duration
 }
 
@@ -279,11 +283,11 @@ func (l *localBucket) Next(at time.Time) time.Time {
 	return time.Unix(0, l.cal.free(lo, l.iv))
 }
 
-func (l *localBucket) Take(at time.Time) (time.Time, func()) {
+func (l *localBucket) Take(at time.Time) (time.Time, time.Time, func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.iv == 0 {
-		return at, func() {}
+		return at, time.Time{}, func() {}
 	}
 	var s int64
 	if l.tol > 0 {
@@ -292,7 +296,7 @@ func (l *localBucket) Take(at time.Time) (time.Time, func()) {
 		s = l.cal.take(l.lo(at.UnixNano()), l.iv, l.now-int64(fleetRunsKeep))
 	}
 	var once sync.Once
-	return time.Unix(0, s), func() { once.Do(func() { l.giveBack(s) }) }
+	return time.Unix(0, s), time.Time{}, func() { once.Do(func() { l.giveBack(s) }) }
 }
 
 func (l *localBucket) giveBack(s int64) {

@@ -429,7 +429,7 @@ func TestLocalBucketCalendar(t *testing.T) {
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	take := func(a, want time.Duration) func() {
 		t.Helper()
-		s, cancel := b.Take(at(a))
+		s, _, cancel := b.Take(at(a))
 		if !s.Equal(at(want)) {
 			t.Fatalf("Take(+%s) = +%s, want +%s", a, s.Sub(t0), want)
 		}
@@ -477,8 +477,8 @@ func TestFleetLateDepartureHoldsBackNextSlot(t *testing.T) {
 	f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
 	b := mustBucket(t, f, "bot.late.group.active", 10, 1) // 100ms
 	iv := 100 * time.Millisecond
-	s0, _ := b.Take(t0)
-	s1, _ := b.Take(t0)
+	s0, _, _ := b.Take(t0)
+	s1, _, _ := b.Take(t0)
 	if !s0.Equal(t0) || !s1.Equal(t0.Add(iv)) {
 		t.Fatalf("slots +%s, +%s", s0.Sub(t0), s1.Sub(t0))
 	}
@@ -501,7 +501,7 @@ func TestFleetLateDepartureHoldsBackNextSlot(t *testing.T) {
 	}
 	// A new call is not handed a slot before this worker's departures
 	// allow: the pooled +200ms is passed over (wasted), not used early.
-	s2, _ := b.Take(clk.Now())
+	s2, _, _ := b.Take(clk.Now())
 	if min := next.Add(iv - 2*b.Late()); s2.Before(min) {
 		t.Fatalf("next slot +%s, before +%s", s2.Sub(t0), min.Sub(t0))
 	}
@@ -597,5 +597,63 @@ scenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}`)})
 	defer p2.Release()
 	if gap, iv := p2.At().Sub(slot), interval(60, time.Minute); gap > iv+iv/10 {
 		t.Fatalf("the next call's slot is %s after the late one's, want about an interval (%s): the slot was wasted", gap, iv)
+	}
+}
+
+// A call given its fleet slot's own instant may wake up to twice the
+// lateness after it and still leave on it (the bunching the interval leaves
+// room for); later than that it gives the slot up and takes the next.
+func TestFleetLateWakeupUsesTheLatenessBudget(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		woke  func(late time.Duration) time.Duration
+		keeps bool
+	}{
+		{"past the lateness, within twice it", func(late time.Duration) time.Duration { return late + late/2 }, true},
+		{"past twice the lateness", func(late time.Duration) time.Duration { return 2*late + late/2 }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			connect := startJSTB(t)
+			clk := newFakeClock(t0)
+			f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
+			l, err := New(Config{Clock: clk, BotID: "budget", SharedBuckets: f.Bucket, Policy: mustPolicy(t, `extends: none
+pacing: {spread: 0s, measure: false}
+endpoints: {send: {limit: 100, per: 1s}}`)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			p, err := l.Acquire(ctx, activeJob(dispatcher.SceneGroup, "G1"), time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			slot := p.At()
+			if d := slot.Sub(clk.Now()); d > 0 {
+				clk.Advance(d)
+			}
+			late := f.list("endpoint.send.group")[0].Late()
+			if late <= 0 {
+				t.Fatal("the endpoint's fleet bucket has no lateness")
+			}
+			woke := tc.woke(late)
+			clk.Advance(woke)
+			done := make(chan error, 1)
+			go func() { done <- p.Depart(ctx) }()
+			waited := clk.settle(t, done, 1)
+			clk.Advance(time.Second) // every slot leased has passed
+			st := f.BucketStats("endpoint.send.group")
+			if tc.keeps {
+				if len(waited) > 0 || st.UsedSlots != 1 || st.WastedSlots != 0 {
+					t.Fatalf("woke %s after its slot (lateness %s): waited %v more, %+v; want it to leave on its slot", woke, late, waited, st)
+				}
+				return
+			}
+			// It took another slot (at once: the calendar is free).
+			if st.WastedSlots != 1 || st.UsedSlots != 1 || st.Leases != 2 {
+				t.Fatalf("woke %s after its slot (lateness %s): %+v; want its slot wasted and a new one used", woke, late, st)
+			}
+		})
 	}
 }

@@ -235,7 +235,7 @@ func (b *fleetBucket) tuneLocked(interval int64, slack, late time.Duration) {
 	b.tol = int64(b.burst-1) * interval
 	b.late = max(min(int64(late), interval/2), 1)
 	// A call may leave up to twice the lateness after its leased slot
-	// (Late), and the next one on its own: the interval leaves room for
+	// (Take's by), and the next one on its own: the interval leaves room for
 	// that bunching and for the slack (see tuning), so this worker's
 	// departures may come that much closer than an interval.
 	b.slack = int64(slack) + 2*b.late
@@ -259,9 +259,9 @@ func (b *fleetBucket) Busy(now time.Time) bool {
 	return b.dep.tat >= now.UnixNano()-b.interval
 }
 
-// Late is SharedBucket.Late: a call may leave up to it (at most half an
-// interval) after the instant Take gave it, which itself may be up to as
-// much after the leased slot; later, its slot is given up and it takes
+// Late is SharedBucket.Late: the instant Take gives a call may be up to it
+// (at most half an interval) after the leased slot, and the call may leave
+// up to twice it after the slot; later, its slot is given up and it takes
 // another (Limiter's permit does), for another worker's next slot may be
 // an interval after this one. It is Grace until the limiter retunes the
 // bucket with what its interval leaves room for.
@@ -367,17 +367,23 @@ func (b *fleetBucket) Next(at time.Time) time.Time {
 }
 
 // Take hands out the pooled slot for a call at at (see findLocked: the
-// earliest one from Grace before at on), leasing when there is none, and
-// returns when the call may happen (≥ at). When a lease fails it returns
-// at + RetryDelay with no slot held and a no-op cancel: the limiter asks
-// again then.
-func (b *fleetBucket) Take(at time.Time) (time.Time, func()) {
+// earliest one from the lateness before at on), leasing when there is
+// none, and returns when the call may happen (≥ at) and by when it must
+// leave: twice the lateness after the slot, the bunching the interval
+// leaves room for (a call at its slot may thus wake that late; one given
+// a slot before its at, only what is left). When a lease fails it returns
+// at + RetryDelay with no slot held, no by and a no-op cancel: the
+// limiter asks again then.
+func (b *fleetBucket) Take(at time.Time) (time.Time, time.Time, func()) {
 	slot, call, ok := b.acquire(at.UnixNano(), true)
 	if !ok {
-		return at.Add(b.f.opts.RetryDelay), func() {}
+		return at.Add(b.f.opts.RetryDelay), time.Time{}, func() {}
 	}
+	b.mu.Lock()
+	by := slot + 2*b.late
+	b.mu.Unlock()
 	var once sync.Once
-	return time.Unix(0, call), func() { once.Do(func() { b.giveBack(slot) }) }
+	return time.Unix(0, call), time.Unix(0, by), func() { once.Do(func() { b.giveBack(slot) }) }
 }
 
 // Depart is SharedBucket.Depart for this worker's calls: a call leaves no

@@ -212,7 +212,7 @@ func TestFleetWorkersShareOneRate(t *testing.T) {
 				b := mustBucket(t, fleet[i%workers], "endpoint.send.group", every, 1)
 				for n.Add(1) <= total {
 					now := clk.Now()
-					slot, _ := b.Take(now)
+					slot, _, _ := b.Take(now)
 					if slot.Before(now) {
 						t.Errorf("slot %s before at %s", slot, now)
 					}
@@ -268,7 +268,7 @@ func TestFleetIdleCapacityGoesToBusyWorker(t *testing.T) {
 		}
 		b := mustBucket(t, fleet[w], "bot.b.group.active", every, 1)
 		for clk.Now().Before(end) {
-			slot, _ := b.Take(clk.Now())
+			slot, _, _ := b.Take(clk.Now())
 			log.add(slot)
 			clk.until(slot)
 		}
@@ -324,7 +324,7 @@ func TestFleetLeaseCancelExpire(t *testing.T) {
 	var cancels []func()
 	take := func(at time.Time, wantSlot time.Time) {
 		t.Helper()
-		s, cancel := b.Take(at)
+		s, _, cancel := b.Take(at)
 		if !s.Equal(wantSlot) {
 			t.Fatalf("Take(+%s) = +%s, want +%s", at.Sub(t0), s.Sub(t0), wantSlot.Sub(t0))
 		}
@@ -412,7 +412,7 @@ func TestFleetLeaseSizeFollowsDemand(t *testing.T) {
 			var maxPooled atomic.Int64
 			clk.run(tc.callers, func(int) {
 				for range 200 / tc.callers {
-					slot, _ := b.Take(clk.Now())
+					slot, _, _ := b.Take(clk.Now())
 					if p := f.Stats().Pooled; p > maxPooled.Load() {
 						maxPooled.Store(p)
 					}
@@ -455,8 +455,8 @@ func TestFleetBurstMatchesLocalBucket(t *testing.T) {
 		var slots []time.Time
 		for i := range 60 {
 			at := clk.Now()
-			fs, _ := fb.Take(at)
-			ls, _ := lb.Take(at)
+			fs, _, _ := fb.Take(at)
+			ls, _, _ := lb.Take(at)
 			d := fs.Sub(ls)
 			if d < 0 || tc.exact && d > time.Microsecond {
 				t.Fatalf("%+v, call %d at +%s: fleet slot +%s, local +%s", tc, i, at.Sub(t0), fs.Sub(t0), ls.Sub(t0))
@@ -564,11 +564,11 @@ func TestFleetFarAheadSlotDoesNotBlockOthers(t *testing.T) {
 	fleet := fleetWorkers(t, connect, 2, FleetOptions{Clock: clk})
 	a := mustBucket(t, fleet[0], "bot.ahead.group.active", 1, 1)
 	b := mustBucket(t, fleet[1], "bot.ahead.group.active", 1, 1)
-	if s, _ := a.Take(t0.Add(5 * time.Second)); !s.Equal(t0.Add(5 * time.Second)) {
+	if s, _, _ := a.Take(t0.Add(5 * time.Second)); !s.Equal(t0.Add(5 * time.Second)) {
 		t.Fatalf("far slot +%s", s.Sub(t0))
 	}
 	for i, want := range []time.Duration{0, time.Second, 2 * time.Second, 3 * time.Second, 4 * time.Second, 6 * time.Second} {
-		if s, _ := b.Take(t0); !s.Equal(t0.Add(want)) {
+		if s, _, _ := b.Take(t0); !s.Equal(t0.Add(want)) {
 			t.Fatalf("call %d of the other worker: +%s, want +%s", i, s.Sub(t0), want)
 		}
 	}
@@ -576,7 +576,7 @@ func TestFleetFarAheadSlotDoesNotBlockOthers(t *testing.T) {
 	// A far slot given back by a caller that gave up does not hold up
 	// the next caller of the same worker; and Next for a far time leases
 	// nothing (its caller may never take it).
-	far, cancel := a.Take(t0.Add(30 * time.Second))
+	far, _, cancel := a.Take(t0.Add(30 * time.Second))
 	cancel()
 	leases := fleet[0].Stats().Leases
 	if n := a.Next(t0.Add(20 * time.Second)); !n.Equal(t0.Add(20 * time.Second)) {
@@ -585,13 +585,13 @@ func TestFleetFarAheadSlotDoesNotBlockOthers(t *testing.T) {
 	if got := fleet[0].Stats().Leases; got != leases {
 		t.Fatalf("Next for a far time leased (%d leases, was %d)", got, leases)
 	}
-	if s, _ := a.Take(t0.Add(7 * time.Second)); !s.Equal(t0.Add(7 * time.Second)) {
+	if s, _, _ := a.Take(t0.Add(7 * time.Second)); !s.Equal(t0.Add(7 * time.Second)) {
 		t.Fatalf("Take(+7s) with +%s pooled = +%s, want +7s", far.Sub(t0), s.Sub(t0))
 	}
 	if st := fleet[0].Stats(); st.Pooled != 1 {
 		t.Fatalf("the far slot should stay pooled for a caller at its time: %+v", st)
 	}
-	if s, _ := a.Take(far); !s.Equal(far) {
+	if s, _, _ := a.Take(far); !s.Equal(far) {
 		t.Fatalf("Take(far) = +%s, want the pooled +%s", s.Sub(t0), far.Sub(t0))
 	}
 }
@@ -703,13 +703,13 @@ func TestFleetKVUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := mustBucket(t, f, "bot.kv.group.active", 1, 1) // one per second
-	if s, _ := b.Take(t0); !s.Equal(t0) {
+	if s, _, _ := b.Take(t0); !s.Equal(t0) {
 		t.Fatalf("first slot +%s", s.Sub(t0))
 	}
 	stop()
 
 	at := t0.Add(100 * time.Millisecond)
-	s, cancel := b.Take(at)
+	s, _, cancel := b.Take(at)
 	if want := at.Add(FleetRetryDelayDefault); !s.Equal(want) {
 		t.Fatalf("Take with the server down = +%s, want at + RetryDelay (+%s)", s.Sub(t0), want.Sub(t0))
 	}
@@ -721,7 +721,7 @@ func TestFleetKVUnavailable(t *testing.T) {
 	// Asked again at once, it waits out the retry delay before it tries.
 	got := make(chan time.Time, 2)
 	go func() {
-		s, _ := b.Take(at)
+		s, _, _ := b.Take(at)
 		got <- s
 	}()
 	if d := clk.waitArmed(t); d != FleetRetryDelayDefault {
@@ -747,7 +747,7 @@ func TestFleetKVUnavailable(t *testing.T) {
 	clk.Advance(FleetRetryDelayDefault)
 	// The failed write may still have landed after the reconnect (the
 	// client buffers it): that slot is lost, never given twice.
-	s, _ = b.Take(clk.Now())
+	s, _, _ = b.Take(clk.Now())
 	if s1, s2 := t0.Add(time.Second), t0.Add(2*time.Second); !s.Equal(s1) && !s.Equal(s2) {
 		t.Fatalf("after the restart Take = +%s, want +1s (the slot after the one leased before) or +2s", s.Sub(t0))
 	}
@@ -759,7 +759,7 @@ func TestFleetKVUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s2, _ := mustBucket(t, f2, "bot.kv.group.active", 1, 1).Take(clk.Now()); !s2.Equal(s.Add(time.Second)) {
+	if s2, _, _ := mustBucket(t, f2, "bot.kv.group.active", 1, 1).Take(clk.Now()); !s2.Equal(s.Add(time.Second)) {
 		t.Fatalf("a new worker after the restart got +%s, want +%s", s2.Sub(t0), s.Add(time.Second).Sub(t0))
 	}
 }
@@ -887,7 +887,7 @@ func TestFleetOptionsAndKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := time.Now()
-	if s, _ := mustBucket(t, f, "bad", 10, 1).Take(at); !s.Equal(at.Add(FleetRetryDelayDefault)) {
+	if s, _, _ := mustBucket(t, f, "bad", 10, 1).Take(at); !s.Equal(at.Add(FleetRetryDelayDefault)) {
 		t.Errorf("Take on a bad value = %s, want a retry", s)
 	}
 	if st := f.BucketStats("bad"); st.Errors != 1 || st.Leases != 0 {
@@ -941,7 +941,7 @@ func BenchmarkFleetBucket(b *testing.B) {
 			clk.run(tc.workers*callers, func(i int) {
 				bk := buckets[i%tc.workers]
 				for n.Add(1) <= int64(b.N) {
-					slot, _ := bk.Take(clk.Now())
+					slot, _, _ := bk.Take(clk.Now())
 					ns := slot.UnixNano()
 					for v := first.Load(); ns < v && !first.CompareAndSwap(v, ns); v = first.Load() {
 					}
@@ -1058,7 +1058,7 @@ scenes: {group: {active: {rate: {per_bot: {limit: 100, per: 1s}}}}}`)})
 	}{{endpoint, t0}, {bot, t0.Add(iv / 2)}} {
 		for j := range 4 {
 			at := p.at.Add(time.Duration(j) * iv)
-			s, cancel := p.b.Take(at)
+			s, _, cancel := p.b.Take(at)
 			if !s.Equal(at) {
 				t.Fatalf("slot %d +%s, want +%s", j, s.Sub(t0), at.Sub(t0))
 			}

@@ -132,6 +132,7 @@ type step struct {
 // hold is a token taken from a step for one call.
 type hold struct {
 	slot       int64
+	by         int64             // shared steps: the latest the call may leave on the token; 0: any time
 	b          *targetBucket     // per-target steps
 	res        *rate.Reservation // per-target steps: the token, for cancel
 	prev, mine int64             // per-target steps: the departure recorded, for undepart
@@ -895,7 +896,7 @@ func (l *Limiter) sleepUntil(ctx context.Context, t int64) error {
 // tokens (it takes no new ones) and asks again.
 //
 // A call that would leave later than a fleet bucket allows after its slot
-// (SharedBucket.Late: the worker woke late) gives that slot back and takes
+// (Take's by: the worker woke late) gives that slot back and takes
 // the bucket's next one, for another worker's call may be due an interval
 // after the slot it held. It keeps its other buckets' slots if they allow
 // the wait: a fast bucket's next slot is a moment away, a slow one's (60 a
@@ -911,7 +912,7 @@ func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, target s
 			if s.shared == nil {
 				continue
 			}
-			if late := s.shared.Late(); late > 0 && now > holds[i].slot+int64(late) {
+			if by := holds[i].by; by > 0 && now > by {
 				holds[i].cancel()
 				holds[i] = s.take(target, now, now)
 				if at := max(holds[i].slot, now); at > wait {
@@ -923,7 +924,7 @@ func (l *Limiter) leave(ctx context.Context, plan []step, holds []hold, target s
 			if s.shared == nil || wait == 0 {
 				continue
 			}
-			if late := s.shared.Late(); late > 0 && wait > holds[i].slot+int64(late) {
+			if by := holds[i].by; by > 0 && wait > by {
 				release(plan, holds, now)
 				return 0, errSlotPassed
 			}
@@ -989,8 +990,12 @@ func (s step) take(target string, at, now int64) hold {
 		b, slot, res := s.set.take(target, at, now)
 		return hold{slot: slot, b: b, res: res}
 	}
-	slot, cancel := s.shared.Take(time.Unix(0, at))
-	return hold{slot: max(slot.UnixNano(), at), cancel: cancel}
+	call, by, cancel := s.shared.Take(time.Unix(0, at))
+	h := hold{slot: max(call.UnixNano(), at), cancel: cancel}
+	if !by.IsZero() {
+		h.by = by.UnixNano()
+	}
+	return h
 }
 
 // depart asks the step's bucket to let the call of h leave at now; see

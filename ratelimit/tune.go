@@ -26,8 +26,9 @@ import (
 // where spread is the scene's measured path spread (see spread; for a
 // fleet-wide bucket, the whole fleet's) and late
 // how late after its leased slot a fleet bucket's call may leave (twice
-// the bucket's Late: the slot may be used that late, and the call leave
-// that late after the instant it was given). A fleet bucket's Late is what
+// the bucket's Late, Take's by: the instant given may be that late after
+// the slot, to meet another bucket's instant, and the call may leave the
+// rest of it later). A fleet bucket's Late is what
 // the policy's interval leaves room for, and never less than
 // FleetOptions.Grace: a slow bucket (60 a minute) lets a call that woke a
 // little late still use its slot, a fast one (100 a second) does not. The
