@@ -558,25 +558,12 @@ scenes: {group: {active: {rate: {per_bot: {limit: %d, per: 1s}}}}}`, limit))})
 // later, and the slow bucket's next call is an interval after it.
 func TestFleetLateWakeupKeepsSlowSlot(t *testing.T) {
 	t.Parallel()
-	connect := startJSTB(t)
-	clk := newFakeClock(t0)
-	f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
-	l, err := New(Config{Clock: clk, BotID: "slow", SharedBuckets: f.Bucket, Policy: mustPolicy(t, `extends: none
+	clk, _, l, p := fleetPermitAtSlot(t, `extends: none
 pacing: {spread: 1s, measure: false}
 endpoints: {send: {limit: 100, per: 1s}}
-scenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}`)})
-	if err != nil {
-		t.Fatal(err)
-	}
+scenes: {group: {active: {rate: {per_bot: {limit: 60, per: 1m}}}}}`)
 	ctx := context.Background()
-	p, err := l.Acquire(ctx, activeJob(dispatcher.SceneGroup, "G1"), time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	slot := p.At()
-	if d := slot.Sub(clk.Now()); d > 0 {
-		clk.Advance(d)
-	}
 	clk.Advance(50 * time.Millisecond) // the call's goroutine wakes 50ms late
 	done := make(chan error, 1)
 	go func() { done <- p.Depart(ctx) }()
@@ -615,24 +602,10 @@ func TestFleetLateWakeupUsesTheLatenessBudget(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			connect := startJSTB(t)
-			clk := newFakeClock(t0)
-			f := fleetWorkers(t, connect, 1, FleetOptions{Clock: clk})[0]
-			l, err := New(Config{Clock: clk, BotID: "budget", SharedBuckets: f.Bucket, Policy: mustPolicy(t, `extends: none
+			clk, f, _, p := fleetPermitAtSlot(t, `extends: none
 pacing: {spread: 0s, measure: false}
-endpoints: {send: {limit: 100, per: 1s}}`)})
-			if err != nil {
-				t.Fatal(err)
-			}
+endpoints: {send: {limit: 100, per: 1s}}`)
 			ctx := context.Background()
-			p, err := l.Acquire(ctx, activeJob(dispatcher.SceneGroup, "G1"), time.Time{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			slot := p.At()
-			if d := slot.Sub(clk.Now()); d > 0 {
-				clk.Advance(d)
-			}
 			late := f.list("endpoint.send.group")[0].Late()
 			if late <= 0 {
 				t.Fatal("the endpoint's fleet bucket has no lateness")
@@ -656,4 +629,25 @@ endpoints: {send: {limit: 100, per: 1s}}`)})
 			}
 		})
 	}
+}
+
+// fleetPermitAtSlot builds a limiter of policy on one fleet worker with a
+// fake clock, takes a permit for a group active and moves the clock to the
+// permit's instant.
+func fleetPermitAtSlot(t *testing.T, policy string) (*fakeClock, *FleetBuckets, *Limiter, dispatcher.Permit) {
+	t.Helper()
+	clk := newFakeClock(t0)
+	f := fleetWorkers(t, startJSTB(t), 1, FleetOptions{Clock: clk})[0]
+	l, err := New(Config{Clock: clk, BotID: "late", SharedBuckets: f.Bucket, Policy: mustPolicy(t, policy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.Acquire(context.Background(), activeJob(dispatcher.SceneGroup, "G1"), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := p.At().Sub(clk.Now()); d > 0 {
+		clk.Advance(d)
+	}
+	return clk, f, l, p
 }
