@@ -21,9 +21,27 @@ import (
 // Cluster starts one embedded JetStream server per name, routed to each
 // other as cluster "qq", each in its own t.TempDir(), and stops them when
 // the test ends. JetStream clustering needs every member to list the
-// routes, so the route ports are picked first.
+// routes, so the route ports are picked first; a port picked that way can
+// be taken before its server binds it (by any server on a random port,
+// in this process or another), so a failed start tries again, twice, on
+// new ports.
 func Cluster(ctx context.Context, t testing.TB, names ...string) []*natsserver.Server {
 	t.Helper()
+	var err error
+	for attempt := range 3 {
+		var servers []*natsserver.Server
+		if servers, err = startCluster(ctx, t, names); err == nil {
+			return servers
+		}
+		t.Logf("cluster start, attempt %d: %v", attempt+1, err)
+	}
+	t.Fatal(err)
+	return nil
+}
+
+// startCluster is one attempt of Cluster; on an error it stops what it
+// started.
+func startCluster(ctx context.Context, t testing.TB, names []string) ([]*natsserver.Server, error) {
 	ports := make([]int, len(names))
 	routes := make([]string, len(names))
 	for i := range names {
@@ -36,16 +54,19 @@ func Cluster(ctx context.Context, t testing.TB, names ...string) []*natsserver.S
 			Port: natsserver.RandomPort, StoreDir: t.TempDir(), ServerName: name,
 			Cluster: natsserver.ClusterConfig{Name: "qq", Port: ports[i], Routes: routes},
 		})
-		if err != nil {
-			t.Fatal(err)
+		if err == nil {
+			err = e.Start(ctx)
 		}
-		if err := e.Start(ctx); err != nil {
-			t.Fatal(err)
+		if err != nil {
+			for _, s := range servers {
+				_ = s.Stop(context.Background())
+			}
+			return nil, err
 		}
 		t.Cleanup(func() { _ = e.Stop(context.Background()) })
 		servers = append(servers, e)
 	}
-	return servers
+	return servers, nil
 }
 
 // UntilReady runs try until it succeeds, fails otherwise than NotReady, or
