@@ -95,7 +95,8 @@ type Config struct {
 	// comes back at least; one parked for longer than 8×ReturnLead comes
 	// back an eighth of its wait early. Default Horizon/2.
 	ReturnLead time.Duration
-	// LaneWindow is the most jobs of one lane held at once. Default
+	// LaneWindow is the most jobs of one lane held at once; a job that
+	// arrives before all of them is held beyond it (Add). Default
 	// LaneWindowDefault (32).
 	LaneWindow int
 	// AwayGrace is how long past its planned return a parked or handed-back
@@ -456,7 +457,17 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		// for their permits (paused): they count against its cap too.
 		inGroup += g.paused.Len() + g.resume.Len()
 	}
-	hold := !blocked && l.inMemory() < s.cfg.LaneWindow && inGroup < limit && est <= n+int64(s.cfg.Horizon)
+	// A job before every held job of its lane is let in whatever the
+	// lane's window and the group's cap say: those jobs cannot start
+	// before it, so parked for room it would come back to the same answer
+	// again and again, and the lane would stop. (A consumer reset delivers
+	// again a finished job whose ack the server had not taken yet, after
+	// the lane's later jobs filled the window.) Such jobs arrive out of
+	// stream order, which is rare, and each goes first: the excess stays
+	// small.
+	first := len(l.held) > 0 && it.Seq < l.held[0].Seq
+	room := first || l.inMemory() < s.cfg.LaneWindow && inGroup < limit
+	hold := !blocked && room && est <= n+int64(s.cfg.Horizon)
 	if !hold {
 		if blocked && rule == "" {
 			rule = "order"

@@ -656,3 +656,33 @@ func TestBotFrontierParksBehindPausedJobs(t *testing.T) {
 		t.Errorf("started %d of bot A's 50 group actives to wait in the worker for a 1/s bucket, want at most 4 (its horizon's worth)", started)
 	}
 }
+
+// A job before every held job of its lane is held whatever the lane's
+// window says: a consumer reset delivers again a finished job whose ack the
+// server had not taken, after the lane's later jobs filled the window.
+// Parked for room, it came back to the same answer every time, and the
+// lane stopped for good.
+func TestFirstJobOfALaneFindsRoom(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8, LaneWindow: 2})
+	var j jobs
+	first := j.item(grp, "g1", passive)
+	b, c, d := j.item(grp, "g1", passive), j.item(grp, "g1", passive), j.item(grp, "g1", passive)
+	s.Add(b, t0)
+	s.Add(c, t0)
+	if dec := s.Add(d, t0); dec.Action != Park {
+		t.Fatalf("a third job in a window of two: %+v, want Park", dec)
+	}
+	if dec := s.Add(first, t0); dec.Action != Hold {
+		t.Fatalf("the lane's first job, behind a full window: %+v, want Hold", dec)
+	}
+	st, _ := s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{first.Seq}) {
+		t.Fatalf("started %v, want the lane's first job %d", ids(st), first.Seq)
+	}
+	s.Done(first, false, t0)
+	st, _ = s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{b.Seq}) {
+		t.Fatalf("then started %v, want %d", ids(st), b.Seq)
+	}
+}

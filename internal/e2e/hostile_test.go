@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/internal/worker"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
 )
@@ -32,6 +35,7 @@ type hostileRig struct {
 	t     *testing.T
 	b     *testbed.Bed
 	wconn *nats.Conn
+	w     *worker.Worker
 
 	mu      sync.Mutex
 	puts    map[string]int // outcome writes per job id
@@ -76,7 +80,7 @@ func newHostileRig(t *testing.T, opts testbed.Options) *hostileRig {
 	cfg := b.WorkerConfig()
 	r.wconn = b.NewConn()
 	cfg.Conn = r.wconn
-	b.StartWorker(cfg)
+	r.w = b.StartWorker(cfg)
 	return r
 }
 
@@ -145,10 +149,47 @@ func (r *hostileRig) wait(ids []string, timeout time.Duration) map[string]dispat
 		select {
 		case <-changed:
 		case <-deadline:
+			r.explain(missing)
 			for id := range missing {
 				r.t.Fatalf("%d of %d outcomes missing after %s (e.g. %.80q)", len(missing), len(ids), timeout, id)
 			}
 		}
+	}
+}
+
+// explain logs where the worker has the first missing jobs, what its
+// scheduler waits for, and what the server's consumers count: what a
+// reader of a failed run needs to tell a lost job from a stuck lane.
+func (r *hostileRig) explain(missing map[string]bool) {
+	t := r.t
+	ids := slices.Sorted(maps.Keys(missing))
+	for _, id := range ids[:min(len(ids), 5)] {
+		// A conflict id's job is known to the scheduler by the id it
+		// was published with.
+		req, _, _ := strings.Cut(id, "~")
+		where, ok := r.w.Where(req)
+		t.Logf("missing %q: known to the scheduler as %q: %v %+v", id, req, ok, where)
+	}
+	sum := r.w.Summary()
+	t.Logf("scheduler: running %d, paused %d, held %d, parked %d", sum.Running, sum.Paused, sum.Held, sum.Parked)
+	for _, row := range sum.Waiting {
+		t.Logf("waiting: %+v", row)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for p := range r.b.Names.Partitions {
+		c, err := r.b.JS.Consumer(ctx, r.b.Names.JobsStream, queue.ConsumerName(p))
+		if err != nil {
+			t.Logf("partition %d: %v", p, err)
+			continue
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Logf("partition %d: %v", p, err)
+			continue
+		}
+		t.Logf("partition %d: delivered %+v, ack floor %+v, ack pending %d, pending %d, redelivered %d, waiting %d",
+			p, info.Delivered, info.AckFloor, info.NumAckPending, info.NumPending, info.NumRedelivered, info.NumWaiting)
 	}
 }
 

@@ -501,6 +501,15 @@ func (w *Worker) Summary() sched.Summary {
 	return sched.Summary{}
 }
 
+// Where says where the worker's scheduler has the job with id: held,
+// running, paused or parked; false when it has no such job.
+func (w *Worker) Where(id string) (sched.Where, bool) {
+	if c := w.consumer(); c != nil {
+		return c.Find(id)
+	}
+	return sched.Where{}, false
+}
+
 // sharePaths puts this worker's measured network paths into its
 // heartbeat, and gives its limiter the other members' (as last read), so
 // that fleet-wide rates are paced for every worker's path.
