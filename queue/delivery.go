@@ -71,6 +71,7 @@ func (d *delivery) Ack(context.Context) error {
 	d.c.mu.Lock()
 	d.acked = true
 	m := d.msg
+	d.p.acks.add(time.Now())
 	d.c.mu.Unlock()
 	d.unhold()
 	// Fire and forget: the job's outcome (or its deferral) is stored

@@ -39,6 +39,7 @@ type partition struct {
 
 	jobs int           // deliveries of this partition in memory; guarded by c.mu
 	idle chan struct{} // closed when jobs drops to 0 while releasing; guarded by c.mu
+	acks recentCount   // acks sent lately (checkPending); guarded by c.mu
 
 	// Owned by the pull loop.
 	pinID      string // the pin the server gave us
@@ -341,7 +342,13 @@ func (p *partition) checkPending() {
 		return
 	}
 	p.c.mu.Lock()
-	known := p.c.s.Known(p.n)
+	// An ack sent lately may still wait in the server's queue for the
+	// consumer: its job is counted pending there and is known no more
+	// here. Under load that gap alone reset partitions again and again,
+	// delivering every parked job of the partition again each time. (A
+	// message the server keeps pending for good is then noticed once the
+	// partition's acks slow down.)
+	known := p.c.s.Known(p.n) + p.acks.sum(time.Now())
 	p.c.mu.Unlock()
 	if info.NumAckPending <= known {
 		p.suspect = time.Time{}
@@ -425,4 +432,33 @@ func (p *partition) unpin(ctx context.Context) {
 	if err != nil {
 		p.log.Debug().Err(err).Msg("unpin partition consumer")
 	}
+}
+
+// recentCount counts events of the last few seconds, in one-second
+// buckets: what a partition acked lately.
+type recentCount struct {
+	sec [recentSeconds]int64 // the second each bucket counts
+	n   [recentSeconds]int
+}
+
+// recentSeconds is how far back a recentCount sees: the last 3 to 4 s.
+const recentSeconds = 4
+
+func (r *recentCount) add(now time.Time) {
+	s := now.Unix()
+	i := s % recentSeconds
+	if r.sec[i] != s {
+		r.sec[i], r.n[i] = s, 0
+	}
+	r.n[i]++
+}
+
+func (r *recentCount) sum(now time.Time) int {
+	s, total := now.Unix(), 0
+	for i := range r.n {
+		if s-r.sec[i] < recentSeconds {
+			total += r.n[i]
+		}
+	}
+	return total
 }
