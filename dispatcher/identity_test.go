@@ -723,3 +723,52 @@ func TestPeerFinishesWhileAsked(t *testing.T) {
 		t.Fatalf("outcome %s after %d calls, %d acks; want the other worker's rejected outcome, no call", o.Status, send.total(), d.acks)
 	}
 }
+
+// cancellingPeer stops the asking run while it waits for the answer, as
+// a partition released or a worker stopping does.
+type cancellingPeer struct{ cancel context.CancelFunc }
+
+func (p cancellingPeer) JobState(ctx context.Context, _, _ string, _ int) (dispatcher.PeerState, error) {
+	p.cancel()
+	<-ctx.Done()
+	return dispatcher.PeerUnknown, ctx.Err()
+}
+
+// TestStoppedWhileAskingHandsBack: a run stopped while it asks the worker
+// that marked a job's call hands the job back. It once took the missing
+// answer for "that worker does not have it" and ended the job in_doubt,
+// while that worker (its partition taken in a membership glitch) was
+// sending it (TestFleetChaos, 2026-12-03).
+func TestStoppedWhileAskingHandsBack(t *testing.T) {
+	t.Parallel()
+	ledger, rec, send := newMemLedger(), newMemRecorder(), &countSender{}
+	if _, err := ledger.Claim(context.Background(), dispatcher.Claim{JobID: "j1", Phase: dispatcher.PhaseCalling, Owner: "other", Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{
+		Sender: send, Ledger: ledger, Recorder: rec, Clock: fastClock{}, Owner: "me",
+		Peers: cancellingPeer{cancel: cancel},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &memDelivery{env: env("g1", groupJob("j1", "g1", "x"), 1)}
+	_, err = p.Handle(ctx, d)
+	if !errors.Is(err, dispatcher.ErrHandedBack) || d.releases != 1 || d.acks != 0 || send.total() != 0 {
+		t.Fatalf("Handle: %v, %d releases, %d acks, %d calls; want handed back, no call", err, d.releases, d.acks, send.total())
+	}
+	rec.mu.Lock()
+	o, stored := rec.outs["j1"]
+	rec.mu.Unlock()
+	if stored {
+		t.Fatalf("an outcome was stored: %+v", o)
+	}
+	ledger.mu.Lock()
+	c := ledger.claims["j1"]
+	ledger.mu.Unlock()
+	if c.Owner != "other" || c.Phase != dispatcher.PhaseCalling {
+		t.Errorf("the claim became %+v; want the other worker's calling mark left as it was", c)
+	}
+}

@@ -973,6 +973,13 @@ func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err 
 		// abandoned. A worker cut off from the fleet for a while (its
 		// partitions moved on) may still be finishing it.
 		st, heard := r.askOwner(ctx, c)
+		if ctx.Err() != nil {
+			// Stopped while asking (its partition released, the worker
+			// stopping): no answer is not "the owner does not have
+			// it". The job's next holder asks again.
+			o, err := r.handBack(ErrHandedBack)
+			return true, o, err
+		}
 		switch st {
 		case PeerHasJob:
 			r.log.Info().Str("owner", c.Owner).Msg("the worker that marked this job's call still has it; waiting for it")
