@@ -2,9 +2,11 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/internal/testbed/natstest"
@@ -43,20 +45,22 @@ func TestProvisionCluster(t *testing.T) {
 	if err := s.Schedule(ctx, env, "clustered", time.Now().Add(-time.Second), ""); err != nil {
 		t.Fatal(err)
 	}
-	// A clustered consumer answers pulls only once it has a leader; until
-	// then a pull gets "no responders".
+	// A clustered consumer answers pulls only once its leader serves
+	// them; until then (even after its info names a leader) a pull gets
+	// "no responders".
 	reader := jobsReader(t, js, cfg)
+	deadline := time.Now().Add(10 * time.Second)
+	var m jetstream.Msg
 	for {
-		info, err := reader.Info(ctx)
-		if err != nil {
-			t.Fatalf("reader info: %v", err)
-		}
-		if info.Cluster != nil && info.Cluster.Leader != "" {
+		m, err = reader.Next(jetstream.FetchMaxWait(time.Second))
+		if err == nil {
 			break
+		}
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
+			t.Fatalf("no fired job within 10s: %v", err)
 		}
 		natstest.Pause(ctx)
 	}
-	m := nextMsg(t, reader, 10*time.Second)
 	if m.Subject() != partitioned(cfg, "G1") || m.Headers().Get(HeaderJobID) != "clustered" {
 		t.Errorf("fired %q %v", m.Subject(), m.Headers())
 	}
