@@ -972,12 +972,9 @@ func (r *run) claimJob(ctx context.Context, c Claim) (done bool, o Outcome, err 
 		// Another worker marked the call: ask it before taking the job for
 		// abandoned. A worker cut off from the fleet for a while (its
 		// partitions moved on) may still be finishing it.
-		st, heard := r.askOwner(ctx, c)
-		if ctx.Err() != nil {
-			// Stopped while asking (its partition released, the worker
-			// stopping): no answer is not "the owner does not have
-			// it". The job's next holder asks again.
-			o, err := r.handBack(ErrHandedBack)
+		st, heard, err := r.askOwner(ctx, c)
+		if err != nil {
+			o, err := r.handBack(err)
 			return true, o, err
 		}
 		switch st {
@@ -1054,26 +1051,31 @@ func (r *run) doneBefore(ctx context.Context, c Claim) (done bool, o Outcome, er
 // askOwner asks the worker that marked c calling what it knows of the job.
 // It answers PeerUnknown when that worker is gone or cannot be asked (three
 // tries, a few seconds): the job is then taken for abandoned mid-call.
-// heard says what was heard, for the log.
-func (r *run) askOwner(ctx context.Context, c Claim) (st PeerState, heard string) {
+// heard says what was heard, for the log. A run stopped while it asks (its
+// partition released, the worker stopping) gets ErrHandedBack: no answer
+// is not "the owner does not have it", and the job's next holder asks
+// again.
+func (r *run) askOwner(ctx context.Context, c Claim) (st PeerState, heard string, err error) {
 	for try := range 3 {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := r.p.cfg.Peers.JobState(actx, c.Owner, r.jobID, c.Attempts)
 		cancel()
 		switch {
 		case err == nil:
-			return st, "it answered " + string(st)
-		case errors.Is(err, ErrPeerGone) || ctx.Err() != nil:
-			return PeerUnknown, err.Error()
+			return st, "it answered " + string(st), nil
+		case ctx.Err() != nil:
+			return PeerUnknown, "", ErrHandedBack
+		case errors.Is(err, ErrPeerGone):
+			return PeerUnknown, err.Error(), nil
 		}
 		r.log.Debug().Err(err).Str("owner", c.Owner).Int("try", try+1).Msg("ask the worker that marked the call")
 		select {
 		case <-ctx.Done():
-			return PeerUnknown, ctx.Err().Error()
+			return PeerUnknown, "", ErrHandedBack
 		case <-r.p.cfg.Clock.After(500 * time.Millisecond):
 		}
 	}
-	return PeerUnknown, "no answer in three tries"
+	return PeerUnknown, "no answer in three tries", nil
 }
 
 // PeerJob answers another worker's question about jobID (see Peers): this
