@@ -2,11 +2,9 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/internal/testbed/natstest"
@@ -49,17 +47,14 @@ func TestProvisionCluster(t *testing.T) {
 	// them; until then (even after its info names a leader) a pull gets
 	// "no responders".
 	reader := jobsReader(t, js, cfg)
-	deadline := time.Now().Add(10 * time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	var m jetstream.Msg
-	for {
-		m, err = reader.Next(jetstream.FetchMaxWait(time.Second))
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
-			t.Fatalf("no fired job within 10s: %v", err)
-		}
-		natstest.Pause(ctx)
+	if err := natstest.UntilReady(wctx, func(ctx context.Context) (err error) {
+		m, err = reader.Next(jetstream.FetchContext(ctx))
+		return err
+	}); err != nil {
+		t.Fatalf("no fired job within 10s: %v", err)
 	}
 	if m.Subject() != partitioned(cfg, "G1") || m.Headers().Get(HeaderJobID) != "clustered" {
 		t.Errorf("fired %q %v", m.Subject(), m.Headers())
