@@ -55,15 +55,14 @@ func runResets(t *testing.T, seed uint64) {
 	for seq := uint64(1); seq <= jobs; seq++ {
 		msgs[seq] = &simMsg{target: fmt.Sprintf("u%d", seq%lanes)}
 	}
-	finished := map[uint64]bool{}
-	var order = map[string][]uint64{} // per lane, seqs in the order they first finished
+	order := map[string][]uint64{} // per lane, seqs in the order they first finished
 	var runs []simRun
 	resets := 0
 	for now := t0; len(msgs) > 0; now = now.Add(step) {
 		if now.Sub(t0) > limit {
-			held := s.Summary(now)
+			sum := s.Summary(now)
 			t.Fatalf("%d of %d jobs unfinished after %s (%d resets): held %d, parked %d, running %d, waiting %+v",
-				len(msgs), jobs, limit, resets, held.Held, held.Parked, held.Running, held.Waiting)
+				len(msgs), jobs, limit, resets, sum.Held, sum.Parked, sum.Running, sum.Waiting)
 		}
 		for seq, m := range msgs {
 			if !m.ackAt.IsZero() && !now.Before(m.ackAt) {
@@ -109,9 +108,8 @@ func runResets(t *testing.T, seed uint64) {
 				continue
 			}
 			s.Done(r.it, true, now)
-			if !finished[r.it.Seq] {
-				finished[r.it.Seq] = true
-				order[r.it.Target] = append(order[r.it.Target], r.it.Seq)
+			if lane := order[r.it.Target]; !slices.Contains(lane, r.it.Seq) {
+				order[r.it.Target] = append(lane, r.it.Seq)
 			}
 			if m != nil && m.ackAt.IsZero() {
 				m.ackAt = now.Add(time.Duration(rng.IntN(100)) * time.Millisecond)
