@@ -100,7 +100,9 @@ type Membership struct {
 	// out: the others may have taken this worker's partitions meanwhile.
 	lapsed  bool
 	mine    []int
-	others  []Member // the other live members, as last read
+	others  []Member    // the other live members, as last read
+	view    *memberView // what the reads and the watch say of the others
+	kept    []string    // others the last read missed and the view kept
 	started bool
 	leaving bool
 	stopped bool
@@ -145,7 +147,8 @@ func NewMembership(js jetstream.JetStream, cfg MembershipConfig) (*Membership, e
 	if cfg.TTL < time.Second {
 		return nil, fmt.Errorf("queue: MembershipConfig.TTL must be at least 1s, got %s", cfg.TTL)
 	}
-	m := &Membership{cfg: cfg, js: js, kick: make(chan struct{}, 1), beat: make(chan struct{}, 1), failWarn: &warnLimiter{every: heartbeatWarnEvery}}
+	m := &Membership{cfg: cfg, js: js, kick: make(chan struct{}, 1), beat: make(chan struct{}, 1),
+		failWarn: &warnLimiter{every: heartbeatWarnEvery}, view: newMemberView(cfg.TTL)}
 	if cfg.Logger != nil {
 		m.log = *cfg.Logger
 	} else {
@@ -340,6 +343,13 @@ func (m *Membership) watch(ctx context.Context) {
 			if e.Key() == m.cfg.WorkerID && e.Operation() == jetstream.KeyValuePut {
 				continue
 			}
+			if e.Key() != m.cfg.WorkerID && e.Operation() != jetstream.KeyValuePut {
+				// A member left, or its record expired: only the watch
+				// may drop a member at once (see memberView).
+				m.mu.Lock()
+				m.view.deleted(e.Key(), e.Created())
+				m.mu.Unlock()
+			}
 			select {
 			case m.kick <- struct{}{}:
 			default:
@@ -508,29 +518,22 @@ func (m *Membership) Trouble() error {
 // reconcile recomputes this worker's share from the live members and
 // applies it when it changed.
 func (m *Membership) reconcile(ctx context.Context) error {
-	members, err := ListMembers(ctx, m.kv)
+	self, err := m.readOthers(ctx)
 	if err != nil {
 		return err
 	}
 	m.mu.Lock()
 	leaving := m.leaving
-	m.mu.Unlock()
-	ids := make([]string, 0, len(members)+1)
-	var others []Member
-	self := false
-	for _, mb := range members {
-		if mb.ID == m.cfg.WorkerID {
-			self = true
-		} else {
-			others = append(others, mb)
-		}
-		if !mb.Leaving && !(mb.ID == m.cfg.WorkerID && leaving) {
+	ids := make([]string, 0, len(m.others)+1)
+	for _, mb := range m.others {
+		if !mb.Leaving {
 			ids = append(ids, mb.ID)
 		}
 	}
-	m.mu.Lock()
-	m.others = others
 	m.mu.Unlock()
+	if self && !leaving {
+		ids = append(ids, m.cfg.WorkerID)
+	}
 	if !self && !leaving {
 		// Our key expired (we were cut off longer than the TTL): announce
 		// ourselves again before claiming anything.
@@ -570,7 +573,7 @@ func (m *Membership) reconcile(ctx context.Context) error {
 	if err := m.heartbeat(ctx); err != nil {
 		return err
 	}
-	if err := m.readOthers(ctx); err != nil {
+	if _, err := m.readOthers(ctx); err != nil {
 		return err
 	}
 	err = m.cfg.OnAssign(ctx, mine)
@@ -586,22 +589,30 @@ func (m *Membership) reconcile(ctx context.Context) error {
 	return m.heartbeat(ctx)
 }
 
-// readOthers reads the other live members again.
-func (m *Membership) readOthers(ctx context.Context) error {
+// readOthers reads the members bucket, merges what it says of the other
+// members into the view (see memberView) and reports whether the read
+// holds this worker's own record.
+func (m *Membership) readOthers(ctx context.Context) (self bool, err error) {
 	members, err := ListMembers(ctx, m.kv)
 	if err != nil {
-		return err
+		return false, err
 	}
-	others := make([]Member, 0, len(members))
+	read := make([]Member, 0, len(members))
 	for _, mb := range members {
-		if mb.ID != m.cfg.WorkerID {
-			others = append(others, mb)
+		if mb.ID == m.cfg.WorkerID {
+			self = true
+		} else {
+			read = append(read, mb)
 		}
 	}
 	m.mu.Lock()
-	m.others = others
-	m.mu.Unlock()
-	return nil
+	defer m.mu.Unlock()
+	others, kept := m.view.merge(read, time.Now())
+	if len(kept) > 0 && !slices.Equal(kept, m.kept) {
+		m.log.Info().Strs("members", kept).Msg("a read of the members bucket missed live members; keeping them until the watch sees them leave or their records expire")
+	}
+	m.others, m.kept = others, kept
+	return self, nil
 }
 
 // ListMembers reads the live members from the members bucket, sorted by id.
@@ -613,6 +624,10 @@ func ListMembers(ctx context.Context, kv jetstream.KeyValue) ([]Member, error) {
 	var keys []string
 	for k := range lister.Keys() {
 		keys = append(keys, k)
+	}
+	// The listing ends quietly, part-way, when ctx does.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("queue: list members: %w", err)
 	}
 	var out []Member
 	for _, k := range keys {

@@ -140,7 +140,7 @@ func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
 		}
 		announced = slices.ContainsFunc(gotB.parts, rec.announces)
 	}
-	if err := b.readOthers(ctx); err != nil {
+	if _, err := b.readOthers(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range gotB.parts {
