@@ -428,6 +428,8 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		// again as its jobs come, so it learns its bot's rules.
 		s.repace(g, n)
 	}
+	// A job before every held job of its lane (see room below).
+	first := len(l.held) > 0 && it.Seq < l.held[0].Seq
 	returning := false
 	if i, ok := l.awayIndex(it.Seq); ok {
 		a := l.away[i]
@@ -435,6 +437,12 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		g.unpark(a.rule)
 		it.round, it.sub = a.round, a.sub
 		returning = true
+	} else if first {
+		// It takes the turn of the job it goes before: behind the other
+		// lanes' turns it would be parked while its lane waits for it.
+		h := l.held[0]
+		it.round, it.sub = h.round, h.sub
+		g.rounds.restore(it.round)
 	} else {
 		// A lane with a backlog takes the next round; one that was idle
 		// joins the round under way, after the lanes still to go in it
@@ -465,7 +473,6 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 	// the lane's later jobs filled the window.) Such jobs arrive out of
 	// stream order, which is rare, and each goes first: the excess stays
 	// small.
-	first := len(l.held) > 0 && it.Seq < l.held[0].Seq
 	room := first || l.inMemory() < s.cfg.LaneWindow && inGroup < limit
 	hold := !blocked && room && est <= n+int64(s.cfg.Horizon)
 	if !hold {

@@ -686,3 +686,30 @@ func TestFirstJobOfALaneFindsRoom(t *testing.T) {
 		t.Fatalf("then started %v, want %d", ids(st), b.Seq)
 	}
 }
+
+// TestFirstJobOfALaneTakesItsTurn: in a paced group with a backlog over
+// many lanes, a job that comes in before its lane's held job (a consumer
+// reset delivers it again) takes that job's turn, and goes first; behind
+// every other lane's turn it would park for seconds with its lane stopped
+// behind it.
+func TestFirstJobOfALaneTakesItsTurn(t *testing.T) {
+	t.Parallel()
+	rules := newFakeRules()
+	s := newSched(t, Config{Slots: 8, Rules: rules})
+	var j jobs
+	first := j.item(grp, "g0", active)
+	b := j.item(grp, "g0", active)
+	if dec := s.Add(b, t0); dec.Action != Hold {
+		t.Fatalf("g0's job: %+v, want Hold", dec)
+	}
+	for l := 1; l < 10; l++ {
+		s.Add(j.item(grp, fmt.Sprintf("g%d", l), active), t0)
+	}
+	if dec := s.Add(first, t0); dec.Action != Hold {
+		t.Fatalf("g0's first job, behind 9 lanes' turns at 1/s: %+v, want Hold", dec)
+	}
+	st, _ := s.Next(t0)
+	if !slices.Equal(ids(st), []uint64{first.Seq}) {
+		t.Fatalf("started %v, want the lane's first job %d", ids(st), first.Seq)
+	}
+}
