@@ -269,7 +269,7 @@ func (l *Limiter) compile(factory SharedBucketFactory) error {
 			window:     sp.Passive.Window,
 			budget:     sp.Passive.ReplyBudget,
 			targetCool: newCooldowns(p.Cooldown.Initial, p.Cooldown.Max),
-			path:       newSpread(p.Pacing.Spread, p.Pacing.Measure),
+			path:       newSpread(p.Pacing.Spread, p.Pacing.Measure, p.Pacing.MinSpread),
 		}
 		var err error
 		if sr.endpoint, err = shared("endpoint.send."+string(sc), "endpoints.send", p.Endpoints.Send); err != nil {

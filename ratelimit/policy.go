@@ -83,6 +83,11 @@ type PacingPolicy struct {
 	// Measure learns each scene's spread from its calls (the time from a
 	// call's departure to its answer's first byte). Default true.
 	Measure bool `yaml:"measure"`
+	// MinSpread is the least spread the limiter paces for, whatever it
+	// measures: for a host that stalls now and then (a busy, shared CPU),
+	// whose stalls bunch calls on arrival before the measured percentiles
+	// show them. Default 0, at most MaxPacingSpread.
+	MinSpread time.Duration `yaml:"min_spread"`
 }
 
 // EndpointPolicy holds the endpoint-wide rates. Send applies to each of the
@@ -513,6 +518,9 @@ func (p *Policy) validate(lines map[string]int) error {
 	}
 	if p.Pacing.Spread < 0 || p.Pacing.Spread > MaxPacingSpread {
 		fail("pacing.spread", "must be between 0s and %s, got %s", MaxPacingSpread, p.Pacing.Spread)
+	}
+	if p.Pacing.MinSpread < 0 || p.Pacing.MinSpread > MaxPacingSpread {
+		fail("pacing.min_spread", "must be between 0s and %s, got %s", MaxPacingSpread, p.Pacing.MinSpread)
 	}
 	if p.Cooldown.Initial < 0 {
 		fail("cooldown.initial", "must be positive, got %s", p.Cooldown.Initial)

@@ -157,6 +157,7 @@ func TestParsePolicyErrorsNameTheField(t *testing.T) {
 			"scenes.dm.active.rate.per_target.per", "must be positive"},
 		{"headroom too big", "headroom: 0.5\n", "headroom", "below 0.5"},
 		{"headroom negative", "headroom: -0.1\n", "headroom", "at least 0"},
+		{"min spread negative", "pacing: {min_spread: -1s}\n", "pacing.min_spread", "between 0s"},
 		{"limit not a number", "endpoints:\n  send: {limit: lots}\n", "endpoints.send.limit", "whole number"},
 		{"unknown period", "scenes:\n  dm:\n    active:\n      quota:\n        per_target: {week: 3}\n",
 			"scenes.dm.active.quota.per_target.week", "unknown key"},

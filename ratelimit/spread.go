@@ -26,6 +26,7 @@ import (
 // percentiles (PathDelay), and such buckets use the fleet's spread.
 type spread struct {
 	measure bool
+	floor   int64 // the least estimate (pacing.min_spread), nanoseconds
 
 	mu     sync.Mutex
 	ring   [spreadSamples]int64
@@ -52,11 +53,12 @@ const (
 	spreadMin = 32
 )
 
-// newSpread starts an estimate at the assumed spread.
-func newSpread(assumed time.Duration, measure bool) *spread {
-	s := &spread{measure: measure}
-	s.value.Store(int64(assumed))
-	s.fleet.Store(int64(assumed))
+// newSpread starts an estimate at the assumed spread; it never goes below
+// floor.
+func newSpread(assumed time.Duration, measure bool, floor time.Duration) *spread {
+	s := &spread{measure: measure, floor: int64(floor)}
+	s.value.Store(max(int64(assumed), s.floor))
+	s.fleet.Store(max(int64(assumed), s.floor))
 	return s
 }
 
@@ -80,8 +82,9 @@ func (s *spread) add(d time.Duration) bool {
 	copy(v, s.ring[:s.n])
 	slices.Sort(v)
 	s.lo, s.hi = v[s.n/100], v[s.n-1-s.n/100]
-	old := s.value.Swap(s.hi - s.lo)
-	return s.setFleetLocked() || old != s.hi-s.lo
+	est := max(s.hi-s.lo, s.floor)
+	old := s.value.Swap(est)
+	return s.setFleetLocked() || old != est
 }
 
 // get is the current estimate for this worker's calls.

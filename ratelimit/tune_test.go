@@ -166,7 +166,7 @@ func TestFleetLatenessShareOfWindow(t *testing.T) {
 		{"second", Rate{Limit: 100, Per: time.Second, Burst: 1}, 30 * time.Millisecond, 5 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tu := newTuning("r", tc.rate, HeadroomDefault, newSpread(tc.spread, false))
+			tu := newTuning("r", tc.rate, HeadroomDefault, newSpread(tc.spread, false, 0))
 			tu.shared, tu.grace = lateOnly{late: FleetGraceDefault}, float64(FleetGraceDefault)
 			iv, late := tu.intervalLocked()
 			if base := tc.rate.Per / time.Duration(tc.rate.Limit); time.Duration(late) < tc.wantLate || time.Duration(late) > base/2 {
@@ -181,5 +181,25 @@ func TestFleetLatenessShareOfWindow(t *testing.T) {
 					time.Duration(float64(iv)*n), time.Duration(need))
 			}
 		})
+	}
+}
+
+// pacing.min_spread is a floor under the measured spread: a calm path
+// does not bring the interval below what the floor asks for.
+func TestMinSpreadFloorsTheMeasuredSpread(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(t0)
+	l := newPacedLimiter(t, mustPolicy(t, "extends: none\npacing: {spread: 0s, min_spread: 30ms}\nscenes: {channel: {any: {rate: {per_target: {limit: 5, per: 1s}}}}}"), clk)
+	job := channelJob("C1", "G1", dispatcher.KindActive)
+	slack := (&Rate{Limit: 5, Per: time.Second, Burst: 1}).Slack(HeadroomDefault)
+	want := (time.Second + slack + 30*time.Millisecond) / 5
+	if got := l.Pace(dispatcher.SceneChannel, dispatcher.KindActive).TargetInterval; !nearRel(got, want, 0.01) {
+		t.Errorf("before any call the interval is %s, want about %s", got, want)
+	}
+	for range spreadSamples {
+		call(t, l, clk, job, time.Millisecond, nil)
+	}
+	if got := l.Pace(dispatcher.SceneChannel, dispatcher.KindActive).TargetInterval; !nearRel(got, want, 0.01) {
+		t.Errorf("after %d calm calls the interval is %s, want about %s (the floor's)", spreadSamples, got, want)
 	}
 }
