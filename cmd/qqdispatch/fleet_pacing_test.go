@@ -24,7 +24,7 @@ endpoints:
 // fleetPacingTestPolicy is fleetPacingPolicy paced for at least a 40 ms
 // path spread (pacing.min_spread), for the test that must hold on a busy
 // CI machine. There, with the measured spread alone, the 101 calls closest
-// together came within 0.7–14 ms of one second in five runs beside two
+// together came within 0.7–14 ms of one second in six runs beside two
 // busy loops, and two .ci/runs in a row saw 101 (2026-12-03): a stalled
 // worker or simulator bunches the calls it held back, and the measured
 // percentiles show a stall only after it. The benchmark runs the shipped
