@@ -205,3 +205,42 @@ func TestMembershipRetakesAfterLapse(t *testing.T) {
 		t.Fatalf("after giving up: given %v, want all back", p)
 	}
 }
+
+// TestMembershipDropsALeaverOnItsDelete: a member that leaves (its record
+// deleted) is dropped at once through the watch, not after its record's
+// age: with a member TTL of a minute, the other takes its partitions well
+// within the test's 30 s.
+func TestMembershipDropsALeaverOnItsDelete(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Partitions: 4}.WithDefaults()
+	ts := startServer(t)
+	ctx := testCtx(t)
+	start := func(id string) (*Membership, chan []int) {
+		ch := make(chan []int, 8)
+		m, err := NewMembership(ts.js, MembershipConfig{Names: cfg, WorkerID: id, TTL: time.Minute, OnAssign: func(_ context.Context, parts []int) error {
+			ch <- parts
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Stop(context.Background()) })
+		return m, ch
+	}
+	_, chA := start("a")
+	receive(ctx, t, chA, "a: no first assignment")
+	b, chB := start("b")
+	receive(ctx, t, chB, "b: no first assignment")
+	if parts := receive(ctx, t, chA, "a: no assignment after b joined"); len(parts) != 2 {
+		t.Fatalf("a shares with b: given %v, want 2 of 4 partitions", parts)
+	}
+	if err := b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if parts := receive(ctx, t, chA, "a: b's partitions not taken within 30 s of its leaving (its record lives a minute)"); len(parts) != 4 {
+		t.Fatalf("after b left a has %v, want all 4 partitions", parts)
+	}
+}
