@@ -236,8 +236,9 @@ func (b *fleetBucket) tuneLocked(interval int64, slack, late time.Duration) {
 	b.late = max(min(int64(late), interval/2), 1)
 	// A call may leave up to twice the lateness after its leased slot
 	// (Take's by), and the next one on its own: the interval leaves room for
-	// that bunching and for the slack (see tuning), so this worker's
-	// departures may come that much closer than an interval.
+	// that bunching (see tuning). The departure record allows the slack
+	// besides, which never lets a call leave before its slot: it only
+	// keeps the record from holding back a call at its slot.
 	b.slack = int64(slack) + 2*b.late
 }
 

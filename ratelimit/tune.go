@@ -21,14 +21,17 @@ import (
 // than per can arrive within per when the first is slow and the last fast.
 // So the interval is at least
 //
-//	(per + slack + spread + late) / (limit − burst + 1)
+//	(per + slack + spread) / (limit − burst + 1)     a local bucket
+//	(per + spread + late) / (limit − burst + 1)      a fleet-wide bucket
 //
 // where spread is the scene's measured path spread (see spread; for a
 // fleet-wide bucket, the whole fleet's) and late
 // how late after its leased slot a fleet bucket's call may leave (twice
 // the bucket's Late, Take's by: the instant given may be that late after
 // the slot, to meet another bucket's instant, and the call may leave the
-// rest of it later). A fleet bucket's Late is what
+// rest of it later). A fleet bucket's call never leaves before its slot,
+// so the slack, which lets a local bucket's call leave early after a late
+// one, does not bunch its calls. A fleet bucket's Late is what
 // the policy's interval leaves room for, and never less than
 // FleetOptions.Grace: a slow bucket (60 a minute) lets a call that woke a
 // little late still use its slot, a fast one (100 a second) does not. The
@@ -85,9 +88,15 @@ func (t *tuning) intervalLocked() (iv, late int64) {
 	n := float64(t.rate.Limit - t.rate.Burst + 1)
 	per := float64(t.rate.Per)
 	base := per / (n * (1 - t.headroom))
-	fixed := per + float64(t.rate.Slack(t.headroom)) + float64(t.pathSpread())
+	fixed := per + float64(t.pathSpread())
 	l := 0.0
-	if t.fleetWide() {
+	if !t.fleetWide() {
+		// A local bucket lets a call leave up to the slack closer than an
+		// interval after a late one. A fleet bucket's calls never leave
+		// before their slot, and the slots are an interval apart: only
+		// the lateness below bunches them, so the slack costs it nothing.
+		fixed += float64(t.rate.Slack(t.headroom))
+	} else {
 		// What the policy's interval leaves beyond the spread (less the
 		// margin below), shared by the slot's lateness and the call's;
 		// at least the grace.
