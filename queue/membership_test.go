@@ -83,7 +83,7 @@ func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
 	}
 	start := func(id string) (*Membership, chan assigned) {
 		ch := make(chan assigned, 8)
-		m, err := NewMembership(ts.js, MembershipConfig{Names: cfg, WorkerID: id, OnAssign: func(ctx context.Context, parts []int) error {
+		m := startMembership(ctx, t, ts, MembershipConfig{Names: cfg, WorkerID: id, OnAssign: func(ctx context.Context, parts []int) error {
 			a := assigned{parts: parts}
 			e, err := kv.Get(ctx, id)
 			if err == nil {
@@ -93,13 +93,6 @@ func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
 			ch <- a
 			return nil
 		}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = m.Stop(context.Background()) })
 		return m, ch
 	}
 	next := func(ch chan assigned, who string) assigned {
@@ -152,6 +145,21 @@ func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
 
 // receive is the next value from ch, failing the test with what when ctx
 // ends first.
+// startMembership starts a Membership on cfg and stops it when the test
+// ends.
+func startMembership(ctx context.Context, t *testing.T, ts *testServer, cfg MembershipConfig) *Membership {
+	t.Helper()
+	m, err := NewMembership(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Stop(context.Background()) })
+	return m
+}
+
 func receive[T any](ctx context.Context, t *testing.T, ch <-chan T, what string) T {
 	t.Helper()
 	select {
@@ -174,18 +182,11 @@ func TestMembershipRetakesAfterLapse(t *testing.T) {
 	ts := startServer(t)
 	ctx := testCtx(t)
 	assigned := make(chan []int, 8)
-	m, err := NewMembership(ts.js, MembershipConfig{Names: cfg, WorkerID: "a", TTL: time.Second,
+	m := startMembership(ctx, t, ts, MembershipConfig{Names: cfg, WorkerID: "a", TTL: time.Second,
 		OnAssign: func(_ context.Context, parts []int) error {
 			assigned <- parts
 			return nil
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Stop(context.Background()) })
 	next := func() []int {
 		t.Helper()
 		return receive(ctx, t, assigned, "no assignment")
@@ -217,17 +218,10 @@ func TestMembershipDropsALeaverOnItsDelete(t *testing.T) {
 	ctx := testCtx(t)
 	start := func(id string) (*Membership, chan []int) {
 		ch := make(chan []int, 8)
-		m, err := NewMembership(ts.js, MembershipConfig{Names: cfg, WorkerID: id, TTL: time.Minute, OnAssign: func(_ context.Context, parts []int) error {
+		m := startMembership(ctx, t, ts, MembershipConfig{Names: cfg, WorkerID: id, TTL: time.Minute, OnAssign: func(_ context.Context, parts []int) error {
 			ch <- parts
 			return nil
 		}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = m.Stop(context.Background()) })
 		return m, ch
 	}
 	_, chA := start("a")
