@@ -26,15 +26,21 @@ import (
 )
 
 // BenchmarkJobCost measures, in one run against one simulator with its
-// limits off, what a job costs the pipeline against two plain loops:
+// limits off, what a job costs the pipeline against three plain loops:
 //
 //   - pipeline: QQDISPATCH_BENCH_JOBS group actives (20,000) over 1,000
-//     groups are published, then one worker (64 slots, 32 partitions, no
-//     rules) drains them; jobs/s from its first call to an empty stream;
+//     groups are published, then one worker (64 slots,
+//     QQDISPATCH_BENCH_PARTITIONS partitions: 32, no rules) drains them;
+//     jobs/s from its first call to an empty stream;
 //   - plain-http: the same number of POSTs to the simulator's group send
 //     endpoint from 64 goroutines with net/http;
 //   - plain-js: the same number of messages consumed from a stream of their
-//     own and acked, with nats.go's Consume.
+//     own and acked, with nats.go's Consume;
+//   - pattern: the job's storage pattern alone (see pattern), the same
+//     number of messages, published first, then handled by 64 goroutines:
+//     the most a pipeline making the same two writes a job could reach
+//     here, and its publish→call at half its own rate. It runs last, with
+//     the worker stopped.
 //
 // The drain's CPU time, allocations and bytes allocated per job are the
 // whole process's (the worker, the embedded nats-server and the simulator
@@ -54,20 +60,14 @@ import (
 //
 // QQDISPATCH_BENCH_PROFILE=prefix writes a CPU profile of the drain
 // (prefix.cpu) and the allocations made during it (prefix.allocs, a
-// difference against prefix.allocs.base: go tool pprof -diff_base).
+// difference against prefix.allocs.base: go tool pprof -diff_base), and
+// the same of the pattern's (prefix.pattern.*).
 func BenchmarkJobCost(b *testing.B) {
-	jobs := 20000
-	if s := os.Getenv("QQDISPATCH_BENCH_JOBS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 100 {
-			b.Fatalf("QQDISPATCH_BENCH_JOBS=%q: want a number ≥ 100", s)
-		}
-		jobs = n
-	}
+	jobs := benchEnv(b, "QQDISPATCH_BENCH_JOBS", 20000, 100, 1<<30)
+	partitions := benchEnv(b, "QQDISPATCH_BENCH_PARTITIONS", queue.PartitionsDefault, 1, queue.MaxPartitions)
 	const (
 		groups      = 1000
 		concurrency = 64
-		partitions  = 32
 		countJobs   = 2000
 	)
 	for range b.N {
@@ -102,7 +102,7 @@ func BenchmarkJobCost(b *testing.B) {
 		var ms0, ms1 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
 		cpuBefore := processCPU()
-		bed.StartWorker(cfg)
+		w := bed.StartWorker(cfg)
 		drained := waitDrained(b, bed, 10*time.Minute)
 		cpuPerJob := (processCPU() - cpuBefore) / time.Duration(jobs)
 		runtime.ReadMemStats(&ms1)
@@ -122,7 +122,13 @@ func BenchmarkJobCost(b *testing.B) {
 		}
 
 		// Publish→call at half the pipeline's rate.
-		p50, p99 := halfLoad(b, bed, pipeRate/2, 3*time.Second, groups)
+		var halfIDs []string
+		p50, p99 := halfLoad(b, bed, pipeRate/2, 3*time.Second, "half", func(ctx context.Context, i int, content string) error {
+			j := testbed.Job(fmt.Sprintf("half-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), content, "", time.Time{})
+			res, err := bed.Pub.Publish(ctx, j)
+			halfIDs = append(halfIDs, res.JobID)
+			return err
+		}, func() { bed.Outcomes(halfIDs, 2*time.Minute) })
 
 		// The worker's traffic per job.
 		tap := startTap(b, bed)
@@ -134,12 +140,35 @@ func BenchmarkJobCost(b *testing.B) {
 		waitDrained(b, bed, time.Minute)
 		tr := tap.stop()
 
+		// (d) the storage pattern alone, and publish→call at half its rate:
+		// last, so that nothing of it weighs on the pipeline's figures (it
+		// runs with the heap the pipeline's phases left).
+		stopCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := w.Stop(stopCtx); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		pat := startPattern(b, bed, concurrency)
+		if prefix := os.Getenv("QQDISPATCH_BENCH_PROFILE"); prefix != "" {
+			b.Setenv("QQDISPATCH_BENCH_PROFILE", prefix+".pattern")
+		}
+		patRate, patCPU := pat.drain(jobs, groups)
+		patP50, patP99 := halfLoad(b, bed, patRate/2, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
+			return pat.publish(ctx, i, groups, content)
+		}, func() { pat.settle(2 * time.Minute) })
+		pat.stop()
+
 		b.ReportMetric(pipeRate, "pipeline-jobs/s")
 		b.ReportMetric(httpRate, "plain-http-calls/s")
 		b.ReportMetric(jsRate, "plain-js-msgs/s")
 		b.ReportMetric(pipeRate/httpRate, "pipeline/http")
 		b.ReportMetric(pipeRate/jsRate, "pipeline/js")
 		b.ReportMetric(float64(cpuPerJob.Nanoseconds())/1000, "cpu-µs/job")
+		b.ReportMetric(patRate, "pattern-jobs/s")
+		b.ReportMetric(patRate/httpRate, "pattern/http")
+		b.ReportMetric(pipeRate/patRate, "pipeline/pattern")
+		b.ReportMetric(float64(patCPU.Nanoseconds())/1000, "pattern-cpu-µs/job")
+		b.ReportMetric(float64(patP99.Microseconds())/1000, "pattern-half-load-p99-ms")
 		b.ReportMetric(allocsPerJob, "allocs/job")
 		b.ReportMetric(bytesPerJob, "B/job")
 		b.ReportMetric(float64(p50.Microseconds())/1000, "half-load-p50-ms")
@@ -157,10 +186,27 @@ func BenchmarkJobCost(b *testing.B) {
 			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, cpuPerJob, allocsPerJob, bytesPerJob, pipeRate/2, p50, p99,
 			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
 			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
+		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s; half load (%.0f/s): p50 %s p99 %s",
+			patRate, patRate/httpRate, pipeRate/patRate, patCPU, patRate/2, patP50, patP99)
 		if len(tr.otherSubjects) > 0 {
 			b.Logf("other requests by subject: %v", tr.otherSubjects)
 		}
 	}
+}
+
+// benchEnv reads a whole number from the environment variable name: def
+// when unset, fatal when not a number in [lo, hi].
+func benchEnv(b *testing.B, name string, def, lo, hi int) int {
+	b.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		b.Fatalf("%s=%q: want a number in [%d, %d]", name, s, lo, hi)
+	}
+	return n
 }
 
 // workerInbox is the inbox prefix of the measured worker's connection, so
@@ -326,31 +372,29 @@ func waitDrained(b *testing.B, bed *testbed.Bed, timeout time.Duration) time.Tim
 	return time.Now()
 }
 
-// halfLoad publishes group actives at rate for d with the worker running
-// and returns the p50 and p99 of publish→call (from just before each
-// publish to the simulator's acceptance).
-func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, groups int) (p50, p99 time.Duration) {
+// halfLoad publishes one message after another at rate for d, each with
+// publish (i, and content it makes unique: "name i") and waits for the
+// stream's ack, then calls wait to wait for them all, and returns the p50
+// and p99 of publish→call: from just before each publish to the
+// simulator's acceptance of the call carrying its content.
+func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, name string, publish func(ctx context.Context, i int, content string) error, wait func()) (p50, p99 time.Duration) {
 	b.Helper()
 	ctx := context.Background()
 	n := int(rate * d.Seconds())
 	every := time.Duration(float64(time.Second) / rate)
 	sent := make(map[string]time.Time, n)
-	ids := make([]string, 0, n)
 	start := time.Now()
 	for i := range n {
 		if wait := time.Until(start.Add(time.Duration(i) * every)); wait > 0 {
 			<-time.After(wait) // pacing the publisher, not waiting for a condition
 		}
-		c := fmt.Sprintf("half %d", i)
-		j := testbed.Job(fmt.Sprintf("half-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), c, "", time.Time{})
+		c := fmt.Sprintf("%s %d", name, i)
 		sent[c] = time.Now()
-		res, err := bed.Pub.Publish(ctx, j)
-		if err != nil {
+		if err := publish(ctx, i, c); err != nil {
 			b.Fatal(err)
 		}
-		ids = append(ids, res.JobID)
 	}
-	bed.Outcomes(ids, 2*time.Minute)
+	wait()
 	var delays []time.Duration
 	for _, m := range bed.Sim.Accepted() {
 		if t, ok := sent[contentOf(b, m.Body)]; ok {
@@ -358,7 +402,7 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, gro
 		}
 	}
 	if len(delays) != n {
-		b.Fatalf("half load: %d of %d calls seen", len(delays), n)
+		b.Fatalf("half load (%s): %d of %d calls seen", name, len(delays), n)
 	}
 	slices.Sort(delays)
 	return delays[n/2], delays[n*99/100]
