@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,14 +44,7 @@ import (
 // one's entries). QQDISPATCH_BENCH_PROFILE=prefix writes the profiles of
 // BenchmarkJobCost for each drain: prefix.one.* and prefix.many.*.
 func BenchmarkManyBots(b *testing.B) {
-	jobs := 20000
-	if s := os.Getenv("QQDISPATCH_BENCH_JOBS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1000 {
-			b.Fatalf("QQDISPATCH_BENCH_JOBS=%q: want a number ≥ 1000", s)
-		}
-		jobs = n
-	}
+	jobs := benchEnv(b, "QQDISPATCH_BENCH_JOBS", 20000, 1000, 1<<30)
 	const (
 		groups      = 1000
 		bots        = 1000
