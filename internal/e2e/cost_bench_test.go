@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,7 +62,8 @@ import (
 // QQDISPATCH_BENCH_PROFILE=prefix writes a CPU profile of the drain
 // (prefix.cpu) and the allocations made during it (prefix.allocs, a
 // difference against prefix.allocs.base: go tool pprof -diff_base), and
-// the same of the pattern's (prefix.pattern.*).
+// the same of the pattern's (prefix.pattern.*). QQDISPATCH_BENCH_TRACE=
+// prefix writes runtime traces of the two half loads (see halfLoad).
 func BenchmarkJobCost(b *testing.B) {
 	jobs := benchEnv(b, "QQDISPATCH_BENCH_JOBS", 20000, 100, 1<<30)
 	partitions := benchEnv(b, "QQDISPATCH_BENCH_PARTITIONS", queue.PartitionsDefault, 1, queue.MaxPartitions)
@@ -123,7 +125,7 @@ func BenchmarkJobCost(b *testing.B) {
 
 		// Publish→call at half the pipeline's rate.
 		var halfIDs []string
-		p50, p99 := halfLoad(b, bed, pipeRate/2, 3*time.Second, "half", func(ctx context.Context, i int, content string) error {
+		half := halfLoad(b, bed, pipeRate/2, 3*time.Second, "half", func(ctx context.Context, i int, content string) error {
 			j := testbed.Job(fmt.Sprintf("half-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), content, "", time.Time{})
 			res, err := bed.Pub.Publish(ctx, j)
 			halfIDs = append(halfIDs, res.JobID)
@@ -153,7 +155,7 @@ func BenchmarkJobCost(b *testing.B) {
 			b.Setenv("QQDISPATCH_BENCH_PROFILE", prefix+".pattern")
 		}
 		patRate, patCPU := pat.drain(jobs, groups)
-		patP50, patP99 := halfLoad(b, bed, patRate/2, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
+		patHalf := halfLoad(b, bed, patRate/2, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
 			return pat.publish(ctx, i, groups, content)
 		}, func() { pat.settle(2 * time.Minute) })
 		pat.stop()
@@ -168,11 +170,12 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(patRate/httpRate, "pattern/http")
 		b.ReportMetric(pipeRate/patRate, "pipeline/pattern")
 		b.ReportMetric(float64(patCPU.Nanoseconds())/1000, "pattern-cpu-µs/job")
-		b.ReportMetric(float64(patP99.Microseconds())/1000, "pattern-half-load-p99-ms")
+		b.ReportMetric(float64(patHalf.p99.Microseconds())/1000, "pattern-half-load-p99-ms")
 		b.ReportMetric(allocsPerJob, "allocs/job")
 		b.ReportMetric(bytesPerJob, "B/job")
-		b.ReportMetric(float64(p50.Microseconds())/1000, "half-load-p50-ms")
-		b.ReportMetric(float64(p99.Microseconds())/1000, "half-load-p99-ms")
+		b.ReportMetric(float64(half.p50.Microseconds())/1000, "half-load-p50-ms")
+		b.ReportMetric(float64(half.p99.Microseconds())/1000, "half-load-p99-ms")
+		b.ReportMetric(half.cores, "half-load-cores")
 		b.ReportMetric(float64(after.OutMsgs-before.OutMsgs)/float64(jobs), "out-msgs/job")
 		b.ReportMetric(tr.per(tr.sync(), countJobs), "sync-rt/job")
 		b.ReportMetric(tr.per(tr.kvWrites, countJobs), "kv-writes/job")
@@ -182,12 +185,12 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(tr.per(tr.pulls, countJobs), "pulls/job")
 		b.ReportMetric(tr.per(tr.async, countJobs), "fire-and-forget/job")
 		b.Logf("%d jobs over %d groups, %d slots, %d partitions: pipeline %.0f jobs/s, plain HTTP %.0f/s, plain JetStream %.0f/s; "+
-			"CPU per job (the process: worker, nats-server, simulator) %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
-			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, cpuPerJob, allocsPerJob, bytesPerJob, pipeRate/2, p50, p99,
+			"CPU per job (the process: worker, nats-server, simulator) %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
+			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, cpuPerJob, allocsPerJob, bytesPerJob, pipeRate/2, half.p50, half.p99, half.cpu, half.cores,
 			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
 			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
-		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s; half load (%.0f/s): p50 %s p99 %s",
-			patRate, patRate/httpRate, pipeRate/patRate, patCPU, patRate/2, patP50, patP99)
+		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores",
+			patRate, patRate/httpRate, pipeRate/patRate, patCPU, patRate/2, patHalf.p50, patHalf.p99, patHalf.cpu, patHalf.cores)
 		if len(tr.otherSubjects) > 0 {
 			b.Logf("other requests by subject: %v", tr.otherSubjects)
 		}
@@ -372,17 +375,40 @@ func waitDrained(b *testing.B, bed *testbed.Bed, timeout time.Duration) time.Tim
 	return time.Now()
 }
 
+// halfResult is what halfLoad measured.
+type halfResult struct {
+	p50, p99 time.Duration // publish→call
+	cpu      time.Duration // the process's CPU time a job, from the first publish until wait returned
+	cores    float64       // the cores the process used meanwhile
+}
+
 // halfLoad publishes one message after another at rate for d, each with
 // publish (i, and content it makes unique: "name i") and waits for the
 // stream's ack, then calls wait to wait for them all, and returns the p50
-// and p99 of publish→call: from just before each publish to the
-// simulator's acceptance of the call carrying its content.
-func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, name string, publish func(ctx context.Context, i int, content string) error, wait func()) (p50, p99 time.Duration) {
+// and p99 of publish→call (from just before each publish to the
+// simulator's acceptance of the call carrying its content) and the CPU
+// the process used. QQDISPATCH_BENCH_TRACE=prefix writes a runtime/trace
+// of it to prefix.name.trace (go tool trace).
+func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, name string, publish func(ctx context.Context, i int, content string) error, wait func()) halfResult {
 	b.Helper()
 	ctx := context.Background()
 	n := int(rate * d.Seconds())
 	every := time.Duration(float64(time.Second) / rate)
 	sent := make(map[string]time.Time, n)
+	if prefix := os.Getenv("QQDISPATCH_BENCH_TRACE"); prefix != "" {
+		f, err := os.Create(prefix + "." + name + ".trace")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := trace.Start(f); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			trace.Stop()
+			_ = f.Close()
+		}()
+	}
+	cpuBefore := processCPU()
 	start := time.Now()
 	for i := range n {
 		if wait := time.Until(start.Add(time.Duration(i) * every)); wait > 0 {
@@ -395,6 +421,7 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, nam
 		}
 	}
 	wait()
+	cpu, wall := processCPU()-cpuBefore, time.Since(start)
 	var delays []time.Duration
 	for _, m := range bed.Sim.Accepted() {
 		if t, ok := sent[contentOf(b, m.Body)]; ok {
@@ -405,7 +432,7 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, nam
 		b.Fatalf("half load (%s): %d of %d calls seen", name, len(delays), n)
 	}
 	slices.Sort(delays)
-	return delays[n/2], delays[n*99/100]
+	return halfResult{p50: delays[n/2], p99: delays[n*99/100], cpu: cpu / time.Duration(n), cores: cpu.Seconds() / wall.Seconds()}
 }
 
 // trafficTap counts the messages the measured worker sends, by what they
