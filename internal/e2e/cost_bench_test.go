@@ -351,17 +351,27 @@ func profileDrain(b *testing.B) (stop func()) {
 		}
 	}
 	writeAllocs(prefix + ".allocs.base")
-	cpu, err := os.Create(prefix + ".cpu")
+	stopCPU := record(b, prefix+".cpu", pprof.StartCPUProfile, pprof.StopCPUProfile)
+	return func() {
+		stopCPU()
+		writeAllocs(prefix + ".allocs")
+	}
+}
+
+// record creates the file name, starts start writing to it (a CPU
+// profile, a trace) and returns what stops it and closes the file.
+func record(b *testing.B, name string, start func(io.Writer) error, stop func()) (done func()) {
+	b.Helper()
+	f, err := os.Create(name)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := pprof.StartCPUProfile(cpu); err != nil {
+	if err := start(f); err != nil {
 		b.Fatal(err)
 	}
 	return func() {
-		pprof.StopCPUProfile()
-		_ = cpu.Close()
-		writeAllocs(prefix + ".allocs")
+		stop()
+		_ = f.Close()
 	}
 }
 
@@ -396,17 +406,7 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, nam
 	every := time.Duration(float64(time.Second) / rate)
 	sent := make(map[string]time.Time, n)
 	if prefix := os.Getenv("QQDISPATCH_BENCH_TRACE"); prefix != "" {
-		f, err := os.Create(prefix + "." + name + ".trace")
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := trace.Start(f); err != nil {
-			b.Fatal(err)
-		}
-		defer func() {
-			trace.Stop()
-			_ = f.Close()
-		}()
+		defer record(b, prefix+"."+name+".trace", trace.Start, trace.Stop)()
 	}
 	cpuBefore := processCPU()
 	start := time.Now()
