@@ -154,7 +154,8 @@ func BenchmarkJobCost(b *testing.B) {
 		if prefix := os.Getenv("QQDISPATCH_BENCH_PROFILE"); prefix != "" {
 			b.Setenv("QQDISPATCH_BENCH_PROFILE", prefix+".pattern")
 		}
-		patRate, patCPU := pat.drain(jobs, groups)
+		patDrain := pat.drain(jobs, groups)
+		patRate := patDrain.rate
 		patHalf := halfLoad(b, bed, patRate/2, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
 			return pat.publish(ctx, i, groups, content)
 		}, func() { pat.settle(2 * time.Minute) })
@@ -169,7 +170,8 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(patRate, "pattern-jobs/s")
 		b.ReportMetric(patRate/httpRate, "pattern/http")
 		b.ReportMetric(pipeRate/patRate, "pipeline/pattern")
-		b.ReportMetric(float64(patCPU.Nanoseconds())/1000, "pattern-cpu-µs/job")
+		b.ReportMetric(float64(patDrain.cpu.Nanoseconds())/1000, "pattern-cpu-µs/job")
+		b.ReportMetric(patDrain.allocs, "pattern-allocs/job")
 		b.ReportMetric(float64(patHalf.p99.Microseconds())/1000, "pattern-half-load-p99-ms")
 		b.ReportMetric(allocsPerJob, "allocs/job")
 		b.ReportMetric(bytesPerJob, "B/job")
@@ -189,8 +191,8 @@ func BenchmarkJobCost(b *testing.B) {
 			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, cpuPerJob, allocsPerJob, bytesPerJob, pipeRate/2, half.p50, half.p99, half.cpu, half.cores,
 			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
 			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
-		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores",
-			patRate, patRate/httpRate, pipeRate/patRate, patCPU, patRate/2, patHalf.p50, patHalf.p99, patHalf.cpu, patHalf.cores)
+		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores",
+			patRate, patRate/httpRate, pipeRate/patRate, patDrain.cpu, patDrain.allocs, patDrain.bytes, patRate/2, patHalf.p50, patHalf.p99, patHalf.cpu, patHalf.cores)
 		if len(tr.otherSubjects) > 0 {
 			b.Logf("other requests by subject: %v", tr.otherSubjects)
 		}

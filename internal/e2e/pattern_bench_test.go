@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -198,11 +199,18 @@ func (p *pattern) publish(ctx context.Context, i, groups int, content string) er
 	return err
 }
 
-// drain publishes n messages, then starts the consuming and returns its
-// rate and the process's CPU time a message, as the pipeline's drain is
-// measured: publishing first, the handling alone. Its profiles are
-// written as the pipeline's (profileDrain).
-func (p *pattern) drain(n, groups int) (rate float64, cpuPerJob time.Duration) {
+// patternDrain is what pattern.drain measured: the rate, and the process's
+// CPU time, allocations and bytes allocated a message.
+type patternDrain struct {
+	rate          float64
+	cpu           time.Duration
+	allocs, bytes float64
+}
+
+// drain publishes n messages, then starts the consuming and measures it
+// as the pipeline's drain is measured: publishing first, the handling
+// alone. Its profiles are written as the pipeline's (profileDrain).
+func (p *pattern) drain(n, groups int) patternDrain {
 	p.b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -229,13 +237,18 @@ func (p *pattern) drain(n, groups int) (rate float64, cpuPerJob time.Duration) {
 		}
 	}
 	stopProfile := profileDrain(p.b)
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
 	cpuBefore := processCPU()
 	start := time.Now()
 	p.start()
 	p.settle(5 * time.Minute)
-	rate, cpuPerJob = float64(n)/time.Since(start).Seconds(), (processCPU()-cpuBefore)/time.Duration(n)
+	r := patternDrain{rate: float64(n) / time.Since(start).Seconds(), cpu: (processCPU() - cpuBefore) / time.Duration(n)}
+	runtime.ReadMemStats(&ms1)
+	r.allocs = float64(ms1.Mallocs-ms0.Mallocs) / float64(n)
+	r.bytes = float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(n)
 	stopProfile()
-	return rate, cpuPerJob
+	return r
 }
 
 // stop stops the consuming and deletes the pattern's stream and buckets.
