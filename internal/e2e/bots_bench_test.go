@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -139,9 +138,8 @@ func botAppID(i int) string { return fmt.Sprintf("77%08d", i) }
 
 // drainResult is one drain of BenchmarkManyBots.
 type drainResult struct {
-	rate           float64       // jobs/s from the first call to an empty stream
-	cpu            time.Duration // the process's CPU time per job
-	allocs, bytes  float64       // allocations and bytes allocated per job
+	rate           float64 // jobs/s from the first call to an empty stream
+	jobCost                // what the process spent a job
 	perBot         map[string]int
 	firstCallDelay time.Duration // worker start to first accepted call
 }
@@ -161,14 +159,11 @@ func drainBots(b *testing.B, bed *testbed.Bed, cfg worker.Config, jobs []*dispat
 		b.Setenv("QQDISPATCH_BENCH_PROFILE", profile+"."+name)
 	}
 	stopProfile := profileDrain(b)
-	var ms0, ms1 runtime.MemStats
-	runtime.ReadMemStats(&ms0)
-	cpuBefore := processCPU()
+	endCost := meterCost()
 	start := time.Now()
 	w := bed.StartWorker(cfg)
 	drained := waitDrained(b, bed, 10*time.Minute)
-	cpu := (processCPU() - cpuBefore) / time.Duration(len(jobs))
-	runtime.ReadMemStats(&ms1)
+	cost := endCost(len(jobs))
 	stopProfile()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -186,9 +181,7 @@ func drainBots(b *testing.B, bed *testbed.Bed, cfg worker.Config, jobs []*dispat
 	}
 	r := drainResult{
 		rate:           float64(len(jobs)) / drained.Sub(acc[0].At).Seconds(),
-		cpu:            cpu,
-		allocs:         float64(ms1.Mallocs-ms0.Mallocs) / float64(len(jobs)),
-		bytes:          float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(len(jobs)),
+		jobCost:        cost,
 		perBot:         map[string]int{},
 		firstCallDelay: acc[0].At.Sub(start),
 	}

@@ -101,15 +101,10 @@ func BenchmarkJobCost(b *testing.B) {
 		before := wnc.Stats()
 		simBefore := len(bed.Sim.Accepted())
 		stopProfile := profileDrain(b)
-		var ms0, ms1 runtime.MemStats
-		runtime.ReadMemStats(&ms0)
-		cpuBefore := processCPU()
+		endCost := meterCost()
 		w := bed.StartWorker(cfg)
 		drained := waitDrained(b, bed, 10*time.Minute)
-		cpuPerJob := (processCPU() - cpuBefore) / time.Duration(jobs)
-		runtime.ReadMemStats(&ms1)
-		allocsPerJob := float64(ms1.Mallocs-ms0.Mallocs) / float64(jobs)
-		bytesPerJob := float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(jobs)
+		pipeCost := endCost(jobs)
 		stopProfile()
 		after := wnc.Stats()
 		acc := bed.Sim.Accepted()[simBefore:]
@@ -166,15 +161,15 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(jsRate, "plain-js-msgs/s")
 		b.ReportMetric(pipeRate/httpRate, "pipeline/http")
 		b.ReportMetric(pipeRate/jsRate, "pipeline/js")
-		b.ReportMetric(float64(cpuPerJob.Nanoseconds())/1000, "cpu-µs/job")
+		b.ReportMetric(float64(pipeCost.cpu.Nanoseconds())/1000, "cpu-µs/job")
 		b.ReportMetric(patRate, "pattern-jobs/s")
 		b.ReportMetric(patRate/httpRate, "pattern/http")
 		b.ReportMetric(pipeRate/patRate, "pipeline/pattern")
 		b.ReportMetric(float64(patDrain.cpu.Nanoseconds())/1000, "pattern-cpu-µs/job")
 		b.ReportMetric(patDrain.allocs, "pattern-allocs/job")
 		b.ReportMetric(float64(patHalf.p99.Microseconds())/1000, "pattern-half-load-p99-ms")
-		b.ReportMetric(allocsPerJob, "allocs/job")
-		b.ReportMetric(bytesPerJob, "B/job")
+		b.ReportMetric(pipeCost.allocs, "allocs/job")
+		b.ReportMetric(pipeCost.bytes, "B/job")
 		b.ReportMetric(float64(half.p50.Microseconds())/1000, "half-load-p50-ms")
 		b.ReportMetric(float64(half.p99.Microseconds())/1000, "half-load-p99-ms")
 		b.ReportMetric(half.cores, "half-load-cores")
@@ -188,13 +183,65 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(tr.per(tr.async, countJobs), "fire-and-forget/job")
 		b.Logf("%d jobs over %d groups, %d slots, %d partitions: pipeline %.0f jobs/s, plain HTTP %.0f/s, plain JetStream %.0f/s; "+
 			"CPU per job (the process: worker, nats-server, simulator) %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
-			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, cpuPerJob, allocsPerJob, bytesPerJob, pipeRate/2, half.p50, half.p99, half.cpu, half.cores,
+			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, pipeCost.cpu, pipeCost.allocs, pipeCost.bytes, pipeRate/2, half.p50, half.p99, half.cpu, half.cores,
 			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
 			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
 		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores",
 			patRate, patRate/httpRate, pipeRate/patRate, patDrain.cpu, patDrain.allocs, patDrain.bytes, patRate/2, patHalf.p50, patHalf.p99, patHalf.cpu, patHalf.cores)
 		if len(tr.otherSubjects) > 0 {
 			b.Logf("other requests by subject: %v", tr.otherSubjects)
+		}
+	}
+}
+
+// publishAll publishes n messages, msg(k) the k-th, without waiting for
+// each ack: 500 at a time are in flight. The first error fails b.
+func publishAll(ctx context.Context, b *testing.B, js jetstream.JetStream, n int, msg func(k int) (subject string, data []byte, opts []jetstream.PublishOpt)) {
+	b.Helper()
+	for i := 0; i < n; i += 500 {
+		var futs []jetstream.PubAckFuture
+		for k := i; k < min(i+500, n); k++ {
+			subject, data, opts := msg(k)
+			f, err := js.PublishAsync(subject, data, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			futs = append(futs, f)
+		}
+		for _, f := range futs {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				b.Fatal(err)
+			case <-ctx.Done():
+				b.Fatal(ctx.Err())
+			}
+		}
+	}
+}
+
+// jobCost is what the process spent on each job of a stretch: CPU time,
+// allocations and bytes allocated (worker, nats-server, simulator and
+// harness together: they share the process).
+type jobCost struct {
+	cpu           time.Duration
+	allocs, bytes float64
+}
+
+// meterCost starts measuring the process; end closes the stretch and
+// divides what it cost among n jobs.
+func meterCost() (end func(n int) jobCost) {
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	cpu0 := processCPU()
+	return func(n int) jobCost {
+		cpu := processCPU() - cpu0
+		var ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms1)
+		return jobCost{
+			cpu:    cpu / time.Duration(n),
+			allocs: float64(ms1.Mallocs-ms0.Mallocs) / float64(n),
+			bytes:  float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(n),
 		}
 	}
 }
@@ -280,25 +327,9 @@ func plainJetStream(b *testing.B, bed *testbed.Bed, n int) float64 {
 	}
 	defer func() { _ = bed.JS.DeleteStream(context.Background(), "PLAIN") }()
 	body := bytes.Repeat([]byte("x"), 120)
-	for i := 0; i < n; i += 500 {
-		var futs []jetstream.PubAckFuture
-		for k := i; k < min(i+500, n); k++ {
-			f, err := bed.JS.PublishAsync(fmt.Sprintf("plain.g%04d", k%1000), body)
-			if err != nil {
-				b.Fatal(err)
-			}
-			futs = append(futs, f)
-		}
-		for _, f := range futs {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				b.Fatal(err)
-			case <-ctx.Done():
-				b.Fatal(ctx.Err())
-			}
-		}
-	}
+	publishAll(ctx, b, bed.JS, n, func(k int) (string, []byte, []jetstream.PublishOpt) {
+		return fmt.Sprintf("plain.g%04d", k%1000), body, nil
+	})
 	nc, err := nats.Connect(bed.NATS.ClientURL())
 	if err != nil {
 		b.Fatal(err)
@@ -410,7 +441,7 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, nam
 	if prefix := os.Getenv("QQDISPATCH_BENCH_TRACE"); prefix != "" {
 		defer record(b, prefix+"."+name+".trace", trace.Start, trace.Stop)()
 	}
-	cpuBefore := processCPU()
+	endCost := meterCost()
 	start := time.Now()
 	for i := range n {
 		if wait := time.Until(start.Add(time.Duration(i) * every)); wait > 0 {
@@ -423,7 +454,7 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, nam
 		}
 	}
 	wait()
-	cpu, wall := processCPU()-cpuBefore, time.Since(start)
+	c, wall := endCost(n), time.Since(start)
 	var delays []time.Duration
 	for _, m := range bed.Sim.Accepted() {
 		if t, ok := sent[contentOf(b, m.Body)]; ok {
@@ -434,7 +465,7 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, nam
 		b.Fatalf("half load (%s): %d of %d calls seen", name, len(delays), n)
 	}
 	slices.Sort(delays)
-	return halfResult{p50: delays[n/2], p99: delays[n*99/100], cpu: cpu / time.Duration(n), cores: cpu.Seconds() / wall.Seconds()}
+	return halfResult{p50: delays[n/2], p99: delays[n*99/100], cpu: c.cpu, cores: c.cpu.Seconds() * float64(n) / wall.Seconds()}
 }
 
 // trafficTap counts the messages the measured worker sends, by what they

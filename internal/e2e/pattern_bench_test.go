@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -199,12 +198,11 @@ func (p *pattern) publish(ctx context.Context, i, groups int, content string) er
 	return err
 }
 
-// patternDrain is what pattern.drain measured: the rate, and the process's
-// CPU time, allocations and bytes allocated a message.
+// patternDrain is what pattern.drain measured: the rate, and what the
+// process spent a message.
 type patternDrain struct {
-	rate          float64
-	cpu           time.Duration
-	allocs, bytes float64
+	rate float64
+	jobCost
 }
 
 // drain publishes n messages, then starts the consuming and measures it
@@ -217,36 +215,15 @@ func (p *pattern) drain(n, groups int) patternDrain {
 	p.mu.Lock()
 	p.published += n
 	p.mu.Unlock()
-	for i := 0; i < n; i += 500 {
-		var futs []jetstream.PubAckFuture
-		for k := i; k < min(i+500, n); k++ {
-			f, err := p.js.PublishAsync(patternSubject(k, groups), fmt.Appendf(nil, "pattern %d", k), jetstream.WithMsgID(fmt.Sprintf("pattern-drain-%d", k)))
-			if err != nil {
-				p.b.Fatal(err)
-			}
-			futs = append(futs, f)
-		}
-		for _, f := range futs {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				p.b.Fatal(err)
-			case <-ctx.Done():
-				p.b.Fatal(ctx.Err())
-			}
-		}
-	}
+	publishAll(ctx, p.b, p.js, n, func(k int) (string, []byte, []jetstream.PublishOpt) {
+		return patternSubject(k, groups), fmt.Appendf(nil, "pattern %d", k), []jetstream.PublishOpt{jetstream.WithMsgID(fmt.Sprintf("pattern-drain-%d", k))}
+	})
 	stopProfile := profileDrain(p.b)
-	var ms0, ms1 runtime.MemStats
-	runtime.ReadMemStats(&ms0)
-	cpuBefore := processCPU()
+	endCost := meterCost()
 	start := time.Now()
 	p.start()
 	p.settle(5 * time.Minute)
-	r := patternDrain{rate: float64(n) / time.Since(start).Seconds(), cpu: (processCPU() - cpuBefore) / time.Duration(n)}
-	runtime.ReadMemStats(&ms1)
-	r.allocs = float64(ms1.Mallocs-ms0.Mallocs) / float64(n)
-	r.bytes = float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(n)
+	r := patternDrain{rate: float64(n) / time.Since(start).Seconds(), jobCost: endCost(n)}
 	stopProfile()
 	return r
 }
