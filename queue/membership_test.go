@@ -143,8 +143,6 @@ func TestMembershipAnnouncesBeforeTaking(t *testing.T) {
 	}
 }
 
-// receive is the next value from ch, failing the test with what when ctx
-// ends first.
 // startMembership starts a Membership on cfg and stops it when the test
 // ends.
 func startMembership(ctx context.Context, t *testing.T, ts *testServer, cfg MembershipConfig) *Membership {
@@ -160,6 +158,8 @@ func startMembership(ctx context.Context, t *testing.T, ts *testServer, cfg Memb
 	return m
 }
 
+// receive is the next value from ch, failing the test with what when ctx
+// ends first.
 func receive[T any](ctx context.Context, t *testing.T, ch <-chan T, what string) T {
 	t.Helper()
 	select {

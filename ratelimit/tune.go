@@ -90,22 +90,23 @@ func (t *tuning) intervalLocked() (iv, late int64) {
 	base := per / (n * (1 - t.headroom))
 	fixed := per + float64(t.pathSpread())
 	l := 0.0
-	if !t.fleetWide() {
-		// A local bucket lets a call leave up to the slack closer than an
-		// interval after a late one. A fleet bucket's calls never leave
-		// before their slot, and the slots are an interval apart: only
-		// the lateness below bunches them, so the slack costs it nothing.
-		fixed += float64(t.rate.Slack(t.headroom))
-	} else {
-		// What the policy's interval leaves beyond the spread (less the
-		// margin below), shared by the slot's lateness and the call's;
-		// at least the grace.
+	if t.fleetWide() {
+		// A fleet bucket's calls never leave before their slot, and the
+		// slots are an interval apart: only the lateness bunches them, so
+		// it does not pay for the slack.
+		// The lateness: what the policy's interval leaves beyond the
+		// spread (less the margin below), shared by the slot's lateness
+		// and the call's; at least the grace.
 		// And at least lateShare of the window: a call that woke late
 		// then keeps its slot rather than wasting it and waiting an
 		// interval for the next (a second, for 60 a minute); the interval
 		// pays 2·lateShare for it.
 		l = math.Max(t.grace, math.Max((n*base/(1+retuneAbove)-fixed)/2, per*lateShare))
 		l = math.Min(l, base/2)
+	} else {
+		// A local bucket lets a call leave up to the slack closer than an
+		// interval after a late one.
+		fixed += float64(t.rate.Slack(t.headroom))
 	}
 	need := (fixed + 2*l) / n
 	f := math.Max(base, need*(1+retuneAbove)) / t.factor
