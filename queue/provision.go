@@ -120,6 +120,15 @@ type Config struct {
 	Now func() time.Time
 }
 
+// prefix is c.Prefix or its default: what the per-job subject helpers need,
+// without building every default name (WithDefaults) for each job.
+func (c Config) prefix() string {
+	if c.Prefix == "" {
+		return PrefixDefault
+	}
+	return c.Prefix
+}
+
 // WithDefaults returns c with every unset field set to its default.
 func (c Config) WithDefaults() Config {
 	setStr := func(p *string, d string) {
@@ -316,7 +325,7 @@ func validToken(tok string) bool {
 // the scene for the default bot, or {scene}@{bot} for a named bot (see
 // dispatcher.SceneToken and JobSubject).
 func SendSubject(cfg Config, scene, target string) string {
-	return cfg.WithDefaults().Prefix + ".send." + scene + "." + target
+	return cfg.prefix() + ".send." + scene + "." + target
 }
 
 // JobSubject is the subject of job j: {prefix}.send.{scene}.{target} for
@@ -399,7 +408,7 @@ func legacyScheduleWildcards(cfg Config) []string {
 // {prefix}.send.*.*.{p}. Jobs are stored with the partition as the last
 // token, appended by the stream's subject transform.
 func PartitionSubject(cfg Config, p int) string {
-	return cfg.WithDefaults().Prefix + ".send.*.*." + strconv.Itoa(p)
+	return cfg.prefix() + ".send.*.*." + strconv.Itoa(p)
 }
 
 // PartitionOf computes the partition the server maps (scene, target) to:
@@ -420,9 +429,7 @@ func PartitionOf(cfg Config, scene, target string) int {
 // if any). Subjects of another form are
 // returned unchanged.
 func OriginalSubject(cfg Config, stored string) string {
-	if cfg.Prefix == "" {
-		cfg.Prefix = PrefixDefault
-	}
+	cfg.Prefix = cfg.prefix()
 	scene, target, ok := parseSendSubject(cfg, stored)
 	if !ok {
 		return stored
@@ -880,7 +887,7 @@ func splitSceneToken(tok string) (scene dispatcher.Scene, bot string, ok bool) {
 // stored with its partition or not); "" for the default bot's subjects and
 // for subjects that are not job subjects.
 func BotOfSubject(cfg Config, subject string) string {
-	cfg = cfg.WithDefaults()
+	cfg.Prefix = cfg.prefix()
 	tok, _, ok := parseSendSubject(cfg, subject)
 	if !ok {
 		return ""

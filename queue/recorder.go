@@ -141,11 +141,10 @@ func (r *Recorder) Record(ctx context.Context, o dispatcher.Outcome, env dispatc
 // (with a valid bot, if any) or target not a valid target (a subject token
 // of at most dispatcher.MaxTargetBytes bytes).
 func DLQSubject(cfg Config, scene, target string) string {
-	cfg = cfg.WithDefaults()
 	if _, _, ok := splitSceneToken(scene); !ok || !validToken(target) || len(target) > dispatcher.MaxTargetBytes {
-		return cfg.Prefix + ".dlq.invalid"
+		return cfg.prefix() + ".dlq.invalid"
 	}
-	return cfg.Prefix + ".dlq." + scene + "." + target
+	return cfg.prefix() + ".dlq." + scene + "." + target
 }
 
 // putDLQ puts env's job on the DLQ with o's reason headers. The entry's
