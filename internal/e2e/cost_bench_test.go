@@ -64,9 +64,17 @@ import (
 // difference against prefix.allocs.base: go tool pprof -diff_base), and
 // the same of the pattern's (prefix.pattern.*). QQDISPATCH_BENCH_TRACE=
 // prefix writes runtime traces of the two half loads (see halfLoad).
+// QQDISPATCH_BENCH_RATE=n runs both publish→call loads at n jobs/s instead
+// of half of each drain's rate, reported as fixed-load-*: the half-load
+// goal moves with the drain rate, this shows the delay at one load.
 func BenchmarkJobCost(b *testing.B) {
 	jobs := benchEnv(b, "QQDISPATCH_BENCH_JOBS", 20000, 100, 1<<30)
 	partitions := benchEnv(b, "QQDISPATCH_BENCH_PARTITIONS", queue.PartitionsDefault, 1, queue.MaxPartitions)
+	fixedRate := benchEnv(b, "QQDISPATCH_BENCH_RATE", 0, 0, 1<<20)
+	load, loadRate := "half", func(drain float64) float64 { return drain / 2 }
+	if fixedRate > 0 {
+		load, loadRate = "fixed", func(float64) float64 { return float64(fixedRate) }
+	}
 	const (
 		groups      = 1000
 		concurrency = 64
@@ -118,9 +126,10 @@ func BenchmarkJobCost(b *testing.B) {
 			}
 		}
 
-		// Publish→call at half the pipeline's rate.
+		// Publish→call at half the pipeline's rate (or QQDISPATCH_BENCH_RATE).
 		var halfIDs []string
-		half := halfLoad(b, bed, pipeRate/2, 3*time.Second, "half", func(ctx context.Context, i int, content string) error {
+		halfRate := loadRate(pipeRate)
+		half := halfLoad(b, bed, halfRate, 3*time.Second, "half", func(ctx context.Context, i int, content string) error {
 			j := testbed.Job(fmt.Sprintf("half-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), content, "", time.Time{})
 			res, err := bed.Pub.Publish(ctx, j)
 			halfIDs = append(halfIDs, res.JobID)
@@ -151,7 +160,8 @@ func BenchmarkJobCost(b *testing.B) {
 		}
 		patDrain := pat.drain(jobs, groups)
 		patRate := patDrain.rate
-		patHalf := halfLoad(b, bed, patRate/2, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
+		patHalfRate := loadRate(patRate)
+		patHalf := halfLoad(b, bed, patHalfRate, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
 			return pat.publish(ctx, i, groups, content)
 		}, func() { pat.settle(2 * time.Minute) })
 		pat.stop()
@@ -167,12 +177,12 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(pipeRate/patRate, "pipeline/pattern")
 		b.ReportMetric(float64(patDrain.cpu.Nanoseconds())/1000, "pattern-cpu-µs/job")
 		b.ReportMetric(patDrain.allocs, "pattern-allocs/job")
-		b.ReportMetric(float64(patHalf.p99.Microseconds())/1000, "pattern-half-load-p99-ms")
+		b.ReportMetric(float64(patHalf.p99.Microseconds())/1000, "pattern-"+load+"-load-p99-ms")
 		b.ReportMetric(pipeCost.allocs, "allocs/job")
 		b.ReportMetric(pipeCost.bytes, "B/job")
-		b.ReportMetric(float64(half.p50.Microseconds())/1000, "half-load-p50-ms")
-		b.ReportMetric(float64(half.p99.Microseconds())/1000, "half-load-p99-ms")
-		b.ReportMetric(half.cores, "half-load-cores")
+		b.ReportMetric(float64(half.p50.Microseconds())/1000, load+"-load-p50-ms")
+		b.ReportMetric(float64(half.p99.Microseconds())/1000, load+"-load-p99-ms")
+		b.ReportMetric(half.cores, load+"-load-cores")
 		b.ReportMetric(float64(after.OutMsgs-before.OutMsgs)/float64(jobs), "out-msgs/job")
 		b.ReportMetric(tr.per(tr.sync(), countJobs), "sync-rt/job")
 		b.ReportMetric(tr.per(tr.kvWrites, countJobs), "kv-writes/job")
@@ -182,12 +192,12 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(tr.per(tr.pulls, countJobs), "pulls/job")
 		b.ReportMetric(tr.per(tr.async, countJobs), "fire-and-forget/job")
 		b.Logf("%d jobs over %d groups, %d slots, %d partitions: pipeline %.0f jobs/s, plain HTTP %.0f/s, plain JetStream %.0f/s; "+
-			"CPU per job (the process: worker, nats-server, simulator) %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
-			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, pipeCost.cpu, pipeCost.allocs, pipeCost.bytes, pipeRate/2, half.p50, half.p99, half.cpu, half.cores,
+			"CPU per job (the process: worker, nats-server, simulator) %s, %.0f allocations, %.0f bytes; %s load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
+			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, pipeCost.cpu, pipeCost.allocs, pipeCost.bytes, load, halfRate, half.p50, half.p99, half.cpu, half.cores,
 			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
 			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
-		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s, %.0f allocations, %.0f bytes; half load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores",
-			patRate, patRate/httpRate, pipeRate/patRate, patDrain.cpu, patDrain.allocs, patDrain.bytes, patRate/2, patHalf.p50, patHalf.p99, patHalf.cpu, patHalf.cores)
+		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s, %.0f allocations, %.0f bytes; %s load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores",
+			patRate, patRate/httpRate, pipeRate/patRate, patDrain.cpu, patDrain.allocs, patDrain.bytes, load, patHalfRate, patHalf.p50, patHalf.p99, patHalf.cpu, patHalf.cores)
 		if len(tr.otherSubjects) > 0 {
 			b.Logf("other requests by subject: %v", tr.otherSubjects)
 		}
