@@ -430,3 +430,58 @@ func TestItemOfInvalid(t *testing.T) {
 		})
 	}
 }
+
+// TestPartitionConsumerStorage: a partition consumer the worker creates
+// keeps its state in memory, and one that already exists on file (made by
+// an earlier version) keeps its file storage, which the server would not
+// change, and still delivers.
+func TestPartitionConsumerStorage(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Partitions: 2}.WithDefaults()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	old := jetstream.ConsumerConfig{Durable: ConsumerName(1), FilterSubject: PartitionSubject(cfg, 1),
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxDeliver: -1, MaxAckPending: -1, MaxWaiting: 512,
+		PriorityPolicy: jetstream.PriorityPolicyPinned, PriorityGroups: []string{PriorityGroup}, PinnedTTL: time.Second}
+	if _, err := ts.js.CreateOrUpdateConsumer(ctx, cfg.JobsStream, old); err != nil {
+		t.Fatal(err)
+	}
+	h := &orderHandler{done: make(chan struct{}), want: 2}
+	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx, []int{0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	for p, memory := range []bool{true, false} {
+		cons, err := ts.js.Consumer(ctx, cfg.JobsStream, ConsumerName(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cons.CachedInfo().Config.MemoryStorage; got != memory {
+			t.Errorf("partition %d: memory storage %v, want %v", p, got, memory)
+		}
+	}
+	pub, err := NewPublisher(ts.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One job for a target of each partition.
+	for p := range cfg.Partitions {
+		for i := 0; ; i++ {
+			target := fmt.Sprintf("t%d", i)
+			if PartitionOf(cfg, "group", target) != p {
+				continue
+			}
+			job := &dispatcher.Job{V: 1, ID: fmt.Sprintf("storage-%d", p), Scene: dispatcher.SceneGroup, Target: target,
+				Message: []byte(`{"msg_type":0,"content":"x"}`)}
+			if _, err := pub.Publish(ctx, job); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	h.await(t, h.done, "one job per partition")
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -147,5 +148,58 @@ func TestServerRestartMidRun(t *testing.T) {
 	}
 	if len(b.Sim.Accepted()) > len(jobs) {
 		t.Errorf("simulator accepted %d messages for %d jobs", len(b.Sim.Accepted()), len(jobs))
+	}
+}
+
+// TestServerRestartKeepsParkedJobs: jobs parked behind a channel's 5/s
+// rule survive a server restart. The partition consumers keep their state
+// in memory, so the restart forgets which jobs were parked and until when:
+// they all come back at once, are parked again, and each goes once, in
+// order, with no window over the limit.
+func TestServerRestartKeepsParkedJobs(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("8 s of pacing")
+	}
+	b, w := pacingBed(t, 0, pacingPolicy)
+	var jobs []*dispatcher.Job
+	for i := range 40 {
+		jobs = append(jobs, testbed.Job(fmt.Sprintf("parked-%02d", i), dispatcher.SceneChannel, "pc1", fmt.Sprintf("parked %d", i), "", time.Time{}))
+	}
+	ids := b.Publish(jobs...)
+	b.Outcomes(ids[:5], time.Minute)
+	if sum := w.Summary(); sum.Parked == 0 {
+		t.Fatalf("no job parked before the restart (held %d, running %d): the test shows nothing", sum.Held, sum.Running)
+	} else {
+		t.Logf("%d jobs parked at the restart", sum.Parked)
+	}
+	b.RestartNATS()
+	outs := b.Outcomes(ids, 2*time.Minute)
+
+	var order []int
+	count := map[int]int{}
+	for _, m := range b.Sim.Accepted() {
+		var i int
+		if _, err := fmt.Sscanf(contentOf(t, m.Body), "parked %d", &i); err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, i)
+		count[i]++
+	}
+	for i, j := range jobs {
+		switch o := outs[j.ID]; {
+		case o.Status == dispatcher.StatusSent && count[i] != 1:
+			t.Errorf("job %s sent, accepted %d times", j.ID, count[i])
+		case o.Status == dispatcher.StatusInDoubt && count[i] > 1:
+			t.Errorf("job %s in doubt, accepted %d times", j.ID, count[i])
+		case o.Status != dispatcher.StatusSent && o.Status != dispatcher.StatusInDoubt:
+			t.Errorf("job %s: %s (%s)", j.ID, o.Status, o.Reason)
+		}
+	}
+	if !slices.IsSorted(order) {
+		t.Errorf("the channel's messages went out of order: %v", order)
+	}
+	if v := b.Sim.Violations(); v != 0 {
+		t.Errorf("the simulator counted %d calls over the limit: %v", v, b.Sim.Rejections())
 	}
 }
