@@ -380,22 +380,28 @@ func TestConsumerEveryPartitionPulls(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Stop(context.Background()) })
-	// One job for a target of every partition.
+	publishPerPartition(t, pub, cfg, "every")
+	h.await(t, h.done, "one job per partition")
+}
+
+// publishPerPartition publishes one group job, id "{name}-{p}", for a
+// target of every partition p of cfg.
+func publishPerPartition(t *testing.T, pub *Publisher, cfg Config, name string) {
+	t.Helper()
 	for p := range cfg.Partitions {
 		for i := 0; ; i++ {
 			target := fmt.Sprintf("t%d", i)
 			if PartitionOf(cfg, "group", target) != p {
 				continue
 			}
-			job := &dispatcher.Job{V: 1, ID: fmt.Sprintf("every-%d", p), Scene: dispatcher.SceneGroup, Target: target,
+			job := &dispatcher.Job{V: 1, ID: fmt.Sprintf("%s-%d", name, p), Scene: dispatcher.SceneGroup, Target: target,
 				Message: []byte(`{"msg_type":0,"content":"x"}`)}
-			if _, err := pub.Publish(ctx, job); err != nil {
+			if _, err := pub.Publish(testCtx(t), job); err != nil {
 				t.Fatal(err)
 			}
 			break
 		}
 	}
-	h.await(t, h.done, "one job per partition")
 }
 
 // TestItemOfInvalid: the scheduler is told a job is invalid when its body
@@ -468,20 +474,6 @@ func TestPartitionConsumerStorage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// One job for a target of each partition.
-	for p := range cfg.Partitions {
-		for i := 0; ; i++ {
-			target := fmt.Sprintf("t%d", i)
-			if PartitionOf(cfg, "group", target) != p {
-				continue
-			}
-			job := &dispatcher.Job{V: 1, ID: fmt.Sprintf("storage-%d", p), Scene: dispatcher.SceneGroup, Target: target,
-				Message: []byte(`{"msg_type":0,"content":"x"}`)}
-			if _, err := pub.Publish(ctx, job); err != nil {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
+	publishPerPartition(t, pub, cfg, "storage")
 	h.await(t, h.done, "one job per partition")
 }
