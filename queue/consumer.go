@@ -402,11 +402,11 @@ func ConsumerName(n int) string { return "part-" + strconv.Itoa(n) }
 // A new one keeps its state in memory. On file, each partition consumer's
 // state file is rewritten up to ten times a second while jobs flow, which
 // cost about a fifth of the drain rate and 1.4-2.5 times the publish→call
-// p99 at 3,000 jobs/s (BenchmarkJobCost). Nothing needs that state to outlive the
-// server: the work-queue stream itself holds exactly the jobs not yet
-// acked, so a consumer lost with its server is re-created (see recreate),
-// and its jobs come again in stream order, as after a reset: those
-// finished are skipped, parked ones come back at once and are parked
+// p99 at 3,000 jobs/s (BenchmarkJobCost). Nothing needs that state to
+// outlive the server: the work-queue stream itself holds exactly the jobs
+// not yet acked, so a consumer lost with its server is re-created (see
+// recreate), and its jobs come again in stream order, as after a reset:
+// those finished are skipped, parked ones come back at once and are parked
 // again. An existing consumer keeps its storage, as the server refuses to
 // change it: one made on file (by a version before this) goes on working.
 func (c *Consumer) ensureConsumer(ctx context.Context, n int) (jetstream.Consumer, error) {

@@ -238,7 +238,7 @@ func (p *partition) recreate() bool {
 			c.warn.event(&p.log, err).Msg("re-create the partition's consumer")
 			continue
 		}
-		p.log.Warn().Msg("the partition's consumer was gone (a server restart loses it); re-created it")
+		p.log.Warn().Msg("the partition's consumer was gone (a server restart loses it, or it was deleted); re-created it")
 		p.cons = cons
 		return p.reset("consumer re-created")
 	}
