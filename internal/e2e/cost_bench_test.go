@@ -63,7 +63,7 @@ import (
 // (prefix.cpu) and the allocations made during it (prefix.allocs, a
 // difference against prefix.allocs.base: go tool pprof -diff_base), and
 // the same of the pattern's (prefix.pattern.*). QQDISPATCH_BENCH_TRACE=
-// prefix writes runtime traces of the two half loads (see halfLoad).
+// prefix writes runtime traces of the two half loads (see loadAt).
 // QQDISPATCH_BENCH_RATE=n runs both publish→call loads at n jobs/s instead
 // of half of each drain's rate, reported as fixed-load-*: the half-load
 // goal moves with the drain rate, this shows the delay at one load.
@@ -71,9 +71,9 @@ func BenchmarkJobCost(b *testing.B) {
 	jobs := benchEnv(b, "QQDISPATCH_BENCH_JOBS", 20000, 100, 1<<30)
 	partitions := benchEnv(b, "QQDISPATCH_BENCH_PARTITIONS", queue.PartitionsDefault, 1, queue.MaxPartitions)
 	fixedRate := benchEnv(b, "QQDISPATCH_BENCH_RATE", 0, 0, 1<<20)
-	load, loadRate := "half", func(drain float64) float64 { return drain / 2 }
+	loadName, loadRate := "half", func(drain float64) float64 { return drain / 2 }
 	if fixedRate > 0 {
-		load, loadRate = "fixed", func(float64) float64 { return float64(fixedRate) }
+		loadName, loadRate = "fixed", func(float64) float64 { return float64(fixedRate) }
 	}
 	const (
 		groups      = 1000
@@ -127,14 +127,14 @@ func BenchmarkJobCost(b *testing.B) {
 		}
 
 		// Publish→call at half the pipeline's rate (or QQDISPATCH_BENCH_RATE).
-		var halfIDs []string
-		halfRate := loadRate(pipeRate)
-		half := halfLoad(b, bed, halfRate, 3*time.Second, "half", func(ctx context.Context, i int, content string) error {
+		var loadIDs []string
+		pipeLoadRate := loadRate(pipeRate)
+		pipeLoad := loadAt(b, bed, pipeLoadRate, 3*time.Second, "half", func(ctx context.Context, i int, content string) error {
 			j := testbed.Job(fmt.Sprintf("half-%d", i), dispatcher.SceneGroup, fmt.Sprintf("g%04d", i%groups), content, "", time.Time{})
 			res, err := bed.Pub.Publish(ctx, j)
-			halfIDs = append(halfIDs, res.JobID)
+			loadIDs = append(loadIDs, res.JobID)
 			return err
-		}, func() { bed.Outcomes(halfIDs, 2*time.Minute) })
+		}, func() { bed.Outcomes(loadIDs, 2*time.Minute) })
 
 		// The worker's traffic per job.
 		tap := startTap(b, bed)
@@ -160,8 +160,8 @@ func BenchmarkJobCost(b *testing.B) {
 		}
 		patDrain := pat.drain(jobs, groups)
 		patRate := patDrain.rate
-		patHalfRate := loadRate(patRate)
-		patHalf := halfLoad(b, bed, patHalfRate, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
+		patLoadRate := loadRate(patRate)
+		patLoad := loadAt(b, bed, patLoadRate, 3*time.Second, "pattern-half", func(ctx context.Context, i int, content string) error {
 			return pat.publish(ctx, i, groups, content)
 		}, func() { pat.settle(2 * time.Minute) })
 		pat.stop()
@@ -177,12 +177,12 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(pipeRate/patRate, "pipeline/pattern")
 		b.ReportMetric(float64(patDrain.cpu.Nanoseconds())/1000, "pattern-cpu-µs/job")
 		b.ReportMetric(patDrain.allocs, "pattern-allocs/job")
-		b.ReportMetric(float64(patHalf.p99.Microseconds())/1000, "pattern-"+load+"-load-p99-ms")
+		b.ReportMetric(float64(patLoad.p99.Microseconds())/1000, "pattern-"+loadName+"-load-p99-ms")
 		b.ReportMetric(pipeCost.allocs, "allocs/job")
 		b.ReportMetric(pipeCost.bytes, "B/job")
-		b.ReportMetric(float64(half.p50.Microseconds())/1000, load+"-load-p50-ms")
-		b.ReportMetric(float64(half.p99.Microseconds())/1000, load+"-load-p99-ms")
-		b.ReportMetric(half.cores, load+"-load-cores")
+		b.ReportMetric(float64(pipeLoad.p50.Microseconds())/1000, loadName+"-load-p50-ms")
+		b.ReportMetric(float64(pipeLoad.p99.Microseconds())/1000, loadName+"-load-p99-ms")
+		b.ReportMetric(pipeLoad.cores, loadName+"-load-cores")
 		b.ReportMetric(float64(after.OutMsgs-before.OutMsgs)/float64(jobs), "out-msgs/job")
 		b.ReportMetric(tr.per(tr.sync(), countJobs), "sync-rt/job")
 		b.ReportMetric(tr.per(tr.kvWrites, countJobs), "kv-writes/job")
@@ -193,11 +193,11 @@ func BenchmarkJobCost(b *testing.B) {
 		b.ReportMetric(tr.per(tr.async, countJobs), "fire-and-forget/job")
 		b.Logf("%d jobs over %d groups, %d slots, %d partitions: pipeline %.0f jobs/s, plain HTTP %.0f/s, plain JetStream %.0f/s; "+
 			"CPU per job (the process: worker, nats-server, simulator) %s, %.0f allocations, %.0f bytes; %s load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores; per job: %.2f sync round trips (%.2f KV writes, %.2f KV reads, %.2f acks waiting, %.2f other), %.2f pulls, %.2f fire-and-forget",
-			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, pipeCost.cpu, pipeCost.allocs, pipeCost.bytes, load, halfRate, half.p50, half.p99, half.cpu, half.cores,
+			jobs, groups, concurrency, partitions, pipeRate, httpRate, jsRate, pipeCost.cpu, pipeCost.allocs, pipeCost.bytes, loadName, pipeLoadRate, pipeLoad.p50, pipeLoad.p99, pipeLoad.cpu, pipeLoad.cores,
 			tr.per(tr.sync(), countJobs), tr.per(tr.kvWrites, countJobs), tr.per(tr.kvReads, countJobs), tr.per(tr.syncAcks, countJobs),
 			tr.per(tr.otherReq, countJobs), tr.per(tr.pulls, countJobs), tr.per(tr.async, countJobs))
 		b.Logf("the storage pattern alone (claim, POST, outcome, ack; no pipeline around it): %.0f jobs/s, ÷ plain HTTP %.3f, pipeline ÷ pattern %.3f; CPU per job %s, %.0f allocations, %.0f bytes; %s load (%.0f/s): p50 %s p99 %s, CPU %s a job, %.2f cores",
-			patRate, patRate/httpRate, pipeRate/patRate, patDrain.cpu, patDrain.allocs, patDrain.bytes, load, patHalfRate, patHalf.p50, patHalf.p99, patHalf.cpu, patHalf.cores)
+			patRate, patRate/httpRate, pipeRate/patRate, patDrain.cpu, patDrain.allocs, patDrain.bytes, loadName, patLoadRate, patLoad.p50, patLoad.p99, patLoad.cpu, patLoad.cores)
 		if len(tr.otherSubjects) > 0 {
 			b.Logf("other requests by subject: %v", tr.otherSubjects)
 		}
@@ -428,21 +428,21 @@ func waitDrained(b *testing.B, bed *testbed.Bed, timeout time.Duration) time.Tim
 	return time.Now()
 }
 
-// halfResult is what halfLoad measured.
-type halfResult struct {
+// loadResult is what loadAt measured.
+type loadResult struct {
 	p50, p99 time.Duration // publish→call
 	cpu      time.Duration // the process's CPU time a job, from the first publish until wait returned
 	cores    float64       // the cores the process used meanwhile
 }
 
-// halfLoad publishes one message after another at rate for d, each with
+// loadAt publishes one message after another at rate for d, each with
 // publish (i, and content it makes unique: "name i") and waits for the
 // stream's ack, then calls wait to wait for them all, and returns the p50
 // and p99 of publish→call (from just before each publish to the
 // simulator's acceptance of the call carrying its content) and the CPU
 // the process used. QQDISPATCH_BENCH_TRACE=prefix writes a runtime/trace
 // of it to prefix.name.trace (go tool trace).
-func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, name string, publish func(ctx context.Context, i int, content string) error, wait func()) halfResult {
+func loadAt(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, name string, publish func(ctx context.Context, i int, content string) error, wait func()) loadResult {
 	b.Helper()
 	ctx := context.Background()
 	n := int(rate * d.Seconds())
@@ -472,10 +472,10 @@ func halfLoad(b *testing.B, bed *testbed.Bed, rate float64, d time.Duration, nam
 		}
 	}
 	if len(delays) != n {
-		b.Fatalf("half load (%s): %d of %d calls seen", name, len(delays), n)
+		b.Fatalf("load %s: %d of %d calls seen", name, len(delays), n)
 	}
 	slices.Sort(delays)
-	return halfResult{p50: delays[n/2], p99: delays[n*99/100], cpu: c.cpu, cores: c.cpu.Seconds() * float64(n) / wall.Seconds()}
+	return loadResult{p50: delays[n/2], p99: delays[n*99/100], cpu: c.cpu, cores: c.cpu.Seconds() * float64(n) / wall.Seconds()}
 }
 
 // trafficTap counts the messages the measured worker sends, by what they

@@ -88,12 +88,12 @@ func startPattern(b *testing.B, bed *testbed.Bed, conc int) *pattern {
 		result: bucket(patternOutcomes, queue.OutcomeTTLDefault),
 		hc:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}},
 		msgs:   make(chan jetstream.Msg, conc),
+		conc:   conc,
 	}
 	p.cons, err = st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "pattern", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
 	if err != nil {
 		b.Fatal(err)
 	}
-	p.conc = conc
 	b.Cleanup(p.stop)
 	return p
 }
