@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -171,6 +173,40 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, opts: opts}, nil
 }
 
+// ListenError is returned by Start when a fixed client or route address
+// cannot be listened on (most often: another process has the port). Addr
+// names the Config field's address; Err is the listener's error.
+type ListenError struct {
+	Field string // "Port" or "Cluster.Port"
+	Addr  string
+	Err   error
+}
+
+func (e *ListenError) Error() string { return "natsserver: " + e.Field + ": " + e.Err.Error() }
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// checkListen tries the fixed addresses the server will listen on, so a
+// taken port is a *ListenError before the server starts: the server itself
+// reports it only as a log line and a text (Fatalf).
+func (e *Server) checkListen() error {
+	try := func(field, host string, port int) error {
+		if port <= 0 {
+			return nil
+		}
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return &ListenError{Field: field, Addr: addr, Err: err}
+		}
+		return ln.Close()
+	}
+	if err := try("Port", e.opts.Host, e.opts.Port); err != nil {
+		return err
+	}
+	return try("Cluster.Port", e.opts.Cluster.Host, e.opts.Cluster.Port)
+}
+
 // ErrStopped is returned by Start after Stop: a Server is not restartable;
 // make a new one on the same StoreDir instead.
 var ErrStopped = errors.New("natsserver: server stopped")
@@ -178,7 +214,8 @@ var ErrStopped = errors.New("natsserver: server stopped")
 // Start locks StoreDir, runs the server and waits until it accepts
 // connections, for at most ReadyTimeout and never past ctx's deadline. A
 // StoreDir locked by another server is a *StoreInUseError, returned before
-// the store is opened. Starting a started server does nothing.
+// the store is opened; a taken port is a *ListenError. Starting a started
+// server does nothing.
 func (e *Server) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -190,6 +227,10 @@ func (e *Server) Start(ctx context.Context) error {
 	}
 	lock, err := lockStore(e.cfg.StoreDir)
 	if err != nil {
+		return err
+	}
+	if err := e.checkListen(); err != nil {
+		lock.release()
 		return err
 	}
 	srv, err := e.start(ctx)

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -162,4 +165,57 @@ func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+func TestTakenPortIsListenError(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		field string
+		cfg   func(port int) Config
+	}{
+		{"Port", func(port int) Config { return Config{Port: port} }},
+		{"Cluster.Port", func(port int) Config {
+			return Config{Port: RandomPort, ServerName: "a", Cluster: ClusterConfig{Name: "c", Port: port}}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.field, func(t *testing.T) {
+			t.Parallel()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := ln.Addr().(*net.TCPAddr).Port
+			dir := t.TempDir()
+			cfg := tt.cfg(port)
+			cfg.StoreDir = dir
+			e, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = e.Start(testCtx(t))
+			var le *ListenError
+			if !errors.As(err, &le) || le.Field != tt.field || le.Addr != net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) {
+				t.Fatalf("Start on a taken port: %v, want a *ListenError for %s", err, tt.field)
+			}
+			if !errors.Is(err, syscall.EADDRINUSE) {
+				t.Errorf("Start: %v, want it to wrap EADDRINUSE", err)
+			}
+			// The store lock was let go: once the port is free, a server on
+			// the same store starts.
+			_ = ln.Close()
+			cfg.Port = RandomPort
+			if cfg.Cluster.Name != "" {
+				cfg.Cluster = ClusterConfig{}
+			}
+			again, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = again.Stop(context.Background()) })
+			if err := again.Start(testCtx(t)); err != nil {
+				t.Fatalf("Start on the same store after the failure: %v", err)
+			}
+		})
+	}
 }

@@ -26,6 +26,29 @@ import (
 // whose CA the client does not know, a wrong NATS password, a secret file
 // other users can read.
 
+// TestNATSListenTaken: serve and demo on a --nats-listen port another
+// process has refuse in one line naming the flag, not with the embedded
+// server's log line and text.
+func TestNATSListenTaken(t *testing.T) {
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	addr := ln.Addr().String()
+	for _, args := range [][]string{
+		{"serve", "--sim", "--data-dir", filepath.Join(t.TempDir(), "data"), "--nats-listen", addr, "--http-listen", ""},
+		{"demo", "--nats-listen", addr},
+	} {
+		r := runCLI(t, nil, args...)
+		oneErrorLine(t, r, 1, "qqdispatch: --nats-listen: listen tcp "+addr+": ", "address already in use")
+	}
+}
+
 // TestServeDataDirLock: a second serve on a --data-dir in use refuses in
 // one line before it opens the store, and the first keeps working; a serve
 // that was SIGKILLed leaves no lock behind.

@@ -529,6 +529,10 @@ func (s *server) startEmbedded(ctx context.Context) error {
 			}
 			return fmt.Errorf("--data-dir: %s is in use by another qqdispatch serve%s; stop it, or give each serve its own --data-dir", o.dataDir, holder)
 		}
+		var taken *natsserver.ListenError
+		if errors.As(err, &taken) {
+			return fmt.Errorf("--nats-listen: %w", taken.Err)
+		}
 		return fmt.Errorf("embedded NATS server on %s: %w", o.natsListen, err)
 	}
 	s.onStop(func() {
