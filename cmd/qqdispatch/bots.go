@@ -28,7 +28,7 @@ Subcommands:
   ls       list the bots: app id, secret source, paused, policy override, updated
   pause    stop serving a bot: its jobs wait
   resume   serve a paused bot again
-  rm       unregister a bot
+  rm       unregister a bot: its queued jobs end rejected (pause keeps them)
 
 Every worker (qqdispatch serve) sends for the registered bots besides the default bot of QQ_APP_ID: a job on
 {prefix}.send.{scene}@{app_id}.{target} goes as that bot.`
@@ -341,8 +341,11 @@ func yesNo(b bool) string {
 
 // parseAppID reads the one positional app id of pause, resume and rm.
 func parseAppID(c *command, pos []string) (string, error) {
-	if len(pos) != 1 {
-		return "", usagef(c.name, "one app id is required (see `qqdispatch bots ls`)")
+	switch {
+	case len(pos) == 0:
+		return "", usagef(c.name, "an app id is required (see `qqdispatch bots ls`)")
+	case len(pos) > 1:
+		return "", usagef(c.name, "one app id at a time, got %d arguments", len(pos))
 	}
 	if !registry.ValidAppID(pos[0]) {
 		return "", usagef(c.name, "%q is not an app id (1 to %d of [0-9A-Za-z_-])", printable(clip(pos[0], 80)), registry.MaxAppID)
@@ -370,7 +373,7 @@ func botsPause(ctx context.Context, cl *cli, args []string, pause bool) error {
 }
 
 func botsRemove(ctx context.Context, cl *cli, args []string) error {
-	return onBot(ctx, cl, args, "bots rm", "Unregister a bot: workers stop serving it. Its jobs still queued are not removed.",
+	return onBot(ctx, cl, args, "bots rm", "Unregister a bot: workers stop serving it. Its jobs still queued end rejected (rule bot.unknown, to the DLQ) once 30s have passed since their publish, at once for older ones; to keep them waiting, use `bots pause` instead.",
 		func(ctx context.Context, admin *registry.Admin, id string) error {
 			if err := admin.Remove(ctx, id); err != nil {
 				return err

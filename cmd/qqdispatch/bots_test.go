@@ -213,8 +213,8 @@ func TestBotsUsageMistakes(t *testing.T) {
 		{"add argument", with(add, "--secret-env", "S", "extra"), []string{`unexpected argument "extra"`}},
 		{"add timeout", with(add, "--secret-env", "S", "--timeout", "0s"), []string{"--timeout must be positive"}},
 		{"ls argument", []string{"bots", "ls", "b1"}, []string{`unexpected argument "b1"`}},
-		{"pause without id", []string{"bots", "pause"}, []string{"one app id is required"}},
-		{"resume two ids", []string{"bots", "resume", "a", "b"}, []string{"one app id is required"}},
+		{"pause without id", []string{"bots", "pause"}, []string{"an app id is required"}},
+		{"resume two ids", []string{"bots", "resume", "a", "b"}, []string{"one app id at a time, got 2 arguments"}},
 		{"rm bad id", []string{"bots", "rm", "a>"}, []string{`"a>" is not an app id`}},
 		{"unknown flag", []string{"bots", "ls", "--bogus"}, []string{"--bogus"}},
 	}
