@@ -303,8 +303,13 @@ func clip(s string, n int) string {
 }
 
 func parseSeq(c *command, pos []string) (uint64, error) {
-	if len(pos) != 1 {
-		return 0, usagef(c.name, "one DLQ sequence number is required (see `qqdispatch dlq ls`)")
+	switch {
+	case len(pos) == 0 && c.name == "dlq replay":
+		return 0, usagef(c.name, "a DLQ sequence number (see `qqdispatch dlq ls`) or --all is required")
+	case len(pos) == 0:
+		return 0, usagef(c.name, "a DLQ sequence number is required (see `qqdispatch dlq ls`)")
+	case len(pos) > 1:
+		return 0, usagef(c.name, "one DLQ sequence number at a time, got %d arguments", len(pos))
 	}
 	seq, err := strconv.ParseUint(pos[0], 10, 64)
 	if err != nil || seq == 0 {

@@ -215,6 +215,8 @@ func TestUsageErrors(t *testing.T) {
 		{"dlq no subcommand", nil, []string{"dlq"}, []string{"subcommand is required"}},
 		{"dlq unknown subcommand", nil, []string{"dlq", "rm"}, []string{`unknown subcommand "rm"`}},
 		{"dlq show no seq", nil, []string{"dlq", "show"}, []string{"sequence number is required"}},
+		{"dlq show two seqs", nil, []string{"dlq", "show", "1", "2"}, []string{"one DLQ sequence number at a time, got 2 arguments"}},
+		{"dlq replay no seq", nil, []string{"dlq", "replay"}, []string{"a DLQ sequence number", "or --all is required"}},
 		{"dlq show bad seq", nil, []string{"dlq", "show", "abc"}, []string{`"abc" is not a DLQ sequence number`}},
 		{"dlq replay seq and all", nil, []string{"dlq", "replay", "3", "--all"}, []string{"not both"}},
 		{"dlq purge without yes", nil, []string{"dlq", "purge", "--status", "failed"}, []string{"without --yes"}},

@@ -161,6 +161,9 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	}
 	pj, err := prepareJob(names, data, occurrences())
 	if err != nil {
+		if label != "" && jobPerLine(data) {
+			return fmt.Errorf("file %s: %w (one job per line needs a file named .jsonl or .ndjson, or --file -)", label, err)
+		}
 		if label != "" {
 			return fmt.Errorf("file %s: %w", label, err)
 		}
@@ -544,4 +547,16 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
+}
+
+// jobPerLine reports whether data, read as one job, looks like JSON Lines:
+// more than one line holding something, the first a JSON value of its own.
+func jobPerLine(data []byte) bool {
+	var lines [][]byte
+	for _, l := range bytes.Split(data, []byte("\n")) {
+		if len(bytes.TrimSpace(l)) > 0 {
+			lines = append(lines, l)
+		}
+	}
+	return len(lines) > 1 && json.Valid(lines[0])
 }

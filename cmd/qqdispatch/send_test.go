@@ -154,3 +154,34 @@ func TestSendBotAndDLQByBot(t *testing.T) {
 		t.Errorf("dlq ls --json --bot 2048 --scene c2c:\n%s", r)
 	}
 }
+
+// TestSendFileOfLines: a file of one job per line not named .jsonl is read
+// as one job, and the error says how to send it as lines; a single bad job
+// gets no such hint.
+func TestSendFileOfLines(t *testing.T) {
+	t.Parallel()
+	job := `{"v":1,"scene":"group","target":"G1","message":{"msg_type":0,"content":"x"}}`
+	hint := "one job per line needs a file named .jsonl or .ndjson, or --file -"
+	cases := []struct {
+		name, body string
+		hint       bool
+	}{
+		{"lines", job + "\n" + job + "\n", true},
+		{"one bad job over lines", "{\"v\":1,\n\"scene\":\n", false},
+		{"one job with trailing text", job + " x\n", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			file := filepath.Join(t.TempDir(), "jobs.txt")
+			if err := os.WriteFile(file, []byte(tc.body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := runCLI(t, nil, "send", "--nats-url", "nats://127.0.0.1:1", "--file", file)
+			oneErrorLine(t, r, 1, "file "+file+": invalid job")
+			if got := strings.Contains(r.stderr, hint); got != tc.hint {
+				t.Errorf("hint shown %v, want %v:\n%s", got, tc.hint, r.stderr)
+			}
+		})
+	}
+}

@@ -78,7 +78,8 @@ the secret the worker reads from the file or environment variable its entry name
 given the bot and that secret).
 
 HTTP (--http-listen): /metrics (Prometheus), /healthz (200 while running), /readyz (200 when the worker runs, NATS
-is connected and the QQ API has not answered with a configuration error in the last 5 minutes).`
+is connected, its storage answers and the QQ API has not answered with a configuration error in the last 5
+minutes; else 503 with the reason).`
 
 const serveExamples = `
 # Everything local: embedded JetStream and the simulator (no credentials set)
@@ -115,7 +116,7 @@ func cmdServe(ctx context.Context, cl *cli, args []string) error {
 	c.Duration(&o.grace, "shutdown-grace", "QQDISPATCH_SHUTDOWN_GRACE", 30*time.Second, "on SIGINT/SIGTERM, how long calls in flight may take to finish")
 	c.String(&o.logFormat, "log-format", "QQDISPATCH_LOG_FORMAT", "auto", "`format`: auto (console on a terminal, else JSON), json or console")
 	c.String(&o.logLevel, "log-level", "QQDISPATCH_LOG_LEVEL", "info", "`level`: trace, debug, info, warn or error")
-	c.String(&o.readyFile, "ready-file", "QQDISPATCH_READY_FILE", "", "automation aid: once ready, write {nats_url, http_url, sim_url} as JSON to this `file`")
+	c.String(&o.readyFile, "ready-file", "QQDISPATCH_READY_FILE", "", "automation aid: once ready, write {nats_url, http_url, sim_url, worker_id} as JSON to this `file`")
 	pos, err := c.parse(args, cl.env, cl.stdout)
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/queue"
 )
 
@@ -190,6 +191,11 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 	}
 	if c.isSet("interval") && !watch {
 		return usagef(c.name, "--interval goes with --watch")
+	}
+	if bot != "" || c.isSet("bot") {
+		if err := dispatcher.CheckBot("--bot", bot); err != nil {
+			return usagef(c.name, "%s: %s", err.Field, err.Reason)
+		}
 	}
 	nc, js, err := nf.connectOnce(c.name)
 	if err != nil {

@@ -55,6 +55,8 @@ func TestUsageMistakesExit2(t *testing.T) {
 		{"status interval without watch", nil, []string{"status", "--interval", "1s"}, []string{"--interval goes with --watch"}},
 		{"status interval too short", nil, []string{"status", "--watch", "--interval", "10ms"}, []string{"--interval must be at least 100ms"}},
 		{"status timeout", nil, []string{"status", "--timeout", "5"}, []string{"--timeout", "30s, 5m"}},
+		{"status bot with a dot", nil, []string{"status", "--bot", "a.b"}, []string{`--bot: "a.b" contains '.'`}},
+		{"status bot empty", nil, []string{"status", "--bot", ""}, []string{"--bot: must not be empty"}},
 		{"serve max-held below concurrency", nil, []string{"serve", "--max-held", "10"}, []string{"--max-held (10) must be at least --concurrency (64)"}},
 		{"serve partitions not a number", nil, []string{"serve", "--partitions", "many"}, []string{"--partitions", "not a whole number"}},
 		{"serve log level", nil, []string{"serve", "--log-level", "loud", "--http-listen", ""}, []string{"--log-level"}},
