@@ -226,6 +226,15 @@ func (s *server) run(ctx context.Context) error {
 	if o.workerID == "" {
 		o.workerID = defaultWorkerID()
 	}
+	if o.nats.url != "" {
+		// Often NATS_URL exported for send or status: say why the store
+		// and port asked for are not used.
+		for _, f := range []string{"data-dir", "nats-listen"} {
+			if s.c.isSet(f) {
+				s.log.Warn().Str("flag", "--"+f).Msg("ignored: --nats-url (NATS_URL) is set, so serve connects there and starts no embedded server")
+			}
+		}
+	}
 	if o.nats.url == "" {
 		// Before anything else starts: the store's lock turns a second
 		// serve on the same --data-dir away before it opens the store.

@@ -618,3 +618,27 @@ func TestServeWaitsForNATS(t *testing.T) {
 		t.Fatalf("serve exited %d, want 0:\n%s", code, errb.String())
 	}
 }
+
+// TestServeNATSURLIgnoresEmbeddedFlags: with --nats-url, serve starts no
+// embedded server and says that --data-dir and --nats-listen are ignored.
+func TestServeNATSURLIgnoresEmbeddedFlags(t *testing.T) {
+	t.Parallel()
+	first := startServe(t, nil, "--sim")
+	second := startServe(t, nil, "--sim", "--nats-url", first.NATSURL)
+	if second.NATSURL != first.NATSURL {
+		t.Fatalf("serve with --nats-url %s reports NATS at %s", first.NATSURL, second.NATSURL)
+	}
+	for _, s := range []struct {
+		name string
+		s    *served
+		want bool
+	}{{"first", first, false}, {"second", second, true}} {
+		log := s.s.stderr.String()
+		for _, flag := range []string{"--data-dir", "--nats-listen"} {
+			got := strings.Contains(log, `"flag":"`+flag+`"`) && strings.Contains(log, "ignored: --nats-url")
+			if got != s.want {
+				t.Errorf("%s serve: warning that %s is ignored: %v, want %v\n%s", s.name, flag, got, s.want, log)
+			}
+		}
+	}
+}
