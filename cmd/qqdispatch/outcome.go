@@ -219,7 +219,7 @@ func locateJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names
 	}
 	if w == nil {
 		w = &jobWhere{JobID: id, Status: jobQueued,
-			Note: "not yet taken by a worker, or an unknown id (never published, or finished more than 7 days ago)"}
+			Note: "not yet taken by a worker, or an unknown id: never published, or finished more than 7 days ago"}
 	}
 	var silent []string
 	for _, a := range answers {

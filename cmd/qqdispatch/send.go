@@ -212,7 +212,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	out, err := waitOwn(ctx, pj, watch, conflict)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("wait for the outcome of job %s: no outcome within --timeout %s (the job stays queued; see `qqdispatch outcome %s --watch`)", pj.id, o.timeout, pj.id)
+			return fmt.Errorf("wait for the outcome of job %s: no outcome within --timeout %s (the job is not cancelled: `qqdispatch outcome %s` says where it waits, --watch follows it)", pj.id, o.timeout, pj.id)
 		}
 		return fmt.Errorf("wait for the outcome of job %s: %w", pj.id, err)
 	}
