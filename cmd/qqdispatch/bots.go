@@ -30,6 +30,8 @@ Subcommands:
   resume   serve a paused bot again
   rm       unregister a bot: its queued jobs end rejected (pause keeps them)
 
+Each subcommand's flags: qqdispatch bots SUBCOMMAND --help.
+
 Every worker (qqdispatch serve) sends for the registered bots besides the default bot of QQ_APP_ID: a job on
 {prefix}.send.{scene}@{app_id}.{target} goes as that bot.`
 

@@ -28,7 +28,9 @@ Subcommands:
   ls       list entries: seq, time, job id, status, code, reason
   show     print one entry's headers and body
   replay   publish entries again as jobs (same job id; the old outcome is forgotten) and remove them from the DLQ
-  purge    delete entries (needs --yes)`
+  purge    delete entries (needs --yes)
+
+Each subcommand's flags: qqdispatch dlq SUBCOMMAND --help.`
 
 const dlqExamples = `
 qqdispatch dlq ls --status failed --limit 20
