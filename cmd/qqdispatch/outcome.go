@@ -268,11 +268,18 @@ func wherePriority(state string) int {
 }
 
 // fromAnswers reads the workers' answers; nil when none knows the job.
+//
+// A job a worker's scheduler reports paused (started, then waiting for a
+// rule: its bot paused or unable to send, a rate, a retry's back-off) is
+// waiting, although that worker's pipeline has it the whole time: the
+// pipeline pauses it before the call, with no call mark in the ledger
+// for a paused bot or a configuration pause. Only another worker's
+// pipeline having the job (a hand-over) makes it running.
 func fromAnswers(id string, answers []peerAnswer) *jobWhere {
 	var (
 		best   *sched.Where
 		worker string
-		has    string
+		has    []string // the workers whose pipeline has the job
 	)
 	for _, a := range answers {
 		if a.err != nil {
@@ -281,15 +288,15 @@ func fromAnswers(id string, answers []peerAnswer) *jobWhere {
 		if wh := a.answer.Where; wh != nil && (best == nil || wherePriority(wh.State) > wherePriority(best.State)) {
 			best, worker = wh, a.worker
 		}
-		if a.answer.State == dispatcher.PeerHasJob && has == "" {
-			has = a.worker
+		if a.answer.State == dispatcher.PeerHasJob {
+			has = append(has, a.worker)
 		}
 	}
 	if best == nil {
-		if has == "" {
+		if len(has) == 0 {
 			return nil
 		}
-		return &jobWhere{JobID: id, Status: jobRunning, Worker: has}
+		return &jobWhere{JobID: id, Status: jobRunning, Worker: has[0]}
 	}
 	p := best.Partition
 	w := &jobWhere{JobID: id, Worker: worker, Bot: best.Bot, Scene: string(best.Scene), Kind: string(best.Kind), Partition: &p,
@@ -312,10 +319,10 @@ func fromAnswers(id string, answers []peerAnswer) *jobWhere {
 			w.Note = "held by the worker: waiting for a free slot or behind an earlier job of its target"
 		}
 	}
-	if has != "" && w.Status != jobRunning {
-		// The pipeline has it although the scheduler's view differs (a
-		// moment of hand-over): it runs.
-		w.Status, w.Worker = jobRunning, has
+	// A pipeline has it although the scheduler's view differs (a moment
+	// of hand-over): it runs. The paused job's own pipeline does not count.
+	if i := slices.IndexFunc(has, func(h string) bool { return h != worker || best.State != "paused" }); i >= 0 && w.Status != jobRunning {
+		w.Status, w.Worker, w.Rule, w.Until, w.Note = jobRunning, has[i], "", time.Time{}, ""
 	}
 	return w
 }

@@ -166,6 +166,16 @@ func TestJobWhereRules(t *testing.T) {
 			&jobWhere{Status: jobWaiting, Rule: "cooldown.target", Until: until, Worker: "a"}},
 		{"paused", []peerAnswer{ans("a", dispatcher.PeerUnknown, where("paused", "group.active.rate.per_bot"))},
 			&jobWhere{Status: jobWaiting, Rule: "group.active.rate.per_bot", Until: until, Worker: "a"}},
+		// A paused job is in its worker's pipeline the whole pause: the
+		// pipeline's answer does not make it running.
+		{"paused, its bot paused", []peerAnswer{ans("a", dispatcher.PeerHasJob, where("paused", dispatcher.RuleBotPaused))},
+			&jobWhere{Status: jobWaiting, Rule: dispatcher.RuleBotPaused, Until: until, Worker: "a"}},
+		{"paused for its bot's configuration", []peerAnswer{ans("a", dispatcher.PeerHasJob, where("paused", dispatcher.RuleConfiguration))},
+			&jobWhere{Status: jobWaiting, Rule: dispatcher.RuleConfiguration, Until: until, Worker: "a"}},
+		{"paused on one worker, another's pipeline has it", []peerAnswer{
+			ans("a", dispatcher.PeerHasJob, where("paused", dispatcher.RuleBotPaused)),
+			ans("b", dispatcher.PeerHasJob, nil),
+		}, &jobWhere{Status: jobRunning, Worker: "b"}},
 		{"the one running it wins over an old parked record", []peerAnswer{
 			ans("a", dispatcher.PeerUnknown, where("parked", "group.active.rate.per_bot")),
 			ans("b", dispatcher.PeerHasJob, where("running", "")),

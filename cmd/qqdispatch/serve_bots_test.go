@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
+	"github.com/qqdispatch/qqdispatch/queue"
 )
 
 // serve --sim finds the bots of the registry (the prefix's bots bucket),
@@ -82,8 +83,18 @@ func TestServeSendsForRegisteredBots(t *testing.T) {
 		_, m := httpGet(t, s.HTTPURL+"/metrics")
 		return strings.Contains(m, `reason="bot.paused"`)
 	})
-	if r := runCLI(t, nil, "outcome", "paused-job", "--nats-url", u); r.code == 0 {
-		t.Fatalf("a paused bot's job has an outcome:\n%s", r)
+	// It is waiting, not running: paused in the worker (or, after
+	// BotHold, handed back to wait in JetStream), with no call marked in
+	// the ledger.
+	if w := outcomeWhere(t, u, "paused-job"); w.Status != jobWaiting || (w.Rule != dispatcher.RuleBotPaused && w.Rule != "handed back") {
+		t.Errorf("outcome of a paused bot's job: %+v, want waiting for %s (or handed back)", w, dispatcher.RuleBotPaused)
+	}
+	ledger, err := queue.NewLedger(ctx, js, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ledger.Get(ctx, "paused-job"); err != nil || c.Phase != dispatcher.PhaseClaimed {
+		t.Errorf("ledger claim of a paused bot's job: %+v, %v; want claimed (no call marked)", c, err)
 	}
 	if rows := dlqRows(t, u); len(rows) != 0 {
 		t.Fatalf("DLQ has %d entries while botX is paused, want none", len(rows))
