@@ -19,7 +19,9 @@ type Waiting struct {
 	// "order" (behind an earlier job of their lane), "handed back", or
 	// "slot" for jobs ready and waiting for a free slot.
 	Rule string `json:"rule"`
-	// Held counts jobs held in memory, Parked jobs parked in JetStream.
+	// Held counts jobs held in memory and not calling: not started yet,
+	// or started and paused (Summary's Held and Paused); Parked jobs
+	// parked in JetStream.
 	Held   int `json:"held"`
 	Parked int `json:"parked"`
 	// Next and Last are the earliest and latest instants among them (for
@@ -30,6 +32,11 @@ type Waiting struct {
 
 // Summary is a worker's scheduling at one instant.
 type Summary struct {
+	// Running counts the jobs in a slot; Paused the jobs started and
+	// paused until their rule allows the call (or resumed and waiting
+	// for a slot); Held the jobs held in memory, not started; Parked the
+	// jobs parked in JetStream. Waiting's rows count the paused jobs as
+	// held: their Held sum to Held plus Paused.
 	Running int       `json:"running"`
 	Paused  int       `json:"paused"`
 	Held    int       `json:"held"`

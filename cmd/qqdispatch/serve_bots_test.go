@@ -96,6 +96,16 @@ func TestServeSendsForRegisteredBots(t *testing.T) {
 	if c, err := ledger.Get(ctx, "paused-job"); err != nil || c.Phase != dispatcher.PhaseClaimed {
 		t.Errorf("ledger claim of a paused bot's job: %+v, %v; want claimed (no call marked)", c, err)
 	}
+	// status counts it alike in its WAITING table, its summary and the
+	// member (one heartbeat's report).
+	st := statusJSON(t, u)
+	rows := 0
+	for _, w := range st.Waiting {
+		rows += w.Held
+	}
+	if st.Totals.Held != rows || len(st.Members) != 1 || st.Members[0].Held != rows {
+		t.Errorf("status while botX is paused: totals %+v, members %+v, waiting %+v; want held as the WAITING rows (%d)", st.Totals, st.Members, st.Waiting, rows)
+	}
 	if rows := dlqRows(t, u); len(rows) != 0 {
 		t.Fatalf("DLQ has %d entries while botX is paused, want none", len(rows))
 	}

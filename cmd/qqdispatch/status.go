@@ -28,10 +28,12 @@ partition's backlog and lag.
 
 Members: id, host, pid, start time, age of the last heartbeat, and the partitions the worker announces it consumes;
 NOTE says leaving, releasing P (partitions it still finishes jobs of), heartbeat late.
-Waiting: per scene, kind and rule, the jobs the workers hold (HELD) and have parked in JetStream until shortly before
-their time (PARKED), the jobs deferred to a later quota period (DEFERRED, from the stream's message schedules), and
-the earliest and latest time they wait for (NEXT, LAST). The summary line adds the longest wait of a ready job for a
-slot (oldest ready).
+Waiting: per scene, kind and rule, the jobs the workers hold in memory and are not calling (HELD: not started yet, or
+started and paused until their rule allows the call, e.g. for bot.paused or configuration) and have parked in
+JetStream until shortly before their time (PARKED), the jobs deferred to a later quota period (DEFERRED, from the
+stream's message schedules), and the earliest and latest time they wait for (NEXT, LAST). The summary line counts the
+same held jobs, saying how many of them are paused, and adds the longest wait of a ready job for a slot (oldest
+ready).
 Partitions: the owner (from the members' announcements), whether the server has pinned a puller to the partition's
 consumer and since when, BACKLOG (jobs not yet delivered to any worker), UNACKED (delivered, not yet finished: held
 or being sent by a worker, or parked in JetStream until later), and OLDEST (age of the oldest unfinished job).
@@ -62,10 +64,14 @@ type statusMember struct {
 	// or hands back jobs of; Leaving is set while it shuts down.
 	Releasing []int `json:"releasing,omitempty"`
 	Leaving   bool  `json:"leaving,omitempty"`
-	// Running, Held and Parked are the jobs its scheduler runs, holds in
-	// memory not started yet, and has parked in JetStream.
+	// Running, Held and Parked are the jobs its scheduler runs (in a
+	// slot), holds in memory and is not calling (not started yet, or
+	// started and paused until their rule allows the call), and has
+	// parked in JetStream. Paused is how many of Held are paused: Held
+	// counts them as the WAITING rows do.
 	Running int    `json:"running"`
 	Held    int    `json:"held"`
+	Paused  int    `json:"paused"`
 	Parked  int    `json:"parked"`
 	Note    string `json:"note,omitempty"`
 }
@@ -134,10 +140,12 @@ type statusTotals struct {
 	Unacked    int      `json:"unacked"`
 	InFlight   int      `json:"in_flight"` // = Unacked, its older name
 	OldestAge  *float64 `json:"oldest_age_seconds,omitempty"`
-	// Running, Held and Parked sum the members' schedulers; Deferred
-	// counts the jobs waiting in message schedules for a later period.
+	// Running, Held (with Paused, how many of them are paused) and Parked
+	// sum the members' (statusMember); Deferred counts the jobs waiting
+	// in message schedules for a later period.
 	Running  int `json:"running"`
 	Held     int `json:"held"`
+	Paused   int `json:"paused"`
 	Parked   int `json:"parked"`
 	Deferred int `json:"deferred"`
 	// OldestReady is the longest a job ready to go has waited for a slot,
@@ -432,7 +440,7 @@ func buildStatus(names queue.Config, members []queue.Member, ttl time.Duration, 
 			sm.Releasing = slices.Sorted(slices.Values(m.Releasing))
 		}
 		if sc := m.Scheduling; sc != nil {
-			sm.Running, sm.Held, sm.Parked = sc.Running, sc.Held, sc.Parked
+			sm.Running, sm.Held, sm.Paused, sm.Parked = sc.Running, sc.Held+sc.Paused, sc.Paused, sc.Parked
 		}
 		var notes []string
 		if m.Leaving {
@@ -562,8 +570,10 @@ func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Defer
 		if sc == nil {
 			continue
 		}
+		// Paused jobs are held, as in the scheduler's Waiting rows.
 		tot.Running += sc.Running
-		tot.Held += sc.Held
+		tot.Held += sc.Held + sc.Paused
+		tot.Paused += sc.Paused
 		tot.Parked += sc.Parked
 		oldest = max(oldest, sc.OldestReady)
 		for _, wt := range sc.Waiting {
@@ -641,7 +651,11 @@ func writeStatusSummary(b *strings.Builder, st *fleetStatus) {
 	if tot.OldestAge != nil {
 		fmt.Fprintf(b, ", oldest job %s", secs(*tot.OldestAge))
 	}
-	fmt.Fprintf(b, "\njobs: %d running, %d held, %d parked, %d deferred to a later period", tot.Running, tot.Held, tot.Parked, tot.Deferred)
+	fmt.Fprintf(b, "\njobs: %d running, %d held", tot.Running, tot.Held)
+	if tot.Paused > 0 {
+		fmt.Fprintf(b, " (%d paused)", tot.Paused)
+	}
+	fmt.Fprintf(b, ", %d parked, %d deferred to a later period", tot.Parked, tot.Deferred)
 	if tot.OldestReady != nil {
 		fmt.Fprintf(b, "; oldest ready job waited %s", secs(*tot.OldestReady))
 	}

@@ -596,3 +596,76 @@ func TestStatusWaitingPerBot(t *testing.T) {
 		t.Errorf("--bot nobody:\n%s", out)
 	}
 }
+
+// TestStatusCountsPausedJobsAsHeld: a job its worker started and paused
+// (its bot paused, its credentials refused) waits in the worker's memory
+// and is not calling QQ: the WAITING table counts it as held, and so do
+// the summary line, the member's and the totals' held, with paused saying
+// how many of the held are. The held counts agree with the table.
+func TestStatusCountsPausedJobsAsHeld(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	// Worker a: a real scheduler, two slots, three group actives of bot
+	// 102003004; the first started is paused for its configuration, and
+	// the third takes its slot.
+	s, err := sched.New(sched.Config{Slots: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range []string{"g1", "g2", "g3"} {
+		s.Add(&sched.Item{Seq: uint64(i + 1), Bot: "102003004", Scene: dispatcher.SceneGroup, Target: g, Kind: dispatcher.KindActive,
+			JobID: "job-" + g}, now)
+	}
+	started, _ := s.Next(now)
+	if len(started) != 2 {
+		t.Fatalf("started %d jobs, want 2", len(started))
+	}
+	s.Pause(started[0].Item, now.Add(5*time.Second), dispatcher.RuleConfiguration, now)
+	if again, _ := s.Next(now); len(again) != 1 {
+		t.Fatalf("after the pause started %d jobs, want the third", len(again))
+	}
+	sumA := s.Summary(now)
+	// Worker b: one reply of the default bot waiting for a slot.
+	sumB := sched.Summary{Held: 1, Waiting: []sched.Waiting{{Scene: dispatcher.SceneC2C, Kind: dispatcher.KindPassive, Rule: "slot", Held: 1}}}
+	members := []queue.Member{{ID: "a", Seen: now, Scheduling: &sumA}, {ID: "b", Seen: now, Scheduling: &sumB}}
+
+	st := buildStatus(queue.Config{Partitions: 2}.WithDefaults(), members, 6*time.Second, map[int]*jetstream.ConsumerInfo{}, nil, now)
+	st.addWaiting(members, nil)
+
+	rows := 0
+	for _, w := range st.Waiting {
+		rows += w.Held
+	}
+	if tot := st.Totals; tot.Running != 2 || tot.Held != 2 || tot.Paused != 1 || tot.Held != rows {
+		t.Errorf("totals: %d running, %d held, %d paused; want 2, 2 and 1, held as the WAITING rows (%d): %+v", tot.Running, tot.Held, tot.Paused, rows, st.Waiting)
+	}
+	memberHeld := 0
+	for _, m := range st.Members {
+		memberHeld += m.Held
+	}
+	if a := st.Members[0]; a.Running != 2 || a.Held != 1 || a.Paused != 1 || memberHeld != rows {
+		t.Errorf("member a %+v, want 2 running, 1 held of which 1 paused; members hold %d, the rows %d", a, memberHeld, rows)
+	}
+	if !slices.ContainsFunc(st.Waiting, func(w statusWaiting) bool {
+		return w.Bot == "102003004" && w.Rule == dispatcher.RuleConfiguration && w.Held == 1
+	}) {
+		t.Errorf("no WAITING row of bot 102003004 holding 1 for configuration: %+v", st.Waiting)
+	}
+
+	var b bytes.Buffer
+	if err := printStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	if want := "jobs: 2 running, 2 held (1 paused), 0 parked, 0 deferred to a later period\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("printed status lacks %q:\n%s", want, b.String())
+	}
+	js, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"running":2,"held":1,"paused":1,"parked":0`, `"running":2,"held":2,"paused":1,"parked":0`} {
+		if !strings.Contains(string(js), want) {
+			t.Errorf("status --json lacks %s:\n%s", want, js)
+		}
+	}
+}
