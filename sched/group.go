@@ -131,6 +131,17 @@ func (g *group) gated(now, lead int64) bool {
 	return false
 }
 
+// blockingGate is the rule of the bucket that keeps the group's ready jobs
+// from starting now (as gated), and when it is free; "" when none does.
+func (g *group) blockingGate(now, lead int64) (rule string, free int64) {
+	for _, u := range g.gates {
+		if u.gate.virt > now+lead && u.gate.virt > free {
+			rule, free = u.rule, u.gate.virt
+		}
+	}
+	return rule, free
+}
+
 // gateAt is when the group's buckets are next free, as far as this worker
 // knows.
 func (g *group) gateAt() int64 {

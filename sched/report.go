@@ -17,7 +17,9 @@ type Waiting struct {
 	// Rule is what the jobs wait for: a policy rule (e.g.
 	// "group.active.rate.per_bot"), "cooldown.target",
 	// "order" (behind an earlier job of their lane), "handed back", or
-	// "slot" for jobs ready and waiting for a free slot.
+	// "slot" for jobs ready and waiting for a free slot. A ready job whose
+	// group's shared bucket is taken beyond Lead waits for that bucket's
+	// rule.
 	Rule string `json:"rule"`
 	// Held counts jobs held in memory and not calling: not started yet,
 	// or started and paused (Summary's Held and Paused); Parked jobs
@@ -53,7 +55,7 @@ type Summary struct {
 // job), so it costs about a microsecond per lane: call it about once a
 // second, not per job.
 func (s *Scheduler) Summary(now time.Time) Summary {
-	n := now.UnixNano()
+	n, lead := now.UnixNano(), int64(s.cfg.Lead)
 	acc := map[groupKey]map[string]*Waiting{}
 	entry := func(g *group, rule string) *Waiting {
 		byRule := acc[g.key]
@@ -102,9 +104,17 @@ func (s *Scheduler) Summary(now time.Time) Summary {
 		case l.head() == nil:
 			entry(l.g, "order").Held += len(l.held)
 		case l.hidx[readyHeap] >= 0:
-			entry(l.g, "slot").Held++
-			if since := l.held[0].since; since > 0 && (oldest == 0 || since < oldest) {
-				oldest = since
+			if rule, free := l.g.blockingGate(n, lead); rule != "" {
+				// Its instant has come, but a bucket the group shares
+				// is taken beyond Lead: it waits for that, not a slot.
+				w := entry(l.g, rule)
+				w.Held++
+				at(w, free)
+			} else {
+				entry(l.g, "slot").Held++
+				if since := l.held[0].since; since > 0 && (oldest == 0 || since < oldest) {
+					oldest = since
+				}
 			}
 			if len(l.held) > 1 {
 				entry(l.g, "order").Held += len(l.held) - 1

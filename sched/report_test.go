@@ -91,3 +91,39 @@ func TestSummaryCountsPausedJobsAsHeld(t *testing.T) {
 		})
 	}
 }
+
+// TestSummaryNamesTheBucketOfReadyJobs: a job whose instant has come but
+// whose group's shared bucket is taken beyond Lead waits for that bucket's
+// rule, not for a slot (slots are free), and is not the oldest ready job.
+func TestSummaryNamesTheBucketOfReadyJobs(t *testing.T) {
+	t.Parallel()
+	s, _, _, _ := twoGroupActives(t, 8) // g1's job runs; g2's waits for the bot's 1/s bucket
+	sum := s.Summary(t0)
+	var rows []Waiting
+	for _, w := range sum.Waiting {
+		if w.Held > 0 {
+			rows = append(rows, w)
+		}
+	}
+	if len(rows) != 1 || rows[0].Rule != "group.active.rate.per_bot" || rows[0].Held != 1 {
+		t.Fatalf("held rows %+v, want one job waiting for group.active.rate.per_bot", rows)
+	}
+	if next := rows[0].Next; next.Before(t0.Add(LeadDefault)) || next.After(t0.Add(time.Second)) {
+		t.Errorf("it waits until %s, want when the bucket is free (within 1s)", next.Sub(t0))
+	}
+	if sum.OldestReady != 0 {
+		t.Errorf("oldest ready %s, want 0: no job waits for a slot", sum.OldestReady)
+	}
+	// Once the bucket is free, the same job waits for a slot if none is.
+	full, _, _, _ := twoGroupActives(t, 1)
+	at := t0.Add(time.Second)
+	rows = rows[:0]
+	for _, w := range full.Summary(at).Waiting {
+		if w.Held > 0 {
+			rows = append(rows, w)
+		}
+	}
+	if len(rows) != 1 || rows[0].Rule != "slot" || rows[0].Held != 1 {
+		t.Errorf("with the bucket free and the one slot taken: held rows %+v, want one job waiting for a slot", rows)
+	}
+}
