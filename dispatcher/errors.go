@@ -84,6 +84,15 @@ func (e *SendError) Error() string {
 
 func (e *SendError) Unwrap() error { return e.Err }
 
+// ErrLocalConfiguration marks a ClassConfiguration *SendError that the
+// worker raised itself, without calling the platform: the bot's own
+// configuration cannot be used on this worker (its secret cannot be read,
+// its policy does not apply). Such an error has no HTTPStatus and no Code,
+// and its Err matches ErrLocalConfiguration with errors.Is. The pipeline
+// pauses the bot as it does for a configuration answer, but its log says
+// the trouble is the worker's, not the platform's.
+var ErrLocalConfiguration = errors.New("the worker cannot use the bot's configuration")
+
 // ClassOf returns the class of err: the class of the first *SendError in its
 // chain, else ClassUnknown.
 func ClassOf(err error) ErrorClass {

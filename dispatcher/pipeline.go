@@ -678,15 +678,16 @@ func (p *Processor) gateFor(bot string) *pauseGate {
 }
 
 // BotPause is one bot whose calls wait because the platform refused its
-// configuration (bad app id or secret, or a bot that may not send).
+// configuration (bad app id or secret, or a bot that may not send), or
+// because the worker cannot use it (Err matches ErrLocalConfiguration).
 type BotPause struct {
 	Bot   string // "" is the default bot
 	Since time.Time
-	Err   error // the last refusal
+	Err   error // the last refusal (a *SendError)
 }
 
-// ConfigPaused lists the bots whose calls wait for the platform to accept
-// their configuration again, by bot; the other bots keep sending.
+// ConfigPaused lists the bots whose calls wait for their configuration to
+// be accepted again, by bot; the other bots keep sending.
 func (p *Processor) ConfigPaused() []BotPause {
 	var out []BotPause
 	p.gates.Range(func(k, v any) bool {
@@ -1232,7 +1233,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 			continue
 		} else if pr {
 			probe = true
-			r.log.Info().Msg("probing whether the platform accepts the app's configuration again")
+			r.logProbe()
 		}
 		if media != nil && !media.usable(p.cfg.Clock.Now()) {
 			p.media.drop(key, media)
@@ -1531,19 +1532,39 @@ func (r *run) gateAfter(err error, probe *bool) {
 	*probe = false
 }
 
-// configAnswer closes the configuration gate after a configuration answer
-// (or refreshes its pause) and logs it, once per pause.
+// configAnswer closes the configuration gate after a configuration error
+// (or refreshes its pause) and logs it, once per pause: a refusal from
+// the platform, or a configuration the worker cannot use
+// (ErrLocalConfiguration), which asked the platform nothing.
 func (r *run) configAnswer(se *SendError, probe *bool) {
 	p := r.p
 	was := *probe
 	*probe = false
 	now := p.cfg.Clock.Now()
 	pause := r.gate.fail(now, se)
-	if ok, held := p.warns.allow("configuration "+r.job.Bot, now); ok || was {
-		r.log.Error().Str("bot", r.job.Bot).Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Dur("pause", pause).
-			Int("not_logged", held).Err(se).
-			Msg("the platform refused the app's configuration (app id, secret or permission): sending pauses; jobs wait, none fails for it")
+	ok, held := p.warns.allow("configuration "+r.job.Bot, now)
+	if !ok && !was {
+		return
 	}
+	if errors.Is(se, ErrLocalConfiguration) {
+		r.log.Error().Str("bot", r.job.Bot).Dur("pause", pause).Int("not_logged", held).Err(se.Err).
+			Msg("this worker cannot use the bot's configuration (the platform was not asked): the bot's sending pauses; its jobs wait, none fails for it")
+		return
+	}
+	r.log.Error().Str("bot", r.job.Bot).Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Dur("pause", pause).
+		Int("not_logged", held).Err(se).
+		Msg("the platform refused the app's configuration (app id, secret or permission): sending pauses; jobs wait, none fails for it")
+}
+
+// logProbe logs the call that probes the job's bot's closed configuration
+// gate. A gate closed by the worker's own trouble (ErrLocalConfiguration)
+// asks nothing of the platform, and its probe is a debug line.
+func (r *run) logProbe() {
+	if _, _, last := r.gate.state(); errors.Is(last, ErrLocalConfiguration) {
+		r.log.Debug().Str("bot", r.job.Bot).Msg("looking again whether this worker can use the bot's configuration")
+		return
+	}
+	r.log.Info().Str("bot", r.job.Bot).Msg("probing whether the platform accepts the app's configuration again")
 }
 
 // RuleConfiguration is what jobs wait for while the platform answers with

@@ -341,8 +341,9 @@ var ErrPeerGone = errors.New("dispatcher: no such worker")
 // (see ProcessorConfig.BotGrace), and asks again every BotRecheck; any
 // other error is waited on like a pause. A bot whose credentials cannot
 // be read is better given a Sender whose calls fail with a
-// ClassConfiguration error: the bot then pauses alone (its own
-// configuration gate) and readiness says so.
+// ClassConfiguration *SendError whose Err matches ErrLocalConfiguration:
+// the bot then pauses alone (its own configuration gate), readiness says
+// so, and the log says the worker, not the platform, is the trouble.
 type Bots interface {
 	Sender(bot string) (Sender, error)
 }

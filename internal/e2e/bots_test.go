@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/qqsend"
@@ -254,6 +256,114 @@ func TestBotWithBadSecretPausesAlone(t *testing.T) {
 		t.Fatalf("paused bots %v after A was mended, want none", p)
 	}
 	dlqEmpty(t, w)
+}
+
+// A bot whose secret this worker cannot read (its variable not set, its
+// file missing) pauses alone, as a bot whose secret the platform refuses,
+// but is reported as the worker's own trouble: readiness and the log name
+// the variable or the file (never a secret), and claim neither an HTTP
+// status nor a refusal by the platform, which was never asked. Once its
+// registry entry is mended, its jobs are sent.
+func TestBotWithUnreadableSecretIsTheWorkersTrouble(t *testing.T) {
+	t.Parallel()
+	missing := filepath.Join(t.TempDir(), "no-such-secret")
+	src := newMemBotSource(worker.Bot{AppID: "A", SecretEnv: "BOT_A_UNSET"}, worker.Bot{AppID: "B", SecretFile: missing})
+	b := newBotBed(t, src)
+	logs := &syncBuffer{}
+	lg := zerolog.New(logs).Level(zerolog.DebugLevel)
+	b.cfg.Logger = &lg
+	w := b.StartWorker(b.cfg)
+	var ids []string
+	for i := range 2 {
+		ids = append(ids, b.publishFor(t, "A", fmt.Sprintf("unread-A-%d", i), fmt.Sprintf("g%d", i)),
+			b.publishFor(t, "B", fmt.Sprintf("unread-B-%d", i), fmt.Sprintf("g%d", i)))
+	}
+	allSent(t, b.Outcomes([]string{b.publishFor(t, "", "unread-def", "g0")}, time.Minute))
+	waitFor(t, "bots A and B to pause", 30*time.Second, func() bool { return len(w.ConfigPaused()) == 2 })
+	waitFor(t, "a second look at A's configuration", 30*time.Second, func() bool {
+		return strings.Contains(logs.String(), "looking again whether this worker can use the bot's configuration")
+	})
+
+	where := map[string]string{"A": "environment variable BOT_A_UNSET", "B": "file " + missing}
+	for _, p := range w.ConfigPaused() {
+		var se *worker.SecretError
+		if !errors.Is(p.Err, dispatcher.ErrLocalConfiguration) || !errors.As(p.Err, &se) {
+			t.Errorf("bot %s paused for %v, want a *worker.SecretError matching ErrLocalConfiguration", p.Bot, p.Err)
+		}
+	}
+	bw := w.BotsWaiting()
+	if len(bw) != 2 {
+		t.Fatalf("bots waiting %q, want A and B", bw)
+	}
+	for i, bot := range []string{"A", "B"} {
+		want := bot + " (this worker cannot read the bot's secret: " + where[bot]
+		if !strings.HasPrefix(bw[i], want) || strings.Contains(bw[i], "platform") || strings.Contains(bw[i], "401") {
+			t.Errorf("bots waiting names %q, want it to start %q and not blame the platform", bw[i], want)
+		}
+	}
+
+	// The log: each bot is served, then said not to be able to send,
+	// naming where its secret was looked for; no line about it claims an
+	// HTTP status or the platform's refusal, and every line about its
+	// gate names it.
+	served, said := map[string]int{}, map[string]int{}
+	for i, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var l struct {
+			Level, Bot, Message, Error string
+			HTTPStatus                 int `json:"http_status"`
+		}
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if (strings.HasPrefix(l.Message, "probing") || strings.HasPrefix(l.Message, "looking again")) && l.Bot == "" {
+			t.Errorf("a probe's line names no bot: %s", line)
+		}
+		if l.Bot != "A" && l.Bot != "B" {
+			continue
+		}
+		if l.HTTPStatus != 0 || strings.Contains(l.Error, "http 401") || strings.Contains(l.Message, "platform refused") {
+			t.Errorf("a line about bot %s blames the platform: %s", l.Bot, line)
+		}
+		switch {
+		case l.Message == "serving bot" && served[l.Bot] == 0:
+			served[l.Bot] = i + 1
+		case l.Level == "error" && strings.Contains(l.Error, "cannot read the bot's secret: "+where[l.Bot]):
+			if said[l.Bot] == 0 {
+				said[l.Bot] = i + 1
+			}
+		}
+	}
+	for _, bot := range []string{"A", "B"} {
+		if said[bot] == 0 || served[bot] == 0 || served[bot] > said[bot] {
+			t.Errorf("bot %s: \"serving bot\" at log line %d, its unreadable secret (%s) at line %d; want both, served first",
+				bot, served[bot], where[bot], said[bot])
+		}
+	}
+	for _, id := range ids {
+		if _, ok, err := b.Rec.Lookup(context.Background(), id); err != nil || ok {
+			t.Fatalf("job %s has an outcome (%v) while its bot's secret cannot be read", id, err)
+		}
+	}
+	dlqEmpty(t, w)
+	if got := b.sentBy(t); got["A"]+got["B"] != 0 {
+		t.Fatalf("messages per bot %v, want none from A or B without their secrets", got)
+	}
+
+	src.set(worker.Bot{AppID: "A", SecretEnv: "BOT_A_SECRET"})
+	src.set(worker.Bot{AppID: "B", SecretFile: secretFile(t, "secretB")})
+	allSent(t, b.Outcomes(ids, time.Minute))
+	if got := b.sentBy(t); got["A"] != 2 || got["B"] != 2 {
+		t.Fatalf("messages per bot %v, want 2 each from A and B once mended", got)
+	}
+	if p := w.ConfigPaused(); len(p) != 0 {
+		t.Fatalf("paused bots %v after A and B were mended, want none", p)
+	}
+	dlqEmpty(t, w)
+	for _, secret := range []string{"secretA", "secretB"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("a bot's secret appears in the logs")
+		}
+	}
 }
 
 // A paused bot's jobs wait (rule bot.paused), never reach the DLQ, and are

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -94,6 +95,9 @@ type botEntry struct {
 	spec   Bot
 	sender dispatcher.Sender
 	lim    *ratelimit.Limiter // nil without rules
+	// trouble says why the bot cannot send from this worker (sender then
+	// refuses every call); nil when it can.
+	trouble error
 }
 
 var _ dispatcher.Bots = (*botRuntime)(nil)
@@ -202,6 +206,9 @@ func (b *botRuntime) entry(bot string) (*botEntry, error) {
 		b.bots[bot] = e
 		b.mu.Unlock()
 		b.log.Info().Str("bot", bot).Str("secret", spec.secretSource()).Bool("own_policy", spec.Policy != "").Msg("serving bot")
+		if e.trouble != nil {
+			b.log.Error().Str("bot", bot).Err(e.trouble).Msg("the bot cannot send from this worker; its jobs wait until its registry entry is mended")
+		}
 		return e, nil
 	}
 }
@@ -211,31 +218,30 @@ var errStopping = errors.New("the worker is stopping")
 
 // build makes a bot's Sender and limiter. A secret that cannot be read, or
 // a policy that does not merge, gives a Sender whose calls fail with a
-// configuration error: the bot's jobs wait at its configuration gate (it
-// pauses alone, and readiness names it) until its entry is mended.
+// configuration error of the worker's own (dispatcher.ErrLocalConfiguration):
+// the bot's jobs wait at its configuration gate (it pauses alone, and
+// readiness names it and why) until its entry is mended.
 func (b *botRuntime) build(spec Bot) (*botEntry, error) {
 	e := &botEntry{spec: spec}
 	policy := b.policy
-	var trouble string
 	if b.policy != nil && spec.Policy != "" {
 		p, err := ratelimit.MergePolicy(*b.policy, []byte(spec.Policy))
 		if err != nil {
-			trouble = "its policy does not apply over the worker's: " + strings.ReplaceAll(err.Error(), "\n", "; ")
+			e.trouble = fmt.Errorf("its policy does not apply over the worker's: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 		}
 		policy = &p
 	}
 	secret, err := b.secret(spec)
-	if err != nil && trouble == "" {
-		trouble = err.Error()
+	if err != nil && e.trouble == nil {
+		e.trouble = err
 	}
-	if trouble == "" {
+	if e.trouble == nil {
 		if e.sender, err = b.cfg.Connect(spec.AppID, secret); err != nil {
-			trouble = "its client cannot be built: " + err.Error()
+			e.trouble = fmt.Errorf("its client cannot be built: %w", err)
 		}
 	}
-	if trouble != "" {
-		b.log.Error().Str("bot", spec.AppID).Str("why", trouble).Msg("the bot cannot send; its jobs wait until its registry entry is mended")
-		e.sender, policy = refusedSender{msg: "bot " + spec.AppID + ": " + trouble}, b.policy
+	if e.trouble != nil {
+		e.sender, policy = refusedSender{err: &botConfigError{bot: spec.AppID, err: e.trouble}}, b.policy
 	}
 	if b.newLimiter != nil {
 		lim, err := b.newLimiter(spec.AppID, policy)
@@ -248,24 +254,75 @@ func (b *botRuntime) build(spec Bot) (*botEntry, error) {
 }
 
 // secret reads the bot's app secret from its file or environment
-// variable. Errors name where it was looked for, never what was found.
+// variable. Its error is a *SecretError: it names where the secret was
+// looked for, never what was found.
 func (b *botRuntime) secret(spec Bot) (string, error) {
 	var s string
 	switch {
 	case spec.SecretFile != "":
 		raw, err := os.ReadFile(spec.SecretFile)
 		if err != nil {
-			return "", fmt.Errorf("its secret file cannot be read: %w", err)
+			return "", &SecretError{File: spec.SecretFile, Err: err}
 		}
 		s = string(raw)
 	case spec.SecretEnv != "":
 		s = b.cfg.Getenv(spec.SecretEnv)
 	}
 	if s = strings.TrimSpace(s); s == "" {
-		return "", fmt.Errorf("no secret in %s on this worker", spec.secretSource())
+		return "", &SecretError{File: spec.SecretFile, Env: spec.SecretEnv, Err: ErrNoSecret}
 	}
 	return s, nil
 }
+
+// ErrNoSecret is a SecretError's Err when the place holds no secret: the
+// environment variable is not set or is empty, or the file is empty.
+var ErrNoSecret = errors.New("no secret there")
+
+// SecretError says this worker cannot read a bot's app secret from where
+// its registry entry says: the file (File) or the environment variable
+// (Env). It names the place, never what was found there. Err is
+// ErrNoSecret, or the file's read error (errors.Is(err, fs.ErrNotExist),
+// fs.ErrPermission, ...). Worker.ConfigPaused's errors wrap it.
+type SecretError struct {
+	File, Env string // one of them
+	Err       error
+}
+
+func (e *SecretError) Error() string {
+	const lead = "this worker cannot read the bot's secret: "
+	switch {
+	case errors.Is(e.Err, ErrNoSecret) && e.File != "":
+		return lead + "file " + e.File + " is empty"
+	case errors.Is(e.Err, ErrNoSecret):
+		return lead + "environment variable " + e.Env + " is not set (or is empty) in the worker's environment"
+	}
+	cause := e.Err
+	var pe *fs.PathError
+	if errors.As(cause, &pe) {
+		cause = pe.Err // it names the path again
+	}
+	return lead + "file " + e.File + " cannot be read: " + cause.Error()
+}
+
+// Unwrap returns Err.
+func (e *SecretError) Unwrap() error { return e.Err }
+
+// botConfigError is why a bot cannot send from this worker: its secret
+// cannot be read (a *SecretError), its policy does not apply, its client
+// cannot be built. It matches dispatcher.ErrLocalConfiguration: the
+// platform was never asked.
+type botConfigError struct {
+	bot string
+	err error
+}
+
+func (e *botConfigError) Error() string { return "bot " + e.bot + ": " + e.err.Error() }
+
+// Unwrap returns the cause.
+func (e *botConfigError) Unwrap() error { return e.err }
+
+// Is makes errors.Is(err, dispatcher.ErrLocalConfiguration) true.
+func (e *botConfigError) Is(target error) bool { return target == dispatcher.ErrLocalConfiguration }
 
 func (s Bot) secretSource() string {
 	if s.SecretFile != "" {
@@ -397,12 +454,14 @@ func botBuckets(f ratelimit.SharedBucketFactory, bot string) ratelimit.SharedBuc
 }
 
 // refusedSender is the Sender of a bot that cannot send (no secret, a
-// policy that does not apply): every call fails with a configuration
-// error, so its jobs wait at its configuration gate.
-type refusedSender struct{ msg string }
+// policy that does not apply): every call fails, asking the platform
+// nothing, with a configuration error of the worker's own (no HTTP
+// status; err matches dispatcher.ErrLocalConfiguration), so its jobs wait
+// at its configuration gate.
+type refusedSender struct{ err *botConfigError }
 
 func (s refusedSender) Send(context.Context, dispatcher.Scene, string, json.RawMessage) (*dispatcher.SendResult, error) {
-	return nil, &dispatcher.SendError{Class: dispatcher.ClassConfiguration, HTTPStatus: 401, Message: s.msg}
+	return nil, &dispatcher.SendError{Class: dispatcher.ClassConfiguration, Err: s.err}
 }
 
 // botLimiter routes each job to its bot's limiter: the default bot's for

@@ -3,6 +3,11 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -114,5 +119,69 @@ func TestBotBuildHoldsUpOnlyItsBot(t *testing.T) {
 	}
 	if n := connects.Load(); n != 2 {
 		t.Errorf("Connect ran %d times, want 2 (one per bot)", n)
+	}
+}
+
+// TestUnreadableSecretIsLocalConfiguration: a bot whose secret this worker
+// cannot read gets a Sender whose calls fail, asking nothing of the
+// platform, with a configuration error of the worker's own: no HTTP
+// status, matching dispatcher.ErrLocalConfiguration, wrapping a
+// *SecretError that names the variable or the file and never a secret.
+func TestUnreadableSecretIsLocalConfiguration(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
+	for _, tc := range []struct {
+		name  string
+		bot   Bot
+		is    error // the SecretError's Err matches it
+		wants string
+	}{
+		{"env not set", Bot{AppID: "a", SecretEnv: "UNSET"}, ErrNoSecret,
+			"this worker cannot read the bot's secret: environment variable UNSET is not set (or is empty) in the worker's environment"},
+		{"env blank", Bot{AppID: "a", SecretEnv: "BLANK"}, ErrNoSecret,
+			"this worker cannot read the bot's secret: environment variable BLANK is not set (or is empty) in the worker's environment"},
+		{"file missing", Bot{AppID: "a", SecretFile: missing}, fs.ErrNotExist,
+			"this worker cannot read the bot's secret: file " + missing + " cannot be read: "},
+		{"file empty", Bot{AppID: "a", SecretFile: empty}, ErrNoSecret,
+			"this worker cannot read the bot's secret: file " + empty + " is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b, err := newBotRuntime(BotsConfig{
+				Source: fixedSource{"a": tc.bot},
+				Getenv: func(k string) string { return map[string]string{"BLANK": "  "}[k] },
+				Connect: func(appID, _ string) (dispatcher.Sender, error) {
+					t.Errorf("Connect(%s) without a secret", appID)
+					return namedSender(appID), nil
+				},
+			}, zerolog.Nop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := b.Sender("a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.Send(context.Background(), dispatcher.SceneGroup, "g", json.RawMessage(`{}`))
+			var se *dispatcher.SendError
+			if !errors.As(err, &se) || se.Class != dispatcher.ClassConfiguration || se.HTTPStatus != 0 || se.Code != 0 {
+				t.Fatalf("Send: %#v, want a configuration *SendError with no HTTP status nor code", err)
+			}
+			if !errors.Is(err, dispatcher.ErrLocalConfiguration) || !errors.Is(err, tc.is) {
+				t.Errorf("Send: %v, want it to match ErrLocalConfiguration and %v", err, tc.is)
+			}
+			var sec *SecretError
+			if !errors.As(err, &sec) || !strings.HasPrefix(sec.Error(), tc.wants) {
+				t.Errorf("the secret's error is %v, want it to start %q", sec, tc.wants)
+			}
+			if want := "bot a: " + tc.wants; !strings.Contains(err.Error(), want) {
+				t.Errorf("Send: %q, want it to carry %q", err, want)
+			}
+		})
 	}
 }

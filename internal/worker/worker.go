@@ -446,8 +446,10 @@ func (w *Worker) Trouble() error {
 }
 
 // ConfigPaused lists the bots whose calls wait because the platform
-// refuses their configuration (credentials), by bot ("" is the default
-// bot); the other bots keep sending.
+// refuses their configuration (credentials), or because this worker
+// cannot use it (the error matches dispatcher.ErrLocalConfiguration, and
+// wraps a *SecretError when the bot's secret cannot be read), by bot (""
+// is the default bot); the other bots keep sending.
 func (w *Worker) ConfigPaused() []dispatcher.BotPause {
 	w.mu.Lock()
 	proc := w.proc
@@ -474,8 +476,10 @@ func (w *Worker) BotLabel(bot string) string {
 }
 
 // BotsWaiting lists the registered bots whose jobs wait now, each with
-// why: paused in the registry, or credentials refused (its configuration
-// gate closed; the default bot's shows as unreadiness instead).
+// why: paused in the registry, credentials refused by the platform, or a
+// configuration this worker cannot use, such as a secret it cannot read
+// (its configuration gate closed; the default bot's shows as unreadiness
+// instead).
 func (w *Worker) BotsWaiting() []string {
 	var out []string
 	if w.cfg.Bots != nil {
@@ -486,7 +490,13 @@ func (w *Worker) BotsWaiting() []string {
 		}
 	}
 	for _, p := range w.ConfigPaused() {
-		if p.Bot != "" {
+		if p.Bot == "" {
+			continue
+		}
+		var local *botConfigError
+		if errors.As(p.Err, &local) {
+			out = append(out, p.Bot+" ("+local.err.Error()+")")
+		} else {
 			out = append(out, p.Bot+" (the platform refuses its configuration: "+p.Err.Error()+")")
 		}
 	}
