@@ -220,15 +220,15 @@ func (r *Registry) run(ctx context.Context, first chan<- error) {
 				report(ctx.Err())
 				return
 			}
-			r.noteWatch("the watch of the bot registry ended; watching again")
+			r.noteWatch(zerolog.WarnLevel, "the watch of the bot registry ended; watching again")
 		case errors.Is(err, ErrNoStore):
+			r.noteNoStore()
 			report(nil)
-			r.noteWatch("the bot registry does not exist (no bot was added yet, or its bucket was deleted); waiting for it")
 		case first != nil:
 			report(fmt.Errorf("registry: watch the bot registry: %w", err))
 			return
 		default:
-			r.noteWatch("cannot watch the bot registry: " + err.Error())
+			r.noteWatch(zerolog.WarnLevel, "cannot watch the bot registry: "+err.Error())
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -241,14 +241,30 @@ func (r *Registry) run(ctx context.Context, first chan<- error) {
 	}
 }
 
-// noteWatch logs why the registry is watching again, once per reason.
-func (r *Registry) noteWatch(why string) {
+// noteNoStore logs that the store does not exist. With no bot known that
+// is a deployment where no bot was added yet, and nothing waits on it
+// (info); a registry that holds bots lost their bucket, and serves them as
+// last seen (warning).
+func (r *Registry) noteNoStore() {
+	r.mu.Lock()
+	held := len(r.bots)
+	r.mu.Unlock()
+	if held == 0 {
+		r.noteWatch(zerolog.InfoLevel, "the bot registry does not exist yet (no bot was added): no registered bot to serve; watching for it")
+		return
+	}
+	r.noteWatch(zerolog.WarnLevel, "the bot registry's bucket is gone: its bots are served as last seen; waiting for it to be made again")
+}
+
+// noteWatch logs why the registry is watching again at level, once per
+// reason.
+func (r *Registry) noteWatch(level zerolog.Level, why string) {
 	r.mu.Lock()
 	repeat := r.watchErr == why
 	r.watchErr = why
 	r.mu.Unlock()
 	if !repeat {
-		r.log.Warn().Msg(why)
+		r.log.WithLevel(level).Msg(why)
 	}
 }
 

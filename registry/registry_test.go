@@ -241,8 +241,38 @@ func TestRegistryRateLimitsWarnings(t *testing.T) {
 	}
 }
 
+// waitLog waits until the registry's log has a line with every one of
+// parts, and fails the test after 10s.
+func (b *testBundle) waitLog(t *testing.T, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, line := range strings.Split(b.logs.String(), "\n") {
+			if containsAll(line, parts) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line has %q:\n%s", parts, b.logs)
+		}
+		<-tick.C
+	}
+}
+
+func containsAll(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}
+
 // TestRegistrySurvivesTheBucketGoing: the bucket deleted, the registry
-// keeps its bots; made again, its entries replace them.
+// keeps its bots, and warns that it does; made again, its entries replace
+// them.
 func TestRegistrySurvivesTheBucketGoing(t *testing.T) {
 	t.Parallel()
 	b := setup(t, false)
@@ -253,6 +283,7 @@ func TestRegistrySurvivesTheBucketGoing(t *testing.T) {
 	if err := b.js.DeleteKeyValue(b.ctx, b.names.BotsBucket); err != nil {
 		t.Fatal(err)
 	}
+	b.waitLog(t, `"level":"warn"`, "the bot registry's bucket is gone: its bots are served as last seen")
 	if _, err := b.admin.Add(b.ctx, bot("new"), false); !errors.Is(err, registry.ErrNoStore) {
 		t.Fatalf("Add with the bucket gone: want ErrNoStore, got %v", err)
 	}
@@ -270,12 +301,16 @@ func TestRegistrySurvivesTheBucketGoing(t *testing.T) {
 }
 
 // TestRegistryWaitsForTheBucket: started before any bot was added (no
-// bucket), the registry is empty and sees the first bot.
+// bucket), the registry is empty, says so without a warning (a fresh
+// deployment), and sees the first bot.
 func TestRegistryWaitsForTheBucket(t *testing.T) {
 	t.Parallel()
 	b := setup(t, true)
 	if got := b.reg.Bots(); len(got) != 0 {
 		t.Fatalf("want no bots, got %v", got)
+	}
+	if logs := b.logs.String(); !containsAll(logs, []string{`"level":"info"`, "the bot registry does not exist yet"}) || strings.Contains(logs, `"level":"warn"`) {
+		t.Fatalf("without a bucket the registry logged %q, want one info line saying it does not exist yet", logs)
 	}
 	if _, _, err := b.admin.List(b.ctx); !errors.Is(err, registry.ErrNoStore) {
 		t.Fatalf("List without a bucket: want ErrNoStore, got %v", err)
