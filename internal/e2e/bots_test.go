@@ -359,6 +359,9 @@ func TestBotWithUnreadableSecretIsTheWorkersTrouble(t *testing.T) {
 		t.Fatalf("paused bots %v after A and B were mended, want none", p)
 	}
 	dlqEmpty(t, w)
+	if text := logs.String(); strings.Contains(text, "bot removed from the registry") || !strings.Contains(text, "the bot's registry entry changed") {
+		t.Errorf("the log does not say that A's and B's entries changed (or says they were removed)")
+	}
 	for _, secret := range []string{"secretA", "secretB"} {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("a bot's secret appears in the logs")

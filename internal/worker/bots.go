@@ -331,14 +331,20 @@ func (s Bot) secretSource() string {
 	return "env " + s.SecretEnv
 }
 
-// drop forgets bot, removed from the registry.
+// drop forgets bot's runtime: the bot was removed from the registry, or
+// its entry changed (its next job builds it again).
 func (b *botRuntime) drop(bot string) {
+	_, registered := b.cfg.Source.Bot(bot)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if e := b.bots[bot]; e != nil {
 		delete(b.bots, bot)
 		b.retire(bot, e)
-		b.log.Info().Str("bot", bot).Msg("bot removed from the registry: no longer served")
+		if registered {
+			b.log.Info().Str("bot", bot).Msg("the bot's registry entry changed: it is built again at its next job")
+		} else {
+			b.log.Info().Str("bot", bot).Msg("bot removed from the registry: no longer served")
+		}
 	}
 }
 
