@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -461,6 +462,15 @@ func (j *Job) check(subj *subjectParts) (messageInfo, *InvalidJobError) {
 	}
 	if j.Received == nil && passive {
 		return messageInfo{}, invalid("received_at", "required for passive replies (the message has msg_id or event_id): the reply window is measured from it")
+	}
+	for _, t := range []struct {
+		name string
+		at   *time.Time
+	}{{"received_at", j.Received}, {"not_after", j.NotAfter}} {
+		if t.at != nil && (t.at.Before(minInstant) || t.at.After(maxInstant)) {
+			return messageInfo{}, invalid(t.name, "%s is outside the times the dispatcher handles (%s to %s); leave not_after out for no deadline",
+				t.at.Format(time.RFC3339Nano), minInstant.Format(time.DateOnly), maxInstant.Format(time.DateOnly))
+		}
 	}
 	if j.Received != nil && j.NotAfter != nil && j.NotAfter.Before(*j.Received) {
 		return messageInfo{}, invalid("not_after", "not_after %s is before received_at %s",
@@ -996,6 +1006,15 @@ func jsonInt(field string, raw json.RawMessage) (int64, *InvalidJobError) {
 	}
 	return n, nil
 }
+
+// minInstant and maxInstant bound received_at and not_after: the instants
+// a time.Time's UnixNano represents, which the scheduler and the limiter
+// count in (beyond them it overflows, and a job due in 9999 would seem
+// expired).
+var (
+	minInstant = time.Unix(0, math.MinInt64).UTC()
+	maxInstant = time.Unix(0, math.MaxInt64).UTC()
+)
 
 func parseTimestamp(field, s string) (time.Time, *InvalidJobError) {
 	if !timestampRE.MatchString(s) {

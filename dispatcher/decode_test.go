@@ -243,6 +243,7 @@ const (
 	byDup     = "duplicate keys (validators keep one copy)"
 	byUTF8    = "invalid UTF-8"
 	byCompare = "compares two fields"
+	byRange   = "an instant's range (the schema checks the format only)"
 )
 
 // c2c builds a c2c body with the given extra top-level members and message.
@@ -428,6 +429,10 @@ var invalidCases = []invalidCase{
 		field: "received_at", reason: "must be a string, got number"},
 	{name: "received_at on an active job", subject: sC2C, body: c2c(recv, text), field: "received_at", reason: "only passive replies carry received_at"},
 	{name: "passive without received_at", subject: sC2C, body: c2c("", `{"msg_type":0,"content":"x","msg_id":"M"}`), field: "received_at", reason: "required for passive replies"},
+	{name: "not_after past 2262", subject: sC2C, body: c2c(`"not_after":"2262-04-12T00:00:00Z"`, text), field: "not_after", reason: "is outside the times the dispatcher handles", outside: byRange},
+	{name: "not_after in 9999", subject: sC2C, body: c2c(`"not_after":"9999-12-31T23:59:59Z"`, text), field: "not_after", reason: "leave not_after out for no deadline", outside: byRange},
+	{name: "received_at in 9999", subject: sC2C, body: c2c(`"received_at":"9999-01-01T00:00:00Z"`, `{"msg_type":0,"content":"x","msg_id":"M"}`), field: "received_at", reason: "is outside the times", outside: byRange},
+	{name: "received_at before 1677", subject: sC2C, body: c2c(`"received_at":"1600-01-01T00:00:00Z"`, `{"msg_type":0,"content":"x","msg_id":"M"}`), field: "received_at", reason: "is outside the times", outside: byRange},
 	{name: "not_after not RFC 3339", subject: sC2C, body: c2c(`"not_after":"tomorrow"`, text), field: "not_after", reason: `"tomorrow" is not an RFC 3339 timestamp`},
 	{name: "not_after before received_at", subject: sC2C, body: c2c(recv+`,"not_after":"2026-05-01T03:59:59Z"`, `{"msg_type":0,"content":"x","msg_id":"M"}`),
 		field: "not_after", reason: "not_after 2026-05-01T03:59:59Z is before received_at 2026-05-01T12:00:00+08:00", outside: byCompare},
@@ -588,7 +593,7 @@ func TestValidateGoBuilt(t *testing.T) {
 		{"msg_seq disagrees", func(j *dispatcher.Job) { j.MsgSeq = 4 }, dispatcher.DecodeOptions{}, "message.msg_seq", "Job.MsgSeq 4 does not match message.msg_seq 3"},
 		{"wakeup disagrees", func(j *dispatcher.Job) { j.Wakeup = true }, dispatcher.DecodeOptions{}, "message.is_wakeup", "Job.Wakeup is set"},
 		{"not_after early", func(j *dispatcher.Job) { j.NotAfter = &early }, dispatcher.DecodeOptions{}, "not_after", "is before received_at"},
-		{"year out of range", func(j *dispatcher.Job) { j.NotAfter = nil; j.Received = &ancient }, dispatcher.DecodeOptions{}, "received_at", "year -5 is outside"},
+		{"year out of range", func(j *dispatcher.Job) { j.NotAfter = nil; j.Received = &ancient }, dispatcher.DecodeOptions{}, "received_at", "-0005-01-01T00:00:00Z is outside the times the dispatcher handles"},
 		{"meta invalid", func(j *dispatcher.Job) { j.Meta = json.RawMessage(`{"a":`) }, dispatcher.DecodeOptions{}, "meta", "is not valid JSON"},
 		{"meta array", func(j *dispatcher.Job) { j.Meta = json.RawMessage(`[]`) }, dispatcher.DecodeOptions{}, "meta", "must be a JSON object, got array"},
 		{"meta not UTF-8", func(j *dispatcher.Job) { j.Meta = json.RawMessage("{\"a\":\"\xff\"}") }, dispatcher.DecodeOptions{}, "meta", "is not valid UTF-8"},

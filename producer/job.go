@@ -3,6 +3,7 @@ package producer
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -456,9 +457,17 @@ func (j *Job) checkInbound() *InvalidJobError {
 	return nil
 }
 
+// minInstant and maxInstant bound received_at and not_after as the
+// dispatcher does: the instants it counts in nanoseconds.
+var (
+	minInstant = time.Unix(0, math.MinInt64).UTC()
+	maxInstant = time.Unix(0, math.MaxInt64).UTC()
+)
+
 func checkYear(field string, t time.Time) *InvalidJobError {
-	if y := t.UTC().Year(); y < 0 || y > 9999 {
-		return invalid(field, "year %d is outside 0000-9999 (RFC 3339)", y)
+	if t.Before(minInstant) || t.After(maxInstant) {
+		return invalid(field, "%s is outside the times the dispatcher handles (%s to %s); leave not_after out for no deadline",
+			t.UTC().Format(time.RFC3339Nano), minInstant.Format(time.DateOnly), maxInstant.Format(time.DateOnly))
 	}
 	return nil
 }

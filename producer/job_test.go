@@ -190,6 +190,9 @@ func TestRefusedByTheProducer(t *testing.T) {
 		{"received_at past 9999", func() (*producer.Job, error) {
 			return producer.C2CReply("U", producer.InboundMessage("M", time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)), producer.Text("x"))
 		}, "received_at"},
+		{"not_after past 2262", func() (*producer.Job, error) {
+			return producer.C2CActive("U", producer.Text("x"), producer.WithNotAfter(time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC)))
+		}, "not_after"},
 	}
 	for _, tt := range tests {
 		_, err := tt.job()
