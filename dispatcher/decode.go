@@ -159,7 +159,8 @@ func CheckBot(field, bot string) *InvalidJobError {
 	}
 	for i := 0; i < len(bot); i++ {
 		if c := bot[i]; !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_' || c == '-') {
-			return invalid(field, "%s contains %q at byte %d; a bot's app id is made of 0-9, A-Z, a-z, '_' and '-'", quote(bot), rune(c), i)
+			r, _ := utf8.DecodeRuneInString(bot[i:]) // the whole character, not its first byte
+			return invalid(field, "%s contains %q at byte %d; a bot's app id is made of 0-9, A-Z, a-z, '_' and '-'", quote(bot), r, i)
 		}
 	}
 	return nil

@@ -300,6 +300,7 @@ var invalidCases = []invalidCase{
 	{name: "subject bot empty", subject: "qqbot.send.c2c@.U1", body: c2c("", text), field: "subject", reason: "subject bot must not be empty", outside: bySubject},
 	{name: "subject bot too long", subject: "qqbot.send.c2c@" + bot64 + "x.U1", body: c2c(`"bot":"1"`, text), field: "subject", reason: "subject bot is 65 bytes, over the 64-byte limit", outside: bySubject},
 	{name: "subject bot wildcard", subject: "qqbot.send.c2c@*.U1", body: c2c("", text), field: "subject", reason: "subject bot \"*\" contains '*'", outside: bySubject},
+	{name: "subject bot not ASCII", subject: "qqbot.send.group@機器人.G1", body: withScene("group", "G1", "", text), field: "subject", reason: `contains '機' at byte 0`, outside: bySubject},
 	{name: "subject two bots", subject: "qqbot.send.c2c@1@2.U1", body: c2c(`"bot":"1"`, text), field: "subject", reason: "contains '@' at byte 1", outside: bySubject},
 	{name: "subject unknown scene with a bot", subject: "qqbot.send.guild@1024.U1", body: c2c(`"bot":"1024"`, text), field: "subject", reason: `unknown scene "guild" in subject`, outside: bySubject},
 	{name: "bot missing on a named-bot subject", subject: "qqbot.send.c2c@1024.U1", body: c2c("", text), field: "bot", reason: `missing: the body must repeat the subject's bot ("bot": "1024")`, outside: bySubject},

@@ -432,10 +432,36 @@ func OriginalSubject(cfg Config, stored string) string {
 	cfg.Prefix = cfg.prefix()
 	scene, target, ok := parseSendSubject(cfg, stored)
 	if !ok {
-		return stored
+		return unpartitioned(cfg, stored)
 	}
 	// The stored subject up to its target: no copy for every delivery.
 	return stored[:len(cfg.Prefix)+len(".send.")+len(scene)+len(".")+len(target)]
+}
+
+// unpartitioned strips the partition token from a stored job subject whose
+// scene or target no job may have (e.g. "group@*", a literal token to
+// NATS, which the transform partitions like any other), so that the
+// reason of its invalid outcome and its DLQ entry show the subject as
+// published. The stream takes four tokens, so a fifth all digits is the
+// transform's; a subject with an empty or wildcard token never has one.
+func unpartitioned(cfg Config, stored string) string {
+	rest, found := strings.CutPrefix(stored, cfg.Prefix+".send.")
+	if !found {
+		return stored
+	}
+	toks := strings.SplitN(rest, ".", 4)
+	if len(toks) != 3 {
+		return stored
+	}
+	for _, t := range toks[:2] {
+		if t == "" || t == "*" || t == ">" {
+			return stored
+		}
+	}
+	if _, err := strconv.ParseUint(toks[2], 10, 32); err != nil {
+		return stored
+	}
+	return stored[:len(stored)-len(toks[2])-1]
 }
 
 // parseSendSubject splits {prefix}.send.{scene}.{target}[.{partition}];

@@ -389,6 +389,11 @@ func TestOriginalSubject(t *testing.T) {
 		{"acme.qq.send..G1.7", "acme.qq.send..G1.7"},               // an empty scene
 		{"acme.qq.send.group.*.7", "acme.qq.send.group.*.7"},       // a wildcard target
 		{"acme.qqx.send.group.G1.7", "acme.qqx.send.group.G1.7"},   // another prefix
+		// Tokens no job may have, but literal to NATS, so partitioned:
+		// the reason and the DLQ entry show the subject as published.
+		{"acme.qq.send.group@*.G1.7", "acme.qq.send.group@*.G1"},
+		{"acme.qq.send.group.G*1.12", "acme.qq.send.group.G*1"},
+		{"acme.qq.send.group@*.G1.x", "acme.qq.send.group@*.G1.x"}, // not a partition token
 	}
 	for _, tt := range tests {
 		if got := OriginalSubject(cfg, tt.in); got != tt.want {
