@@ -1146,8 +1146,10 @@ func quote(s string) string { return strconv.Quote(truncate(s)) }
 
 // peekID reads the id of a body Decode refused: the value of its one
 // top-level "id" member when the body is a JSON object and that value a
-// non-empty string. It is lenient about everything else, so an invalid
-// job's outcome goes under the id its producer chose when there is one.
+// non-empty string. It is lenient about everything else (other keys may
+// repeat), so an invalid job's outcome goes under the id its producer
+// chose when there is one. Two "id" members name no id: parsers disagree
+// on which wins.
 func peekID(data []byte) (string, bool) {
 	if !json.Valid(data) {
 		return "", false
@@ -1156,15 +1158,29 @@ func peekID(data []byte) (string, bool) {
 	if kindOf(top) != "object" {
 		return "", false
 	}
-	members, err := objectMembers(top, "")
-	if err != nil {
+	dec := json.NewDecoder(bytes.NewReader(top))
+	if _, err := dec.Token(); err != nil { // the object's '{'
 		return "", false
 	}
-	for _, m := range members {
-		if m.key == "id" {
-			s, err := jsonString("id", m.raw)
-			return s, err == nil && s != ""
+	var id string
+	ids := 0
+	for dec.More() {
+		tok, err := dec.Token() // a key, unescaped
+		if err != nil {
+			return "", false
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return "", false
+		}
+		if key, _ := tok.(string); key == "id" {
+			ids++
+			s, ierr := jsonString("id", raw)
+			if ierr != nil {
+				return "", false
+			}
+			id = s
 		}
 	}
-	return "", false
+	return id, ids == 1 && id != ""
 }

@@ -299,6 +299,8 @@ func TestIdentifyJob(t *testing.T) {
 		{"invalid job, long id in body", env("g1", []byte(`{"v":1,"id":"`+long+`"}`), 1), dispatcher.InvalidIDKey(long), dispatcher.IDDerived, "id"},
 		{"invalid job, two ids in body", env("g1", []byte(`{"id":"a","id":"b"}`), 3, dispatcher.HeaderMsgID, "m1"), "m1", dispatcher.IDFromMsgIDHdr, ""},
 		{"invalid job, not JSON", env("g1", []byte(`{"id":"a",`), 3), "seq-3", dispatcher.IDDerived, ""},
+		{"invalid job, another key twice", env("g1", []byte(`{"v":1,"id":"mine","target":"g1","t\u0061rget":"g2"}`), 3), "mine", dispatcher.IDFromBody, ""},
+		{"invalid job, id key escaped twice", env("g1", []byte(`{"id":"a","\u0069d":"b"}`), 3), "seq-3", dispatcher.IDDerived, ""},
 	} {
 		job, _ := dispatcher.Decode(c.env.Subject, c.env.Data, dispatcher.DecodeOptions{})
 		got := dispatcher.IdentifyJob(job, c.env)
