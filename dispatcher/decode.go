@@ -760,8 +760,14 @@ func checkFileURL(field, s string) *InvalidJobError {
 		return invalid(field, "is not a valid URL (net/url cannot parse it)")
 	case u.User != nil:
 		return invalid(field, "must not carry user:password@ (the platform fetches the file; credentials would leave with the URL)")
-	case u.Host == "":
+	case u.Hostname() == "":
 		return invalid(field, "has no host")
+	}
+	if p := u.Port(); p != "" {
+		// net/url checks only that a port is digits.
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return invalid(field, "has port %s, not 1 to 65535", truncate(p))
+		}
 	}
 	return nil
 }

@@ -124,6 +124,9 @@ var validCases = []validCase{
 				t.Errorf("media %+v", j.Media)
 			}
 		}},
+	{name: "c2c active media by URL with a port", subject: sC2C,
+		head: `"v":1,"scene":"c2c","target":"U1"`, msg: `{"msg_type":7,"media":{"file_type":1,"url":"https://[::1]:65535/a.png"}}`,
+		kind: dispatcher.KindActive},
 	{name: "group reply with video by URL and fallback active", subject: sGroup,
 		head: `"v":1,"scene":"group","target":"G1","fallback":"active",` + recv,
 		msg:  `{"msg_type":7,"content":" ","media":{"url":"http://cdn.example:8080/v.mp4","file_type":2},"msg_id":"M1"}`,
@@ -373,6 +376,9 @@ var invalidCases = []invalidCase{
 	{name: "media URL with a newline", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/a\nb.png"}}`), field: "message.media.url", reason: "without spaces or control characters"},
 	{name: "media URL without host", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https:///a.png"}}`), field: "message.media.url", reason: "has no host"},
 	{name: "media URL with credentials", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://me:pw@x/a.png"}}`), field: "message.media.url", reason: "must not carry user:password@"},
+	{name: "media URL with a port past 65535", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x:99999999999999999999/a.png"}}`), field: "message.media.url", reason: "has port 99999999999999999999, not 1 to 65535", outside: "URL syntax (net/url)"},
+	{name: "media URL with port 0", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x:0/a.png"}}`), field: "message.media.url", reason: "has port 0, not 1 to 65535", outside: "URL syntax (net/url)"},
+	{name: "media URL with a port and no host", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://:443/a.png"}}`), field: "message.media.url", reason: "has no host", outside: "URL syntax (net/url)"},
 	{name: "media URL with a bad port", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x:port/a.png"}}`), field: "message.media.url", reason: "is not a valid URL", outside: "URL syntax (net/url)"},
 	{name: "media URL too long", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/`+strings.Repeat("a", 2040)+`"}}`), field: "message.media.url", reason: "is 2050 bytes, over the 2048-byte limit"},
 	{name: "media URL too long in bytes only", subject: sC2C, body: c2c("", `{"msg_type":7,"media":{"file_type":1,"url":"https://x/`+strings.Repeat("é", 1020)+`"}}`), field: "message.media.url", reason: "is 2050 bytes", outside: byBytes},
