@@ -497,7 +497,7 @@ func (sr *sceneRules) steps(kind dispatcher.Kind, buf []step) []step {
 func (l *Limiter) Pace(scene dispatcher.Scene, kind dispatcher.Kind) dispatcher.Pace {
 	var p dispatcher.Pace
 	sr := l.scene(scene)
-	if sr == nil {
+	if sr == nil || refusedKind(sr, kind) {
 		return p
 	}
 	var buf [5]step
@@ -514,6 +514,13 @@ func (l *Limiter) Pace(scene dispatcher.Scene, kind dispatcher.Kind) dispatcher.
 	return p
 }
 
+// refusedKind reports whether Reserve refuses the scene's calls of kind
+// outright: such a job is not paced (Pace, Forecast), so it ends at once
+// instead of waiting out buckets it will never use.
+func refusedKind(sr *sceneRules, kind dispatcher.Kind) bool {
+	return kind == dispatcher.KindActive && !sr.allowed
+}
+
 // Forecast is how long from now target's own rules hold back its next
 // call of kind: its cool-down and its scene's, and its per-target buckets.
 // It takes nothing and ignores the shared buckets, which a scheduler plans
@@ -522,7 +529,7 @@ func (l *Limiter) Pace(scene dispatcher.Scene, kind dispatcher.Kind) dispatcher.
 // scheduler on another clock can use it.
 func (l *Limiter) Forecast(scene dispatcher.Scene, target string, kind dispatcher.Kind) (time.Duration, string) {
 	sr := l.scene(scene)
-	if sr == nil {
+	if sr == nil || refusedKind(sr, kind) {
 		return 0, ""
 	}
 	n := l.now().UnixNano()

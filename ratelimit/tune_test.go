@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -208,5 +209,38 @@ func TestMinSpreadFloorsTheMeasuredSpread(t *testing.T) {
 	}
 	if got := l.Pace(dispatcher.SceneChannel, dispatcher.KindActive).TargetInterval; !nearRel(got, want, 0.01) {
 		t.Errorf("after %d calm calls the interval is %s, want about %s (the floor's)", spreadSamples, got, want)
+	}
+}
+
+// A kind the policy refuses outright is not paced: its jobs end rejected
+// at once instead of waiting out buckets they will never use. The kind the
+// policy allows keeps its pacing.
+func TestRefusedKindIsNotPaced(t *testing.T) {
+	t.Parallel()
+	doc := "extends: none\nscenes: {c2c: {active: {allowed: %v, rate: {per_target: {limit: 1, per: 1m}, per_bot: {limit: 1, per: 1s}}}}}"
+	for _, allowed := range []bool{false, true} {
+		clk := newFakeClock(t0)
+		l := newPacedLimiter(t, mustPolicy(t, fmt.Sprintf(doc, allowed)), clk)
+		p := l.Pace(dispatcher.SceneC2C, dispatcher.KindActive)
+		job := activeJob(dispatcher.SceneC2C, "U1")
+		if !allowed {
+			_, err := l.Reserve(context.Background(), job)
+			var le *dispatcher.LimitError
+			if !errors.As(err, &le) || le.Status != dispatcher.StatusRejected {
+				t.Errorf("a refused kind's call: %v, want rejected", err)
+			}
+			wait, rule := l.Forecast(dispatcher.SceneC2C, "U1", dispatcher.KindActive)
+			if p.TargetInterval != 0 || len(p.Shared) != 0 || wait != 0 || rule != "" {
+				t.Errorf("refused c2c actives paced: %+v, forecast %s %q", p, wait, rule)
+			}
+			continue
+		}
+		if p.TargetInterval < time.Minute || len(p.Shared) == 0 {
+			t.Errorf("allowed c2c actives: pace %+v, want a minute per target and the bot's bucket", p)
+		}
+		call(t, l, clk, job, 0, nil) // takes the target's one token a minute
+		if wait, rule := l.Forecast(dispatcher.SceneC2C, "U1", dispatcher.KindActive); wait <= 0 || rule == "" {
+			t.Errorf("allowed c2c actives: forecast %s %q after a call, want the target's next call held back", wait, rule)
+		}
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/qqsend"
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/internal/worker"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
@@ -213,5 +216,30 @@ func TestWaitingJobIsNotMarkedCalling(t *testing.T) {
 	}
 	if n := len(b.Sim.Accepted()); n != 2 {
 		t.Errorf("simulator accepted %d messages, want 2", n)
+	}
+}
+
+// C2C actives under the shipped policy, which refuses them, end rejected
+// at once: the scheduler does not pace them by c2c.active.rate.per_target
+// (20 a minute per user) first. Forty to one user would take two minutes
+// paced; they all end well inside the wait, and none reaches the platform.
+func TestRefusedActivesAreNotPaced(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	cfg := b.WorkerConfig()
+	pol := ratelimit.DefaultPolicy()
+	cfg.Rules = &worker.RulesConfig{Policy: &pol, BotID: testbed.AppID}
+	b.StartWorker(cfg)
+	var jobs []*dispatcher.Job
+	for i := range 40 {
+		jobs = append(jobs, testbed.Job(fmt.Sprintf("c2c-active-%d", i), dispatcher.SceneC2C, "u-one", fmt.Sprintf("hello %d", i), "", time.Time{}))
+	}
+	for id, o := range b.Outcomes(b.Publish(jobs...), 60*time.Second) {
+		if o.Status != dispatcher.StatusRejected || !strings.Contains(o.Reason, "the policy does not allow active c2c messages") {
+			t.Errorf("%s: %s (%s), want rejected: the policy does not allow c2c actives", id, o.Status, o.Reason)
+		}
+	}
+	if n := b.Sim.Calls(); n != 0 {
+		t.Errorf("the platform was called %d times, want 0", n)
 	}
 }
