@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -239,13 +240,55 @@ func (d *DLQ) Get(ctx context.Context, seq uint64) (DLQEntry, error) {
 	return e, nil
 }
 
+// ReplayDuplicateError is returned by Replay when the jobs stream dropped
+// the replayed job as a duplicate: it stored a message with the same
+// Nats-Msg-Id within its duplicate window, and that message is not a queued
+// copy of this job (someone else's, or an earlier replay's copy that has
+// run since). Nothing was replayed: the entry stays on the DLQ, and the
+// job's outcome and ledger entry are put back unless something wrote them
+// meanwhile.
+type ReplayDuplicateError struct {
+	Seq    uint64        // the DLQ entry
+	MsgID  string        // the Nats-Msg-Id the replay was published with
+	Window time.Duration // the jobs stream's duplicate window
+	// HeldSeq is the jobs-stream sequence of the message the server took
+	// the replay for a duplicate of.
+	HeldSeq uint64
+}
+
+func (e *ReplayDuplicateError) Error() string {
+	return fmt.Sprintf("queue: DLQ seq %d not replayed: the jobs stream already holds a message with id %q from the last %s (its seq %d); the entry is kept, try again",
+		e.Seq, e.MsgID, e.Window, e.HeldSeq)
+}
+
+// replayMsgID is the Nats-Msg-Id of the replay of the DLQ entry e.
+//
+// It must be the same for every replay of one entry, so that replaying it
+// again after a failed delete publishes it once. And a producer must not be
+// able to compute it: a producer that publishes any message under it first
+// makes the stream drop the replay as a duplicate. The job id and the DLQ
+// sequence are both guessable; the nanoseconds of the entry's stored time
+// (the server's clock when the worker's DLQ publish was stored, which only
+// readers of the DLQ stream see, and no outcome carries) are not. Replay
+// still checks the acknowledgement (ReplayDuplicateError), as a guess is
+// not impossible, only a spray of about a million messages per millisecond
+// of doubt about the time within the window.
+func replayMsgID(e DLQEntry) string {
+	return EncodeKey(e.JobID) + "-replay-" + strconv.FormatUint(e.Seq, 10) + "-" + strconv.FormatInt(e.Time.UnixNano(), 10)
+}
+
 // Replay publishes the entry's job again on its original subject and
 // removes it from the DLQ. The job keeps its identity (Qqdispatch-Job-Id);
 // its stored outcome and ledger claim are deleted first so it can run and
-// end again. The publish carries Nats-Msg-Id <job>-replay-<seq>, so replaying
-// one entry twice (e.g. after a failed delete) publishes it once. It keeps
-// the producer's headers but none of qqdispatch's other than the job id.
+// end again. The publish carries Nats-Msg-Id
+// <job>-replay-<seq>-<stored time in ns> (replayMsgID), so replaying one
+// entry twice (e.g. after a failed delete) publishes it once. It keeps the
+// producer's headers but none of qqdispatch's other than the job id.
 // A truncated entry cannot be replayed: it is not the job any more.
+//
+// A duplicate acknowledgement is success only when the message it names is
+// still a queued copy of this job (an earlier replay of the entry); else
+// Replay returns a *ReplayDuplicateError and keeps the entry.
 func (d *DLQ) Replay(ctx context.Context, seq uint64) error {
 	e, err := d.Get(ctx, seq)
 	if err != nil {
@@ -271,24 +314,96 @@ func (d *DLQ) Replay(ctx context.Context, seq uint64) error {
 	}
 	subject = OriginalSubject(d.cfg, subject)
 
-	if err := forgetKey(ctx, d.outcomes, EncodeKey(e.JobID)); err != nil {
-		return err
-	}
-	if err := forgetKey(ctx, d.ledger, jobKey(e.JobID)); err != nil {
+	// Kept to be put back if the stream drops the replay: the job must
+	// not end up with neither an outcome nor a queued copy.
+	saved, err := d.forget(ctx, e.JobID)
+	if err != nil {
 		return err
 	}
 	hdr := producerHeaders(e.Header)
 	hdr.Set(HeaderJobID, e.JobID)
-	_, err = d.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: e.Data},
-		jetstream.WithMsgID(EncodeKey(e.JobID)+"-replay-"+strconv.FormatUint(seq, 10)),
-		jetstream.WithExpectStream(d.cfg.JobsStream))
+	id := replayMsgID(e)
+	ack, err := d.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: e.Data},
+		jetstream.WithMsgID(id), jetstream.WithExpectStream(d.cfg.JobsStream))
 	if err != nil {
 		return fmt.Errorf("queue: replay DLQ %d to %s: %w", seq, subject, err)
+	}
+	if ack.Duplicate {
+		held, herr := heldCopy(ctx, d.js, d.cfg.JobsStream, ack.Sequence, e.JobID, e.Data)
+		if herr != nil || !held {
+			derr := &ReplayDuplicateError{Seq: seq, MsgID: id, Window: d.cfg.DuplicateWindow, HeldSeq: ack.Sequence}
+			if rerr := d.restore(ctx, saved); rerr != nil {
+				return errors.Join(derr, rerr)
+			}
+			return derr
+		}
 	}
 	if _, err := d.deleteMsg(ctx, seq); err != nil {
 		return fmt.Errorf("queue: replayed DLQ %d but could not delete it: %w", seq, err)
 	}
 	return nil
+}
+
+// keptValue is a KV entry Replay deleted and may put back.
+type keptValue struct {
+	kv    jetstream.KeyValue
+	key   string
+	value []byte
+}
+
+// forget deletes the job's outcome and ledger claim and returns those that
+// were there.
+func (d *DLQ) forget(ctx context.Context, jobID string) ([]keptValue, error) {
+	var saved []keptValue
+	for _, k := range []struct {
+		kv  jetstream.KeyValue
+		key string
+	}{{d.outcomes, EncodeKey(jobID)}, {d.ledger, jobKey(jobID)}} {
+		ent, err := k.kv.Get(ctx, k.key)
+		switch {
+		case err == nil:
+			saved = append(saved, keptValue{kv: k.kv, key: k.key, value: ent.Value()})
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil, fmt.Errorf("queue: read %s/%s: %w", k.kv.Bucket(), k.key, err)
+		}
+		if err := forgetKey(ctx, k.kv, k.key); err != nil {
+			return nil, err
+		}
+	}
+	return saved, nil
+}
+
+// restore puts back what forget deleted, unless a value was written since
+// (the job ran meanwhile: that value is newer).
+func (d *DLQ) restore(ctx context.Context, saved []keptValue) error {
+	var errs []error
+	for _, s := range saved {
+		if _, err := s.kv.Create(ctx, s.key, s.value); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			errs = append(errs, fmt.Errorf("queue: put back %s/%s: %w", s.kv.Bucket(), s.key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// heldCopy reports whether the stream still holds, at seq, a copy of the
+// job jobID with data: whether the message a duplicate publish
+// acknowledgement names is our own earlier publish of the same job, still
+// queued. The same id and bytes are the same job (the ledger's rule), so a
+// producer's exact copy counts too. A message already consumed is gone
+// from the work-queue stream and is not held.
+func heldCopy(ctx context.Context, js jetstream.JetStream, stream string, seq uint64, jobID string, data []byte) (bool, error) {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return false, err
+	}
+	m, err := st.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return m.Header.Get(HeaderJobID) == jobID && bytes.Equal(m.Data, data), nil
 }
 
 // deleteMsg deletes the DLQ message at seq; deleted is false when it was

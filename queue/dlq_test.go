@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
 
@@ -172,7 +173,7 @@ func TestDLQReplay(t *testing.T) {
 		t.Errorf("replayed to %q, want %q", m.Subject(), want)
 	}
 	h := m.Headers()
-	if h.Get(HeaderJobID) != "job 7" || h.Get(nats.MsgIdHdr) != EncodeKey("job 7")+"-replay-"+fmt.Sprint(seq) ||
+	if h.Get(HeaderJobID) != "job 7" || h.Get(nats.MsgIdHdr) != replayMsgID(entries[0]) ||
 		h.Get(HeaderStatus) != "" || h.Get(HeaderReason) != "" || h.Get("X-Producer") != "svc-a" {
 		t.Errorf("replayed headers %v", h)
 	}
@@ -305,4 +306,121 @@ func TestDLQReplayKeepsOnlyTheJobID(t *testing.T) {
 	if m.Headers().Get(HeaderJobID) != "job 8" || m.Headers().Get("X-Producer") != "svc-a" {
 		t.Errorf("replayed headers %v", m.Headers())
 	}
+}
+
+// junkJob publishes a producer's message with Nats-Msg-Id id on a jobs
+// subject, as any producer may.
+func junkJob(t *testing.T, js jetstream.JetStream, cfg Config, id string) {
+	t.Helper()
+	msg := nats.NewMsg(SendSubject(cfg, "group", "JUNK"))
+	msg.Header.Set(nats.MsgIdHdr, id)
+	msg.Data = []byte(`{"v":1,"junk":true}`)
+	if _, err := js.PublishMsg(testCtx(t), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDLQReplayUnderTakenIDs: a producer that published on a jobs subject
+// under the replay's msg id cannot make the stream drop the replay and lose
+// the job. It cannot guess the id (the old <job>-replay-<seq> ids are
+// taken here); when it has it anyway (the test computes it), Replay says
+// so, keeps the entry and puts the outcome and the ledger claim back. A
+// duplicate of a queued copy of the job itself (an earlier replay whose
+// delete failed) is a replay done.
+func TestDLQReplayUnderTakenIDs(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		// taken publishes on the jobs stream before the replay; e is the
+		// entry to be replayed.
+		taken    func(t *testing.T, b dlqBundle, e DLQEntry)
+		wantDup  bool
+		wantJobs int // copies of the job queued after the replay
+	}{
+		{name: "the old predictable ids", taken: func(t *testing.T, b dlqBundle, e DLQEntry) {
+			for n := 1; n <= 5; n++ {
+				junkJob(t, b.ts.js, b.cfg, EncodeKey(e.JobID)+"-replay-"+fmt.Sprint(n))
+			}
+		}, wantJobs: 1},
+		{name: "the exact id, by someone else", taken: func(t *testing.T, b dlqBundle, e DLQEntry) {
+			junkJob(t, b.ts.js, b.cfg, replayMsgID(e))
+		}, wantDup: true},
+		{name: "the exact id, by an earlier replay", taken: func(t *testing.T, b dlqBundle, e DLQEntry) {
+			hdr := producerHeaders(e.Header)
+			hdr.Set(HeaderJobID, e.JobID)
+			hdr.Set(nats.MsgIdHdr, replayMsgID(e))
+			if _, err := b.ts.js.PublishMsg(testCtx(t), &nats.Msg{Subject: SendSubject(b.cfg, "group", "G7"), Header: hdr, Data: e.Data}); err != nil {
+				t.Fatal(err)
+			}
+		}, wantJobs: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setupDLQ(t)
+			ctx := testCtx(t)
+			if _, err := b.ledger.Claim(ctx, dispatcher.Claim{JobID: "vicA", Phase: dispatcher.PhaseDone}); err != nil {
+				t.Fatal(err)
+			}
+			b.fail(t, "vicA", "group", "G7", dispatcher.StatusFailed)
+			es, err := b.dlq.List(ctx, DLQFilter{})
+			if err != nil || len(es) != 1 {
+				t.Fatalf("List: %v %v", es, err)
+			}
+			e, err := b.dlq.Get(ctx, es[0].Seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.taken(t, b, e)
+
+			err = b.dlq.Replay(ctx, e.Seq)
+			var dup *ReplayDuplicateError
+			if got := errors.As(err, &dup); got != tt.wantDup || (!got && err != nil) {
+				t.Fatalf("Replay: %v, want a ReplayDuplicateError: %v", err, tt.wantDup)
+			}
+			_, entryErr := b.dlq.Get(ctx, e.Seq)
+			_, hasOutcome, _ := b.rec.Lookup(ctx, "vicA")
+			_, claimErr := b.ledger.Claim(ctx, dispatcher.Claim{JobID: "vicA", Phase: dispatcher.PhaseClaimed})
+			if tt.wantDup {
+				if dup.Seq != e.Seq || dup.MsgID != replayMsgID(e) || !strings.Contains(err.Error(), "not replayed") {
+					t.Errorf("ReplayDuplicateError %+v: %v", dup, err)
+				}
+				// Not lost: still on the DLQ, its outcome and claim as before.
+				if entryErr != nil || !hasOutcome || claimErr == nil {
+					t.Errorf("after a dropped replay: entry %v, outcome kept %v, claim as before %v", entryErr, hasOutcome, claimErr)
+				}
+			} else if !errors.Is(entryErr, ErrDLQNotFound) || hasOutcome || claimErr != nil {
+				t.Errorf("after the replay: entry %v, outcome kept %v, claim %v", entryErr, hasOutcome, claimErr)
+			}
+			if n := jobCopies(t, b.ts.js, b.cfg, "vicA"); n != tt.wantJobs {
+				t.Errorf("%d copies of the job queued, want %d", n, tt.wantJobs)
+			}
+		})
+	}
+}
+
+// jobCopies counts the messages on the jobs stream carrying jobID.
+func jobCopies(t *testing.T, js jetstream.JetStream, cfg Config, jobID string) int {
+	t.Helper()
+	st, err := js.Stream(testCtx(t), cfg.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(testCtx(t), seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get(HeaderJobID) == jobID {
+			n++
+		}
+	}
+	return n
 }
