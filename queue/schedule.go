@@ -43,8 +43,8 @@ const maxWaitRule = 128
 //
 // At the time, the server stores a copy on the target, and a Mover (every
 // worker runs one) re-publishes it on {prefix}.send.{scene}.{target} with
-// Nats-Msg-Id deferred-<schedule id>, so it goes through the partition
-// transform like any job. The scene in the subject lets `status` count and
+// Nats-Msg-Id deferred-<schedule id>-<sequence>-<ns> (see Mover), so it
+// goes through the partition transform like any job. The scene in the subject lets `status` count and
 // sample a scene's deferred jobs without reading them all
 // (DeferredSummary).
 //
