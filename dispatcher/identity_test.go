@@ -527,7 +527,8 @@ func TestHandleOutcomeOfAnotherJob(t *testing.T) {
 }
 
 // TestHandleInvalidIDs: a job whose id breaks the rules is invalid, named
-// after the field, stored under InvalidIDKey, and never claimed or sent.
+// after the field, stored under InvalidIDKey, and never sent; the key is
+// claimed for the job's body, as any id is.
 func TestHandleInvalidIDs(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
@@ -536,13 +537,74 @@ func TestHandleInvalidIDs(t *testing.T) {
 	if o.Status != dispatcher.StatusInvalid || o.JobID != dispatcher.InvalidIDKey(long) || !strings.Contains(o.Reason, "header Nats-Msg-Id") || o.Target != "g1" || d.acks != 1 {
 		t.Errorf("outcome %+v", o)
 	}
-	if r.send.total() != 0 || len(r.ledger.claims) != 0 {
-		t.Errorf("%d calls, %d claims; want none", r.send.total(), len(r.ledger.claims))
+	if r.send.total() != 0 {
+		t.Errorf("%d calls; want none", r.send.total())
+	}
+	c, ok := r.ledger.claims[dispatcher.InvalidIDKey(long)]
+	if len(r.ledger.claims) != 1 || !ok || c.Phase != dispatcher.PhaseClaimed || c.Fingerprint != dispatcher.Fingerprint(groupJob("", "g1", "x")) {
+		t.Errorf("claims %+v; want one, under the key, bound to the body", r.ledger.claims)
 	}
 	for _, k := range r.ledger.keys {
 		if len(k) > dispatcher.MaxJobIDBytes {
 			t.Errorf("the ledger was asked about a %d-byte id", len(k))
 		}
+	}
+}
+
+// TestHandleInvalidIDKeyTaken: the key of an invalid job's outcome
+// (InvalidIDKey) names one job, like any id, whichever uses it first: a
+// valid job with that id, or the invalid job. The other job ends under its
+// conflict id with an outcome of its own; the valid one coming second is
+// rejected, not sent.
+func TestHandleInvalidIDKeyTaken(t *testing.T) {
+	t.Parallel()
+	const bad = "bad\x01c1"
+	key := dispatcher.InvalidIDKey(bad)
+	valid := env("ATT", groupJob(key, "ATT", "hello"), 1)
+	invalid := env("VIC", groupJob(bad, "VIC", "victim"), 2)
+	for _, c := range []struct {
+		name               string
+		first, second      dispatcher.Envelope
+		validAt, invalidAt string
+		validStatus        dispatcher.Status
+		validCalls         int
+	}{
+		{"valid job first", valid, invalid, key, dispatcher.ConflictID(key, invalid.Data), dispatcher.StatusSent, 1},
+		{"invalid job first", invalid, valid, dispatcher.ConflictID(key, valid.Data), key, dispatcher.StatusRejected, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t)
+			r.handle(t, c.first)
+			o2, d := r.handle(t, c.second)
+			if d.acks != 1 {
+				t.Errorf("second job acked %d times", d.acks)
+			}
+			if want := map[bool]string{true: c.validAt, false: c.invalidAt}[c.second.Subject == valid.Subject]; o2.JobID != want {
+				t.Errorf("second job's outcome under %s, want %s", o2.JobID, want)
+			}
+			if o := r.rec.outs[c.validAt]; o.Status != c.validStatus || o.Target != "ATT" {
+				t.Errorf("valid job's outcome under %s: %+v; want %s to ATT", c.validAt, o, c.validStatus)
+			}
+			if o := r.rec.outs[c.invalidAt]; o.Status != dispatcher.StatusInvalid || o.Target != "VIC" || !strings.Contains(o.Reason, "U+0001") {
+				t.Errorf("invalid job's outcome under %s: %+v; want invalid to VIC", c.invalidAt, o)
+			}
+			notes := 0
+			for _, o := range r.rec.outs {
+				if strings.Contains(o.Reason, "already") && strings.Contains(o.Reason, o.JobID) {
+					notes++
+				}
+			}
+			if len(r.rec.outs) != 2 || notes != 1 {
+				t.Errorf("outcomes %+v; want two, the second saying where it is", r.rec.outs)
+			}
+			if r.rec.dlq[c.invalidAt] != 1 || (c.validStatus != dispatcher.StatusSent) != (r.rec.dlq[c.validAt] == 1) {
+				t.Errorf("DLQ puts %v", r.rec.dlq)
+			}
+			if n := r.send.calls["ATT"]; n != c.validCalls || r.send.total() != n {
+				t.Errorf("%d calls to ATT, %d in all; want %d", n, r.send.total(), c.validCalls)
+			}
+		})
 	}
 }
 

@@ -59,8 +59,8 @@ const (
 // IDBinder is a Ledger that binds job ids to the jobs they name, so that a
 // job reusing another job's id is told apart instead of being skipped as
 // a duplicate of it. The pipeline binds ids in the claim itself
-// (Claim.Fingerprint); it uses BindID for the key of an id that breaks the
-// rules (never claimed) and for claims written without a fingerprint.
+// (Claim.Fingerprint), for every job, invalid ones included; it uses
+// BindID only for claims written without a fingerprint (older versions).
 //
 // BindID binds jobID to fingerprint (Fingerprint of the job's body) unless
 // the id is bound already, and returns the fingerprint the id is bound to:
@@ -449,13 +449,11 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 		}
 	}()
 	if derr != nil {
-		var conflict bool
-		var err error
-		if id.Err != nil {
-			conflict, err = r.bindOnly(ctx)
-		} else {
-			_, _, conflict, err = r.claimID(ctx, PhaseClaimed)
-		}
+		// An invalid job claims its key like any job, also when its id
+		// broke the rules and the key is InvalidIDKey: a producer may use
+		// that key as a valid id, and only one claim on one key tells
+		// which job came first.
+		_, _, conflict, err := r.claimID(ctx, PhaseClaimed)
 		if err != nil {
 			return r.handBack(fmt.Errorf("claim job: %w", err))
 		}
@@ -872,26 +870,6 @@ func (r *run) claimID(ctx context.Context, phase ClaimPhase) (c Claim, created, 
 		r.log.Warn().Str("conflict_id", cid).Msg("the job's conflict id is bound to another job too")
 	}
 	return c, false, true, nil
-}
-
-// bindOnly binds the key of a job whose id breaks the rules (never
-// claimed) to its body with the id binding (IDBinder), taking its
-// ConflictID when another job holds the key.
-func (r *run) bindOnly(ctx context.Context) (conflict bool, err error) {
-	fp := Fingerprint(r.env.Data)
-	same, err := r.sameJob(ctx, Claim{}, fp)
-	if err != nil {
-		return false, err
-	}
-	r.storeWent()
-	if same {
-		return false, nil
-	}
-	r.takeConflictID(r.jobID, fp)
-	if _, err := r.sameJob(ctx, Claim{}, fp); err != nil {
-		return false, err
-	}
-	return true, nil
 }
 
 // takeConflictID moves the job from id, which names another job, to its

@@ -21,8 +21,7 @@ var (
 //	job.<enc job id>          a dispatcher.Claim, with the fingerprint of the job
 //	                          the id names (the pipeline's usual id binding)
 //	id.<enc job id>           the fingerprint of the job the id names (BindID: for
-//	                          keys of ids that break the rules, and claims older
-//	                          versions wrote without a fingerprint)
+//	                          claims older versions wrote without a fingerprint)
 //	pair.<enc anchor>.<seq>   the job holding (anchor, seq)
 //	seq.<enc anchor>          how many pairs the anchor has and its highest seq
 //

@@ -556,6 +556,87 @@ func TestHostileIDHijack(t *testing.T) {
 	}
 }
 
+// TestHostileInvalidIDKeyTaken: a producer that uses as its job's id the
+// key an invalid job's outcome goes under ("invalid-id-" and the SHA-256
+// of the bad id) cannot take that job's place, whichever comes first. The
+// key names one job, as any id does: the first to come binds it, and the
+// other ends under its conflict id, with an outcome and (not sent) a DLQ
+// entry of its own. The invalid job never looks sent.
+func TestHostileInvalidIDKeyTaken(t *testing.T) {
+	t.Parallel()
+	const badID = "bad\x01c1"
+	key := dispatcher.InvalidIDKey(badID)
+	valid := &nats.Msg{Subject: "qqbot.send.group.SQc1", Data: []byte(`{"v":1,"id":"` + key +
+		`","scene":"group","target":"SQc1","message":{"msg_type":0,"content":"hello"},"meta":{"who":"attacker"}}`)}
+	invalid := &nats.Msg{Subject: "qqbot.send.group.SQVc1", Data: []byte(`{"v":1,"id":"bad\u0001c1",` +
+		`"scene":"group","target":"SQVc1","message":{"msg_type":0,"content":"victim"},"meta":{"who":"victim"}}`)}
+	validCID, invalidCID := dispatcher.ConflictID(key, valid.Data), dispatcher.ConflictID(key, invalid.Data)
+	for _, c := range []struct {
+		name          string
+		first, second *nats.Msg
+		// Where each job's outcome goes.
+		validAt, invalidAt string
+		validStatus        dispatcher.Status
+	}{
+		{"valid job first", valid, invalid, key, invalidCID, dispatcher.StatusSent},
+		{"invalid job first", invalid, valid, validCID, key, dispatcher.StatusRejected},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			r := newHostileRig(t, testbed.Options{})
+			firstAt := c.validAt
+			if c.first == invalid {
+				firstAt = c.invalidAt
+			}
+			r.publish(c.first)
+			r.wait([]string{firstAt}, time.Minute)
+			r.publish(c.second)
+			all := []string{c.validAt, c.invalidAt}
+			outs := r.wait(all, time.Minute)
+			r.settle(all)
+
+			if o := outs[c.invalidAt]; o.Status != dispatcher.StatusInvalid || o.Scene != dispatcher.SceneGroup || o.Target != "SQVc1" ||
+				!strings.Contains(o.Reason, "control character") {
+				t.Errorf("invalid job under %s: %s to %s %s (%s); want its own invalid outcome", c.invalidAt, o.Status, o.Scene, o.Target, o.Reason)
+			}
+			if o := outs[c.validAt]; o.Status != c.validStatus || o.Scene != dispatcher.SceneGroup || o.Target != "SQc1" || string(o.Meta) != `{"who":"attacker"}` {
+				t.Errorf("valid job under %s: %s to %s %s (%s); want its own %s outcome", c.validAt, o.Status, o.Scene, o.Target, o.Reason, c.validStatus)
+			}
+			for _, at := range []string{validCID, invalidCID} {
+				if at == c.validAt || at == c.invalidAt {
+					if o := outs[at]; !strings.Contains(o.Reason, "already names another job") || !strings.Contains(o.Reason, at) {
+						t.Errorf("outcome under %s: reason %q; want it to say the key names another job and where its outcome is", at, o.Reason)
+					}
+				}
+			}
+			dlq := dlqByJob(t, r.b)
+			if e, ok := dlq[c.invalidAt]; !ok || e.Status != dispatcher.StatusInvalid || e.OriginalSubject != invalid.Subject {
+				t.Errorf("DLQ entry of the invalid job under %s: %+v (found %v)", c.invalidAt, e, ok)
+			}
+			wantDLQ := 1
+			if c.validStatus != dispatcher.StatusSent {
+				wantDLQ++
+				if e, ok := dlq[c.validAt]; !ok || e.Status != c.validStatus || e.OriginalSubject != valid.Subject {
+					t.Errorf("DLQ entry of the valid job under %s: %+v (found %v)", c.validAt, e, ok)
+				}
+			}
+			if len(dlq) != wantDLQ {
+				t.Errorf("%d DLQ entries, want %d", len(dlq), wantDLQ)
+			}
+			sent := 0
+			for _, m := range r.b.Sim.Accepted() {
+				if c := contentOf(t, m.Body); c != "hello" {
+					t.Errorf("the simulator accepted %q", c)
+				}
+				sent++
+			}
+			if want := map[bool]int{true: 1}[c.validStatus == dispatcher.StatusSent]; sent != want {
+				t.Errorf("the simulator accepted %d messages, want %d", sent, want)
+			}
+		})
+	}
+}
+
 // forgedHeaders are what a producer might set to pass for the worker.
 var forgedHeaders = nats.Header{
 	"Qqdispatch-Code":             {"11255"},
