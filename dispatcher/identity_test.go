@@ -555,7 +555,9 @@ func TestHandleInvalidIDs(t *testing.T) {
 // (InvalidIDKey) names one job, like any id, whichever uses it first: a
 // valid job with that id, or the invalid job. The other job ends under its
 // conflict id with an outcome of its own; the valid one coming second is
-// rejected, not sent.
+// rejected, not sent. When the key's binding expired but the valid job's
+// outcome is kept, the invalid job's outcome goes under its conflict id
+// too, as a valid job's does.
 func TestHandleInvalidIDKeyTaken(t *testing.T) {
 	t.Parallel()
 	const bad = "bad\x01c1"
@@ -563,19 +565,29 @@ func TestHandleInvalidIDKeyTaken(t *testing.T) {
 	valid := env("ATT", groupJob(key, "ATT", "hello"), 1)
 	invalid := env("VIC", groupJob(bad, "VIC", "victim"), 2)
 	for _, c := range []struct {
-		name               string
-		first, second      dispatcher.Envelope
+		name          string
+		first, second dispatcher.Envelope
+		// forget drops the ledger's entries after the first job: the
+		// key's binding expired, its outcome is kept.
+		forget             bool
 		validAt, invalidAt string
 		validStatus        dispatcher.Status
 		validCalls         int
 	}{
-		{"valid job first", valid, invalid, key, dispatcher.ConflictID(key, invalid.Data), dispatcher.StatusSent, 1},
-		{"invalid job first", invalid, valid, dispatcher.ConflictID(key, valid.Data), key, dispatcher.StatusRejected, 0},
+		{"valid job first", valid, invalid, false, key, dispatcher.ConflictID(key, invalid.Data), dispatcher.StatusSent, 1},
+		{"valid job first, binding expired", valid, invalid, true, key, dispatcher.ConflictID(key, invalid.Data), dispatcher.StatusSent, 1},
+		{"invalid job first", invalid, valid, false, dispatcher.ConflictID(key, valid.Data), key, dispatcher.StatusRejected, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			r := newRig(t)
 			r.handle(t, c.first)
+			if c.forget {
+				r.ledger.mu.Lock()
+				clear(r.ledger.claims)
+				clear(r.ledger.binds)
+				r.ledger.mu.Unlock()
+			}
 			o2, d := r.handle(t, c.second)
 			if d.acks != 1 {
 				t.Errorf("second job acked %d times", d.acks)

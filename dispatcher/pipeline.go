@@ -2072,7 +2072,9 @@ func (r *run) record(ctx context.Context, o Outcome, until time.Time) (Outcome, 
 	if err != nil {
 		return Outcome{}, err
 	}
-	if r.job != nil && r.requested == "" && stored.Scene != "" && (stored.Bot != o.Bot || stored.Scene != o.Scene || stored.Target != o.Target) {
+	// Invalid jobs too: their key (InvalidIDKey) may hold the outcome of a
+	// valid job that used it as its id, once the key's binding expired.
+	if r.requested == "" && stored.Scene != "" && (stored.Bot != o.Bot || stored.Scene != o.Scene || stored.Target != o.Target) {
 		r.takeConflictID(o.JobID, Fingerprint(r.env.Data))
 		r.log.Warn().Msg("the job's id has the outcome of another job; storing this job's under its conflict id")
 		o.JobID = r.jobID
