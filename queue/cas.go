@@ -39,7 +39,27 @@ type casError struct {
 }
 
 func (e *casError) Error() string {
-	return "queue: " + e.op + " " + e.bucket + "/" + e.key + ": " + e.err.Error()
+	return "queue: " + e.op + " " + e.bucket + "/" + e.key + ": " + apiErrorText(e.err)
+}
+
+// jsErrStoreFailed is the server's answer when its store refuses a write
+// (nats.go names no constant for it): a stream or bucket over its
+// max_bytes, or the server out of JetStream storage.
+const jsErrStoreFailed jetstream.ErrorCode = 10077
+
+// apiErrorText says what JetStream answered, once ("nats: nats: API
+// error: code=503 err_code=10077 ..." is what the client's text gives), and
+// for a full store what an operator can do.
+func apiErrorText(err error) string {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) {
+		return err.Error()
+	}
+	s := fmt.Sprintf("JetStream refused it: %s (code %d, err_code %d)", api.Description, api.Code, api.ErrorCode)
+	if api.ErrorCode == jsErrStoreFailed {
+		s += "; if the bucket or stream is full, raise its max_bytes or free the server's JetStream storage"
+	}
+	return s
 }
 func (e *casError) Unwrap() error { return e.err }
 
