@@ -327,7 +327,8 @@ func (s *server) run(ctx context.Context) error {
 	if s.simURL != "" {
 		ev = ev.Str("sim_url", s.simURL)
 	}
-	ev.Int("partitions", o.partitions).Int("concurrency", o.concurr).Int("max_held", o.maxHeld).Bool("rules", policy != nil).Msg("qqdispatch ready")
+	// A mistyped --prefix starts a fleet of its own: this line says which.
+	ev.Str("prefix", names.WithDefaults().Prefix).Int("partitions", o.partitions).Int("concurrency", o.concurr).Int("max_held", o.maxHeld).Bool("rules", policy != nil).Msg("qqdispatch ready")
 	if s.ready != nil {
 		s.ready(redactURLs(natsURL), httpURL)
 	}

@@ -628,6 +628,11 @@ func TestServeNATSURLIgnoresEmbeddedFlags(t *testing.T) {
 	if second.NATSURL != first.NATSURL {
 		t.Fatalf("serve with --nats-url %s reports NATS at %s", first.NATSURL, second.NATSURL)
 	}
+	// The ready line names the prefix: a mistyped one starts a fleet of
+	// its own.
+	if log := second.stderr.String(); !strings.Contains(log, `"prefix":"qqbot"`) || !strings.Contains(log, `"message":"qqdispatch ready"`) {
+		t.Errorf("the ready line does not name the prefix:\n%s", log)
+	}
 	for _, s := range []struct {
 		name string
 		s    *served
