@@ -231,45 +231,17 @@ type Processor struct {
 	// process never called for them: the write's answer was lost, or the
 	// write back to "claimed" failed. See noteNotCalled.
 	notCalled map[string]notCalledMark
-}
+	// retracting holds the jobs whose mark a pass of TakeBackMarks is
+	// taking back now, each with a channel closed when it is done: a run
+	// of the job waits for it (register), a peer hears "has it".
+	retracting map[string]chan struct{}
 
-// notCalledMark is a "calling" mark that may be in the ledger without a
-// call: its attempt count, and when it was noted.
-type notCalledMark struct {
-	attempts int
-	at       time.Time
-}
-
-// notCalledKeep is how long a notCalled mark is kept: the job comes back
-// by redelivery within an ack wait or two, unless another worker took it.
-const notCalledKeep = 10 * time.Minute
-
-// noteNotCalled records that the ledger entry of jobID may say "calling"
-// with attempts although no call was made for it, so that when the job
-// comes back here it resumes as claimed rather than as in doubt.
-func (p *Processor) noteNotCalled(jobID string, attempts int) {
-	now := p.cfg.Clock.Now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.notCalled == nil {
-		p.notCalled = map[string]notCalledMark{}
-	}
-	for id, m := range p.notCalled {
-		if now.Sub(m.at) > notCalledKeep {
-			delete(p.notCalled, id)
-		}
-	}
-	p.notCalled[jobID] = notCalledMark{attempts: attempts, at: now}
-}
-
-// takeNotCalled reports, once, whether a "calling" mark with attempts is
-// one noteNotCalled recorded for jobID.
-func (p *Processor) takeNotCalled(jobID string, attempts int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	m, ok := p.notCalled[jobID]
-	delete(p.notCalled, jobID)
-	return ok && m.attempts == attempts
+	// marksOpen is set while a note may stand for a mark still in the
+	// ledger: the next storage write that goes through starts a pass that
+	// takes such marks back (retractSoon).
+	marksOpen atomic.Bool
+	// retractOne lets one pass run at a time (a one-slot semaphore).
+	retractOne chan struct{}
 }
 
 // NewProcessor validates cfg, fills its defaults and returns a Processor.
@@ -341,6 +313,7 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 		cfg.MediaCacheSize = MediaCacheSizeDefault
 	}
 	p := &Processor{cfg: cfg, inflight: make(map[string]struct{}), warns: newLogLimiter(storeWarnEvery),
+		retracting: map[string]chan struct{}{}, retractOne: make(chan struct{}, 1),
 		store: newPauseGate(cfg.StorePause, cfg.StorePauseMax),
 		media: newMediaCache(cfg.MediaCacheSize)}
 	if cfg.Logger != nil {
@@ -376,9 +349,7 @@ func (p *Processor) Handle(ctx context.Context, d Delivery) (out Outcome, err er
 			out, err = r.finish(context.WithoutCancel(ctx), r.outcome(StatusFailed, fmt.Sprintf("internal error: panic: %v", v)))
 		}
 		if r.registered != "" {
-			p.mu.Lock()
-			delete(p.inflight, r.registered)
-			p.mu.Unlock()
+			p.letGo(r.registered)
 		}
 	}()
 	return r.handle(ctx)
@@ -484,14 +455,18 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 	// mark of this process may stand in the ledger, a worker asking about
 	// it (PeerJob) hears that this process has the job, or (once the
 	// write failed) that it made no call, never "unknown".
-	if !r.register(r.jobID) {
+	if ok, err := r.register(ctx, r.jobID); err != nil {
+		return r.handBack(err)
+	} else if !ok {
 		return r.leaveToHandler()
 	}
 	c, created, conflict, err := r.claimID(ctx, phase)
 	if err != nil {
 		return r.handBack(fmt.Errorf("claim job: %w", err))
 	}
-	if !r.register(r.jobID) { // the job took its conflict id
+	if ok, err := r.register(ctx, r.jobID); err != nil { // the job took its conflict id
+		return r.handBack(err)
+	} else if !ok {
 		return r.leaveToHandler()
 	}
 	if conflict && id.Given() {
@@ -529,22 +504,38 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 
 // register puts id in the processor's inflight set for this run, in place
 // of the id it held; false when another run of this process holds id.
-func (r *run) register(id string) bool {
+// While TakeBackMarks takes back id's mark the run waits for it (a ledger
+// read and a write): the pass and a run must not both write the entry.
+// The error (ErrHandedBack) says ctx ended meanwhile.
+func (r *run) register(ctx context.Context, id string) (bool, error) {
 	p := r.p
 	p.mu.Lock()
+	for {
+		done, busy := p.retracting[id]
+		if !busy {
+			break
+		}
+		p.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return false, ErrHandedBack
+		}
+		p.mu.Lock()
+	}
 	defer p.mu.Unlock()
 	if r.registered == id {
-		return true
+		return true, nil
 	}
 	if _, busy := p.inflight[id]; busy {
-		return false
+		return false, nil
 	}
 	if r.registered != "" {
-		delete(p.inflight, r.registered)
+		p.letGoLocked(r.registered)
 	}
 	p.inflight[id] = struct{}{}
 	r.registered = id
-	return true
+	return true, nil
 }
 
 // leaveToHandler ends a run whose job another run of this process has.
@@ -845,7 +836,7 @@ func (r *run) claimID(ctx context.Context, phase ClaimPhase) (c Claim, created, 
 		if phase == PhaseCalling {
 			// The write may have been applied and only its answer lost;
 			// the call certainly was not made.
-			p.noteNotCalled(want.JobID, want.Attempts)
+			p.noteNotCalled(want.JobID, want.Fingerprint, want.Attempts)
 		}
 		return Claim{}, false, err
 	}
@@ -1055,23 +1046,6 @@ func (r *run) askOwner(ctx context.Context, c Claim) (st PeerState, heard string
 		}
 	}
 	return PeerUnknown, "no answer in three tries", nil
-}
-
-// PeerJob answers another worker's question about jobID (see Peers): this
-// process is handling it now, or it marked the job's call (its attempts
-// count) without making one (the mark is then forgotten here: the asker
-// takes the job on), or neither.
-func (p *Processor) PeerJob(jobID string, attempts int) PeerState {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, busy := p.inflight[jobID]; busy {
-		return PeerHasJob
-	}
-	if m, ok := p.notCalled[jobID]; ok && m.attempts == attempts {
-		delete(p.notCalled, jobID)
-		return PeerNotCalled
-	}
-	return PeerUnknown
 }
 
 // dedupable reports whether the platform dedupes a resend of this job:
@@ -1735,7 +1709,7 @@ func (r *run) markCalling(ctx context.Context) error {
 	if err != nil {
 		// The write may have been applied and only its answer lost; the
 		// call certainly was not made.
-		r.p.noteNotCalled(r.jobID, c.Attempts)
+		r.p.noteNotCalled(r.jobID, Fingerprint(r.env.Data), c.Attempts)
 		return fmt.Errorf("mark claim calling: %w", err)
 	}
 	// From here a "calling" mark may stand for a real call.
@@ -1772,7 +1746,7 @@ func (r *run) unmark(ctx context.Context) error {
 	defer cancel()
 	nc, err := r.p.cfg.Ledger.Update(sctx, c)
 	if err != nil {
-		r.p.noteNotCalled(r.jobID, r.claim.Attempts)
+		r.p.noteNotCalled(r.jobID, Fingerprint(r.env.Data), r.claim.Attempts)
 		return fmt.Errorf("mark claim claimed: %w", err)
 	}
 	r.claim, r.markFresh = nc, false
@@ -1846,7 +1820,7 @@ func (r *run) deferTo(ctx context.Context, le *LimitError) (Outcome, error) {
 	if nc, err := r.p.cfg.Ledger.Update(sctx, c); err == nil {
 		r.claim, r.markFresh = nc, false
 	} else if r.markFresh {
-		r.p.noteNotCalled(r.jobID, r.claim.Attempts)
+		r.p.noteNotCalled(r.jobID, Fingerprint(r.env.Data), r.claim.Attempts)
 	}
 	r.log.Info().Str("rule", le.Rule).Time("until", le.RetryAt).Msg("quota used up; job deferred to the next period")
 	return Outcome{JobID: r.jobID}, r.ack(ctx)
@@ -1909,12 +1883,14 @@ func (r *run) passStoreGate(ctx context.Context) error {
 }
 
 // storeWent notes a storage write that went through: the storage gate
-// opens if it was closed.
+// opens if it was closed, and "calling" marks left in the ledger by writes
+// whose answers were lost are taken back (retractSoon).
 func (r *run) storeWent() {
 	r.storeProbe = false
 	if r.p.store.open() {
 		r.p.log.Info().Msg("storage writes go through again: jobs resume")
 	}
+	r.p.retractSoon()
 }
 
 // storeFailed notes a failed storage write at now: the storage gate closes

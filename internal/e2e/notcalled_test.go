@@ -243,3 +243,174 @@ func TestRefusedActivesAreNotPaced(t *testing.T) {
 		t.Errorf("the platform was called %d times, want 0", n)
 	}
 }
+
+// The operator's walkthrough: during a NATS outage a job's claim, which
+// carries its call's mark, was applied but its answer lost, so the job
+// went back to the queue with the ledger saying "calling" by a worker that
+// never called. That worker then stopped gracefully (SIGTERM) before the
+// job came back to it. The job's next holder cannot ask it any more: the
+// stopping worker must have taken the mark back, so the job is sent once,
+// not reported in doubt.
+func TestGracefulStopTakesBackLostMark(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	ledger := &answerLostLedger{}
+	ledger.lose.Store(true)
+	cfg := b.WorkerConfig()
+	cfg.WorkerID = "w-stops"
+	// The job goes back for a minute: it must not come back to this
+	// worker, which would resume it from its own note.
+	cfg.Pipeline.StorePause, cfg.Pipeline.StorePauseMax = time.Minute, time.Minute
+	cfg.WrapLedger = func(l dispatcher.Ledger) dispatcher.Ledger {
+		ledger.Ledger = l
+		return ledger
+	}
+	w := b.StartWorker(cfg)
+	ids := b.Publish(testbed.Job("stop-lost-1", dispatcher.SceneChannel, "ch-stop-lost", "sent once", "", time.Time{}))
+	waitFor(t, "the claim's answer to be lost and the job handed back", 10*time.Second, func() bool {
+		return !ledger.lose.Load() && w.Trouble() != nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if c, err := b.Ledger.Get(ctx, ids[0]); err != nil || c.Phase != dispatcher.PhaseCalling || c.Owner != "w-stops" {
+		t.Fatalf("claim before the stop: %+v, %v; want calling by w-stops (applied, answer lost)", c, err)
+	}
+	if err := w.Stop(ctx); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if c, err := b.Ledger.Get(ctx, ids[0]); err != nil || c.Phase != dispatcher.PhaseClaimed || c.Attempts != 0 {
+		t.Errorf("claim after the stop: %+v, %v; want claimed with no call counted", c, err)
+	}
+	if n := b.Sim.Calls(); n != 0 {
+		t.Fatalf("the simulator got %d calls before the next worker started", n)
+	}
+
+	next := b.WorkerConfig()
+	next.WorkerID = "w-next"
+	b.StartWorker(next)
+	o := b.Outcomes(ids, 30*time.Second)[ids[0]]
+	if o.Status != dispatcher.StatusSent || o.Attempts != 1 {
+		t.Errorf("outcome %s after %d calls (%s), want sent after 1", o.Status, o.Attempts, o.Reason)
+	}
+	if acc := b.Sim.Accepted(); len(acc) != 1 {
+		t.Errorf("the simulator accepted %d messages, want 1", len(acc))
+	}
+}
+
+// A worker that is killed (no chance to stop) after such a lost answer
+// does not leave the job in doubt either, once a storage write of its
+// went through after the loss: it takes the mark back as soon as the
+// store answers again.
+func TestLostMarkTakenBackWhenStoreAnswers(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ledger := &answerLostLedger{Ledger: b.Ledger}
+	ledger.lose.Store(true)
+	crashes, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: b.Sender(), Ledger: ledger, Recorder: b.Rec, Owner: "w-killed",
+		StorePause: 10 * time.Millisecond, StorePauseMax: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := envelopeOf(t, b, testbed.Job("kill-lost-1", dispatcher.SceneChannel, "ch-kill-lost", "sent once", "", time.Time{}))
+	if _, err := crashes.Handle(ctx, &memDelivery{env: lost}); !errors.Is(err, dispatcher.ErrHandedBack) || !errors.Is(err, errAnswerLost) {
+		t.Fatalf("first job: err %v, want a hand-back caused by the lost answer", err)
+	}
+	// Another job's writes go through: the store answers again.
+	other := &memDelivery{env: envelopeOf(t, b, testbed.Job("kill-other-1", dispatcher.SceneChannel, "ch-kill-other", "other", "", time.Time{}))}
+	if o, err := crashes.Handle(ctx, other); err != nil || o.Status != dispatcher.StatusSent {
+		t.Fatalf("second job: %+v, %v; want sent", o, err)
+	}
+	waitFor(t, "the lost mark to be taken back", 10*time.Second, func() bool {
+		c, err := b.Ledger.Get(ctx, "kill-lost-1")
+		return err == nil && c.Phase == dispatcher.PhaseClaimed && c.Attempts == 0
+	})
+
+	// w-killed is gone now (nothing answers for it): its job is sent.
+	next, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: b.Sender(), Ledger: b.Ledger, Recorder: b.Rec, Owner: "w-next",
+		Peers: queue.NewPeers(b.Conn, b.Names)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := next.Handle(ctx, &memDelivery{env: lost})
+	if err != nil || o.Status != dispatcher.StatusSent || o.Attempts != 1 {
+		t.Errorf("taken over: %+v, %v; want sent after 1 call", o, err)
+	}
+	if acc := b.Sim.Accepted(); len(acc) != 2 {
+		t.Errorf("the simulator accepted %d messages, want 2 (each job once)", len(acc))
+	}
+}
+
+// answerLostSender delivers the first message and then reports no answer,
+// as when the connection drops after the request was written.
+type answerLostSender struct {
+	dispatcher.Sender
+	lose atomic.Bool
+}
+
+func (s *answerLostSender) Send(ctx context.Context, scene dispatcher.Scene, target string, body json.RawMessage) (*dispatcher.SendResult, error) {
+	res, err := s.Sender.Send(ctx, scene, target, body)
+	if err == nil && s.lose.CompareAndSwap(true, false) {
+		return nil, &dispatcher.SendError{Class: dispatcher.ClassTransient, Unanswered: true, Message: "test: answer lost"}
+	}
+	return res, err
+}
+
+// refusedMarkLedger fails, without applying it, the first "calling" write
+// that counts a second call.
+type refusedMarkLedger struct {
+	dispatcher.Ledger
+	refused atomic.Bool
+}
+
+var errMarkRefused = errors.New("test: ledger write lost")
+
+func (l *refusedMarkLedger) Update(ctx context.Context, c dispatcher.Claim) (dispatcher.Claim, error) {
+	if c.Phase == dispatcher.PhaseCalling && c.Attempts == 2 && l.refused.CompareAndSwap(false, true) {
+		return dispatcher.Claim{}, errMarkRefused
+	}
+	return l.Ledger.Update(ctx, c)
+}
+
+// Taking marks back never touches a mark that may stand for a call that
+// left: here the first call was delivered without an answer, and the mark
+// of the retry failed. The ledger keeps the first call's mark, and with
+// its worker gone the job ends in doubt, as it must.
+func TestMarkOfCallThatMayHaveLeftIsKept(t *testing.T) {
+	t.Parallel()
+	b := testbed.New(t, testbed.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sender := &answerLostSender{Sender: b.Sender()}
+	sender.lose.Store(true)
+	ledger := &refusedMarkLedger{Ledger: b.Ledger}
+	first, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: sender, Ledger: ledger, Recorder: b.Rec, Owner: "w-first",
+		InDoubt: dispatcher.InDoubtResend, BackoffInitial: time.Millisecond, BackoffMax: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envelopeOf(t, b, testbed.Job("left-1", dispatcher.SceneChannel, "ch-left", "maybe delivered", "", time.Time{}))
+	if _, err := first.Handle(ctx, &memDelivery{env: env}); !errors.Is(err, dispatcher.ErrHandedBack) || !errors.Is(err, errMarkRefused) {
+		t.Fatalf("first run: err %v, want a hand-back caused by the refused mark", err)
+	}
+	if err := first.TakeBackMarks(ctx); err != nil {
+		t.Fatalf("take back marks: %v", err)
+	}
+	if c, err := b.Ledger.Get(ctx, "left-1"); err != nil || c.Phase != dispatcher.PhaseCalling || c.Owner != "w-first" || c.Attempts != 1 {
+		t.Fatalf("claim after the stop: %+v, %v; want still calling by w-first, 1 call", c, err)
+	}
+
+	next, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: b.Sender(), Ledger: b.Ledger, Recorder: b.Rec, Owner: "w-next",
+		Peers: queue.NewPeers(b.Conn, b.Names)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := next.Handle(ctx, &memDelivery{env: env})
+	if err != nil || o.Status != dispatcher.StatusInDoubt {
+		t.Errorf("taken over: %+v, %v; want in_doubt", o, err)
+	}
+	if acc := b.Sim.Accepted(); len(acc) != 1 {
+		t.Errorf("the simulator accepted %d messages, want 1", len(acc))
+	}
+}

@@ -63,6 +63,10 @@ type Config struct {
 	KeepEvery time.Duration
 	// Logger is the worker's logger. Default: disabled.
 	Logger *zerolog.Logger
+	// WrapLedger, if set, wraps the ledger the pipeline writes to, so the
+	// end-to-end tests can make its writes fail the way a NATS outage
+	// does (applied, the answer lost) in a whole worker. Default: none.
+	WrapLedger func(dispatcher.Ledger) dispatcher.Ledger
 }
 
 // RulesConfig configures the limiter a worker builds.
@@ -195,6 +199,9 @@ func (w *Worker) Start(ctx context.Context) error {
 		pc.Owner = w.cfg.WorkerID
 	}
 	pc.Sender, pc.Ledger, pc.Recorder, pc.Scheduler = w.cfg.Sender, ledger, rec, sched
+	if w.cfg.WrapLedger != nil {
+		pc.Ledger = w.cfg.WrapLedger(ledger)
+	}
 	var bots *botRuntime
 	if w.cfg.Bots != nil {
 		if bots, err = newBotRuntime(*w.cfg.Bots, w.log); err != nil {
@@ -400,12 +407,21 @@ func (w *Worker) Stop(ctx context.Context) error {
 		// heartbeat still lists it as releasing).
 		err = w.mem.Leave(ctx)
 	}
+	// "Calling" marks this worker may have left in the ledger without a
+	// call (a write whose answer was lost) are taken back before its
+	// partitions are released, so the jobs' next holders send them: the
+	// notes that say so die with the process, and a holder that cannot ask
+	// takes a marked job for one stopped mid-call (in doubt).
+	w.takeBackMarks(ctx)
 	// Fired deferred jobs not yet moved wait for another worker's mover.
 	err = errors.Join(err, w.keep.Stop(ctx), w.sweep.Stop(ctx), w.mover.Stop(ctx))
 	err = errors.Join(err, w.cons.Stop(ctx))
 	if w.mem != nil {
 		err = errors.Join(err, w.mem.Stop(ctx))
 	}
+	// Again for the jobs handed back while the consumer stopped; peers are
+	// still answered until then.
+	w.takeBackMarks(ctx)
 	if w.peer != nil {
 		_ = w.peer.Unsubscribe()
 	}
@@ -423,6 +439,16 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	w.log.Info().Dur("took", time.Since(start)).AnErr("error", err).Msg("worker stopped")
 	return err
+}
+
+// takeBackMarks takes back the pipeline's "calling" marks of jobs never
+// called (dispatcher.Processor.TakeBackMarks). A failure is logged, not
+// returned: the jobs are handed back all the same, and those whose marks
+// stay end in doubt, as the ledger then says.
+func (w *Worker) takeBackMarks(ctx context.Context) {
+	if err := w.proc.TakeBackMarks(ctx); err != nil {
+		w.log.Warn().Err(err).Msg("could not take back the calling marks of jobs this worker never called; if no worker can ask this one, those jobs end in_doubt")
+	}
 }
 
 // Trouble is nil while the worker's storage answers; else what fails, for
