@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,9 +96,10 @@ type Config struct {
 	// "qqdispatch_bots".
 	BotsBucket string
 	// Partitions is the number of partitions the jobs stream maps (scene,
-	// target) into; each has its own consumer. Changing it on a live stream
-	// re-maps targets, so in-flight ordering is only kept within the old or
-	// the new mapping. Default 32, at most MaxPartitions.
+	// target) into; each has its own consumer. Provision changes the count
+	// of an existing jobs stream only while it is empty and no worker is
+	// live (see ProvisionJobs): a job queued under a partition the new count
+	// lacks would never be delivered. Default 32, at most MaxPartitions.
 	Partitions int
 	// Replicas is the replica count of every stream and bucket (1, 3 or 5
 	// in a cluster). Default 1.
@@ -659,19 +661,41 @@ func (e *ProvisionError) Unwrap() error { return e.Err }
 // A jobs stream made by an older version, which allowed message schedules,
 // keeps them (and roll-ups): the server cannot turn them off. Provision
 // still succeeds; CheckJobsStream says so, and what to do.
+//
+// It refuses to change the partition count of a jobs stream that holds
+// jobs or serves live workers (see ProvisionJobs).
 func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	_, err := ProvisionJobs(ctx, js, cfg)
 	return err
 }
 
-// ProvisionJobs is Provision returning the jobs stream as it left it (its
-// CachedInfo is the server's answer to the update), so that a caller
-// going on to check it (CheckJobsStream) or sweep it (SweeperConfig.Jobs)
-// need not ask for its info again.
-func ProvisionJobs(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, error) {
+// JobsProvisioned is what ProvisionJobs did to the jobs stream.
+type JobsProvisioned struct {
+	// Stream is the jobs stream as ProvisionJobs left it (its CachedInfo
+	// is the server's answer to the update).
+	Stream jetstream.Stream
+	// RepartitionedFrom is the partition count the stream had when
+	// ProvisionJobs changed it to Config.Partitions (the fleet was stopped
+	// and the stream empty, see PartitionsError); 0 when the count stayed
+	// or the stream was created.
+	RepartitionedFrom int
+}
+
+// ProvisionJobs is Provision returning the jobs stream as it left it, so
+// that a caller going on to check it (CheckJobsStream) or sweep it
+// (SweeperConfig.Jobs) need not ask for its info again, and whether it
+// changed the stream's partition count.
+//
+// It refuses to change the partition count of an existing jobs stream
+// with a *PartitionsError while that could strand or reorder jobs: while
+// the stream holds a job, or another worker is live in the members bucket
+// (any record there: Provision runs before the caller joins). A stream
+// without the partition transform is left to the update, as before.
+func ProvisionJobs(ctx context.Context, js jetstream.JetStream, cfg Config) (JobsProvisioned, error) {
+	var out JobsProvisioned
 	cfg, err := cfg.withDefaults()
 	if err != nil {
-		return nil, err
+		return out, err
 	}
 	// Each existing stream is read once: a stream of another prefix's
 	// deployment is never rewritten to ours, and a jobs stream that allows
@@ -681,37 +705,159 @@ func ProvisionJobs(ctx context.Context, js jetstream.JetStream, cfg Config) (jet
 		st, err := js.Stream(ctx, name)
 		if err != nil {
 			if name == cfg.JobsStream && !errors.Is(err, jetstream.ErrStreamNotFound) {
-				return nil, &ProvisionError{Resource: "stream " + name, Err: err}
+				return out, &ProvisionError{Resource: "stream " + name, Err: err}
 			}
 			continue // missing (created below) or unreadable (the create says why)
 		}
 		have := st.CachedInfo().Config
 		for _, subj := range have.Subjects {
 			if !strings.HasPrefix(subj, cfg.Prefix+".") {
-				return nil, &PrefixConflictError{Stream: name, Subject: subj, Prefix: cfg.Prefix}
+				return out, &PrefixConflictError{Stream: name, Subject: subj, Prefix: cfg.Prefix}
 			}
 		}
-		if name == cfg.JobsStream && have.AllowMsgSchedules {
+		if name != cfg.JobsStream {
+			continue
+		}
+		if have.AllowMsgSchedules {
 			jobs = legacyJobsStreamConfig(cfg)
 		}
+		if n, ok := StreamPartitions(have); ok && n != cfg.Partitions {
+			if err := checkRepartition(ctx, js, st, cfg, n); err != nil {
+				return out, err
+			}
+			out.RepartitionedFrom = n
+		}
 	}
-	var jobsStream jetstream.Stream
 	for _, sc := range []jetstream.StreamConfig{jobs, deferredStreamConfig(cfg), dlqStreamConfig(cfg), advisoryStreamConfig(cfg)} {
 		st, err := js.CreateOrUpdateStream(ctx, sc)
 		if err != nil {
-			return nil, &ProvisionError{Resource: "stream " + sc.Name, Err: err}
+			return out, &ProvisionError{Resource: "stream " + sc.Name, Err: err}
 		}
 		if sc.Name == cfg.JobsStream {
-			jobsStream = st
+			out.Stream = st
 		}
 	}
 	for _, kc := range []jetstream.KeyValueConfig{outcomeBucketConfig(cfg), ledgerBucketConfig(cfg)} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
-			return nil, &ProvisionError{Resource: "bucket " + kc.Bucket, Err: err}
+			return out, &ProvisionError{Resource: "bucket " + kc.Bucket, Err: err}
 		}
 	}
-	return jobsStream, nil
+	return out, nil
 }
+
+// partitionCountRE finds P in the jobs stream's subject transform,
+// {prefix}.send.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(P,1,2)}}.
+var partitionCountRE = regexp.MustCompile(`partition\((\d+)\s*,`)
+
+// StreamPartitions reads the partition count of a jobs stream from its
+// subject transform; ok is false when it has none (not a qqdispatch jobs
+// stream).
+func StreamPartitions(sc jetstream.StreamConfig) (n int, ok bool) {
+	if sc.SubjectTransform == nil {
+		return 0, false
+	}
+	m := partitionCountRE.FindStringSubmatch(sc.SubjectTransform.Destination)
+	if m == nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil || n < 1 {
+		return 0, false
+	}
+	return n, true
+}
+
+// checkRepartition decides whether the jobs stream st, partitioned into
+// have, may be re-partitioned into cfg.Partitions now: only when it holds
+// no job (a job stored under a partition token the new count does not
+// have is never delivered, and a target's queued jobs and its next ones
+// would sit in two partitions) and no worker is live in the members bucket
+// (it consumes the old partitions, and would rewrite the count back when
+// it restarts). Anything it cannot read refuses too.
+func checkRepartition(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, cfg Config, have int) error {
+	pe := &PartitionsError{Stream: cfg.JobsStream, Have: have, Want: cfg.Partitions}
+	if st.CachedInfo().State.Msgs > 0 {
+		// Anything on the job subjects (a legacy stream's schedules do
+		// not count: they are re-published through the transform).
+		_, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(cfg.Prefix+".send.>"))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return &ProvisionError{Resource: "stream " + cfg.JobsStream, Err: fmt.Errorf("look for queued jobs before re-partitioning from %d to %d: %w", have, cfg.Partitions, err)}
+		default:
+			info, err := st.Info(ctx)
+			if err != nil {
+				return &ProvisionError{Resource: "stream " + cfg.JobsStream, Err: err}
+			}
+			pe.Jobs = max(info.State.Msgs, 1)
+		}
+	}
+	kv, err := js.KeyValue(ctx, cfg.MembersBucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+	case err != nil:
+		return &ProvisionError{Resource: "bucket " + cfg.MembersBucket, Err: fmt.Errorf("look for live workers before re-partitioning from %d to %d: %w", have, cfg.Partitions, err)}
+	default:
+		members, err := ListMembers(ctx, kv)
+		if err != nil {
+			return &ProvisionError{Resource: "bucket " + cfg.MembersBucket, Err: err}
+		}
+		for _, m := range members {
+			pe.Members = append(pe.Members, m.ID)
+		}
+	}
+	if pe.Jobs == 0 && len(pe.Members) == 0 {
+		return nil
+	}
+	return pe
+}
+
+// ErrPartitionsMismatch matches every *PartitionsError with errors.Is.
+var ErrPartitionsMismatch = errors.New("queue: the jobs stream has another partition count")
+
+// PartitionsError says the jobs stream exists with another partition
+// count than Config.Partitions, and changing it now could strand or
+// reorder jobs: the stream holds jobs, or other workers are live.
+// Provision refuses rather than re-partition a live stream.
+type PartitionsError struct {
+	Stream string
+	Have   int // the stream's partition count
+	Want   int // Config.Partitions
+	// Jobs counts the messages the stream holds (0: none on the job
+	// subjects).
+	Jobs uint64
+	// Members are the ids of the live workers in the members bucket.
+	Members []string
+}
+
+func (e *PartitionsError) Error() string {
+	return fmt.Sprintf("queue: stream %s has %d partitions, not %d, and %s: changing the count now would strand or reorder jobs; "+
+		"start with %d partitions, or change the count the documented way (stop producers, let the backlog drain, stop every worker, "+
+		"start them all with %d)", e.Stream, e.Have, e.Want, e.Busy(), e.Have, e.Want)
+}
+
+// Busy says what makes the change unsafe: the jobs held, the workers live.
+func (e *PartitionsError) Busy() string {
+	var parts []string
+	if e.Jobs > 0 {
+		parts = append(parts, fmt.Sprintf("holds %d jobs", e.Jobs))
+	}
+	if n := len(e.Members); n > 0 {
+		ids := e.Members
+		if n > 3 {
+			ids = append(slices.Clone(ids[:3]), "...")
+		}
+		word := "workers are"
+		if n == 1 {
+			word = "worker is"
+		}
+		parts = append(parts, fmt.Sprintf("%d other %s live (%s)", n, word, strings.Join(ids, ", ")))
+	}
+	return strings.Join(parts, " and ")
+}
+
+// Is makes errors.Is(err, ErrPartitionsMismatch) true.
+func (e *PartitionsError) Is(target error) bool { return target == ErrPartitionsMismatch }
 
 // ErrPrefixConflict matches every *PrefixConflictError with errors.Is.
 var ErrPrefixConflict = errors.New("queue: the stream belongs to another prefix")

@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -174,6 +176,90 @@ func TestProvisionChangesPartitions(t *testing.T) {
 	}
 	if total != 30 {
 		t.Fatalf("%d of 30 jobs in partitions 0..2 after re-partitioning", total)
+	}
+}
+
+// TestProvisionRefusesRepartitionWhileBusy: another partition count than
+// the jobs stream's is refused with a *PartitionsError, and the transform
+// stays, while the stream holds a job or another worker is live; with the
+// stream empty and no member it is applied (the documented migration).
+func TestProvisionRefusesRepartitionWhileBusy(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		jobs    int  // jobs queued before the second Provision
+		drained bool // ... and consumed again
+		member  string
+		want    bool // refused
+	}{
+		{name: "jobs queued", jobs: 3, want: true},
+		{name: "another worker live", member: "w-live", want: true},
+		{name: "jobs queued and a worker live", jobs: 1, member: "w-live", want: true},
+		{name: "empty and no workers", want: false},
+		{name: "drained and no workers", jobs: 2, drained: true, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := Config{Partitions: 32}.WithDefaults()
+			ts := provisioned(t, cfg)
+			ctx := testCtx(t)
+			pub, _ := NewPublisher(ts.js, cfg)
+			for i := range tc.jobs {
+				if _, err := pub.PublishRaw(ctx, SendSubject(cfg, "group", fmt.Sprint("G", i)), []byte(`{}`), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.drained {
+				cons := jobsReader(t, ts.js, cfg)
+				for range tc.jobs {
+					if err := nextMsg(t, cons, 5*time.Second).DoubleAck(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if tc.member != "" {
+				kv, err := OpenMembers(ctx, ts.js, cfg.MembersBucket, time.Minute, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rec, _ := json.Marshal(Member{ID: tc.member, Partitions: []int{0, 1}})
+				if _, err := kv.Put(ctx, tc.member, rec); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			wide := cfg
+			wide.Partitions = 64
+			got, err := ProvisionJobs(ctx, ts.js, wide)
+			st, serr := ts.js.Stream(ctx, cfg.JobsStream)
+			if serr != nil {
+				t.Fatal(serr)
+			}
+			n, _ := StreamPartitions(st.CachedInfo().Config)
+			if !tc.want {
+				if err != nil || got.RepartitionedFrom != 32 || n != 64 {
+					t.Fatalf("ProvisionJobs with 64: %v, repartitioned from %d, stream has %d partitions; want nil, 32, 64", err, got.RepartitionedFrom, n)
+				}
+				return
+			}
+			var pe *PartitionsError
+			if !errors.As(err, &pe) || !errors.Is(err, ErrPartitionsMismatch) {
+				t.Fatalf("ProvisionJobs with 64: %v, want a *PartitionsError", err)
+			}
+			if pe.Have != 32 || pe.Want != 64 || pe.Jobs != uint64(tc.jobs) || (tc.member != "") != slices.Equal(pe.Members, []string{tc.member}) {
+				t.Errorf("error %+v, want 32 -> 64, %d jobs, members [%s]", pe, tc.jobs, tc.member)
+			}
+			if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "32 partitions, not 64") {
+				t.Errorf("error %q: want one line naming both counts", msg)
+			}
+			if n != 32 {
+				t.Errorf("the refused Provision left the stream with %d partitions, want 32", n)
+			}
+			// The same count as the stream's is never refused.
+			if err := Provision(ctx, ts.js, cfg); err != nil {
+				t.Errorf("Provision with the stream's own count: %v", err)
+			}
+		})
 	}
 }
 

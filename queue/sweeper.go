@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -24,6 +25,8 @@ const (
 	SweepIntervalDefault    = 5 * time.Second
 	SweepMaxDefault         = 1000
 	SweepConcurrencyDefault = 8
+	// StrandedEveryDefault is how often a Sweeper looks for stranded jobs.
+	StrandedEveryDefault = time.Minute
 	// MigrateMargin: a schedule an older version left in the jobs stream
 	// that fires sooner than this is left to fire there; later ones are
 	// moved to the deferred stream.
@@ -46,6 +49,11 @@ type SweeperConfig struct {
 	// Concurrency is how many stray jobs a sweep hands to Handler at once.
 	// Default SweepConcurrencyDefault (8).
 	Concurrency int
+	// StrandedEvery is how often the sweeps look for stranded jobs (see
+	// Sweeper): that lists the subjects of every queued job, so it runs
+	// less often than the rest. Sweep always looks. Default
+	// StrandedEveryDefault (1m).
+	StrandedEvery time.Duration
 	// Logger receives what each sweep did, and failures (at most one per
 	// 5 s). Default: none.
 	Logger *zerolog.Logger
@@ -66,6 +74,9 @@ type SweepResult struct {
 	// Migrated are schedules an older version left in the jobs stream,
 	// moved to the deferred stream.
 	Migrated int
+	// Stranded are jobs stored under a partition token the stream no
+	// longer has, re-published on their original subject.
+	Stranded int
 }
 
 // Sweeper ends the messages of the jobs stream that no partition consumer
@@ -83,6 +94,7 @@ type SweepResult struct {
 //     stored token, wildcards included), hands each to Handler, which ends
 //     it invalid with one outcome and a DLQ entry, then deletes it by
 //     sequence.
+//
 //   - On a jobs stream made by an older version (LegacyStreamError): its
 //     pending one-shot schedules due later than MigrateMargin are moved to
 //     the deferred stream (same job, time, rule; the copy is stored
@@ -91,6 +103,26 @@ type SweepResult struct {
 //     anything else on its schedule subjects (a repeating schedule, a
 //     plain message) is ended like a stray, which also stops a repeating
 //     schedule.
+//
+//   - A job stored under a partition token at or above the stream's
+//     partition count ({prefix}.send.group.G1.40 in a 32-partition stream):
+//     the count was changed while it was queued (by a version that did not
+//     refuse that, see PartitionsError), and no partition consumer's
+//     filter matches it any more. The Sweeper lists the stored subjects of
+//     {prefix}.send.*.*.* (every StrandedEvery) and re-publishes each such
+//     job on its original subject, where the transform partitions it
+//     anew, then deletes it by sequence. One target's stranded jobs go in
+//     stream order, one at a time, each stored before the next (and
+//     before its original is deleted); they come after the target's jobs
+//     queued since, which may have been sent already. The job keeps its
+//     id in Qqdispatch-Job-Id (the id it had: the producer's, or the
+//     derived one), and the re-publish carries Nats-Msg-Id
+//     stranded-<sequence>-<stored time in ns>, so a sweep that dies
+//     between the publish and the delete, or two workers sweeping at once,
+//     store it once within the duplicate window; beyond it, the worker's
+//     ledger skips a second copy (the same id and bytes are the same job).
+//     Nothing is moved while the stream's count differs from
+//     Config.Partitions (a re-partition under way).
 //
 // Every worker runs one; two sweeping at once hand the same message to
 // their handlers, and the outcome bucket keeps the first outcome only.
@@ -129,6 +161,12 @@ func NewSweeper(js jetstream.JetStream, cfg SweeperConfig) (*Sweeper, error) {
 	}
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = SweepConcurrencyDefault
+	}
+	if cfg.StrandedEvery == 0 {
+		cfg.StrandedEvery = StrandedEveryDefault
+	}
+	if cfg.StrandedEvery < cfg.Interval {
+		return nil, &ConfigError{Field: "SweeperConfig.StrandedEvery", Reason: fmt.Sprintf("must be at least Interval (%s), got %s", cfg.Interval, cfg.StrandedEvery)}
 	}
 	if cfg.Interval < 10*time.Millisecond {
 		return nil, &ConfigError{Field: "SweeperConfig.Interval", Reason: fmt.Sprintf("must be at least 10ms, got %s", cfg.Interval)}
@@ -198,16 +236,26 @@ func (s *Sweeper) Stop(ctx context.Context) error {
 // as Start found it.
 func (s *Sweeper) run(ctx context.Context, first jetstream.Stream) {
 	defer close(s.done)
+	var strandedAt time.Time // when stranded jobs were last looked for
 	for {
 		var (
 			res SweepResult
 			err error
 		)
-		if first != nil {
-			res, err = s.sweep(ctx, first)
-			first = nil
-		} else {
-			res, err = s.Sweep(ctx)
+		stranded := strandedAt.IsZero() || time.Since(strandedAt) >= s.cfg.StrandedEvery
+		if stranded {
+			strandedAt = time.Now()
+		}
+		st := first
+		first = nil
+		if st == nil {
+			st, err = s.js.Stream(ctx, s.cfg.Names.JobsStream)
+			if err != nil {
+				err = fmt.Errorf("stream %s: %w", s.cfg.Names.JobsStream, err)
+			}
+		}
+		if err == nil {
+			res, err = s.sweep(ctx, st, stranded)
 		}
 		if err != nil && ctx.Err() == nil {
 			s.warn.event(&s.log, err).Msg("sweep the jobs stream")
@@ -216,9 +264,16 @@ func (s *Sweeper) run(ctx context.Context, first jetstream.Stream) {
 			s.log.Warn().Int("strays", res.Strays).Int("migrated", res.Migrated).
 				Msg("swept the jobs stream: ended jobs on wildcard or schedule subjects invalid, moved old schedules")
 		}
+		if res.Stranded > 0 {
+			s.log.Warn().Int("stranded", res.Stranded).Int("partitions", s.cfg.Names.Partitions).
+				Msg("re-published jobs stranded under partitions the jobs stream no longer has (its partition count was changed while they were queued) on their original subjects")
+		}
 		wait := s.cfg.Interval + time.Duration(rand.Int64N(int64(s.cfg.Interval)/5+1)) - s.cfg.Interval/10
 		if err == nil && res.Strays+res.Migrated >= s.cfg.Max {
 			wait = 0 // more to do
+		}
+		if err == nil && res.Stranded >= s.cfg.Max {
+			wait, strandedAt = 0, time.Time{} // more to do
 		}
 		select {
 		case <-ctx.Done():
@@ -228,18 +283,19 @@ func (s *Sweeper) run(ctx context.Context, first jetstream.Stream) {
 	}
 }
 
-// Sweep runs one sweep now: it ends up to Max stray messages and migrates
-// old schedules (see Sweeper).
+// Sweep runs one sweep now: it ends up to Max stray messages, migrates
+// old schedules and re-publishes up to Max stranded jobs (see Sweeper).
 func (s *Sweeper) Sweep(ctx context.Context) (SweepResult, error) {
 	st, err := s.js.Stream(ctx, s.cfg.Names.JobsStream)
 	if err != nil {
 		return SweepResult{}, fmt.Errorf("stream %s: %w", s.cfg.Names.JobsStream, err)
 	}
-	return s.sweep(ctx, st)
+	return s.sweep(ctx, st, true)
 }
 
-// sweep is Sweep with the jobs stream as read.
-func (s *Sweeper) sweep(ctx context.Context, st jetstream.Stream) (SweepResult, error) {
+// sweep is Sweep with the jobs stream as read; stranded says whether to
+// look for stranded jobs.
+func (s *Sweeper) sweep(ctx context.Context, st jetstream.Stream, stranded bool) (SweepResult, error) {
 	var res SweepResult
 	if err := s.sweepStrays(ctx, st, &res); err != nil {
 		return res, err
@@ -249,7 +305,139 @@ func (s *Sweeper) sweep(ctx context.Context, st jetstream.Stream) (SweepResult, 
 			return res, err
 		}
 	}
+	if stranded {
+		if err := s.sweepStranded(ctx, st, &res); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
+}
+
+// sweepStranded re-publishes, on their original subjects, up to Max jobs
+// stored under a partition token at or above the stream's partition count.
+func (s *Sweeper) sweepStranded(ctx context.Context, st jetstream.Stream, res *SweepResult) error {
+	names := s.cfg.Names
+	info := st.CachedInfo()
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	n, ok := StreamPartitions(info.Config)
+	if !ok || n != names.Partitions {
+		return nil // not settled: a worker with another count changes it
+	}
+	si, err := st.Info(ctx, jetstream.WithSubjectFilter(names.Prefix+".send.*.*.*"))
+	if err != nil {
+		return fmt.Errorf("list the subjects of queued jobs: %w", err)
+	}
+	stranded := map[string][]string{} // original subject: stored subjects
+	for subj := range si.State.Subjects {
+		orig := unpartitioned(names, subj)
+		if orig == subj {
+			continue
+		}
+		if p, err := strconv.Atoi(subj[len(orig)+1:]); err == nil && p >= n {
+			stranded[orig] = append(stranded[orig], subj)
+		}
+	}
+	for _, orig := range slices.Sorted(maps.Keys(stranded)) {
+		if res.Stranded >= s.cfg.Max || ctx.Err() != nil {
+			return nil
+		}
+		if err := s.moveStranded(ctx, st, orig, stranded[orig], res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moveStranded re-publishes the jobs stored under stored (one target's
+// subjects with stranded partition tokens, normally one) on orig, in
+// stream order, one at a time.
+func (s *Sweeper) moveStranded(ctx context.Context, st jetstream.Stream, orig string, stored []string, res *SweepResult) error {
+	heads := make([]*jetstream.RawStreamMsg, len(stored))
+	from := make([]uint64, len(stored)) // next sequence to read; 0: none left
+	for i := range from {
+		from[i] = 1
+	}
+	for res.Stranded < s.cfg.Max && ctx.Err() == nil {
+		first := -1
+		for i, subj := range stored {
+			if heads[i] == nil && from[i] != 0 {
+				m, err := st.GetMsg(ctx, from[i], jetstream.WithGetMsgSubject(subj))
+				switch {
+				case errors.Is(err, jetstream.ErrMsgNotFound):
+					from[i] = 0
+					continue
+				case err != nil:
+					return fmt.Errorf("read a stranded job on %s: %w", subj, err)
+				}
+				heads[i] = m
+			}
+			if heads[i] != nil && (first < 0 || heads[i].Sequence < heads[first].Sequence) {
+				first = i
+			}
+		}
+		if first < 0 {
+			return nil
+		}
+		m := heads[first]
+		heads[first], from[first] = nil, m.Sequence+1
+		if err := s.republish(ctx, st, orig, m); err != nil {
+			return err
+		}
+		res.Stranded++
+	}
+	return nil
+}
+
+// republish stores the stranded job m again on orig, keeping its id, and
+// deletes it.
+func (s *Sweeper) republish(ctx context.Context, st jetstream.Stream, orig string, m *jetstream.RawStreamMsg) error {
+	names := s.cfg.Names
+	hdr := userHeaders(m.Header)
+	if hdr.Get(HeaderJobID) == "" {
+		if v := m.Header.Get(nats.MsgIdHdr); v != "" {
+			hdr.Set(HeaderJobID, v) // the id it had, unless its body has one, which still wins
+		} else {
+			env := dispatcher.Envelope{Subject: orig, Data: m.Data, Header: m.Header, Seq: m.Sequence, Published: m.Time}
+			job, err := dispatcher.Decode(orig, m.Data, dispatcher.DecodeOptions{Prefix: names.Prefix})
+			if err != nil {
+				job = nil
+			}
+			if id := dispatcher.IdentifyJob(job, env); id.Err == nil {
+				hdr.Set(HeaderJobID, id.ID) // the body's id, or the one derived from the old sequence
+			}
+		}
+	}
+	jobID := hdr.Get(HeaderJobID)
+	out := &nats.Msg{Subject: orig, Header: hdr, Data: m.Data}
+	id := "stranded-" + strconv.FormatUint(m.Sequence, 10) + "-" + strconv.FormatInt(m.Time.UnixNano(), 10)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ack, err := s.js.PublishMsg(pctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(names.JobsStream))
+	if err == nil && ack.Duplicate {
+		// Stored by an earlier sweep (ours, or another worker's) that did
+		// not get to the delete; if that copy is gone (it ran), or the id
+		// was someone else's, store it again: the ledger skips a job that ran.
+		var held bool
+		if held, err = heldCopy(pctx, s.js, names.JobsStream, ack.Sequence, jobID, m.Data); err == nil && !held {
+			ack, err = s.js.PublishMsg(pctx, out, jetstream.WithMsgID(id+"-"+NewJobID()), jetstream.WithExpectStream(names.JobsStream))
+			if err == nil && ack.Duplicate {
+				err = errors.New("the re-publish under a random id was a duplicate too")
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("re-publish the stranded job at %d on %s: %w", m.Sequence, orig, err)
+	}
+	if err := st.DeleteMsg(pctx, m.Sequence); err != nil {
+		// Deleted already (another worker's sweep) is done: the server
+		// answers that with a generic failure, so read it.
+		if _, gerr := st.GetMsg(pctx, m.Sequence); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("delete the re-published stranded job at %d: %w", m.Sequence, err)
+		}
+	}
+	return nil
 }
 
 // sweepStrays ends the jobs stored under wildcard subjects, the last of

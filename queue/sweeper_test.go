@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -202,5 +203,96 @@ func waitEnded(t *testing.T, h *recordingHandler) {
 	case <-h.ended:
 	case <-testCtx(t).Done():
 		t.Fatal("nothing handed to the handler")
+	}
+}
+
+// TestSweeperRepublishesStrandedJobs: jobs stored under partition tokens
+// the stream no longer has (its count was changed while they were queued,
+// twice here: 64, then 128, then back to 32, as a version without the
+// check let happen) are re-published on their original subject, in stream
+// order, each keeping its job id, and deleted; a job in range stays. A
+// Sweeper whose count differs from the stream's moves nothing.
+func TestSweeperRepublishesStrandedJobs(t *testing.T) {
+	t.Parallel()
+	cfg32 := Config{Partitions: 32}.WithDefaults()
+	cfg64, cfg128 := cfg32, cfg32
+	cfg64.Partitions, cfg128.Partitions = 64, 128
+	// A target stranded under 64 and under 128, in two partitions.
+	target := ""
+	for i := 0; target == ""; i++ {
+		g := fmt.Sprint("G", i)
+		p64, p128 := PartitionOf(cfg64, "group", g), PartitionOf(cfg128, "group", g)
+		if p64 >= 32 && p128 >= 32 && p64 != p128 {
+			target = g
+		}
+	}
+	ts := provisioned(t, cfg64)
+	ctx := testCtx(t)
+	subj := SendSubject(cfg32, "group", target)
+	publish := func(data string, hdr nats.Header) uint64 {
+		t.Helper()
+		ack, err := ts.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: []byte(data), Header: hdr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack.Sequence
+	}
+	retransform := func(cfg Config) {
+		t.Helper()
+		if _, err := ts.js.UpdateStream(ctx, jobsStreamConfig(cfg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(`{"id":"a1"}`, nil)                               // id in the body
+	publish(`{}`, nats.Header{nats.MsgIdHdr: []string{"m2"}}) // id in Nats-Msg-Id
+	retransform(cfg128)
+	seq3 := publish(`{"x":3}`, nil) // no id: derived from its sequence
+	publish(`{}`, nats.Header{HeaderJobID: []string{"h4"}})
+	retransform(cfg32)
+	publish(`{"id":"in-range"}`, nil)
+	stranded := fmt.Sprintf("%s.send.*.*.%d", cfg32.Prefix, PartitionOf(cfg64, "group", target))
+	if n := streamMsgs(t, ts.js, cfg32.JobsStream, stranded); n != 2 {
+		t.Fatalf("%d jobs stranded under the 64-partition token, want 2", n)
+	}
+
+	h := &recordingHandler{}
+	other, err := NewSweeper(ts.js, SweeperConfig{Names: cfg64, Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := other.Sweep(ctx); err != nil || res != (SweepResult{}) {
+		t.Errorf("sweep with 64 partitions on a 32-partition stream: %+v, %v; want nothing moved", res, err)
+	}
+	sw, err := NewSweeper(ts.js, SweeperConfig{Names: cfg32, Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := sw.Sweep(ctx)
+	if err != nil || res != (SweepResult{Stranded: 4}) {
+		t.Fatalf("sweep: %+v, %v; want 4 stranded", res, err)
+	}
+	if got := h.subjects(); len(got) != 0 {
+		t.Errorf("handed %q to the handler, want none", got)
+	}
+	if res, err := sw.Sweep(ctx); err != nil || res != (SweepResult{}) {
+		t.Errorf("second sweep: %+v, %v; want nothing left", res, err)
+	}
+
+	// Everything is now in the target's partition of 32, in order: the
+	// job that was in range, then the stranded ones as they were queued.
+	want := PartitionSubject(cfg32, PartitionOf(cfg32, "group", target))
+	want = strings.Replace(want, "*.*", "group."+target, 1)
+	if n := streamMsgs(t, ts.js, cfg32.JobsStream, ">"); n != 5 {
+		t.Errorf("%d jobs stored, want 5", n)
+	}
+	cons := jobsReader(t, ts.js, cfg32)
+	for _, w := range []struct{ data, jobID string }{
+		{`{"id":"in-range"}`, ""}, {`{"id":"a1"}`, "a1"}, {`{}`, "m2"}, {`{"x":3}`, fmt.Sprint("seq-", seq3)}, {`{}`, "h4"},
+	} {
+		m := nextMsg(t, cons, 5*time.Second)
+		if m.Subject() != want || string(m.Data()) != w.data || m.Headers().Get(HeaderJobID) != w.jobID {
+			t.Errorf("got %s %s job id %q, want %s %s job id %q", m.Subject(), m.Data(), m.Headers().Get(HeaderJobID), want, w.data, w.jobID)
+		}
+		_ = m.Ack()
 	}
 }

@@ -311,6 +311,10 @@ func (s *server) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		var pe *queue.PartitionsError
+		if errors.As(err, &pe) {
+			return partitionsError{pe}
+		}
 		return fmt.Errorf("start worker: %w", err)
 	}
 	running.Store(w)
@@ -556,6 +560,19 @@ func (s *server) startEmbedded(ctx context.Context) error {
 	s.log.Info().Str("nats_url", ns.ClientURL()).Str("data_dir", abs).Msg("embedded NATS JetStream server running; producers publish here")
 	return nil
 }
+
+// partitionsError is the one line for a --partitions (or
+// QQDISPATCH_PARTITIONS) that differs from the count of a jobs stream
+// that holds jobs or serves live workers; it unwraps to the queue's error.
+type partitionsError struct{ *queue.PartitionsError }
+
+func (e partitionsError) Error() string {
+	return fmt.Sprintf("--partitions %d (QQDISPATCH_PARTITIONS): stream %s has %d partitions and %s; start with --partitions %d, "+
+		"or change the count the documented way: stop producers, let the backlog drain, stop every worker, start them all with --partitions %d (README: Fleet, Migration)",
+		e.Want, e.Stream, e.Have, e.Busy(), e.Have, e.Want)
+}
+
+func (e partitionsError) Unwrap() error { return e.PartitionsError }
 
 // connectNATS connects to --nats-url, or in-process to the embedded server.
 // It returns the URL producers use.

@@ -647,3 +647,17 @@ func TestServeNATSURLIgnoresEmbeddedFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestServeRefusesOtherPartitionCount: a worker started with another
+// partition count (here through QQDISPATCH_PARTITIONS) against a live
+// fleet's jobs stream exits 1 with one line naming --partitions and both
+// counts, instead of re-partitioning the stream under the fleet.
+func TestServeRefusesOtherPartitionCount(t *testing.T) {
+	t.Parallel()
+	first := startServe(t, nil, "--sim")
+	r := runCLI(t, map[string]string{"QQDISPATCH_PARTITIONS": "8"}, "serve", "--sim", "--nats-url", first.NATSURL,
+		"--http-listen", "", "--log-level", "disabled")
+	oneErrorLine(t, r, 1, "--partitions 8 (QQDISPATCH_PARTITIONS)", "has 4 partitions", "1 other worker is live", "start with --partitions 4", "Migration")
+	// The fleet's stream kept its count: a worker with it still starts.
+	startServe(t, nil, "--sim", "--nats-url", first.NATSURL)
+}

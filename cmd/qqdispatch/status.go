@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -321,20 +320,12 @@ func watchLoop(ctx context.Context, w io.Writer, mode watchMode, interval time.D
 	}
 }
 
-// partitionCountRE finds P in the jobs stream's subject transform,
-// {{partition(P,1,2)}}.
-var partitionCountRE = regexp.MustCompile(`partition\((\d+)\s*,`)
-
 // partitionCount reads the number of partitions from the jobs stream's
 // subject transform, so `status` needs no --partitions flag that could
 // disagree with the workers'.
 func partitionCount(cfg jetstream.StreamConfig) (int, error) {
-	if cfg.SubjectTransform != nil {
-		if m := partitionCountRE.FindStringSubmatch(cfg.SubjectTransform.Destination); m != nil {
-			if n, err := strconv.Atoi(m[1]); err == nil && n > 0 {
-				return n, nil
-			}
-		}
+	if n, ok := queue.StreamPartitions(cfg); ok {
+		return n, nil
 	}
 	return 0, fmt.Errorf("stream %s has no partition transform (is it a qqdispatch jobs stream?)", cfg.Name)
 }

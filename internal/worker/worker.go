@@ -173,9 +173,14 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Unlock()
 	// The jobs stream's info is read once, by Provision; the check and
 	// the Sweeper work from its answer.
-	jobs, err := queue.ProvisionJobs(ctx, w.js, names)
+	prov, err := queue.ProvisionJobs(ctx, w.js, names)
 	if err != nil {
 		return err
+	}
+	jobs := prov.Stream
+	if from := prov.RepartitionedFrom; from != 0 {
+		w.log.Warn().Int("from", from).Int("to", names.Partitions).Str("stream", names.JobsStream).
+			Msg("re-partitioned the jobs stream (it was empty and no other worker was live); start every worker with the new count")
 	}
 	if err := queue.CheckJobsStream(ctx, jobs, names); errors.Is(err, queue.ErrLegacyJobsStream) {
 		w.log.Warn().Err(err).Msg("the jobs stream lets producers roll it up and schedule jobs")
