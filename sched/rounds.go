@@ -1,5 +1,7 @@
 package sched
 
+import "slices"
+
 // rounds counts a group's pending jobs by round (see group.place), so that
 // a parked job's place in the group's queue, and so its instant, can be
 // estimated in O(log n): the jobs of earlier rounds go before it, and of
@@ -13,6 +15,10 @@ type rounds struct {
 	tree  []int64     // Fenwick tree (1-based inside)
 	meta  []roundMeta // per round from base on
 	total int64       // jobs counted
+	// gone lists, by round, the numbers of the jobs that left it without
+	// starting (see leave) placed after its last start, ascending; empty
+	// unless a partition was dropped or a parked job never came back.
+	gone map[int64][]uint32
 }
 
 // roundMeta numbers a round's jobs in the order they were placed; they
@@ -40,14 +46,49 @@ func (r *rounds) remove(round int64) {
 	}
 }
 
-// started records that the job sub of round started.
-func (r *rounds) started(round int64, sub uint32) {
-	if i := round - r.base; i >= 0 && i < int64(len(r.meta)) {
-		r.meta[i].started = max(r.meta[i].started, sub)
+// leave stops counting the job sub of round, which goes without starting
+// (its partition was dropped, or it never came back): the jobs placed
+// after it in its round no longer count it as before them (ahead). Were
+// it counted, a round whose early jobs all went to another worker would
+// put its first job left that many turns out at every return, beyond the
+// horizon while the turns are a second each, and nothing of the group
+// would ever start.
+func (r *rounds) leave(round int64, sub uint32) {
+	r.remove(round)
+	i := round - r.base
+	if i < 0 || i >= int64(len(r.meta)) || sub <= r.meta[i].started || r.total == 0 {
+		return
+	}
+	if r.gone == nil {
+		r.gone = map[int64][]uint32{}
+	}
+	g := r.gone[round]
+	if j, found := slices.BinarySearch(g, sub); !found {
+		r.gone[round] = slices.Insert(g, j, sub)
 	}
 }
 
-// ahead estimates how many counted jobs go before the job sub of round.
+// started records that the job sub of round started.
+func (r *rounds) started(round int64, sub uint32) {
+	i := round - r.base
+	if i < 0 || i >= int64(len(r.meta)) {
+		return
+	}
+	r.meta[i].started = max(r.meta[i].started, sub)
+	if g, ok := r.gone[round]; ok {
+		// The jobs that left before the start no longer matter.
+		j, _ := slices.BinarySearch(g, r.meta[i].started+1)
+		if g = g[j:]; len(g) == 0 {
+			delete(r.gone, round)
+		} else {
+			r.gone[round] = g
+		}
+	}
+}
+
+// ahead estimates how many counted jobs go before the job sub of round:
+// those of earlier rounds, and those of its own placed before it after
+// the round's last start, not counting the ones that left.
 func (r *rounds) ahead(round int64, sub uint32) int64 {
 	i := round - r.base
 	if i < 0 || len(r.tree) == 0 {
@@ -58,7 +99,8 @@ func (r *rounds) ahead(round int64, sub uint32) int64 {
 	}
 	before := r.prefix(int(i) - 1)
 	own := r.prefix(int(i)) - before
-	mine := int64(sub) - int64(r.meta[i].started) - 1
+	left, _ := slices.BinarySearch(r.gone[round], sub)
+	mine := int64(sub) - int64(r.meta[i].started) - 1 - int64(left)
 	return before + min(max(mine, 0), max(own-1, 0))
 }
 
@@ -69,6 +111,7 @@ func (r *rounds) add(round int64, d int64) int {
 		r.base = round
 		clear(r.tree)
 		clear(r.meta)
+		clear(r.gone)
 	}
 	if round < r.base {
 		r.lower(round)
@@ -163,6 +206,11 @@ func (r *rounds) rebase() {
 	copy(meta, r.meta[first:])
 	r.meta = meta
 	r.base += int64(first)
+	for round := range r.gone {
+		if round < r.base {
+			delete(r.gone, round)
+		}
+	}
 	for j, c := range counts[first:] {
 		if c != 0 {
 			r.addAt(j, c)

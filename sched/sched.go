@@ -932,14 +932,14 @@ func (s *Scheduler) DropPartition(p int) []*Item {
 		g.waiting.drop(l)
 		g.ready.drop(l)
 		for _, it := range l.held {
-			g.rounds.remove(it.round)
+			g.rounds.leave(it.round, it.sub)
 			it.state = stateDone
 			out = append(out, it)
 		}
 		g.held -= len(l.held)
 		s.held -= len(l.held)
 		for _, a := range l.away {
-			g.rounds.remove(a.round)
+			g.rounds.leave(a.round, a.sub)
 			g.unpark(a.rule)
 		}
 		l.held, l.away = nil, nil
@@ -983,7 +983,7 @@ func (s *Scheduler) sweep(now int64) {
 	for _, l := range s.lanes {
 		changed := false
 		for len(l.away) > 0 && l.away[0].until+int64(s.cfg.AwayGrace) < now {
-			l.g.rounds.remove(l.away[0].round)
+			l.g.rounds.leave(l.away[0].round, l.away[0].sub)
 			l.g.unpark(l.away[0].rule)
 			l.away = l.away[1:]
 			changed = true

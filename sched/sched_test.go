@@ -713,3 +713,102 @@ func TestFirstJobOfALaneTakesItsTurn(t *testing.T) {
 		t.Fatalf("started %v, want the lane's first job %d", ids(st), first.Seq)
 	}
 }
+
+// TestTurnsOfADroppedPartitionAreNotAwaited: a worker briefly owns every
+// partition (NATS restarted and lost the members bucket), gets every
+// unfinished job in stream order, and parks them in turns; the other
+// worker comes back and the partitions it owns are dropped. The jobs left
+// must not wait for the turns of those that went: counted as still before
+// them, they put the first one left several seconds out, beyond the
+// horizon, at every return, and the group parked its jobs again and again
+// without ever starting one.
+func TestTurnsOfADroppedPartitionAreNotAwaited(t *testing.T) {
+	t.Parallel()
+	rules := newFakeRules()
+	now := t0
+	rules.now = func() time.Time { return now }
+	s := newSched(t, Config{Slots: 8, Rules: rules})
+	const parts, lanes = 4, 40
+	type parked struct {
+		it    *Item
+		until time.Time
+	}
+	var (
+		j    jobs
+		away []parked
+		mine int // jobs of partition 0, the one this worker keeps
+	)
+	add := func(it *Item) {
+		if d := s.Add(it, now); d.Action == Park {
+			away = append(away, parked{it, d.Until})
+		}
+	}
+	for l := range lanes {
+		it := j.item(grp, fmt.Sprintf("g%d", l), active)
+		it.Partition = l % parts
+		if it.Partition == 0 {
+			mine++
+		}
+		add(it)
+	}
+	type call struct {
+		it  *Item
+		end time.Time
+	}
+	var calls []call
+	run := func() {
+		st, _ := s.Next(now)
+		for _, x := range st {
+			rules.called(x.Item, now)
+			calls = append(calls, call{x.Item, now.Add(10 * time.Millisecond)})
+		}
+	}
+	run()
+	now = now.Add(100 * time.Millisecond)
+	for p := 1; p < parts; p++ {
+		s.DropPartition(p)
+	}
+	keep := away[:0]
+	for _, a := range away {
+		if a.it.Partition == 0 {
+			keep = append(keep, a)
+		}
+	}
+	away = keep
+	done := 0
+	for ; done < mine; now = now.Add(10 * time.Millisecond) {
+		if now.Sub(t0) > time.Minute {
+			sum := s.Summary(now)
+			t.Fatalf("%d of partition 0's %d jobs done after a minute at 1/s: held %d, parked %d, running %d, waiting %+v",
+				done, mine, sum.Held, sum.Parked, sum.Running, sum.Waiting)
+		}
+		back := away
+		away = nil
+		for _, a := range back {
+			if now.Before(a.until) {
+				away = append(away, a)
+				continue
+			}
+			add(&Item{Seq: a.it.Seq, Partition: 0, Scene: grp, Target: a.it.Target, Kind: active, JobID: a.it.JobID})
+		}
+		ongoing := calls[:0]
+		for _, c := range calls {
+			if now.Before(c.end) {
+				ongoing = append(ongoing, c)
+				continue
+			}
+			s.Done(c.it, true, now)
+			if c.it.Partition == 0 {
+				done++
+			}
+		}
+		calls = ongoing
+		run()
+	}
+	// Those parked before the drop return when planned then, behind every
+	// partition's jobs: by the time all of them would have gone.
+	if took := now.Sub(t0); took > lanes*time.Second {
+		t.Errorf("partition 0's %d jobs took %s at 1/s, want at most %s", mine, took, lanes*time.Second)
+	}
+	t.Logf("partition 0's %d jobs took %s", mine, now.Sub(t0))
+}

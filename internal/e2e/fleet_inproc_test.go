@@ -14,6 +14,7 @@ import (
 	"github.com/qqdispatch/qqdispatch/internal/worker"
 	"github.com/qqdispatch/qqdispatch/qqapi/qqsim"
 	"github.com/qqdispatch/qqdispatch/queue"
+	"github.com/qqdispatch/qqdispatch/ratelimit"
 )
 
 // TestFleetHandoverKeepsOrder runs three in-process workers, stops one
@@ -155,4 +156,73 @@ func TestFleetCrashTakeoverKeepsOrder(t *testing.T) {
 	if n := len(b.Sim.Accepted()); n < len(ids)-inDoubt || n > len(ids) {
 		t.Errorf("simulator accepted %d messages for %d jobs (%d in doubt)", n, len(ids), inDoubt)
 	}
+}
+
+// TestJoinLeavesNoTurnsBehind: a worker owns every partition and parks a
+// paced backlog of group actives in turns; a second worker joins and takes
+// half the partitions, among them those of the jobs that came first. The
+// first worker's jobs must not wait for the turns of the jobs that moved:
+// counted as still before them, they put its first job left several
+// seconds out at every return, beyond the horizon, and it parked its jobs
+// again and again without sending one. (After a NATS restart lost the
+// members bucket, the worker that re-created it owned every partition for
+// a moment, then lost half of them again, and stopped that way.)
+func TestJoinLeavesNoTurnsBehind(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("10 s of pacing")
+	}
+	const policy = "extends: none\nscenes:\n  group: {active: {rate: {per_bot: {limit: 2, per: 1s}}}}\n"
+	pol, err := ratelimit.ParsePolicy([]byte(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := testbed.New(t, testbed.Options{Rules: testbed.SimRules(pol), Names: queue.Config{Partitions: 8}})
+	config := func(id string) worker.Config {
+		cfg := b.WorkerConfig()
+		cfg.Conn = b.NewConn()
+		cfg.WorkerID = id
+		cfg.MemberTTL = 2 * time.Second
+		cfg.Rules = &worker.RulesConfig{Policy: &pol}
+		cfg.Consumer.Concurrency, cfg.Consumer.MaxHeld = 0, 0
+		return cfg
+	}
+	w1 := b.StartWorker(config("w1"))
+	waitFor(t, "w1 to own every partition", 10*time.Second, func() bool { return len(w1.Partitions()) == b.Names.Partitions })
+
+	// One job per group: first those whose partitions will move to w2,
+	// then, once w1 has taken them in turns, those that stay with w1.
+	moves := map[int]bool{}
+	for _, p := range queue.AssignPartitions([]string{"w1", "w2"}, b.Names.Partitions)["w2"] {
+		moves[p] = true
+	}
+	const moving, staying = 16, 6
+	var first, then []*dispatcher.Job
+	for i := 0; len(first) < moving || len(then) < staying; i++ {
+		target := fmt.Sprintf("jn%03d", i)
+		j := testbed.Job("join-"+target, dispatcher.SceneGroup, target, "join "+target, "", time.Time{})
+		switch goes := moves[queue.PartitionOf(b.Names, string(dispatcher.SceneGroup), target)]; {
+		case goes && len(first) < moving:
+			first = append(first, j)
+		case !goes && len(then) < staying:
+			then = append(then, j)
+		}
+	}
+	ids := b.Publish(first...)
+	taken := func(want int) func() bool {
+		return func() bool {
+			sum := w1.Summary()
+			return sum.Running+sum.Paused+sum.Held+sum.Parked+len(b.Sim.Accepted()) >= want
+		}
+	}
+	waitFor(t, "w1 to take the first jobs", 10*time.Second, taken(moving))
+	ids = append(ids, b.Publish(then...)...)
+	waitFor(t, "w1 to take the others", 10*time.Second, taken(moving+staying))
+	if sum := w1.Summary(); sum.Parked < staying {
+		t.Fatalf("w1 parked %d jobs, want at least %d: the test shows nothing", sum.Parked, staying)
+	}
+
+	w2 := b.StartWorker(config("w2"))
+	waitFor(t, "w2 to take its partitions", 10*time.Second, func() bool { return len(w2.Partitions()) == b.Names.Partitions/2 })
+	allSent(t, b.Outcomes(ids, 40*time.Second))
 }
