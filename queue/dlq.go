@@ -338,7 +338,7 @@ func (d *DLQ) Replay(ctx context.Context, seq uint64) error {
 			return derr
 		}
 	}
-	if _, err := d.deleteMsg(ctx, seq); err != nil {
+	if _, err := deleteStored(ctx, d.stream, seq); err != nil {
 		return fmt.Errorf("queue: replayed DLQ %d but could not delete it: %w", seq, err)
 	}
 	return nil
@@ -406,15 +406,42 @@ func heldCopy(ctx context.Context, js jetstream.JetStream, stream string, seq ui
 	return m.Header.Get(HeaderJobID) == jobID && bytes.Equal(m.Data, data), nil
 }
 
-// deleteMsg deletes the DLQ message at seq; deleted is false when it was
-// already gone (the server answers that with a generic delete failure, so
-// a failed delete is checked with a read).
-func (d *DLQ) deleteMsg(ctx context.Context, seq uint64) (deleted bool, err error) {
-	err = d.stream.DeleteMsg(ctx, seq)
+// storeJob publishes out, a job with the id jobID, on the jobs stream
+// under the Nats-Msg-Id id, for the Mover and the Sweeper, which re-publish
+// jobs they then ack or delete. A duplicate acknowledgement is success
+// when the message it names is still a queued copy of the job (an earlier
+// publish of ours). Else (a producer's message under the id, or our copy
+// has run since) the job is published once more under id and a random
+// suffix, and again reports true: a second copy of a job that ran is
+// skipped by the ledger (the same id and bytes are the same job), a lost
+// job is not.
+func storeJob(ctx context.Context, js jetstream.JetStream, stream string, out *nats.Msg, id, jobID string) (again bool, err error) {
+	ack, err := js.PublishMsg(ctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(stream))
+	if err != nil || !ack.Duplicate {
+		return false, err
+	}
+	if held, err := heldCopy(ctx, js, stream, ack.Sequence, jobID, out.Data); err != nil || held {
+		return false, err
+	}
+	other := id + "-" + NewJobID()
+	if ack, err = js.PublishMsg(ctx, out, jetstream.WithMsgID(other), jetstream.WithExpectStream(stream)); err != nil {
+		return true, err
+	}
+	if ack.Duplicate {
+		return true, fmt.Errorf("queue: the re-publish of job %q under the random id %q was a duplicate too", jobID, other)
+	}
+	return true, nil
+}
+
+// deleteStored deletes the message at seq of st; deleted is false when it
+// was already gone (the server answers that with a generic delete failure,
+// so a failed delete is checked with a read).
+func deleteStored(ctx context.Context, st jetstream.Stream, seq uint64) (deleted bool, err error) {
+	err = st.DeleteMsg(ctx, seq)
 	if err == nil {
 		return true, nil
 	}
-	if _, gerr := d.stream.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+	if _, gerr := st.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}
 	return false, err
@@ -428,7 +455,7 @@ func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
 	}
 	n := 0
 	for _, e := range entries {
-		deleted, err := d.deleteMsg(ctx, e.Seq)
+		deleted, err := deleteStored(ctx, d.stream, e.Seq)
 		if err != nil {
 			return n, fmt.Errorf("queue: DLQ purge %d: %w", e.Seq, err)
 		}

@@ -59,7 +59,7 @@ type MoverConfig struct {
 // the job twice: the copy comes back after AckWait, well within the jobs
 // stream's duplicate window, and the second publish is a duplicate of a
 // copy still queued. A duplicate of anything else is published again under
-// a random id (duplicate). The job keeps its identity in
+// a random id (storeJob). The job keeps its identity in
 // Qqdispatch-Job-Id; the server's scheduling headers are not copied.
 //
 // A copy whose schedule repeats (its Nats-Schedule-Next is a time, not
@@ -219,11 +219,9 @@ func (m *Mover) move(ctx context.Context, msg jetstream.Msg) {
 	names := m.cfg.Names
 	var seq uint64
 	delivered := uint64(1)
-	md, err := msg.Metadata()
+	md, err := msg.Metadata() // nil with an error
 	if err == nil {
 		seq, delivered = md.Sequence.Stream, md.NumDelivered
-	} else {
-		md = nil
 	}
 	scene, target, ok := strings.Cut(strings.TrimPrefix(msg.Subject(), deferFiredPrefix(names)), ".")
 	if !ok || !validToken(scene) || !validToken(target) {
@@ -242,9 +240,11 @@ func (m *Mover) move(ctx context.Context, msg jetstream.Msg) {
 	id := moveMsgID(names, h.Get(HeaderScheduleID), md)
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ack, err := m.js.PublishMsg(pctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(names.JobsStream))
-	if err == nil && ack.Duplicate {
-		err = m.duplicate(pctx, out, id, ack.Sequence, h.Get(HeaderJobID))
+	again, err := storeJob(pctx, m.js, names.JobsStream, out, id, h.Get(HeaderJobID))
+	if again {
+		// Rate-limited: a producer that found ids must not flood the log.
+		m.warn.event(&m.log, err).Str("job_id", h.Get(HeaderJobID)).Str("msg_id", id).
+			Msg("re-published fired deferred job was dropped as a duplicate of a message that is not its queued copy; published it again under a random id")
 	}
 	if err != nil {
 		wait := min(time.Second<<min(delivered-1, 16), m.cfg.BackoffMax)
@@ -269,7 +269,7 @@ func (m *Mover) move(ctx context.Context, msg jetstream.Msg) {
 // are guessable; the nanoseconds of the copy's stored time (the server's
 // clock when the schedule fired, seen only by readers of the deferred
 // stream) are not, and the metadata is the same on every delivery. A
-// duplicate acknowledgement is still checked (duplicate). Without
+// duplicate acknowledgement is still checked (storeJob). Without
 // metadata (never, from a consumer) the id is random: the worker's ledger
 // skips a second copy with the same id and bytes.
 func moveMsgID(names Config, scheduleID string, md *jetstream.MsgMetadata) string {
@@ -280,34 +280,6 @@ func moveMsgID(names Config, scheduleID string, md *jetstream.MsgMetadata) strin
 		scheduleID = names.DeferredStream
 	}
 	return "deferred-" + scheduleID + "-" + strconv.FormatUint(md.Sequence.Stream, 10) + "-" + strconv.FormatInt(md.Timestamp.UnixNano(), 10)
-}
-
-// duplicate handles a re-publish the stream dropped as a duplicate of its
-// message heldSeq. When that is still a queued copy of the job (an earlier
-// delivery's re-publish), the job is back and duplicate returns nil. Else
-// the message was someone else's (a producer that found the id) or our
-// copy has run since; either way the job is published once more under a
-// random id: a second copy of a job that ran is skipped by the ledger (the
-// same id and bytes are the same job), a lost job is not. The fired copy is
-// acked only when that publish is stored.
-func (m *Mover) duplicate(ctx context.Context, out *nats.Msg, id string, heldSeq uint64, jobID string) error {
-	names := m.cfg.Names
-	held, err := heldCopy(ctx, m.js, names.JobsStream, heldSeq, jobID, out.Data)
-	if err == nil && held {
-		return nil
-	}
-	// Rate-limited: a producer that found ids must not flood the log.
-	m.warn.event(&m.log, err).Str("job_id", jobID).Str("msg_id", id).Uint64("held_seq", heldSeq).
-		Msg("re-published fired deferred job was dropped as a duplicate of a message that is not its queued copy; publishing it again under a random id")
-	again := id + "-" + NewJobID()
-	ack, err := m.js.PublishMsg(ctx, out, jetstream.WithMsgID(again), jetstream.WithExpectStream(names.JobsStream))
-	if err != nil {
-		return err
-	}
-	if ack.Duplicate {
-		return fmt.Errorf("queue: re-publish of job %q under the random id %q was a duplicate too", jobID, again)
-	}
-	return nil
 }
 
 // purgeRepeating removes a repeating schedule from the deferred stream.

@@ -414,28 +414,14 @@ func (s *Sweeper) republish(ctx context.Context, st jetstream.Stream, orig strin
 	id := "stranded-" + strconv.FormatUint(m.Sequence, 10) + "-" + strconv.FormatInt(m.Time.UnixNano(), 10)
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ack, err := s.js.PublishMsg(pctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(names.JobsStream))
-	if err == nil && ack.Duplicate {
-		// Stored by an earlier sweep (ours, or another worker's) that did
-		// not get to the delete; if that copy is gone (it ran), or the id
-		// was someone else's, store it again: the ledger skips a job that ran.
-		var held bool
-		if held, err = heldCopy(pctx, s.js, names.JobsStream, ack.Sequence, jobID, m.Data); err == nil && !held {
-			ack, err = s.js.PublishMsg(pctx, out, jetstream.WithMsgID(id+"-"+NewJobID()), jetstream.WithExpectStream(names.JobsStream))
-			if err == nil && ack.Duplicate {
-				err = errors.New("the re-publish under a random id was a duplicate too")
-			}
-		}
-	}
-	if err != nil {
+	// A duplicate is an earlier sweep's copy (ours, or another worker's)
+	// that did not get to the delete: storeJob checks it is still queued.
+	if _, err := storeJob(pctx, s.js, names.JobsStream, out, id, jobID); err != nil {
 		return fmt.Errorf("re-publish the stranded job at %d on %s: %w", m.Sequence, orig, err)
 	}
-	if err := st.DeleteMsg(pctx, m.Sequence); err != nil {
-		// Deleted already (another worker's sweep) is done: the server
-		// answers that with a generic failure, so read it.
-		if _, gerr := st.GetMsg(pctx, m.Sequence); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
-			return fmt.Errorf("delete the re-published stranded job at %d: %w", m.Sequence, err)
-		}
+	// Deleted already (another worker's sweep) is done.
+	if _, err := deleteStored(pctx, st, m.Sequence); err != nil {
+		return fmt.Errorf("delete the re-published stranded job at %d: %w", m.Sequence, err)
 	}
 	return nil
 }
