@@ -6,7 +6,6 @@ import (
 	"errors"
 	"sync"
 	"testing"
-	"time"
 )
 
 // memLedger is a Ledger of one entry per job in memory, with the
@@ -165,22 +164,35 @@ func TestTakeBackMarkExcludesRuns(t *testing.T) {
 		t.Errorf("PeerJob during the pass: %s, want %s", st, PeerHasJob)
 	}
 	r := &run{p: p}
-	registered := make(chan bool, 1)
+	// A run that comes while the pass holds the job waits for the pass:
+	// one whose context is over gives up instead of registering.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if ok, err := r.register(ended, "job-1"); ok || !errors.Is(err, ErrHandedBack) {
+		t.Fatalf("register while the pass held the job: %v, %v; want it to wait (ErrHandedBack once its context ended)", ok, err)
+	}
+	type registration struct {
+		ok    bool
+		phase ClaimPhase // the ledger entry's when register returned
+	}
+	registered := make(chan registration, 1)
 	go func() {
 		ok, _ := r.register(context.Background(), "job-1")
-		registered <- ok
+		l.mu.Lock()
+		phase := l.entries["job-1"].Phase
+		l.mu.Unlock()
+		registered <- registration{ok, phase}
 	}()
-	select {
-	case <-registered:
-		t.Fatal("a run registered while the pass held the job")
-	case <-time.After(20 * time.Millisecond):
-	}
-	close(l.block)
+	close(l.block) // the pass goes on and writes the entry
 	if err := <-passDone; err != nil {
 		t.Fatal(err)
 	}
-	if ok := <-registered; !ok {
+	reg := <-registered
+	if !reg.ok {
 		t.Fatal("the run did not register after the pass")
+	}
+	if reg.phase != PhaseClaimed {
+		t.Fatalf("the run registered while the entry said %s: before the pass had written it", reg.phase)
 	}
 	if c := l.entries["job-1"]; c.Phase != PhaseClaimed || c.Attempts != 0 {
 		t.Errorf("entry %+v, want claimed with no call", c)
