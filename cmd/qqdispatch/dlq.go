@@ -426,11 +426,17 @@ func dlqReplay(ctx context.Context, cl *cli, args []string) error {
 			seqs = append(seqs, e.Seq)
 		}
 	}
-	n := 0
+	n, skipped := 0, 0
 	for _, seq := range seqs {
 		e, err := d.Get(ctx, seq)
 		if err == nil {
 			err = d.Replay(ctx, seq)
+		}
+		if err != nil && all && entryOnly(err) {
+			// This entry's own trouble: the others may still go.
+			skipped++
+			fmt.Fprintf(cl.stderr, "seq %d: not replayed: %v\n", seq, dlqError(err))
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("replay DLQ entry seq %d (after replaying %s): %w", seq, entries(n), dlqError(err))
@@ -439,7 +445,18 @@ func dlqReplay(ctx context.Context, cl *cli, args []string) error {
 		fmt.Fprintf(cl.stdout, "seq %d: replayed job %s\n", seq, printable(e.JobID))
 	}
 	fmt.Fprintf(cl.stdout, "replayed %s\n", entries(n))
+	if skipped > 0 {
+		return fmt.Errorf("%s not replayed (said above); they stay on the DLQ", entries(skipped))
+	}
 	return nil
+}
+
+// entryOnly reports whether a replay failed for a reason of the entry's own
+// (it cannot be replayed, went meanwhile, or its id is held), so that
+// `dlq replay --all` goes on with the next; a storage error stops it.
+func entryOnly(err error) bool {
+	var dup *queue.ReplayDuplicateError
+	return errors.Is(err, queue.ErrNotReplayable) || errors.Is(err, queue.ErrDLQNotFound) || errors.As(err, &dup)
 }
 
 func dlqPurge(ctx context.Context, cl *cli, args []string) error {

@@ -64,4 +64,18 @@ func TestDLQShowsTruncationAndEscapesProducerText(t *testing.T) {
 			t.Errorf("raw control characters reached the terminal: %q", out)
 		}
 	}
+
+	// --all goes past the entry that cannot be replayed, replays the
+	// other, and fails naming the one left.
+	r = runCLI(t, nil, "dlq", "replay", "--all", "--nats-url", u)
+	bad, good := strconv.FormatUint(row.Seq, 10), strconv.FormatUint(row.Seq+1, 10)
+	if r.code != 1 || !strings.Contains(r.stdout, "seq "+good+": replayed job plain-1") || !strings.Contains(r.stdout, "replayed 1 entry") ||
+		!strings.Contains(r.stderr, "seq "+bad+": not replayed:") || !strings.Contains(r.stderr, "truncated") ||
+		!strings.Contains(r.stderr, "1 entry not replayed") {
+		t.Errorf("dlq replay --all: want plain-1 replayed, big-1 named as left, exit 1\n%s", r)
+	}
+	r = runCLI(t, nil, "dlq", "ls", "--json", "--nats-url", u)
+	if r.code != 0 || strings.Count(r.stdout, "\n") != 1 || !strings.Contains(r.stdout, `"big-1"`) {
+		t.Errorf("dlq ls after replay --all: want big-1 alone left\n%s", r)
+	}
 }
