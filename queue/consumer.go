@@ -114,6 +114,8 @@ type Consumer struct {
 	// warn passes one warning per 5 s of the partitions' failing
 	// re-creations, whichever partitions they come from.
 	warn *warnLimiter
+	// taken logs the partitions taken from a previous owner, together.
+	taken *takenLog
 
 	mu       sync.Mutex
 	s        *sched.Scheduler
@@ -215,6 +217,7 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) 
 	} else {
 		c.log = zerolog.Nop()
 	}
+	c.taken = &takenLog{log: &c.log}
 	return c, nil
 }
 
@@ -383,6 +386,7 @@ func (c *Consumer) Stop(ctx context.Context) error {
 		c.inflight.Wait()
 		<-c.loopDone
 		c.runners.Wait()
+		c.taken.flush()
 		close(done)
 	}()
 	select {

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
@@ -71,7 +73,10 @@ func TestConsumerTakeoverRedeliversAtOnce(t *testing.T) {
 	}
 
 	h := &orderHandler{done: make(chan struct{}), want: 3}
-	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second})
+	var logs bytes.Buffer // written under takenLog's lock; read after Stop
+	log := zerolog.New(&logs)
+	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second,
+		Logger: &log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +92,33 @@ func TestConsumerTakeoverRedeliversAtOnce(t *testing.T) {
 		t.Errorf("took %s: the jobs waited for their ack wait", took)
 	}
 	h.checkSeen(t, "held-0", "held-1", "held-2")
+	if err := c.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := logs.String(); strings.Count(got, "took 1 partition from a previous owner that is gone") != 1 || !strings.Contains(got, `"partitions":[0]`) {
+		t.Errorf("want one line saying partition 0 was taken from a gone owner; the log:\n%s", got)
+	}
+}
+
+// Partitions taken together are logged together: one line for those whose
+// owner is gone, one warning for those whose live owner held on.
+func TestTakenLogOneLine(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	log := zerolog.New(&logs)
+	tl := &takenLog{log: &log}
+	for _, n := range []int{7, 2, 5} {
+		tl.add(n, false)
+	}
+	tl.add(3, true)
+	tl.flush()
+	tl.flush() // nothing new: nothing logged
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 ||
+		!strings.Contains(lines[0], `"level":"warn"`) || !strings.Contains(lines[0], `"partitions":[3]`) || !strings.Contains(lines[0], "took 1 partition whose live previous owner did not let go") ||
+		!strings.Contains(lines[1], `"level":"info"`) || !strings.Contains(lines[1], `"partitions":[2,5,7]`) || !strings.Contains(lines[1], "took 3 partitions from a previous owner that is gone") {
+		t.Errorf("want a warning for [3] and one line for [2,5,7]; the log:\n%s", logs.String())
+	}
 }
 
 // An unpinned partition is not a free one: while another live worker

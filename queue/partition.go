@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -91,11 +93,7 @@ func (p *partition) takeOver() bool {
 			}
 			if err == nil {
 				if pinnedClient(info) != "" {
-					if others {
-						p.log.Warn().Dur("waited", waited).Msg("previous owner did not release the partition; taking it")
-					} else {
-						p.log.Info().Msg("previous owner is gone; taking the partition")
-					}
+					c.taken.add(p.n, others)
 					p.unpin(p.ctx)
 				}
 				break
@@ -461,4 +459,61 @@ func (r *recentCount) sum(now time.Time) int {
 		}
 	}
 	return total
+}
+
+// takenLog gathers the partitions taken from a previous owner, so that a
+// takeover logs one line, not one per partition (16 after a worker of
+// two was killed): partitions taken within a second of the first go on
+// the same line.
+type takenLog struct {
+	log *zerolog.Logger
+
+	mu           sync.Mutex
+	gone, forced []int
+	timer        *time.Timer
+}
+
+// add notes partition n taken; forced when its owner is live but did not
+// let go within ReleaseWait.
+func (t *takenLog) add(n int, forced bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if forced {
+		t.forced = append(t.forced, n)
+	} else {
+		t.gone = append(t.gone, n)
+	}
+	if t.timer == nil {
+		t.timer = time.AfterFunc(time.Second, t.flush)
+	}
+}
+
+// flush logs what add gathered. It logs under the lock, so that once the
+// consumer's own flush at Stop returned, no line comes later.
+func (t *takenLog) flush() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.timer != nil {
+		t.timer.Stop()
+		t.timer = nil
+	}
+	if len(t.forced) > 0 {
+		slices.Sort(t.forced)
+		t.log.Warn().Ints("partitions", t.forced).
+			Msgf("took %s whose live previous owner did not let go within ReleaseWait", countOf(len(t.forced), "partition"))
+	}
+	if len(t.gone) > 0 {
+		slices.Sort(t.gone)
+		t.log.Info().Ints("partitions", t.gone).
+			Msgf("took %s from a previous owner that is gone", countOf(len(t.gone), "partition"))
+	}
+	t.gone, t.forced = nil, nil
+}
+
+// countOf says "1 partition" or "3 partitions".
+func countOf(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
