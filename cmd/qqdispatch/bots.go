@@ -81,7 +81,7 @@ func (f *botsFlags) register(c *command) {
 
 func (f *botsFlags) parse(c *command, cl *cli, args []string) ([]string, error) {
 	pos, err := c.parse(args, cl.env, cl.stdout)
-	f.nats.password = cl.env("NATS_PASSWORD")
+	f.nats.fromEnv(cl)
 	if err == nil && f.timeout <= 0 {
 		err = usagef(c.name, "--timeout must be positive")
 	}

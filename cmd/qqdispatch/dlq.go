@@ -153,7 +153,7 @@ func (f *dlqFlags) open(ctx context.Context, c *command) (*queue.DLQ, func(), er
 
 func (f *dlqFlags) parse(c *command, cl *cli, args []string) ([]string, error) {
 	pos, err := c.parse(args, cl.env, cl.stdout)
-	f.nats.password = cl.env("NATS_PASSWORD")
+	f.nats.fromEnv(cl)
 	return pos, err
 }
 

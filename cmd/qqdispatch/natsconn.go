@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strings"
@@ -26,7 +27,15 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 type natsFlags struct {
 	url, creds, user, tlsCA, tlsCert, tlsKey string
 	prefix                                   string
-	password                                 string // NATS_PASSWORD; env only
+	password                                 string    // NATS_PASSWORD; env only
+	stderr                                   io.Writer // where a short command says the connection dropped
+}
+
+// fromEnv takes what the flags do not carry from cl: the password and the
+// command's stderr.
+func (n *natsFlags) fromEnv(cl *cli) {
+	n.password = cl.env("NATS_PASSWORD")
+	n.stderr = cl.stderr
 }
 
 func (n *natsFlags) register(c *command, urlDefault, urlUsage string) {
@@ -98,6 +107,7 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 		return nil, nil, err
 	}
 	opts = append(opts, nats.Timeout(5*time.Second))
+	opts = append(opts, shortLivedHandlers(cmd, n.stderr)...)
 	nc, err := nats.Connect(n.url, opts...)
 	if err != nil {
 		ce := explainConnect(n.url, err)
@@ -112,6 +122,47 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// shortLivedHandlers say on stderr, in the command's name, when its
+// connection drops and comes back (a command that waits, such as send
+// --wait or status --watch, keeps waiting meanwhile). Without them the
+// client wrote its asynchronous errors raw to the process's stderr: a
+// watch's "consumer not active" per subscription, which the watch recovers
+// from by itself once the connection is back, so those are left out.
+func shortLivedHandlers(cmd string, stderr io.Writer) []nats.Option {
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	var mu sync.Mutex
+	said := map[string]bool{}
+	say := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(stderr, "qqdispatch %s: "+format+"\n", append([]any{cmd}, args...)...)
+	}
+	return []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				say("lost the NATS connection (%v); reconnecting", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			say("reconnected to NATS at %s", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrConsumerNotActive) {
+				return
+			}
+			mu.Lock()
+			seen := said[err.Error()]
+			said[err.Error()] = true
+			mu.Unlock()
+			if !seen {
+				say("NATS: %v", err)
+			}
+		}),
+	}
 }
 
 // connectError is a failed connection to NATS, in one line: where, what the

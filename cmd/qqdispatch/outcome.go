@@ -43,7 +43,7 @@ func cmdOutcome(ctx context.Context, cl *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	nf.password = cl.env("NATS_PASSWORD")
+	nf.fromEnv(cl)
 	switch {
 	case len(pos) == 0:
 		return usagef(c.name, "the job ID is required")

@@ -101,7 +101,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	if err := c.noArgs(pos); err != nil {
 		return err
 	}
-	o.nats.password = cl.env("NATS_PASSWORD")
+	o.nats.fromEnv(cl)
 	if o.timeout <= 0 {
 		return usagef(c.name, "--timeout must be positive, got %s", o.timeout)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/internal/testbed"
+	"github.com/qqdispatch/qqdispatch/natsserver"
 	"github.com/qqdispatch/qqdispatch/queue"
 )
 
@@ -183,5 +185,90 @@ func TestSendFileOfLines(t *testing.T) {
 				t.Errorf("hint shown %v, want %v:\n%s", got, tc.hint, r.stderr)
 			}
 		})
+	}
+}
+
+// TestSendWaitAcrossNATSRestart: `send --wait` keeps waiting while its
+// NATS server restarts, says on stderr in its own words that the
+// connection dropped and came back, and ends with the outcome once a
+// worker sends the job.
+func TestSendWaitAcrossNATSRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	start := func(port int) *natsserver.Server {
+		t.Helper()
+		ns, err := natsserver.New(natsserver.Config{Port: port, StoreDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := ns.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	ns := start(natsserver.RandomPort)
+	port := ns.NATS().Addr().(*net.TCPAddr).Port
+	u := ns.ClientURL()
+	// A first serve makes the streams and buckets, then goes: the job
+	// waits with no worker.
+	if code := startServe(t, nil, "--sim", "--nats-url", u).stop(t); code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+
+	var stderr syncBuffer
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var out syncBuffer
+		code := run(ctx, []string{"send", "--scene", "group", "--target", "G1", "--content", "hi", "--id", "across-restart",
+			"--wait", "--timeout", "50s", "--nats-url", u}, envFunc(nil), strings.NewReader(""), &out, &stderr)
+		done <- result{code: code, stdout: out.String(), stderr: stderr.String()}
+	}()
+	awaitCLI := func(what string, ok func() bool) {
+		t.Helper()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(30 * time.Second)
+		for !ok() {
+			select {
+			case r := <-done:
+				t.Fatalf("send --wait ended before %s:\n%s", what, r)
+			case <-deadline:
+				t.Fatalf("no %s after 30 s; send's stderr:\n%s", what, stderr.String())
+			case <-tick.C:
+			}
+		}
+	}
+	awaitCLI("job in the stream", func() bool {
+		r := runCLI(t, nil, "outcome", "across-restart", "--nats-url", u)
+		return strings.Contains(r.stdout, "queued")
+	})
+
+	if err := ns.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ns = start(port)
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
+	awaitCLI("reconnection said", func() bool { return strings.Contains(stderr.String(), "reconnected to NATS") })
+	s := startServe(t, nil, "--sim", "--nats-url", u)
+
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("send --wait did not end; its stderr:\n%s", stderr.String())
+	}
+	var o dispatcher.Outcome
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &o) != nil || o.Status != dispatcher.StatusSent {
+		t.Errorf("send --wait: want the sent outcome, exit 0\n%s", r)
+	}
+	if !strings.Contains(r.stderr, "qqdispatch send: lost the NATS connection") || strings.Count(r.stderr, "qqdispatch send: reconnected to NATS") != 1 {
+		t.Errorf("want the drop and the reconnection said once each in send's words\n%s", r)
+	}
+	if code := s.stop(t); code != 0 {
+		t.Errorf("serve exited %d", code)
 	}
 }

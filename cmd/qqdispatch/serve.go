@@ -125,7 +125,7 @@ func cmdServe(ctx context.Context, cl *cli, args []string) error {
 		return err
 	}
 	o.secret = cl.env("QQ_APP_SECRET")
-	o.nats.password = cl.env("NATS_PASSWORD")
+	o.nats.fromEnv(cl)
 	if o.httpListen == "off" {
 		o.httpListen = ""
 	}

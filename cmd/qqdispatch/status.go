@@ -186,7 +186,7 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	nf.password = cl.env("NATS_PASSWORD")
+	nf.fromEnv(cl)
 	if err := c.noArgs(pos); err != nil {
 		return err
 	}
