@@ -216,6 +216,12 @@ func locateJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names
 			return located{}, fmt.Errorf("outcome: job %s finished (%s per the ledger), but its outcome is no longer stored", id, dash(string(claim.Status)))
 		}
 		w = fromClaim(id, claim, members, time.Now())
+		if w != nil && w.Status == jobRunning && slices.ContainsFunc(answers, func(a peerAnswer) bool { return a.worker == claim.Owner && a.err == nil }) {
+			// Its worker said it does not have the job: not running.
+			w.Status = jobQueued
+			w.Note = "its worker no longer has it and no outcome is stored: handed back to the stream for the next owner, " +
+				"or finished with its outcome lost (the outcomes bucket deleted; published again it ends in_doubt)"
+		}
 	}
 	if w == nil {
 		w = &jobWhere{JobID: id, Status: jobQueued,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -9,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/queue"
@@ -133,6 +137,32 @@ func TestOutcomeSaysWhereAJobIs(t *testing.T) {
 	r = runCLI(t, nil, "outcome", "slow-1", "--watch", "--timeout", "30s", "--nats-url", u)
 	if r.code != 0 || decodeOutcome(t, r).Status != dispatcher.StatusSent {
 		t.Fatalf("outcome slow-1 --watch:\n%s", r)
+	}
+
+	// Its outcome lost (the entry deleted, as with the bucket): its ledger
+	// entry still holds its call's mark, but its worker says it does not
+	// have it, so it is not called running.
+	nc, err := nats.Connect(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, queue.OutcomeBucketDefault)
+	if err == nil {
+		err = kv.Purge(ctx, queue.EncodeKey("slow-1"))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	w = outcomeWhere(t, u, "slow-1")
+	if w.Status != jobQueued || !strings.Contains(w.Note, "no outcome is stored") {
+		t.Errorf("job whose outcome was lost: %+v, want queued with the note saying why", w)
 	}
 }
 
