@@ -369,6 +369,57 @@ func TestBotWithUnreadableSecretIsTheWorkersTrouble(t *testing.T) {
 	}
 }
 
+// A bot's secret file mended in place, with its registry entry unchanged,
+// is read again: a file written only after the worker started, and a file
+// whose secret the platform refused, rewritten (a rotation). The bot's
+// jobs wait meanwhile and are sent after, with the new secret.
+func TestBotSecretFileMendedInPlace(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		before string // the file's content at start; "": no file
+	}{
+		{"written later", ""},
+		{"rotated", "not-the-secret"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "secret")
+			if tc.before != "" {
+				if err := os.WriteFile(path, []byte(tc.before), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b := newBotBed(t, newMemBotSource(worker.Bot{AppID: "B", SecretFile: path}))
+			logs := &syncBuffer{}
+			lg := zerolog.New(logs)
+			b.cfg.Logger = &lg
+			b.cfg.Bots.SecretRecheck = 50 * time.Millisecond
+			w := b.StartWorker(b.cfg)
+			ids := []string{b.publishFor(t, "B", "mend-0", "g0"), b.publishFor(t, "B", "mend-1", "g1")}
+			waitFor(t, "bot B to pause", 30*time.Second, func() bool { return len(w.ConfigPaused()) == 1 })
+			if n := b.sentBy(t)["B"]; n != 0 {
+				t.Fatalf("bot B sent %d messages before its secret was mended", n)
+			}
+
+			if err := os.WriteFile(path, []byte("secretB\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			allSent(t, b.Outcomes(ids, time.Minute))
+			if got := b.sentBy(t); got["B"] != 2 {
+				t.Fatalf("messages per bot %v, want 2 from B once its file was mended", got)
+			}
+			if p := w.ConfigPaused(); len(p) != 0 {
+				t.Errorf("paused bots %v after B's file was mended, want none", p)
+			}
+			dlqEmpty(t, w)
+			if text := logs.String(); !strings.Contains(text, "the bot's secret file "+path+" changed") || strings.Contains(text, "secretB") {
+				t.Errorf("want the log to say B's secret file changed, without the secret:\n%s", text)
+			}
+		})
+	}
+}
+
 // A paused bot's jobs wait (rule bot.paused), never reach the DLQ, and are
 // sent once the bot resumes; the other bot is not held up meanwhile.
 func TestPausedBotJobsWaitAndGoAfterResume(t *testing.T) {

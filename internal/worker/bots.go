@@ -62,7 +62,17 @@ type BotsConfig struct {
 	// DefaultAppID is the default bot's app id, if it has one: a job that
 	// names it is the default bot's. Optional.
 	DefaultAppID string
+	// SecretRecheck is how often the worker looks whether the secret file
+	// of a bot it serves changed (written at last, or rotated: its size or
+	// modification time differs, or it appeared or went); such a bot is
+	// built again at its next job, with the file's secret then, and a bot
+	// paused for its secret goes on. An environment variable cannot change
+	// under a running process. Default SecretRecheckDefault (10s).
+	SecretRecheck time.Duration
 }
+
+// SecretRecheckDefault is BotsConfig.SecretRecheck's default.
+const SecretRecheckDefault = 10 * time.Second
 
 // botRuntime is what the worker keeps per registered bot: its Sender and
 // its limiter, built at the bot's first job, dropped when its registry
@@ -98,6 +108,24 @@ type botEntry struct {
 	// trouble says why the bot cannot send from this worker (sender then
 	// refuses every call); nil when it can.
 	trouble error
+	// file is what the secret file looked like before it was read (for a
+	// secret from a file): follow builds the bot again when it changes.
+	file fileStamp
+}
+
+// fileStamp is what a stat of a file says, enough to see it changed.
+type fileStamp struct {
+	size    int64
+	modTime int64  // ns
+	err     string // the stat's error: the file is not there (yet), ...
+}
+
+func stampOf(path string) fileStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{err: err.Error()}
+	}
+	return fileStamp{size: fi.Size(), modTime: fi.ModTime().UnixNano()}
 }
 
 var _ dispatcher.Bots = (*botRuntime)(nil)
@@ -111,6 +139,12 @@ func newBotRuntime(cfg BotsConfig, log zerolog.Logger) (*botRuntime, error) {
 	}
 	if cfg.Getenv == nil {
 		cfg.Getenv = os.Getenv
+	}
+	if cfg.SecretRecheck == 0 {
+		cfg.SecretRecheck = SecretRecheckDefault
+	}
+	if cfg.SecretRecheck < 0 {
+		return nil, fmt.Errorf("worker: BotsConfig.SecretRecheck must not be negative, got %s", cfg.SecretRecheck)
 	}
 	return &botRuntime{cfg: cfg, log: log, bots: map[string]*botEntry{}, building: map[string]chan struct{}{}}, nil
 }
@@ -161,7 +195,7 @@ func (b *botRuntime) entry(bot string) (*botEntry, error) {
 	for {
 		spec, ok := b.cfg.Source.Bot(bot)
 		if !ok {
-			b.drop(bot)
+			b.drop(bot, "")
 			return nil, &dispatcher.BotError{Bot: bot, Err: dispatcher.ErrUnknownBot}
 		}
 		if spec.Paused {
@@ -207,7 +241,7 @@ func (b *botRuntime) entry(bot string) (*botEntry, error) {
 		b.mu.Unlock()
 		b.log.Info().Str("bot", bot).Str("secret", spec.secretSource()).Bool("own_policy", spec.Policy != "").Msg("serving bot")
 		if e.trouble != nil {
-			b.log.Error().Str("bot", bot).Err(e.trouble).Msg("the bot cannot send from this worker; its jobs wait until its registry entry is mended")
+			b.log.Error().Str("bot", bot).Err(e.trouble).Msg("the bot cannot send from this worker; its jobs wait until its registry entry or secret file is mended")
 		}
 		return e, nil
 	}
@@ -230,6 +264,9 @@ func (b *botRuntime) build(spec Bot) (*botEntry, error) {
 			e.trouble = fmt.Errorf("its policy does not apply over the worker's: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 		}
 		policy = &p
+	}
+	if spec.SecretFile != "" {
+		e.file = stampOf(spec.SecretFile)
 	}
 	secret, err := b.secret(spec)
 	if err != nil && e.trouble == nil {
@@ -332,18 +369,22 @@ func (s Bot) secretSource() string {
 }
 
 // drop forgets bot's runtime: the bot was removed from the registry, or
-// its entry changed (its next job builds it again).
-func (b *botRuntime) drop(bot string) {
+// its entry or secret file changed (its next job builds it again). why
+// says what changed; empty: its registry entry.
+func (b *botRuntime) drop(bot, why string) {
 	_, registered := b.cfg.Source.Bot(bot)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if e := b.bots[bot]; e != nil {
 		delete(b.bots, bot)
 		b.retire(bot, e)
-		if registered {
-			b.log.Info().Str("bot", bot).Msg("the bot's registry entry changed: it is built again at its next job")
-		} else {
+		switch {
+		case !registered:
 			b.log.Info().Str("bot", bot).Msg("bot removed from the registry: no longer served")
+		case why != "":
+			b.log.Info().Str("bot", bot).Msg(why + ": it is built again at its next job")
+		default:
+			b.log.Info().Str("bot", bot).Msg("the bot's registry entry changed: it is built again at its next job")
 		}
 	}
 }
@@ -368,9 +409,12 @@ func (b *botRuntime) stopLimiter(e *botEntry) {
 }
 
 // follow drops the runtime of every bot whose registry entry changed or
-// went, at each change of the registry, until ctx ends: the next job of a
-// changed bot builds it again from its new entry.
+// went, at each change of the registry, and of every bot whose secret file
+// changed, every SecretRecheck, until ctx ends: the next job of such a bot
+// builds it again from its entry and file as they are then.
 func (b *botRuntime) follow(ctx context.Context) {
+	tick := time.NewTicker(b.cfg.SecretRecheck)
+	defer tick.Stop()
 	for {
 		ch := b.cfg.Source.Changed()
 		b.mu.Lock()
@@ -382,12 +426,38 @@ func (b *botRuntime) follow(ctx context.Context) {
 		}
 		b.mu.Unlock()
 		for _, bot := range stale {
-			b.drop(bot)
+			b.drop(bot, "")
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-ch:
+		case <-tick.C:
+			b.recheckSecrets()
+		}
+	}
+}
+
+// recheckSecrets drops the runtime of every bot whose secret file is not
+// as it was when the bot was built.
+func (b *botRuntime) recheckSecrets() {
+	b.mu.Lock()
+	files := map[string]*botEntry{}
+	for bot, e := range b.bots {
+		if e.spec.SecretFile != "" {
+			files[bot] = e
+		}
+	}
+	b.mu.Unlock()
+	for bot, e := range files {
+		if stampOf(e.spec.SecretFile) == e.file {
+			continue
+		}
+		b.mu.Lock()
+		same := b.bots[bot] == e // not built again meanwhile
+		b.mu.Unlock()
+		if same {
+			b.drop(bot, "the bot's secret file "+e.spec.SecretFile+" changed")
 		}
 	}
 }
