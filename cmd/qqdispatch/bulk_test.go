@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
@@ -140,15 +139,7 @@ func TestSendBulkWait(t *testing.T) {
 	// worker's ledger knows the derived id and skips the job: a job
 	// published after it to the same group (sent in order) is the only new
 	// message.
-	nc, err := nats.Connect(s.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectJS(t, s.NATSURL)
 	again := &nats.Msg{Subject: "qqbot.send.group.gb1", Data: []byte(lines[0]), Header: nats.Header{}}
 	again.Header.Set(dispatcher.HeaderJobID, wantIDs[0])
 	again.Header.Set(nats.MsgIdHdr, "past-the-window")

@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/ratelimit"
 )
@@ -195,15 +192,7 @@ func TestDocsDerivedIDs(t *testing.T) {
 		}
 	}
 	s := startServe(t, nil, "--no-rules")
-	nc, err := nats.Connect(s.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectJS(t, s.NATSURL)
 	ctx := context.Background()
 	ack, err := js.Publish(ctx, "qqbot.send.group.gid1", []byte(`{"v":1,"scene":"group","target":"gid1","message":{"msg_type":0,"content":"no id"}}`))
 	if err != nil {
@@ -217,7 +206,7 @@ func TestDocsDerivedIDs(t *testing.T) {
 	msgID := simInbound(t, s.SimURL, "group", "gid2", time.Now())
 	reply := `{"v":1,"scene":"group","target":"gid2","received_at":"` + time.Now().UTC().Format(time.RFC3339) +
 		`","message":{"msg_type":0,"content":"re","msg_id":"` + msgID + `","msg_seq":2}}`
-	if err := nc.Publish("qqbot.send.group.gid2", []byte(reply)); err != nil { // a core publish, as plain `nats pub`
+	if err := js.Conn().Publish("qqbot.send.group.gid2", []byte(reply)); err != nil { // a core publish, as plain `nats pub`
 		t.Fatal(err)
 	}
 	id := "reply-group-gid2-" + msgID + "-2" // the documented form

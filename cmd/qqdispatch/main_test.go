@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/qqdispatch/qqdispatch/natsserver"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +17,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
@@ -465,4 +469,36 @@ func TestDocsListEveryFlag(t *testing.T) {
 			}
 		}
 	}
+}
+
+// connectJS connects a JetStream client to url for the test's length.
+func connectJS(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// startNATSAt starts an embedded JetStream server on port (RandomPort for
+// any) keeping its store in dir, so that a test can stop it and start it
+// again where it was.
+func startNATSAt(t *testing.T, dir string, port int) *natsserver.Server {
+	t.Helper()
+	ns, err := natsserver.New(natsserver.Config{Port: port, StoreDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := ns.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }

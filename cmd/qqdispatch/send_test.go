@@ -195,20 +195,7 @@ func TestSendFileOfLines(t *testing.T) {
 func TestSendWaitAcrossNATSRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	start := func(port int) *natsserver.Server {
-		t.Helper()
-		ns, err := natsserver.New(natsserver.Config{Port: port, StoreDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := ns.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return ns
-	}
-	ns := start(natsserver.RandomPort)
+	ns := startNATSAt(t, dir, natsserver.RandomPort)
 	port := ns.NATS().Addr().(*net.TCPAddr).Port
 	u := ns.ClientURL()
 	// A first serve makes the streams and buckets, then goes: the job
@@ -250,7 +237,7 @@ func TestSendWaitAcrossNATSRestart(t *testing.T) {
 	if err := ns.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ns = start(port)
+	ns = startNATSAt(t, dir, port)
 	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	awaitCLI("reconnection said", func() bool { return strings.Contains(stderr.String(), "reconnected to NATS") })
 	s := startServe(t, nil, "--sim", "--nats-url", u)

@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 	"github.com/qqdispatch/qqdispatch/queue"
 )
@@ -27,15 +24,7 @@ func TestServeSendsForRegisteredBots(t *testing.T) {
 	if r := runCLI(t, nil, "bots", "add", "--nats-url", u, "--app-id", "botX", "--secret-env", "BOT_X_SECRET"); r.code != 0 {
 		t.Fatalf("bots add:\n%s", r)
 	}
-	nc, err := nats.Connect(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectJS(t, u)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	job := `{"v":1,"id":"bot-job","bot":"botX","scene":"group","target":"g1","message":{"msg_type":0,"content":"from botX"}}`

@@ -71,15 +71,7 @@ func waitStatusJSONFor(t *testing.T, natsURL, what string, timeout time.Duration
 // TestBuildStatus: a live worker reacts to a fake member at once.)
 func TestStatusAgainstServe(t *testing.T) {
 	t.Parallel()
-	ns, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := ns.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ns := startNATSAt(t, t.TempDir(), natsserver.RandomPort)
 	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	u := ns.ClientURL()
 
@@ -182,13 +174,7 @@ func setLatency(t *testing.T, simURL string, d time.Duration) {
 func TestStatusErrors(t *testing.T) {
 	t.Parallel()
 	// A server where no worker ever ran: no jobs stream.
-	ns, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	ns := startNATSAt(t, t.TempDir(), natsserver.RandomPort)
 	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	r := runCLI(t, nil, "status", "--nats-url", ns.ClientURL())
 	oneErrorLine(t, r, 1, "no stream QQDISPATCH_JOBS", "qqdispatch serve")
@@ -491,20 +477,7 @@ func TestStatusWaiting(t *testing.T) {
 func TestStatusAfterNATSRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	start := func(port int) *natsserver.Server {
-		t.Helper()
-		ns, err := natsserver.New(natsserver.Config{Port: port, StoreDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := ns.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return ns
-	}
-	ns := start(natsserver.RandomPort)
+	ns := startNATSAt(t, dir, natsserver.RandomPort)
 	port := ns.NATS().Addr().(*net.TCPAddr).Port
 	u := ns.ClientURL()
 	s := startServe(t, nil, "--sim", "--nats-url", u, "--worker-id", "restart-w1")
@@ -515,7 +488,7 @@ func TestStatusAfterNATSRestart(t *testing.T) {
 	if err := ns.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ns = start(port)
+	ns = startNATSAt(t, dir, port)
 	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	restarted := time.Now()
 	// Right after the restart `status` may fail (no members bucket yet is

@@ -84,13 +84,7 @@ func TestUsageMistakesExit2(t *testing.T) {
 func TestRuntimeErrorsSpeakTheUsersTerms(t *testing.T) {
 	t.Parallel()
 	// A server where no worker ever ran: no streams or buckets.
-	ns, err := natsserver.New(natsserver.Config{Port: natsserver.RandomPort, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	ns := startNATSAt(t, t.TempDir(), natsserver.RandomPort)
 	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	u := ns.ClientURL()
 	dir := t.TempDir()
