@@ -168,7 +168,14 @@ func TestBotProducerPermissions(t *testing.T) {
 			if u.Username != "producer" {
 				continue
 			}
-			perms := &server.Permissions{Publish: &server.SubjectPermission{}, Subscribe: u.Permissions.Subscribe}
+			// Its own inbox in place of the shared ones (docs/security.md).
+			sub := &server.SubjectPermission{Allow: []string{"_INBOX_bot1024.>"}}
+			for _, s := range u.Permissions.Subscribe.Allow {
+				if !strings.HasPrefix(s, "_INBOX") {
+					sub.Allow = append(sub.Allow, s)
+				}
+			}
+			perms := &server.Permissions{Publish: &server.SubjectPermission{}, Subscribe: sub}
 			for _, s := range u.Permissions.Publish.Allow {
 				if s == "qqbot.send.*.*" {
 					perms.Publish.Allow = append(perms.Publish.Allow, botSubjects...)
@@ -186,13 +193,13 @@ func TestBotProducerPermissions(t *testing.T) {
 	})
 	ctx := testCtx(t)
 	denied := make(chan error, 16)
-	connect := func(user, pw string) (*nats.Conn, jetstream.JetStream) {
-		nc, err := nats.Connect(url, nats.UserInfo(user, pw), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+	connect := func(user, pw string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+		nc, err := nats.Connect(url, append(opts, nats.UserInfo(user, pw), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			select {
 			case denied <- err:
 			default:
 			}
-		}))
+		}))...)
 		if err != nil {
 			t.Fatalf("connect as %s: %v", user, err)
 		}
@@ -201,7 +208,7 @@ func TestBotProducerPermissions(t *testing.T) {
 		return nc, js
 	}
 	_, admin := connect("admin", adminPW)
-	bnc, bjs := connect("bot1024", botPW)
+	bnc, bjs := connect("bot1024", botPW, nats.CustomInboxPrefix("_INBOX_bot1024"))
 	names := queue.Config{Partitions: 1}.WithDefaults()
 	if err := queue.Provision(ctx, admin, names); err != nil {
 		t.Fatal(err)
@@ -263,6 +270,23 @@ func TestBotProducerPermissions(t *testing.T) {
 			}
 		case <-time.After(5 * time.Second):
 			t.Errorf("bot 1024's producer published on %s", subject)
+		}
+	}
+	// Nor does it read the replies to other clients.
+	for _, subject := range []string{"_INBOX.>", "_INBOX_producer.>", "_INBOX_admin.>"} {
+		if _, err := bnc.SubscribeSync(subject); err != nil {
+			t.Fatal(err)
+		}
+		if err := bnc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-denied:
+			if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(err.Error(), "Permissions Violation") {
+				t.Errorf("subscribe to %s: %v, want a permissions violation", subject, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("bot 1024's producer subscribed to %s", subject)
 		}
 	}
 }

@@ -27,6 +27,7 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 type natsFlags struct {
 	url, creds, user, tlsCA, tlsCert, tlsKey string
 	prefix                                   string
+	inbox                                    string // --nats-inbox-prefix; "": derived (inboxPrefix)
 	password                                 string    // NATS_PASSWORD; env only
 	stderr                                   io.Writer // where a short command says the connection dropped
 }
@@ -46,7 +47,41 @@ func (n *natsFlags) register(c *command, urlDefault, urlUsage string) {
 	c.String(&n.tlsCert, "nats-tls-cert", "NATS_TLS_CERT", "", "client certificate `file` for NATS (with --nats-tls-key)")
 	c.String(&n.tlsKey, "nats-tls-key", "NATS_TLS_KEY", "", "client key `file` for NATS (with --nats-tls-cert)")
 	c.String(&n.prefix, "prefix", "QQDISPATCH_PREFIX", queue.PrefixDefault, "first `token` of every qqdispatch subject")
+	c.String(&n.inbox, "nats-inbox-prefix", "NATS_INBOX_PREFIX", "",
+		"inbox `prefix` of this client's replies (default: _INBOX_{user} for a NATS user, else _INBOX; see docs/security.md)")
 	c.EnvOnly("NATS_PASSWORD", "password for --nats-user")
+}
+
+// inboxPrefix is where replies to this client go: --nats-inbox-prefix, or
+// _INBOX_{user} when a user name is given (--nats-user, or in the URL), or
+// "" (the client's default, _INBOX). A user's own prefix keeps what an
+// operator's or one bot's producer is told (a DLQ entry's body, a job's
+// publish acknowledgement) from the producers that may read _INBOX.> (the
+// shared producer user of deploy/nats).
+func (n *natsFlags) inboxPrefix() string {
+	if n.inbox != "" {
+		return n.inbox
+	}
+	user := n.user
+	if user == "" {
+		for _, raw := range strings.Split(n.url, ",") {
+			if u, err := url.Parse(strings.TrimSpace(raw)); err == nil && u.User != nil {
+				if _, hasPW := u.User.Password(); hasPW {
+					user = u.User.Username()
+					break
+				}
+			}
+		}
+	}
+	if user == "" {
+		return ""
+	}
+	return "_INBOX_" + strings.Map(func(r rune) rune {
+		if r < 0x80 && (r == '_' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return r
+		}
+		return '_'
+	}, user)
 }
 
 // authGiven reports whether any authentication or TLS option is set.
@@ -58,6 +93,12 @@ func (n *natsFlags) authGiven() bool {
 // name). The URL is passed to nats.Connect separately.
 func (n *natsFlags) options(cmd, name string) ([]nats.Option, error) {
 	opts := []nats.Option{nats.Name(name)}
+	if p := n.inboxPrefix(); p != "" {
+		if strings.ContainsAny(p, "*> \t") || strings.HasPrefix(p, ".") || strings.HasSuffix(p, ".") || strings.Contains(p, "..") {
+			return nil, usagef(cmd, "--nats-inbox-prefix %q is not a subject prefix (no wildcards, spaces or empty tokens)", p)
+		}
+		opts = append(opts, nats.CustomInboxPrefix(p))
+	}
 	for _, f := range []struct{ flag, path string }{
 		{"--nats-creds", n.creds}, {"--nats-tls-ca", n.tlsCA}, {"--nats-tls-cert", n.tlsCert}, {"--nats-tls-key", n.tlsKey},
 	} {

@@ -297,6 +297,30 @@ func TestDeployPermissions(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, `"sent"`) {
 		t.Fatalf("producer: send --wait:\n%s", r)
 	}
+	// What the operator reads (the registry, the DLQ, the status) does not
+	// reach a producer listening on every client's default inbox.
+	spy, err := pc.SubscribeSync("_INBOX.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLI(t, nil, "bots", "ls", "--nats-url", admin); r.code != 0 {
+		t.Fatalf("admin: bots ls:\n%s", r)
+	}
+	dlqRows(t, admin)
+	statusJSON(t, admin)
+	if err := pc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := spy.Pending(); err != nil || n != 0 {
+		first := ""
+		if m, err := spy.NextMsg(0); err == nil {
+			first = m.Subject
+		}
+		t.Errorf("a producer on _INBOX.> read %d replies to the operator's commands (%v), the first on %s", n, err, first)
+	}
+	if err := spy.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
 	pub, err := queue.NewPublisher(pjs, names)
 	if err != nil {
 		t.Fatal(err)

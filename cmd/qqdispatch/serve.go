@@ -583,7 +583,9 @@ func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
 		return nil, "", err
 	}
 	s.natsClosed = make(chan struct{})
-	opts = append(opts, nats.CustomInboxPrefix(workerInboxPrefix(o.nats.prefix)))
+	if o.nats.inbox == "" { // --nats-inbox-prefix wins, as options set it
+		opts = append(opts, nats.CustomInboxPrefix(workerInboxPrefix(o.nats.prefix)))
+	}
 	opts = append(opts, connectLogHandlers(s.log, s.natsClosed)...)
 
 	if s.embedded == nil {

@@ -138,3 +138,27 @@ func TestUserText(t *testing.T) {
 		}
 	}
 }
+
+// TestInboxPrefix: replies to a client given a user go under that user's
+// own inbox, so that users allowed only _INBOX.> do not read them.
+func TestInboxPrefix(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		n    natsFlags
+		want string
+	}{
+		{"no user", natsFlags{url: "nats://127.0.0.1:4222"}, ""},
+		{"flag", natsFlags{url: "nats://h:4222", user: "admin"}, "_INBOX_admin"},
+		{"in the URL", natsFlags{url: "nats://h:1,nats://admin:pw@h:4222"}, "_INBOX_admin"},
+		{"a token is no user", natsFlags{url: "nats://s3cr3t@h:4222"}, ""},
+		{"odd characters", natsFlags{user: "svc.bot*1 é"}, "_INBOX_svc_bot_1__"},
+		{"given", natsFlags{user: "admin", inbox: "_INBOX_ops"}, "_INBOX_ops"},
+	} {
+		if got := tc.n.inboxPrefix(); got != tc.want {
+			t.Errorf("%s: inbox prefix %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	r := runCLI(t, nil, "status", "--nats-inbox-prefix", "_INBOX.*")
+	oneErrorLine(t, r, 2, "--nats-inbox-prefix", "not a subject prefix")
+}
