@@ -27,7 +27,7 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 type natsFlags struct {
 	url, creds, user, tlsCA, tlsCert, tlsKey string
 	prefix                                   string
-	inbox                                    string // --nats-inbox-prefix; "": derived (inboxPrefix)
+	inbox                                    string    // --nats-inbox-prefix; "": derived (inboxPrefix)
 	password                                 string    // NATS_PASSWORD; env only
 	stderr                                   io.Writer // where a short command says the connection dropped
 }
