@@ -872,6 +872,10 @@ type PrefixConflictError struct {
 }
 
 func (e *PrefixConflictError) Error() string {
+	if other, _, _ := strings.Cut(e.Subject, "."); other != e.Prefix && strings.EqualFold(other, e.Prefix) {
+		return fmt.Sprintf("stream %s serves %s, not prefix %q: prefixes that differ only in case (%q, %q) share stream and bucket names; give this deployment a prefix that differs in more than case",
+			e.Stream, e.Subject, e.Prefix, other, e.Prefix)
+	}
 	return fmt.Sprintf("stream %s serves %s, not prefix %q: another deployment uses it; give this one its own stream and bucket names (leave them unset: they derive from the prefix)",
 		e.Stream, e.Subject, e.Prefix)
 }
@@ -893,12 +897,12 @@ func ResolveNames(ctx context.Context, js jetstream.JetStream, cfg Config) (Conf
 	st, err := js.Stream(ctx, JobsStreamDefault)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		return cfg.WithDefaults(), nil
+		return derivedNames(ctx, js, cfg.WithDefaults())
 	case err != nil:
 		return cfg, fmt.Errorf("queue: look up stream %s: %w", JobsStreamDefault, err)
 	}
 	if !slices.Contains(st.CachedInfo().Config.Subjects, sendWildcard(cfg.WithDefaults())) {
-		return cfg.WithDefaults(), nil
+		return derivedNames(ctx, js, cfg.WithDefaults())
 	}
 	set := func(p *string, v string) {
 		if *p == "" {
@@ -914,6 +918,26 @@ func ResolveNames(ctx context.Context, js jetstream.JetStream, cfg Config) (Conf
 	set(&cfg.MembersBucket, MembersBucketDefault)
 	set(&cfg.QuotaBucket, QuotaBucketDefault)
 	return cfg.WithDefaults(), nil
+}
+
+// derivedNames returns cfg, named from its prefix, unless its jobs stream
+// serves another prefix (one that differs only in case derives the same
+// names): a *PrefixConflictError, so that a command never reads or
+// changes another deployment's jobs, outcomes, DLQ or registry.
+func derivedNames(ctx context.Context, js jetstream.JetStream, cfg Config) (Config, error) {
+	st, err := js.Stream(ctx, cfg.JobsStream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return cfg, nil
+	case err != nil:
+		return cfg, fmt.Errorf("queue: look up stream %s: %w", cfg.JobsStream, err)
+	}
+	for _, subj := range st.CachedInfo().Config.Subjects {
+		if !strings.HasPrefix(subj, cfg.Prefix+".") {
+			return cfg, &PrefixConflictError{Stream: cfg.JobsStream, Subject: subj, Prefix: cfg.Prefix}
+		}
+	}
+	return cfg, nil
 }
 
 // ErrLegacyJobsStream matches every *LegacyStreamError with errors.Is.

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qqdispatch/qqdispatch/internal/testbed/natstest"
+	"github.com/qqdispatch/qqdispatch/queue"
 )
 
 // botsServer starts an embedded JetStream server where no worker ever ran
@@ -228,4 +229,30 @@ func TestBotsUsageMistakes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPrefixesDifferingInCase: prefixes that differ only in case derive
+// the same stream and bucket names, so a command given the other one is
+// refused with one line instead of acting on the deployment it would share
+// them with.
+func TestPrefixesDifferingInCase(t *testing.T) {
+	t.Parallel()
+	u, js := botsServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.Provision(ctx, js, queue.Config{Prefix: "bot1", Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"status"},
+		{"bots", "ls"},
+		{"bots", "add", "--app-id", "7777", "--secret-env", "SEVEN"},
+		{"dlq", "ls"},
+		{"outcome", "some-job"},
+		{"send", "--scene", "group", "--target", "g1", "--content", "hi"},
+	} {
+		r := runCLI(t, nil, append(args, "--nats-url", u, "--prefix", "Bot1")...)
+		oneErrorLine(t, r, 1, `prefixes that differ only in case ("bot1", "Bot1")`)
+	}
+	okRun(t, nil, []string{"bots", "ls", "--nats-url", u, "--prefix", "bot1"}, "no bots registered (bucket qqdispatch_bot1_bots)")
 }
