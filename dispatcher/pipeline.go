@@ -165,8 +165,9 @@ type ProcessorConfig struct {
 	// (30s).
 	BotGrace time.Duration
 	// BotRecheck is how often a job whose bot is paused (or not known
-	// yet) asks Bots again. The job waits without a worker slot
-	// (Pauser), never ends for it, and goes once the bot resumes.
+	// yet), or whose registered bot's configuration gate is closed, asks
+	// Bots again. The job waits without a worker slot (Pauser), never
+	// ends for it, and goes once the bot resumes or is mended.
 	// Default BotRecheckDefault (1s).
 	BotRecheck time.Duration
 	// BotHold is how long a bot may be paused (or unknown) before its
@@ -1175,6 +1176,12 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		// against the job.
 		gateAt := p.cfg.Clock.Now()
 		if d, pr := r.gate.enter(gateAt); d > 0 {
+			if r.job.Bot != "" && p.cfg.Bots != nil {
+				// A registered bot's entry or secret file mended builds it
+				// again, with a new gate: look every BotRecheck, not at the
+				// end of a pause that may be a minute.
+				d = min(d, p.cfg.BotRecheck)
+			}
 			if err := r.wait(ctx, d, RuleConfiguration); err != nil {
 				return Outcome{}, err
 			}

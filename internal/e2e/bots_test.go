@@ -395,6 +395,9 @@ func TestBotSecretFileMendedInPlace(t *testing.T) {
 			lg := zerolog.New(logs)
 			b.cfg.Logger = &lg
 			b.cfg.Bots.SecretRecheck = 50 * time.Millisecond
+			// The pause after a refusal outlasts the test: the mended
+			// bot's jobs must not wait it out.
+			b.cfg.Pipeline.ConfigPause, b.cfg.Pipeline.ConfigPauseMax = 10*time.Minute, 10*time.Minute
 			w := b.StartWorker(b.cfg)
 			ids := []string{b.publishFor(t, "B", "mend-0", "g0"), b.publishFor(t, "B", "mend-1", "g1")}
 			waitFor(t, "bot B to pause", 30*time.Second, func() bool { return len(w.ConfigPaused()) == 1 })
