@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -31,6 +32,11 @@ type cli struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	// refused is called by a short command's connection when the NATS
+	// server refuses it a permission (shortLivedHandlers): run ends the
+	// command's context at once, and its error is the refusal, not a
+	// timeout waiting for a reply that cannot come.
+	refused func(error)
 }
 
 // commandFunc runs one command with its arguments (after the command name).
@@ -78,7 +84,27 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 	}
 	for _, c := range commands() {
 		if c.name == name {
-			return exitCode(c.run(ctx, cl, rest), stderr)
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var (
+				mu     sync.Mutex
+				denial error
+			)
+			cl.refused = func(err error) {
+				mu.Lock()
+				if denial == nil {
+					denial = err
+				}
+				mu.Unlock()
+				cancel()
+			}
+			err := c.run(ctx, cl, rest)
+			mu.Lock()
+			if denial != nil && err != nil && !errors.Is(err, errHelp) {
+				err = &refusedError{err: denial}
+			}
+			mu.Unlock()
+			return exitCode(err, stderr)
 		}
 	}
 	fmt.Fprintf(stderr, "qqdispatch: unknown command %q (run 'qqdispatch help' for the list)\n", name)
@@ -96,6 +122,16 @@ func printUsage(w io.Writer) {
 	b.WriteString("Every flag has an environment variable; a flag given on the command line wins.\n")
 	_, _ = io.WriteString(w, b.String())
 }
+
+// refusedError is a command stopped by the NATS server's refusal of a
+// permission its user does not have.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string {
+	return "the NATS server refused this user: " + e.err.Error() + " (docs/security.md says which user may do what)"
+}
+
+func (e *refusedError) Unwrap() error { return e.err }
 
 // errHelp is returned by a command that printed its help: exit 0.
 var errHelp = errors.New("help shown")

@@ -30,13 +30,14 @@ type natsFlags struct {
 	inbox                                    string    // --nats-inbox-prefix; "": derived (inboxPrefix)
 	password                                 string    // NATS_PASSWORD; env only
 	stderr                                   io.Writer // where a short command says the connection dropped
+	refused                                  func(error)
 }
 
 // fromEnv takes what the flags do not carry from cl: the password and the
 // command's stderr.
 func (n *natsFlags) fromEnv(cl *cli) {
 	n.password = cl.env("NATS_PASSWORD")
-	n.stderr = cl.stderr
+	n.stderr, n.refused = cl.stderr, cl.refused
 }
 
 func (n *natsFlags) register(c *command, urlDefault, urlUsage string) {
@@ -148,7 +149,7 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 		return nil, nil, err
 	}
 	opts = append(opts, nats.Timeout(5*time.Second))
-	opts = append(opts, shortLivedHandlers(cmd, n.stderr)...)
+	opts = append(opts, shortLivedHandlers(cmd, n.stderr, n.refused)...)
 	nc, err := nats.Connect(n.url, opts...)
 	if err != nil {
 		ce := explainConnect(n.url, err)
@@ -170,8 +171,10 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 // --wait or status --watch, keeps waiting meanwhile). Without them the
 // client wrote its asynchronous errors raw to the process's stderr: a
 // watch's "consumer not active" per subscription, which the watch recovers
-// from by itself once the connection is back, so those are left out.
-func shortLivedHandlers(cmd string, stderr io.Writer) []nats.Option {
+// from by itself once the connection is back, so those are left out. A
+// permission the server refuses goes to refused (the command stops with
+// it) instead.
+func shortLivedHandlers(cmd string, stderr io.Writer, refused func(error)) []nats.Option {
 	if stderr == nil {
 		stderr = io.Discard
 	}
@@ -193,6 +196,10 @@ func shortLivedHandlers(cmd string, stderr io.Writer) []nats.Option {
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrConsumerNotActive) {
+				return
+			}
+			if errors.Is(err, nats.ErrPermissionViolation) && refused != nil {
+				refused(err)
 				return
 			}
 			mu.Lock()
