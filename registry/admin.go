@@ -55,6 +55,27 @@ func (a *Admin) Add(ctx context.Context, b Bot, replace bool) (Bot, error) {
 	return b, err
 }
 
+// Replace registers the bot next returns, stamped with the current time,
+// replacing its entry if it has one: next is given that entry's bot (nil
+// when there is none, or it is unusable), so that what the caller leaves
+// unsaid can stay as it was. It returns the bot as stored; a *FieldError
+// when next's bot is invalid.
+func (a *Admin) Replace(ctx context.Context, appID string, next func(cur *Bot) Bot) (Bot, error) {
+	var b Bot
+	err := a.change(ctx, appID, true, func(e Entry) ([]byte, error) {
+		var cur *Bot
+		if e.Rev != 0 {
+			if c, err := Decode(appID, e.Value); err == nil {
+				cur = &c
+			}
+		}
+		b = next(cur)
+		b.AppID, b.Updated = appID, a.now().UTC()
+		return Encode(b)
+	})
+	return b, err
+}
+
 // SetPaused pauses or resumes a bot, and reports whether that changed
 // anything (a paused bot paused again is left as it is). ErrNotFound when
 // the bot is not registered; a *EntryError when its entry is unusable

@@ -180,7 +180,7 @@ func botsAdd(ctx context.Context, cl *cli, args []string) error {
 	c.String(&policy, "policy", "QQDISPATCH_BOTS_POLICY", "", "policy `file` with the bot's own rules, merged over the shipped policy")
 	c.Bool(&b.Paused, "paused", "QQDISPATCH_BOTS_PAUSED", false, "register it paused: its jobs wait until it is resumed")
 	c.String(&b.Note, "note", "QQDISPATCH_BOTS_NOTE", "", "free `text` for operators")
-	c.Bool(&replace, "replace", "QQDISPATCH_BOTS_REPLACE", false, "replace the bot's entry when it is registered already")
+	c.Bool(&replace, "replace", "QQDISPATCH_BOTS_REPLACE", false, "replace the bot's entry when it is registered already (paused or not, and the note, stay unless given)")
 	for _, a := range args {
 		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		if strings.HasPrefix(a, "-") && slices.Contains(secretFlags, name) {
@@ -226,7 +226,31 @@ func botsAdd(ctx context.Context, cl *cli, args []string) error {
 		return err
 	}
 	defer closeConn()
-	stored, err := admin.Add(ctx, b, replace)
+	var (
+		stored registry.Bot
+		kept   []string // what --replace kept of the entry
+	)
+	if replace {
+		// Paused or not, and the note, are the entry's state, not its
+		// configuration: they stay unless given.
+		stored, err = admin.Replace(ctx, b.AppID, func(cur *registry.Bot) registry.Bot {
+			nb := b
+			kept = nil
+			if cur != nil && !c.isSet("paused") {
+				nb.Paused = cur.Paused
+				if cur.Paused {
+					kept = append(kept, "paused")
+				}
+			}
+			if cur != nil && !c.isSet("note") && cur.Note != "" {
+				nb.Note = cur.Note
+				kept = append(kept, "its note")
+			}
+			return nb
+		})
+	} else {
+		stored, err = admin.Add(ctx, b, false)
+	}
 	switch {
 	case errors.Is(err, registry.ErrExists):
 		return fmt.Errorf("bot %s is registered already (bucket %s): add --replace to replace its entry", b.AppID, bucket)
@@ -242,6 +266,9 @@ func botsAdd(ctx context.Context, cl *cli, args []string) error {
 		verb = "registered (replacing any entry)"
 	}
 	fmt.Fprintf(cl.stdout, "bot %s %s: secret from %s%s\n", stored.AppID, verb, stored.SecretSource(), state)
+	if len(kept) > 0 {
+		fmt.Fprintf(cl.stdout, "kept from its entry: %s (give --paused=false or --note to change them)\n", strings.Join(kept, ", "))
+	}
 	return nil
 }
 

@@ -94,6 +94,19 @@ func TestBotsLifecycle(t *testing.T) {
 	if len(rows) != 2 || rows[0].SecretFile != "/run/secrets/a" || !rows[0].Paused || rows[1].Paused || rows[1].Policy == "" {
 		t.Fatalf("after replace, pause and resume: %+v", rows)
 	}
+	// Replacing an entry keeps its state (paused) and note unless given.
+	okRun(t, env, bots("add", "--app-id", "102003004", "--secret-file", "/run/secrets/a2", "--replace"),
+		"secret from file /run/secrets/a2, paused", "kept from its entry: paused, its note")
+	rows = jsonRows(t, okRun(t, env, bots("ls", "--json")).stdout)
+	if !rows[0].Paused || rows[0].Note != "brand A" || rows[0].SecretFile != "/run/secrets/a2" {
+		t.Fatalf("after a replace that said nothing of them, paused and the note: %+v", rows[0])
+	}
+	r = okRun(t, env, bots("add", "--app-id", "102003004", "--secret-file", "/run/secrets/a2", "--replace", "--paused=false", "--note", ""))
+	rows = jsonRows(t, okRun(t, env, bots("ls", "--json")).stdout)
+	if strings.Contains(r.stdout, "kept") || rows[0].Paused || rows[0].Note != "" {
+		t.Fatalf("after a replace with --paused=false --note \"\": %+v\n%s", rows[0], r.stdout)
+	}
+	okRun(t, env, bots("pause", "102003004"), "bot 102003004 paused")
 	okRun(t, env, bots("rm", "bot_2"), "bot bot_2 removed")
 	for _, args := range [][]string{bots("rm", "bot_2"), bots("pause", "nobody"), bots("resume", "nobody")} {
 		oneErrorLine(t, runCLI(t, env, args...), 1, "no bot", "in the registry (bucket qqdispatch_bots")
