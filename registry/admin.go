@@ -34,25 +34,21 @@ func NewAdmin(store Store, now func() time.Time) (*Admin, error) {
 }
 
 // Add registers b, stamped with the current time, and returns it as
-// stored. An app id registered already is refused with ErrExists unless
-// replace is set; an invalid b with a *FieldError.
-func (a *Admin) Add(ctx context.Context, b Bot, replace bool) (Bot, error) {
+// stored. An app id registered already is refused with ErrExists (Replace
+// changes an entry); an invalid b with a *FieldError.
+func (a *Admin) Add(ctx context.Context, b Bot) (Bot, error) {
 	b.Updated = a.now().UTC()
 	val, err := Encode(b)
 	if err != nil {
 		return Bot{}, err
 	}
-	if !replace {
-		if _, err := a.store.Put(ctx, b.AppID, val, 0); err != nil {
-			if errors.Is(err, ErrConflict) {
-				return Bot{}, fmt.Errorf("%w: %s", ErrExists, b.AppID)
-			}
-			return Bot{}, err
+	if _, err := a.store.Put(ctx, b.AppID, val, 0); err != nil {
+		if errors.Is(err, ErrConflict) {
+			return Bot{}, fmt.Errorf("%w: %s", ErrExists, b.AppID)
 		}
-		return b, nil
+		return Bot{}, err
 	}
-	err = a.change(ctx, b.AppID, true, func(Entry) ([]byte, error) { return val, nil })
-	return b, err
+	return b, nil
 }
 
 // Replace registers the bot next returns, stamped with the current time,

@@ -124,10 +124,10 @@ func TestRegistrySeesAddPauseRemove(t *testing.T) {
 	t.Parallel()
 	b := setup(t, false)
 	b.waitBots(t)
-	if _, err := b.admin.Add(b.ctx, bot("b2"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("b2")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.admin.Add(b.ctx, bot("b1"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("b1")); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "b1", "b2")
@@ -159,7 +159,7 @@ func TestRegistrySeesAddPauseRemove(t *testing.T) {
 func TestRegistryLoadsAtStart(t *testing.T) {
 	t.Parallel()
 	b := setup(t, false)
-	if _, err := b.admin.Add(b.ctx, bot("x1"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("x1")); err != nil {
 		t.Fatal(err)
 	}
 	reg, err := registry.New(registry.Config{Store: b.store})
@@ -190,7 +190,7 @@ func TestRegistrySkipsACorruptEntry(t *testing.T) {
 	if _, err := kv.Put(b.ctx, "bad1", []byte("{not json")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.admin.Add(b.ctx, bot("good"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("good")); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "good") // the watch is in order: bad1 was seen before
@@ -206,7 +206,7 @@ func TestRegistrySkipsACorruptEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitBots(t)
-	if _, err := b.admin.Add(b.ctx, bot("bad1"), true); err != nil {
+	if _, err := b.admin.Replace(b.ctx, "bad1", func(*registry.Bot) registry.Bot { return bot("bad1") }); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "bad1")
@@ -229,7 +229,7 @@ func TestRegistryRateLimitsWarnings(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := b.admin.Add(b.ctx, bot("good"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("good")); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "good")
@@ -276,7 +276,7 @@ func containsAll(s string, parts []string) bool {
 func TestRegistrySurvivesTheBucketGoing(t *testing.T) {
 	t.Parallel()
 	b := setup(t, false)
-	if _, err := b.admin.Add(b.ctx, bot("old"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("old")); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "old")
@@ -284,17 +284,17 @@ func TestRegistrySurvivesTheBucketGoing(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitLog(t, `"level":"warn"`, "the bot registry's bucket is gone: its bots are served as last seen")
-	if _, err := b.admin.Add(b.ctx, bot("new"), false); !errors.Is(err, registry.ErrNoStore) {
+	if _, err := b.admin.Add(b.ctx, bot("new")); !errors.Is(err, registry.ErrNoStore) {
 		t.Fatalf("Add with the bucket gone: want ErrNoStore, got %v", err)
 	}
 	if _, err := queue.ProvisionBots(b.ctx, b.js, b.names); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.admin.Add(b.ctx, bot("new"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("new")); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "new")
-	if _, err := b.admin.Add(b.ctx, bot("newer"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("newer")); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "new", "newer")
@@ -318,7 +318,7 @@ func TestRegistryWaitsForTheBucket(t *testing.T) {
 	if _, err := queue.ProvisionBots(b.ctx, b.js, b.names); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.admin.Add(b.ctx, bot("first"), false); err != nil {
+	if _, err := b.admin.Add(b.ctx, bot("first")); err != nil {
 		t.Fatal(err)
 	}
 	b.waitBots(t, "first")
@@ -329,17 +329,17 @@ func TestAdmin(t *testing.T) {
 	b := setup(t, false)
 	a1 := bot("a1")
 	a1.Note = "first"
-	if _, err := b.admin.Add(b.ctx, a1, false); err != nil {
+	if _, err := b.admin.Add(b.ctx, a1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.admin.Add(b.ctx, bot("a1"), false); !errors.Is(err, registry.ErrExists) {
+	if _, err := b.admin.Add(b.ctx, bot("a1")); !errors.Is(err, registry.ErrExists) {
 		t.Fatalf("Add of a registered bot: want ErrExists, got %v", err)
 	}
 	a1.Note = "second"
-	if _, err := b.admin.Add(b.ctx, a1, true); err != nil {
-		t.Fatalf("Add --replace: %v", err)
+	if _, err := b.admin.Replace(b.ctx, "a1", func(*registry.Bot) registry.Bot { return a1 }); err != nil {
+		t.Fatalf("Replace: %v", err)
 	}
-	if _, err := b.admin.Add(b.ctx, registry.Bot{AppID: "a2", SecretEnv: "S", Policy: "headroom: 2"}, false); !errors.Is(err, registry.ErrInvalidBot) {
+	if _, err := b.admin.Add(b.ctx, registry.Bot{AppID: "a2", SecretEnv: "S", Policy: "headroom: 2"}); !errors.Is(err, registry.ErrInvalidBot) {
 		t.Fatalf("Add of a bad policy: want ErrInvalidBot, got %v", err)
 	}
 	for _, err := range []error{

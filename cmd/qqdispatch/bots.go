@@ -249,7 +249,7 @@ func botsAdd(ctx context.Context, cl *cli, args []string) error {
 			return nb
 		})
 	} else {
-		stored, err = admin.Add(ctx, b, false)
+		stored, err = admin.Add(ctx, b)
 	}
 	switch {
 	case errors.Is(err, registry.ErrExists):

@@ -183,7 +183,7 @@ func testFleetManyBots(t testing.TB) {
 		if b == flooded {
 			e.Policy, e.Note = floodPolicy, "flooded by a broadcast"
 		}
-		if _, err := admin.Add(ctx, e, false); err != nil {
+		if _, err := admin.Add(ctx, e); err != nil {
 			t.Fatalf("register bot %s: %v", b.appID, err)
 		}
 	}
