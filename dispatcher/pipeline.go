@@ -366,10 +366,10 @@ type run struct {
 
 	job   *Job
 	jobID string
-	// scene and target are the decoded job's, for log lines; empty when
-	// it did not decode.
-	scene  Scene
-	target string
+	// scene, target and bot are the decoded job's, for log lines; empty
+	// when it did not decode (bot: the default bot's job).
+	scene       Scene
+	target, bot string
 	// requested is, when the job's id named another job, the id it
 	// carried; jobID is then its ConflictID.
 	requested string
@@ -409,7 +409,7 @@ func (r *run) handle(ctx context.Context) (Outcome, error) {
 	}
 	r.jobID = id.ID
 	if derr == nil {
-		r.scene, r.target = job.Scene, job.Target
+		r.scene, r.target, r.bot = job.Scene, job.Target, job.Bot
 	}
 	r.setLogger()
 	if err := r.passStoreGate(ctx); err != nil {
@@ -878,6 +878,9 @@ func (r *run) setLogger() {
 	c := r.p.log.With().Str("job_id", r.jobID)
 	if r.requested != "" {
 		c = c.Str("requested_id", r.requested)
+	}
+	if r.bot != "" {
+		c = c.Str("bot", r.bot)
 	}
 	if r.scene != "" {
 		c = c.Str("scene", string(r.scene)).Str("target", r.target)
@@ -1506,11 +1509,11 @@ func (r *run) configAnswer(se *SendError, probe *bool) {
 		return
 	}
 	if errors.Is(se, ErrLocalConfiguration) {
-		r.log.Error().Str("bot", r.job.Bot).Dur("pause", pause).Int("not_logged", held).Err(se.Err).
+		r.log.Error().Dur("pause", pause).Int("not_logged", held).Err(se.Err).
 			Msg("this worker cannot use the bot's configuration (the platform was not asked): the bot's sending pauses; its jobs wait, none fails for it")
 		return
 	}
-	r.log.Error().Str("bot", r.job.Bot).Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Dur("pause", pause).
+	r.log.Error().Int("code", se.Code).Int("http_status", se.HTTPStatus).Str("trace_id", se.TraceID).Dur("pause", pause).
 		Int("not_logged", held).Err(se).
 		Msg("the platform refused the app's configuration (app id, secret or permission): sending pauses; jobs wait, none fails for it")
 }
@@ -1520,10 +1523,10 @@ func (r *run) configAnswer(se *SendError, probe *bool) {
 // asks nothing of the platform, and its probe is a debug line.
 func (r *run) logProbe() {
 	if _, _, last := r.gate.state(); errors.Is(last, ErrLocalConfiguration) {
-		r.log.Debug().Str("bot", r.job.Bot).Msg("looking again whether this worker can use the bot's configuration")
+		r.log.Debug().Msg("looking again whether this worker can use the bot's configuration")
 		return
 	}
-	r.log.Info().Str("bot", r.job.Bot).Msg("probing whether the platform accepts the app's configuration again")
+	r.log.Info().Msg("probing whether the platform accepts the app's configuration again")
 }
 
 // RuleConfiguration is what jobs wait for while the platform answers with

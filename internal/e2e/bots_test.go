@@ -419,6 +419,12 @@ func TestBotSecretFileMendedInPlace(t *testing.T) {
 			if text := logs.String(); !strings.Contains(text, "the bot's secret file "+path+" changed") || strings.Contains(text, "secretB") {
 				t.Errorf("want the log to say B's secret file changed, without the secret:\n%s", text)
 			}
+			// A job's own lines name its bot.
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, `"job_id":"mend-`) && !strings.Contains(line, `"bot":"B"`) {
+					t.Errorf("a line about B's job does not name the bot: %s", line)
+				}
+			}
 		})
 	}
 }
