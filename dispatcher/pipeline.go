@@ -580,7 +580,7 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 			r.sender, r.gate = s, p.gateFor(bot)
 			p.botWaits.Delete(bot)
 			if logged {
-				r.log.Debug().Str("bot", bot).Msg("the job's bot may send: the job goes on")
+				r.log.Debug().Msg("the job's bot may send: the job goes on")
 			}
 			return Outcome{}, false, nil
 		}
@@ -605,7 +605,7 @@ func (r *run) resolveBot(ctx context.Context) (o Outcome, done bool, err error) 
 			// backlog comes back again and again.
 			logged = true
 			if ok, held := p.warns.allow(kind, now); ok {
-				r.log.Info().Str("bot", bot).Str("rule", rule).AnErr("why", err).Int("not_logged", held).
+				r.log.Info().Str("rule", rule).AnErr("why", err).Int("not_logged", held).
 					Msg("the job's bot cannot send now; its jobs wait")
 			}
 		}
