@@ -415,8 +415,21 @@ func (b *botRuntime) stopLimiter(e *botEntry) {
 func (b *botRuntime) follow(ctx context.Context) {
 	tick := time.NewTicker(b.cfg.SecretRecheck)
 	defer tick.Stop()
+	var shadow *Bot // the registry's entry for the default bot's app id, as last warned of
 	for {
 		ch := b.cfg.Source.Changed()
+		if id := b.cfg.DefaultAppID; id != "" {
+			spec, ok := b.cfg.Source.Bot(id)
+			if ok && (shadow == nil || *shadow != spec) {
+				b.log.Warn().Str("bot", id).Bool("paused", spec.Paused).
+					Msg("the registry has an entry for the default bot's app id (QQ_APP_ID); this worker ignores it: the default bot's jobs go with QQ_APP_ID's secret, and pausing its entry does not pause them")
+			}
+			if ok {
+				shadow = &spec
+			} else {
+				shadow = nil
+			}
+		}
 		b.mu.Lock()
 		var stale []string
 		for bot, e := range b.bots {

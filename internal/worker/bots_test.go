@@ -185,3 +185,57 @@ func TestUnreadableSecretIsLocalConfiguration(t *testing.T) {
 		})
 	}
 }
+
+// syncWriter is a bytes buffer the log may write to from another goroutine.
+type syncWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// TestRegistryEntryOfTheDefaultBotIsNamed: an entry for the default bot's
+// app id does nothing (pausing it does not pause the default bot), so the
+// worker says so once, and its jobs still go with the default Sender.
+func TestRegistryEntryOfTheDefaultBotIsNamed(t *testing.T) {
+	t.Parallel()
+	logs := &syncWriter{}
+	b, err := newBotRuntime(BotsConfig{
+		Source:       fixedSource{"900000": {AppID: "900000", SecretEnv: "S", Paused: true}},
+		Connect:      func(appID, _ string) (dispatcher.Sender, error) { return namedSender(appID), nil },
+		DefaultAppID: "900000",
+	}, zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.def = namedSender("default")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); b.follow(ctx) }()
+	deadline := time.After(10 * time.Second)
+	for !strings.Contains(logs.String(), "entry for the default bot's app id") {
+		select {
+		case <-deadline:
+			t.Fatalf("no warning of the default bot's entry; the log:\n%s", logs.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	cancel()
+	<-done
+	if n := strings.Count(logs.String(), "entry for the default bot's app id"); n != 1 || !strings.Contains(logs.String(), `"paused":true`) {
+		t.Errorf("want one warning saying the entry is paused; the log:\n%s", logs.String())
+	}
+	if s, err := b.Sender("900000"); err != nil || s != namedSender("default") {
+		t.Errorf("the default bot's job: sender %v, %v; want the default sender", s, err)
+	}
+}
