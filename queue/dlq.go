@@ -74,7 +74,8 @@ type DLQEntry struct {
 // DLQFilter selects DLQ entries. Zero fields match everything.
 type DLQFilter struct {
 	Scene string // a scene, or "invalid" for jobs whose scene/target were unusable
-	// Bot selects one bot's entries by its app id; "" selects every bot's.
+	// Bot selects one bot's entries by its app id, or the default bot's
+	// (DLQDefaultBot); "" selects every bot's.
 	Bot    string
 	Target string
 	JobID  string
@@ -82,6 +83,10 @@ type DLQFilter struct {
 	// Limit caps the number of entries; 0 is no limit.
 	Limit int
 }
+
+// DLQDefaultBot as DLQFilter.Bot selects the default bot's entries (shown
+// with bot "-" by `qqdispatch dlq ls`).
+const DLQDefaultBot = "-"
 
 // ErrDLQNotFound is returned for a DLQ sequence that holds no message.
 var ErrDLQNotFound = errors.New("queue: no such DLQ entry")
@@ -97,7 +102,7 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 			return "", fmt.Errorf("queue: DLQFilter.%s %q is not a subject token", t.name, t.v)
 		}
 	}
-	if f.Bot != "" {
+	if f.Bot != "" && f.Bot != DLQDefaultBot {
 		if err := dispatcher.CheckBot("bot", f.Bot); err != nil {
 			return "", fmt.Errorf("queue: DLQFilter.Bot: %s", err.Reason)
 		}
@@ -115,7 +120,10 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 	// A token cannot be matched in part: without a bot the scene token is
 	// a wildcard, and the scene is matched per entry (match).
 	scene, target := "*", f.Target
-	if f.Scene != "" && f.Bot != "" {
+	switch {
+	case f.Scene != "" && f.Bot == DLQDefaultBot:
+		scene = f.Scene
+	case f.Scene != "" && f.Bot != "":
 		scene = dispatcher.SceneToken(dispatcher.Scene(f.Scene), f.Bot)
 	}
 	if target == "" {
@@ -125,7 +133,7 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 }
 
 func (f DLQFilter) match(e DLQEntry) bool {
-	return (f.JobID == "" || e.JobID == f.JobID) && (f.Status == "" || e.Status == f.Status) && (f.Bot == "" || e.Bot == f.Bot) &&
+	return (f.JobID == "" || e.JobID == f.JobID) && (f.Status == "" || e.Status == f.Status) && (f.Bot == "" || e.Bot == f.Bot || f.Bot == DLQDefaultBot && e.Bot == "") &&
 		(f.Scene == "" || f.Scene == "invalid" || string(e.Scene) == f.Scene)
 }
 

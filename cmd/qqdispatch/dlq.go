@@ -22,7 +22,7 @@ import (
 const dlqDesc = `
 Administer the dead-letter queue: every job whose outcome is not sent or pending_audit is stored on the DLQ stream
 (QQDISPATCH_DLQ, subjects {prefix}.dlq.{scene}.{target}, {prefix}.dlq.{scene}@{bot}.{target} for a named bot's
-jobs, kept 30 days) with headers saying why. --bot APPID selects one bot's entries.
+jobs, kept 30 days) with headers saying why. --bot APPID selects one bot's entries (--bot - the default bot's).
 
 Subcommands:
   ls       list entries: seq, time, job id, status, code, reason
@@ -77,7 +77,7 @@ func (f *dlqFlags) register(c *command, filters bool) {
 	if !filters {
 		return
 	}
-	c.String(&f.bot, "bot", "QQDISPATCH_DLQ_BOT", "", "only entries of the bot with this `APPID` (default: every bot's)")
+	c.String(&f.bot, "bot", "QQDISPATCH_DLQ_BOT", "", "only entries of the bot with this `APPID`, or - for the default bot's (default: every bot's)")
 	c.String(&f.scene, "scene", "QQDISPATCH_DLQ_SCENE", "", "only entries of this `scene` (c2c, group, channel, dm, or invalid for unusable subjects)")
 	c.String(&f.target, "target", "QQDISPATCH_DLQ_TARGET", "", "only entries for this `target`")
 	c.String(&f.status, "status", "QQDISPATCH_DLQ_STATUS", "", "only entries with this outcome `status`: "+dlqStatusList())
@@ -89,7 +89,7 @@ func (f *dlqFlags) filter(c *command) (queue.DLQFilter, error) {
 	if f.scene != "" && f.scene != "invalid" && !dispatcher.Scene(f.scene).Valid() {
 		return queue.DLQFilter{}, usagef(c.name, "--scene: %q is not c2c, group, channel, dm or invalid", f.scene)
 	}
-	if f.bot != "" || c.isSet("bot") {
+	if f.bot != "" && f.bot != queue.DLQDefaultBot || c.isSet("bot") && f.bot == "" {
 		if err := dispatcher.CheckBot("--bot", f.bot); err != nil {
 			return queue.DLQFilter{}, usagef(c.name, "%s: %s", err.Field, err.Reason)
 		}

@@ -155,6 +155,13 @@ func TestSendBotAndDLQByBot(t *testing.T) {
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &row) != nil || row["bot"] != "2048" || row["scene"] != "c2c" || row["job_id"] != "file-bot" {
 		t.Errorf("dlq ls --json --bot 2048 --scene c2c:\n%s", r)
 	}
+	// "-", as ls shows it, selects the default bot's entries.
+	for _, scene := range [][]string{nil, {"--scene", "c2c"}} {
+		r = runCLI(t, nil, append([]string{"dlq", "ls", "--nats-url", u, "--bot", "-"}, scene...)...)
+		if rows := strings.Split(strings.TrimSpace(r.stdout), "\n"); r.code != 0 || len(rows) != 2 || !strings.Contains(rows[1], "file-default") {
+			t.Errorf("dlq ls --bot - %v: want the default bot's entry only\n%s", scene, r)
+		}
+	}
 }
 
 // TestSendFileOfLines: a file of one job per line not named .jsonl is read
