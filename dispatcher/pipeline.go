@@ -398,6 +398,9 @@ type run struct {
 	// sender and gate are the job's bot's (resolveBot).
 	sender Sender
 	gate   *pauseGate
+	// quotaAnswer is the quota the limiter marked spent after the last
+	// call's quota answer (Limiter.Feedback); nil after any other answer.
+	quotaAnswer *LimitError
 }
 
 func (r *run) handle(ctx context.Context) (Outcome, error) {
@@ -1274,8 +1277,12 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		if p.cfg.Observer != nil {
 			p.cfg.Observer.Attempt(j.Bot, j.Scene, err, took)
 		}
+		r.quotaAnswer = nil
 		if p.cfg.Limiter != nil {
-			p.cfg.Limiter.Feedback(j, class)
+			var le *LimitError
+			if errors.As(p.cfg.Limiter.Feedback(j, class), &le) {
+				r.quotaAnswer = le
+			}
 		}
 		if class == ClassConfiguration {
 			// Not this job's fault: it waits for the gate, spending no
@@ -1344,6 +1351,15 @@ func (st *tries) rateWait() time.Duration {
 // an error stops the job without one.
 func (r *run) retry(ctx context.Context, se *SendError, st *tries, upload bool, horizon time.Time) (o Outcome, done bool, err error) {
 	p := r.p
+	if se.Class == ClassQuotaExhausted && !upload && r.quotaAnswer != nil && r.job.OnQuota == QuotaDefer && p.cfg.Scheduler != nil {
+		// The platform's count ran out before ours: a job that asked to
+		// defer waits for the next period of the quota the limiter marked,
+		// as when our own count runs out (stopped).
+		if err := r.markClaimed(ctx); err != nil {
+			return Outcome{}, false, err
+		}
+		return Outcome{}, false, r.quotaAnswer
+	}
 	o, done, wait := r.judge(se, st, upload)
 	if done {
 		return o, true, nil

@@ -226,9 +226,11 @@ type Limiter interface {
 	// instant, nothing taken meanwhile.
 	Acquire(ctx context.Context, job *Job, deadline time.Time) (Permit, error)
 	// Feedback tells the limiter how the platform answered a call, so a
-	// quota answer marks the period as spent. (Rate-limit answers and wire
-	// timing reach the limiter through the call's Permit.)
-	Feedback(job *Job, class ErrorClass)
+	// quota answer marks the period as spent; for that answer it returns
+	// the quota it marked as a *LimitError (its rule, and RetryAt the next
+	// period's start), so that a job that asked to defer can. (Rate-limit
+	// answers and wire timing reach the limiter through the call's Permit.)
+	Feedback(job *Job, class ErrorClass) error
 }
 
 // Permit is one call's hold on its rate-limit tokens, from

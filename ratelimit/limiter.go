@@ -1045,10 +1045,11 @@ func release(plan []step, holds []hold, now int64) {
 // marks the job's quota for this period as spent, so the next jobs stop
 // before calling (see markSpent for which quota). Rate-limit answers and
 // wire timing come through the call's permit (permit.Answered).
-func (l *Limiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) {
+func (l *Limiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) error {
 	if l.scene(job.Scene) != nil && class == dispatcher.ClassQuotaExhausted {
-		l.markSpent(job)
+		return l.markSpent(job)
 	}
+	return nil
 }
 
 // markSpent raises one of the job's quota counts to its limit. The answer
@@ -1058,7 +1059,10 @@ func (l *Limiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) {
 // answer could stop every target, or this one for weeks. If the wider quota
 // was the one used up, each further target costs one refused (uncharged)
 // call before it stops too. Sub-channel sets are not marked.
-func (l *Limiter) markSpent(job *dispatcher.Job) {
+//
+// It returns the quota it picked as a *dispatcher.LimitError (nil when the
+// job has none), whether or not the mark could be written.
+func (l *Limiter) markSpent(job *dispatcher.Job) error {
 	sr := l.scene(job.Scene)
 	var pick *quotaSpec
 	specs := l.specs(sr, job, l.now())
@@ -1074,15 +1078,18 @@ func (l *Limiter) markSpent(job *dispatcher.Job) {
 	if pick == nil {
 		l.log.Warn().Str("scene", string(job.Scene)).Str("target", job.Target).
 			Msg("quota answer for a job with no quota in the policy; nothing to mark")
-		return
+		return nil
 	}
+	le := &dispatcher.LimitError{Status: dispatcher.StatusQuotaExceeded, Rule: pick.rule, RetryAt: pick.next,
+		Reason: "the platform answered that the period quota is used up (taken as " + pick.rule + ")"}
 	ctx, cancel := context.WithTimeout(context.Background(), l.storeTimeout)
 	defer cancel()
 	if err := markSpent(ctx, l.store, pick.key, pick.limit); err != nil {
 		l.log.Warn().Err(err).Str("rule", pick.rule).Msg("mark quota spent")
-		return
+		return le
 	}
 	l.log.Info().Str("rule", pick.rule).Str("key", pick.key).Msg("quota answer; marked the period as spent")
+	return le
 }
 
 func rank(sp *quotaSpec) int {

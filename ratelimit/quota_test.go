@@ -256,7 +256,12 @@ func TestFeedbackQuotaExhaustedMarksSpent(t *testing.T) {
 	forEachStore(t, "", t0, func(t *testing.T, l *Limiter, clk *fakeClock) {
 		job := activeJob(dispatcher.SceneDM, "D1")
 		res := reserve(t, l, job)
-		l.Feedback(job, dispatcher.ClassQuotaExhausted)
+		// It names the quota it marked, and when its next period starts.
+		var le *dispatcher.LimitError
+		if err := l.Feedback(job, dispatcher.ClassQuotaExhausted); !errors.As(err, &le) || le.Rule != "dm.active.quota.per_target.day" ||
+			le.Status != dispatcher.StatusQuotaExceeded || !le.RetryAt.After(clk.Now()) || le.RetryAt.Sub(clk.Now()) > 24*time.Hour {
+			t.Fatalf("Feedback of a quota answer: %v (%+v), want the day's per-target quota and its next period", err, le)
+		}
 		// The pipeline refunds the refused call; the mark stays.
 		if err := res.Refund(testCtx(t)); err != nil {
 			t.Fatal(err)
@@ -272,7 +277,9 @@ func TestFeedbackQuotaExhaustedMarksSpent(t *testing.T) {
 		}
 		reserve(t, l, activeJob(dispatcher.SceneDM, "D2"))
 		// A job without quotas is a no-op.
-		l.Feedback(passiveJob(dispatcher.SceneGroup, "G1", t0), dispatcher.ClassQuotaExhausted)
+		if err := l.Feedback(passiveJob(dispatcher.SceneGroup, "G1", t0), dispatcher.ClassQuotaExhausted); err != nil {
+			t.Errorf("Feedback for a job without quotas: %v", err)
+		}
 	})
 }
 

@@ -346,6 +346,40 @@ func TestQuotaDeferredToNextDay(t *testing.T) {
 	}
 }
 
+// TestPlatformQuotaAnswerDefers: when the platform says a quota is used up
+// before the worker's own count does (another system sent today too), a
+// job that asked to defer waits for the next period of the quota the
+// limiter marked, and is sent then; one that did not ends quota_exceeded.
+func TestPlatformQuotaAnswerDefers(t *testing.T) {
+	t.Parallel()
+	midnight := time.Date(2026, 11, 27, 0, 0, 0, 0, cst)
+	clk := testbed.NewShiftedClock(midnight.Add(-3 * time.Second))
+	b, cfg := rulesBed(t, "{}", clk)
+	b.StartWorker(cfg)
+	for _, target := range []string{"dmQ1", "dmQ2"} {
+		b.Sim.Script(qqsim.Script{Scene: "dm", Target: target, Code: 304045, HTTPStatus: 400, Message: "quota"})
+	}
+	deferring := testbed.Job("pq-defer", dispatcher.SceneDM, "dmQ1", "waits a day", "", time.Time{})
+	deferring.OnQuota = dispatcher.QuotaDefer
+	failing := testbed.Job("pq-fail", dispatcher.SceneDM, "dmQ2", "ends", "", time.Time{})
+	outs := b.Outcomes(b.Publish(deferring, failing), time.Minute)
+	if o := outs["pq-fail"]; o.Status != dispatcher.StatusQuotaExceeded || o.Code != 304045 {
+		t.Errorf("pq-fail: %s %d (%s), want quota_exceeded 304045", o.Status, o.Code, o.Reason)
+	}
+	if o := outs["pq-defer"]; o.Status != dispatcher.StatusSent {
+		t.Fatalf("pq-defer: %s (%s), want sent in the next period", o.Status, o.Reason)
+	}
+	var at time.Time
+	for _, m := range b.Sim.Accepted() {
+		if m.Target == "dmQ1" {
+			at = m.At
+		}
+	}
+	if at.Before(midnight) {
+		t.Errorf("pq-defer accepted at %s, want after the period's end %s", at, midnight)
+	}
+}
+
 // TestQuotaSurvivesRestarts: a used-up daily quota stays used up across a
 // worker restart and an embedded-server restart — no second helping.
 func TestQuotaSurvivesRestarts(t *testing.T) {

@@ -633,10 +633,11 @@ func (l *botLimiter) Acquire(ctx context.Context, job *dispatcher.Job, deadline 
 }
 
 // Feedback tells the job's bot's limiter how the platform answered.
-func (l *botLimiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) {
+func (l *botLimiter) Feedback(job *dispatcher.Job, class dispatcher.ErrorClass) error {
 	if lim, err := l.pick(job); err == nil {
-		lim.Feedback(job, class)
+		return lim.Feedback(job, class)
 	}
+	return nil
 }
 
 // WaitJobFiles paces the job's upload on its bot's files bucket.
