@@ -1,8 +1,10 @@
 package sched
 
 import (
+	"math"
 	"slices"
 	"sort"
+	"time"
 )
 
 // lane is one target's jobs of one kind, in stream order. Its jobs are
@@ -40,7 +42,23 @@ type away struct {
 	idh   uint64 // hash of the job id, to answer "where is job X?"
 	round int64
 	sub   uint32
-	rule  uint8 // why it waits: index into Scheduler.rules
+	// lead is how much before its estimated instant it returns, in whole
+	// seconds rounded up (saturating), for reports: kept in what would
+	// be padding, so a million parked jobs cost no more.
+	lead uint16
+	rule uint8 // why it waits: index into Scheduler.rules
+}
+
+// at is the job's estimated instant as planned when it was parked (not
+// before its return), in ns: what reports say it waits until.
+func (a away) at() int64 { return a.until + int64(a.lead)*int64(time.Second) }
+
+// leadOf is away.lead for a job estimated at est and returning at until.
+func leadOf(est, until int64) uint16 {
+	if est <= until {
+		return 0
+	}
+	return uint16(min((est-until+int64(time.Second)-1)/int64(time.Second), math.MaxUint16))
 }
 
 func newLane(k laneKey, part int, g *group) *lane {

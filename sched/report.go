@@ -27,7 +27,8 @@ type Waiting struct {
 	Held   int `json:"held"`
 	Parked int `json:"parked"`
 	// Next and Last are the earliest and latest instants among them (for
-	// parked jobs, their planned return); zero when unknown.
+	// parked jobs, the instant estimated when they were parked, not
+	// their earlier return); zero when unknown.
 	Next time.Time `json:"next,omitzero"`
 	Last time.Time `json:"last,omitzero"`
 }
@@ -94,8 +95,8 @@ func (s *Scheduler) Summary(now time.Time) Summary {
 	for _, l := range s.lanes {
 		if k := len(l.away); k > 0 {
 			// A lane's first and last parked jobs bound its instants.
-			at(entry(l.g, s.rules[l.away[0].rule]), l.away[0].until)
-			at(entry(l.g, s.rules[l.away[k-1].rule]), l.away[k-1].until)
+			at(entry(l.g, s.rules[l.away[0].rule]), l.away[0].at())
+			at(entry(l.g, s.rules[l.away[k-1].rule]), l.away[k-1].at())
 		}
 		if len(l.held) == 0 {
 			continue
@@ -205,7 +206,7 @@ func (s *Scheduler) Find(id string) (Where, bool) {
 		for _, a := range l.away {
 			if a.idh == h {
 				w := base
-				w.State, w.Rule, w.Until = "parked", s.rules[a.rule], time.Unix(0, a.until)
+				w.State, w.Rule, w.Until = "parked", s.rules[a.rule], time.Unix(0, a.at())
 				return w, true
 			}
 		}

@@ -494,7 +494,7 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		if g.pending {
 			until = max(until, n+repaceEvery) // its rules are known by then
 		}
-		a := away{seq: it.Seq, until: until, round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern(rule)}
+		a := away{seq: it.Seq, until: until, lead: leadOf(est, until), round: it.round, sub: it.sub, idh: idHash(it.JobID), rule: s.intern(rule)}
 		l.insertAway(a)
 		g.park(a.rule)
 		s.touch(l, n)

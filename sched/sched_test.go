@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/qqdispatch/qqdispatch/dispatcher"
 )
@@ -811,4 +812,40 @@ func TestTurnsOfADroppedPartitionAreNotAwaited(t *testing.T) {
 		t.Errorf("partition 0's %d jobs took %s at 1/s, want at most %s", mine, took, lanes*time.Second)
 	}
 	t.Logf("partition 0's %d jobs took %s", mine, now.Sub(t0))
+}
+
+// A parked job is reported waiting until its estimated instant, not until
+// the earlier time it comes back to be planned again; status's bounds
+// say the same. And what keeps that costs a parked job nothing more.
+func TestParkedJobReportsItsInstant(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 64, Rules: newFakeRules()})
+	var j jobs
+	var last *Item
+	for i := range 60 { // one a second on the bot-wide bucket
+		last = j.item(grp, fmt.Sprintf("g%d", i), active)
+		if d := s.Add(last, t0); i == 59 && d.Action != Park {
+			t.Fatalf("the 60th group active: %+v, want it parked", d)
+		}
+	}
+	w, ok := s.Find(last.JobID)
+	if !ok || w.State != "parked" {
+		t.Fatalf("Find(%s) = %+v, %v; want parked", last.JobID, w, ok)
+	}
+	// About 59 s out; it comes back about a seventh of that earlier.
+	if got := w.Until.Sub(t0); got < 57*time.Second || got > 61*time.Second {
+		t.Errorf("the last job reported waiting %s, want its instant, about 59s", got)
+	}
+	var latest time.Time
+	for _, r := range s.Summary(t0).Waiting {
+		if r.Last.After(latest) {
+			latest = r.Last
+		}
+	}
+	if !latest.Equal(w.Until) {
+		t.Errorf("summary's last instant %s, Find's %s; want the same", latest, w.Until)
+	}
+	if n := unsafe.Sizeof(away{}); n != 40 {
+		t.Errorf("a parked job's record is %d bytes, want 40", n)
+	}
 }

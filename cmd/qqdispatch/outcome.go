@@ -315,7 +315,7 @@ func fromAnswers(id string, answers []peerAnswer) *jobWhere {
 		w.Note = "started, and paused by the worker until its rule allows the call"
 	case "parked":
 		w.Status = jobWaiting
-		w.Note = "parked in JetStream; it comes back to the worker shortly before its time"
+		w.Note = "parked in JetStream until about its estimated instant (until); it comes back to the worker somewhat before it, to be planned again"
 	default: // held
 		if w.Rule != "" {
 			w.Status = jobWaiting
