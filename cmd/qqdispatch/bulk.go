@@ -100,8 +100,10 @@ func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, lin
 	}
 
 	bar := newProgress(cl.stderr, isTerminal(cl.stderr), o.every, time.Now)
-	publishAll(ctx, js, names, jobs, bar)
-	bar.end()
+	if !o.follow {
+		publishAll(ctx, js, names, jobs, bar)
+		bar.end()
+	}
 
 	var published, duplicates, failed int
 	for _, j := range jobs {
@@ -123,8 +125,12 @@ func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, lin
 			return fmt.Errorf("--ids-file: %w", err)
 		}
 	}
-	fmt.Fprintf(cl.stderr, "published %d, duplicates %d, failed %d (of %d lines with a job)\n",
-		published-duplicates, duplicates, failed, len(jobs))
+	if o.follow {
+		fmt.Fprintf(cl.stderr, "following %d jobs (nothing published), %d lines failed (of %d lines with a job)\n", published, failed, len(jobs))
+	} else {
+		fmt.Fprintf(cl.stderr, "published %d, duplicates %d, failed %d (of %d lines with a job)\n",
+			published-duplicates, duplicates, failed, len(jobs))
+	}
 	shown := 0
 	for _, j := range jobs {
 		if j.published() {
@@ -158,7 +164,7 @@ func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, lin
 		} else if !errors.Is(waitErr, context.Canceled) {
 			return fmt.Errorf("wait for outcomes: %w", waitErr)
 		}
-		return fmt.Errorf("%s with %d of %d jobs still without an outcome; they stay queued: run the same command again to keep waiting (it does not send them twice)",
+		return fmt.Errorf("%s with %d of %d jobs still without an outcome; they stay queued: add --follow to the same command to keep waiting (it publishes nothing)",
 			what, missing, published)
 	}
 	if failed > 0 || undelivered > 0 {

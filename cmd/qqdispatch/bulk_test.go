@@ -324,3 +324,49 @@ func TestSendWaitShowsProgress(t *testing.T) {
 		t.Errorf("stderr lacks the count by status\n%s", r)
 	}
 }
+
+// TestSendFollow: a bulk send --wait that runs out of --timeout says to
+// add --follow, and --follow then follows the file's jobs to their
+// outcomes without publishing any of them again (after the duplicate
+// window a second publish would queue every unfinished job twice).
+func TestSendFollow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a serve")
+	}
+	t.Parallel()
+	s := startServe(t, nil)
+	file := filepath.Join(t.TempDir(), "jobs.jsonl")
+	var lines string
+	for _, c := range []string{"one", "two", "three"} {
+		lines += `{"v":1,"scene":"group","target":"gf1","message":{"msg_type":0,"content":"` + c + `"}}` + "\n"
+	}
+	writeFile(t, file, lines)
+	// The group's rate paces the three 3 s apart: a 2 s wait ends first.
+	r := runCLI(t, nil, "send", "--nats-url", s.NATSURL, "--file", file, "--wait", "--timeout", "2s")
+	if r.code != 1 || !strings.Contains(r.stderr, "add --follow to the same command to keep waiting") {
+		t.Fatalf("send --wait past its timeout: want exit 1 and the advice\n%s", r)
+	}
+	js := connectJS(t, s.NATSURL)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lastSeq := func() uint64 {
+		t.Helper()
+		st, err := js.Stream(ctx, "QQDISPATCH_JOBS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.CachedInfo().State.LastSeq
+	}
+	before := lastSeq()
+	r = runCLI(t, nil, "send", "--nats-url", s.NATSURL, "--file", file, "--follow", "--timeout", "60s")
+	if r.code != 0 || !strings.Contains(r.stderr, "following 3 jobs (nothing published)") || !strings.Contains(r.stderr, "outcomes: sent 3") {
+		t.Fatalf("send --follow: want the three followed to sent, exit 0\n%s", r)
+	}
+	if after := lastSeq(); after != before {
+		t.Errorf("the jobs stream went from seq %d to %d during --follow, which publishes nothing", before, after)
+	}
+	if n := simAccepted(t, s.SimURL); n != 3 {
+		t.Errorf("the simulator accepted %d messages, want 3", n)
+	}
+	oneErrorLine(t, runCLI(t, nil, "send", "--nats-url", s.NATSURL, "--scene", "group", "--target", "g", "--content", "x", "--follow"), 2, "--follow goes with a JSON Lines --file")
+}

@@ -31,6 +31,7 @@ type sendOpts struct {
 	file                     string
 	idsFile                  string
 	wait                     bool
+	follow                   bool // a JSON Lines file's jobs, published before: follow, publish nothing
 	timeout                  time.Duration
 	every                    time.Duration // --progress-interval
 }
@@ -92,6 +93,7 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	c.String(&o.file, "file", "QQDISPATCH_SEND_FILE", "", "read the job from `FILE` (.json: one job; .jsonl/.ndjson or -: one job per line)")
 	c.String(&o.idsFile, "ids-file", "QQDISPATCH_SEND_IDS_FILE", "", "JSON Lines file: also write the published job ids to `FILE`, one per line")
 	c.Bool(&o.wait, "wait", "QQDISPATCH_SEND_WAIT", false, "wait for the outcome and print it (exit 0 only for sent/pending_audit); with a JSON Lines file, follow every job and print a count by status")
+	c.Bool(&o.follow, "follow", "QQDISPATCH_SEND_FOLLOW", false, "with a JSON Lines file published before: publish nothing, follow its jobs to their outcomes as --wait does")
 	c.Duration(&o.timeout, "timeout", "QQDISPATCH_SEND_TIMEOUT", time.Minute, "give up after this long (publishing and --wait)")
 	c.Duration(&o.every, "progress-interval", "QQDISPATCH_SEND_PROGRESS_INTERVAL", 10*time.Second, "JSON Lines file, stderr not a terminal: print a progress line this often")
 	pos, err := c.parse(args, cl.env, cl.stdout)
@@ -123,6 +125,10 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 			}
 		}
 		bulk = o.file == "-" || strings.HasSuffix(o.file, ".jsonl") || strings.HasSuffix(o.file, ".ndjson")
+		if o.follow && !bulk {
+			return usagef(c.name, "--follow goes with a JSON Lines --file (.jsonl, .ndjson or -); for one job, `qqdispatch outcome ID --watch`")
+		}
+		o.wait = o.wait || o.follow
 		if o.idsFile != "" && !bulk {
 			return usagef(c.name, "--ids-file goes with a JSON Lines --file (.jsonl, .ndjson or -); one job's id is printed on stdout")
 		}
@@ -147,6 +153,9 @@ func cmdSend(ctx context.Context, cl *cli, args []string) error {
 	} else {
 		if o.idsFile != "" {
 			return usagef(c.name, "--ids-file goes with a JSON Lines --file (.jsonl, .ndjson or -); one job's id is printed on stdout")
+		}
+		if o.follow {
+			return usagef(c.name, "--follow goes with a JSON Lines --file (.jsonl, .ndjson or -); for one job, `qqdispatch outcome ID --watch`")
 		}
 		data, err = o.jobFromFlags(c, names)
 		if err != nil {
