@@ -147,3 +147,27 @@ func TestFallbackResumed(t *testing.T) {
 		})
 	}
 }
+
+// Between its calls a job waits for the target's cooldown after a
+// rate-limit answer, and for the retry back-off after a failure: the
+// rules status and outcome then show.
+func TestWaitRuleBetweenCalls(t *testing.T) {
+	t.Parallel()
+	s := &scriptSender{answers: []error{
+		&dispatcher.SendError{Class: dispatcher.ClassRateLimited, HTTPStatus: 429, Code: 22009, Message: "slow down"},
+		&dispatcher.SendError{Class: dispatcher.ClassTransient, HTTPStatus: 500, Message: "oops"},
+	}}
+	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: s, Ledger: newMemLedger(), Recorder: newMemRecorder(),
+		Clock: &stepClock{now: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := botJob(t, "", "waits-1", "g1", false)
+	o, err := p.Handle(t.Context(), d)
+	if err != nil || o.Status != dispatcher.StatusSent || o.Attempts != 3 {
+		t.Fatalf("outcome %+v, %v; want sent after three calls", o, err)
+	}
+	if want := []string{dispatcher.RuleCooldown, dispatcher.RuleRetryBackoff}; strings.Join(d.rules, ",") != strings.Join(want, ",") {
+		t.Errorf("the job waited for %q, want %q", d.rules, want)
+	}
+}

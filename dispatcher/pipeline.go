@@ -1381,7 +1381,11 @@ func (r *run) retry(ctx context.Context, se *SendError, st *tries, upload bool, 
 		}
 		return r.outcomeFor(StatusFailed, fmt.Sprintf("gave up after %s of retries", p.cfg.MaxJobDuration), se), true, nil
 	}
-	if err := r.wait(ctx, wait, "retry back-off"); err != nil {
+	rule := RuleRetryBackoff
+	if se.Class == ClassRateLimited {
+		rule = RuleCooldown // the platform's own rate, as the limiter's cooldown says it
+	}
+	if err := r.wait(ctx, wait, rule); err != nil {
 		return Outcome{}, false, ErrHandedBack
 	}
 	return Outcome{}, false, nil
@@ -1548,6 +1552,14 @@ func (r *run) logProbe() {
 // RuleConfiguration is what jobs wait for while the platform answers with
 // configuration errors (Pauser's rule, status's WAITING table).
 const RuleConfiguration = "configuration"
+
+// What a job waits for between its calls (Pauser's rule): the back-off
+// after a failure, and, after a rate-limit answer, the target's cooldown
+// (the limiter's rule for the calls that follow it too).
+const (
+	RuleRetryBackoff = "retry back-off"
+	RuleCooldown     = "cooldown.target"
+)
 
 // answered reports whether err is nil or an answer from the platform (not
 // a transport failure, nor an error that says nothing of the credentials).

@@ -615,7 +615,7 @@ func (l *Limiter) pausedUntil(sr *sceneRules, target string) (int64, string) {
 	if sr == nil {
 		return 0, ""
 	}
-	return sr.targetCool.until(target), "cooldown.target"
+	return sr.targetCool.until(target), dispatcher.RuleCooldown
 }
 
 func (l *Limiter) acquire(ctx context.Context, plan []step, sr *sceneRules, target string, deadline time.Time) (*permit, error) {
