@@ -236,10 +236,12 @@ func TestSendWaitAcrossNATSRestart(t *testing.T) {
 			}
 		}
 	}
-	awaitCLI("job in the stream", func() bool {
-		r := runCLI(t, nil, "outcome", "across-restart", "--nats-url", u)
-		return strings.Contains(r.stdout, "queued")
+	js := connectJS(t, u)
+	awaitCLI("job in the stream", func() bool { // (outcome says queued of an id it does not know too)
+		st, err := js.Stream(context.Background(), "QQDISPATCH_JOBS")
+		return err == nil && st.CachedInfo().State.Msgs == 1
 	})
+	js.Conn().Close()
 
 	if err := ns.Stop(context.Background()); err != nil {
 		t.Fatal(err)
