@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -169,5 +170,48 @@ func TestWaitRuleBetweenCalls(t *testing.T) {
 	}
 	if want := []string{dispatcher.RuleCooldown, dispatcher.RuleRetryBackoff}; strings.Join(d.rules, ",") != strings.Join(want, ",") {
 		t.Errorf("the job waited for %q, want %q", d.rules, want)
+	}
+}
+
+// attemptCounter is an Observer that keeps the classes of the attempts it
+// is told of.
+type attemptCounter struct {
+	mu      sync.Mutex
+	classes []string // "ok" for a call that succeeded
+}
+
+func (a *attemptCounter) Attempt(_ string, _ dispatcher.Scene, err error, _ time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := "ok"
+	if err != nil {
+		c = dispatcher.ClassOf(err).String()
+	}
+	a.classes = append(a.classes, c)
+}
+func (a *attemptCounter) Outcome(dispatcher.Outcome, time.Duration)                 {}
+func (a *attemptCounter) Departed(dispatcher.Scene, dispatcher.Kind, time.Duration) {}
+
+// A call the worker's own configuration stopped (a secret it cannot read)
+// asked the platform nothing: it is no attempt in the metrics, while the
+// platform's refusal of the configuration is one.
+func TestLocalConfigurationIsNoAttempt(t *testing.T) {
+	t.Parallel()
+	local := &dispatcher.SendError{Class: dispatcher.ClassConfiguration, Err: fmt.Errorf("cannot read the secret: %w", dispatcher.ErrLocalConfiguration)}
+	refused := &dispatcher.SendError{Class: dispatcher.ClassConfiguration, HTTPStatus: 401, Code: 11244, Message: "bad token"}
+	s := &scriptSender{answers: []error{local, refused}}
+	obs := &attemptCounter{}
+	p, err := dispatcher.NewProcessor(dispatcher.ProcessorConfig{Sender: s, Ledger: newMemLedger(), Recorder: newMemRecorder(), Observer: obs,
+		Clock: &stepClock{now: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &memDelivery{env: env("g1", []byte(`{"v":1,"id":"cfg-1","scene":"group","target":"g1","message":{"msg_type":0,"content":"hi"}}`), 1)}
+	if o, err := p.Handle(t.Context(), d); err != nil || o.Status != dispatcher.StatusSent {
+		t.Fatalf("outcome %+v, %v; want sent once the configuration is good", o, err)
+	}
+	want := []string{"configuration", "ok"}
+	if fmt.Sprint(obs.classes) != fmt.Sprint(want) {
+		t.Errorf("attempts observed %v, want %v (the worker's own refusal left out)", obs.classes, want)
 	}
 }

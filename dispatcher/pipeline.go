@@ -190,7 +190,8 @@ type ProcessorConfig struct {
 type Observer interface {
 	// Attempt reports one API call of bot ("" the default bot): err is
 	// nil when it succeeded, else a *SendError (or another error,
-	// classified ClassUnknown).
+	// classified ClassUnknown). A call the worker's own configuration
+	// stopped before it left (ErrLocalConfiguration) is not one.
 	Attempt(bot string, scene Scene, err error, took time.Duration)
 	// Outcome reports a job's outcome; o.Bot is its bot.
 	Outcome(o Outcome, took time.Duration)
@@ -1274,7 +1275,7 @@ func (r *run) sendLoop(ctx context.Context) (Outcome, error) {
 		if permit != nil {
 			permit.Answered(err, wireOf(res, err))
 		}
-		if p.cfg.Observer != nil {
+		if p.cfg.Observer != nil && !errors.Is(err, ErrLocalConfiguration) { // the platform was not asked
 			p.cfg.Observer.Attempt(j.Bot, j.Scene, err, took)
 		}
 		r.quotaAnswer = nil
