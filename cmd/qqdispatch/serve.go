@@ -7,12 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -388,7 +386,7 @@ func (s *server) qqClient() (*qqapi.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--app-secret-file: %w", err)
 		}
-		if perm, open := secretFileOpen(o.secretFile); open {
+		if perm, open := worker.SecretFileOpen(o.secretFile); open {
 			s.log.Warn().Str("file", o.secretFile).Str("mode", fmt.Sprintf("%04o", perm)).
 				Msg("--app-secret-file is readable by other users of this machine; chmod 600 it (or 400)")
 		}
@@ -709,21 +707,6 @@ func (s *server) writeReadyFile(natsURL, httpURL string) error {
 		return fmt.Errorf("--ready-file: %w", err)
 	}
 	return nil
-}
-
-// secretFileOpen reports whether other users may read (or write) the file
-// named by --app-secret-file, and its permission bits. Windows has no such
-// bits: nothing is reported there.
-func secretFileOpen(path string) (fs.FileMode, bool) {
-	if runtime.GOOS == "windows" {
-		return 0, false
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0, false
-	}
-	perm := fi.Mode().Perm()
-	return perm, perm&0o007 != 0
 }
 
 func defaultWorkerID() string {

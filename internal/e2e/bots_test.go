@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -378,15 +379,16 @@ func TestBotSecretFileMendedInPlace(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		before string // the file's content at start; "": no file
+		mode   os.FileMode
 	}{
-		{"written later", ""},
-		{"rotated", "not-the-secret"},
+		{"written later", "", 0o600},
+		{"rotated", "not-the-secret", 0o644}, // other users may read it: a warning
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			path := filepath.Join(t.TempDir(), "secret")
 			if tc.before != "" {
-				if err := os.WriteFile(path, []byte(tc.before), 0o600); err != nil {
+				if err := os.WriteFile(path, []byte(tc.before), tc.mode); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -405,10 +407,13 @@ func TestBotSecretFileMendedInPlace(t *testing.T) {
 				t.Fatalf("bot B sent %d messages before its secret was mended", n)
 			}
 
-			if err := os.WriteFile(path, []byte("secretB\n"), 0o600); err != nil {
+			if err := os.WriteFile(path, []byte("secretB\n"), tc.mode); err != nil {
 				t.Fatal(err)
 			}
 			allSent(t, b.Outcomes(ids, time.Minute))
+			if open := strings.Contains(logs.String(), "the bot's secret file is readable by other users"); open != (tc.mode&0o007 != 0) && runtime.GOOS != "windows" {
+				t.Errorf("file mode %04o: warned of other users %v; the log:\n%s", tc.mode, open, logs.String())
+			}
 			if got := b.sentBy(t); got["B"] != 2 {
 				t.Fatalf("messages per bot %v, want 2 from B once its file was mended", got)
 			}

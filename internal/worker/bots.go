@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -240,6 +241,10 @@ func (b *botRuntime) entry(bot string) (*botEntry, error) {
 		b.bots[bot] = e
 		b.mu.Unlock()
 		b.log.Info().Str("bot", bot).Str("secret", spec.secretSource()).Bool("own_policy", spec.Policy != "").Msg("serving bot")
+		if perm, open := SecretFileOpen(spec.SecretFile); spec.SecretFile != "" && open {
+			b.log.Warn().Str("bot", bot).Str("file", spec.SecretFile).Str("mode", fmt.Sprintf("%04o", perm)).
+				Msg("the bot's secret file is readable by other users of this machine; chmod 600 it (or 400)")
+		}
 		if e.trouble != nil {
 			b.log.Error().Str("bot", bot).Err(e.trouble).Msg("the bot cannot send from this worker; its jobs wait until its registry entry or secret file is mended")
 		}
@@ -309,6 +314,21 @@ func (b *botRuntime) secret(spec Bot) (string, error) {
 		return "", &SecretError{File: spec.SecretFile, Env: spec.SecretEnv, Err: ErrNoSecret}
 	}
 	return s, nil
+}
+
+// SecretFileOpen reports whether other users of this machine may read (or
+// write) the secret file at path, and its permission bits. Windows has no
+// such bits: nothing is reported there.
+func SecretFileOpen(path string) (fs.FileMode, bool) {
+	if runtime.GOOS == "windows" {
+		return 0, false
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, false
+	}
+	perm := fi.Mode().Perm()
+	return perm, perm&0o007 != 0
 }
 
 // ErrNoSecret is a SecretError's Err when the place holds no secret: the
