@@ -358,6 +358,12 @@ const pendingBotCap = 8
 // are not known here wait for (see pendingBotCap).
 const RuleBotPending = "bot.pending"
 
+// RuleRoom is what a job parked with no rule holding it back waits for:
+// room in the worker, whose memory holds as many of its lane's
+// (LaneWindow) or its group's (what its buckets release within Horizon)
+// jobs as it may.
+const RuleRoom = "room"
+
 // rulesOf is the rules of bot ("" the default bot), nil when they are not
 // known here; pending when they are not known yet but will be (the Rules
 // are BotRules: the bot's first job builds its limiter).
@@ -481,6 +487,9 @@ func (s *Scheduler) Add(it *Item, now time.Time) Decision {
 		}
 		if g.pending && rule == "" {
 			rule = RuleBotPending
+		}
+		if rule == "" {
+			rule = RuleRoom
 		}
 		// It comes back ReturnLead early, or an eighth of the wait when
 		// that is more: a plan for far ahead is less sure, and a job back

@@ -849,3 +849,23 @@ func TestParkedJobReportsItsInstant(t *testing.T) {
 		t.Errorf("a parked job's record is %d bytes, want 40", n)
 	}
 }
+
+// A job parked only because its lane holds all it may in memory says so:
+// it waits for room, never for an unnamed rule.
+func TestParkedForRoomNamesIt(t *testing.T) {
+	t.Parallel()
+	s := newSched(t, Config{Slots: 8, LaneWindow: 2})
+	var j jobs
+	var d Decision
+	for range 3 {
+		d = s.Add(j.item(grp, "g1", active), t0)
+	}
+	if d.Action != Park || d.Rule != RuleRoom {
+		t.Fatalf("the third job of a lane with a window of 2: %+v, want parked for %q", d, RuleRoom)
+	}
+	for _, w := range s.Summary(t0).Waiting {
+		if w.Rule == "" {
+			t.Errorf("a waiting row without a rule: %+v", w)
+		}
+	}
+}
