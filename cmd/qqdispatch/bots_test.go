@@ -269,3 +269,21 @@ func TestPrefixesDifferingInCase(t *testing.T) {
 	}
 	okRun(t, nil, []string{"bots", "ls", "--nats-url", u, "--prefix", "bot1"}, "no bots registered (bucket qqdispatch_bot1_bots)")
 }
+
+// TestStatusBotNamesAnUnregisteredBot: status --bot of an app id the
+// registry does not hold says so, rather than only that nothing waits.
+func TestStatusBotNamesAnUnregisteredBot(t *testing.T) {
+	t.Parallel()
+	u, js := botsServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.Provision(ctx, js, queue.Config{Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	okRun(t, nil, []string{"status", "--nats-url", u, "--bot", "9999"}, "(nothing waits for bot 9999, which is not in the registry")
+	okRun(t, nil, []string{"bots", "add", "--nats-url", u, "--app-id", "9999", "--secret-env", "S9999"}, "9999 registered")
+	r := okRun(t, nil, []string{"status", "--nats-url", u, "--bot", "9999"}, "(nothing waits for bot 9999)")
+	if strings.Contains(r.stdout, "registry") {
+		t.Errorf("a registered bot said not to be:\n%s", r.stdout)
+	}
+}

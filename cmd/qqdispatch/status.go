@@ -159,8 +159,10 @@ type fleetStatus struct {
 	MemberTTL float64         `json:"member_ttl_seconds,omitempty"`
 	Members   []statusMember  `json:"members"`
 	Waiting   []statusWaiting `json:"waiting"`
-	// Bot is the bot the Waiting rows were narrowed to (status --bot).
-	Bot        string            `json:"bot,omitempty"`
+	// Bot is the bot the Waiting rows were narrowed to (status --bot; "-"
+	// the default bot); Unregistered says no registry entry names it.
+	Bot          string            `json:"bot,omitempty"`
+	Unregistered bool              `json:"bot_unregistered,omitempty"`
 	Partitions []statusPartition `json:"partitions"`
 	Totals     statusTotals      `json:"totals"`
 	Problems   []string          `json:"problems"`
@@ -181,7 +183,7 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 	c.Bool(&watch, "watch", "QQDISPATCH_STATUS_WATCH", false, "refresh every --interval until interrupted: in place on a terminal, else a new block each time")
 	c.Duration(&interval, "interval", "QQDISPATCH_STATUS_INTERVAL", 2*time.Second, "with --watch, how often to refresh")
 	c.Duration(&timeout, "timeout", "QQDISPATCH_STATUS_TIMEOUT", 10*time.Second, "give up after this long (with --watch: per refresh)")
-	c.String(&bot, "bot", "QQDISPATCH_STATUS_BOT", "", "show only what waits for the bot with this app `id` (its scheduling rows; deferred jobs do not say their bot)")
+	c.String(&bot, "bot", "QQDISPATCH_STATUS_BOT", "", "show only what waits for the bot with this app `id`, or - for the default bot (its scheduling rows; deferred jobs do not say their bot)")
 	pos, err := c.parse(args, cl.env, cl.stdout)
 	if err != nil {
 		return err
@@ -215,6 +217,10 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	unregistered := false
+	if bot != "" && bot != queue.DLQDefaultBot {
+		unregistered = !botRegistered(ctx, js, names, bot, timeout)
+	}
 	read := func(ctx context.Context) (*fleetStatus, error) {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
@@ -224,6 +230,7 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 		}
 		if err == nil && bot != "" {
 			st.onlyBot(bot)
+			st.Unregistered = unregistered
 		}
 		return st, err
 	}
@@ -597,10 +604,31 @@ func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Defer
 	})
 }
 
-// onlyBot keeps the Waiting rows of bot (status --bot).
+// onlyBot keeps the Waiting rows of bot (status --bot; "-" the default
+// bot's).
 func (st *fleetStatus) onlyBot(bot string) {
 	st.Bot = bot
-	st.Waiting = slices.DeleteFunc(st.Waiting, func(w statusWaiting) bool { return w.Bot != bot })
+	want := bot
+	if bot == queue.DLQDefaultBot {
+		want = ""
+	}
+	st.Waiting = slices.DeleteFunc(st.Waiting, func(w statusWaiting) bool { return w.Bot != want })
+}
+
+// botRegistered reports whether the registry names bot; true when it
+// cannot tell (a status is not refused for it).
+func botRegistered(ctx context.Context, js jetstream.JetStream, names queue.Config, bot string, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, names.BotsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	_, err = kv.Get(ctx, bot)
+	return !errors.Is(err, jetstream.ErrKeyNotFound)
 }
 
 // ruleKind reads the kind from a policy rule, {scene}.{kind}.…; "" when it
@@ -684,18 +712,24 @@ func writeStatusWaiting(b *strings.Builder, st *fleetStatus) {
 		head = "BOT\t" + head
 	}
 	fmt.Fprintln(tw, head)
-	if len(st.Waiting) == 0 {
-		none := "(nothing waits)"
-		if st.Bot != "" {
-			none = "(nothing waits for bot " + st.Bot + ")"
-		}
-		fmt.Fprintln(tw, none+strings.Repeat("\t", strings.Count(head, "\t")))
-	}
 	for _, wt := range st.Waiting {
 		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", col(wt), dash(wt.Scene), dash(wt.Kind), wt.Rule, wt.Held, wt.Parked, wt.Deferred,
 			relTime(wt.Next, st.At), relTime(wt.Last, st.At))
 	}
 	_ = tw.Flush()
+	if len(st.Waiting) == 0 {
+		// Outside the table: one line, not a row that stretches the first column.
+		switch {
+		case st.Bot == queue.DLQDefaultBot:
+			fmt.Fprintln(b, "(nothing waits for the default bot)")
+		case st.Unregistered:
+			fmt.Fprintf(b, "(nothing waits for bot %s, which is not in the registry: see `qqdispatch bots ls`)\n", st.Bot)
+		case st.Bot != "":
+			fmt.Fprintf(b, "(nothing waits for bot %s)\n", st.Bot)
+		default:
+			fmt.Fprintln(b, "(nothing waits)")
+		}
+	}
 }
 
 // writeStatusPartitions writes the partitions table.

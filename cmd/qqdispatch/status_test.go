@@ -565,8 +565,18 @@ func TestStatusWaitingPerBot(t *testing.T) {
 	}
 	st = build()
 	st.onlyBot("nobody")
-	if out := print(st); !strings.Contains(out, "(nothing waits for bot nobody)") {
+	if out := print(st); !strings.Contains(out, "(nothing waits for bot nobody)\n") {
 		t.Errorf("--bot nobody:\n%s", out)
+	}
+	st.Unregistered = true
+	if out := print(st); !strings.Contains(out, "(nothing waits for bot nobody, which is not in the registry") {
+		t.Errorf("--bot nobody, not registered:\n%s", out)
+	}
+	// "-", as the BOT column shows it, is the default bot.
+	st = build()
+	st.onlyBot("-")
+	if got, want := rows(print(st)), []string{"- slot 1"}; !slices.Equal(got, want) {
+		t.Errorf("--bot - rows %q, want %q", got, want)
 	}
 }
 
