@@ -163,9 +163,9 @@ type fleetStatus struct {
 	// the default bot); Unregistered says no registry entry names it.
 	Bot          string            `json:"bot,omitempty"`
 	Unregistered bool              `json:"bot_unregistered,omitempty"`
-	Partitions []statusPartition `json:"partitions"`
-	Totals     statusTotals      `json:"totals"`
-	Problems   []string          `json:"problems"`
+	Partitions   []statusPartition `json:"partitions"`
+	Totals       statusTotals      `json:"totals"`
+	Problems     []string          `json:"problems"`
 }
 
 func cmdStatus(ctx context.Context, cl *cli, args []string) error {
