@@ -171,6 +171,15 @@ func (r *Registry) Bots() []Bot {
 	return out
 }
 
+// Unusable reports whether the registry holds an entry for appID that is
+// not a usable bot (skipped: Rejected lists it).
+func (r *Registry) Unusable(appID string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.bad[appID]
+	return ok
+}
+
 // Rejected returns the entries skipped as unusable, sorted by key.
 func (r *Registry) Rejected() []*EntryError {
 	r.mu.Lock()

@@ -213,6 +213,9 @@ func TestRegistrySkipsACorruptEntry(t *testing.T) {
 	if rej := b.reg.Rejected(); len(rej) != 1 || rej[0].Key != "good" {
 		t.Fatalf("Rejected() = %v, want only good", rej)
 	}
+	if !b.reg.Unusable("good") || b.reg.Unusable("bad1") || b.reg.Unusable("nobody") {
+		t.Errorf("Unusable: good %v, bad1 %v, nobody %v; want only good", b.reg.Unusable("good"), b.reg.Unusable("bad1"), b.reg.Unusable("nobody"))
+	}
 }
 
 // TestRegistryRateLimitsWarnings: many bad entries are logged at most

@@ -677,6 +677,12 @@ type registrySource struct{ r *registry.Registry }
 func (s registrySource) Bot(appID string) (Bot, bool) {
 	b, ok := s.r.Bot(appID)
 	if !ok {
+		if s.r.Unusable(appID) {
+			// An entry written by hand that is not a usable bot: its jobs
+			// wait as a paused bot's until it is mended, rather than end
+			// rejected as an unknown bot's.
+			return Bot{AppID: appID, Paused: true}, true
+		}
 		return Bot{}, false
 	}
 	return botOf(b), true
