@@ -814,9 +814,16 @@ func relTime(t *time.Time, now time.Time) string {
 		return t.UTC().Format(time.RFC3339)
 	case d >= 0:
 		return "in " + secs(d.Seconds())
+	case d > -dueGrace:
+		// Heartbeats are up to a second old: the instant has just come.
+		return "due"
 	}
-	return secs(-d.Seconds()) + " ago"
+	return "overdue by " + secs(-d.Seconds())
 }
+
+// dueGrace is how far in the past an instant NEXT or LAST shows reads
+// "due" rather than overdue: a heartbeat's age and a job's Lead.
+const dueGrace = 2 * time.Second
 
 func dash(s string) string {
 	if s == "" {

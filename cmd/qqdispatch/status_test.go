@@ -652,3 +652,26 @@ func TestStatusCountsPausedJobsAsHeld(t *testing.T) {
 		}
 	}
 }
+
+// TestRelTime: NEXT and LAST read "due" for an instant just past (a
+// heartbeat is up to a second old) and say how overdue an older one is:
+// a job that should have gone long ago is a sign of trouble.
+func TestRelTime(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *time.Time { x := now.Add(d); return &x }
+	for _, tc := range []struct {
+		t    *time.Time
+		want string
+	}{
+		{nil, "-"},
+		{at(1500 * time.Millisecond), "in 1.5s"},
+		{at(-700 * time.Millisecond), "due"},
+		{at(-5 * time.Second), "overdue by 5s"},
+		{at(-48 * time.Hour), "2026-12-01T12:00:00Z"},
+	} {
+		if got := relTime(tc.t, now); got != tc.want {
+			t.Errorf("relTime(%v) = %q, want %q", tc.t, got, tc.want)
+		}
+	}
+}
