@@ -148,15 +148,36 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 	if err != nil {
 		return nil, nil, err
 	}
-	opts = append(opts, nats.Timeout(5*time.Second))
-	opts = append(opts, shortLivedHandlers(cmd, n.stderr, n.refused)...)
-	nc, err := nats.Connect(n.url, opts...)
-	if err != nil {
-		ce := explainConnect(n.url, err)
-		if n.url == defaultNATSURL && !ce.refused {
-			ce.hint = "is `qqdispatch serve` running?"
+	// A derived inbox (_INBOX_{user}) the server does not allow this user
+	// falls back to the client's default: a user set up before the CLI
+	// derived it may subscribe to _INBOX.> only. One given on purpose
+	// (--nats-inbox-prefix) does not.
+	probe := ""
+	if p := n.inboxPrefix(); p != "" && n.inbox == "" {
+		probe = p + ".probe"
+	}
+	opts = append(opts, nats.Timeout(5*time.Second), nats.PermissionErrOnSubscribe(true))
+	opts = append(opts, shortLivedHandlers(cmd, n.stderr, n.refused, probe)...)
+	connect := func(opts []nats.Option) (*nats.Conn, error) {
+		nc, err := nats.Connect(n.url, opts...)
+		if err != nil {
+			ce := explainConnect(n.url, err)
+			if n.url == defaultNATSURL && !ce.refused {
+				ce.hint = "is `qqdispatch serve` running?"
+			}
+			return nil, ce
 		}
-		return nil, nil, ce
+		return nc, nil
+	}
+	nc, err := connect(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	if probe != "" && !subscribeAllowed(nc, probe) {
+		nc.Close()
+		if nc, err = connect(append(opts, nats.CustomInboxPrefix(strings.TrimSuffix(nats.InboxPrefix, ".")))); err != nil {
+			return nil, nil, err
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -166,6 +187,23 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 	return nc, js, nil
 }
 
+// subscribeAllowed reports whether the server lets nc subscribe to
+// subject (true when it cannot tell in time). nc has
+// PermissionErrOnSubscribe: the refusal is on the subscription once the
+// flush is back.
+func subscribeAllowed(nc *nats.Conn, subject string) bool {
+	sub, err := nc.SubscribeSync(subject)
+	if err != nil {
+		return false
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		return true
+	}
+	_, err = sub.NextMsg(time.Millisecond)
+	return !errors.Is(err, nats.ErrPermissionViolation)
+}
+
 // shortLivedHandlers say on stderr, in the command's name, when its
 // connection drops and comes back (a command that waits, such as send
 // --wait or status --watch, keeps waiting meanwhile). Without them the
@@ -173,8 +211,8 @@ func (n *natsFlags) connectOnce(cmd string) (*nats.Conn, jetstream.JetStream, er
 // watch's "consumer not active" per subscription, which the watch recovers
 // from by itself once the connection is back, so those are left out. A
 // permission the server refuses goes to refused (the command stops with
-// it) instead.
-func shortLivedHandlers(cmd string, stderr io.Writer, refused func(error)) []nats.Option {
+// it) instead, but for the subscription to probe (see connectOnce).
+func shortLivedHandlers(cmd string, stderr io.Writer, refused func(error), probe string) []nats.Option {
 	if stderr == nil {
 		stderr = io.Discard
 	}
@@ -198,9 +236,14 @@ func shortLivedHandlers(cmd string, stderr io.Writer, refused func(error)) []nat
 			if errors.Is(err, nats.ErrConsumerNotActive) {
 				return
 			}
-			if errors.Is(err, nats.ErrPermissionViolation) && refused != nil {
-				refused(err)
-				return
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				if probe != "" && strings.Contains(err.Error(), `"`+probe+`"`) {
+					return // connectOnce falls back to the default inbox
+				}
+				if refused != nil {
+					refused(err)
+					return
+				}
 			}
 			mu.Lock()
 			seen := said[err.Error()]

@@ -585,3 +585,31 @@ func TestDeployPermissions(t *testing.T) {
 		}
 	}
 }
+
+// TestInboxFallsBackForAnOlderUser: a user set up before the CLI put its
+// replies under _INBOX_{user}, allowed to subscribe to _INBOX.> only, still
+// runs commands: the CLI finds its own inbox refused and uses the
+// default. A prefix given with --nats-inbox-prefix does not fall back.
+func TestInboxFallsBackForAnOlderUser(t *testing.T) {
+	t.Parallel()
+	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+		Users: []*natsserver.User{{Username: "old", Password: "old-pw-1",
+			Permissions: &natsserver.Permissions{
+				Publish:   &natsserver.SubjectPermission{Allow: []string{">"}},
+				Subscribe: &natsserver.SubjectPermission{Allow: []string{"_INBOX.>"}},
+			}}}}
+	srv, err := natsserver.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	u := fmt.Sprintf("nats://127.0.0.1:%d", srv.Addr().(*net.TCPAddr).Port)
+	env := map[string]string{"NATS_USER": "old", "NATS_PASSWORD": "old-pw-1"}
+	okRun(t, env, []string{"bots", "ls", "--nats-url", u}, "no bots registered")
+	r := runCLI(t, env, "bots", "ls", "--nats-url", u, "--nats-inbox-prefix", "_INBOX_old")
+	oneErrorLine(t, r, 1, "the NATS server refused this user", "_INBOX_old")
+}
