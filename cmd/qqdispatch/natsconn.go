@@ -49,7 +49,7 @@ func (n *natsFlags) register(c *command, urlDefault, urlUsage string) {
 	c.String(&n.tlsKey, "nats-tls-key", "NATS_TLS_KEY", "", "client key `file` for NATS (with --nats-tls-cert)")
 	c.String(&n.prefix, "prefix", "QQDISPATCH_PREFIX", queue.PrefixDefault, "first `token` of every qqdispatch subject")
 	c.String(&n.inbox, "nats-inbox-prefix", "NATS_INBOX_PREFIX", "",
-		"inbox `prefix` of this client's replies (default: _INBOX_{user} for a NATS user, else _INBOX; see docs/security.md)")
+		"inbox `prefix` of this client's replies (default: _INBOX_{user} for a NATS user the server allows it, else _INBOX; serve always uses _INBOX_{prefix}_worker)")
 	c.EnvOnly("NATS_PASSWORD", "password for --nats-user")
 }
 

@@ -581,9 +581,10 @@ func (s *server) connectNATS(ctx context.Context) (*nats.Conn, string, error) {
 		return nil, "", err
 	}
 	s.natsClosed = make(chan struct{})
-	if o.nats.inbox == "" { // --nats-inbox-prefix wins, as options set it
-		opts = append(opts, nats.CustomInboxPrefix(workerInboxPrefix(o.nats.prefix)))
-	}
+	// A worker's replies go under its own prefix whatever NATS_INBOX_PREFIX
+	// says (set for the CLI in a shared environment, it would move a
+	// worker out of what deploy/nats allows it): the last option wins.
+	opts = append(opts, nats.CustomInboxPrefix(workerInboxPrefix(o.nats.prefix)))
 	opts = append(opts, connectLogHandlers(s.log, s.natsClosed)...)
 
 	if s.embedded == nil {
