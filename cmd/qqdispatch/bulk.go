@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,12 +69,27 @@ func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, lin
 		}
 		defer ids.Close()
 	}
+	// A line for a subject this user may not publish to (another bot's)
+	// fails alone: the server's refusal is noted here rather than stopping
+	// the command, and its publish, which no acknowledgement will answer,
+	// fails after bulkAckWait.
+	refusals := &refusedSubjects{seen: map[string]bool{}}
+	stop := o.nats.refused
+	o.nats.refused = func(err error) {
+		if subj, ok := refusedPublish(err); ok && strings.HasPrefix(subj, o.nats.prefix+".send.") {
+			refusals.add(subj)
+			return
+		}
+		if stop != nil {
+			stop(err)
+		}
+	}
 	nc, _, err := o.nats.connectOnce("send")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*bulkWindow))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*bulkWindow), jetstream.WithPublishAsyncTimeout(bulkAckWait))
 	if err != nil {
 		return err
 	}
@@ -101,7 +117,7 @@ func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, lin
 
 	bar := newProgress(cl.stderr, isTerminal(cl.stderr), o.every, time.Now)
 	if !o.follow {
-		publishAll(ctx, js, names, jobs, bar)
+		publishAll(ctx, js, names, jobs, bar, refusals)
 		bar.end()
 	}
 
@@ -175,7 +191,7 @@ func sendBulk(ctx context.Context, cl *cli, o *sendOpts, names queue.Config, lin
 
 // publishAll publishes the jobs that prepared well, at most bulkWindow
 // unacknowledged at a time, and notes on each what became of it.
-func publishAll(ctx context.Context, js jetstream.JetStream, names queue.Config, jobs []*bulkJob, bar *progress) {
+func publishAll(ctx context.Context, js jetstream.JetStream, names queue.Config, jobs []*bulkJob, bar *progress, refusals *refusedSubjects) {
 	type pending struct {
 		j   *bulkJob
 		fut jetstream.PubAckFuture
@@ -192,6 +208,9 @@ func publishAll(ctx context.Context, js jetstream.JetStream, names queue.Config,
 			p.j.duplicate = ack.Duplicate
 		case err := <-p.fut.Err():
 			p.j.failed = "publish: " + noStreamHint(err).Error()
+			if refusals.has(p.j.pj.subject) {
+				p.j.failed = "publish: the NATS server refused this user publishing to " + p.j.pj.subject + " (docs/security.md says which user may do what)"
+			}
 		case <-ctx.Done():
 			p.j.failed = "publish: no acknowledgement from the stream: " + ctx.Err().Error()
 		}
@@ -224,6 +243,46 @@ func publishAll(ctx context.Context, js jetstream.JetStream, names queue.Config,
 	for _, p := range window {
 		settle(p)
 	}
+}
+
+// bulkAckWait is how long a bulk publish waits for its acknowledgement
+// before its line fails (a subject the server refused this user is never
+// acknowledged); the others go on meanwhile.
+const bulkAckWait = 15 * time.Second
+
+// refusedSubjects are the subjects the server refused this user to
+// publish to, as its asynchronous errors said.
+type refusedSubjects struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (r *refusedSubjects) add(subject string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seen[subject] = true
+}
+
+func (r *refusedSubjects) has(subject string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen[subject]
+}
+
+// refusedPublish reads the subject out of the server's refusal of a
+// publish: `... Permissions Violation for Publish to "SUBJECT"`.
+func refusedPublish(err error) (string, bool) {
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return "", false
+	}
+	text := err.Error()
+	const marker = `for publish to "`
+	i := strings.Index(strings.ToLower(text), marker)
+	if i < 0 {
+		return "", false
+	}
+	subj, _, ok := strings.Cut(text[i+len(marker):], `"`)
+	return subj, ok
 }
 
 // lookupResult is an outcome read directly from the bucket.

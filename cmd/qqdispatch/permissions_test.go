@@ -613,3 +613,52 @@ func TestInboxFallsBackForAnOlderUser(t *testing.T) {
 	r := runCLI(t, env, "bots", "ls", "--nats-url", u, "--nats-inbox-prefix", "_INBOX_old")
 	oneErrorLine(t, r, 1, "the NATS server refused this user", "_INBOX_old")
 }
+
+// TestBulkLineRefusedAlone: in a bulk send, a line for a subject the user
+// may not publish to (the default bot's, for one bot's producer) fails
+// alone, named as the server's refusal; the other lines are published
+// and their ids printed.
+func TestBulkLineRefusedAlone(t *testing.T) {
+	t.Parallel()
+	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+		Users: []*natsserver.User{{Username: "bot1024", Password: "bot-pw-1024",
+			Permissions: &natsserver.Permissions{
+				Publish:   &natsserver.SubjectPermission{Allow: []string{">"}, Deny: []string{"qqbot.send.group.*"}},
+				Subscribe: &natsserver.SubjectPermission{Allow: []string{">"}},
+			}}}}
+	srv, err := natsserver.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	u := fmt.Sprintf("nats://bot1024:bot-pw-1024@127.0.0.1:%d", srv.Addr().(*net.TCPAddr).Port)
+	js := connectJS(t, u)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := queue.Provision(ctx, js, queue.Config{Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "jobs.jsonl")
+	var lines string
+	for i, bot := range []string{"1024", "1024", "", "1024"} {
+		b := ""
+		if bot != "" {
+			b = `"bot":"` + bot + `",`
+		}
+		lines += fmt.Sprintf(`{"v":1,"id":"line-%d",%s"scene":"group","target":"G%d","message":{"msg_type":0,"content":"x"}}`, i+1, b, i+1) + "\n"
+	}
+	writeFile(t, file, lines)
+	r := runCLI(t, nil, "send", "--nats-url", u, "--file", file)
+	if r.code != 1 || r.stdout != "line-1\nline-2\nline-4\n" || !strings.Contains(r.stderr, "published 3, duplicates 0, failed 1") ||
+		!strings.Contains(r.stderr, "line 3: publish: the NATS server refused this user publishing to qqbot.send.group.G3") {
+		t.Fatalf("bulk send with one refused line: want the three others published, the one refused named\n%s", r)
+	}
+	st, err := js.Stream(ctx, "QQDISPATCH_JOBS")
+	if err != nil || st.CachedInfo().State.Msgs != 3 {
+		t.Fatalf("the jobs stream: %v, %v; want the three lines of bot 1024", st, err)
+	}
+}
