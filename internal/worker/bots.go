@@ -391,11 +391,16 @@ func (s Bot) secretSource() string {
 // drop forgets bot's runtime: the bot was removed from the registry, or
 // its entry or secret file changed (its next job builds it again). why
 // says what changed; empty: its registry entry.
-func (b *botRuntime) drop(bot, why string) {
+func (b *botRuntime) drop(bot, why string) { b.dropEntry(bot, nil, why) }
+
+// dropEntry is drop, of bot's runtime only if it is still only (nil: any):
+// one built again meanwhile, from an entry or file newer than what made
+// the caller drop it, stays.
+func (b *botRuntime) dropEntry(bot string, only *botEntry, why string) {
 	_, registered := b.cfg.Source.Bot(bot)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if e := b.bots[bot]; e != nil {
+	if e := b.bots[bot]; e != nil && (only == nil || e == only) {
 		delete(b.bots, bot)
 		b.retire(bot, e)
 		switch {
@@ -483,14 +488,8 @@ func (b *botRuntime) recheckSecrets() {
 	}
 	b.mu.Unlock()
 	for bot, e := range files {
-		if stampOf(e.spec.SecretFile) == e.file {
-			continue
-		}
-		b.mu.Lock()
-		same := b.bots[bot] == e // not built again meanwhile
-		b.mu.Unlock()
-		if same {
-			b.drop(bot, "the bot's secret file "+e.spec.SecretFile+" changed")
+		if stampOf(e.spec.SecretFile) != e.file {
+			b.dropEntry(bot, e, "the bot's secret file "+e.spec.SecretFile+" changed")
 		}
 	}
 }
