@@ -1352,10 +1352,12 @@ func (st *tries) rateWait() time.Duration {
 // an error stops the job without one.
 func (r *run) retry(ctx context.Context, se *SendError, st *tries, upload bool, horizon time.Time) (o Outcome, done bool, err error) {
 	p := r.p
-	if se.Class == ClassQuotaExhausted && !upload && r.quotaAnswer != nil && r.job.OnQuota == QuotaDefer && p.cfg.Scheduler != nil {
+	if qa := r.quotaAnswer; se.Class == ClassQuotaExhausted && !upload && qa != nil && r.job.OnQuota == QuotaDefer && p.cfg.Scheduler != nil &&
+		!qa.RetryAt.IsZero() && (r.deadline.IsZero() || qa.RetryAt.Before(r.deadline)) {
 		// The platform's count ran out before ours: a job that asked to
 		// defer waits for the next period of the quota the limiter marked,
-		// as when our own count runs out (stopped).
+		// as when our own count runs out (stopped). One that cannot wait
+		// that long ends quota_exceeded below, with the platform's answer.
 		if err := r.markClaimed(ctx); err != nil {
 			return Outcome{}, false, err
 		}

@@ -73,7 +73,7 @@ func TestConsumerTakeoverRedeliversAtOnce(t *testing.T) {
 	}
 
 	h := &orderHandler{done: make(chan struct{}), want: 3}
-	var logs bytes.Buffer // written under takenLog's lock; read after Stop
+	var logs lockedBuffer // every partition logs through it; read after Stop
 	log := zerolog.New(&logs)
 	c, err := NewConsumer(ts.js, ConsumerConfig{Names: cfg, Handler: h, AckWait: time.Minute, FetchWait: 200 * time.Millisecond, PinnedTTL: time.Second,
 		Logger: &log})
@@ -98,6 +98,24 @@ func TestConsumerTakeoverRedeliversAtOnce(t *testing.T) {
 	if got := logs.String(); strings.Count(got, "took 1 partition from a previous owner that is gone") != 1 || !strings.Contains(got, `"partitions":[0]`) {
 		t.Errorf("want one line saying partition 0 was taken from a gone owner; the log:\n%s", got)
 	}
+}
+
+// lockedBuffer is a log sink many goroutines may write to.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // Partitions taken together are logged together: one line for those whose

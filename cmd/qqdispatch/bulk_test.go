@@ -337,11 +337,14 @@ func TestSendFollow(t *testing.T) {
 	s := startServe(t, nil)
 	file := filepath.Join(t.TempDir(), "jobs.jsonl")
 	var lines string
-	for _, c := range []string{"one", "two", "three"} {
+	for _, c := range []string{"one", "two", "three", "four", "five"} {
 		lines += `{"v":1,"scene":"group","target":"gf1","message":{"msg_type":0,"content":"` + c + `"}}` + "\n"
 	}
 	writeFile(t, file, lines)
-	// The group's rate paces the three 3 s apart: a 2 s wait ends first.
+	if r := runCLI(t, nil, "send", "--nats-url", s.NATSURL, "--file", file); r.code != 0 {
+		t.Fatalf("send --file:\n%s", r)
+	}
+	// The group's rate paces the five 3 s apart: a 2 s wait ends first.
 	r := runCLI(t, nil, "send", "--nats-url", s.NATSURL, "--file", file, "--wait", "--timeout", "2s")
 	if r.code != 1 || !strings.Contains(r.stderr, "add --follow to the same command to keep waiting") {
 		t.Fatalf("send --wait past its timeout: want exit 1 and the advice\n%s", r)
@@ -359,14 +362,14 @@ func TestSendFollow(t *testing.T) {
 	}
 	before := lastSeq()
 	r = runCLI(t, nil, "send", "--nats-url", s.NATSURL, "--file", file, "--follow", "--timeout", "60s")
-	if r.code != 0 || !strings.Contains(r.stderr, "following 3 jobs (nothing published)") || !strings.Contains(r.stderr, "outcomes: sent 3") {
-		t.Fatalf("send --follow: want the three followed to sent, exit 0\n%s", r)
+	if r.code != 0 || !strings.Contains(r.stderr, "following 5 jobs (nothing published)") || !strings.Contains(r.stderr, "outcomes: sent 5") {
+		t.Fatalf("send --follow: want the five followed to sent, exit 0\n%s", r)
 	}
 	if after := lastSeq(); after != before {
 		t.Errorf("the jobs stream went from seq %d to %d during --follow, which publishes nothing", before, after)
 	}
-	if n := simAccepted(t, s.SimURL); n != 3 {
-		t.Errorf("the simulator accepted %d messages, want 3", n)
+	if n := simAccepted(t, s.SimURL); n != 5 {
+		t.Errorf("the simulator accepted %d messages, want 5", n)
 	}
 	oneErrorLine(t, runCLI(t, nil, "send", "--nats-url", s.NATSURL, "--scene", "group", "--target", "g", "--content", "x", "--follow"), 2, "--follow goes with a JSON Lines --file")
 }

@@ -348,12 +348,12 @@ func TestQuotaDeferredToNextDay(t *testing.T) {
 
 // TestPlatformQuotaAnswerDefers: when the platform says a quota is used up
 // before the worker's own count does (another system sent today too), a
-// job that asked to defer waits for the next period of the quota the
-// limiter marked, and is sent then; one that did not ends quota_exceeded.
+// job that asked to defer is deferred to the next period of the quota the
+// limiter marked; one that did not ends quota_exceeded with the platform's
+// code. (TestQuotaDeferredToNextDay sends a deferred job at its period.)
 func TestPlatformQuotaAnswerDefers(t *testing.T) {
 	t.Parallel()
-	midnight := time.Date(2026, 11, 27, 0, 0, 0, 0, cst)
-	clk := testbed.NewShiftedClock(midnight.Add(-3 * time.Second))
+	clk := testbed.NewShiftedClock(time.Date(2026, 11, 26, 15, 0, 0, 0, cst))
 	b, cfg := rulesBed(t, "{}", clk)
 	b.StartWorker(cfg)
 	for _, target := range []string{"dmQ1", "dmQ2"} {
@@ -362,21 +362,22 @@ func TestPlatformQuotaAnswerDefers(t *testing.T) {
 	deferring := testbed.Job("pq-defer", dispatcher.SceneDM, "dmQ1", "waits a day", "", time.Time{})
 	deferring.OnQuota = dispatcher.QuotaDefer
 	failing := testbed.Job("pq-fail", dispatcher.SceneDM, "dmQ2", "ends", "", time.Time{})
-	outs := b.Outcomes(b.Publish(deferring, failing), time.Minute)
-	if o := outs["pq-fail"]; o.Status != dispatcher.StatusQuotaExceeded || o.Code != 304045 {
+	b.Publish(deferring, failing)
+	if o := b.Outcomes([]string{"pq-fail"}, time.Minute)["pq-fail"]; o.Status != dispatcher.StatusQuotaExceeded || o.Code != 304045 {
 		t.Errorf("pq-fail: %s %d (%s), want quota_exceeded 304045", o.Status, o.Code, o.Reason)
 	}
-	if o := outs["pq-defer"]; o.Status != dispatcher.StatusSent {
-		t.Fatalf("pq-defer: %s (%s), want sent in the next period", o.Status, o.Reason)
+	var c dispatcher.Claim
+	waitFor(t, "pq-defer deferred", time.Minute, func() bool {
+		var err error
+		c, err = b.Ledger.Get(context.Background(), "pq-defer")
+		return err == nil && c.Phase == dispatcher.PhaseDeferred
+	})
+	next := time.Date(2026, 11, 27, 0, 0, 0, 0, cst) // the clock runs from 15:00 UTC+8: hours before it
+	if c.WaitRule != "dm.active.quota.per_target.day" || !c.WaitUntil.Equal(next) {
+		t.Errorf("pq-defer deferred for %q until %s, want dm.active.quota.per_target.day until %s", c.WaitRule, c.WaitUntil, next)
 	}
-	var at time.Time
-	for _, m := range b.Sim.Accepted() {
-		if m.Target == "dmQ1" {
-			at = m.At
-		}
-	}
-	if at.Before(midnight) {
-		t.Errorf("pq-defer accepted at %s, want after the period's end %s", at, midnight)
+	if _, ok, err := b.Rec.Lookup(context.Background(), "pq-defer"); err != nil || ok {
+		t.Errorf("pq-defer has an outcome (%v), want none while deferred", err)
 	}
 }
 
