@@ -592,22 +592,11 @@ func TestDeployPermissions(t *testing.T) {
 // default. A prefix given with --nats-inbox-prefix does not fall back.
 func TestInboxFallsBackForAnOlderUser(t *testing.T) {
 	t.Parallel()
-	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
-		Users: []*natsserver.User{{Username: "old", Password: "old-pw-1",
-			Permissions: &natsserver.Permissions{
-				Publish:   &natsserver.SubjectPermission{Allow: []string{">"}},
-				Subscribe: &natsserver.SubjectPermission{Allow: []string{"_INBOX.>"}},
-			}}}}
-	srv, err := natsserver.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	u := fmt.Sprintf("nats://127.0.0.1:%d", srv.Addr().(*net.TCPAddr).Port)
+	u := userServer(t, &natsserver.User{Username: "old", Password: "old-pw-1",
+		Permissions: &natsserver.Permissions{
+			Publish:   &natsserver.SubjectPermission{Allow: []string{">"}},
+			Subscribe: &natsserver.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}})
 	env := map[string]string{"NATS_USER": "old", "NATS_PASSWORD": "old-pw-1"}
 	okRun(t, env, []string{"bots", "ls", "--nats-url", u}, "no bots registered")
 	r := runCLI(t, env, "bots", "ls", "--nats-url", u, "--nats-inbox-prefix", "_INBOX_old")
@@ -620,22 +609,11 @@ func TestInboxFallsBackForAnOlderUser(t *testing.T) {
 // and their ids printed.
 func TestBulkLineRefusedAlone(t *testing.T) {
 	t.Parallel()
-	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
-		Users: []*natsserver.User{{Username: "bot1024", Password: "bot-pw-1024",
-			Permissions: &natsserver.Permissions{
-				Publish:   &natsserver.SubjectPermission{Allow: []string{">"}, Deny: []string{"qqbot.send.group.*"}},
-				Subscribe: &natsserver.SubjectPermission{Allow: []string{">"}},
-			}}}}
-	srv, err := natsserver.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	u := fmt.Sprintf("nats://bot1024:bot-pw-1024@127.0.0.1:%d", srv.Addr().(*net.TCPAddr).Port)
+	u := strings.Replace(userServer(t, &natsserver.User{Username: "bot1024", Password: "bot-pw-1024",
+		Permissions: &natsserver.Permissions{
+			Publish:   &natsserver.SubjectPermission{Allow: []string{">"}, Deny: []string{"qqbot.send.group.*"}},
+			Subscribe: &natsserver.SubjectPermission{Allow: []string{">"}},
+		}}), "nats://", "nats://bot1024:bot-pw-1024@", 1)
 	js := connectJS(t, u)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -661,4 +639,22 @@ func TestBulkLineRefusedAlone(t *testing.T) {
 	if err != nil || st.CachedInfo().State.Msgs != 3 {
 		t.Fatalf("the jobs stream: %v, %v; want the three lines of bot 1024", st, err)
 	}
+}
+
+// userServer starts a JetStream server whose only user is u and returns
+// its URL (without credentials).
+func userServer(t *testing.T, u *natsserver.User) string {
+	t.Helper()
+	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+		Users: []*natsserver.User{u}}
+	srv, err := natsserver.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	return fmt.Sprintf("nats://127.0.0.1:%d", srv.Addr().(*net.TCPAddr).Port)
 }
