@@ -117,7 +117,8 @@ func (k *Keeper) Check() {
 }
 
 // Trouble is nil while every stream exists; else it says which are missing
-// and why they could not be re-created.
+// and why they could not be re-created, or (ErrPartitionsMismatch) that
+// the jobs stream's partition count is not this worker's.
 func (k *Keeper) Trouble() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -144,6 +145,8 @@ func (k *Keeper) loop(ctx context.Context) {
 		k.trouble = err
 		k.mu.Unlock()
 		switch {
+		case err != nil && (was == nil || was.Error() != err.Error()) && errors.Is(err, ErrPartitionsMismatch):
+			k.log.Error().Err(err).Msg("the jobs stream's partition count is not this worker's")
 		case err != nil && (was == nil || was.Error() != err.Error()):
 			k.log.Error().Err(err).Msg("storage missing")
 		case err == nil && was != nil:
@@ -158,13 +161,23 @@ func (k *Keeper) loop(ctx context.Context) {
 func (k *Keeper) keep(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	n := k.cfg.Names
+	var mismatch error
 	gone := func(stream string) bool {
-		_, err := k.js.Stream(ctx, stream)
+		st, err := k.js.Stream(ctx, stream)
+		if err == nil && stream == n.JobsStream {
+			if have, ok := StreamPartitions(st.CachedInfo().Config); ok && have != n.Partitions {
+				// Another worker re-partitioned the stream (two started at
+				// once with different counts): this one's consumers filter
+				// on tokens the stream no longer gives all its jobs.
+				mismatch = fmt.Errorf("%w: stream %s has %d partitions, this worker %d (another worker changed the count); restart this one with %d",
+					ErrPartitionsMismatch, stream, have, n.Partitions, have)
+			}
+		}
 		// Any other error (no answer, no permission) decides nothing: the
 		// connection's state shows in readiness already.
 		return errors.Is(err, jetstream.ErrStreamNotFound)
 	}
-	n := k.cfg.Names
 	var missing []string
 	var errs []error
 	for _, s := range []string{n.JobsStream, n.DeferredStream, n.DLQStream, n.AdvisoryStream, "KV_" + n.OutcomeBucket, "KV_" + n.LedgerBucket} {
@@ -196,5 +209,5 @@ func (k *Keeper) keep(ctx context.Context) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("queue: %s missing and not re-created: %w", strings.Join(missing, ", "), errors.Join(errs...))
 	}
-	return nil
+	return mismatch
 }

@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,5 +83,36 @@ func TestNewKeeperValidates(t *testing.T) {
 	ts := startServer(t)
 	if _, err := NewKeeper(ts.js, KeeperConfig{Every: -time.Second}); err == nil {
 		t.Error("a negative Every was accepted")
+	}
+}
+
+// A jobs stream another worker re-partitioned (two started at once with
+// different counts) is this worker's trouble: it says so, with the count
+// to restart with.
+func TestKeeperSaysThePartitionCountDiffers(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	ts := provisioned(t, cfg)
+	ctx := testCtx(t)
+	mine := cfg
+	mine.Partitions = cfg.Partitions * 2
+	k, err := NewKeeper(ts.js, KeeperConfig{Names: mine, Every: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Stop(context.Background()) })
+	for !errors.Is(k.Trouble(), ErrPartitionsMismatch) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("Trouble = %v, want ErrPartitionsMismatch", k.Trouble())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	want := fmt.Sprintf("has %d partitions, this worker %d", cfg.Partitions, mine.Partitions)
+	if err := k.Trouble(); !strings.Contains(err.Error(), want) {
+		t.Errorf("Trouble = %v, want it to say %q", err, want)
 	}
 }
