@@ -219,16 +219,14 @@ func (p *Publisher) await(ctx context.Context, w *OutcomeWatch, res PublishResul
 }
 
 // owns reports whether o is the outcome of the job res names: the one
-// under its conflict id, or the one under its id when it is for the job's
-// bot, scene and target (or names none: a job that did not decode).
+// under its id or its conflict id that is for the job's bot, scene and
+// target (or names none: a job that did not decode). Under the conflict
+// id it is checked too: another producer may choose an id of that form.
 func (r PublishResult) owns(o Outcome) bool {
-	switch o.JobID {
-	case r.ConflictID:
-		return true
-	case r.JobID:
-		return o.Scene == "" || o.Bot == r.Bot && o.Scene == r.Scene && o.Target == r.Target
+	if o.JobID != r.ConflictID && o.JobID != r.JobID {
+		return false
 	}
-	return false
+	return o.Scene == "" || o.Bot == r.Bot && o.Scene == r.Scene && o.Target == r.Target
 }
 
 // bucket binds the outcome bucket.

@@ -321,7 +321,7 @@ func followOutcomes(ctx context.Context, kv jetstream.KeyValue, watcher jetstrea
 			}
 		}
 		for _, j := range conflict[key] {
-			if j.out == nil {
+			if j.out == nil && j.pj.owns(o) { // a producer may choose a conflict id's form too
 				j.out = &o
 				done++
 				counts[o.Status]++

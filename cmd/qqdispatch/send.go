@@ -278,13 +278,15 @@ func waitOwn(ctx context.Context, pj preparedJob, own, conflict *queue.OutcomeWa
 		switch {
 		case r.err != nil:
 			return dispatcher.Outcome{}, r.err
-		case r.isConflict || pj.owns(r.o):
+		case pj.owns(r.o):
 			return r.o, nil
 		}
 		// Another job's outcome under the id: this one's comes under the
-		// conflict id.
+		// conflict id. One under the conflict id too is another's: a
+		// producer may choose an id of that form.
 	}
-	return dispatcher.Outcome{}, fmt.Errorf("the outcome under id %s is another job's (scene %s, target %s)", pj.id, pj.scene, pj.target)
+	return dispatcher.Outcome{}, fmt.Errorf("the outcomes under id %s and its conflict id %s are other jobs' (not bot %s, scene %s, target %s): this job's is not known; if the publish said duplicate, it may not be stored: publish it again under another id",
+		pj.id, pj.conflictID(), dash(pj.bot), pj.scene, pj.target)
 }
 
 // owns reports whether o, found under the job's id, is this job's: one
