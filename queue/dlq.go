@@ -75,7 +75,7 @@ type DLQEntry struct {
 type DLQFilter struct {
 	Scene string // a scene, or "invalid" for jobs whose scene/target were unusable
 	// Bot selects one bot's entries by its app id, or the default bot's
-	// (DLQDefaultBot); "" selects every bot's.
+	// (DefaultBotToken); "" selects every bot's.
 	Bot    string
 	Target string
 	JobID  string
@@ -84,9 +84,9 @@ type DLQFilter struct {
 	Limit int
 }
 
-// DLQDefaultBot as DLQFilter.Bot selects the default bot's entries (shown
-// with bot "-" by `qqdispatch dlq ls`).
-const DLQDefaultBot = "-"
+// DefaultBotToken stands for the default bot where a bot's app id is
+// asked for (DLQFilter.Bot, `status --bot`), as listings show it: "-".
+const DefaultBotToken = "-"
 
 // ErrDLQNotFound is returned for a DLQ sequence that holds no message.
 var ErrDLQNotFound = errors.New("queue: no such DLQ entry")
@@ -102,7 +102,7 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 			return "", fmt.Errorf("queue: DLQFilter.%s %q is not a subject token", t.name, t.v)
 		}
 	}
-	if f.Bot != "" && f.Bot != DLQDefaultBot {
+	if f.Bot != "" && f.Bot != DefaultBotToken {
 		if err := dispatcher.CheckBot("bot", f.Bot); err != nil {
 			return "", fmt.Errorf("queue: DLQFilter.Bot: %s", err.Reason)
 		}
@@ -121,7 +121,7 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 	// a wildcard, and the scene is matched per entry (match).
 	scene, target := "*", f.Target
 	switch {
-	case f.Scene != "" && f.Bot == DLQDefaultBot:
+	case f.Scene != "" && f.Bot == DefaultBotToken:
 		scene = f.Scene
 	case f.Scene != "" && f.Bot != "":
 		scene = dispatcher.SceneToken(dispatcher.Scene(f.Scene), f.Bot)
@@ -133,7 +133,7 @@ func (f DLQFilter) subject(cfg Config) (string, error) {
 }
 
 func (f DLQFilter) match(e DLQEntry) bool {
-	return (f.JobID == "" || e.JobID == f.JobID) && (f.Status == "" || e.Status == f.Status) && (f.Bot == "" || e.Bot == f.Bot || f.Bot == DLQDefaultBot && e.Bot == "") &&
+	return (f.JobID == "" || e.JobID == f.JobID) && (f.Status == "" || e.Status == f.Status) && (f.Bot == "" || e.Bot == f.Bot || f.Bot == DefaultBotToken && e.Bot == "") &&
 		(f.Scene == "" || f.Scene == "invalid" || string(e.Scene) == f.Scene)
 }
 

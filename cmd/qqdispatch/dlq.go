@@ -89,7 +89,7 @@ func (f *dlqFlags) filter(c *command) (queue.DLQFilter, error) {
 	if f.scene != "" && f.scene != "invalid" && !dispatcher.Scene(f.scene).Valid() {
 		return queue.DLQFilter{}, usagef(c.name, "--scene: %q is not c2c, group, channel, dm or invalid", f.scene)
 	}
-	if f.bot != "" && f.bot != queue.DLQDefaultBot || c.isSet("bot") && f.bot == "" {
+	if f.bot != "" && f.bot != queue.DefaultBotToken || c.isSet("bot") && f.bot == "" {
 		if err := dispatcher.CheckBot("--bot", f.bot); err != nil {
 			return queue.DLQFilter{}, usagef(c.name, "%s: %s", err.Field, err.Reason)
 		}

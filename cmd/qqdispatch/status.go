@@ -218,7 +218,7 @@ func cmdStatus(ctx context.Context, cl *cli, args []string) error {
 		return err
 	}
 	unregistered := false
-	if bot != "" && bot != queue.DLQDefaultBot {
+	if bot != "" && bot != queue.DefaultBotToken {
 		unregistered = !botRegistered(ctx, js, names, bot, timeout)
 	}
 	read := func(ctx context.Context) (*fleetStatus, error) {
@@ -609,7 +609,7 @@ func (st *fleetStatus) addWaiting(members []queue.Member, deferred []queue.Defer
 func (st *fleetStatus) onlyBot(bot string) {
 	st.Bot = bot
 	want := bot
-	if bot == queue.DLQDefaultBot {
+	if bot == queue.DefaultBotToken {
 		want = ""
 	}
 	st.Waiting = slices.DeleteFunc(st.Waiting, func(w statusWaiting) bool { return w.Bot != want })
@@ -720,7 +720,7 @@ func writeStatusWaiting(b *strings.Builder, st *fleetStatus) {
 	if len(st.Waiting) == 0 {
 		// Outside the table: one line, not a row that stretches the first column.
 		switch {
-		case st.Bot == queue.DLQDefaultBot:
+		case st.Bot == queue.DefaultBotToken:
 			fmt.Fprintln(b, "(nothing waits for the default bot)")
 		case st.Unregistered:
 			fmt.Fprintf(b, "(nothing waits for bot %s, which is not in the registry: see `qqdispatch bots ls`)\n", st.Bot)
